@@ -1,0 +1,1 @@
+//! Linearizability checker (being built: see issue 3).

@@ -1,0 +1,1 @@
+//! `oncekv test`: a Maelstrom-faithful harness (being built: see issue 3).

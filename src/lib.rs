@@ -1,0 +1,22 @@
+//! oncekv: a Raft-replicated key-value store with exactly-once client sessions.
+//!
+//! Layout (one concern per module):
+//! - [`protocol`]: the wire format (Maelstrom envelopes, request and reply bodies, error codes).
+//! - [`state`]: the replicated state machine as a pure function: KV map, sessions, cluster clock.
+//! - [`raft`]: the openraft adapter (type config, log store, state machine store, network).
+//! - [`node`]: transport-agnostic node logic: serving, forwarding, reply ordering, GC ticks.
+//! - [`maelstrom`]: the stdin/stdout transport (Maelstrom node mode).
+//! - [`history`]: the `history.jsonl` format shared by the harness and the checker.
+//! - [`check`]: the linearizability checker.
+//! - [`harness`]: `oncekv test`, a Maelstrom-style test harness.
+#![deny(clippy::print_stdout)]
+
+pub mod check;
+pub mod config;
+pub mod harness;
+pub mod history;
+pub mod maelstrom;
+pub mod node;
+pub mod protocol;
+pub mod raft;
+pub mod state;
