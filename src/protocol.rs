@@ -1,1 +1,575 @@
-//! (in progress)
+//! The wire format: Maelstrom envelopes, request and reply bodies, error codes.
+//!
+//! Parsing is strict and total: any line either becomes a [`Message`] or a
+//! [`ParseError`] that says what was wrong, so a node can answer error 12 (or log and
+//! drop) instead of crashing. Emitted bodies keep the byte-stable key order of
+//! `protocol.md` section 1: `type`, payload, `in_reply_to`, `msg_id`.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// A node or client name, as `init` and Maelstrom spell it (`n0`, `c12`).
+pub type Name = String;
+
+/// Maelstrom's error codes used by oncekv (`protocol.md` section 5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "u32", try_from = "u32")]
+pub enum ErrorCode {
+    /// A forwarded or proposed request got no answer in time (indefinite).
+    Timeout,
+    /// Unknown `type` (definite).
+    NotSupported,
+    /// No leader known and the request was not proposed (definite).
+    TemporarilyUnavailable,
+    /// The body does not parse into a known request (definite).
+    MalformedRequest,
+    /// Anything after the request may have reached the log (indefinite).
+    Crash,
+    /// read/cas on a missing key (definite).
+    KeyDoesNotExist,
+    /// cas `from` mismatch, or `add` on a non-integer (definite).
+    PreconditionFailed,
+    /// The session expired or was evicted; the request may have run (indefinite).
+    SessionExpired,
+    /// The cached reply was discarded by the window (indefinite).
+    StaleRequest,
+}
+
+impl ErrorCode {
+    /// The numeric code on the wire.
+    pub fn code(self) -> u32 {
+        match self {
+            ErrorCode::Timeout => 0,
+            ErrorCode::NotSupported => 10,
+            ErrorCode::TemporarilyUnavailable => 11,
+            ErrorCode::MalformedRequest => 12,
+            ErrorCode::Crash => 13,
+            ErrorCode::KeyDoesNotExist => 20,
+            ErrorCode::PreconditionFailed => 22,
+            ErrorCode::SessionExpired => 1000,
+            ErrorCode::StaleRequest => 1001,
+        }
+    }
+
+    /// Whether the code promises that the operation did not and will not happen.
+    /// This is the one place that decides it (`protocol.md` section 5).
+    pub fn is_definite(self) -> bool {
+        matches!(
+            self,
+            ErrorCode::NotSupported
+                | ErrorCode::TemporarilyUnavailable
+                | ErrorCode::MalformedRequest
+                | ErrorCode::KeyDoesNotExist
+                | ErrorCode::PreconditionFailed
+        )
+    }
+}
+
+impl From<ErrorCode> for u32 {
+    fn from(c: ErrorCode) -> u32 {
+        c.code()
+    }
+}
+
+impl TryFrom<u32> for ErrorCode {
+    type Error = String;
+    fn try_from(n: u32) -> Result<Self, String> {
+        Ok(match n {
+            0 => ErrorCode::Timeout,
+            10 => ErrorCode::NotSupported,
+            11 => ErrorCode::TemporarilyUnavailable,
+            12 => ErrorCode::MalformedRequest,
+            13 => ErrorCode::Crash,
+            20 => ErrorCode::KeyDoesNotExist,
+            22 => ErrorCode::PreconditionFailed,
+            1000 => ErrorCode::SessionExpired,
+            1001 => ErrorCode::StaleRequest,
+            other => return Err(format!("unknown error code {other}")),
+        })
+    }
+}
+
+/// A reply body without its addressing (`in_reply_to`, `msg_id`): what the state
+/// machine caches per session and what a leader returns to a forwarding follower.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Reply {
+    /// `read_ok {value}`.
+    ReadOk {
+        /// The value read.
+        value: Value,
+    },
+    /// `write_ok {}`.
+    WriteOk,
+    /// `cas_ok {}`.
+    CasOk,
+    /// `add_ok {value}`: the new total.
+    AddOk {
+        /// The counter after the increment.
+        value: i64,
+    },
+    /// `open_session_ok {client_id}`.
+    OpenSessionOk {
+        /// The new session's cluster-unique id.
+        client_id: String,
+    },
+    /// `close_session_ok {}`.
+    CloseSessionOk,
+    /// `error {code, text}`.
+    Error {
+        /// The Maelstrom error code.
+        code: ErrorCode,
+        /// A human explanation.
+        text: String,
+    },
+}
+
+impl Reply {
+    /// An error reply.
+    pub fn error(code: ErrorCode, text: impl Into<String>) -> Reply {
+        Reply::Error {
+            code,
+            text: text.into(),
+        }
+    }
+
+    /// The error code, if this is an error.
+    pub fn error_code(&self) -> Option<ErrorCode> {
+        match self {
+            Reply::Error { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+}
+
+/// Session fields a mutating request may carry (`protocol.md` section 4).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionRef {
+    /// The client's session name.
+    pub client_id: String,
+    /// The request's number within the session.
+    pub seq: u64,
+    /// The lowest seq the client still awaits; replies below it may be forgotten.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_outstanding: Option<u64>,
+}
+
+/// A mutation of the key-value map.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "f", rename_all = "snake_case")]
+pub enum KvOp {
+    /// Set `key` to `value`.
+    Write {
+        /// Canonical JSON text of the key.
+        key: String,
+        /// The new value.
+        value: Value,
+    },
+    /// Set `key` to `to` if it currently equals `from`.
+    Cas {
+        /// Canonical JSON text of the key.
+        key: String,
+        /// The expected value.
+        from: Value,
+        /// The new value.
+        to: Value,
+        /// Create a missing key with `to` instead of failing.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        create: bool,
+    },
+    /// Add `delta` to an integer counter (missing counts as 0).
+    Add {
+        /// Canonical JSON text of the key.
+        key: String,
+        /// The increment.
+        delta: i64,
+    },
+}
+
+/// A client request, parsed and validated.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Request {
+    /// Read a key (linearizable, no log entry).
+    Read {
+        /// Canonical JSON text of the key.
+        key: String,
+    },
+    /// A mutation, with optional exactly-once session fields.
+    Mutate {
+        /// The mutation.
+        op: KvOp,
+        /// Present when the client uses a session.
+        session: Option<SessionRef>,
+    },
+    /// Register a new session.
+    OpenSession,
+    /// Free a session.
+    CloseSession {
+        /// The session to free.
+        client_id: String,
+    },
+}
+
+/// The body of a message between nodes or from a client, by type.
+#[derive(Debug, Clone)]
+pub enum Body {
+    /// Maelstrom's `init`.
+    Init {
+        /// This node's name.
+        node_id: Name,
+        /// Every node in the cluster, in the same order everywhere.
+        node_ids: Vec<Name>,
+    },
+    /// A client request (or one forwarded by a peer node).
+    Request(Request),
+    /// Any other type: node-to-node traffic (RPCs and their replies) or an unknown type,
+    /// kept raw for the node layer to route.
+    Other {
+        /// The `type` field.
+        kind: String,
+        /// The whole body.
+        raw: Map<String, Value>,
+    },
+}
+
+/// One parsed line: sender, receiver, message id fields and body.
+#[derive(Debug, Clone)]
+pub struct Message {
+    /// Sender.
+    pub src: Name,
+    /// Receiver.
+    pub dest: Name,
+    /// The sender's `msg_id`, if any.
+    pub msg_id: Option<u64>,
+    /// The `in_reply_to`, if this is a reply.
+    pub in_reply_to: Option<u64>,
+    /// The typed body.
+    pub body: Body,
+}
+
+/// Why a line could not be turned into a message.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ParseError {
+    /// Not JSON, or not an envelope: log and drop (no `msg_id` to answer).
+    #[error("bad envelope: {0}")]
+    Envelope(String),
+    /// A valid envelope whose body is malformed: answer error 12 if `msg_id` allows.
+    #[error("malformed body: {text}")]
+    Body {
+        /// Sender, to address the error reply.
+        src: Name,
+        /// The request's `msg_id`, if one could be read.
+        msg_id: Option<u64>,
+        /// What was wrong.
+        text: String,
+    },
+}
+
+#[derive(Deserialize)]
+struct RawEnvelope {
+    src: Name,
+    dest: Name,
+    body: Map<String, Value>,
+}
+
+/// Parses one input line.
+pub fn parse_line(line: &str) -> Result<Message, ParseError> {
+    let env: RawEnvelope =
+        serde_json::from_str(line).map_err(|e| ParseError::Envelope(e.to_string()))?;
+    let msg_id_field = env.body.get("msg_id");
+    let msg_id = match msg_id_field {
+        None => None,
+        Some(v) => Some(v.as_u64().ok_or_else(|| ParseError::Body {
+            src: env.src.clone(),
+            msg_id: None,
+            text: format!("msg_id must be a non-negative integer, got {v}"),
+        })?),
+    };
+    let bad = |text: String| ParseError::Body {
+        src: env.src.clone(),
+        msg_id,
+        text,
+    };
+    let in_reply_to = match env.body.get("in_reply_to") {
+        None => None,
+        Some(v) => Some(
+            v.as_u64()
+                .ok_or_else(|| bad(format!("in_reply_to must be an integer, got {v}")))?,
+        ),
+    };
+    let kind = match env.body.get("type") {
+        Some(Value::String(s)) => s.clone(),
+        Some(v) => return Err(bad(format!("type must be a string, got {v}"))),
+        None => return Err(bad("body has no type".into())),
+    };
+    let body = parse_body(&kind, env.body).map_err(bad)?;
+    Ok(Message {
+        src: env.src,
+        dest: env.dest,
+        msg_id,
+        in_reply_to,
+        body,
+    })
+}
+
+/// Parses a body of a known client type; other types are returned raw.
+pub fn parse_body(kind: &str, raw: Map<String, Value>) -> Result<Body, String> {
+    let f = Fields(&raw);
+    Ok(match kind {
+        "init" => Body::Init {
+            node_id: f.string("node_id")?,
+            node_ids: f.string_list("node_ids")?,
+        },
+        "read" => Body::Request(Request::Read { key: f.key()? }),
+        "write" => Body::Request(Request::Mutate {
+            op: KvOp::Write {
+                key: f.key()?,
+                value: f.any("value")?,
+            },
+            session: f.session()?,
+        }),
+        "cas" => Body::Request(Request::Mutate {
+            op: KvOp::Cas {
+                key: f.key()?,
+                from: f.any("from")?,
+                to: f.any("to")?,
+                create: f.opt_bool("create_if_not_exists")?,
+            },
+            session: f.session()?,
+        }),
+        "add" => Body::Request(Request::Mutate {
+            op: KvOp::Add {
+                key: f.key()?,
+                delta: f.int("delta")?,
+            },
+            session: f.session()?,
+        }),
+        "open_session" => Body::Request(Request::OpenSession),
+        "close_session" => Body::Request(Request::CloseSession {
+            client_id: f.string("client_id")?,
+        }),
+        _ => Body::Other {
+            kind: kind.to_string(),
+            raw,
+        },
+    })
+}
+
+/// Typed field access with error texts that name the field.
+struct Fields<'a>(&'a Map<String, Value>);
+
+impl Fields<'_> {
+    fn any(&self, name: &str) -> Result<Value, String> {
+        self.0
+            .get(name)
+            .cloned()
+            .ok_or_else(|| format!("missing field {name}"))
+    }
+
+    fn key(&self) -> Result<String, String> {
+        Ok(canonical_key(&self.any("key")?))
+    }
+
+    fn string(&self, name: &str) -> Result<String, String> {
+        match self.0.get(name) {
+            Some(Value::String(s)) => Ok(s.clone()),
+            Some(v) => Err(format!("{name} must be a string, got {v}")),
+            None => Err(format!("missing field {name}")),
+        }
+    }
+
+    fn string_list(&self, name: &str) -> Result<Vec<String>, String> {
+        let Some(Value::Array(items)) = self.0.get(name) else {
+            return Err(format!("{name} must be a list of strings"));
+        };
+        let list: Vec<String> = items
+            .iter()
+            .map(|v| v.as_str().map(str::to_string))
+            .collect::<Option<_>>()
+            .ok_or_else(|| format!("{name} must be a list of strings"))?;
+        if list.is_empty() {
+            return Err(format!("{name} must not be empty"));
+        }
+        Ok(list)
+    }
+
+    fn int(&self, name: &str) -> Result<i64, String> {
+        match self.0.get(name) {
+            Some(v) => v
+                .as_i64()
+                .ok_or_else(|| format!("{name} must be a 64-bit integer, got {v}")),
+            None => Err(format!("missing field {name}")),
+        }
+    }
+
+    fn opt_u64(&self, name: &str) -> Result<Option<u64>, String> {
+        match self.0.get(name) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => v
+                .as_u64()
+                .map(Some)
+                .ok_or_else(|| format!("{name} must be a non-negative integer, got {v}")),
+        }
+    }
+
+    fn opt_bool(&self, name: &str) -> Result<bool, String> {
+        match self.0.get(name) {
+            None | Some(Value::Null) => Ok(false),
+            Some(Value::Bool(b)) => Ok(*b),
+            Some(v) => Err(format!("{name} must be a boolean, got {v}")),
+        }
+    }
+
+    /// `client_id` and `seq` come together or not at all.
+    fn session(&self) -> Result<Option<SessionRef>, String> {
+        let has_client = !matches!(self.0.get("client_id"), None | Some(Value::Null));
+        let seq = self.opt_u64("seq")?;
+        let first_outstanding = self.opt_u64("first_outstanding")?;
+        match (has_client, seq) {
+            (false, None) if first_outstanding.is_none() => Ok(None),
+            (true, Some(seq)) => Ok(Some(SessionRef {
+                client_id: self.string("client_id")?,
+                seq,
+                first_outstanding,
+            })),
+            (true, None) => Err("client_id without seq".into()),
+            _ => Err("seq or first_outstanding without client_id".into()),
+        }
+    }
+}
+
+/// The canonical text of a JSON key: serde_json's compact form (object keys sorted,
+/// as `serde_json::Map` is a `BTreeMap`), so equal keys map to one entry.
+pub fn canonical_key(key: &Value) -> String {
+    key.to_string()
+}
+
+/// An outgoing message, serialized with `src`, `dest`, `body` in that order.
+#[derive(Debug, Serialize)]
+pub struct Envelope<'a, B: Serialize> {
+    /// Sender.
+    pub src: &'a str,
+    /// Receiver.
+    pub dest: &'a str,
+    /// Body, already holding `in_reply_to`/`msg_id`.
+    pub body: B,
+}
+
+/// A reply body with its addressing, keys in protocol order.
+#[derive(Debug, Serialize)]
+pub struct ReplyBody<'a> {
+    /// The reply payload, `type` first.
+    #[serde(flatten)]
+    pub reply: &'a Reply,
+    /// The request's `msg_id`.
+    pub in_reply_to: u64,
+    /// This node's next message id.
+    pub msg_id: u64,
+}
+
+/// Serializes one outgoing line (without the trailing newline).
+pub fn encode<B: Serialize>(src: &str, dest: &str, body: B) -> String {
+    serde_json::to_string(&Envelope { src, dest, body }).unwrap_or_else(|e| {
+        // Serializing our own types cannot fail; keep the process alive if it ever does.
+        tracing::error!("cannot encode a message to {dest}: {e}");
+        String::new()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reply_keys_come_in_protocol_order() {
+        let r = Reply::ReadOk {
+            value: Value::from(3),
+        };
+        let line = encode(
+            "n1",
+            "c1",
+            ReplyBody {
+                reply: &r,
+                in_reply_to: 7,
+                msg_id: 4,
+            },
+        );
+        assert_eq!(
+            line,
+            r#"{"src":"n1","dest":"c1","body":{"type":"read_ok","value":3,"in_reply_to":7,"msg_id":4}}"#
+        );
+        let e = Reply::error(ErrorCode::KeyDoesNotExist, "no key");
+        let line = encode(
+            "n1",
+            "c1",
+            ReplyBody {
+                reply: &e,
+                in_reply_to: 1,
+                msg_id: 0,
+            },
+        );
+        assert_eq!(
+            line,
+            r#"{"src":"n1","dest":"c1","body":{"type":"error","code":20,"text":"no key","in_reply_to":1,"msg_id":0}}"#
+        );
+    }
+
+    #[test]
+    fn parses_session_fields_and_rejects_bad_ones() {
+        let m = parse_line(r#"{"src":"c1","dest":"n1","id":5,"body":{"type":"write","msg_id":2,"key":"x","value":1,"client_id":"c1","seq":1}}"#).unwrap();
+        match m.body {
+            Body::Request(Request::Mutate { session, .. }) => assert_eq!(
+                session,
+                Some(SessionRef {
+                    client_id: "c1".into(),
+                    seq: 1,
+                    first_outstanding: None
+                })
+            ),
+            other => panic!("unexpected {other:?}"),
+        }
+        for bad in [
+            r#""seq":-1,"client_id":"a""#,
+            r#""seq":1.5,"client_id":"a""#,
+            r#""seq":"1","client_id":"a""#,
+            r#""client_id":"a""#,
+            r#""seq":1"#,
+            r#""seq":1,"client_id":7"#,
+        ] {
+            let line = format!(
+                r#"{{"src":"c1","dest":"n1","body":{{"type":"write","msg_id":9,"key":1,"value":1,{bad}}}}}"#
+            );
+            match parse_line(&line) {
+                Err(ParseError::Body { msg_id, .. }) => assert_eq!(msg_id, Some(9), "{bad}"),
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn envelope_errors_are_not_body_errors() {
+        assert!(matches!(
+            parse_line("not json"),
+            Err(ParseError::Envelope(_))
+        ));
+        assert!(matches!(
+            parse_line(r#"{"src":"c1","body":{}}"#),
+            Err(ParseError::Envelope(_))
+        ));
+    }
+
+    #[test]
+    fn only_definite_codes_promise_nothing_happened() {
+        for c in [
+            ErrorCode::Timeout,
+            ErrorCode::Crash,
+            ErrorCode::SessionExpired,
+            ErrorCode::StaleRequest,
+        ] {
+            assert!(!c.is_definite(), "{c:?}");
+        }
+        for c in [10u32, 11, 12, 20, 22] {
+            assert!(ErrorCode::try_from(c).unwrap().is_definite());
+        }
+    }
+}

@@ -1,0 +1,468 @@
+//! The state machine as a pure function: every session rule of protocol.md section 4,
+//! determinism, snapshots, expiry by log time only, deterministic eviction.
+
+use super::*;
+use crate::protocol::{ErrorCode, KvOp, Reply, SessionRef};
+use serde_json::json;
+
+fn key(k: &str) -> String {
+    crate::protocol::canonical_key(&json!(k))
+}
+
+fn add(k: &str, delta: i64, client: &str, seq: u64) -> Op {
+    Op::Kv {
+        kv: KvOp::Add { key: key(k), delta },
+        session: Some(SessionRef {
+            client_id: client.into(),
+            seq,
+            first_outstanding: None,
+        }),
+    }
+}
+
+fn add_fo(k: &str, delta: i64, client: &str, seq: u64, fo: u64) -> Op {
+    Op::Kv {
+        kv: KvOp::Add { key: key(k), delta },
+        session: Some(SessionRef {
+            client_id: client.into(),
+            seq,
+            first_outstanding: Some(fo),
+        }),
+    }
+}
+
+/// Applies ops in order with timestamps, as a log would; returns the replies.
+struct Log {
+    state: State,
+    index: u64,
+}
+
+impl Log {
+    fn new(limits: SessionLimits) -> Log {
+        Log {
+            state: State::new(limits),
+            index: 0,
+        }
+    }
+    fn apply(&mut self, ts_ms: u64, op: Op) -> Reply {
+        self.index += 1;
+        self.state.apply(self.index, &Command { ts_ms, op })
+    }
+    fn value(&self, k: &str) -> Option<&serde_json::Value> {
+        self.state.kv.get(&key(k))
+    }
+}
+
+fn code(r: &Reply) -> Option<u32> {
+    r.error_code().map(|c| c.code())
+}
+
+#[test]
+fn kv_semantics_match_lin_kv() {
+    let mut log = Log::new(SessionLimits::default());
+    assert_eq!(code(&log.state.read(&key("x"))), Some(20));
+    let cas = |from: serde_json::Value, to: i64, create| Op::Kv {
+        kv: KvOp::Cas {
+            key: key("x"),
+            from,
+            to: json!(to),
+            create,
+        },
+        session: None,
+    };
+    assert_eq!(code(&log.apply(1, cas(json!(1), 2, false))), Some(20));
+    assert_eq!(log.apply(2, cas(json!(1), 2, true)), Reply::CasOk);
+    assert_eq!(log.value("x"), Some(&json!(2)));
+    assert_eq!(code(&log.apply(3, cas(json!(1), 3, false))), Some(22));
+    // 2.0 is not 2: values compare exactly as JSON.
+    assert_eq!(code(&log.apply(4, cas(json!(2.0), 3, false))), Some(22));
+    assert_eq!(log.apply(5, cas(json!(2), 3, false)), Reply::CasOk);
+    assert_eq!(log.state.read(&key("x")), Reply::ReadOk { value: json!(3) });
+}
+
+#[test]
+fn add_counts_missing_as_zero_and_rejects_non_integers() {
+    let mut log = Log::new(SessionLimits::default());
+    let plain = |delta| Op::Kv {
+        kv: KvOp::Add {
+            key: key("k"),
+            delta,
+        },
+        session: None,
+    };
+    assert_eq!(log.apply(1, plain(5)), Reply::AddOk { value: 5 });
+    assert_eq!(log.apply(1, plain(-7)), Reply::AddOk { value: -2 });
+    log.state.kv.insert(key("k"), json!("text"));
+    assert_eq!(code(&log.apply(1, plain(1))), Some(22));
+    log.state.kv.insert(key("k"), json!(i64::MAX));
+    assert_eq!(code(&log.apply(1, plain(1))), Some(22));
+    assert_eq!(log.value("k"), Some(&json!(i64::MAX)));
+}
+
+/// Rules 1 and 3: a retry of an executed seq gets the cached reply, executes once.
+#[test]
+fn retry_returns_cached_reply_and_executes_once() {
+    let mut log = Log::new(SessionLimits::default());
+    assert_eq!(
+        log.apply(10, add("k", 5, "c1", 1)),
+        Reply::AddOk { value: 5 }
+    );
+    assert_eq!(
+        log.apply(11, add("k", 5, "c1", 1)),
+        Reply::AddOk { value: 5 }
+    );
+    assert_eq!(
+        log.apply(12, add("k", 5, "c1", 1)),
+        Reply::AddOk { value: 5 }
+    );
+    assert_eq!(log.value("k"), Some(&json!(5)));
+    assert_eq!(
+        log.apply(13, add("k", 5, "c1", 2)),
+        Reply::AddOk { value: 10 }
+    );
+}
+
+/// A retry is recognised by (client_id, seq) alone: a different body still gets the
+/// original's reply (Raft thesis section 6.3).
+#[test]
+fn retry_body_is_not_compared() {
+    let mut log = Log::new(SessionLimits::default());
+    log.apply(1, add("k", 1, "c1", 1));
+    assert_eq!(
+        log.apply(2, add("other", 9, "c1", 1)),
+        Reply::AddOk { value: 1 }
+    );
+    assert_eq!(log.value("other"), None);
+}
+
+/// Rule 4: a simple client's old seq never executes; it gets its own reply if held,
+/// else the latest.
+#[test]
+fn simple_client_old_seq_never_executes() {
+    let limits = SessionLimits {
+        replies_per_session_max: 2,
+        ..SessionLimits::default()
+    };
+    let mut log = Log::new(limits);
+    for seq in 1..=4 {
+        log.apply(seq, add("k", 1, "c1", seq));
+    }
+    assert_eq!(log.value("k"), Some(&json!(4)));
+    // seq 3 is still held; seq 1 is not: the latest reply (seq 4) comes back.
+    assert_eq!(
+        log.apply(9, add("k", 1, "c1", 3)),
+        Reply::AddOk { value: 3 }
+    );
+    assert_eq!(
+        log.apply(9, add("k", 1, "c1", 1)),
+        Reply::AddOk { value: 4 }
+    );
+    assert_eq!(log.value("k"), Some(&json!(4)));
+}
+
+/// Rule 5: a pipelining client's requests may arrive out of order and all run once;
+/// below first_outstanding a lost reply gives 1001.
+#[test]
+fn pipelined_out_of_order_and_window() {
+    let mut log = Log::new(SessionLimits::default());
+    assert_eq!(
+        log.apply(1, add_fo("k", 1, "p", 3, 1)),
+        Reply::AddOk { value: 1 }
+    );
+    assert_eq!(
+        log.apply(2, add_fo("k", 10, "p", 1, 1)),
+        Reply::AddOk { value: 11 }
+    );
+    assert_eq!(
+        log.apply(3, add_fo("k", 100, "p", 2, 1)),
+        Reply::AddOk { value: 111 }
+    );
+    // Retries of each, still in the window: cached.
+    assert_eq!(
+        log.apply(4, add_fo("k", 10, "p", 1, 1)),
+        Reply::AddOk { value: 11 }
+    );
+    // The client moves its window to 3: replies 1 and 2 are discarded.
+    assert_eq!(
+        log.apply(5, add_fo("k", 1000, "p", 4, 3)),
+        Reply::AddOk { value: 1111 }
+    );
+    assert_eq!(code(&log.apply(6, add_fo("k", 10, "p", 1, 3))), Some(1001));
+    assert_eq!(code(&log.apply(6, add_fo("k", 10, "p", 2, 3))), Some(1001));
+    assert_eq!(
+        log.apply(7, add_fo("k", 1, "p", 3, 3)),
+        Reply::AddOk { value: 1 }
+    );
+    assert_eq!(log.value("k"), Some(&json!(1111)));
+}
+
+/// A full window never lets a dropped seq run again: the window moves past it.
+#[test]
+fn full_pipelined_window_refuses_instead_of_re_executing() {
+    let limits = SessionLimits {
+        replies_per_session_max: 2,
+        ..SessionLimits::default()
+    };
+    let mut log = Log::new(limits);
+    for seq in 1..=3 {
+        log.apply(seq, add_fo("k", 1, "p", seq, 1));
+    }
+    assert_eq!(log.value("k"), Some(&json!(3)));
+    assert_eq!(code(&log.apply(9, add_fo("k", 1, "p", 1, 1))), Some(1001));
+    assert_eq!(log.value("k"), Some(&json!(3)));
+}
+
+/// Rule 2 and GC: expiry is decided by the GC entry's cut-off against log time only.
+#[test]
+fn gc_expires_idle_sessions_and_leaves_tombstones() {
+    let mut log = Log::new(SessionLimits::default());
+    log.apply(1_000, add("k", 1, "old", 1));
+    log.apply(5_000, add("k", 1, "new", 1));
+    log.apply(6_000, Op::Gc { cutoff_ms: 2_000 });
+    assert!(log.state.sessions.get("old").is_none());
+    assert!(log.state.sessions.get("new").is_some());
+    let r = log.apply(7_000, add("k", 1, "old", 1));
+    assert_eq!(r.error_code(), Some(ErrorCode::SessionExpired));
+    assert_eq!(log.value("k"), Some(&json!(2)));
+}
+
+/// Timestamps out of wall-clock order: the cluster clock never goes back, and a
+/// session touched by a late entry keeps the clock's time, not the stale stamp.
+#[test]
+fn expiry_uses_entry_timestamps_not_arrival_order() {
+    let mut log = Log::new(SessionLimits::default());
+    log.apply(10_000, add("k", 1, "a", 1));
+    // A lagging stamp (an old leader's clock): the clock stays at 10_000.
+    log.apply(3_000, add("k", 1, "b", 1));
+    assert_eq!(log.state.clock_ms, 10_000);
+    assert_eq!(log.state.sessions.get("b").unwrap().last_seen_ms, 10_000);
+    // A cut-off of 9_999 removes neither: both were seen at cluster time 10_000.
+    log.apply(2_000, Op::Gc { cutoff_ms: 9_999 });
+    assert_eq!(log.state.sessions.len(), 2);
+    log.apply(2_000, Op::Gc { cutoff_ms: 10_001 });
+    assert_eq!(log.state.sessions.len(), 0);
+    assert_eq!(log.state.clock_ms, 10_000);
+}
+
+/// The cap evicts the least recently used session, ties broken by id: deterministic.
+#[test]
+fn eviction_is_lru_and_deterministic() {
+    let limits = SessionLimits {
+        sessions_max: 3,
+        ..SessionLimits::default()
+    };
+    let mut log = Log::new(limits);
+    log.apply(1, add("k", 1, "b", 1));
+    log.apply(1, add("k", 1, "a", 1));
+    log.apply(2, add("k", 1, "c", 1));
+    log.apply(3, add("k", 1, "b", 2)); // b is now the most recent
+    log.apply(4, add("k", 1, "d", 1)); // evicts a (time 1, before b's new time)
+    assert!(log.state.sessions.get("a").is_none());
+    log.apply(5, add("k", 1, "e", 1)); // evicts c (time 2)
+    assert!(log.state.sessions.get("c").is_none());
+    let mut ids: Vec<_> = ["b", "d", "e"]
+        .iter()
+        .filter(|id| log.state.sessions.get(id).is_some())
+        .collect();
+    ids.sort();
+    assert_eq!(ids.len(), 3);
+    assert_eq!(
+        log.state.sessions.tombstone("a"),
+        Some(Removal::Evicted),
+        "an evicted session leaves a tombstone"
+    );
+    assert_eq!(
+        code(&log.apply(6, add("k", 1, "a", 2))),
+        Some(1000),
+        "a late retry from an evicted session must not run"
+    );
+}
+
+#[test]
+fn tombstones_are_bounded_oldest_first() {
+    let limits = SessionLimits {
+        tombstones_max: 2,
+        ..SessionLimits::default()
+    };
+    let mut log = Log::new(limits);
+    for (i, id) in ["a", "b", "c"].iter().enumerate() {
+        log.apply(i as u64, add("k", 1, id, 1));
+    }
+    log.apply(10, Op::Gc { cutoff_ms: 100 });
+    assert_eq!(log.state.sessions.tombstones(), 2);
+    assert_eq!(log.state.sessions.tombstone("a"), None);
+    assert_eq!(log.state.sessions.tombstone("c"), Some(Removal::Expired));
+}
+
+#[test]
+fn open_and_close_session() {
+    let mut log = Log::new(SessionLimits::default());
+    let Reply::OpenSessionOk { client_id } = log.apply(1, Op::OpenSession) else {
+        panic!("open failed");
+    };
+    assert_eq!(client_id, "s1");
+    // A client that chose "s2" itself does not collide with the next opened id.
+    log.apply(2, add("k", 1, "s3", 1));
+    let Reply::OpenSessionOk { client_id: second } = log.apply(3, Op::OpenSession) else {
+        panic!("open failed");
+    };
+    assert_eq!(second, "s3-1");
+    assert_eq!(
+        log.apply(4, add("k", 1, &client_id, 1)),
+        Reply::AddOk { value: 2 }
+    );
+    let close = Op::CloseSession {
+        client_id: client_id.clone(),
+    };
+    assert_eq!(log.apply(5, close.clone()), Reply::CloseSessionOk);
+    assert_eq!(log.apply(6, close), Reply::CloseSessionOk);
+    assert_eq!(code(&log.apply(7, add("k", 1, &client_id, 1))), Some(1000));
+    let missing = Op::CloseSession {
+        client_id: "never".into(),
+    };
+    assert_eq!(code(&log.apply(8, missing)), Some(20));
+}
+
+/// A small deterministic generator (splitmix64) so the randomized tests print a seed.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+fn random_log(seed: u64, len: usize) -> Vec<Command> {
+    let mut rng = Rng(seed);
+    let mut seqs = BTreeMap::new();
+    (0..len)
+        .map(|i| {
+            let ts_ms = i as u64 * 10 + rng.below(50); // stamps jitter out of order
+            let client = format!("c{}", rng.below(40));
+            let seq = seqs.entry(client.clone()).or_insert(0u64);
+            if rng.below(4) > 0 {
+                *seq += 1;
+            }
+            let op = match rng.below(20) {
+                0 => Op::Gc {
+                    cutoff_ms: ts_ms.saturating_sub(300),
+                },
+                1 => Op::OpenSession,
+                2 => Op::CloseSession {
+                    client_id: client.clone(),
+                },
+                3..=6 => Op::Kv {
+                    kv: KvOp::Write {
+                        key: key(&rng.below(5).to_string()),
+                        value: json!(rng.below(5)),
+                    },
+                    session: None,
+                },
+                _ => Op::Kv {
+                    kv: KvOp::Add {
+                        key: key(&rng.below(5).to_string()),
+                        delta: 1,
+                    },
+                    session: Some(SessionRef {
+                        client_id: client,
+                        seq: *seq,
+                        first_outstanding: None,
+                    }),
+                },
+            };
+            Command { ts_ms, op }
+        })
+        .collect()
+}
+
+fn small_limits() -> SessionLimits {
+    SessionLimits {
+        sessions_max: 16,
+        replies_per_session_max: 3,
+        tombstones_max: 20,
+    }
+}
+
+fn seed() -> u64 {
+    let seed = std::env::var("ONCEKV_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(1)
+        });
+    eprintln!("seed {seed} (rerun with ONCEKV_TEST_SEED={seed})");
+    seed
+}
+
+/// Two replicas fed the same entries give byte-identical snapshots and replies.
+#[test]
+fn replicas_fed_the_same_log_are_byte_identical() {
+    let log = random_log(seed(), 3_000);
+    let mut a = State::new(small_limits());
+    let mut b = State::new(small_limits());
+    for (i, cmd) in log.iter().enumerate() {
+        let ra = a.apply(i as u64 + 1, cmd);
+        let rb = b.apply(i as u64 + 1, cmd);
+        assert_eq!(ra, rb, "entry {i}");
+    }
+    assert_eq!(a.to_snapshot(), b.to_snapshot());
+    assert!(a.sessions.tombstones() > 0, "the log exercised removals");
+}
+
+/// Snapshot, restore, continue gives the same replies and state as never snapshotting.
+#[test]
+fn snapshot_restore_continue_equals_uninterrupted() {
+    let log = random_log(seed(), 3_000);
+    let mut straight = State::new(small_limits());
+    let mut restored = State::new(small_limits());
+    for (i, cmd) in log.iter().enumerate() {
+        let index = i as u64 + 1;
+        let want = straight.apply(index, cmd);
+        if i % 397 == 0 {
+            restored = State::from_snapshot(&restored.to_snapshot()).expect("restores");
+        }
+        assert_eq!(restored.apply(index, cmd), want, "entry {index}");
+    }
+    assert_eq!(straight, restored);
+    assert_eq!(straight.to_snapshot(), restored.to_snapshot());
+}
+
+/// The snapshot holds sessions, cached replies, tombstones, limits and the clock.
+#[test]
+fn snapshot_holds_every_part_of_the_state() {
+    let mut log = Log::new(small_limits());
+    log.apply(100, add("k", 7, "c1", 1));
+    log.apply(200, add("k", 1, "c2", 1));
+    log.apply(300, Op::Gc { cutoff_ms: 150 });
+    let restored = State::from_snapshot(&log.state.to_snapshot()).unwrap();
+    assert_eq!(restored.clock_ms, 300);
+    assert_eq!(restored.limits, small_limits());
+    assert_eq!(restored.sessions.tombstone("c1"), Some(Removal::Expired));
+    assert_eq!(
+        restored.cached_reply(&SessionRef {
+            client_id: "c2".into(),
+            seq: 1,
+            first_outstanding: None
+        }),
+        Some(Reply::AddOk { value: 8 })
+    );
+    // The derived index was rebuilt: GC still finds c2.
+    let mut restored = restored;
+    restored.apply(
+        9,
+        &Command {
+            ts_ms: 400,
+            op: Op::Gc { cutoff_ms: 250 },
+        },
+    );
+    assert!(restored.sessions.is_empty());
+}
