@@ -1,1 +1,164 @@
-//! (in progress)
+//! Every timeout and bound of a node, in one place, with `validate()`.
+//!
+//! Maelstrom runs the binary with no arguments, so overrides come from environment
+//! variables named after the fields (`ONCEKV_SESSION_TIMEOUT_MS=5000`).
+
+use std::time::Duration;
+
+use crate::state::SessionLimits;
+
+/// Node configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Leader heartbeat period. Short, because Maelstrom's partitions come and go in
+    /// seconds and a quick failover is availability.
+    pub heartbeat_interval_ms: u64,
+    /// Lower bound of the randomized election timeout (several heartbeats).
+    pub election_timeout_min_ms: u64,
+    /// Upper bound of the randomized election timeout.
+    pub election_timeout_max_ms: u64,
+    /// How long a proposal or a forwarded request may wait before the node answers
+    /// with an indefinite error. Below Maelstrom's 1 s client timeout would be
+    /// pointless (it records info either way); above it keeps late commits answerable.
+    pub request_timeout_ms: u64,
+    /// Deadline of one Raft RPC to a peer (openraft passes its own TTL; this caps it).
+    pub rpc_timeout_ms: u64,
+    /// Sessions idle this long (in cluster time) are removed by the next GC entry.
+    pub session_timeout_ms: u64,
+    /// How often the leader appends a GC entry.
+    pub gc_interval_ms: u64,
+    /// Replicated bounds of the session table (proposed to the log by a leader whose
+    /// config differs from the state's).
+    pub limits: SessionLimits,
+    /// Build a snapshot after this many applied entries since the last one.
+    pub snapshot_every_entries: u64,
+    /// Log entries kept behind a snapshot, so a slightly lagging follower catches up
+    /// from the log rather than by a whole snapshot.
+    pub log_kept_behind_snapshot: u64,
+    /// Capacity of the outgoing message queue (back-pressure on the reader).
+    pub outbox_capacity: usize,
+    /// Most client requests in flight at once on one node; the reader waits past it.
+    pub requests_in_flight_max: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            heartbeat_interval_ms: 50,
+            election_timeout_min_ms: 250,
+            election_timeout_max_ms: 500,
+            request_timeout_ms: 1_000,
+            rpc_timeout_ms: 1_000,
+            session_timeout_ms: 300_000,
+            gc_interval_ms: 1_000,
+            limits: SessionLimits::default(),
+            snapshot_every_entries: 20_000,
+            log_kept_behind_snapshot: 1_000,
+            outbox_capacity: 65_536,
+            requests_in_flight_max: 65_536,
+        }
+    }
+}
+
+/// A configuration that cannot work.
+#[derive(Debug, thiserror::Error, PartialEq)]
+#[error("invalid config: {0}")]
+pub struct ConfigError(pub String);
+
+impl Config {
+    /// The defaults with `ONCEKV_*` environment overrides applied.
+    pub fn from_env() -> Result<Config, ConfigError> {
+        let mut c = Config::default();
+        let vars: [(&str, &mut u64); 11] = [
+            ("HEARTBEAT_INTERVAL_MS", &mut c.heartbeat_interval_ms),
+            ("ELECTION_TIMEOUT_MIN_MS", &mut c.election_timeout_min_ms),
+            ("ELECTION_TIMEOUT_MAX_MS", &mut c.election_timeout_max_ms),
+            ("REQUEST_TIMEOUT_MS", &mut c.request_timeout_ms),
+            ("RPC_TIMEOUT_MS", &mut c.rpc_timeout_ms),
+            ("SESSION_TIMEOUT_MS", &mut c.session_timeout_ms),
+            ("GC_INTERVAL_MS", &mut c.gc_interval_ms),
+            ("SESSIONS_MAX", &mut c.limits.sessions_max),
+            (
+                "REPLIES_PER_SESSION_MAX",
+                &mut c.limits.replies_per_session_max,
+            ),
+            ("TOMBSTONES_MAX", &mut c.limits.tombstones_max),
+            ("SNAPSHOT_EVERY_ENTRIES", &mut c.snapshot_every_entries),
+        ];
+        for (name, slot) in vars {
+            let var = format!("ONCEKV_{name}");
+            if let Ok(text) = std::env::var(&var) {
+                *slot = text
+                    .parse()
+                    .map_err(|e| ConfigError(format!("{var}={text}: {e}")))?;
+            }
+        }
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Checks the relations between fields.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let fail = |s: &str| Err(ConfigError(s.to_string()));
+        if self.heartbeat_interval_ms == 0 {
+            return fail("heartbeat_interval_ms must be positive");
+        }
+        if self.election_timeout_min_ms <= self.heartbeat_interval_ms {
+            return fail("election_timeout_min_ms must exceed heartbeat_interval_ms");
+        }
+        if self.election_timeout_max_ms <= self.election_timeout_min_ms {
+            return fail("election_timeout_max_ms must exceed election_timeout_min_ms");
+        }
+        if self.request_timeout_ms == 0 || self.rpc_timeout_ms == 0 {
+            return fail("timeouts must be positive");
+        }
+        if self.gc_interval_ms == 0 || self.session_timeout_ms == 0 {
+            return fail("gc_interval_ms and session_timeout_ms must be positive");
+        }
+        if self.limits.sessions_max == 0 || self.limits.replies_per_session_max == 0 {
+            return fail("sessions_max and replies_per_session_max must be positive");
+        }
+        if self.outbox_capacity == 0 || self.requests_in_flight_max == 0 {
+            return fail("queue capacities must be positive");
+        }
+        Ok(())
+    }
+
+    /// The openraft configuration derived from this one.
+    pub fn raft_config(&self) -> Result<openraft::Config, ConfigError> {
+        let c = openraft::Config {
+            cluster_name: "oncekv".into(),
+            heartbeat_interval: self.heartbeat_interval_ms,
+            election_timeout_min: self.election_timeout_min_ms,
+            election_timeout_max: self.election_timeout_max_ms,
+            install_snapshot_timeout: self.rpc_timeout_ms.max(1_000),
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_every_entries),
+            max_in_snapshot_log_to_keep: self.log_kept_behind_snapshot,
+            // A node partitioned away and back must not disrupt a healthy leader.
+            enable_pre_vote: Some(true),
+            ..Default::default()
+        };
+        c.validate().map_err(|e| ConfigError(e.to_string()))
+    }
+
+    /// [`Config::request_timeout_ms`] as a duration.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate_and_bad_relations_do_not() {
+        assert_eq!(Config::default().validate(), Ok(()));
+        assert!(Config::default().raft_config().is_ok());
+        let c = Config {
+            election_timeout_max_ms: 100,
+            ..Config::default()
+        };
+        assert!(c.validate().is_err());
+    }
+}

@@ -94,6 +94,8 @@ impl TryFrom<u32> for ErrorCode {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Reply {
+    /// `init_ok {}`.
+    InitOk,
     /// `read_ok {value}`.
     ReadOk {
         /// The value read.
@@ -474,6 +476,15 @@ pub fn encode<B: Serialize>(src: &str, dest: &str, body: B) -> String {
         tracing::error!("cannot encode a message to {dest}: {e}");
         String::new()
     })
+}
+
+impl std::fmt::Display for Reply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match serde_json::to_string(self) {
+            Ok(s) => f.write_str(&s),
+            Err(_) => write!(f, "{self:?}"),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -229,3 +229,13 @@ impl State {
 
 #[cfg(test)]
 mod tests;
+
+impl std::fmt::Display for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Compact JSON: what a log line or openraft's debug output should show.
+        match serde_json::to_string(self) {
+            Ok(s) => f.write_str(&s),
+            Err(_) => write!(f, "{self:?}"),
+        }
+    }
+}

@@ -106,6 +106,11 @@ impl SessionTable {
         self.tombstones.len()
     }
 
+    /// Cluster time of the least recently seen live session (what GC would remove first).
+    pub fn oldest_last_seen_ms(&self) -> Option<u64> {
+        self.by_last_seen.first().map(|(t, _)| *t)
+    }
+
     /// The session, if live.
     pub fn get(&self, id: &str) -> Option<&Session> {
         self.sessions.get(id)

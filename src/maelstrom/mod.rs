@@ -1,0 +1,528 @@
+//! Maelstrom node mode: the protocol on stdin/stdout.
+//!
+//! Two tasks own the two ends. The *reader* parses each line and either starts the
+//! node (`init`), spawns the serving of a client request, spawns the answer to a
+//! peer's RPC, or completes one of our own pending RPCs. The *writer* is the only
+//! thing that touches stdout: it numbers every outgoing message from one counter
+//! starting at 0, holds client replies back per the order rule ([`sequencer`]), and
+//! registers our RPCs so their replies find their way back.
+//!
+//! ```text
+//! stdin -> reader --spawn--> Node::serve / Node::handle_peer --Out--> writer -> stdout
+//!            |                                                          ^
+//!            +---- rpc replies (in_reply_to) --> pending calls <--------+ (registered on send)
+//! ```
+
+pub mod sequencer;
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use serde::Serialize;
+use serde_json::{Map, Value};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+use crate::config::Config;
+use crate::node::{Node, Started};
+use crate::protocol::{
+    Body, ErrorCode, Message, ParseError, Reply, ReplyBody, Request, encode, parse_line,
+};
+use crate::raft::Peer;
+use crate::raft::network::{self, CallError, Transport};
+use sequencer::Sequencer;
+
+/// What the writer is asked to do.
+enum Out {
+    /// A client request arrived (its ticket), and whether it waits on the log.
+    Accept { ticket: u64, log_waiting: bool },
+    /// The reply to a ticketed client request.
+    Reply {
+        ticket: u64,
+        src: String,
+        dest: String,
+        in_reply_to: u64,
+        reply: Reply,
+    },
+    /// An unsequenced message: a reply to a peer's RPC.
+    Peer {
+        src: String,
+        dest: String,
+        in_reply_to: Option<u64>,
+        body: network::Body,
+    },
+    /// One of our RPCs; its reply goes to `reply_to`.
+    Call {
+        src: String,
+        dest: String,
+        body: network::Body,
+        reply_to: oneshot::Sender<network::Body>,
+    },
+    /// stdin closed: exit once every accepted request is answered.
+    Eof,
+}
+
+/// RPCs awaiting a reply, by the `msg_id` we sent them with.
+type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<network::Body>>>>;
+
+/// [`Transport`] over Maelstrom messages.
+struct MaelstromTransport {
+    out: mpsc::Sender<Out>,
+    /// This node's name, the `src` of its RPCs.
+    me: String,
+}
+
+impl Transport for MaelstromTransport {
+    fn call(
+        &self,
+        peer: &Peer,
+        body: network::Body,
+        timeout: Duration,
+    ) -> BoxFuture<'static, Result<network::Body, CallError>> {
+        let out = self.out.clone();
+        let dest = peer.name.clone();
+        let src = self.me.clone();
+        Box::pin(async move {
+            let (tx, rx) = oneshot::channel();
+            let unreachable = |why: &str| CallError::Unreachable {
+                peer: dest.clone(),
+                why: why.to_string(),
+            };
+            out.send(Out::Call {
+                src,
+                dest: dest.clone(),
+                body,
+                reply_to: tx,
+            })
+            .await
+            .map_err(|_| unreachable("node is shutting down"))?;
+            match tokio::time::timeout(timeout, rx).await {
+                Err(_) => Err(CallError::Timeout(dest)),
+                Ok(Err(_)) => Err(CallError::Timeout(dest)),
+                Ok(Ok(reply)) => remote_error(&dest, reply),
+            }
+        })
+    }
+}
+
+fn remote_error(peer: &str, reply: network::Body) -> Result<network::Body, CallError> {
+    if reply.get("type").and_then(Value::as_str) != Some("error") {
+        return Ok(reply);
+    }
+    Err(CallError::Remote {
+        peer: peer.to_string(),
+        code: reply.get("code").and_then(Value::as_u64).unwrap_or(13),
+        text: reply
+            .get("text")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string(),
+    })
+}
+
+/// Runs a Maelstrom node until `input` closes and every accepted request is answered.
+pub async fn run<R, W>(input: R, output: W, config: Config) -> std::io::Result<()>
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let (out_tx, out_rx) = mpsc::channel(config.outbox_capacity);
+    let pending: Pending = Arc::default();
+    let writer = tokio::spawn(write_loop(output, out_rx, pending.clone()));
+    let mut reader = Reader {
+        out: out_tx,
+        pending,
+        node: None,
+        me: String::new(),
+        members: BTreeSet::new(),
+        next_ticket: 0,
+        in_flight: Arc::new(Semaphore::new(config.requests_in_flight_max)),
+        config,
+    };
+    let result = reader.read_all(input).await;
+    let _ = reader.out.send(Out::Eof).await;
+    let written = writer
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+    if let Some(node) = reader.node.take() {
+        node.shutdown().await;
+    }
+    result.and(written)
+}
+
+/// The reader's state.
+struct Reader {
+    out: mpsc::Sender<Out>,
+    pending: Pending,
+    /// Set by `init`.
+    node: Option<Arc<Node>>,
+    /// Our name: from `init`, or before it the `dest` of the message being answered.
+    me: String,
+    /// Node names from `init`: messages from these are peer traffic.
+    members: BTreeSet<String>,
+    next_ticket: u64,
+    /// Bounds requests in flight; the reader waits when it is exhausted.
+    in_flight: Arc<Semaphore>,
+    config: Config,
+}
+
+impl Reader {
+    async fn read_all<R: AsyncRead + Unpin>(&mut self, input: R) -> std::io::Result<()> {
+        let mut input = BufReader::with_capacity(1 << 16, input);
+        let mut buf = Vec::with_capacity(1024);
+        loop {
+            buf.clear();
+            if input.read_until(b'\n', &mut buf).await? == 0 {
+                return Ok(());
+            }
+            let line = String::from_utf8_lossy(&buf);
+            let line = line.trim();
+            if line.is_empty() {
+                continue;
+            }
+            match parse_line(line) {
+                Ok(msg) => self.dispatch(msg).await,
+                Err(ParseError::Envelope(e)) => {
+                    tracing::warn!("dropping a line that is not a message ({e}): {line}");
+                }
+                Err(ParseError::Body { src, msg_id, text }) => {
+                    tracing::warn!("malformed body from {src}: {text}");
+                    if let Some(id) = msg_id {
+                        self.answer_now(src, id, Reply::error(ErrorCode::MalformedRequest, text))
+                            .await;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn dispatch(&mut self, msg: Message) {
+        if self.node.is_none() {
+            self.me = msg.dest.clone();
+        } else if msg.dest != self.me {
+            tracing::warn!(
+                "message for {} delivered to {}; handling it anyway",
+                msg.dest,
+                self.me
+            );
+        }
+        if let Some(reply_to) = msg.in_reply_to {
+            return self.complete_call(msg, reply_to);
+        }
+        let Some(msg_id) = msg.msg_id else {
+            tracing::warn!("dropping a request without msg_id from {}", msg.src);
+            return;
+        };
+        match msg.body {
+            Body::Init { node_id, node_ids } => self.init(msg.src, msg_id, node_id, node_ids).await,
+            Body::Request(req) => self.client_request(msg.src, msg_id, req).await,
+            Body::Other { kind, raw } => self.other(msg.src, msg_id, kind, raw).await,
+        }
+    }
+
+    fn complete_call(&self, msg: Message, reply_to: u64) {
+        let Body::Other { raw, .. } = msg.body else {
+            tracing::warn!("unexpected reply type from {}", msg.src);
+            return;
+        };
+        let waiter = self
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&reply_to);
+        match waiter {
+            Some(tx) => drop(tx.send(raw)),
+            None => tracing::debug!("late or unknown reply {reply_to} from {}", msg.src),
+        }
+    }
+
+    async fn init(&mut self, src: String, msg_id: u64, node_id: String, node_ids: Vec<String>) {
+        if let Some(node) = &self.node {
+            let reply = if node.name == node_id {
+                Reply::InitOk
+            } else {
+                Reply::error(
+                    ErrorCode::MalformedRequest,
+                    "already initialized as another node",
+                )
+            };
+            return self.answer_now(src, msg_id, reply).await;
+        }
+        let members: Vec<Peer> = node_ids
+            .iter()
+            .map(|n| Peer {
+                name: n.clone(),
+                addr: String::new(),
+            })
+            .collect();
+        let transport = Arc::new(MaelstromTransport {
+            out: self.out.clone(),
+            me: node_id.clone(),
+        });
+        let reply = match Node::start(&node_id, members, transport, self.config.clone(), true).await
+        {
+            Ok(node) => {
+                tracing::info!("node {node_id} started, members {node_ids:?}");
+                self.node = Some(node);
+                self.me = node_id.clone();
+                self.members = node_ids.into_iter().collect();
+                Reply::InitOk
+            }
+            Err(e) => {
+                tracing::error!("init failed: {e}");
+                Reply::error(ErrorCode::MalformedRequest, e.to_string())
+            }
+        };
+        self.answer_now(src, msg_id, reply).await;
+    }
+
+    async fn client_request(&mut self, src: String, msg_id: u64, req: Request) {
+        let Some(node) = self.node.clone() else {
+            let reply = Reply::error(ErrorCode::TemporarilyUnavailable, "not initialized yet");
+            return self.answer_now(src, msg_id, reply).await;
+        };
+        let Ok(permit) = self.in_flight.clone().acquire_owned().await else {
+            return;
+        };
+        let log_waiting = !matches!(req, Request::Read { .. });
+        let finish = match node.start_request(req).await {
+            Started::Ready(reply) => return self.answer_now(src, msg_id, reply).await,
+            Started::Pending(finish) => finish,
+        };
+        // A request that may wait on the log holds back later replies (protocol.md
+        // section 4b); a read forwarded to the leader does not.
+        let ticket = self.ticket();
+        if self
+            .out
+            .send(Out::Accept {
+                ticket,
+                log_waiting,
+            })
+            .await
+            .is_err()
+        {
+            return;
+        }
+        let out = self.out.clone();
+        let me = self.me.clone();
+        tokio::spawn(async move {
+            let reply = finish.await;
+            drop(permit);
+            let _ = out
+                .send(Out::Reply {
+                    ticket,
+                    src: me,
+                    dest: src,
+                    in_reply_to: msg_id,
+                    reply,
+                })
+                .await;
+        });
+    }
+
+    async fn other(&mut self, src: String, msg_id: u64, kind: String, raw: Map<String, Value>) {
+        let from_member = self.members.contains(&src);
+        let node = match (&self.node, from_member) {
+            (Some(node), true) => node.clone(),
+            (None, _) => {
+                let reply = Reply::error(ErrorCode::TemporarilyUnavailable, "not initialized yet");
+                return self.answer_now(src, msg_id, reply).await;
+            }
+            (Some(_), false) => {
+                let text = format!("unsupported request type {kind:?} from {src}");
+                let code = if kind.starts_with("raft_") || kind == "forward" {
+                    ErrorCode::MalformedRequest
+                } else {
+                    ErrorCode::NotSupported
+                };
+                return self.answer_now(src, msg_id, Reply::error(code, text)).await;
+            }
+        };
+        let out = self.out.clone();
+        let me = self.me.clone();
+        tokio::spawn(async move {
+            let body = node.handle_peer(&kind, &raw).await;
+            let _ = out
+                .send(Out::Peer {
+                    src: me,
+                    dest: src,
+                    in_reply_to: Some(msg_id),
+                    body,
+                })
+                .await;
+        });
+    }
+
+    fn ticket(&mut self) -> u64 {
+        self.next_ticket += 1;
+        self.next_ticket
+    }
+
+    /// A reply known at once (no serving): still sequenced behind earlier writes.
+    async fn answer_now(&mut self, dest: String, in_reply_to: u64, reply: Reply) {
+        let ticket = self.ticket();
+        let _ = self
+            .out
+            .send(Out::Accept {
+                ticket,
+                log_waiting: false,
+            })
+            .await;
+        let _ = self
+            .out
+            .send(Out::Reply {
+                ticket,
+                src: self.me.clone(),
+                dest,
+                in_reply_to,
+                reply,
+            })
+            .await;
+    }
+}
+
+/// A node-to-node body with `type` first and the ids last.
+#[derive(Serialize)]
+struct PeerBody<'a> {
+    #[serde(rename = "type")]
+    kind: Value,
+    #[serde(flatten)]
+    rest: &'a Map<String, Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    in_reply_to: Option<u64>,
+    msg_id: u64,
+}
+
+/// The writer: sole owner of stdout and of the message counter.
+struct Writer<W> {
+    out: BufWriter<W>,
+    next_msg_id: u64,
+    sequencer: Sequencer<(String, String, u64, Reply)>,
+    pending: Pending,
+    calls_since_sweep: u32,
+}
+
+async fn write_loop<W: AsyncWrite + Unpin>(
+    output: W,
+    mut rx: mpsc::Receiver<Out>,
+    pending: Pending,
+) -> std::io::Result<()> {
+    let mut w = Writer {
+        out: BufWriter::with_capacity(1 << 16, output),
+        next_msg_id: 0,
+        sequencer: Sequencer::default(),
+        pending,
+        calls_since_sweep: 0,
+    };
+    let mut eof = false;
+    while let Some(msg) = rx.recv().await {
+        match msg {
+            Out::Eof => eof = true,
+            other => w.handle(other).await?,
+        }
+        if rx.is_empty() {
+            w.out.flush().await?;
+            if eof && w.sequencer.idle() {
+                return Ok(());
+            }
+        }
+    }
+    w.out.flush().await
+}
+
+impl<W: AsyncWrite + Unpin> Writer<W> {
+    async fn handle(&mut self, msg: Out) -> std::io::Result<()> {
+        match msg {
+            Out::Accept {
+                ticket,
+                log_waiting,
+            } => self.sequencer.accept(ticket, log_waiting),
+            Out::Reply {
+                ticket,
+                src,
+                dest,
+                in_reply_to,
+                reply,
+            } => {
+                for (src, dest, in_reply_to, reply) in self
+                    .sequencer
+                    .answer(ticket, (src, dest, in_reply_to, reply))
+                {
+                    let msg_id = self.msg_id();
+                    let line = encode(
+                        &src,
+                        &dest,
+                        ReplyBody {
+                            reply: &reply,
+                            in_reply_to,
+                            msg_id,
+                        },
+                    );
+                    self.line(&line).await?;
+                }
+            }
+            Out::Peer {
+                src,
+                dest,
+                in_reply_to,
+                body,
+            } => self.peer(&src, &dest, in_reply_to, body).await?,
+            Out::Call {
+                src,
+                dest,
+                body,
+                reply_to,
+            } => {
+                let id = self.next_msg_id;
+                {
+                    let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+                    pending.insert(id, reply_to);
+                    self.calls_since_sweep += 1;
+                    if self.calls_since_sweep >= 1024 {
+                        // Callers that timed out dropped their receivers: forget them.
+                        pending.retain(|_, tx| !tx.is_closed());
+                        self.calls_since_sweep = 0;
+                    }
+                }
+                self.peer(&src, &dest, None, body).await?;
+            }
+            Out::Eof => {}
+        }
+        Ok(())
+    }
+
+    fn msg_id(&mut self) -> u64 {
+        let id = self.next_msg_id;
+        self.next_msg_id += 1;
+        id
+    }
+
+    async fn peer(
+        &mut self,
+        src: &str,
+        dest: &str,
+        in_reply_to: Option<u64>,
+        mut body: network::Body,
+    ) -> std::io::Result<()> {
+        let kind = body.remove("type").unwrap_or(Value::Null);
+        let msg_id = self.msg_id();
+        let line = encode(
+            src,
+            dest,
+            PeerBody {
+                kind,
+                rest: &body,
+                in_reply_to,
+                msg_id,
+            },
+        );
+        self.line(&line).await
+    }
+
+    async fn line(&mut self, line: &str) -> std::io::Result<()> {
+        self.out.write_all(line.as_bytes()).await?;
+        self.out.write_all(b"\n").await
+    }
+}

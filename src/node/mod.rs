@@ -1,0 +1,592 @@
+//! Transport-agnostic node logic: serve a client request (locally as leader, or by
+//! forwarding to the leader), answer peers' RPCs, stamp entries with the leader's
+//! clock, and append GC entries. Maelstrom mode and TCP mode both drive a [`Node`].
+//!
+//! The error rule lives in [`Outcome`]: a definite error is only produced on paths
+//! where nothing was proposed; once a proposal may have reached the log, every
+//! failure becomes error 0 (timeout) or 13 (crash).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures::future::BoxFuture;
+use openraft::ReadPolicy;
+use openraft::async_runtime::WatchReceiver;
+use openraft::errors::{ClientWriteError, LinearizableReadError, RaftError};
+use serde_json::{Map, Value};
+
+use crate::config::Config;
+use crate::protocol::{ErrorCode, Reply, Request};
+use crate::raft::log_store::MemLogStore;
+use crate::raft::network::{Body, CallError, Network, SnapshotRpc, Transport, rpc_body, rpc_field};
+use crate::raft::sm_store::{Snapshot, StateMachineStore};
+use crate::raft::{Peer, Raft, TypeConfig};
+use crate::state::{Command, Op};
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// `init` named a node list that does not contain this node.
+    #[error("node {0} is not in the member list")]
+    NotAMember(String),
+    /// The configuration is inconsistent.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// openraft refused to start.
+    #[error("raft failed to start: {0}")]
+    Raft(String),
+}
+
+/// A request as forwarded between nodes: the op to propose (the leader stamps
+/// it), or the key to read.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Forwarded {
+    /// A linearizable read of this canonical key.
+    Read(String),
+    /// An op to propose.
+    Propose(Op),
+}
+
+impl Forwarded {
+    /// The forwarded form of a client request.
+    pub fn from_request(req: Request) -> Forwarded {
+        match req {
+            Request::Read { key } => Forwarded::Read(key),
+            Request::Mutate { op, session } => Forwarded::Propose(Op::Kv { kv: op, session }),
+            Request::OpenSession => Forwarded::Propose(Op::OpenSession),
+            Request::CloseSession { client_id } => {
+                Forwarded::Propose(Op::CloseSession { client_id })
+            }
+        }
+    }
+}
+
+/// The ordered half of a request done: its reply, or the future that finishes it.
+pub enum Started {
+    /// Answered already (a read in a single-voter cluster, a cached retry).
+    Ready(Reply),
+    /// Still waiting on the log or on the leader.
+    Pending(BoxFuture<'static, Reply>),
+}
+
+/// What serving a request locally gave.
+#[derive(Debug)]
+enum Outcome {
+    /// The answer for the client.
+    Done(Reply),
+    /// This node is not the leader and proposed nothing; retry at this leader.
+    NotLeader(Option<u64>),
+}
+
+/// One Raft member with its state machine and its way to reach peers.
+pub struct Node {
+    /// This node's Raft id.
+    pub id: u64,
+    /// This node's protocol name.
+    pub name: String,
+    /// The Raft handle.
+    pub raft: Raft,
+    /// The applied state, for reads and cached replies.
+    pub sm: StateMachineStore,
+    /// Members by id, to forward to the leader by name.
+    members: BTreeMap<u64, Peer>,
+    /// How to reach peers.
+    transport: Arc<dyn Transport>,
+    /// Timeouts and bounds.
+    pub config: Config,
+    /// The largest timestamp this node has stamped, so its clock never runs back.
+    last_ts_ms: AtomicU64,
+    /// Proposals this node submitted in arrival order (see [`Node::start_request`]).
+    submitted: AtomicU64,
+    /// How many of those have finished (applied, failed or timed out).
+    finished: tokio::sync::watch::Sender<u64>,
+}
+
+/// A proposal submitted to Raft whose outcome is still to come.
+type Proposal = tokio::sync::oneshot::Receiver<openraft::raft::ClientWriteResult<TypeConfig>>;
+
+const NOT_LEADER_TEXT: &str = "not the leader; nothing was proposed";
+
+impl Node {
+    /// Starts a Raft member `name` of `members` (ids are positions in the list, the
+    /// same on every node), bootstrapping the cluster from the list when `bootstrap`.
+    pub async fn start(
+        name: &str,
+        members: Vec<Peer>,
+        transport: Arc<dyn Transport>,
+        config: Config,
+        bootstrap: bool,
+    ) -> Result<Arc<Node>, StartError> {
+        config.validate()?;
+        let members: BTreeMap<u64, Peer> = members
+            .into_iter()
+            .enumerate()
+            .map(|(i, p)| (i as u64, p))
+            .collect();
+        let id = members
+            .iter()
+            .find(|(_, p)| p.name == name)
+            .map(|(id, _)| *id)
+            .ok_or_else(|| StartError::NotAMember(name.to_string()))?;
+        let sm = StateMachineStore::new(config.limits);
+        let raft = Raft::new(
+            id,
+            Arc::new(config.raft_config()?),
+            Network::new(transport.clone()),
+            MemLogStore::default(),
+            sm.clone(),
+        )
+        .await
+        .map_err(|e| StartError::Raft(e.to_string()))?;
+        if bootstrap {
+            // Every node may call this with the same list: all but one get
+            // NotAllowed once a log exists, which is fine.
+            if let Err(e) = raft.initialize(members.clone()).await {
+                tracing::debug!("initialize: {e}");
+            }
+        }
+        let node = Arc::new(Node {
+            id,
+            name: name.to_string(),
+            raft,
+            sm,
+            members,
+            transport,
+            config,
+            last_ts_ms: AtomicU64::new(0),
+            submitted: AtomicU64::new(0),
+            finished: tokio::sync::watch::Sender::new(0),
+        });
+        node.clone().spawn_leader_duties();
+        if bootstrap && node.members.len() == 1 {
+            // A lone node elects itself at once; answering init after that keeps
+            // the first requests of a script in order without any waiting.
+            let deadline =
+                Instant::now() + Duration::from_millis(node.config.election_timeout_max_ms * 4);
+            node.wait_for_leader(None, None, deadline).await;
+        }
+        Ok(node)
+    }
+
+    /// Serves a client request wherever the leader is, answering within about
+    /// `request_timeout_ms`.
+    pub async fn serve(&self, req: Request) -> Reply {
+        let deadline = Instant::now() + self.config.request_timeout();
+        self.serve_from(Forwarded::from_request(req), deadline, self.leader())
+            .await
+    }
+
+    /// The ordered half of serving, for a transport's reader to call in arrival order:
+    /// a leader submits a proposal to Raft now, so writes enter the log in the order
+    /// this node received them, and in a single-voter cluster a read is evaluated
+    /// after every earlier proposal and before any later one (protocol.md section 4b).
+    /// What is left to do is returned: the reply itself, or a future finishing it.
+    pub async fn start_request(self: &Arc<Self>, req: Request) -> Started {
+        let deadline = Instant::now() + self.config.request_timeout();
+        let mut leader = self.leader();
+        if leader.is_none() && (self.members.len() == 1 || self.single_voter()) {
+            // A lone node elects itself within an election timeout; waiting here, in
+            // arrival order, keeps requests that race the election in order. (With
+            // peers the reader must not block: it carries their votes.)
+            leader = self.wait_for_leader(None, None, deadline).await;
+        }
+        let node = self.clone();
+        match Forwarded::from_request(req) {
+            Forwarded::Read(key) if leader == Some(self.id) && self.single_voter() => {
+                let reply = match self.read_in_order(&key, deadline).await {
+                    Outcome::Done(r) => r,
+                    Outcome::NotLeader(hint) => {
+                        return Started::Pending(Box::pin(async move {
+                            node.serve_from(Forwarded::Read(key), deadline, hint).await
+                        }));
+                    }
+                };
+                Started::Ready(reply)
+            }
+            Forwarded::Propose(op) if leader == Some(self.id) => {
+                let has_session = has_session(&op);
+                match self.submit_local(op.clone()).await {
+                    Ok(proposal) => Started::Pending(Box::pin(async move {
+                        match node.await_proposal(proposal, has_session, deadline).await {
+                            Outcome::Done(r) => r,
+                            Outcome::NotLeader(hint) => {
+                                node.serve_from(Forwarded::Propose(op), deadline, hint)
+                                    .await
+                            }
+                        }
+                    })),
+                    Err(Outcome::Done(r)) => Started::Ready(r),
+                    Err(Outcome::NotLeader(hint)) => Started::Pending(Box::pin(async move {
+                        node.serve_from(Forwarded::Propose(op), deadline, hint)
+                            .await
+                    })),
+                }
+            }
+            fwd => Started::Pending(Box::pin(async move {
+                node.serve_from(fwd, deadline, leader).await
+            })),
+        }
+    }
+
+    async fn serve_from(
+        &self,
+        fwd: Forwarded,
+        deadline: Instant,
+        mut leader: Option<u64>,
+    ) -> Reply {
+        loop {
+            let outcome = match leader {
+                Some(l) if l == self.id => self.serve_local(&fwd, deadline).await,
+                Some(l) => self.forward(l, &fwd, deadline).await,
+                None => Outcome::NotLeader(None),
+            };
+            match outcome {
+                Outcome::Done(reply) => return reply,
+                Outcome::NotLeader(hint) => {
+                    // Nothing was proposed, so trying again is safe. Wait for a
+                    // (different) leader while time remains.
+                    match self.wait_for_leader(hint, leader, deadline).await {
+                        Some(next) => leader = Some(next),
+                        None => {
+                            return Reply::error(
+                                ErrorCode::TemporarilyUnavailable,
+                                "no leader known; the request was not proposed",
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether the membership has exactly one voter (so this leader cannot be deposed
+    /// by an election and every entry is its own proposal).
+    fn single_voter(&self) -> bool {
+        let m = self.raft.metrics();
+        let m = m.borrow_watched();
+        m.membership_config.membership().voter_ids().count() == 1
+    }
+
+    /// A read placed between the proposals submitted before it and those after it.
+    async fn read_in_order(&self, key: &str, deadline: Instant) -> Outcome {
+        let earlier = self.submitted.load(Ordering::SeqCst);
+        let mut done = self.finished.subscribe();
+        let wait = deadline.saturating_duration_since(Instant::now());
+        let caught_up = tokio::time::timeout(wait, done.wait_for(|n| *n >= earlier)).await;
+        if caught_up.is_err() {
+            return Outcome::Done(Reply::error(
+                ErrorCode::Timeout,
+                "earlier writes not applied in time",
+            ));
+        }
+        self.read_local(key, deadline).await
+    }
+
+    /// The leader this node currently believes in.
+    pub fn leader(&self) -> Option<u64> {
+        self.raft.metrics().borrow_watched().current_leader
+    }
+
+    /// Waits until a leader other than `failed` is known (or `hint` names one), up to
+    /// a small fraction of the deadline.
+    async fn wait_for_leader(
+        &self,
+        hint: Option<u64>,
+        failed: Option<u64>,
+        deadline: Instant,
+    ) -> Option<u64> {
+        if let Some(h) = hint.filter(|h| Some(*h) != failed) {
+            return Some(h);
+        }
+        let mut rx = self.raft.metrics();
+        loop {
+            let now = Instant::now();
+            // Keep a margin so a retried request still has time to commit.
+            let margin = Duration::from_millis(self.config.heartbeat_interval_ms);
+            if now + margin >= deadline {
+                return None;
+            }
+            let current = rx.borrow_watched().current_leader;
+            if current.is_some() && current != failed {
+                return current;
+            }
+            let step = (deadline - margin - now).min(Duration::from_millis(50));
+            let _ = tokio::time::timeout(step, rx.changed()).await;
+        }
+    }
+
+    async fn serve_local(&self, fwd: &Forwarded, deadline: Instant) -> Outcome {
+        match fwd {
+            Forwarded::Read(key) => self.read_local(key, deadline).await,
+            Forwarded::Propose(op) => self.propose_local(op.clone(), deadline).await,
+        }
+    }
+
+    async fn read_local(&self, key: &str, deadline: Instant) -> Outcome {
+        let wait = deadline.saturating_duration_since(Instant::now());
+        let r =
+            tokio::time::timeout(wait, self.raft.ensure_linearizable(ReadPolicy::ReadIndex)).await;
+        match r {
+            Ok(Ok(_)) => Outcome::Done(self.sm.read().state.read(key)),
+            Ok(Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f)))) => {
+                Outcome::NotLeader(f.leader_id)
+            }
+            Ok(Err(e)) => Outcome::Done(Reply::error(
+                ErrorCode::TemporarilyUnavailable,
+                format!("read not served: {e}"),
+            )),
+            Err(_) => Outcome::Done(Reply::error(
+                ErrorCode::Timeout,
+                "read could not confirm leadership in time",
+            )),
+        }
+    }
+
+    async fn propose_local(&self, op: Op, deadline: Instant) -> Outcome {
+        let has_session = has_session(&op);
+        match self.submit_local(op).await {
+            Ok(proposal) => self.await_proposal(proposal, has_session, deadline).await,
+            Err(outcome) => outcome,
+        }
+    }
+
+    /// Hands a proposal to Raft (or answers a cached retry without one).
+    async fn submit_local(&self, op: Op) -> Result<Proposal, Outcome> {
+        if let Op::Kv {
+            session: Some(s), ..
+        } = &op
+        {
+            // A retry whose reply is cached: answer it without a new entry.
+            if let Some(reply) = self.sm.read().state.cached_reply(s) {
+                return Err(Outcome::Done(reply));
+            }
+        }
+        let cmd = Command {
+            ts_ms: self.next_ts_ms(),
+            op,
+        };
+        let (responder, rx) = openraft::impls::ProgressResponder::complete_only();
+        match self.raft.client_write_ff(cmd, Some(responder)).await {
+            Ok(()) => {
+                self.submitted.fetch_add(1, Ordering::SeqCst);
+                Ok(rx)
+            }
+            Err(e) => Err(Outcome::Done(Reply::error(
+                ErrorCode::Crash,
+                format!("raft stopped: {e}"),
+            ))),
+        }
+    }
+
+    /// Waits for a submitted proposal's outcome, mapping failures per the error rule.
+    async fn await_proposal(
+        &self,
+        proposal: Proposal,
+        has_session: bool,
+        deadline: Instant,
+    ) -> Outcome {
+        let wait = deadline.saturating_duration_since(Instant::now());
+        let result = tokio::time::timeout(wait, proposal).await;
+        self.finished.send_modify(|n| *n += 1);
+        match result {
+            Ok(Ok(Ok(resp))) => Outcome::Done(resp.data),
+            Ok(Ok(Err(ClientWriteError::ForwardToLeader(f)))) => {
+                // openraft rejected it before appending: definitely not proposed.
+                Outcome::NotLeader(f.leader_id)
+            }
+            Ok(Ok(Err(ClientWriteError::LogEntryDiscarded(f)))) if has_session => {
+                // The entry may still commit elsewhere, but the session table will
+                // deduplicate a re-proposal: retrying is safe.
+                Outcome::NotLeader(f.leader_id)
+            }
+            Ok(Ok(Err(e))) => Outcome::Done(Reply::error(
+                ErrorCode::Crash,
+                format!("proposal outcome unknown: {e}"),
+            )),
+            Ok(Err(_)) => Outcome::Done(Reply::error(
+                ErrorCode::Crash,
+                "raft dropped the proposal; it may still take effect",
+            )),
+            Err(_) => Outcome::Done(Reply::error(
+                ErrorCode::Timeout,
+                "proposed but not committed in time; it may still take effect",
+            )),
+        }
+    }
+
+    async fn forward(&self, leader: u64, fwd: &Forwarded, deadline: Instant) -> Outcome {
+        let Some(peer) = self.members.get(&leader) else {
+            return Outcome::NotLeader(None);
+        };
+        let wait = deadline.saturating_duration_since(Instant::now());
+        let body = rpc_body("forward", fwd);
+        match self.transport.call(peer, body, wait).await {
+            Ok(reply) => match rpc_field::<Reply>(&reply) {
+                Ok(Reply::Error { code, text })
+                    if code == ErrorCode::TemporarilyUnavailable && text == NOT_LEADER_TEXT =>
+                {
+                    Outcome::NotLeader(None)
+                }
+                Ok(r) => Outcome::Done(r),
+                Err(e) => Outcome::Done(Reply::error(
+                    ErrorCode::Crash,
+                    format!("bad reply from leader: {e}"),
+                )),
+            },
+            // Never sent: nothing can have been proposed.
+            Err(CallError::Unreachable { .. }) => Outcome::NotLeader(None),
+            Err(e) => Outcome::Done(Reply::error(
+                ErrorCode::Timeout,
+                format!("forwarded to the leader, no answer: {e}; it may still take effect"),
+            )),
+        }
+    }
+
+    /// Handles a request body from a peer node; returns the reply body.
+    pub async fn handle_peer(&self, kind: &str, body: &Body) -> Body {
+        match self.handle_peer_inner(kind, body).await {
+            Ok(b) => b,
+            Err(text) => error_body(ErrorCode::Crash, &text),
+        }
+    }
+
+    async fn handle_peer_inner(&self, kind: &str, body: &Body) -> Result<Body, String> {
+        let s = |e: &dyn std::fmt::Display| e.to_string();
+        Ok(match kind {
+            "raft_append" => {
+                let r = self
+                    .raft
+                    .append_entries(rpc_field(body)?)
+                    .await
+                    .map_err(|e| s(&e))?;
+                rpc_body("raft_append_ok", &r)
+            }
+            "raft_vote" => {
+                let r = self.raft.vote(rpc_field(body)?).await.map_err(|e| s(&e))?;
+                rpc_body("raft_vote_ok", &r)
+            }
+            "raft_pre_vote" => {
+                let r = self
+                    .raft
+                    .pre_vote(rpc_field(body)?)
+                    .await
+                    .map_err(|e| s(&e))?;
+                rpc_body("raft_pre_vote_ok", &r)
+            }
+            "raft_snapshot" => {
+                let rpc: SnapshotRpc = rpc_field(body)?;
+                let snapshot = Snapshot {
+                    meta: rpc.meta,
+                    snapshot: rpc.data.into_bytes(),
+                };
+                let r = self
+                    .raft
+                    .install_full_snapshot(rpc.vote, snapshot)
+                    .await
+                    .map_err(|e| s(&e))?;
+                rpc_body("raft_snapshot_ok", &r)
+            }
+            "forward" => {
+                let fwd: Forwarded = rpc_field(body)?;
+                let deadline = Instant::now() + self.config.request_timeout();
+                let reply = match self.serve_local(&fwd, deadline).await {
+                    Outcome::Done(r) => r,
+                    Outcome::NotLeader(_) => {
+                        Reply::error(ErrorCode::TemporarilyUnavailable, NOT_LEADER_TEXT)
+                    }
+                };
+                rpc_body("forward_ok", &reply)
+            }
+            other => return Err(format!("unknown peer request type {other}")),
+        })
+    }
+
+    /// The timestamp for a new entry: the wall clock, but never behind the cluster
+    /// clock (the log's time) nor behind what this node already stamped, so a new
+    /// leader with a slow clock starts from the log's time (LogCabin's cluster clock).
+    pub fn next_ts_ms(&self) -> u64 {
+        let wall = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let log_time = self.sm.read().state.clock_ms;
+        let ts = wall.max(log_time);
+        let prev = self.last_ts_ms.fetch_max(ts, Ordering::SeqCst);
+        ts.max(prev)
+    }
+
+    /// While leader: append a GC entry when some session is idle past the timeout,
+    /// and make the replicated limits match this node's config.
+    fn spawn_leader_duties(self: Arc<Self>) {
+        let weak = Arc::downgrade(&self);
+        drop(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(
+                weak.upgrade().map_or(1_000, |n| n.config.gc_interval_ms),
+            ));
+            loop {
+                tick.tick().await;
+                let Some(node) = weak.upgrade() else { return };
+                if node.leader() == Some(node.id) {
+                    node.leader_tick().await;
+                }
+            }
+        });
+    }
+
+    async fn leader_tick(&self) {
+        let (limits, oldest) = {
+            let a = self.sm.read();
+            (a.state.limits, a.state.sessions.oldest_last_seen_ms())
+        };
+        let deadline = Instant::now() + self.config.request_timeout();
+        if limits != self.config.limits {
+            let _ = self
+                .propose_local(Op::SetLimits(self.config.limits), deadline)
+                .await;
+        }
+        let ts = self.next_ts_ms();
+        let cutoff_ms = ts.saturating_sub(self.config.session_timeout_ms);
+        if oldest.is_some_and(|o| o < cutoff_ms) {
+            let cmd = Command {
+                ts_ms: ts,
+                op: Op::Gc { cutoff_ms },
+            };
+            if let Err(e) =
+                tokio::time::timeout(self.config.request_timeout(), self.raft.client_write(cmd))
+                    .await
+            {
+                tracing::debug!("gc entry not committed in time: {e}");
+            }
+        }
+    }
+
+    /// Stops Raft.
+    pub async fn shutdown(&self) {
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!("raft shutdown: {e}");
+        }
+    }
+}
+
+/// An error reply body `{type: error, code, text}` for peers.
+pub fn error_body(code: ErrorCode, text: &str) -> Body {
+    let mut b = Map::new();
+    b.insert("type".into(), Value::from("error"));
+    b.insert("code".into(), Value::from(code.code()));
+    b.insert("text".into(), Value::from(text));
+    b
+}
+
+fn has_session(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::Kv {
+            session: Some(_),
+            ..
+        }
+    )
+}

@@ -1,0 +1,58 @@
+//! The openraft adapter: type config, stores and network. Thin by design: the
+//! state machine logic lives in [`crate::state`], the transport in [`crate::maelstrom`].
+//!
+//! | openraft's contract | our implementation |
+//! |---|---|
+//! | `RaftTypeConfig` | [`TypeConfig`]: `D` = [`Command`], `R` = [`Reply`], `NodeId` = `u64`, `Node` = [`Peer`] |
+//! | `RaftLogStorage` | [`log_store::MemLogStore`] (Maelstrom mode keeps nothing across restarts) |
+//! | `RaftStateMachine` | [`sm_store::StateMachineStore`], a lock around the pure [`crate::state::State`] |
+//! | `RaftNetworkFactory` / `RaftNetworkV2` | [`network::Network`], RPCs as JSON bodies over any [`network::Transport`] |
+
+pub mod log_store;
+pub mod network;
+pub mod sm_store;
+
+use serde::{Deserialize, Serialize};
+
+use crate::protocol::Reply;
+use crate::state::Command;
+
+/// A cluster member as Raft's membership records it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Peer {
+    /// The node's protocol name (`n0`), used to address messages.
+    pub name: String,
+    /// Where to reach it over TCP (empty in Maelstrom mode, where names route).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub addr: String,
+}
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.addr.is_empty() {
+            write!(f, "{}", self.name)
+        } else {
+            write!(f, "{}@{}", self.name, self.addr)
+        }
+    }
+}
+
+openraft::declare_raft_types!(
+    /// oncekv's Raft types.
+    pub TypeConfig:
+        D = Command,
+        R = Reply,
+        NodeId = u64,
+        Node = Peer,
+);
+
+/// The Raft handle.
+pub type Raft = openraft::Raft<TypeConfig, sm_store::StateMachineStore>;
+/// A log id.
+pub type LogId = openraft::alias::LogIdOf<TypeConfig>;
+/// A log entry.
+pub type Entry = openraft::alias::EntryOf<TypeConfig>;
+/// A snapshot's metadata.
+pub type SnapshotMeta = openraft::alias::SnapshotMetaOf<TypeConfig>;
+/// A vote.
+pub type Vote = openraft::alias::VoteOf<TypeConfig>;

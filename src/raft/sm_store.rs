@@ -1,0 +1,154 @@
+//! The `RaftStateMachine` adapter: feeds committed entries to the pure
+//! [`State::apply`], answers openraft's responders, and builds/installs snapshots
+//! (the whole [`State`] as JSON, sessions included).
+
+use std::io;
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use futures::{Stream, TryStreamExt};
+use openraft::storage::{EntryResponder, RaftStateMachine};
+use openraft::{EntryPayload, RaftSnapshotBuilder};
+
+use super::{LogId, SnapshotMeta, TypeConfig};
+use crate::protocol::Reply;
+use crate::state::{SessionLimits, State};
+
+/// openraft's stored-membership type for our config.
+pub type StoredMembership = openraft::alias::StoredMembershipOf<TypeConfig>;
+/// A snapshot with our data type.
+pub type Snapshot = openraft::alias::SnapshotOf<TypeConfig, Vec<u8>>;
+
+/// The applied state plus what openraft needs to resume.
+#[derive(Debug, Default)]
+pub struct Applied {
+    /// The replicated state.
+    pub state: State,
+    /// The last applied log id.
+    pub last_applied: Option<LogId>,
+    /// The last applied membership.
+    pub membership: StoredMembership,
+}
+
+/// A snapshot kept to serve: its metadata and the state as JSON.
+type StoredSnapshot = (SnapshotMeta, Vec<u8>);
+
+/// Shared handle: openraft applies through it, the node reads through it.
+#[derive(Debug, Clone)]
+pub struct StateMachineStore {
+    applied: Arc<RwLock<Applied>>,
+    /// The latest snapshot built or installed, served to lagging followers.
+    current: Arc<RwLock<Option<StoredSnapshot>>>,
+}
+
+impl StateMachineStore {
+    /// An empty state machine with these session limits.
+    pub fn new(limits: SessionLimits) -> Self {
+        StateMachineStore {
+            applied: Arc::new(RwLock::new(Applied {
+                state: State::new(limits),
+                ..Applied::default()
+            })),
+            current: Arc::new(RwLock::new(None)),
+        }
+    }
+
+    /// Read access for linearizable reads and cache look-ups. Hold it briefly.
+    pub fn read(&self) -> RwLockReadGuard<'_, Applied> {
+        self.applied.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, Applied> {
+        self.applied.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn snapshot_now(&self) -> Snapshot {
+        let (meta, data) = {
+            let applied = self.read();
+            let meta = SnapshotMeta {
+                last_log_id: applied.last_applied,
+                last_membership: applied.membership.clone(),
+            };
+            (meta, applied.state.to_snapshot())
+        };
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) =
+            Some((meta.clone(), data.clone()));
+        Snapshot {
+            meta,
+            snapshot: data,
+        }
+    }
+}
+
+fn invalid(e: impl std::fmt::Display) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e.to_string())
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
+    type SnapshotData = Vec<u8>;
+
+    async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
+        Ok(self.snapshot_now())
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotData = Vec<u8>;
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
+        let a = self.read();
+        Ok((a.last_applied, a.membership.clone()))
+    }
+
+    async fn apply<S>(&mut self, mut entries: S) -> Result<(), io::Error>
+    where
+        S: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + Send,
+    {
+        while let Some((entry, responder)) = entries.try_next().await? {
+            let reply = {
+                let mut a = self.write();
+                a.last_applied = Some(entry.log_id);
+                match entry.payload {
+                    EntryPayload::Blank => Reply::WriteOk,
+                    EntryPayload::Normal(ref cmd) => a.state.apply(entry.log_id.index(), cmd),
+                    EntryPayload::Membership(ref m) => {
+                        a.membership = StoredMembership::new(Some(entry.log_id), m.clone());
+                        Reply::WriteOk
+                    }
+                }
+            };
+            if let Some(r) = responder {
+                r.send(reply);
+            }
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        data: Vec<u8>,
+    ) -> Result<(), io::Error> {
+        let state = State::from_snapshot(&data).map_err(invalid)?;
+        {
+            let mut a = self.write();
+            a.state = state;
+            a.last_applied = meta.last_log_id;
+            a.membership = meta.last_membership.clone();
+        }
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Some((meta.clone(), data));
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
+        let cur = self.current.read().unwrap_or_else(|p| p.into_inner());
+        Ok(cur.as_ref().map(|(meta, data)| Snapshot {
+            meta: meta.clone(),
+            snapshot: data.clone(),
+        }))
+    }
+}
