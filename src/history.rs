@@ -27,7 +27,9 @@ impl Serialize for Process {
 impl<'de> Deserialize<'de> for Process {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         match Value::deserialize(d)? {
-            Value::Number(n) if n.as_u64().is_some() => Ok(Process::Client(n.as_u64().unwrap_or(0))),
+            Value::Number(n) if n.as_u64().is_some() => {
+                Ok(Process::Client(n.as_u64().unwrap_or(0)))
+            }
             Value::String(s) if s == "nemesis" => Ok(Process::Nemesis),
             other => Err(serde::de::Error::custom(format!(
                 "process must be a non-negative integer or \"nemesis\", got {other}"
@@ -102,7 +104,10 @@ mod tests {
         assert_eq!(ops.len(), 3);
         assert_eq!(ops[1].error, Some((22, "expected 4, had 1".to_string())));
         assert_eq!(ops[2].process, Process::Nemesis);
-        let again: Vec<String> = ops.iter().map(|o| serde_json::to_string(o).unwrap()).collect();
+        let again: Vec<String> = ops
+            .iter()
+            .map(|o| serde_json::to_string(o).unwrap())
+            .collect();
         assert_eq!(again.join("\n"), text);
     }
 }

@@ -2,7 +2,11 @@
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "oncekv", version, about = "Raft key-value store with exactly-once sessions")]
+#[command(
+    name = "oncekv",
+    version,
+    about = "Raft key-value store with exactly-once sessions"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
