@@ -98,19 +98,25 @@ impl Violations {
     }
 }
 
-/// Checks one stdout line against the envelope rules; returns (src, dest, body).
-pub fn parse_envelope(line: &str, me: &str) -> Result<(String, String, Value), String> {
+/// Checks one stdout line against Maelstrom's message schema (`net.clj` `Message`):
+/// an object with string `src` and `dest`, any `body`, an optional integer `id` (which
+/// the network replaces), nothing else. `src` need not be the writing node: Maelstrom's
+/// own demo nodes proxy a client's message unchanged; the caller checks it is known.
+pub fn parse_envelope(line: &str) -> Result<(String, String, Value), String> {
     let v: Value = serde_json::from_str(line).map_err(|e| format!("not JSON ({e})"))?;
     let Value::Object(mut m) = v else {
         return Err("not a JSON object".into());
     };
     if let Some(k) = m
         .keys()
-        .find(|k| !matches!(k.as_str(), "src" | "dest" | "body"))
+        .find(|k| !matches!(k.as_str(), "src" | "dest" | "body" | "id"))
     {
         return Err(format!(
-            "extra top-level key {k:?} (only src, dest, body are allowed)"
+            "extra top-level key {k:?} (only src, dest, body and id are allowed)"
         ));
+    }
+    if m.get("id").is_some_and(|id| !(id.is_u64() || id.is_i64())) {
+        return Err("id must be an integer".into());
     }
     let field =
         |m: &mut Map<String, Value>, k: &str| m.remove(k).ok_or_else(|| format!("missing {k:?}"));
@@ -120,12 +126,6 @@ pub fn parse_envelope(line: &str, me: &str) -> Result<(String, String, Value), S
     let (Value::String(src), Value::String(dest)) = (src, dest) else {
         return Err("src and dest must be strings".into());
     };
-    if src != me {
-        return Err(format!("src {src:?} is not this node ({me})"));
-    }
-    if !body.is_object() {
-        return Err("body must be a JSON object".into());
-    }
     Ok((src, dest, body))
 }
 
@@ -383,7 +383,10 @@ async fn read_stdout(stdout: ChildStdout, me: String, net: Arc<Net>, violations:
         }
         let text = String::from_utf8_lossy(&buf);
         let line = text.trim_end_matches(['\n', '\r']);
-        match parse_envelope(line, &me) {
+        match parse_envelope(line) {
+            Ok((src, _, _)) if !net.knows(&src) => {
+                violations.report(&me, format!("unknown src {src:?}"), line)
+            }
             Ok((src, dest, body)) => match net.send(Instant::now(), &src, &dest, &body) {
                 Ok(()) => {}
                 Err(SendError::UnknownDest(d)) => {
@@ -403,23 +406,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn envelope_rules() {
-        let ok = parse_envelope(r#"{"src":"n0","dest":"c1","body":{"type":"x"}}"#, "n0").unwrap();
+    fn envelope_rules_follow_maelstroms_message_schema() {
+        let ok = parse_envelope(r#"{"src":"n0","dest":"c1","body":{"type":"x"}}"#).unwrap();
         assert_eq!(ok.1, "c1");
+        // Maelstrom's demo raft.py proxies a client's message verbatim, id included.
+        let proxied =
+            parse_envelope(r#"{"id":876,"src":"c5","dest":"n0","body":{"type":"read"}}"#).unwrap();
+        assert_eq!(proxied.0, "c5");
         let bad = [
             ("not json", "not JSON"),
             (r#"[1]"#, "not a JSON object"),
             (
-                r#"{"src":"n0","dest":"c1","body":{},"id":3}"#,
-                "extra top-level key \"id\"",
+                r#"{"src":"n0","dest":"c1","body":{},"leader":3}"#,
+                "extra top-level key \"leader\"",
+            ),
+            (
+                r#"{"src":"n0","dest":"c1","body":{},"id":"x"}"#,
+                "id must be an integer",
             ),
             (r#"{"src":"n0","body":{}}"#, "missing \"dest\""),
-            (r#"{"src":"n1","dest":"c1","body":{}}"#, "is not this node"),
-            (r#"{"src":"n0","dest":"c1","body":3}"#, "body must be"),
             (r#"{"src":"n0","dest":7,"body":{}}"#, "must be strings"),
         ];
         for (line, why) in bad {
-            let e = parse_envelope(line, "n0").unwrap_err();
+            let e = parse_envelope(line).unwrap_err();
             assert!(e.contains(why), "{line}: {e}");
         }
     }
