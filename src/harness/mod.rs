@@ -1,1 +1,66 @@
-//! `oncekv test`: a Maelstrom-faithful harness (being built: see issue 3).
+//! `oncekv test`: a Maelstrom-style test harness that drives any Maelstrom node binary
+//! (not only oncekv) and checks the history. `docs/testing.md` describes it in full.
+//!
+//! Layout (one noun per file):
+//! - [`cli`]: flags, Maelstrom's names and defaults; [`config`]: the resolved run and
+//!   every bound and timeout.
+//! - [`seed`]: named random streams derived from the run's seed.
+//! - [`net`]: the simulated network (queues by deadline, latency, partitions, loss, dup).
+//! - [`process`]: node processes (spawn, init, stdin/stdout, kill, restart, stop).
+//! - [`client`]: a Maelstrom client (ids, msg_ids, reply routing); [`schema`]: closed
+//!   reply schemas and the error registry.
+//! - [`workload`]: what to do next (lin-kv, exactly-once); [`scheduler`]: when;
+//!   [`worker`]: doing it and recording the outcome.
+//! - [`nemesis`]: fault schedules and partition shapes.
+//! - [`recorder`]: the history as it happens; [`results`]: results.json, summary, plot;
+//!   [`cpu`]: the harness's own CPU share.
+//! - [`runner`]: one run, start to finish; [`demo`]: the README's first command.
+
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod cpu;
+pub mod demo;
+pub mod nemesis;
+pub mod net;
+pub mod process;
+pub mod recorder;
+pub mod results;
+pub mod runner;
+pub mod scheduler;
+pub mod schema;
+pub mod seed;
+pub mod worker;
+pub mod workload;
+
+pub use cli::{TestArgs, Workload};
+pub use runner::{HarnessError, Outcome, run};
+
+/// The default output folder: `store/<UTC timestamp>/`, like Maelstrom's.
+pub fn default_out_dir() -> std::path::PathBuf {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    std::path::PathBuf::from(format!(
+        "store/{y:04}{m:02}{d:02}T{:02}{:02}{:02}.{:03}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_millis())
+            .unwrap_or(0)
+    ))
+}

@@ -1,0 +1,292 @@
+//! The linearizability search for one key: Wing & Gong's depth-first search over
+//! the entry list, with Lowe's memoisation of (linearized set, state), as in
+//! Porcupine and Knossos. See `docs/checker.md` for a picture.
+//!
+//! Ops that may or may not take effect (`ModelOp::ret == None`) have a call entry
+//! but no return entry: nothing ever forces them, so leaving one unlinearized means
+//! "it never happened". The search succeeds when the cursor runs off the end of the
+//! list, because every ok op's return entry would have stopped it first.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use super::model::{ModelOp, State, step};
+
+/// How a search ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// Some order of the ops respects real time and the register's rules.
+    Linearizable,
+    /// No such order exists.
+    NotLinearizable,
+    /// The deadline passed first.
+    TimedOut,
+}
+
+/// How often (in search steps) to look at the clock: often enough to stop within
+/// a millisecond or so, rarely enough not to show in a profile.
+const CLOCK_EVERY_STEPS: u64 = 4096;
+
+/// Decides whether `ops` can be linearized, starting from `init`.
+pub(crate) fn search(ops: &[ModelOp], init: State, deadline: Instant) -> Outcome {
+    let mut s = Search::new(ops);
+    let mut state = init;
+    let mut cur = s.list.first();
+    for steps in 1u64.. {
+        if steps % CLOCK_EVERY_STEPS == 0 && Instant::now() >= deadline {
+            return Outcome::TimedOut;
+        }
+        if cur == TAIL {
+            return Outcome::Linearizable;
+        }
+        let op = s.list.op[cur];
+        if !s.list.is_call[cur] {
+            // An ok op returned before we linearized it: undo the last choice.
+            let Some((entry, before)) = s.stack.pop() else {
+                return Outcome::NotLinearizable;
+            };
+            state = before;
+            s.unmark(s.list.op[entry]);
+            s.list.unlift(entry);
+            cur = s.list.next[entry];
+        } else if let Some(after) = step(state, &ops[op].kind)
+            && s.visit(op, after)
+        {
+            s.stack.push((cur, state));
+            state = after;
+            s.list.lift(cur);
+            cur = s.list.first();
+        } else {
+            cur = s.list.next[cur];
+        }
+    }
+    unreachable!("the step counter is unbounded")
+}
+
+/// Head sentinel of the entry list.
+const HEAD: usize = 0;
+/// Tail sentinel of the entry list.
+const TAIL: usize = 1;
+
+/// The doubly linked entry list, as parallel arrays; entries are removed ("lifted")
+/// and put back in LIFO order, so a removed node remembers its neighbours.
+struct Entries {
+    next: Vec<usize>,
+    prev: Vec<usize>,
+    /// Which op each entry belongs to.
+    op: Vec<usize>,
+    /// Call entry (true) or return entry (false).
+    is_call: Vec<bool>,
+    /// Per op, its return entry, if it has one.
+    ret_entry: Vec<Option<usize>>,
+}
+
+impl Entries {
+    fn new(ops: &[ModelOp]) -> Self {
+        let mut events: Vec<(usize, bool, usize)> = Vec::with_capacity(ops.len() * 2);
+        for (i, o) in ops.iter().enumerate() {
+            events.push((o.call, true, i));
+            if let Some(r) = o.ret {
+                events.push((r, false, i));
+            }
+        }
+        // History positions are distinct; `!call` only breaks impossible ties.
+        events.sort_unstable_by_key(|&(pos, call, _)| (pos, !call));
+        let n = events.len() + 2;
+        let mut list = Entries {
+            next: vec![TAIL; n],
+            prev: vec![HEAD; n],
+            op: vec![usize::MAX; n],
+            is_call: vec![false; n],
+            ret_entry: vec![None; ops.len()],
+        };
+        list.link_in_order(&events);
+        list
+    }
+
+    fn link_in_order(&mut self, events: &[(usize, bool, usize)]) {
+        let mut last = HEAD;
+        for (node, &(_, call, op)) in (2..).zip(events) {
+            self.op[node] = op;
+            self.is_call[node] = call;
+            if !call {
+                self.ret_entry[op] = Some(node);
+            }
+            self.next[last] = node;
+            self.prev[node] = last;
+            last = node;
+        }
+        self.next[last] = TAIL;
+        self.prev[TAIL] = last;
+    }
+
+    fn first(&self) -> usize {
+        self.next[HEAD]
+    }
+
+    fn remove(&mut self, x: usize) {
+        let (p, n) = (self.prev[x], self.next[x]);
+        self.next[p] = n;
+        self.prev[n] = p;
+    }
+
+    fn insert(&mut self, x: usize) {
+        let (p, n) = (self.prev[x], self.next[x]);
+        self.next[p] = x;
+        self.prev[n] = x;
+    }
+
+    /// Removes a call entry and its op's return entry.
+    fn lift(&mut self, call: usize) {
+        self.remove(call);
+        if let Some(r) = self.ret_entry[self.op[call]] {
+            self.remove(r);
+        }
+    }
+
+    /// Undoes [`Entries::lift`]; must be called in reverse order of lifts.
+    fn unlift(&mut self, call: usize) {
+        if let Some(r) = self.ret_entry[self.op[call]] {
+            self.insert(r);
+        }
+        self.insert(call);
+    }
+}
+
+/// A fixed-size bitset.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct Bits(Vec<u64>);
+
+impl Bits {
+    fn new(n: usize) -> Self {
+        Bits(vec![0; n.div_ceil(64)])
+    }
+    fn set(&mut self, i: usize, on: bool) {
+        let mask = 1u64 << (i % 64);
+        if on {
+            self.0[i / 64] |= mask
+        } else {
+            self.0[i / 64] &= !mask
+        }
+    }
+    fn is_subset_of(&self, other: &Bits) -> bool {
+        self.0.iter().zip(&other.0).all(|(a, b)| a & !b == 0)
+    }
+}
+
+/// Search state besides the cursor: the stack of choices and the memo.
+struct Search {
+    list: Entries,
+    /// Per op: its bit in `done` (ops with a return) or `maybe` (optional ops).
+    bit: Vec<usize>,
+    optional: Vec<bool>,
+    /// Linearized ops that had to be (they returned ok).
+    done: Bits,
+    /// Linearized optional ops.
+    maybe: Bits,
+    /// (done, state) -> the `maybe` sets already explored with them. A
+    /// configuration is dominated by an explored one with the same (done, state)
+    /// and a subset of `maybe`: optional ops left out can still be left out, and
+    /// they never block anything, so it has every future the new one has.
+    memo: HashMap<(Bits, State), Vec<Bits>>,
+    /// The choices made: (call entry lifted, state before it).
+    stack: Vec<(usize, State)>,
+}
+
+impl Search {
+    fn new(ops: &[ModelOp]) -> Self {
+        let optional: Vec<bool> = ops.iter().map(|o| o.ret.is_none()).collect();
+        let (mut n_done, mut n_maybe) = (0, 0);
+        let bit = optional
+            .iter()
+            .map(|&opt| {
+                let counter = if opt { &mut n_maybe } else { &mut n_done };
+                *counter += 1;
+                *counter - 1
+            })
+            .collect();
+        Search {
+            list: Entries::new(ops),
+            bit,
+            optional,
+            done: Bits::new(n_done),
+            maybe: Bits::new(n_maybe),
+            memo: HashMap::new(),
+            stack: Vec::new(),
+        }
+    }
+
+    fn mark(&mut self, op: usize, on: bool) {
+        let bits = if self.optional[op] {
+            &mut self.maybe
+        } else {
+            &mut self.done
+        };
+        bits.set(self.bit[op], on);
+    }
+
+    fn unmark(&mut self, op: usize) {
+        self.mark(op, false);
+    }
+
+    /// Marks `op` linearized, leading to `state`; false (and unmarked) if that
+    /// configuration, or one that dominates it, was seen before.
+    fn visit(&mut self, op: usize, state: State) -> bool {
+        self.mark(op, true);
+        let seen = self.memo.entry((self.done.clone(), state)).or_default();
+        if seen.iter().any(|old| old.is_subset_of(&self.maybe)) {
+            self.mark(op, false);
+            return false;
+        }
+        seen.retain(|old| !self.maybe.is_subset_of(old));
+        seen.push(self.maybe.clone());
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::check::model::Kind;
+    use std::time::Duration;
+
+    fn op(call: usize, ret: Option<usize>, kind: Kind) -> ModelOp {
+        ModelOp {
+            call,
+            ret,
+            kind,
+            pair: 0,
+        }
+    }
+
+    fn run(ops: &[ModelOp]) -> Outcome {
+        search(ops, State::Nil, Instant::now() + Duration::from_secs(5))
+    }
+
+    #[test]
+    fn sequential_write_then_read() {
+        let w = op(0, Some(1), Kind::Write(State::Int(1)));
+        let r = op(2, Some(3), Kind::Read(State::Int(1)));
+        assert_eq!(run(&[w.clone(), r]), Outcome::Linearizable);
+        let stale = op(2, Some(3), Kind::Read(State::Nil));
+        assert_eq!(run(&[w, stale]), Outcome::NotLinearizable);
+    }
+
+    #[test]
+    fn concurrent_read_may_see_either() {
+        let w = op(0, Some(3), Kind::Write(State::Int(1)));
+        let old = op(1, Some(2), Kind::Read(State::Nil));
+        let new = op(4, Some(5), Kind::Read(State::Int(1)));
+        assert_eq!(run(&[w, old, new]), Outcome::Linearizable);
+    }
+
+    #[test]
+    fn optional_write_may_never_happen() {
+        let w = op(0, None, Kind::Write(State::Int(1)));
+        let r = op(1, Some(2), Kind::Read(State::Nil));
+        assert_eq!(run(&[w.clone(), r]), Outcome::Linearizable);
+        let seen = op(3, Some(4), Kind::Read(State::Int(1)));
+        let unseen = op(5, Some(6), Kind::Read(State::Nil));
+        assert_eq!(run(&[w, seen, unseen]), Outcome::NotLinearizable);
+    }
+}

@@ -1,0 +1,138 @@
+//! Narrowing a key's violation down to a short window of ops a human can read.
+//!
+//! A window is ops `i..=j` of the key in invoke order, checked on their own with
+//! two allowances that keep it honest (a window that fails proves the whole key
+//! fails):
+//! - it starts from nil only when `i == 0`, otherwise from an unknown value that the
+//!   first observation pins ([`State::Any`]);
+//! - every other op that overlaps the window's time span may take effect or not,
+//!   as if it were `info` (its effect might be what a read in the window saw).
+//!
+//! Failure is monotone in both ends (widening a window only adds constraints), so
+//! two binary searches find the window that ends earliest, then starts latest:
+//! no contiguous sub-window of it fails.
+
+use std::time::Instant;
+
+use super::model::{ModelOp, State};
+use super::search::{Outcome, search};
+
+/// A failing window of one key's ops.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Window {
+    /// First op (index into the key's ops).
+    pub start: usize,
+    /// Last op, inclusive.
+    pub end: usize,
+    /// Other ops of the key that were allowed to take effect or not.
+    pub overlapping: Vec<usize>,
+    /// False if some probe timed out, so a sub-window might fail too.
+    pub minimal: bool,
+}
+
+/// Finds a failing window of `ops`, which must fail as a whole (from nil).
+pub(crate) fn find(ops: &[ModelOp], deadline: Instant) -> Window {
+    let mut minimal = true;
+    let mut probe = |i: usize, j: usize| match fails(ops, i, j, deadline) {
+        Some(failed) => failed,
+        None => {
+            minimal = false;
+            false // unproven: keep the bound we already know fails
+        }
+    };
+    // Invariant: 0..=hi fails.
+    let (mut lo, mut hi) = (0, ops.len().saturating_sub(1));
+    while lo < hi {
+        let mid = (lo + hi) / 2;
+        if probe(0, mid) {
+            hi = mid
+        } else {
+            lo = mid + 1
+        }
+    }
+    let end = hi;
+    // Invariant: lo..=end fails.
+    let (mut lo, mut hi) = (0, end);
+    while lo < hi {
+        let mid = (lo + hi).div_ceil(2);
+        if probe(mid, end) {
+            lo = mid
+        } else {
+            hi = mid - 1
+        }
+    }
+    let (_, overlapping) = sub_history(ops, lo, end);
+    Window {
+        start: lo,
+        end,
+        overlapping,
+        minimal,
+    }
+}
+
+/// Whether window `i..=j` fails; `None` if the search timed out.
+fn fails(ops: &[ModelOp], i: usize, j: usize, deadline: Instant) -> Option<bool> {
+    let (sub, _) = sub_history(ops, i, j);
+    let init = if i == 0 { State::Nil } else { State::Any };
+    match search(&sub, init, deadline) {
+        Outcome::NotLinearizable => Some(true),
+        Outcome::Linearizable => Some(false),
+        Outcome::TimedOut => None,
+    }
+}
+
+/// The window's ops plus the overlapping ones made optional, and the indexes of
+/// the latter.
+fn sub_history(ops: &[ModelOp], i: usize, j: usize) -> (Vec<ModelOp>, Vec<usize>) {
+    let span_start = ops[i].call;
+    let span_end = ops[i..=j].iter().map(|o| o.ret.unwrap_or(usize::MAX)).max();
+    let span_end = span_end.unwrap_or(usize::MAX);
+    let mut sub = ops[i..=j].to_vec();
+    let mut overlapping = Vec::new();
+    for (k, op) in ops.iter().enumerate() {
+        let overlaps = op.call < span_end && op.ret.is_none_or(|r| r > span_start);
+        if (i..=j).contains(&k) || !overlaps {
+            continue;
+        }
+        if let Some(optional) = op.as_optional() {
+            sub.push(optional);
+            overlapping.push(k);
+        }
+    }
+    (sub, overlapping)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::check::model::Kind;
+    use std::time::Duration;
+
+    fn op(call: usize, ret: usize, kind: Kind) -> ModelOp {
+        ModelOp {
+            call,
+            ret: Some(ret),
+            kind,
+            pair: call,
+        }
+    }
+
+    #[test]
+    fn narrows_to_the_stale_read() {
+        let w = |v| Kind::Write(State::Int(v));
+        let r = |v| Kind::Read(State::Int(v));
+        let ops = vec![
+            op(0, 1, w(1)),
+            op(2, 3, r(1)),
+            op(4, 5, w(2)),
+            op(6, 7, r(2)),
+            op(8, 9, r(1)), // stale: 2 was written and read before
+            op(10, 11, w(3)),
+            op(12, 13, r(3)),
+        ];
+        let found = find(&ops, Instant::now() + Duration::from_secs(5));
+        assert_eq!((found.start, found.end), (3, 4), "{found:?}");
+        assert!(found.minimal);
+        assert!(found.overlapping.is_empty());
+    }
+}

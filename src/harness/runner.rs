@@ -1,0 +1,409 @@
+//! One test run, start to finish:
+//! spawn + init -> workers, nemesis, progress line -> time limit -> (exactly-once: heal,
+//! drain retries, final counter reads) -> stop nodes -> check -> write outputs.
+
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Write as _};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+use thiserror::Error;
+use tokio::time::Instant;
+
+use super::cli::Workload;
+use super::client::Client;
+use super::config::{ConfigError, RunConfig};
+use super::cpu::CpuMeter;
+use super::nemesis::{Action, Fault, schedule};
+use super::net::Net;
+use super::process::{ClientIds, Cluster, ProcessConfig, ProcessError, Violations};
+use super::recorder::Recorder;
+use super::results::{self, HarnessFacts};
+use super::scheduler::{self, Pace};
+use super::schema::{Reply, classify};
+use super::seed::derive_rng;
+use super::worker::{MalformedLog, RetryPolicy, Worker};
+use super::workload::{ExactlyOnce, Generator, LinKv};
+use crate::check::{CheckOptions, Validity, check_counters, check_linearizable};
+use crate::history::{Op, OpType, Process};
+
+/// A run that could not be carried out (as opposed to one whose verdict is invalid).
+#[derive(Debug, Error)]
+pub enum HarnessError {
+    /// The configuration is inconsistent.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Nodes could not be started or initialised.
+    #[error(transparent)]
+    Process(#[from] ProcessError),
+    /// Output files could not be written.
+    #[error("cannot write {path}: {source}")]
+    Output {
+        /// The file or folder.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// What a finished run produced.
+#[derive(Debug)]
+pub struct Outcome {
+    /// The verdict.
+    pub valid: Validity,
+    /// The human summary.
+    pub summary: String,
+    /// Where the files are.
+    pub out_dir: PathBuf,
+    /// `results.json`, as written.
+    pub results: Value,
+}
+
+fn write_file(path: PathBuf, data: &[u8]) -> Result<(), HarnessError> {
+    std::fs::write(&path, data).map_err(|source| HarnessError::Output { path, source })
+}
+
+fn beyond_maelstrom(cfg: &RunConfig) -> Vec<String> {
+    let mut v = Vec::new();
+    if cfg.workload == Workload::ExactlyOnce {
+        v.push("exactly-once workload (client_id/seq sessions, retries to other nodes, add, counter check)".into());
+    }
+    if cfg.nemesis.faults.contains(&Fault::Kill) {
+        v.push("kill nemesis (SIGKILL + restart + fresh init)".into());
+    }
+    if cfg.net.p_loss > 0.0 {
+        v.push(format!("message loss p={}", cfg.net.p_loss));
+    }
+    if cfg.net.p_dup > 0.0 {
+        v.push(format!("message duplication p={}", cfg.net.p_dup));
+    }
+    v
+}
+
+/// Applies one nemesis action and records it.
+async fn apply(action: &Action, net: &Net, cluster: &Cluster, recorder: &Recorder) {
+    let describe = match action {
+        Action::StartPartition(shape, _) => {
+            format!("partition {} {}", shape.name(), action.value())
+        }
+        Action::StopPartition => "none".into(),
+        Action::Kill(n) => format!("{n} killed"),
+        Action::Start(_) => "none".into(),
+    };
+    let mut value = action.value();
+    match action {
+        Action::StartPartition(_, g) => net.partition(g),
+        Action::StopPartition => net.heal(),
+        Action::Kill(n) => {
+            if let Some(i) = net.node_index(n) {
+                cluster.kill(i).await;
+            }
+        }
+        Action::Start(n) => {
+            if let Some(i) = net.node_index(n)
+                && let Err(e) = cluster.restart(i).await
+            {
+                eprintln!("\nnemesis: restarting {n} failed: {e}");
+                value = Value::from(format!("{n}: restart failed: {e}"));
+            }
+        }
+    }
+    recorder.nemesis(action.f(), value, describe);
+}
+
+fn progress_line(recorder: &Recorder, elapsed: Duration) -> String {
+    let t = recorder.tally();
+    let done = t.ok + t.fail + t.info;
+    let ok_pct = if done > 0 {
+        100.0 * t.ok as f64 / done as f64
+    } else {
+        0.0
+    };
+    format!(
+        "[{:6.1}s] ops {:>7} ok {:5.1}% fail {:>5} info {:>5} | fault: {}",
+        elapsed.as_secs_f64(),
+        t.invokes,
+        ok_pct,
+        t.fail,
+        t.info,
+        t.fault
+    )
+}
+
+/// Reads each counter key until a node answers (exactly-once final reads), recording the
+/// reads in the history. A missing key counts as 0.
+async fn final_reads(
+    net: Arc<Net>,
+    client_id: String,
+    keys: &[Value],
+    process: u64,
+    recorder: &Recorder,
+    timeout: Duration,
+    deadline: Instant,
+) -> BTreeMap<String, Value> {
+    let mut client = Client::open(net.clone(), client_id);
+    let nodes = net.nodes().to_vec();
+    let mut out = BTreeMap::new();
+    let mut attempt = 0usize;
+    for key in keys {
+        let mk = |kind, value, error| Op {
+            process: Process::Client(process),
+            kind,
+            f: "read".into(),
+            key: Some(key.clone()),
+            value,
+            time: 0,
+            error,
+            client_id: None,
+            seq: None,
+        };
+        recorder.record(mk(OpType::Invoke, Value::Null, None));
+        let mut body = Map::new();
+        body.insert("type".into(), "read".into());
+        body.insert("key".into(), key.clone());
+        let result = loop {
+            let node = &nodes[attempt % nodes.len()];
+            attempt += 1;
+            if let Ok(reply) = client.call(node, body.clone(), timeout).await {
+                match classify("read", &reply) {
+                    Reply::Ok(v) => break Some(mk(OpType::Ok, v.unwrap_or(Value::Null), None)),
+                    Reply::Error { code: 20, text, .. } => {
+                        break Some(mk(OpType::Fail, Value::Null, Some((20, text))));
+                    }
+                    _ => {}
+                }
+            }
+            if Instant::now() >= deadline {
+                break None;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        match result {
+            Some(op) => {
+                let v = if op.kind == OpType::Ok {
+                    op.value.clone()
+                } else {
+                    Value::from(0)
+                };
+                out.insert(key.to_string(), v);
+                recorder.record(op);
+            }
+            None => recorder.record(mk(
+                OpType::Fail,
+                Value::Null,
+                Some((0, "no node answered the final read".into())),
+            )),
+        }
+    }
+    out
+}
+
+/// Runs one test and writes its outputs.
+pub async fn run(cfg: RunConfig) -> Result<Outcome, HarnessError> {
+    cfg.validate()?;
+    let logs = cfg.out_dir.join("node-logs");
+    std::fs::create_dir_all(&logs).map_err(|source| HarnessError::Output {
+        path: logs.clone(),
+        source,
+    })?;
+    eprintln!(
+        "oncekv test: workload {} | seed {} | {} nodes, concurrency {}, rate {}/s, {} s | nemesis {:?} every ~{} s | output {}",
+        cfg.workload.name(),
+        cfg.seed,
+        cfg.nodes.len(),
+        cfg.concurrency,
+        cfg.rate,
+        cfg.time_limit.as_secs_f64(),
+        cfg.nemesis.faults,
+        cfg.nemesis.interval.as_secs_f64(),
+        cfg.out_dir.display()
+    );
+    let cpu = CpuMeter::start();
+    let net = Arc::new(Net::new(
+        &cfg.nodes,
+        cfg.net.clone(),
+        derive_rng_seed(cfg.seed, "net"),
+    ));
+    let violations = Arc::new(Violations::new(cfg.limits.violations_kept));
+    let client_ids = Arc::new(ClientIds::default());
+    let pcfg = ProcessConfig {
+        bin: cfg.bin.clone(),
+        args: cfg.args.clone(),
+        log_dir: logs,
+        init_timeout: cfg.limits.init_timeout,
+        stop_grace: cfg.limits.stop_grace,
+    };
+    let cluster =
+        Arc::new(Cluster::start(pcfg, net.clone(), violations.clone(), client_ids.clone()).await?);
+
+    let start = Instant::now();
+    let end = start + cfg.time_limit;
+    let recorder = Arc::new(Recorder::new(start.into_std()));
+    let malformed = Arc::new(MalformedLog::new(cfg.limits.malformed_kept));
+    let nodes = Arc::new(cfg.nodes.clone());
+    let eo = cfg.workload == Workload::ExactlyOnce;
+    let workers: Vec<Worker> = (0..cfg.concurrency)
+        .map(|w| Worker {
+            client: Client::open(net.clone(), client_ids.next()),
+            node: w % cfg.nodes.len(),
+            nodes: nodes.clone(),
+            timeout: cfg.client_timeout(),
+            recorder: recorder.clone(),
+            malformed: malformed.clone(),
+            retry: eo.then(|| RetryPolicy {
+                deadline: (end + cfg.limits.final_phase).into_std(),
+                backoff: cfg.limits.retry_backoff,
+            }),
+        })
+        .collect();
+    let ops_rng = derive_rng(cfg.seed, "ops");
+    let mut generator: Box<dyn Generator> = match cfg.workload {
+        Workload::LinKv => Box::new(LinKv::new(
+            cfg.nodes.len(),
+            cfg.concurrency,
+            cfg.limits.processes_per_key,
+            ops_rng,
+        )),
+        Workload::ExactlyOnce => Box::new(ExactlyOnce::new(
+            cfg.concurrency,
+            cfg.limits.register_ops_per_key,
+            cfg.limits.counter_keys,
+            ops_rng,
+        )),
+    };
+
+    let events = schedule(&cfg.nemesis, &cfg.nodes, cfg.time_limit, cfg.seed);
+    let nemesis = {
+        let (net, cluster, recorder) = (net.clone(), cluster.clone(), recorder.clone());
+        tokio::spawn(async move {
+            let mut partitioned = false;
+            let mut down: Vec<String> = Vec::new();
+            for e in events {
+                tokio::time::sleep_until(start + e.at).await;
+                match &e.action {
+                    Action::StartPartition(..) => partitioned = true,
+                    Action::StopPartition => partitioned = false,
+                    Action::Kill(n) => down.push(n.clone()),
+                    Action::Start(n) => down.retain(|d| d != n),
+                }
+                apply(&e.action, &net, &cluster, &recorder).await;
+            }
+            // Exactly-once heals at the end so retries and final reads can finish;
+            // lin-kv, like Maelstrom, does not.
+            if eo {
+                tokio::time::sleep_until(end).await;
+                if partitioned {
+                    apply(&Action::StopPartition, &net, &cluster, &recorder).await;
+                }
+                for n in down {
+                    apply(&Action::Start(n), &net, &cluster, &recorder).await;
+                }
+            }
+        })
+    };
+    let progress = {
+        let recorder = recorder.clone();
+        let period = cfg.limits.progress_period;
+        tokio::spawn(async move {
+            let tty = std::io::stderr().is_terminal();
+            let mut ticks = 0u64;
+            loop {
+                tokio::time::sleep(period).await;
+                ticks += 1;
+                let line = progress_line(&recorder, start.elapsed());
+                if tty {
+                    eprint!("\r{line}");
+                    let _ = std::io::stderr().flush();
+                } else if ticks.is_multiple_of(5) {
+                    eprintln!("{line}");
+                }
+            }
+        })
+    };
+
+    let pace = Pace {
+        rate: cfg.rate,
+        end,
+        rng: derive_rng(cfg.seed, "schedule"),
+    };
+    scheduler::run(generator.as_mut(), workers, pace).await;
+    let _ = nemesis.await;
+    let mut final_values = BTreeMap::new();
+    if eo {
+        let keys = ExactlyOnce::counter_keys(cfg.limits.counter_keys);
+        final_values = final_reads(
+            net.clone(),
+            client_ids.next(),
+            &keys,
+            generator.spare_process(),
+            &recorder,
+            cfg.client_timeout(),
+            end + cfg.limits.final_phase,
+        )
+        .await;
+    }
+    progress.abort();
+    eprintln!("\n{}", progress_line(&recorder, start.elapsed()));
+    let issue_wall = start.elapsed();
+    let cpu_share = cpu.share();
+    if let Ok(c) = Arc::try_unwrap(cluster) {
+        c.stop().await;
+    }
+
+    let ops = recorder.ops();
+    let lin = check_linearizable(
+        &ops,
+        &CheckOptions {
+            time_limit: cfg.limits.check_time_limit,
+        },
+    );
+    let counters = eo.then(|| check_counters(&ops, &final_values));
+    let completed = ops
+        .iter()
+        .filter(|o| o.process != Process::Nemesis && o.kind != OpType::Invoke)
+        .count();
+    let facts = HarnessFacts {
+        seed: cfg.seed,
+        node_count: cfg.nodes.len(),
+        concurrency: cfg.concurrency,
+        time_limit_s: cfg.time_limit.as_secs_f64(),
+        cpu_share,
+        ops_per_s: completed as f64 / issue_wall.as_secs_f64().max(1e-9),
+        protocol_violations: violations.snapshot(),
+        malformed_replies: malformed.snapshot(),
+        beyond_maelstrom: beyond_maelstrom(&cfg),
+    };
+    let (valid, results) = results::build(
+        cfg.workload.name(),
+        &ops,
+        &lin,
+        counters.as_ref(),
+        &net.stats(),
+        &facts,
+    );
+    let mut history = String::new();
+    for op in &ops {
+        history.push_str(&serde_json::to_string(op).unwrap_or_default());
+        history.push('\n');
+    }
+    write_file(cfg.out_dir.join("history.jsonl"), history.as_bytes())?;
+    let pretty = serde_json::to_string_pretty(&results).unwrap_or_default();
+    write_file(cfg.out_dir.join("results.json"), pretty.as_bytes())?;
+    write_file(
+        cfg.out_dir.join("latency.svg"),
+        results::latency_svg(&ops).as_bytes(),
+    )?;
+    Ok(Outcome {
+        valid,
+        summary: results::summary(&results),
+        out_dir: cfg.out_dir.clone(),
+        results,
+    })
+}
+
+fn derive_rng_seed(seed: u64, purpose: &str) -> u64 {
+    use rand::Rng;
+    derive_rng(seed, purpose).r#gen()
+}
