@@ -290,8 +290,10 @@ impl Node {
         self.raft.metrics().borrow_watched().current_leader
     }
 
-    /// Waits until a leader other than `failed` is known (or `hint` names one), up to
-    /// a small fraction of the deadline.
+    /// Picks the leader to try next: `hint` if it names another node, else the first
+    /// leader other than `failed` to appear, else (after a short back-off, as a new
+    /// leader may refuse writes until the old leader's lease ends) whoever leads then.
+    /// None when the deadline leaves no time for another attempt.
     async fn wait_for_leader(
         &self,
         hint: Option<u64>,
@@ -302,18 +304,20 @@ impl Node {
             return Some(h);
         }
         let mut rx = self.raft.metrics();
+        let backoff_until =
+            Instant::now() + Duration::from_millis(self.config.heartbeat_interval_ms * 2);
+        // Keep a margin so a retried request still has time to commit.
+        let margin = Duration::from_millis(self.config.heartbeat_interval_ms);
         loop {
             let now = Instant::now();
-            // Keep a margin so a retried request still has time to commit.
-            let margin = Duration::from_millis(self.config.heartbeat_interval_ms);
             if now + margin >= deadline {
                 return None;
             }
             let current = rx.borrow_watched().current_leader;
-            if current.is_some() && current != failed {
+            if current.is_some() && (current != failed || now >= backoff_until) {
                 return current;
             }
-            let step = (deadline - margin - now).min(Duration::from_millis(50));
+            let step = (deadline - margin - now).min(Duration::from_millis(20));
             let _ = tokio::time::timeout(step, rx.changed()).await;
         }
     }

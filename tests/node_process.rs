@@ -1,0 +1,247 @@
+//! Process-level tests: the real binary on stdin/stdout, alone and in clusters wired
+//! by a test router.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use support::{Cluster, run_script};
+
+const INIT: &str = r#"{"src":"c0","dest":"n1","body":{"type":"init","msg_id":1,"node_id":"n1","node_ids":["n1"]}}"#;
+
+fn script(lines: &[Value]) -> String {
+    let mut s = format!("{INIT}\n");
+    for (i, body) in lines.iter().enumerate() {
+        let mut body = body.clone();
+        body["msg_id"] = json!(i + 2);
+        s.push_str(&json!({"src":"c1","dest":"n1","body":body}).to_string());
+        s.push('\n');
+    }
+    s
+}
+
+fn bodies(out: &str) -> Vec<Value> {
+    out.lines()
+        .map(|l| serde_json::from_str::<Value>(l).expect("json line")["body"].clone())
+        .collect()
+}
+
+#[test]
+fn seed_exchange_is_byte_for_byte() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/seed");
+    let (Ok(input), Ok(expected)) = (
+        std::fs::read_to_string(format!("{root}/sample.in")),
+        std::fs::read_to_string(format!("{root}/sample.out")),
+    ) else {
+        // The reference files live beside the checkout; the exchange is also inlined.
+        let input = format!(
+            "{INIT}\n{}\n",
+            r#"{"src":"c1","dest":"n1","body":{"type":"write","msg_id":2,"key":"x","value":1,"client_id":"c1","seq":1}}"#
+        );
+        let expected = concat!(
+            r#"{"src":"n1","dest":"c0","body":{"type":"init_ok","in_reply_to":1,"msg_id":0}}"#,
+            "\n",
+            r#"{"src":"n1","dest":"c1","body":{"type":"write_ok","in_reply_to":2,"msg_id":1}}"#,
+            "\n"
+        );
+        assert_eq!(run_script(&input), expected);
+        return;
+    };
+    assert_eq!(run_script(&input), expected);
+}
+
+/// A single node answers a script exactly like a sequential store, in input order.
+#[test]
+fn single_node_is_a_sequential_store() {
+    let out = run_script(&script(&[
+        json!({"type":"read","key":1}),
+        json!({"type":"write","key":1,"value":3}),
+        json!({"type":"read","key":1}),
+        json!({"type":"cas","key":1,"from":4,"to":5}),
+        json!({"type":"cas","key":1,"from":3,"to":5}),
+        json!({"type":"read","key":1}),
+        json!({"type":"cas","key":2,"from":1,"to":2}),
+        json!({"type":"cas","key":2,"from":1,"to":2,"create_if_not_exists":true}),
+        json!({"type":"write","key":[1,"a"],"value":{"x":1}}),
+        json!({"type":"read","key":[1,"a"]}),
+        json!({"type":"read","key":2}),
+    ]));
+    let got: Vec<Value> = bodies(&out);
+    let expect = [
+        json!({"type":"init_ok","in_reply_to":1,"msg_id":0}),
+        json!({"type":"error","code":20,"text":"key does not exist","in_reply_to":2,"msg_id":1}),
+        json!({"type":"write_ok","in_reply_to":3,"msg_id":2}),
+        json!({"type":"read_ok","value":3,"in_reply_to":4,"msg_id":3}),
+        json!({"type":"error","code":22,"text":"expected 4, had 3","in_reply_to":5,"msg_id":4}),
+        json!({"type":"cas_ok","in_reply_to":6,"msg_id":5}),
+        json!({"type":"read_ok","value":5,"in_reply_to":7,"msg_id":6}),
+        json!({"type":"error","code":20,"text":"key does not exist","in_reply_to":8,"msg_id":7}),
+        json!({"type":"cas_ok","in_reply_to":9,"msg_id":8}),
+        json!({"type":"write_ok","in_reply_to":10,"msg_id":9}),
+        json!({"type":"read_ok","value":{"x":1},"in_reply_to":11,"msg_id":10}),
+        json!({"type":"read_ok","value":2,"in_reply_to":12,"msg_id":11}),
+    ];
+    assert_eq!(got, expect, "output:\n{out}");
+}
+
+/// Retries of write, cas and add return the cached reply and execute once; `add`
+/// makes a second execution visible.
+#[test]
+fn duplicate_retries_execute_once() {
+    let s = |extra: Value| {
+        let mut b = extra;
+        b["client_id"] = json!("c9");
+        b
+    };
+    let out = run_script(&script(&[
+        s(json!({"type":"add","key":"k","delta":5,"seq":1})),
+        s(json!({"type":"add","key":"k","delta":5,"seq":1})),
+        s(json!({"type":"write","key":"w","value":1,"seq":2})),
+        json!({"type":"write","key":"w","value":2}),
+        s(json!({"type":"write","key":"w","value":1,"seq":2})),
+        s(json!({"type":"cas","key":"k","from":5,"to":100,"seq":3})),
+        json!({"type":"write","key":"k","value":5}),
+        s(json!({"type":"cas","key":"k","from":5,"to":100,"seq":3})),
+        s(json!({"type":"add","key":"k","delta":5,"seq":1})),
+        json!({"type":"read","key":"k"}),
+        json!({"type":"read","key":"w"}),
+    ]));
+    let b = bodies(&out);
+    assert_eq!(b[1]["value"], 5);
+    assert_eq!(
+        b[2]["value"], 5,
+        "the retried add returned the cached total"
+    );
+    assert_eq!(
+        b[5]["type"], "write_ok",
+        "the retried write was answered from the cache"
+    );
+    assert_eq!(b[6]["type"], "cas_ok");
+    assert_eq!(
+        b[8]["type"], "cas_ok",
+        "cached cas_ok, though from no longer matches"
+    );
+    assert_eq!(
+        b[9]["type"], "add_ok",
+        "an old seq gets a cached reply, never runs"
+    );
+    assert_eq!(b[10]["value"], 5, "neither the cas nor the add ran twice");
+    assert_eq!(
+        b[11]["value"], 2,
+        "the retried write did not overwrite the later write"
+    );
+}
+
+/// Bad input gets a clear error or a log line, never a crash, and the node keeps
+/// answering.
+#[test]
+fn bad_input_never_kills_the_node() {
+    let before_init = r#"{"src":"c1","dest":"n1","body":{"type":"read","msg_id":77,"key":1}}"#;
+    let bad = [
+        "not json at all",
+        r#"{"src":"c1","dest":"n1"}"#,
+        r#"{"src":"c1","dest":"n1","body":{"type":"write","msg_id":90,"key":1}}"#,
+        r#"{"src":"c1","dest":"n1","body":{"type":"write","msg_id":91,"key":1,"value":1,"client_id":"a","seq":-3}}"#,
+        r#"{"src":"c1","dest":"n1","body":{"type":"write","msg_id":92,"key":1,"value":1,"client_id":"a","seq":1.5}}"#,
+        r#"{"src":"c1","dest":"n1","body":{"type":"add","msg_id":93,"key":1,"delta":"x"}}"#,
+        r#"{"src":"c1","dest":"n1","body":{"type":"teleport","msg_id":94}}"#,
+        r#"{"src":"c1","dest":"n1","body":{"msg_id":95}}"#,
+        r#"{"src":"n7","dest":"n1","body":{"type":"raft_append","msg_id":96,"rpc":{}}}"#,
+        r#"{"src":"c1","dest":"n1","body":{"type":"read","msg_id":"x","key":1}}"#,
+        "\u{0}\u{1}garbage\u{7f}",
+    ];
+    let mut input = format!("{before_init}\n{INIT}\n");
+    for (i, line) in bad.iter().enumerate() {
+        input.push_str(line);
+        input.push('\n');
+        // After each bad line, prove the node still serves.
+        let probe = json!({"src":"c1","dest":"n1","body":{"type":"add","msg_id":1000 + i,"key":"alive","delta":1}});
+        input.push_str(&probe.to_string());
+        input.push('\n');
+    }
+    let out = run_script(&input);
+    let b = bodies(&out);
+    let by_irt = |id: u64| {
+        b.iter()
+            .find(|x| x["in_reply_to"] == id)
+            .cloned()
+            .unwrap_or_else(|| panic!("no reply to {id}:\n{out}"))
+    };
+    assert_eq!(by_irt(77)["code"], 11, "request before init");
+    for id in [90, 91, 92, 93, 95] {
+        assert_eq!(by_irt(id)["code"], 12, "malformed {id}");
+    }
+    assert_eq!(by_irt(94)["code"], 10, "unknown type");
+    assert_eq!(
+        by_irt(96)["code"],
+        12,
+        "raft message from a node not in the cluster"
+    );
+    for i in 0..bad.len() as u64 {
+        assert_eq!(by_irt(1000 + i)["value"], i + 1, "probe after bad line {i}");
+    }
+}
+
+/// Exits 0 soon after stdin closes, with every accepted request answered first.
+#[test]
+fn answers_everything_then_exits_on_eof() {
+    let lines: Vec<Value> = (0..500)
+        .map(|i| json!({"type":"add","key":i % 7,"delta":1,"client_id":"c1","seq":i + 1}))
+        .collect();
+    let out = run_script(&script(&lines));
+    let b = bodies(&out);
+    assert_eq!(b.len(), 501);
+    for (i, body) in b.iter().enumerate() {
+        assert_eq!(body["msg_id"], i as u64, "msg_ids count from 0 in order");
+        assert_eq!(body["in_reply_to"], i as u64 + 1, "replies in input order");
+    }
+}
+
+/// A write committed through the leader; the leader is cut off; the same
+/// (client_id, seq) retried at the new leader returns the cached reply and the
+/// counter does not move. Reference: Raft thesis section 6.3.
+fn failover_retry_returns_cached_reply(n: usize) {
+    let cluster = Cluster::start(n);
+    let leader = cluster.leader(None);
+    let add = json!({"type":"add","key":"ctr","delta":1,"client_id":"alice","seq":1});
+    let first = cluster.request(leader, add.clone());
+    assert_eq!(first["type"], "add_ok", "{first}");
+    assert_eq!(first["value"], 1);
+    // A follower forwards: it too commits through the leader.
+    let follower = (leader + 1) % n;
+    let second = cluster.request(
+        follower,
+        json!({"type":"add","key":"ctr","delta":10,"client_id":"bob","seq":1}),
+    );
+    assert_eq!(second["value"], 11, "{second}");
+
+    cluster.isolate(leader);
+    let new_leader = cluster.leader(Some(leader));
+    assert_ne!(new_leader, leader);
+    let retry = cluster.request_as("c1", new_leader, add, Duration::from_secs(10));
+    assert_eq!(retry["type"], "add_ok", "{retry}");
+    assert_eq!(retry["value"], 1, "the retry got the cached reply");
+    let read = cluster.request(new_leader, json!({"type":"read","key":"ctr"}));
+    assert_eq!(read["value"], 11, "the counter did not move");
+    let next = cluster.request(
+        new_leader,
+        json!({"type":"add","key":"ctr","delta":1,"client_id":"alice","seq":2}),
+    );
+    assert_eq!(next["value"], 12);
+    assert!(
+        cluster.violations().is_empty(),
+        "{:?}",
+        cluster.violations()
+    );
+}
+
+#[test]
+fn three_node_failover_retry_is_answered_from_cache() {
+    failover_retry_returns_cached_reply(3);
+}
+
+#[test]
+fn five_node_failover_retry_is_answered_from_cache() {
+    failover_retry_returns_cached_reply(5);
+}
