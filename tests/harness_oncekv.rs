@@ -1,0 +1,73 @@
+//! oncekv itself under the harness, as users run it under Maelstrom: 3 and 5 nodes
+//! with partitions (lin-kv), and the exactly-once workload with partitions. Each
+//! case prints its seed; `oncekv test ... --seed N` reproduces its schedule.
+
+use std::path::PathBuf;
+
+use oncekv::check::Validity;
+use oncekv::harness::cli::{TestArgs, Workload};
+use oncekv::harness::net::LatencyDist;
+use oncekv::harness::{Outcome, run};
+
+fn seed() -> u64 {
+    let seed = std::env::var("ONCEKV_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(oncekv::harness::seed::fresh_seed);
+    eprintln!("seed {seed} (rerun with ONCEKV_TEST_SEED={seed})");
+    seed
+}
+
+async fn run_oncekv(name: &str, workload: Workload, nodes: usize, secs: f64) -> anyhow::Result<Outcome> {
+    let seed = seed();
+    let out = std::env::temp_dir().join(format!("oncekv-self-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let args = TestArgs {
+        workload,
+        bin: PathBuf::from(env!("CARGO_BIN_EXE_oncekv")),
+        node_count: Some(nodes),
+        concurrency: "4n".into(),
+        rate: 50.0,
+        time_limit: secs,
+        latency: 0,
+        latency_dist: LatencyDist::Constant,
+        nemesis: "partition".into(),
+        nemesis_interval: 3.0,
+        p_loss: 0.0,
+        p_dup: 0.0,
+        out: Some(out.clone()),
+        seed: Some(seed),
+        args: Vec::new(),
+    };
+    let outcome = run(args.into_config(seed, out)?).await?;
+    eprintln!("{}", outcome.summary);
+    Ok(outcome)
+}
+
+fn assert_valid_and_busy(o: &Outcome) {
+    assert_eq!(o.valid, Validity::Valid, "{}", o.summary);
+    let ok = o.results["stats"]["ok"].as_u64().unwrap_or(0);
+    assert!(ok > 100, "too few ok ops to mean anything: {}", o.summary);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_lin_kv_with_partitions_is_valid() -> anyhow::Result<()> {
+    let o = run_oncekv("lin3", Workload::LinKv, 3, 20.0).await?;
+    assert_valid_and_busy(&o);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_nodes_lin_kv_with_partitions_is_valid() -> anyhow::Result<()> {
+    let o = run_oncekv("lin5", Workload::LinKv, 5, 20.0).await?;
+    assert_valid_and_busy(&o);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_once_with_partitions_is_valid() -> anyhow::Result<()> {
+    let o = run_oncekv("eo3", Workload::ExactlyOnce, 3, 20.0).await?;
+    assert_valid_and_busy(&o);
+    assert!(o.summary.contains("exactly-once"), "{}", o.summary);
+    Ok(())
+}
