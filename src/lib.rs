@@ -8,9 +8,11 @@
 //! - [`maelstrom`]: the stdin/stdout transport (Maelstrom node mode).
 //! - [`history`]: the `history.jsonl` format shared by the harness and the checker.
 //! - [`check`]: the linearizability checker.
+//! - [`bench`]: `oncekv bench`, throughput and session memory against a baseline.
 //! - [`harness`]: `oncekv test`, a Maelstrom-style test harness.
 #![deny(clippy::print_stdout)]
 
+pub mod bench;
 pub mod check;
 pub mod config;
 pub mod harness;

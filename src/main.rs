@@ -18,6 +18,8 @@ struct Cli {
 enum Command {
     /// Run a Maelstrom node on stdin/stdout (the default with no arguments).
     Node,
+    /// Measure single-node throughput over stdin against a no-consensus baseline.
+    Bench(oncekv::bench::BenchArgs),
     /// Run a Maelstrom-style test against any Maelstrom node binary.
     Test(TestArgs),
     /// Test oncekv itself: exactly-once, then lin-kv, 3 nodes under partitions.
@@ -107,6 +109,10 @@ fn main() -> anyhow::Result<()> {
     init_logging();
     let code = match cli.command {
         None | Some(Command::Node) => node()?,
+        Some(Command::Bench(args)) => {
+            oncekv::bench::run(&args)?;
+            0
+        }
         Some(Command::Test(args)) => test(args)?,
         Some(Command::Demo { time_limit, seed }) => demo(time_limit, seed)?,
     };

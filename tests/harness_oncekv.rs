@@ -18,7 +18,12 @@ fn seed() -> u64 {
     seed
 }
 
-async fn run_oncekv(name: &str, workload: Workload, nodes: usize, secs: f64) -> anyhow::Result<Outcome> {
+async fn run_oncekv(
+    name: &str,
+    workload: Workload,
+    nodes: usize,
+    secs: f64,
+) -> anyhow::Result<Outcome> {
     let seed = seed();
     let out = std::env::temp_dir().join(format!("oncekv-self-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&out);

@@ -77,8 +77,10 @@ pub enum Started {
 enum Outcome {
     /// The answer for the client.
     Done(Reply),
-    /// This node is not the leader and proposed nothing; retry at this leader.
-    NotLeader(Option<u64>),
+    /// Not served here; retry at this leader. `proposed` when an entry was appended
+    /// and discarded (possible only for session ops, which dedup makes safe to retry):
+    /// the final answer must then be indefinite.
+    NotLeader(Option<u64>, bool),
 }
 
 /// One Raft member with its state machine and its way to reach peers.
@@ -109,6 +111,9 @@ pub struct Node {
 type Proposal = tokio::sync::oneshot::Receiver<openraft::raft::ClientWriteResult<TypeConfig>>;
 
 const NOT_LEADER_TEXT: &str = "not the leader; nothing was proposed";
+/// A forwarded session op whose entry was discarded on a leader change: indefinite,
+/// but safe for the forwarding node to re-propose elsewhere (dedup).
+const DISCARDED_TEXT: &str = "entry discarded on a leader change; retry with the same seq";
 
 impl Node {
     /// Starts a Raft member `name` of `members` (ids are positions in the list, the
@@ -131,7 +136,7 @@ impl Node {
             .find(|(_, p)| p.name == name)
             .map(|(id, _)| *id)
             .ok_or_else(|| StartError::NotAMember(name.to_string()))?;
-        let sm = StateMachineStore::new(config.limits);
+        let sm = StateMachineStore::new();
         let raft = Raft::new(
             id,
             Arc::new(config.raft_config()?),
@@ -175,7 +180,7 @@ impl Node {
     /// `request_timeout_ms`.
     pub async fn serve(&self, req: Request) -> Reply {
         let deadline = Instant::now() + self.config.request_timeout();
-        self.serve_from(Forwarded::from_request(req), deadline, self.leader())
+        self.serve_from(Forwarded::from_request(req), deadline, self.leader(), false)
             .await
     }
 
@@ -198,9 +203,10 @@ impl Node {
             Forwarded::Read(key) if leader == Some(self.id) && self.single_voter() => {
                 let reply = match self.read_in_order(&key, deadline).await {
                     Outcome::Done(r) => r,
-                    Outcome::NotLeader(hint) => {
+                    Outcome::NotLeader(hint, _) => {
                         return Started::Pending(Box::pin(async move {
-                            node.serve_from(Forwarded::Read(key), deadline, hint).await
+                            node.serve_from(Forwarded::Read(key), deadline, hint, false)
+                                .await
                         }));
                     }
                 };
@@ -212,21 +218,23 @@ impl Node {
                     Ok(proposal) => Started::Pending(Box::pin(async move {
                         match node.await_proposal(proposal, has_session, deadline).await {
                             Outcome::Done(r) => r,
-                            Outcome::NotLeader(hint) => {
-                                node.serve_from(Forwarded::Propose(op), deadline, hint)
+                            Outcome::NotLeader(hint, proposed) => {
+                                node.serve_from(Forwarded::Propose(op), deadline, hint, proposed)
                                     .await
                             }
                         }
                     })),
                     Err(Outcome::Done(r)) => Started::Ready(r),
-                    Err(Outcome::NotLeader(hint)) => Started::Pending(Box::pin(async move {
-                        node.serve_from(Forwarded::Propose(op), deadline, hint)
-                            .await
-                    })),
+                    Err(Outcome::NotLeader(hint, proposed)) => {
+                        Started::Pending(Box::pin(async move {
+                            node.serve_from(Forwarded::Propose(op), deadline, hint, proposed)
+                                .await
+                        }))
+                    }
                 }
             }
             fwd => Started::Pending(Box::pin(async move {
-                node.serve_from(fwd, deadline, leader).await
+                node.serve_from(fwd, deadline, leader, false).await
             })),
         }
     }
@@ -236,20 +244,29 @@ impl Node {
         fwd: Forwarded,
         deadline: Instant,
         mut leader: Option<u64>,
+        mut proposed: bool,
     ) -> Reply {
         loop {
             let outcome = match leader {
                 Some(l) if l == self.id => self.serve_local(&fwd, deadline).await,
                 Some(l) => self.forward(l, &fwd, deadline).await,
-                None => Outcome::NotLeader(None),
+                None => Outcome::NotLeader(None, false),
             };
             match outcome {
                 Outcome::Done(reply) => return reply,
-                Outcome::NotLeader(hint) => {
-                    // Nothing was proposed, so trying again is safe. Wait for a
+                Outcome::NotLeader(hint, discarded) => {
+                    // Nothing was proposed, or a session op whose re-proposal the
+                    // session table deduplicates: trying again is safe. Wait for a
                     // (different) leader while time remains.
+                    proposed |= discarded;
                     match self.wait_for_leader(hint, leader, deadline).await {
                         Some(next) => leader = Some(next),
+                        None if proposed => {
+                            return Reply::error(
+                                ErrorCode::Crash,
+                                "proposed, then the leader changed; it may still take effect",
+                            );
+                        }
                         None => {
                             return Reply::error(
                                 ErrorCode::TemporarilyUnavailable,
@@ -336,7 +353,7 @@ impl Node {
         match r {
             Ok(Ok(_)) => Outcome::Done(self.sm.read().state.read(key)),
             Ok(Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f)))) => {
-                Outcome::NotLeader(f.leader_id)
+                Outcome::NotLeader(f.leader_id, false)
             }
             Ok(Err(e)) => Outcome::Done(Reply::error(
                 ErrorCode::TemporarilyUnavailable,
@@ -399,12 +416,12 @@ impl Node {
             Ok(Ok(Ok(resp))) => Outcome::Done(resp.data),
             Ok(Ok(Err(ClientWriteError::ForwardToLeader(f)))) => {
                 // openraft rejected it before appending: definitely not proposed.
-                Outcome::NotLeader(f.leader_id)
+                Outcome::NotLeader(f.leader_id, false)
             }
             Ok(Ok(Err(ClientWriteError::LogEntryDiscarded(f)))) if has_session => {
                 // The entry may still commit elsewhere, but the session table will
                 // deduplicate a re-proposal: retrying is safe.
-                Outcome::NotLeader(f.leader_id)
+                Outcome::NotLeader(f.leader_id, true)
             }
             Ok(Ok(Err(e))) => Outcome::Done(Reply::error(
                 ErrorCode::Crash,
@@ -423,7 +440,7 @@ impl Node {
 
     async fn forward(&self, leader: u64, fwd: &Forwarded, deadline: Instant) -> Outcome {
         let Some(peer) = self.members.get(&leader) else {
-            return Outcome::NotLeader(None);
+            return Outcome::NotLeader(None, false);
         };
         let wait = deadline.saturating_duration_since(Instant::now());
         let body = rpc_body("forward", fwd);
@@ -432,7 +449,12 @@ impl Node {
                 Ok(Reply::Error { code, text })
                     if code == ErrorCode::TemporarilyUnavailable && text == NOT_LEADER_TEXT =>
                 {
-                    Outcome::NotLeader(None)
+                    Outcome::NotLeader(None, false)
+                }
+                Ok(Reply::Error { code, text })
+                    if code == ErrorCode::Crash && text == DISCARDED_TEXT =>
+                {
+                    Outcome::NotLeader(None, true)
                 }
                 Ok(r) => Outcome::Done(r),
                 Err(e) => Outcome::Done(Reply::error(
@@ -441,7 +463,7 @@ impl Node {
                 )),
             },
             // Never sent: nothing can have been proposed.
-            Err(CallError::Unreachable { .. }) => Outcome::NotLeader(None),
+            Err(CallError::Unreachable { .. }) => Outcome::NotLeader(None, false),
             Err(e) => Outcome::Done(Reply::error(
                 ErrorCode::Timeout,
                 format!("forwarded to the leader, no answer: {e}; it may still take effect"),
@@ -498,9 +520,10 @@ impl Node {
                 let deadline = Instant::now() + self.config.request_timeout();
                 let reply = match self.serve_local(&fwd, deadline).await {
                     Outcome::Done(r) => r,
-                    Outcome::NotLeader(_) => {
+                    Outcome::NotLeader(_, false) => {
                         Reply::error(ErrorCode::TemporarilyUnavailable, NOT_LEADER_TEXT)
                     }
+                    Outcome::NotLeader(_, true) => Reply::error(ErrorCode::Crash, DISCARDED_TEXT),
                 };
                 rpc_body("forward_ok", &reply)
             }

@@ -41,11 +41,13 @@ pub struct StateMachineStore {
 }
 
 impl StateMachineStore {
-    /// An empty state machine with these session limits.
-    pub fn new(limits: SessionLimits) -> Self {
+    /// An empty state machine. Every replica starts from the same default limits;
+    /// a node's configured limits reach the state only through a `SetLimits` log
+    /// entry, so replicas configured differently still apply one history.
+    pub fn new() -> Self {
         StateMachineStore {
             applied: Arc::new(RwLock::new(Applied {
-                state: State::new(limits),
+                state: State::new(SessionLimits::default()),
                 ..Applied::default()
             })),
             current: Arc::new(RwLock::new(None)),
@@ -81,6 +83,12 @@ impl StateMachineStore {
 
 fn invalid(e: impl std::fmt::Display) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, e.to_string())
+}
+
+impl Default for StateMachineStore {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {

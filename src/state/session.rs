@@ -42,15 +42,89 @@ pub struct Session {
     /// Cluster time (ms) of the last entry that touched the session; the LRU and
     /// expiry key.
     pub last_seen_ms: u64,
-    /// Highest seq executed so far (0 before any).
-    pub latest_seq: u64,
+    /// One more than the highest seq executed so far; 0 before any (so seq 0 works).
+    pub executed_through: u64,
     /// Highest `first_outstanding` the client has sent; `None` for a simple client.
     /// Replies below it are gone, and seqs below it never execute.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub first_outstanding: Option<u64>,
     /// Cached replies by seq, at most `replies_per_session_max`.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub replies: BTreeMap<u64, Reply>,
+    #[serde(default, skip_serializing_if = "Replies::is_empty")]
+    pub replies: Replies,
+}
+
+/// A session's cached replies by seq. Boxed and absent when empty, so an idle
+/// session without replies costs 8 bytes here instead of a map header (memory per
+/// session is what bounds the table at a million sessions).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(from = "BTreeMap<u64, Reply>", into = "BTreeMap<u64, Reply>")]
+#[allow(clippy::box_collection)] // deliberate: 8 bytes per idle session instead of 24
+pub struct Replies(Option<Box<BTreeMap<u64, Reply>>>);
+
+impl From<BTreeMap<u64, Reply>> for Replies {
+    fn from(map: BTreeMap<u64, Reply>) -> Self {
+        Replies((!map.is_empty()).then(|| Box::new(map)))
+    }
+}
+
+impl From<Replies> for BTreeMap<u64, Reply> {
+    fn from(r: Replies) -> Self {
+        r.0.map(|b| *b).unwrap_or_default()
+    }
+}
+
+impl Replies {
+    /// Whether no reply is held.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_none()
+    }
+
+    /// Number of replies held.
+    pub fn len(&self) -> usize {
+        self.0.as_ref().map_or(0, |m| m.len())
+    }
+
+    /// The reply cached for `seq`.
+    pub fn get(&self, seq: &u64) -> Option<&Reply> {
+        self.0.as_ref()?.get(seq)
+    }
+
+    /// The lowest seq whose reply is held.
+    pub fn first_seq(&self) -> Option<u64> {
+        self.0.as_ref()?.first_key_value().map(|(s, _)| *s)
+    }
+
+    /// The reply of the highest seq held.
+    pub fn last(&self) -> Option<&Reply> {
+        self.0.as_ref()?.last_key_value().map(|(_, r)| r)
+    }
+
+    fn insert(&mut self, seq: u64, reply: Reply) {
+        self.0.get_or_insert_with(Box::default).insert(seq, reply);
+    }
+
+    /// Removes the lowest seq's reply, returning its seq.
+    fn pop_first(&mut self) -> Option<u64> {
+        let map = self.0.as_mut()?;
+        let seq = map.pop_first().map(|(s, _)| s);
+        self.normalize();
+        seq
+    }
+
+    /// Drops every reply below `seq`.
+    fn drop_below(&mut self, seq: u64) {
+        if let Some(map) = self.0.as_mut() {
+            **map = map.split_off(&seq);
+        }
+        self.normalize();
+    }
+
+    /// Empty maps are stored as absent, so equal contents compare (and serialize) equal.
+    fn normalize(&mut self) {
+        if self.0.as_ref().is_some_and(|m| m.is_empty()) {
+            self.0 = None;
+        }
+    }
 }
 
 /// Why a session was removed: kept in its tombstone for the error text.
@@ -165,10 +239,10 @@ impl SessionTable {
             debug_assert!(false, "record without a live session");
             return;
         };
-        session.latest_seq = session.latest_seq.max(seq);
+        session.executed_through = session.executed_through.max(seq + 1);
         session.replies.insert(seq, reply);
         while session.replies.len() as u64 > limits.replies_per_session_max.max(1) {
-            let (oldest, _) = session.replies.pop_first().expect("non-empty");
+            let oldest = session.replies.pop_first().expect("non-empty");
             // A pipelining client must never see a dropped seq executed again: move
             // its window past the dropped reply, so a retry gets 1001 instead.
             if session.first_outstanding.is_some() {
@@ -188,9 +262,9 @@ impl SessionTable {
         }
         let session = Session {
             last_seen_ms: now_ms,
-            latest_seq: 0,
+            executed_through: 0,
             first_outstanding: None,
-            replies: BTreeMap::new(),
+            replies: Replies::default(),
         };
         self.by_last_seen.insert((now_ms, id.clone()));
         self.sessions.insert(id, session);
@@ -246,9 +320,14 @@ impl SessionTable {
 
 impl Session {
     fn raise_first_outstanding(&mut self, fo: u64) {
-        let fo = self.first_outstanding.map_or(fo, |cur| cur.max(fo));
+        let fo = match self.first_outstanding {
+            Some(cur) => cur.max(fo),
+            // Switching from simple to pipelined: seqs that ran before the oldest
+            // reply still held have lost their replies; they must never run again.
+            None => fo.max(self.replies.first_seq().unwrap_or(self.executed_through)),
+        };
         self.first_outstanding = Some(fo);
-        self.replies = self.replies.split_off(&fo);
+        self.replies.drop_below(fo);
     }
 
     /// Rules 3-5 of protocol.md section 4 for a live session.
@@ -264,9 +343,9 @@ impl Session {
                 format!("reply to seq {seq} was discarded (below first_outstanding)"),
             )),
             // Simple client: only a newer seq runs; an old one gets the latest reply.
-            None if seq > self.latest_seq => Admission::Execute,
-            None => Admission::Answer(match self.replies.last_key_value() {
-                Some((_, latest)) => latest.clone(),
+            None if seq >= self.executed_through => Admission::Execute,
+            None => Admission::Answer(match self.replies.last() {
+                Some(latest) => latest.clone(),
                 None => Reply::error(
                     crate::protocol::ErrorCode::StaleRequest,
                     format!("seq {seq} already executed and no reply is held"),

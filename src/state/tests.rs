@@ -466,3 +466,33 @@ fn snapshot_holds_every_part_of_the_state() {
     );
     assert!(restored.sessions.is_empty());
 }
+
+/// A simple client that starts at seq 0 is served (0 is a valid seq).
+#[test]
+fn seq_zero_executes_once() {
+    let mut log = Log::new(SessionLimits::default());
+    assert_eq!(log.apply(1, add("k", 1, "z", 0)), Reply::AddOk { value: 1 });
+    assert_eq!(log.apply(2, add("k", 1, "z", 0)), Reply::AddOk { value: 1 });
+    assert_eq!(log.value("k"), Some(&json!(1)));
+}
+
+/// A simple client that starts pipelining with a low first_outstanding cannot make a
+/// seq whose reply was already dropped run again.
+#[test]
+fn switching_to_pipelining_never_re_executes_dropped_seqs() {
+    let limits = SessionLimits {
+        replies_per_session_max: 2,
+        ..SessionLimits::default()
+    };
+    let mut log = Log::new(limits);
+    for seq in 1..=5 {
+        log.apply(seq, add("k", 1, "c", seq));
+    }
+    // Replies for 4 and 5 are held; 1..3 were dropped.
+    assert_eq!(
+        log.apply(6, add_fo("k", 1, "c", 6, 1)),
+        Reply::AddOk { value: 6 }
+    );
+    assert_eq!(code(&log.apply(7, add_fo("k", 1, "c", 2, 1))), Some(1001));
+    assert_eq!(log.value("k"), Some(&json!(6)));
+}
