@@ -7,7 +7,8 @@
 //! - [`node`]: transport-agnostic node logic: serving, forwarding, reply ordering, GC ticks.
 //! - [`maelstrom`]: the stdin/stdout transport (Maelstrom node mode).
 //! - [`history`]: the `history.jsonl` format shared by the harness and the checker.
-//! - [`check`]: the linearizability checker.
+//! - [`check`]: the linearizability checker and the exactly-once counter check.
+//! - [`report`]: `results.json`, the end-of-run summary and `latency.svg`.
 //! - [`bench`]: `oncekv bench`, throughput and session memory against a baseline.
 //! - [`harness`]: `oncekv test`, a Maelstrom-style test harness.
 #![deny(clippy::print_stdout)]
@@ -21,4 +22,5 @@ pub mod maelstrom;
 pub mod node;
 pub mod protocol;
 pub mod raft;
+pub mod report;
 pub mod state;

@@ -60,6 +60,19 @@ pub(crate) enum Kind {
     },
 }
 
+impl Kind {
+    /// True for ops that leave the state as they found it whenever they succeed
+    /// (reads, `cas` from x to x, `add` of 0): the search may take them early.
+    pub(crate) fn never_changes_state(&self) -> bool {
+        match *self {
+            Kind::Read(_) => true,
+            Kind::Cas(from, to) => from == to,
+            Kind::Add { delta, .. } => delta == 0,
+            Kind::Write(_) => false,
+        }
+    }
+}
+
 /// Applies `kind` to `state`: the new state, or `None` if the op cannot take effect
 /// (with its observed result) in that state.
 pub(crate) fn step(state: State, kind: &Kind) -> Option<State> {

@@ -11,7 +11,7 @@ use super::model::ModelOp;
 use super::pairs::Pair;
 use super::prepare::KeyHistory;
 use super::window::Window;
-use crate::history::{Op, Process};
+use crate::history::{Op, OpType, Process};
 
 /// A three-way verdict, as Jepsen's `:valid?`: serialises as `true`, `false` or
 /// `"unknown"` so that `results.json` reads like Maelstrom's.
@@ -191,11 +191,9 @@ impl KeyFailure {
         } else {
             "from any starting value"
         };
-        let pairs = self.ops.len().div_ceil(2);
-        let mut out = format!(
-            "  key {}: no linearization of these ~{pairs} ops, {start}:\n",
-            self.key
-        );
+        let count = self.ops.iter().filter(|o| o.kind == OpType::Invoke).count();
+        let key = &self.key;
+        let mut out = format!("  key {key}: no linearization of these {count} ops, {start}:\n");
         self.ops
             .iter()
             .for_each(|op| out.push_str(&render_line(op)));

@@ -5,8 +5,9 @@
 //! fails):
 //! - it starts from nil only when `i == 0`, otherwise from an unknown value that the
 //!   first observation pins ([`State::Any`]);
-//! - every other op that overlaps the window's time span may take effect or not,
-//!   as if it were `info` (its effect might be what a read in the window saw).
+//! - every other op that overlaps the window's time span (from its first invoke to
+//!   its last ok completion) may take effect or not, as if it were `info` (its
+//!   effect might be what a read in the window saw).
 //!
 //! Failure is monotone in both ends (widening a window only adds constraints), so
 //! two binary searches find the window that ends earliest, then starts latest:
@@ -85,8 +86,13 @@ fn fails(ops: &[ModelOp], i: usize, j: usize, deadline: Instant) -> Option<bool>
 /// the latter.
 fn sub_history(ops: &[ModelOp], i: usize, j: usize) -> (Vec<ModelOp>, Vec<usize>) {
     let span_start = ops[i].call;
-    let span_end = ops[i..=j].iter().map(|o| o.ret.unwrap_or(usize::MAX)).max();
-    let span_end = span_end.unwrap_or(usize::MAX);
+    // Optional ops in the window do not stretch it: a linearization can be cut
+    // after its last must-happen op, leaving them out (as never happening).
+    let span_end = ops[i..=j]
+        .iter()
+        .filter_map(|o| o.ret)
+        .max()
+        .unwrap_or(span_start);
     let mut sub = ops[i..=j].to_vec();
     let mut overlapping = Vec::new();
     for (k, op) in ops.iter().enumerate() {

@@ -1,0 +1,200 @@
+//! The report: results.json's shape and figures, the summary, and the SVG plot.
+
+mod check_common;
+
+use std::time::Duration;
+
+use check_common::H;
+use oncekv::check::sim::{SimConfig, simulate};
+use oncekv::check::{CheckOptions, Validity, check_counters, check_linearizable};
+use oncekv::report::{NetCounts, NetInputs, Results, build_results, latency_svg, summary};
+use serde_json::{Value, json};
+
+fn results_for(h: &H) -> Results {
+    let lin = check_linearizable(
+        &h.ops,
+        &CheckOptions {
+            time_limit: Duration::from_secs(5),
+        },
+    );
+    let net = NetInputs {
+        all: NetCounts { send: 40, recv: 38 },
+        clients: NetCounts { send: 8, recv: 8 },
+        servers: NetCounts { send: 32, recv: 30 },
+    };
+    build_results("lin-kv", &h.ops, lin, net, 2)
+}
+
+/// Four reads with latencies 1, 2, 3, 4 ms, one failed cas, one info write, one
+/// ok write and one cas that never completed.
+fn mixed() -> H {
+    let mut h = H::default();
+    h.write(9, 0, json!(1)); // 1 ms
+    for p in 1..=4 {
+        h.inv(p, "read", 0, Value::Null);
+    }
+    for p in 1..=4 {
+        h.ok(p, json!(1)); // each completes 4 lines (4 ms) after its invoke
+    }
+    h.inv(5, "cas", 0, json!([3, 4])).fail(5);
+    h.inv(6, "write", 0, json!(2)).info(6);
+    h.inv(7, "cas", 0, json!([2, 3]));
+    h
+}
+
+#[test]
+fn counts_availability_and_latency() {
+    let r = results_for(&mixed());
+    assert_eq!(
+        (r.stats.count, r.stats.ok, r.stats.fail, r.stats.info),
+        (8, 5, 1, 2)
+    );
+    assert_eq!(r.stats.by_f["read"].ok, 4);
+    assert_eq!(r.stats.by_f["cas"].fail, 1);
+    assert_eq!(
+        r.stats.by_f["cas"].info, 1,
+        "an unfinished op counts as info"
+    );
+    assert_eq!(r.availability.ok_fraction, 5.0 / 8.0);
+    // Reads invoked at 3,4,5,6 ms and completed at 7,8,9,10 ms: 4 ms each.
+    let read = r.latency_ms["read"];
+    assert_eq!(
+        (read.p50, read.p95, read.p99, read.max),
+        (4.0, 4.0, 4.0, 4.0)
+    );
+    assert_eq!(r.latency_ms["write"].max, 1.0);
+    assert!(
+        !r.latency_ms.contains_key("cas"),
+        "no ok cas, so no cas latency"
+    );
+    assert_eq!(r.net.all.msgs_per_op, 5.0);
+    assert_eq!(r.net.servers.msgs_per_op, 4.0);
+}
+
+#[test]
+fn an_f_without_any_ok_makes_the_run_invalid() {
+    let r = results_for(&mixed());
+    assert_eq!(r.linearizable.valid, Validity::Valid);
+    assert!(!r.stats.valid, "cas never succeeded");
+    assert_eq!(r.valid, Validity::Invalid);
+    assert!(summary(&r).contains("no ok op for cas"), "{}", summary(&r));
+}
+
+#[test]
+fn a_clean_run_is_valid_and_says_so() {
+    let mut h = H::default();
+    h.write(1, 0, json!(1))
+        .read(2, 0, json!(1))
+        .inv(3, "cas", 0, json!([1, 2]))
+        .ok_echo(3);
+    let r = results_for(&h);
+    assert!(r.stats.valid);
+    assert_eq!(r.valid, Validity::Valid);
+    let text = summary(&r);
+    eprintln!("{text}");
+    assert!(text.contains("Everything looks good!"), "{text}");
+    assert!(text.contains("2 partitions"), "{text}");
+}
+
+#[test]
+fn results_json_has_the_spec_shape() {
+    let r = results_for(&mixed());
+    let v = serde_json::to_value(&r).expect("serialises");
+    let keys: Vec<&str> = v
+        .as_object()
+        .expect("object")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    let mut want = vec![
+        "availability",
+        "latency_ms",
+        "linearizable",
+        "nemesis",
+        "net",
+        "stats",
+        "valid",
+        "workload",
+    ];
+    want.sort_unstable();
+    assert_eq!(keys, want);
+    assert_eq!(v["valid"], json!(false));
+    assert_eq!(v["linearizable"]["valid"], json!(true));
+    assert_eq!(
+        v["stats"]["by_f"]["read"],
+        json!({"count": 4, "ok": 4, "fail": 0, "info": 0})
+    );
+    assert_eq!(
+        v["net"]["clients"],
+        json!({"send": 8, "recv": 8, "msgs_per_op": 1.0})
+    );
+    assert_eq!(v["nemesis"], json!({"partitions": 2}));
+    assert!(v["latency_ms"]["read"]["p99"].is_number());
+    let back: Results = serde_json::from_value(v).expect("round-trips");
+    assert_eq!(back, r);
+}
+
+#[test]
+fn the_counter_check_joins_the_verdict() {
+    let mut h = H::default();
+    h.add(1, 5, 2, 2).add(2, 5, 3, 5);
+    let finals = [("5".to_string(), json!(7))].into_iter().collect();
+    let counters = check_counters(&h.ops, &finals);
+    let r = results_for(&h).with_exactly_once(counters);
+    assert_eq!(r.valid, Validity::Invalid, "7 is more than 2 + 3");
+    let v = serde_json::to_value(&r).expect("serialises");
+    assert_eq!(v["exactly_once"]["keys"][0]["verdict"], json!("duplicate"));
+    assert!(summary(&r).contains("Duplicate"));
+}
+
+fn count(haystack: &str, needle: &str) -> usize {
+    haystack.matches(needle).count()
+}
+
+#[test]
+fn the_svg_has_a_dot_per_completed_op_and_shaded_partitions() {
+    let h = mixed();
+    let partitions = vec![(2_000_000, Some(4_000_000), "n0 <-/-> n1 & n2".to_string())];
+    let svg = latency_svg(&h.ops, &partitions);
+    assert!(svg.starts_with("<svg"), "{svg}");
+    assert!(svg.trim_end().ends_with("</svg>"));
+    // 7 completed ops, all at distinct points, plus 3 legend circles; 4 reads
+    // share a latency but not an invoke time.
+    assert_eq!(count(&svg, "<circle"), 7 + 3, "{svg}");
+    assert!(
+        svg.contains("n0 &lt;-/-&gt; n1 &amp; n2"),
+        "escaped description"
+    );
+    assert!(svg.contains("latency (ms, log scale)"));
+    assert_eq!(count(&svg, "<g "), count(&svg, "</g>"));
+}
+
+#[test]
+fn the_svg_of_an_empty_history_is_still_a_plot() {
+    let svg = latency_svg(&[], &[(0, None, "majority".to_string())]);
+    assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+    assert_eq!(count(&svg, "<circle"), 3, "the legend only");
+    assert!(svg.contains("Latency of 0 completed ops"));
+}
+
+#[test]
+fn the_svg_of_a_large_history_stays_small() {
+    let seed = 7;
+    eprintln!("seed {seed}");
+    let cfg = SimConfig {
+        seed,
+        ops: 60_000,
+        keys: 20,
+        counter_keys: 2,
+        groups: 4,
+        group_size: 10,
+        info_probability: 0.01,
+    };
+    let run = simulate(&cfg);
+    let svg = latency_svg(&run.history, &[]);
+    let dots = count(&svg, "<circle") - 3;
+    eprintln!("{} bytes, {dots} dots", svg.len());
+    assert!(dots <= oncekv::report::svg::MAX_DOTS);
+    assert!(svg.len() < 4_000_000, "{} bytes", svg.len());
+    assert!(svg.trim_end().ends_with("</svg>"));
+}
