@@ -265,6 +265,14 @@ impl CounterReport {
             let _ = writeln!(out, "  cannot judge: {e}");
         }
         for k in self.keys.iter().filter(|k| k.verdict != CounterVerdict::Ok) {
+            if k.verdict == CounterVerdict::Unobserved {
+                let _ = writeln!(
+                    out,
+                    "  key {}: no read after the last add, no final read",
+                    k.key
+                );
+                continue;
+            }
             let _ = writeln!(
                 out,
                 "  key {}: {:?}: final {} ({}), ok adds {} summing to {}, {} info adds, off by {}",

@@ -210,9 +210,9 @@ fn check_key(key: &KeyHistory, deadline: Instant) -> KeyVerdict {
     match search(&key.ops, model::State::Nil, deadline) {
         Outcome::Linearizable => KeyVerdict::Valid,
         Outcome::TimedOut => KeyVerdict::Unknown,
-        Outcome::NotLinearizable => {
+        Outcome::NotLinearizable { reach } => {
             let window_deadline = deadline.max(Instant::now() + WINDOW_FLOOR);
-            KeyVerdict::Invalid(window::find(&key.ops, window_deadline))
+            KeyVerdict::Invalid(window::find(&key.ops, reach, window_deadline))
         }
     }
 }

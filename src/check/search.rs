@@ -30,8 +30,13 @@ use super::model::{ModelOp, State, step};
 pub(crate) enum Outcome {
     /// Some order of the ops respects real time and the register's rules.
     Linearizable,
-    /// No such order exists.
-    NotLinearizable,
+    /// No such order exists. `reach` is the furthest history position the search
+    /// got to (the latest return entry that ever blocked it): the ops invoked
+    /// before it already fail on their own.
+    NotLinearizable {
+        /// History position of that return entry.
+        reach: usize,
+    },
     /// The deadline passed first.
     TimedOut,
 }
@@ -86,7 +91,7 @@ pub(crate) fn search(ops: &[ModelOp], init: State, deadline: Instant) -> Outcome
             state = before;
         }
     }
-    Outcome::NotLinearizable
+    Outcome::NotLinearizable { reach: s.reach }
 }
 
 /// Head sentinel of the entry list.
@@ -216,6 +221,8 @@ struct Search {
     maybe: Bits,
     /// (done, state) -> the minimal `maybe` sets already explored with them.
     memo: HashMap<(Bits, State), Vec<Bits>>,
+    /// The latest history position of a return entry that bounded the candidates.
+    reach: usize,
 }
 
 impl Search {
@@ -246,13 +253,14 @@ impl Search {
             done: Bits::new(n_done),
             maybe: Bits::new(n_maybe),
             memo: HashMap::new(),
+            reach: 0,
         }
     }
 
     /// The ops that may be linearized next in `state`, in the order to try them
     /// (last first): must-happen ops in history order, then optional ones; or just
     /// one state-preserving must-happen op, which is always safe to take first.
-    fn candidates(&self, ops: &[ModelOp], state: State) -> Vec<usize> {
+    fn candidates(&mut self, ops: &[ModelOp], state: State) -> Vec<usize> {
         let (mut must, mut maybe) = (Vec::new(), Vec::new());
         let mut e = self.list.first();
         while e != TAIL && self.list.is_call[e] {
@@ -268,6 +276,9 @@ impl Search {
                 must.push(op);
             }
             e = self.list.next[e];
+        }
+        if e != TAIL {
+            self.reach = self.reach.max(ops[self.list.op[e]].ret.unwrap_or(0));
         }
         maybe.reverse();
         maybe.extend(must.into_iter().rev());
@@ -340,7 +351,7 @@ mod tests {
         let r = op(2, Some(3), Kind::Read(State::Int(1)));
         assert_eq!(run(&[w.clone(), r]), Outcome::Linearizable);
         let stale = op(2, Some(3), Kind::Read(State::Nil));
-        assert_eq!(run(&[w, stale]), Outcome::NotLinearizable);
+        assert_eq!(run(&[w, stale]), Outcome::NotLinearizable { reach: 3 });
     }
 
     #[test]
@@ -358,6 +369,9 @@ mod tests {
         assert_eq!(run(&[w.clone(), r]), Outcome::Linearizable);
         let seen = op(3, Some(4), Kind::Read(State::Int(1)));
         let unseen = op(5, Some(6), Kind::Read(State::Nil));
-        assert_eq!(run(&[w, seen, unseen]), Outcome::NotLinearizable);
+        assert_eq!(
+            run(&[w, seen, unseen]),
+            Outcome::NotLinearizable { reach: 6 }
+        );
     }
 }

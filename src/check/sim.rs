@@ -7,7 +7,8 @@
 //! keys); a key retires after its share of ops and the group takes the next key.
 //! Each op takes effect at one instant between its invoke and its completion.
 //! Some ops time out (`info`): they take effect or not, at random, and the worker
-//! continues under a fresh process id, as in Jepsen.
+//! continues under a fresh process id, as in Jepsen. Once all ops are done, each
+//! counter key is read once more.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
@@ -57,6 +58,7 @@ pub fn simulate(cfg: &SimConfig) -> SimRun {
     while let Some(Reverse((now, _, w, phase))) = sim.queue.pop() {
         sim.handle(now, w, phase);
     }
+    sim.final_reads();
     let final_counters = sim.final_counters();
     SimRun {
         history: sim.history,
@@ -281,6 +283,22 @@ impl<'a> Sim<'a> {
             client_id,
             seq,
         });
+    }
+
+    /// Reads every counter once the run is quiet, from a fresh process each, as
+    /// the harness does for the exactly-once workload.
+    fn final_reads(&mut self) {
+        let mut time = self.history.last().map_or(0, |o| o.time);
+        let first = self.cfg.keys - self.cfg.counter_keys.min(self.cfg.keys);
+        for key in first..self.cfg.keys {
+            self.workers[0].process = self.next_process;
+            self.next_process += 1;
+            let value = self.registers[key].clone();
+            time += 1;
+            self.emit(time, 0, OpType::Invoke, key, "read", Value::Null);
+            time += 1;
+            self.emit(time, 0, OpType::Ok, key, "read", value);
+        }
     }
 
     fn final_counters(&self) -> BTreeMap<String, Value> {

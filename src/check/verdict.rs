@@ -247,6 +247,7 @@ fn failure(ops: &[Op], pairs: &[Pair], key: &KeyHistory, w: &Window) -> KeyFailu
 fn lines(ops: &[Op], pairs: &[Pair], chosen: &[&ModelOp]) -> Vec<Op> {
     let mut at: Vec<usize> = chosen
         .iter()
+        .rev() // the latest ops: a window fails at its end
         .take(MAX_QUOTED_OPS)
         .flat_map(|m| [Some(pairs[m.pair].invoke), pairs[m.pair].completion])
         .flatten()

@@ -10,10 +10,13 @@
 //!   effect might be what a read in the window saw).
 //!
 //! Failure is monotone in both ends (widening a window only adds constraints), so
-//! two binary searches find the window that ends earliest, then starts latest:
-//! no contiguous sub-window of it fails.
+//! binary searches find an inclusion-minimal failing window: no contiguous
+//! sub-window of it fails. The full search hands over how far it got (`reach`);
+//! the ops invoked before that point already fail, which bounds the window's end.
+//! Then the latest start is found (galloping back from the end, so most probes
+//! are short windows), then the earliest end for that start.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::model::{ModelOp, State};
 use super::search::{Outcome, search};
@@ -31,8 +34,9 @@ pub(crate) struct Window {
     pub minimal: bool,
 }
 
-/// Finds a failing window of `ops`, which must fail as a whole (from nil).
-pub(crate) fn find(ops: &[ModelOp], deadline: Instant) -> Window {
+/// Finds a failing window of `ops`, which fail as a whole (from nil) and whose
+/// search got as far as history position `reach`.
+pub(crate) fn find(ops: &[ModelOp], reach: usize, deadline: Instant) -> Window {
     let mut minimal = true;
     let mut probe = |i: usize, j: usize| match fails(ops, i, j, deadline) {
         Some(failed) => failed,
@@ -41,42 +45,72 @@ pub(crate) fn find(ops: &[ModelOp], deadline: Instant) -> Window {
             false // unproven: keep the bound we already know fails
         }
     };
-    // Invariant: 0..=hi fails.
-    let (mut lo, mut hi) = (0, ops.len().saturating_sub(1));
+    // The ops invoked before `reach` fail on their own.
+    let last = ops.len().saturating_sub(1);
+    let bound = ops.iter().rposition(|o| o.call < reach).unwrap_or(last);
+    // Every configuration the full search explored stopped at a return entry at or
+    // before `reach`, so later ops were never candidates: the same search fails.
+    debug_assert!(
+        fails(ops, 0, bound, deadline) != Some(false),
+        "reach bound must fail"
+    );
+    // Invariant: lo..=bound fails. Gallop back from the end first: short windows
+    // are cheap to refute, and most violations need only a few ops.
+    let (mut lo, mut hi) = (0, bound);
+    let mut size = 1;
     while lo < hi {
-        let mid = (lo + hi) / 2;
-        if probe(0, mid) {
-            hi = mid
-        } else {
-            lo = mid + 1
+        let s = (bound + 1).saturating_sub(size).max(lo);
+        if s == lo {
+            break;
         }
+        if probe(s, bound) {
+            lo = s;
+            break;
+        }
+        hi = s - 1;
+        size *= 2;
     }
-    let end = hi;
-    // Invariant: lo..=end fails.
-    let (mut lo, mut hi) = (0, end);
     while lo < hi {
         let mid = (lo + hi).div_ceil(2);
-        if probe(mid, end) {
+        if probe(mid, bound) {
             lo = mid
         } else {
             hi = mid - 1
         }
     }
-    let (_, overlapping) = sub_history(ops, lo, end);
+    let start = lo;
+    // Invariant: start..=hi fails.
+    let (mut lo, mut hi) = (start, bound);
+    while lo < hi {
+        let mid = (lo + hi) / 2;
+        if probe(start, mid) {
+            hi = mid
+        } else {
+            lo = mid + 1
+        }
+    }
+    let (_, overlapping) = sub_history(ops, start, hi);
     Window {
-        start: lo,
-        end,
+        start,
+        end: hi,
         overlapping,
         minimal,
     }
 }
 
+/// The most time one probe may take: a window that starts mid-history starts
+/// from any value with every long-pending `info` op free to apply, which can be
+/// far harder to refute than the whole key; such a probe counts as unproven
+/// rather than eating the whole budget.
+const PROBE_TIME_MAX: Duration = Duration::from_secs(2);
+
 /// Whether window `i..=j` fails; `None` if the search timed out.
 fn fails(ops: &[ModelOp], i: usize, j: usize, deadline: Instant) -> Option<bool> {
     let (sub, _) = sub_history(ops, i, j);
     let init = if i == 0 { State::Nil } else { State::Any };
+    let deadline = deadline.min(Instant::now() + PROBE_TIME_MAX);
     match search(&sub, init, deadline) {
-        Outcome::NotLinearizable => Some(true),
+        Outcome::NotLinearizable { .. } => Some(true),
         Outcome::Linearizable => Some(false),
         Outcome::TimedOut => None,
     }
@@ -112,7 +146,6 @@ fn sub_history(ops: &[ModelOp], i: usize, j: usize) -> (Vec<ModelOp>, Vec<usize>
 mod tests {
     use super::*;
     use crate::check::model::Kind;
-    use std::time::Duration;
 
     fn op(call: usize, ret: usize, kind: Kind) -> ModelOp {
         ModelOp {
@@ -136,7 +169,7 @@ mod tests {
             op(10, 11, w(3)),
             op(12, 13, r(3)),
         ];
-        let found = find(&ops, Instant::now() + Duration::from_secs(5));
+        let found = find(&ops, 9, Instant::now() + Duration::from_secs(5));
         assert_eq!((found.start, found.end), (3, 4), "{found:?}");
         assert!(found.minimal);
         assert!(found.overlapping.is_empty());

@@ -193,13 +193,18 @@ fn shade_partitions(svg: &mut String, axes: &Axes, partitions: &[(u64, Option<u6
     for (start, end, description) in partitions {
         let x0 = axes.x(*start as f64 / 1e9);
         let x1 = end.map_or(RIGHT, |e| axes.x(e as f64 / 1e9));
+        let text = escape(description);
+        let label: String = description.chars().take(24).collect();
         let _ = writeln!(
             svg,
             "<rect x=\"{x0:.1}\" y=\"{TOP}\" width=\"{:.1}\" height=\"{}\" fill=\"#888\" \
-             fill-opacity=\"0.18\"><title>{}</title></rect>",
+             fill-opacity=\"0.18\"><title>{text}</title></rect>\
+             <text x=\"{:.1}\" y=\"{}\" font-size=\"9\" fill=\"#555\">{}</text>",
             (x1 - x0).max(1.0),
             BOTTOM - TOP,
-            escape(description)
+            x0 + 2.0,
+            TOP + 10.0,
+            escape(&label)
         );
     }
 }
