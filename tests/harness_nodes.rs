@@ -174,14 +174,24 @@ async fn exactly_once_passes_with_sessions_and_fails_without() -> anyhow::Result
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_only_copy_loses_counts_and_restart_reinits() -> anyhow::Result<()> {
-    // Pick the first seed whose first kill hits n0, the node that holds the data.
+    // Pick the first seed whose first kill of n0 (the node that holds the data) comes
+    // late enough (3-7 s) that acknowledged adds exist to be lost, even on a loaded
+    // machine, with time left to see the loss.
     let cfg = NemesisConfig {
         faults: [oncekv::harness::nemesis::Fault::Kill].into(),
         interval: Duration::from_secs(2),
     };
     let nodes: Vec<String> = (0..3).map(|i| format!("n{i}")).collect();
     let seed = (100..)
-        .find(|s| matches!(&schedule(&cfg, &nodes, Duration::from_secs(10), *s)[0].action, Action::Kill(n) if n == "n0"))
+        .take(10_000)
+        .find(|s| {
+            let plan = schedule(&cfg, &nodes, Duration::from_secs(10), *s);
+            let first_n0 = plan
+                .iter()
+                .find(|e| matches!(&e.action, Action::Kill(n) if n == "n0"));
+            first_n0
+                .is_some_and(|e| e.at >= Duration::from_secs(3) && e.at <= Duration::from_secs(7))
+        })
         .unwrap();
     let mut case = Case::new("kill", "node_forward_to_n0", seed);
     case.workload = Workload::ExactlyOnce;
@@ -189,7 +199,10 @@ async fn killing_the_only_copy_loses_counts_and_restart_reinits() -> anyhow::Res
     case.secs = 10.0;
     let o = case.run().await?;
     let events = nemesis_events(&o);
-    assert_eq!(events[0], ("kill".to_string(), Value::from("n0")));
+    assert!(
+        events.contains(&("kill".to_string(), Value::from("n0"))),
+        "{events:?}"
+    );
     assert!(
         events.iter().any(|(f, v)| f == "start" && v == "n0"),
         "{events:?}"
