@@ -15,6 +15,7 @@ use futures::future::BoxFuture;
 use openraft::ReadPolicy;
 use openraft::async_runtime::WatchReceiver;
 use openraft::errors::{ClientWriteError, LinearizableReadError, RaftError};
+use openraft::storage::RaftLogStorage;
 use serde_json::{Map, Value};
 
 use crate::config::Config;
@@ -24,6 +25,14 @@ use crate::raft::network::{Body, CallError, Network, SnapshotRpc, Transport, rpc
 use crate::raft::sm_store::{Snapshot, StateMachineStore};
 use crate::raft::{Peer, Raft, TypeConfig};
 use crate::state::{Command, Op};
+
+/// The two stores a node runs on: Raft's log and the state machine.
+pub struct Storage<L> {
+    /// The log, vote and committed pointer.
+    pub log: L,
+    /// The state machine (and its snapshots).
+    pub sm: StateMachineStore,
+}
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -117,7 +126,8 @@ const DISCARDED_TEXT: &str = "entry discarded on a leader change; retry with the
 
 impl Node {
     /// Starts a Raft member `name` of `members` (ids are positions in the list, the
-    /// same on every node), bootstrapping the cluster from the list when `bootstrap`.
+    /// same on every node) on in-memory storage, bootstrapping the cluster from the
+    /// list when `bootstrap`. This is Maelstrom mode.
     pub async fn start(
         name: &str,
         members: Vec<Peer>,
@@ -125,7 +135,6 @@ impl Node {
         config: Config,
         bootstrap: bool,
     ) -> Result<Arc<Node>, StartError> {
-        config.validate()?;
         let members: BTreeMap<u64, Peer> = members
             .into_iter()
             .enumerate()
@@ -136,26 +145,53 @@ impl Node {
             .find(|(_, p)| p.name == name)
             .map(|(id, _)| *id)
             .ok_or_else(|| StartError::NotAMember(name.to_string()))?;
-        let sm = StateMachineStore::new();
+        let storage = Storage {
+            log: MemLogStore::default(),
+            sm: StateMachineStore::new(),
+        };
+        let init = bootstrap.then(|| members.clone());
+        Node::start_with(id, members, transport, config, storage, init).await
+    }
+
+    /// Starts member `id` of `members` on the given storage. `initialize` forms a new
+    /// cluster from that membership (ignored by openraft when a log already exists,
+    /// so a restarted node rejoins with no extra step).
+    pub async fn start_with<L>(
+        id: u64,
+        members: BTreeMap<u64, Peer>,
+        transport: Arc<dyn Transport>,
+        config: Config,
+        storage: Storage<L>,
+        initialize: Option<BTreeMap<u64, Peer>>,
+    ) -> Result<Arc<Node>, StartError>
+    where
+        L: RaftLogStorage<TypeConfig>,
+    {
+        config.validate()?;
+        let name = members
+            .get(&id)
+            .map(|p| p.name.clone())
+            .ok_or_else(|| StartError::NotAMember(id.to_string()))?;
+        let sm = storage.sm;
         let raft = Raft::new(
             id,
             Arc::new(config.raft_config()?),
             Network::new(transport.clone()),
-            MemLogStore::default(),
+            storage.log,
             sm.clone(),
         )
         .await
         .map_err(|e| StartError::Raft(e.to_string()))?;
-        if bootstrap {
+        if let Some(initial) = initialize {
             // Every node may call this with the same list: all but one get
             // NotAllowed once a log exists, which is fine.
-            if let Err(e) = raft.initialize(members.clone()).await {
+            if let Err(e) = raft.initialize(initial).await {
                 tracing::debug!("initialize: {e}");
             }
         }
         let node = Arc::new(Node {
             id,
-            name: name.to_string(),
+            name,
             raft,
             sm,
             members,
@@ -166,7 +202,7 @@ impl Node {
             finished: tokio::sync::watch::Sender::new(0),
         });
         node.clone().spawn_leader_duties();
-        if bootstrap && node.members.len() == 1 {
+        if node.members.len() == 1 && node.leader().is_none() {
             // A lone node elects itself at once; answering init after that keeps
             // the first requests of a script in order without any waiting.
             let deadline =
@@ -300,6 +336,19 @@ impl Node {
             ));
         }
         self.read_local(key, deadline).await
+    }
+
+    /// How to reach member `id`: from the current membership (which changes), else
+    /// from the members this node started with.
+    pub fn peer(&self, id: u64) -> Option<Peer> {
+        let m = self.raft.metrics();
+        let from_membership = m
+            .borrow_watched()
+            .membership_config
+            .membership()
+            .get_node(&id)
+            .cloned();
+        from_membership.or_else(|| self.members.get(&id).cloned())
     }
 
     /// The leader this node currently believes in.
@@ -439,9 +488,10 @@ impl Node {
     }
 
     async fn forward(&self, leader: u64, fwd: &Forwarded, deadline: Instant) -> Outcome {
-        let Some(peer) = self.members.get(&leader) else {
+        let Some(peer) = self.peer(leader) else {
             return Outcome::NotLeader(None, false);
         };
+        let peer = &peer;
         let wait = deadline.saturating_duration_since(Instant::now());
         let body = rpc_body("forward", fwd);
         match self.transport.call(peer, body, wait).await {
