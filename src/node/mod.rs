@@ -459,32 +459,13 @@ impl Node {
         deadline: Instant,
     ) -> Outcome {
         let wait = deadline.saturating_duration_since(Instant::now());
-        let result = tokio::time::timeout(wait, proposal).await;
+        let waited = match tokio::time::timeout(wait, proposal).await {
+            Ok(Ok(result)) => Waited::Answered(result),
+            Ok(Err(_)) => Waited::Dropped,
+            Err(_) => Waited::TimedOut,
+        };
         self.finished.send_modify(|n| *n += 1);
-        match result {
-            Ok(Ok(Ok(resp))) => Outcome::Done(resp.data),
-            Ok(Ok(Err(ClientWriteError::ForwardToLeader(f)))) => {
-                // openraft rejected it before appending: definitely not proposed.
-                Outcome::NotLeader(f.leader_id, false)
-            }
-            Ok(Ok(Err(ClientWriteError::LogEntryDiscarded(f)))) if has_session => {
-                // The entry may still commit elsewhere, but the session table will
-                // deduplicate a re-proposal: retrying is safe.
-                Outcome::NotLeader(f.leader_id, true)
-            }
-            Ok(Ok(Err(e))) => Outcome::Done(Reply::error(
-                ErrorCode::Crash,
-                format!("proposal outcome unknown: {e}"),
-            )),
-            Ok(Err(_)) => Outcome::Done(Reply::error(
-                ErrorCode::Crash,
-                "raft dropped the proposal; it may still take effect",
-            )),
-            Err(_) => Outcome::Done(Reply::error(
-                ErrorCode::Timeout,
-                "proposed but not committed in time; it may still take effect",
-            )),
-        }
+        proposal_outcome(waited, has_session)
     }
 
     async fn forward(&self, leader: u64, fwd: &Forwarded, deadline: Instant) -> Outcome {
@@ -666,4 +647,82 @@ fn has_session(op: &Op) -> bool {
             ..
         }
     )
+}
+
+/// How waiting on a submitted proposal ended.
+enum Waited {
+    /// openraft answered (applied, or an error).
+    Answered(openraft::raft::ClientWriteResult<TypeConfig>),
+    /// openraft dropped the responder without answering.
+    Dropped,
+    /// The deadline passed first.
+    TimedOut,
+}
+
+/// The error rule after a proposal, in one place: only `ForwardToLeader` (rejected
+/// before append) may lead to a definite answer; everything else is the applied reply
+/// or an indefinite error, or a retry that the session table makes safe.
+fn proposal_outcome(waited: Waited, has_session: bool) -> Outcome {
+    match waited {
+        Waited::Answered(Ok(resp)) => Outcome::Done(resp.data),
+        Waited::Answered(Err(ClientWriteError::ForwardToLeader(f))) => {
+            // openraft rejected it before appending: definitely not proposed.
+            Outcome::NotLeader(f.leader_id, false)
+        }
+        Waited::Answered(Err(ClientWriteError::LogEntryDiscarded(f))) if has_session => {
+            // The entry may still commit elsewhere, but the session table will
+            // deduplicate a re-proposal: retrying is safe.
+            Outcome::NotLeader(f.leader_id, true)
+        }
+        Waited::Answered(Err(e)) => Outcome::Done(Reply::error(
+            ErrorCode::Crash,
+            format!("proposal outcome unknown: {e}"),
+        )),
+        Waited::Dropped => Outcome::Done(Reply::error(
+            ErrorCode::Crash,
+            "raft dropped the proposal; it may still take effect",
+        )),
+        Waited::TimedOut => Outcome::Done(Reply::error(
+            ErrorCode::Timeout,
+            "proposed but not committed in time; it may still take effect",
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::errors::ForwardToLeader;
+
+    /// No path after a proposal gives a definite error; the only "not proposed"
+    /// outcome is openraft's ForwardToLeader (rejected before append).
+    #[test]
+    fn no_failure_after_a_proposal_is_definite() {
+        let discarded = || ClientWriteError::LogEntryDiscarded(ForwardToLeader::empty());
+        for has_session in [false, true] {
+            let cases = [
+                Waited::Answered(Err(discarded())),
+                Waited::Dropped,
+                Waited::TimedOut,
+            ];
+            for waited in cases {
+                match proposal_outcome(waited, has_session) {
+                    Outcome::Done(reply) => {
+                        let code = reply.error_code().expect("an error");
+                        assert!(!code.is_definite(), "{code:?}");
+                    }
+                    Outcome::NotLeader(_, proposed) => {
+                        assert!(has_session && proposed, "only a deduplicated retry");
+                    }
+                }
+            }
+            let rejected = Waited::Answered(Err(ClientWriteError::ForwardToLeader(
+                ForwardToLeader::empty(),
+            )));
+            assert!(matches!(
+                proposal_outcome(rejected, has_session),
+                Outcome::NotLeader(_, false)
+            ));
+        }
+    }
 }
