@@ -429,8 +429,11 @@ impl Node {
             session: Some(s), ..
         } = &op
         {
-            // A retry whose reply is cached: answer it without a new entry.
-            if let Some(reply) = self.sm.read().state.cached_reply(s) {
+            // A retry whose reply is cached: answer it without a new entry. Best
+            // effort (skipped while an apply holds the lock): the apply-time rule
+            // deduplicates whatever this misses.
+            let cached = self.sm.try_read().and_then(|a| a.state.cached_reply(s));
+            if let Some(reply) = cached {
                 return Err(Outcome::Done(reply));
             }
         }
@@ -570,7 +573,7 @@ impl Node {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
-        let log_time = self.sm.read().state.clock_ms;
+        let log_time = self.sm.clock_ms();
         let ts = wall.max(log_time);
         let prev = self.last_ts_ms.fetch_max(ts, Ordering::SeqCst);
         ts.max(prev)

@@ -36,6 +36,9 @@ type StoredSnapshot = (SnapshotMeta, Vec<u8>);
 #[derive(Debug, Clone)]
 pub struct StateMachineStore {
     applied: Arc<RwLock<Applied>>,
+    /// The cluster clock of the applied state, mirrored outside the lock so the
+    /// proposer can stamp entries without contending with the apply loop.
+    clock_ms: Arc<std::sync::atomic::AtomicU64>,
     /// The latest snapshot built or installed, served to lagging followers.
     current: Arc<RwLock<Option<StoredSnapshot>>>,
 }
@@ -51,7 +54,18 @@ impl StateMachineStore {
                 ..Applied::default()
             })),
             current: Arc::new(RwLock::new(None)),
+            clock_ms: Arc::default(),
         }
+    }
+
+    /// The applied state's cluster clock (ms).
+    pub fn clock_ms(&self) -> u64 {
+        self.clock_ms.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Read access if nobody is applying right now; for best-effort fast paths.
+    pub fn try_read(&self) -> Option<RwLockReadGuard<'_, Applied>> {
+        self.applied.try_read().ok()
     }
 
     /// Read access for linearizable reads and cache look-ups. Hold it briefly.
@@ -118,7 +132,12 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 a.last_applied = Some(entry.log_id);
                 match entry.payload {
                     EntryPayload::Blank => Reply::WriteOk,
-                    EntryPayload::Normal(ref cmd) => a.state.apply(entry.log_id.index(), cmd),
+                    EntryPayload::Normal(ref cmd) => {
+                        let reply = a.state.apply(entry.log_id.index(), cmd);
+                        self.clock_ms
+                            .store(a.state.clock_ms, std::sync::atomic::Ordering::Release);
+                        reply
+                    }
                     EntryPayload::Membership(ref m) => {
                         a.membership = StoredMembership::new(Some(entry.log_id), m.clone());
                         Reply::WriteOk
@@ -144,6 +163,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let state = State::from_snapshot(&data).map_err(invalid)?;
         {
             let mut a = self.write();
+            self.clock_ms
+                .store(state.clock_ms, std::sync::atomic::Ordering::Release);
             a.state = state;
             a.last_applied = meta.last_log_id;
             a.membership = meta.last_membership.clone();
