@@ -69,7 +69,7 @@ impl Config {
     /// The defaults with `ONCEKV_*` environment overrides applied.
     pub fn from_env() -> Result<Config, ConfigError> {
         let mut c = Config::default();
-        let vars: [(&str, &mut u64); 11] = [
+        let vars: [(&str, &mut u64); 12] = [
             ("HEARTBEAT_INTERVAL_MS", &mut c.heartbeat_interval_ms),
             ("ELECTION_TIMEOUT_MIN_MS", &mut c.election_timeout_min_ms),
             ("ELECTION_TIMEOUT_MAX_MS", &mut c.election_timeout_max_ms),
@@ -84,6 +84,7 @@ impl Config {
             ),
             ("TOMBSTONES_MAX", &mut c.limits.tombstones_max),
             ("SNAPSHOT_EVERY_ENTRIES", &mut c.snapshot_every_entries),
+            ("LOG_KEPT_BEHIND_SNAPSHOT", &mut c.log_kept_behind_snapshot),
         ];
         for (name, slot) in vars {
             let var = format!("ONCEKV_{name}");

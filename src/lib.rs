@@ -6,6 +6,7 @@
 //! - [`raft`]: the openraft adapter (type config, log store, state machine store, network).
 //! - [`node`]: transport-agnostic node logic: serving, forwarding, reply ordering, GC ticks.
 //! - [`maelstrom`]: the stdin/stdout transport (Maelstrom node mode).
+//! - [`tcp`]: the TCP transport: `serve`, `cluster`, `client` and [`tcp::Client`].
 //! - [`history`]: the `history.jsonl` format shared by the harness and the checker.
 //! - [`check`]: the linearizability checker and the exactly-once counter check.
 //! - [`report`]: `results.json`, the end-of-run summary and `latency.svg`.
@@ -24,3 +25,4 @@ pub mod protocol;
 pub mod raft;
 pub mod report;
 pub mod state;
+pub mod tcp;

@@ -34,6 +34,12 @@ enum Command {
     /// Check a history.jsonl: per-key linearizability, and exactly-once counters
     /// if it has counter keys. Exit 0 valid, 1 invalid, 2 unknown, 3 bad input.
     Check(CheckArgs),
+    /// Run one node over TCP (see docs/cluster.md).
+    Serve(oncekv::tcp::serve::ServeArgs),
+    /// Run N `serve` processes on loopback until Ctrl-C.
+    Cluster(oncekv::tcp::cluster::ClusterArgs),
+    /// One operation against a TCP cluster, retried until a definite answer.
+    Client(oncekv::tcp::cli::ClientArgs),
 }
 
 /// Runs `oncekv test` and prints its summary; the exit status is the verdict's.
@@ -96,20 +102,52 @@ fn node() -> anyhow::Result<i32> {
     Ok(0)
 }
 
-fn init_logging() {
-    // Logs go to stderr: stdout carries only protocol lines.
+fn init_logging(file: Option<std::fs::File>) {
+    // Logs go to stderr (stdout carries only protocol lines), or to a TCP node's log file.
     let filter = tracing_subscriber::EnvFilter::try_from_env("ONCEKV_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,oncekv=info"));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .init();
+        .with_ansi(false);
+    match file {
+        Some(f) => builder.with_writer(std::sync::Arc::new(f)).init(),
+        None => builder.with_writer(std::io::stderr).init(),
+    }
+}
+
+/// `oncekv serve`: one TCP node, logging to DATA_DIR/node.log, until Ctrl-C/SIGTERM.
+fn serve(args: &oncekv::tcp::serve::ServeArgs) -> anyhow::Result<i32> {
+    std::fs::create_dir_all(&args.data_dir)?;
+    let log = args.data_dir.join("node.log");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)?;
+    init_logging(Some(file));
+    eprintln!("{}: logging to {}", args.id, log.display());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(oncekv::tcp::serve::run(
+        args,
+        oncekv::tcp::serve::stop_signal(),
+    ))?;
+    Ok(0)
+}
+
+fn tokio_main<F: std::future::Future>(f: F) -> anyhow::Result<F::Output> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(f))
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    init_logging();
+    if let Some(Command::Serve(args)) = &cli.command {
+        std::process::exit(serve(args)?);
+    }
+    init_logging(None);
     let code = match cli.command {
         None | Some(Command::Node) => node()?,
         Some(Command::Bench(args)) => {
@@ -119,6 +157,12 @@ fn main() -> anyhow::Result<()> {
         Some(Command::Test(args)) => test(args)?,
         Some(Command::Demo { time_limit, seed }) => demo(time_limit, seed)?,
         Some(Command::Check(args)) => check_command(&args),
+        Some(Command::Serve(_)) => unreachable!("served above"),
+        Some(Command::Cluster(args)) => {
+            tokio_main(oncekv::tcp::cluster::run(&args))??;
+            0
+        }
+        Some(Command::Client(args)) => tokio_main(oncekv::tcp::cli::run(args))?,
     };
     std::process::exit(code)
 }

@@ -328,7 +328,11 @@ impl Node {
         let earlier = self.submitted.load(Ordering::SeqCst);
         let mut done = self.finished.subscribe();
         let wait = deadline.saturating_duration_since(Instant::now());
-        let caught_up = tokio::time::timeout(wait, done.wait_for(|n| *n >= earlier)).await;
+        // Drop the watch guard at once: holding it across the await below would make
+        // this future !Send (TCP mode spawns connection readers).
+        let caught_up = tokio::time::timeout(wait, done.wait_for(|n| *n >= earlier))
+            .await
+            .map(|r| r.map(|_| ()));
         if caught_up.is_err() {
             return Outcome::Done(Reply::error(
                 ErrorCode::Timeout,
@@ -625,12 +629,86 @@ impl Node {
         }
     }
 
+    /// What this node knows about itself and the cluster: the `status` request's
+    /// answer (TCP mode). Reads Raft's metrics and the applied state; no I/O.
+    pub fn status(&self) -> NodeStatus {
+        let m = self.raft.metrics();
+        let m = m.borrow_watched();
+        let membership = m.membership_config.membership();
+        let sessions = self.sm.read().state.sessions.len();
+        NodeStatus {
+            id: self.id,
+            name: self.name.clone(),
+            role: format!("{:?}", m.state),
+            term: m.current_term,
+            leader: m.current_leader,
+            last_log_index: m.last_log_index,
+            applied_index: m.last_applied.as_ref().map(|l| l.index()),
+            snapshot_index: m.snapshot.as_ref().map(|l| l.index()),
+            sessions,
+            voters: membership.voter_ids().collect(),
+            learners: membership.learner_ids().collect(),
+        }
+    }
+
+    /// Adds member `id` at `peer`: as a learner first (blocking until it has caught
+    /// up, by snapshot if the log was purged), then as a voter. Leader only.
+    pub async fn add_member(&self, id: u64, peer: Peer) -> Result<(), String> {
+        self.raft
+            .add_learner(id, peer, true)
+            .await
+            .map_err(|e| format!("add_learner: {e}"))?;
+        let voters = std::collections::BTreeSet::from([id]);
+        self.raft
+            .change_membership(openraft::ChangeMembers::AddVoterIds(voters), false)
+            .await
+            .map_err(|e| format!("change_membership: {e}"))?;
+        Ok(())
+    }
+
+    /// Removes member `id` from the voters and the membership. Leader only.
+    pub async fn remove_member(&self, id: u64) -> Result<(), String> {
+        let ids = std::collections::BTreeSet::from([id]);
+        self.raft
+            .change_membership(openraft::ChangeMembers::RemoveVoters(ids), false)
+            .await
+            .map_err(|e| format!("change_membership: {e}"))?;
+        Ok(())
+    }
+
     /// Stops Raft.
     pub async fn shutdown(&self) {
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!("raft shutdown: {e}");
         }
     }
+}
+
+/// A node's view of itself and the cluster (`status_ok` in TCP mode).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct NodeStatus {
+    /// Raft id.
+    pub id: u64,
+    /// Name (`n1`).
+    pub name: String,
+    /// `Leader`, `Follower`, `Candidate` or `Learner`.
+    pub role: String,
+    /// Current term.
+    pub term: u64,
+    /// The leader this node believes in.
+    pub leader: Option<u64>,
+    /// Index of the last log entry.
+    pub last_log_index: Option<u64>,
+    /// Index of the last applied entry.
+    pub applied_index: Option<u64>,
+    /// Index the latest snapshot covers.
+    pub snapshot_index: Option<u64>,
+    /// Open sessions in the applied state.
+    pub sessions: usize,
+    /// Voter ids of the current membership.
+    pub voters: Vec<u64>,
+    /// Learner ids of the current membership.
+    pub learners: Vec<u64>,
 }
 
 /// An error reply body `{type: error, code, text}` for peers.

@@ -1,0 +1,205 @@
+//! `oncekv client`: one operation against a cluster, printed as the reply body's
+//! JSON on stdout. Exit status: 0 an ok reply, 1 a definite error reply (or a final
+//! one: 1000, 1001), 2 no definite answer before the deadline, 3 bad usage.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use super::client::{Client, ClientError, ClientOptions};
+use crate::protocol::Reply;
+
+/// Arguments of `oncekv client`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ClientArgs {
+    /// Node addresses, comma-separated (any member will do).
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub peers: Vec<String>,
+    /// Use this session instead of opening one (with --seq).
+    #[arg(long, requires = "seq")]
+    pub client_id: Option<String>,
+    /// The seq of this request in --client-id's session (reuse it to retry).
+    #[arg(long, requires = "client_id")]
+    pub seq: Option<u64>,
+    /// Seconds to keep retrying before giving up without a definite answer.
+    #[arg(long, default_value_t = 10.0)]
+    pub deadline: f64,
+    /// The operation.
+    #[command(subcommand)]
+    pub op: ClientOp,
+}
+
+/// What `oncekv client` does. Keys and values are JSON if they parse, else strings.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum ClientOp {
+    /// Linearizable read.
+    Read {
+        /// Key.
+        key: String,
+    },
+    /// Write a value.
+    Write {
+        /// Key.
+        key: String,
+        /// Value.
+        value: String,
+    },
+    /// Compare-and-set.
+    Cas {
+        /// Key.
+        key: String,
+        /// Expected value.
+        from: String,
+        /// New value.
+        to: String,
+    },
+    /// Add to a counter (missing counts as 0).
+    Add {
+        /// Key.
+        key: String,
+        /// Increment.
+        #[arg(allow_hyphen_values = true)]
+        delta: i64,
+    },
+    /// Open a session and print its client_id.
+    OpenSession,
+    /// Each node's role, term, leader, log and applied index, sessions.
+    Status,
+    /// Add a node (NAME=HOST:PORT), started with `serve --join`: learner, then voter.
+    AddNode {
+        /// NAME=HOST:PORT.
+        node: String,
+    },
+    /// Remove a node from the membership.
+    RemoveNode {
+        /// Node name.
+        name: String,
+    },
+}
+
+/// Exit status: no definite answer.
+const EXIT_INDEFINITE: i32 = 2;
+/// Exit status: bad usage.
+const EXIT_USAGE: i32 = 3;
+
+fn json_arg(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or_else(|_| Value::from(text))
+}
+
+/// Runs one client command; returns the exit status.
+#[allow(clippy::print_stdout)] // the CLI's output
+pub async fn run(args: ClientArgs) -> i32 {
+    let mut opts = ClientOptions::new(args.peers.clone());
+    opts.deadline = Duration::from_secs_f64(args.deadline.max(0.0));
+    if matches!(
+        args.op,
+        ClientOp::AddNode { .. } | ClientOp::RemoveNode { .. }
+    ) {
+        // The leader answers add_node once the learner has caught up.
+        opts.attempt_timeout = opts.deadline;
+    }
+    let mut client = Client::new(opts);
+    let result = match args.op.clone() {
+        ClientOp::Status => return status(&mut client, &args.peers).await,
+        ClientOp::AddNode { node } => {
+            let Some((name, addr)) = node.split_once('=') else {
+                eprintln!("add-node wants NAME=HOST:PORT");
+                return EXIT_USAGE;
+            };
+            let body = json!({"type": "add_node", "name": name, "addr": addr});
+            return admin(&mut client, body, args.deadline).await;
+        }
+        ClientOp::RemoveNode { name } => {
+            let body = json!({"type": "remove_node", "name": name});
+            return admin(&mut client, body, args.deadline).await;
+        }
+        ClientOp::OpenSession => client.request(json!({"type": "open_session"})).await,
+        ClientOp::Read { key } => client.read(json_arg(&key)).await,
+        op => match session(&mut client, &args).await {
+            Err(e) => Err(e),
+            Ok(()) => match op {
+                ClientOp::Write { key, value } => {
+                    client.write(json_arg(&key), json_arg(&value)).await
+                }
+                ClientOp::Cas { key, from, to } => {
+                    client
+                        .cas(json_arg(&key), json_arg(&from), json_arg(&to))
+                        .await
+                }
+                ClientOp::Add { key, delta } => client.add(json_arg(&key), delta).await,
+                _ => unreachable!("handled above"),
+            },
+        },
+    };
+    match result {
+        Ok(reply) => {
+            println!("{reply}");
+            i32::from(matches!(reply, Reply::Error { .. }))
+        }
+        Err(e @ ClientError::Usage(_)) => {
+            eprintln!("error: {e}");
+            EXIT_USAGE
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            EXIT_INDEFINITE
+        }
+    }
+}
+
+/// Uses --client-id/--seq, or opens a session (and says so on stderr, so the
+/// request can be retried by hand with the same pair).
+async fn session(client: &mut Client, args: &ClientArgs) -> Result<(), ClientError> {
+    match (&args.client_id, args.seq) {
+        (Some(id), Some(seq)) => client.set_session(id.clone(), seq),
+        _ => {
+            client.open_session().await?;
+        }
+    }
+    if let Some((id, seq)) = client.session() {
+        eprintln!("session: --client-id {id} --seq {seq}");
+    }
+    Ok(())
+}
+
+#[allow(clippy::print_stdout)] // the CLI's output
+async fn status(client: &mut Client, peers: &[String]) -> i32 {
+    let mut answered = 0;
+    for (i, addr) in peers.iter().enumerate() {
+        let line = match client.status_of(i).await {
+            Ok(s) => {
+                answered += 1;
+                let mut v = serde_json::to_value(s).unwrap_or(Value::Null);
+                v["addr"] = Value::from(addr.as_str());
+                v
+            }
+            Err(e) => json!({"addr": addr, "error": e}),
+        };
+        println!("{line}");
+    }
+    if answered == 0 { EXIT_INDEFINITE } else { 0 }
+}
+
+/// Sends a membership request to the leader, retrying until it answers or the deadline.
+#[allow(clippy::print_stdout)] // the CLI's output
+async fn admin(client: &mut Client, body: Value, deadline_s: f64) -> i32 {
+    let deadline = std::time::Instant::now() + Duration::from_secs_f64(deadline_s.max(0.0));
+    let mut last = String::from("no leader found");
+    while std::time::Instant::now() < deadline {
+        if let Some(i) = client.find_leader().await {
+            match client.call_node(i, body.clone()).await {
+                Ok(mut reply) if reply.get("type") != Some(&Value::from("error")) => {
+                    reply.remove("in_reply_to");
+                    reply.remove("msg_id");
+                    println!("{}", Value::Object(reply));
+                    return 0;
+                }
+                Ok(reply) => last = Value::Object(reply).to_string(),
+                Err(e) => last = e,
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!("error: {last}");
+    EXIT_INDEFINITE
+}

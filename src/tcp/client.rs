@@ -1,0 +1,359 @@
+//! [`Client`]: the retrying exactly-once client over TCP, for the CLI, tests and
+//! benchmarks.
+//!
+//! Every mutation carries the session's `client_id` and a fresh `seq`. An attempt
+//! that ends without a definite answer (no connection, no reply in time, error 0
+//! or 13) is retried **with the same seq** on the next node until a definite answer
+//! or the deadline: the session table makes the retry return the cached reply if
+//! the first attempt executed. Error 11 (nothing proposed) is retried too. Anything
+//! else (an ok reply, errors 10/12/20/22, and 1000/1001, which are final) is the
+//! answer.
+//!
+//! One request at a time (the simple-client rule of protocol.md section 4): the
+//! client waits for each reply before the next request.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Map, Value, json};
+use tokio::io::BufReader;
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+
+use super::connection::{LineReader, write_line};
+use crate::node::NodeStatus;
+use crate::protocol::{ErrorCode, Reply};
+
+/// How a [`Client`] reaches the cluster and how long it keeps trying.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// Node addresses (`127.0.0.1:7001`), any member will do.
+    pub peers: Vec<String>,
+    /// Total time one operation may take, retries included.
+    pub deadline: Duration,
+    /// Wait for one reply before trying another node. Above the node's request
+    /// timeout (1 s by default), so the node's own indefinite answer usually arrives.
+    pub attempt_timeout: Duration,
+    /// Deadline of one TCP connect.
+    pub connect_timeout: Duration,
+    /// Pause between attempts (doubles per failed attempt, up to 8x).
+    pub retry_backoff: Duration,
+    /// Longest reply line accepted.
+    pub line_bytes_max: usize,
+}
+
+impl ClientOptions {
+    /// Defaults for `peers`: 10 s deadline, 2 s per attempt.
+    pub fn new(peers: Vec<String>) -> ClientOptions {
+        ClientOptions {
+            peers,
+            deadline: Duration::from_secs(10),
+            attempt_timeout: Duration::from_secs(2),
+            connect_timeout: Duration::from_millis(300),
+            retry_backoff: Duration::from_millis(25),
+            line_bytes_max: 1 << 20,
+        }
+    }
+}
+
+/// Why an operation has no definite answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The deadline passed. `maybe_executed` unless every attempt was certainly not
+    /// delivered or answered "not proposed" (error 11).
+    #[error("no definite answer before the deadline ({attempts} attempts; last: {last})")]
+    Deadline {
+        /// Attempts made.
+        attempts: u32,
+        /// What the last attempt got.
+        last: String,
+        /// Whether the operation may have taken effect.
+        maybe_executed: bool,
+    },
+    /// The client was used wrongly (no peers, no session for a mutation).
+    #[error("{0}")]
+    Usage(String),
+}
+
+impl ClientError {
+    /// Whether the operation may have taken effect (an `info` outcome, not `fail`).
+    pub fn maybe_executed(&self) -> bool {
+        matches!(
+            self,
+            ClientError::Deadline {
+                maybe_executed: true,
+                ..
+            }
+        )
+    }
+}
+
+/// An open connection to one node.
+struct Conn {
+    r: LineReader<BufReader<OwnedReadHalf>>,
+    w: OwnedWriteHalf,
+}
+
+/// How one attempt ended.
+enum Attempt {
+    /// A reply body.
+    Reply(Map<String, Value>),
+    /// Nothing was sent (no connection).
+    NotSent(String),
+    /// Sent, no reply (timeout, connection lost).
+    Lost(String),
+}
+
+/// A session-holding client of a oncekv cluster.
+pub struct Client {
+    /// Where and how long.
+    opts: ClientOptions,
+    /// Envelope `src` (`c` + random digits).
+    name: String,
+    /// One lazily opened connection per peer.
+    conns: Vec<Option<Conn>>,
+    /// Index of the node to try first (the last that answered).
+    target: usize,
+    /// This client's message counter.
+    next_msg_id: u64,
+    /// The session: `client_id` and the next `seq`.
+    session: Option<(String, u64)>,
+}
+
+impl Client {
+    /// A client without a session (call [`Client::open_session`] or [`Client::set_session`]).
+    pub fn new(opts: ClientOptions) -> Client {
+        let n = opts.peers.len();
+        Client {
+            name: format!("c{}", rand::random::<u32>()),
+            conns: (0..n).map(|_| None).collect(),
+            opts,
+            target: 0,
+            next_msg_id: 0,
+            session: None,
+        }
+    }
+
+    /// Uses session `client_id`, numbering the next mutation `next_seq`.
+    pub fn set_session(&mut self, client_id: String, next_seq: u64) {
+        self.session = Some((client_id, next_seq));
+    }
+
+    /// The session (`client_id`, next `seq`), if any.
+    pub fn session(&self) -> Option<(&str, u64)> {
+        self.session.as_ref().map(|(c, s)| (c.as_str(), *s))
+    }
+
+    /// The address the client currently sends to.
+    pub fn target(&self) -> &str {
+        &self.opts.peers[self.target]
+    }
+
+    /// Registers a new session and uses it (seq from 1).
+    pub async fn open_session(&mut self) -> Result<String, ClientError> {
+        match self.request(json!({"type": "open_session"})).await? {
+            Reply::OpenSessionOk { client_id } => {
+                self.session = Some((client_id.clone(), 1));
+                Ok(client_id)
+            }
+            other => Err(ClientError::Usage(format!("open_session failed: {other}"))),
+        }
+    }
+
+    /// A linearizable read.
+    pub async fn read(&mut self, key: Value) -> Result<Reply, ClientError> {
+        self.request(json!({"type": "read", "key": key})).await
+    }
+
+    /// Writes `value` at `key`, exactly once.
+    pub async fn write(&mut self, key: Value, value: Value) -> Result<Reply, ClientError> {
+        self.mutate(json!({"type": "write", "key": key, "value": value}))
+            .await
+    }
+
+    /// Sets `key` to `to` if it is `from`, exactly once.
+    pub async fn cas(&mut self, key: Value, from: Value, to: Value) -> Result<Reply, ClientError> {
+        self.mutate(json!({"type": "cas", "key": key, "from": from, "to": to}))
+            .await
+    }
+
+    /// Adds `delta` to counter `key`, exactly once.
+    pub async fn add(&mut self, key: Value, delta: i64) -> Result<Reply, ClientError> {
+        self.mutate(json!({"type": "add", "key": key, "delta": delta}))
+            .await
+    }
+
+    /// Sends a mutation with the session's next seq (consumed whatever the outcome),
+    /// retrying it with that same seq.
+    pub async fn mutate(&mut self, mut body: Value) -> Result<Reply, ClientError> {
+        let Some((client_id, seq)) = self.session.as_mut() else {
+            return Err(ClientError::Usage(
+                "a mutation needs a session: open_session or set_session".into(),
+            ));
+        };
+        body["client_id"] = Value::from(client_id.clone());
+        body["seq"] = Value::from(*seq);
+        *seq += 1;
+        self.request(body).await
+    }
+
+    /// Sends `body` (a request without `msg_id`) until a definite answer or the deadline.
+    pub async fn request(&mut self, body: Value) -> Result<Reply, ClientError> {
+        let Value::Object(body) = body else {
+            return Err(ClientError::Usage("a request body is a JSON object".into()));
+        };
+        if self.opts.peers.is_empty() {
+            return Err(ClientError::Usage("no peers".into()));
+        }
+        let deadline = Instant::now() + self.opts.deadline;
+        let mut attempts = 0u32;
+        let mut maybe_executed = false;
+        loop {
+            attempts += 1;
+            let i = self.target;
+            let last = match self.attempt(i, body.clone(), deadline).await {
+                Attempt::Reply(reply) => match decide(reply) {
+                    Ok(reply) => return Ok(reply),
+                    Err((text, proposed)) => {
+                        maybe_executed |= proposed;
+                        text
+                    }
+                },
+                Attempt::NotSent(text) => text,
+                Attempt::Lost(text) => {
+                    maybe_executed = true;
+                    text
+                }
+            };
+            tracing::debug!("attempt {attempts} at {}: {last}", self.opts.peers[i]);
+            let pause = self.opts.retry_backoff * 2u32.pow(attempts.min(4) - 1);
+            if Instant::now() + pause >= deadline {
+                return Err(ClientError::Deadline {
+                    attempts,
+                    last,
+                    maybe_executed,
+                });
+            }
+            tokio::time::sleep(pause).await;
+            self.target = (i + 1) % self.opts.peers.len();
+        }
+    }
+
+    /// One exchange with node `index` (no retry): its reply body, errors included.
+    pub async fn call_node(
+        &mut self,
+        index: usize,
+        body: Value,
+    ) -> Result<Map<String, Value>, String> {
+        let Value::Object(body) = body else {
+            return Err("a request body is a JSON object".into());
+        };
+        let deadline = Instant::now() + self.opts.attempt_timeout;
+        match self.attempt(index, body, deadline).await {
+            Attempt::Reply(body) => Ok(body),
+            Attempt::NotSent(e) | Attempt::Lost(e) => Err(e),
+        }
+    }
+
+    /// Asks node `index` for its status.
+    pub async fn status_of(&mut self, index: usize) -> Result<NodeStatus, String> {
+        let body = self.call_node(index, json!({"type": "status"})).await?;
+        serde_json::from_value(Value::Object(body.clone()))
+            .map_err(|e| format!("bad status reply {}: {e}", Value::Object(body)))
+    }
+
+    /// The index of the node that says it leads, if any answers so.
+    pub async fn find_leader(&mut self) -> Option<usize> {
+        for i in 0..self.opts.peers.len() {
+            if let Ok(s) = self.status_of(i).await
+                && s.role == "Leader"
+            {
+                self.target = i;
+                return Some(i);
+            }
+        }
+        None
+    }
+
+    /// One request-reply exchange with node `i`.
+    async fn attempt(
+        &mut self,
+        i: usize,
+        mut body: Map<String, Value>,
+        deadline: Instant,
+    ) -> Attempt {
+        self.next_msg_id += 1;
+        let msg_id = self.next_msg_id;
+        body.insert("msg_id".into(), Value::from(msg_id));
+        let addr = self.opts.peers[i].clone();
+        let wait = self
+            .opts
+            .attempt_timeout
+            .min(deadline.saturating_duration_since(Instant::now()));
+        let conn = match self.conns[i].take() {
+            Some(c) => c,
+            None => {
+                let connect = TcpStream::connect(&addr);
+                match tokio::time::timeout(self.opts.connect_timeout.min(wait), connect).await {
+                    Ok(Ok(s)) => {
+                        let _ = s.set_nodelay(true);
+                        let (r, w) = s.into_split();
+                        Conn {
+                            r: LineReader::new(BufReader::new(r), self.opts.line_bytes_max),
+                            w,
+                        }
+                    }
+                    Ok(Err(e)) => return Attempt::NotSent(format!("connect {addr}: {e}")),
+                    Err(_) => return Attempt::NotSent(format!("connect {addr}: timed out")),
+                }
+            }
+        };
+        let line = json!({"src": self.name, "dest": "", "body": body}).to_string();
+        match tokio::time::timeout(wait, exchange(conn, &line, msg_id)).await {
+            Ok(Ok((conn, reply))) => {
+                self.conns[i] = Some(conn);
+                Attempt::Reply(reply)
+            }
+            Ok(Err(e)) => Attempt::Lost(format!("{addr}: {e}")),
+            Err(_) => Attempt::Lost(format!("{addr}: no reply in {wait:?}")),
+        }
+    }
+}
+
+/// Writes `line` and reads until the reply to `msg_id` (a stale reply is skipped).
+async fn exchange(
+    mut conn: Conn,
+    line: &str,
+    msg_id: u64,
+) -> Result<(Conn, Map<String, Value>), String> {
+    write_line(&mut conn.w, line)
+        .await
+        .map_err(|e| e.to_string())?;
+    loop {
+        let Some(line) = conn.r.read_line().await.map_err(|e| e.to_string())? else {
+            return Err("connection closed".into());
+        };
+        let Ok(Value::Object(mut env)) = serde_json::from_str::<Value>(&line) else {
+            continue;
+        };
+        let Some(Value::Object(body)) = env.remove("body") else {
+            continue;
+        };
+        if body.get("in_reply_to").and_then(Value::as_u64) == Some(msg_id) {
+            return Ok((conn, body));
+        }
+    }
+}
+
+/// A definite answer, or why to retry and whether the attempt may have executed.
+fn decide(mut body: Map<String, Value>) -> Result<Reply, (String, bool)> {
+    body.remove("in_reply_to");
+    body.remove("msg_id");
+    let text = Value::Object(body.clone()).to_string();
+    let reply: Reply = serde_json::from_value(Value::Object(body))
+        .map_err(|e| (format!("unexpected reply {text}: {e}"), true))?;
+    match reply.error_code() {
+        Some(ErrorCode::TemporarilyUnavailable) => Err((text, false)),
+        Some(ErrorCode::Timeout | ErrorCode::Crash) => Err((text, true)),
+        _ => Ok(reply),
+    }
+}

@@ -1,0 +1,151 @@
+//! TCP mode: the same [`Node`](crate::node::Node), message bodies and session rules
+//! as Maelstrom mode, over loopback or a real network.
+//!
+//! Layout (one noun per file, after tokio-rs/mini-redis):
+//! - [`connection`]: framing: newline-delimited JSON envelopes with a maximum line length.
+//! - [`server`]: `server::run(listener, node, config, shutdown)`: the accept loop,
+//!   bounded connections (a semaphore permit taken before `accept`), graceful shutdown.
+//! - [`handler`]: one accepted connection: client requests, peer RPCs, `status`,
+//!   membership requests; replies through a bounded queue to the connection's writer.
+//! - [`peers`]: [`peers::TcpTransport`], the node's way to reach peers: one connection
+//!   per peer address, reconnect with back-off, a deadline on every call.
+//! - [`client`]: [`Client`], the retrying exactly-once client (library type).
+//! - [`serve`]: `oncekv serve`: one node process.
+//! - [`cluster`]: `oncekv cluster`: N `serve` processes on loopback.
+//! - [`cli`]: `oncekv client`: the command-line client.
+//!
+//! `docs/cluster.md` is the user's guide.
+
+pub mod cli;
+pub mod client;
+pub mod cluster;
+pub mod connection;
+pub mod handler;
+pub mod peers;
+pub mod serve;
+pub mod server;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+pub use client::{Client, ClientError, ClientOptions};
+
+use crate::raft::Peer;
+
+/// Bounds and timeouts of the TCP layer (the node's own live in [`crate::config::Config`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TcpConfig {
+    /// Most connections a node serves at once; `accept` waits past it (peers and
+    /// clients alike), so a flood of clients cannot exhaust file descriptors.
+    pub connections_max: usize,
+    /// Longest line accepted, in bytes; a longer one closes the connection. Large,
+    /// because a snapshot for a lagging follower travels as one line.
+    pub line_bytes_max: usize,
+    /// Requests one connection may have in flight; its reader stops reading past it
+    /// (back-pressure onto the sender's socket).
+    pub requests_per_connection_max: usize,
+    /// Capacity of each connection's outgoing queue and of each peer link's queue.
+    pub queue_capacity: usize,
+    /// Deadline of one TCP connect to a peer.
+    pub connect_timeout: Duration,
+    /// Deadline of writing one line to a peer; past it the connection is dropped.
+    pub write_timeout: Duration,
+    /// First delay before reconnecting to a peer that refused; doubles per failure.
+    pub reconnect_backoff_min: Duration,
+    /// Cap of that delay.
+    pub reconnect_backoff_max: Duration,
+    /// How long a membership change may take before the node answers error 0.
+    pub membership_timeout: Duration,
+}
+
+impl Default for TcpConfig {
+    fn default() -> Self {
+        TcpConfig {
+            connections_max: 1_024,
+            line_bytes_max: 256 << 20,
+            requests_per_connection_max: 4_096,
+            queue_capacity: 4_096,
+            connect_timeout: Duration::from_millis(500),
+            write_timeout: Duration::from_secs(5),
+            reconnect_backoff_min: Duration::from_millis(20),
+            reconnect_backoff_max: Duration::from_millis(500),
+            membership_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Why the TCP layer could not start or parse its arguments.
+#[derive(Debug, thiserror::Error)]
+pub enum TcpError {
+    /// A bad `--peers`, `--id` or node name.
+    #[error("{0}")]
+    Args(String),
+    /// A socket or file operation failed.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// The node's configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// The node did not start.
+    #[error(transparent)]
+    Start(#[from] crate::node::StartError),
+}
+
+/// A node's Raft id: the number its name ends with (`n1` is 1, `n12` is 12). The
+/// rule needs no shared state, so a node added later (`n4`) gets the same id on
+/// every member, whatever list it was started with.
+pub fn node_id(name: &str) -> Result<u64, TcpError> {
+    let digits = name.len() - name.trim_end_matches(|c: char| c.is_ascii_digit()).len();
+    let (prefix, number) = name.split_at(name.len() - digits);
+    if digits == 0 || prefix.is_empty() || prefix.starts_with('c') {
+        return Err(TcpError::Args(format!(
+            "node name {name:?} must be letters then a number (n1, n2, ...), not starting with c"
+        )));
+    }
+    number
+        .parse()
+        .map_err(|e| TcpError::Args(format!("node name {name:?}: {e}")))
+}
+
+/// Parses `n1=127.0.0.1:7001,n2=...` into members by id; ids must be distinct.
+pub fn parse_peers(text: &str) -> Result<BTreeMap<u64, Peer>, TcpError> {
+    let mut members = BTreeMap::new();
+    for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let (name, addr) = item
+            .split_once('=')
+            .ok_or_else(|| TcpError::Args(format!("peer {item:?} is not NAME=HOST:PORT")))?;
+        let peer = Peer {
+            name: name.to_string(),
+            addr: addr.to_string(),
+        };
+        if let Some(old) = members.insert(node_id(name)?, peer) {
+            return Err(TcpError::Args(format!(
+                "{name} and {} have the same id",
+                old.name
+            )));
+        }
+    }
+    if members.is_empty() {
+        return Err(TcpError::Args("--peers names no node".into()));
+    }
+    Ok(members)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_come_from_the_name_and_must_be_distinct() {
+        assert_eq!(node_id("n1").unwrap(), 1);
+        assert_eq!(node_id("node12").unwrap(), 12);
+        assert!(node_id("n").is_err());
+        assert!(node_id("7").is_err());
+        assert!(node_id("c1").is_err());
+        let m = parse_peers("n1=127.0.0.1:7001, n3=127.0.0.1:7003").unwrap();
+        assert_eq!(m.keys().copied().collect::<Vec<_>>(), vec![1, 3]);
+        assert_eq!(m[&3].addr, "127.0.0.1:7003");
+        assert!(parse_peers("n1=a:1,x01=b:2").is_err());
+        assert!(parse_peers("n1").is_err());
+    }
+}

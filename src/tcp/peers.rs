@@ -1,0 +1,307 @@
+//! [`TcpTransport`]: how a node reaches its peers. One *link* per peer address: a
+//! task owning one outgoing connection, fed by a bounded queue of calls. Calls are
+//! multiplexed on the connection by `msg_id` (openraft sends appends, votes and
+//! snapshots concurrently) and their replies routed back by `in_reply_to`.
+//!
+//! The error rule the node relies on ([`CallError`]): `Unreachable` only when the
+//! request was certainly not delivered (no connection, back-off, a line not fully
+//! written: the reader discards an unterminated line); once a line was written, a
+//! lost connection or a missed deadline is `Timeout` (it may have been acted on).
+//!
+//! Reconnection: a failed connect starts a back-off (doubling from
+//! [`TcpConfig::reconnect_backoff_min`] to `..._max`) during which calls fail fast
+//! as `Unreachable`, so openraft's own retry loop paces the attempts.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+use serde_json::Value;
+use tokio::io::BufReader;
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use super::TcpConfig;
+use super::connection::{LineReader, encode_raw, write_line};
+use crate::raft::Peer;
+use crate::raft::network::{Body, CallError, Transport};
+
+/// The outcome a caller waits for.
+type ReplyTx = oneshot::Sender<Result<Body, CallError>>;
+/// Calls written on a connection and awaiting their reply, by `msg_id`.
+type Pending = Arc<Mutex<HashMap<u64, ReplyTx>>>;
+
+/// [`Transport`] over TCP connections to the peers' addresses.
+pub struct TcpTransport {
+    /// This node's name, the `src` of its RPCs.
+    me: String,
+    /// Links by peer address, created on first use.
+    links: Mutex<HashMap<String, mpsc::Sender<Call>>>,
+    /// The node's message counter (shared with the server's writers).
+    msg_ids: Arc<AtomicU64>,
+    /// Bounds and timeouts.
+    config: TcpConfig,
+}
+
+/// One request for a link.
+struct Call {
+    /// Where to (its name is the envelope's `dest`).
+    peer: Peer,
+    /// The request body (without `msg_id`, which the link assigns).
+    body: Body,
+    /// Where the outcome goes.
+    reply: ReplyTx,
+}
+
+impl TcpTransport {
+    /// A transport for node `me`.
+    pub fn new(me: String, msg_ids: Arc<AtomicU64>, config: TcpConfig) -> TcpTransport {
+        TcpTransport {
+            me,
+            links: Mutex::default(),
+            msg_ids,
+            config,
+        }
+    }
+
+    fn link(&self, addr: &str) -> mpsc::Sender<Call> {
+        let mut links = self.links.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(tx) = links.get(addr).filter(|tx| !tx.is_closed()) {
+            return tx.clone();
+        }
+        let (tx, rx) = mpsc::channel(self.config.queue_capacity);
+        let link = Link {
+            addr: addr.to_string(),
+            me: self.me.clone(),
+            msg_ids: self.msg_ids.clone(),
+            config: self.config.clone(),
+            conn: None,
+            backoff: self.config.reconnect_backoff_min,
+            retry_at: Instant::now(),
+        };
+        tokio::spawn(link.run(rx));
+        links.insert(addr.to_string(), tx.clone());
+        tx
+    }
+}
+
+impl Transport for TcpTransport {
+    fn call(
+        &self,
+        peer: &Peer,
+        body: Body,
+        timeout: Duration,
+    ) -> BoxFuture<'static, Result<Body, CallError>> {
+        let unreachable = |why: &str| CallError::Unreachable {
+            peer: peer.to_string(),
+            why: why.to_string(),
+        };
+        if peer.addr.is_empty() {
+            let e = unreachable("no address");
+            return Box::pin(async move { Err(e) });
+        }
+        let link = self.link(&peer.addr);
+        let peer = peer.clone();
+        Box::pin(async move {
+            let deadline = tokio::time::Instant::now() + timeout;
+            let (tx, rx) = oneshot::channel();
+            let call = Call {
+                peer: peer.clone(),
+                body,
+                reply: tx,
+            };
+            let unreachable = |why: &str| CallError::Unreachable {
+                peer: peer.to_string(),
+                why: why.to_string(),
+            };
+            match tokio::time::timeout_at(deadline, link.send(call)).await {
+                Err(_) => return Err(unreachable("link queue full")),
+                Ok(Err(_)) => return Err(unreachable("link closed")),
+                Ok(Ok(())) => {}
+            }
+            match tokio::time::timeout_at(deadline, rx).await {
+                Ok(Ok(outcome)) => outcome,
+                // Dropped by a broken connection, or no reply in time: maybe delivered.
+                Ok(Err(_)) | Err(_) => Err(CallError::Timeout(peer.to_string())),
+            }
+        })
+    }
+}
+
+/// A live outgoing connection.
+struct Conn {
+    /// The write half (the link task writes; the reader task reads).
+    w: OwnedWriteHalf,
+    /// Calls awaiting replies on this connection.
+    pending: Pending,
+    /// Routes replies; finished when the connection is gone.
+    reader: JoinHandle<()>,
+    /// Inserts since the last sweep of abandoned calls.
+    inserts: u32,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        // Pending callers see their senders dropped: `Timeout` (maybe delivered).
+        self.reader.abort();
+    }
+}
+
+/// The task state of one link.
+struct Link {
+    /// The peer's address.
+    addr: String,
+    /// This node's name.
+    me: String,
+    /// The node's message counter.
+    msg_ids: Arc<AtomicU64>,
+    /// Bounds and timeouts.
+    config: TcpConfig,
+    /// The connection, when up.
+    conn: Option<Conn>,
+    /// Current reconnect delay.
+    backoff: Duration,
+    /// No connect attempt before this.
+    retry_at: Instant,
+}
+
+impl Link {
+    async fn run(mut self, mut calls: mpsc::Receiver<Call>) {
+        while let Some(call) = calls.recv().await {
+            if call.reply.is_closed() {
+                continue; // the caller gave up while queued
+            }
+            if let Err(why) = self.connect().await {
+                let _ = call.reply.send(Err(CallError::Unreachable {
+                    peer: call.peer.to_string(),
+                    why,
+                }));
+                continue;
+            }
+            self.send(call).await;
+        }
+    }
+
+    /// Makes sure a connection is up (or says why not).
+    async fn connect(&mut self) -> Result<(), String> {
+        if self.conn.as_ref().is_some_and(|c| c.reader.is_finished()) {
+            self.conn = None;
+        }
+        if self.conn.is_some() {
+            return Ok(());
+        }
+        if Instant::now() < self.retry_at {
+            return Err("backing off after a failed connect".into());
+        }
+        let connect = TcpStream::connect(&self.addr);
+        let why = match tokio::time::timeout(self.config.connect_timeout, connect).await {
+            Ok(Ok(stream)) => {
+                let _ = stream.set_nodelay(true);
+                let (r, w) = stream.into_split();
+                let pending = Pending::default();
+                let reader =
+                    tokio::spawn(read_replies(r, pending.clone(), self.config.line_bytes_max));
+                self.conn = Some(Conn {
+                    w,
+                    pending,
+                    reader,
+                    inserts: 0,
+                });
+                self.backoff = self.config.reconnect_backoff_min;
+                tracing::debug!("connected to {}", self.addr);
+                return Ok(());
+            }
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "connect timed out".to_string(),
+        };
+        self.retry_at = Instant::now() + self.backoff;
+        self.backoff = (self.backoff * 2).min(self.config.reconnect_backoff_max);
+        Err(why)
+    }
+
+    async fn send(&mut self, call: Call) {
+        let Some(conn) = self.conn.as_mut() else {
+            return;
+        };
+        let msg_id = self.msg_ids.fetch_add(1, Ordering::Relaxed);
+        let line = encode_raw(&self.me, &call.peer.name, call.body, None, msg_id);
+        {
+            let mut pending = conn.pending.lock().unwrap_or_else(|p| p.into_inner());
+            pending.insert(msg_id, call.reply);
+            conn.inserts += 1;
+            if conn.inserts >= 1024 {
+                pending.retain(|_, tx| !tx.is_closed());
+                conn.inserts = 0;
+            }
+        }
+        let write = write_line(&mut conn.w, &line);
+        let failed = match tokio::time::timeout(self.config.write_timeout, write).await {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "write timed out".to_string(),
+        };
+        // The line was not fully written, so it cannot be acted on: Unreachable.
+        let tx = conn
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&msg_id);
+        if let Some(tx) = tx {
+            let _ = tx.send(Err(CallError::Unreachable {
+                peer: call.peer.to_string(),
+                why: failed,
+            }));
+        }
+        self.conn = None;
+    }
+}
+
+/// Routes reply lines to their callers until the connection ends.
+async fn read_replies(r: OwnedReadHalf, pending: Pending, line_bytes_max: usize) {
+    let mut lines = LineReader::new(BufReader::new(r), line_bytes_max);
+    while let Ok(Some(line)) = lines.read_line().await {
+        let Ok(Value::Object(mut env)) = serde_json::from_str::<Value>(&line) else {
+            tracing::warn!("dropping a bad reply line from a peer");
+            continue;
+        };
+        let src = env
+            .get("src")
+            .and_then(Value::as_str)
+            .unwrap_or("?")
+            .to_string();
+        let Some(Value::Object(body)) = env.remove("body") else {
+            continue;
+        };
+        let Some(id) = body.get("in_reply_to").and_then(Value::as_u64) else {
+            continue;
+        };
+        let tx = pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+        if let Some(tx) = tx {
+            let _ = tx.send(remote_error(&src, body));
+        }
+    }
+    // Dropping the remaining senders tells their callers: maybe delivered.
+    pending.lock().unwrap_or_else(|p| p.into_inner()).clear();
+}
+
+fn remote_error(peer: &str, reply: Body) -> Result<Body, CallError> {
+    if reply.get("type").and_then(Value::as_str) != Some("error") {
+        return Ok(reply);
+    }
+    Err(CallError::Remote {
+        peer: peer.to_string(),
+        code: reply.get("code").and_then(Value::as_u64).unwrap_or(13),
+        text: reply
+            .get("text")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string(),
+    })
+}

@@ -1,0 +1,102 @@
+//! `oncekv serve`: one node over TCP. The node id comes from its name
+//! ([`super::node_id`]); a fresh cluster forms from `--peers` (every member calls
+//! openraft's `initialize` with the same list; openraft ignores it once a log
+//! exists, so a restarted node rejoins with no extra step). A node added later is
+//! started with `--join`: it waits, empty, for the leader's `add_node`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use tokio::net::TcpListener;
+
+use super::peers::TcpTransport;
+use super::{TcpConfig, TcpError, parse_peers, server};
+use crate::config::Config;
+use crate::node::{Node, Storage};
+use crate::raft::log_store::MemLogStore;
+use crate::raft::sm_store::StateMachineStore;
+
+/// Arguments of `oncekv serve`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// This node's name, one of `--peers` (`n1`); its Raft id is the number in it.
+    #[arg(long)]
+    pub id: String,
+    /// Address to listen on (`127.0.0.1:7001`).
+    #[arg(long)]
+    pub listen: String,
+    /// Every member as NAME=HOST:PORT, comma-separated (this node included).
+    #[arg(long)]
+    pub peers: String,
+    /// Directory for this node's files (created if missing): `node.log` now, the
+    /// Raft log and state once durable storage lands.
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    /// Do not form a cluster from `--peers`: wait to be added by `add-node`.
+    #[arg(long)]
+    pub join: bool,
+}
+
+/// The stores a node runs on, opened from its data directory. In-memory for now:
+/// the one place to switch to durable storage (`crate::storage::open`).
+pub fn open_storage(data_dir: &Path) -> Result<Storage<MemLogStore>, TcpError> {
+    std::fs::create_dir_all(data_dir)?;
+    Ok(Storage {
+        log: MemLogStore::default(),
+        sm: StateMachineStore::new(),
+    })
+}
+
+/// Runs the node until `shutdown` resolves; returns after a graceful stop.
+pub async fn run(args: &ServeArgs, shutdown: impl std::future::Future) -> Result<(), TcpError> {
+    let members = parse_peers(&args.peers)?;
+    let id = super::node_id(&args.id)?;
+    match members.get(&id) {
+        Some(p) if p.name == args.id => {}
+        _ => {
+            return Err(TcpError::Args(format!(
+                "--id {} is not in --peers {}",
+                args.id, args.peers
+            )));
+        }
+    }
+    let config = Config::from_env()?;
+    let tcp = TcpConfig::default();
+    let storage = open_storage(&args.data_dir)?;
+    // Bind before starting Raft, so peers' first connects wait in the backlog.
+    let listener = TcpListener::bind(&args.listen).await?;
+    let msg_ids = Arc::new(AtomicU64::new(0));
+    let transport = Arc::new(TcpTransport::new(
+        args.id.clone(),
+        msg_ids.clone(),
+        tcp.clone(),
+    ));
+    let initialize = (!args.join).then(|| members.clone());
+    let node = Node::start_with(id, members, transport, config, storage, initialize).await?;
+    tracing::info!(
+        "node {} (id {id}) serving on {}, pid {}",
+        args.id,
+        listener.local_addr()?,
+        std::process::id()
+    );
+    server::run(listener, node.clone(), msg_ids, tcp, shutdown).await;
+    node.shutdown().await;
+    Ok(())
+}
+
+/// Resolves on Ctrl-C or (on Unix) SIGTERM.
+pub async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}

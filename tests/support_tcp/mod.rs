@@ -1,0 +1,239 @@
+//! A cluster of real `oncekv serve` processes on loopback, for `tests/tcp_*.rs`.
+//! Nodes can be killed (SIGKILL) and restarted on the same data directory and
+//! port, so tests needing durability can reuse it once storage is durable.
+#![allow(dead_code)] // each test file uses a different part
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use oncekv::node::NodeStatus;
+use oncekv::tcp::{Client, ClientOptions};
+
+/// One node process.
+pub struct TestNode {
+    /// `n1`, `n2`, ...
+    pub name: String,
+    /// `127.0.0.1:PORT`.
+    pub addr: String,
+    /// Its data directory (kept across restarts).
+    pub dir: PathBuf,
+    /// The process, while running.
+    pub child: Option<Child>,
+}
+
+/// N `serve` processes with the same `--peers`.
+pub struct TestCluster {
+    /// The nodes, `nodes[i]` named `n{i+1}`.
+    pub nodes: Vec<TestNode>,
+    /// The shared `--peers` value.
+    pub peers: String,
+    /// Root of the nodes' data directories.
+    pub dir: PathBuf,
+    /// Environment for every node (`ONCEKV_*` overrides).
+    env: Vec<(String, String)>,
+}
+
+/// A free loopback port (bound then released: a small race, fine for tests).
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+/// A fresh directory under the target dir for test `name`.
+pub fn test_dir(name: &str) -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("{name}-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    dir
+}
+
+impl TestCluster {
+    /// Starts `n` nodes with extra environment `env`.
+    pub fn start(name: &str, n: usize, env: &[(&str, &str)]) -> TestCluster {
+        let dir = test_dir(name);
+        let nodes: Vec<TestNode> = (1..=n)
+            .map(|i| TestNode {
+                name: format!("n{i}"),
+                addr: format!("127.0.0.1:{}", free_port()),
+                dir: dir.join(format!("n{i}")),
+                child: None,
+            })
+            .collect();
+        let peers = nodes
+            .iter()
+            .map(|n| format!("{}={}", n.name, n.addr))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut c = TestCluster {
+            nodes,
+            peers,
+            dir,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        };
+        for i in 0..n {
+            c.restart(i);
+        }
+        eprintln!("cluster {name}: {} in {}", c.peers, c.dir.display());
+        c
+    }
+
+    /// Starts (again) node `i` on its address and data directory.
+    pub fn restart(&mut self, i: usize) {
+        let peers = self.peers.clone();
+        self.spawn(i, &peers, false);
+    }
+
+    /// Spawns `serve` for node `i` with `peers`, joining (not initializing) if `join`.
+    pub fn spawn(&mut self, i: usize, peers: &str, join: bool) {
+        let node = &mut self.nodes[i];
+        std::fs::create_dir_all(&node.dir).expect("mkdir");
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(node.dir.join("stderr.log"))
+            .expect("stderr log");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_oncekv"));
+        cmd.args(["serve", "--id", &node.name, "--listen", &node.addr])
+            .args(["--peers", peers])
+            .arg("--data-dir")
+            .arg(&node.dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr);
+        if join {
+            cmd.arg("--join");
+        }
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        node.child = Some(cmd.spawn().expect("spawn oncekv serve"));
+    }
+
+    /// Adds a node `n{len+1}` (not yet a member: start it with `--join`).
+    pub fn add_node_process(&mut self) -> usize {
+        let i = self.nodes.len();
+        let name = format!("n{}", i + 1);
+        self.nodes.push(TestNode {
+            addr: format!("127.0.0.1:{}", free_port()),
+            dir: self.dir.join(&name),
+            name,
+            child: None,
+        });
+        let peers = format!(
+            "{},{}={}",
+            self.peers, self.nodes[i].name, self.nodes[i].addr
+        );
+        self.spawn(i, &peers, true);
+        i
+    }
+
+    /// SIGKILLs node `i` (its data directory stays).
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.nodes[i].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Every node's address.
+    pub fn addrs(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.addr.clone()).collect()
+    }
+
+    /// A client of the whole cluster.
+    pub fn client(&self) -> Client {
+        Client::new(self.client_options())
+    }
+
+    /// Client options for the whole cluster.
+    pub fn client_options(&self) -> ClientOptions {
+        ClientOptions::new(self.addrs())
+    }
+
+    /// Node `i`'s status, if it answers.
+    pub async fn status(&self, i: usize) -> Option<NodeStatus> {
+        let mut c = Client::new(ClientOptions::new(vec![self.nodes[i].addr.clone()]));
+        c.status_of(0).await.ok()
+    }
+
+    /// Waits until `check` holds, polling, or panics after `timeout` naming `what`.
+    pub async fn wait_for<F, Fut>(&self, what: &str, timeout: Duration, mut check: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let deadline = Instant::now() + timeout;
+        while !check().await {
+            assert!(
+                Instant::now() < deadline,
+                "timed out after {timeout:?} waiting for {what} (logs in {})",
+                self.dir.display()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits for a leader that the running nodes agree on; returns its index.
+    pub async fn wait_leader(&self, timeout: Duration) -> usize {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(i) = self.agreed_leader().await {
+                return i;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no agreed leader within {timeout:?} (logs in {})",
+                self.dir.display()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn agreed_leader(&self) -> Option<usize> {
+        let mut leader = None;
+        for (i, n) in self.nodes.iter().enumerate() {
+            if n.child.is_none() {
+                continue;
+            }
+            let s = self.status(i).await?;
+            if s.leader.is_none() || (leader.is_some() && leader != s.leader) {
+                return None;
+            }
+            leader = s.leader;
+        }
+        let id = leader?;
+        let i = self.nodes.iter().position(|n| n.name == format!("n{id}"))?;
+        self.nodes[i].child.as_ref()?;
+        let s = self.status(i).await?;
+        (s.role == "Leader").then_some(i)
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.kill(i);
+        }
+    }
+}
+
+/// A seed from `ONCEKV_TEST_SEED` or the clock, printed so a run can be repeated.
+pub fn seed() -> u64 {
+    let seed = std::env::var("ONCEKV_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64)
+        });
+    eprintln!("seed {seed} (rerun with ONCEKV_TEST_SEED={seed})");
+    seed
+}
