@@ -66,27 +66,11 @@ fn encode<T: Serialize>(value: &T) -> io::Result<Vec<u8>> {
 impl RedbLogStore {
     /// Opens (creating if absent) the log at `path`, verifies it and loads the live log.
     pub fn open(path: &Path) -> Result<RedbLogStore, StorageError> {
-        let db_err = |e: &dyn std::fmt::Display| StorageError::Database {
+        let db = open_verified(path)?;
+        create_tables(&db).map_err(|reason| StorageError::Database {
             path: path.to_owned(),
-            reason: e.to_string(),
-        };
-        let mut db = Database::create(path).map_err(|e| match e {
-            redb::DatabaseError::Storage(redb::StorageError::Io(io)) => StorageError::Io {
-                path: path.to_owned(),
-                source: io,
-            },
-            e => db_err(&e),
+            reason,
         })?;
-        match db.check_integrity() {
-            Ok(true) => {}
-            Ok(false) => {
-                return Err(db_err(
-                    &"failed redb's integrity check (the file was modified outside redb)",
-                ));
-            }
-            Err(e) => return Err(db_err(&e)),
-        }
-        create_tables(&db).map_err(|e| db_err(&e))?;
         let mirror = load(&db, path)?;
         let writer = Writer::start(db).map_err(|e| StorageError::Io {
             path: path.to_owned(),
@@ -128,8 +112,44 @@ impl RedbLogStore {
     }
 }
 
+/// Opens the redb file and verifies every page checksum (redb only does so on its
+/// own after an unclean shutdown). Commits use redb's two-phase commit, so a
+/// damaged latest commit is reported as corruption instead of being rolled back to
+/// the previous one (which would silently lose an acknowledged write).
+fn open_verified(path: &Path) -> Result<Database, StorageError> {
+    let db_err = |reason: String| StorageError::Database {
+        path: path.to_owned(),
+        reason,
+    };
+    // redb 2 panics (an assertion) on a file shorter than its header says; that is
+    // a damaged file, not a bug of ours, so report it as one.
+    let opened = std::panic::catch_unwind(|| {
+        let mut db = Database::create(path)?;
+        let clean = db.check_integrity()?;
+        Ok::<_, redb::DatabaseError>((db, clean))
+    });
+    match opened {
+        Ok(Ok((db, true))) => Ok(db),
+        Ok(Ok((_, false))) => Err(db_err(
+            "failed redb's integrity check (modified outside redb?)".into(),
+        )),
+        Ok(Err(redb::DatabaseError::Storage(redb::StorageError::Io(source)))) => {
+            Err(StorageError::Io {
+                path: path.to_owned(),
+                source,
+            })
+        }
+        Ok(Err(e)) => Err(db_err(e.to_string())),
+        Err(_) => Err(StorageError::Corrupt {
+            path: path.to_owned(),
+            reason: "redb could not read it (truncated?)".into(),
+        }),
+    }
+}
+
 fn create_tables(db: &Database) -> Result<(), String> {
-    let txn = db.begin_write().map_err(|e| e.to_string())?;
+    let mut txn = db.begin_write().map_err(|e| e.to_string())?;
+    txn.set_two_phase_commit(true);
     txn.open_table(LOG_TABLE).map_err(|e| e.to_string())?;
     txn.open_table(META_TABLE).map_err(|e| e.to_string())?;
     txn.commit().map_err(|e| e.to_string())

@@ -62,7 +62,7 @@ pub enum StorageError {
         reason: String,
     },
     /// redb refused the log file (damaged, locked by another process, ...).
-    #[error("{}: {reason}", path.display())]
+    #[error("{}: redb refused it: {reason}", path.display())]
     Database {
         /// The redb file.
         path: PathBuf,

@@ -222,9 +222,11 @@ fn run(db: Database, mut rx: mpsc::Receiver<(Op, Done)>, stats: &Stats, failed: 
 }
 
 /// Writes `ops` in one transaction and commits it durably (redb's default
-/// `Durability::Immediate`: the commit returns after fsync).
+/// `Durability::Immediate`: the commit returns after fsync; two-phase, so two).
 fn write_batch<'a>(db: &Database, ops: impl Iterator<Item = &'a Op>) -> Result<(), String> {
-    let txn = db.begin_write().map_err(|e| e.to_string())?;
+    let mut txn = db.begin_write().map_err(|e| e.to_string())?;
+    // See `log_store::open_verified`: a damaged commit is then an error, never a rollback.
+    txn.set_two_phase_commit(true);
     {
         let mut log = txn.open_table(LOG_TABLE).map_err(|e| e.to_string())?;
         let mut meta = txn.open_table(META_TABLE).map_err(|e| e.to_string())?;
