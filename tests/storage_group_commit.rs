@@ -57,7 +57,10 @@ async fn back_to_back_appends_share_commits() {
         PIPELINED_APPENDS as f64 / pipe_commits as f64,
         PIPELINED_APPENDS as f64 / pipe_elapsed.as_secs_f64(),
     );
-    assert_eq!(seq_commits, SEQUENTIAL_APPENDS, "awaited appends commit alone");
+    assert_eq!(
+        seq_commits, SEQUENTIAL_APPENDS,
+        "awaited appends commit alone"
+    );
     assert!(
         pipe_commits * 2 <= PIPELINED_APPENDS,
         "back-to-back appends should share commits: {pipe_commits} commits for {PIPELINED_APPENDS}"
