@@ -139,6 +139,15 @@ async fn missing_snapshot_behind_a_purged_log_is_refused() {
     assert_refused(dir.path(), &dir.path().join(SNAPSHOT_DIR));
 }
 
+#[tokio::test]
+async fn a_deleted_log_file_is_refused() {
+    let dir = TempDir::new("no-log");
+    populated(dir.path()).await;
+    let log = dir.path().join(LOG_FILE);
+    fs::remove_file(&log).expect("remove log");
+    assert_refused(dir.path(), &log);
+}
+
 #[test]
 fn other_format_version_is_refused() {
     let dir = TempDir::new("version");

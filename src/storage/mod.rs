@@ -124,6 +124,14 @@ fn open_with(dir: &Path, node_id: Option<u64>) -> Result<Storage<RedbLogStore>, 
                 expected,
             });
         }
+        // The marker is written after the log file exists: a marker without a log
+        // means the log was lost, and starting empty would forget the vote.
+        Some(_) if !dir.join(LOG_FILE).exists() => {
+            return Err(StorageError::Corrupt {
+                path: dir.join(LOG_FILE),
+                reason: format!("missing, though {MARKER_FILE} says this dir was in use"),
+            });
+        }
         Some(_) => {}
         None => check_only_ours(dir)?,
     }
