@@ -32,6 +32,15 @@ pub struct Applied {
 /// A snapshot kept to serve: its metadata and the state as JSON.
 type StoredSnapshot = (SnapshotMeta, Vec<u8>);
 
+/// Where built and installed snapshots are made durable (TCP mode's data dir, see
+/// `crate::storage`). Called off the async threads, before openraft is told the
+/// snapshot exists, so openraft never purges log entries a snapshot on disk does
+/// not cover.
+pub trait SnapshotSink: Send + Sync + std::fmt::Debug + 'static {
+    /// Makes this snapshot durable (returns once it is).
+    fn save(&self, meta: &SnapshotMeta, data: &[u8]) -> io::Result<()>;
+}
+
 /// Shared handle: openraft applies through it, the node reads through it.
 #[derive(Debug, Clone)]
 pub struct StateMachineStore {
@@ -41,6 +50,8 @@ pub struct StateMachineStore {
     clock_ms: Arc<std::sync::atomic::AtomicU64>,
     /// The latest snapshot built or installed, served to lagging followers.
     current: Arc<RwLock<Option<StoredSnapshot>>>,
+    /// Where snapshots are persisted; `None` in Maelstrom mode (memory only).
+    sink: Option<Arc<dyn SnapshotSink>>,
 }
 
 impl StateMachineStore {
@@ -55,6 +66,7 @@ impl StateMachineStore {
             })),
             current: Arc::new(RwLock::new(None)),
             clock_ms: Arc::default(),
+            sink: None,
         }
     }
 
@@ -68,6 +80,40 @@ impl StateMachineStore {
         self.applied.try_read().ok()
     }
 
+    /// A state machine restored from a durable snapshot (or empty without one) that
+    /// persists every later snapshot to `sink`. openraft then re-applies only the
+    /// committed log after the snapshot.
+    pub fn restored(
+        snapshot: Option<(SnapshotMeta, Vec<u8>)>,
+        sink: Arc<dyn SnapshotSink>,
+    ) -> Result<Self, io::Error> {
+        let mut sm = StateMachineStore::new();
+        sm.sink = Some(sink);
+        if let Some((meta, data)) = snapshot {
+            let state = State::from_snapshot(&data).map_err(invalid)?;
+            sm.clock_ms
+                .store(state.clock_ms, std::sync::atomic::Ordering::Release);
+            *sm.write() = Applied {
+                state,
+                last_applied: meta.last_log_id,
+                membership: meta.last_membership.clone(),
+            };
+            *sm.current.write().unwrap_or_else(|p| p.into_inner()) = Some((meta, data));
+        }
+        Ok(sm)
+    }
+
+    /// Persists a snapshot through the sink, if any, on a blocking thread.
+    async fn persist(&self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), io::Error> {
+        let Some(sink) = self.sink.clone() else {
+            return Ok(());
+        };
+        let (meta, data) = (meta.clone(), data.to_vec());
+        tokio::task::spawn_blocking(move || sink.save(&meta, &data))
+            .await
+            .map_err(io::Error::other)?
+    }
+
     /// Read access for linearizable reads and cache look-ups. Hold it briefly.
     pub fn read(&self) -> RwLockReadGuard<'_, Applied> {
         self.applied.read().unwrap_or_else(|p| p.into_inner())
@@ -77,21 +123,25 @@ impl StateMachineStore {
         self.applied.write().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn snapshot_now(&self) -> Snapshot {
-        let (meta, data) = {
+    async fn snapshot_now(&self) -> Result<Snapshot, io::Error> {
+        // Clone under the read lock and serialize after it: applies wait only for
+        // the clone, not for the JSON encoding or the disk.
+        let (meta, state) = {
             let applied = self.read();
             let meta = SnapshotMeta {
                 last_log_id: applied.last_applied,
                 last_membership: applied.membership.clone(),
             };
-            (meta, applied.state.to_snapshot())
+            (meta, applied.state.clone())
         };
+        let data = state.to_snapshot();
+        self.persist(&meta, &data).await?;
         *self.current.write().unwrap_or_else(|p| p.into_inner()) =
             Some((meta.clone(), data.clone()));
-        Snapshot {
+        Ok(Snapshot {
             meta,
             snapshot: data,
-        }
+        })
     }
 }
 
@@ -109,7 +159,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
     type SnapshotData = Vec<u8>;
 
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
-        Ok(self.snapshot_now())
+        self.snapshot_now().await
     }
 }
 
@@ -161,6 +211,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         data: Vec<u8>,
     ) -> Result<(), io::Error> {
         let state = State::from_snapshot(&data).map_err(invalid)?;
+        // Durable before openraft purges the log it replaces.
+        self.persist(meta, &data).await?;
         {
             let mut a = self.write();
             self.clock_ms

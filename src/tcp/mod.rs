@@ -89,6 +89,9 @@ pub enum TcpError {
     /// The node did not start.
     #[error(transparent)]
     Start(#[from] crate::node::StartError),
+    /// The data dir could not be opened (damaged, foreign, or unreadable).
+    #[error(transparent)]
+    Storage(crate::storage::StorageError),
 }
 
 /// A node's Raft id: the number its name ends with (`n1` is 1, `n12` is 12). The

@@ -14,8 +14,7 @@ use super::peers::TcpTransport;
 use super::{TcpConfig, TcpError, parse_peers, server};
 use crate::config::Config;
 use crate::node::{Node, Storage};
-use crate::raft::log_store::MemLogStore;
-use crate::raft::sm_store::StateMachineStore;
+use crate::storage::RedbLogStore;
 
 /// Arguments of `oncekv serve`.
 #[derive(Debug, Clone, clap::Args)]
@@ -29,8 +28,8 @@ pub struct ServeArgs {
     /// Every member as NAME=HOST:PORT, comma-separated (this node included).
     #[arg(long)]
     pub peers: String,
-    /// Directory for this node's files (created if missing): `node.log` now, the
-    /// Raft log and state once durable storage lands.
+    /// Directory for this node's files (created if missing): the Raft log, snapshots
+    /// and `node.log`; a restarted node rejoins from it.
     #[arg(long)]
     pub data_dir: PathBuf,
     /// Do not form a cluster from `--peers`: wait to be added by `add-node`.
@@ -38,14 +37,11 @@ pub struct ServeArgs {
     pub join: bool,
 }
 
-/// The stores a node runs on, opened from its data directory. In-memory for now:
-/// the one place to switch to durable storage (`crate::storage::open`).
-pub fn open_storage(data_dir: &Path) -> Result<Storage<MemLogStore>, TcpError> {
-    std::fs::create_dir_all(data_dir)?;
-    Ok(Storage {
-        log: MemLogStore::default(),
-        sm: StateMachineStore::new(),
-    })
+/// The stores a node runs on, opened from its data directory: the durable redb log
+/// and snapshot files (`crate::storage`). A damaged or foreign dir is refused with
+/// an error naming the file, never silently reset.
+pub fn open_storage(data_dir: &Path, node_id: u64) -> Result<Storage<RedbLogStore>, TcpError> {
+    crate::storage::open_node(data_dir, node_id).map_err(TcpError::Storage)
 }
 
 /// Runs the node until `shutdown` resolves; returns after a graceful stop.
@@ -63,7 +59,7 @@ pub async fn run(args: &ServeArgs, shutdown: impl std::future::Future) -> Result
     }
     let config = Config::from_env()?;
     let tcp = TcpConfig::default();
-    let storage = open_storage(&args.data_dir)?;
+    let storage = open_storage(&args.data_dir, id)?;
     // Bind before starting Raft, so peers' first connects wait in the backlog.
     let listener = TcpListener::bind(&args.listen).await?;
     let msg_ids = Arc::new(AtomicU64::new(0));

@@ -1,0 +1,196 @@
+//! Durable storage in `--data-dir` (TCP mode): a node killed with `kill -9` at any
+//! instant restarts with everything it acknowledged. See `docs/storage.md`.
+//!
+//! ```text
+//! DATA_DIR/
+//!   oncekv.meta                 format name, version, owning node id (marker.rs)
+//!   log.redb                    Raft log by index, vote, committed, last purged (log_store.rs)
+//!   snapshots/
+//!     snapshot-<index>.snap     the newest snapshot: header + State JSON (snapshots.rs)
+//! ```
+//!
+//! The state machine stays in memory: at start it is the newest snapshot, and
+//! openraft re-applies the committed log after it.
+//!
+//! - [`open`] / [`open_node`]: check the marker, load the snapshot, open the log.
+//! - [`log_store::RedbLogStore`]: the `RaftLogStorage` on redb.
+//! - [`writer`]: the group-commit writer thread behind it.
+//! - [`snapshots::SnapshotDir`]: atomic snapshot files.
+//! - [`file`]: atomic replace, directory fsync, CRC-32.
+
+pub mod file;
+pub mod log_store;
+pub mod marker;
+pub mod snapshots;
+pub mod writer;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub use log_store::RedbLogStore;
+use marker::{MARKER_FILE, Marker};
+use snapshots::SnapshotDir;
+pub use writer::WriterStats;
+
+use crate::node::Storage;
+use crate::raft::sm_store::StateMachineStore;
+
+/// The redb file's name in the data dir.
+pub const LOG_FILE: &str = "log.redb";
+/// The snapshot directory's name in the data dir.
+pub const SNAPSHOT_DIR: &str = "snapshots";
+
+/// Why a data dir could not be opened. Every variant names the file at fault;
+/// none is ever resolved by starting empty.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// An I/O error on this file.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The file's content is damaged (truncated, garbled, inconsistent).
+    #[error("{} is corrupt: {reason}", path.display())]
+    Corrupt {
+        /// The damaged file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// redb refused the log file (damaged, locked by another process, ...).
+    #[error("{}: redb refused it: {reason}", path.display())]
+    Database {
+        /// The redb file.
+        path: PathBuf,
+        /// redb's error.
+        reason: String,
+    },
+    /// The dir was written by an incompatible version.
+    #[error("{}: format {found}, this build reads {expected}", path.display())]
+    Incompatible {
+        /// The marker file.
+        path: PathBuf,
+        /// What the marker says.
+        found: String,
+        /// What this build reads.
+        expected: String,
+    },
+    /// The dir belongs to another node.
+    #[error("{}: data dir of node {found}, not of node {expected}", path.display())]
+    WrongNode {
+        /// The marker file.
+        path: PathBuf,
+        /// The owner the marker names.
+        found: u64,
+        /// The node opening it.
+        expected: u64,
+    },
+    /// The dir holds something but is not an oncekv data dir.
+    #[error("{}: not an oncekv data dir: {reason}", path.display())]
+    NotADataDir {
+        /// The dir.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Opens (creating on first use) the data dir, whoever owns it.
+pub fn open(data_dir: &Path) -> Result<Storage<RedbLogStore>, StorageError> {
+    open_with(data_dir, None)
+}
+
+/// Opens (creating on first use) the data dir of node `node_id`; refuses a dir
+/// that another node's id was recorded in.
+pub fn open_node(data_dir: &Path, node_id: u64) -> Result<Storage<RedbLogStore>, StorageError> {
+    open_with(data_dir, Some(node_id))
+}
+
+fn open_with(dir: &Path, node_id: Option<u64>) -> Result<Storage<RedbLogStore>, StorageError> {
+    fs::create_dir_all(dir).map_err(|source| StorageError::Io {
+        path: dir.to_owned(),
+        source,
+    })?;
+    let marker = Marker::read(dir)?;
+    match marker.as_ref().map(|m| (m.node_id, node_id)) {
+        Some((Some(found), Some(expected))) if found != expected => {
+            return Err(StorageError::WrongNode {
+                path: dir.join(MARKER_FILE),
+                found,
+                expected,
+            });
+        }
+        // The marker is written after the log file exists: a marker without a log
+        // means the log was lost, and starting empty would forget the vote.
+        Some(_) if !dir.join(LOG_FILE).exists() => {
+            return Err(StorageError::Corrupt {
+                path: dir.join(LOG_FILE),
+                reason: format!("missing, though {MARKER_FILE} says this dir was in use"),
+            });
+        }
+        Some(_) => {}
+        None => check_only_ours(dir)?,
+    }
+    let (snapshots, snapshot) = SnapshotDir::open(&dir.join(SNAPSHOT_DIR))?;
+    let log = RedbLogStore::open(&dir.join(LOG_FILE))?;
+    if marker.is_none() && (!log.is_pristine() || snapshot.is_some()) {
+        return Err(StorageError::NotADataDir {
+            path: dir.to_owned(),
+            reason: format!("it holds a log or snapshot but no {MARKER_FILE}"),
+        });
+    }
+    // The log is purged only behind a durable snapshot, so one must cover the purge.
+    if let Some(purged) = log.last_purged() {
+        let covered = snapshot.as_ref().and_then(|(m, _)| m.last_log_id);
+        if covered.is_none_or(|c| c.index() < purged.index()) {
+            return Err(StorageError::Corrupt {
+                path: dir.join(SNAPSHOT_DIR),
+                reason: format!(
+                    "the log is purged up to {purged}, but the newest snapshot covers {covered:?}"
+                ),
+            });
+        }
+    }
+    // Written last on first use, so a dir without it was never acknowledged into.
+    let owner = marker.as_ref().and_then(|m| m.node_id).or(node_id);
+    if marker.as_ref().map(|m| m.node_id) != Some(owner) {
+        Marker::new(owner).write(dir)?;
+    }
+    let sm = StateMachineStore::restored(snapshot, Arc::new(snapshots)).map_err(|e| {
+        StorageError::Corrupt {
+            path: dir.join(SNAPSHOT_DIR),
+            reason: format!("the snapshot's state does not load: {e}"),
+        }
+    })?;
+    Ok(Storage { log, sm })
+}
+
+/// A dir without a marker may hold only what an interrupted first open creates.
+fn check_only_ours(dir: &Path) -> Result<(), StorageError> {
+    let io_err = |source| StorageError::Io {
+        path: dir.to_owned(),
+        source,
+    };
+    for item in fs::read_dir(dir).map_err(io_err)? {
+        let name = item.map_err(io_err)?.file_name();
+        let name = name.to_string_lossy();
+        // The node's own log files (`serve` writes node.log, `cluster` stderr.log)
+        // may be created before the first open.
+        let ours = name == LOG_FILE
+            || name == SNAPSHOT_DIR
+            || name == "node.log"
+            || name == "stderr.log"
+            || name == format!("{MARKER_FILE}{}", file::TMP_SUFFIX);
+        if !ours {
+            return Err(StorageError::NotADataDir {
+                path: dir.to_owned(),
+                reason: format!("unexpected {name:?} and no {MARKER_FILE}"),
+            });
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,68 @@
+//! Group commit, measured: appends issued back to back (as openraft does: `append`
+//! returns before the entries are durable) share commits; the figures are printed
+//! (`cargo test --test storage_group_commit -- --nocapture`).
+
+mod storage_common;
+
+use std::time::Instant;
+
+use oncekv::raft::TypeConfig;
+use oncekv::storage;
+use openraft::storage::{IOFlushed, RaftLogStorage};
+use openraft::type_config::TypeConfigExt;
+use storage_common::{TempDir, append_durable, entry};
+
+/// Appends issued without waiting for durability.
+const PIPELINED_APPENDS: u64 = 2_000;
+/// Appends each awaited before the next (one commit each: the baseline).
+const SEQUENTIAL_APPENDS: u64 = 100;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn back_to_back_appends_share_commits() {
+    let dir = TempDir::new("group-commit");
+    let mut s = storage::open(dir.path()).expect("open");
+
+    let before = s.log.stats();
+    let start = Instant::now();
+    for i in 1..=SEQUENTIAL_APPENDS {
+        append_durable(&mut s.log, vec![entry(1, i)])
+            .await
+            .expect("append");
+    }
+    let seq_elapsed = start.elapsed();
+    let seq = s.log.stats();
+    let seq_commits = seq.commits - before.commits;
+
+    let start = Instant::now();
+    let mut pending = Vec::with_capacity(PIPELINED_APPENDS as usize);
+    for i in SEQUENTIAL_APPENDS + 1..=SEQUENTIAL_APPENDS + PIPELINED_APPENDS {
+        let (tx, rx) = TypeConfig::oneshot();
+        s.log
+            .append(vec![entry(1, i)], IOFlushed::signal(tx))
+            .await
+            .expect("append");
+        pending.push(rx);
+    }
+    for rx in pending {
+        rx.await.expect("callback").expect("durable");
+    }
+    let pipe_elapsed = start.elapsed();
+    let pipe_commits = s.log.stats().commits - seq.commits;
+
+    eprintln!(
+        "group commit: sequential {SEQUENTIAL_APPENDS} appends -> {seq_commits} commits, \
+         {:.0} appends/s; pipelined {PIPELINED_APPENDS} appends -> {pipe_commits} commits \
+         ({:.1} appends/commit), {:.0} appends/s",
+        SEQUENTIAL_APPENDS as f64 / seq_elapsed.as_secs_f64(),
+        PIPELINED_APPENDS as f64 / pipe_commits as f64,
+        PIPELINED_APPENDS as f64 / pipe_elapsed.as_secs_f64(),
+    );
+    assert_eq!(
+        seq_commits, SEQUENTIAL_APPENDS,
+        "awaited appends commit alone"
+    );
+    assert!(
+        pipe_commits * 2 <= PIPELINED_APPENDS,
+        "back-to-back appends should share commits: {pipe_commits} commits for {PIPELINED_APPENDS}"
+    );
+}
