@@ -7,6 +7,7 @@ use std::time::Duration;
 use check_common::H;
 use oncekv::check::sim::{SimConfig, simulate};
 use oncekv::check::{CheckOptions, Validity, check_counters, check_linearizable};
+use oncekv::report::harness::{HarnessFacts, NetFaults, Violation};
 use oncekv::report::{NetCounts, NetInputs, Results, build_results, latency_svg, summary};
 use serde_json::{Value, json};
 
@@ -82,12 +83,7 @@ fn an_f_without_any_ok_makes_the_run_invalid() {
 
 #[test]
 fn a_clean_run_is_valid_and_says_so() {
-    let mut h = H::default();
-    h.write(1, 0, json!(1))
-        .read(2, 0, json!(1))
-        .inv(3, "cas", 0, json!([1, 2]))
-        .ok_echo(3);
-    let r = results_for(&h);
+    let r = results_for(&clean());
     assert!(r.stats.valid);
     assert_eq!(r.valid, Validity::Valid);
     let text = summary(&r);
@@ -126,7 +122,7 @@ fn results_json_has_the_spec_shape() {
     );
     assert_eq!(
         v["net"]["clients"],
-        json!({"send": 8, "recv": 8, "msgs_per_op": 1.0})
+        json!({"send": 8, "recv": 8, "msg_count": 8, "msgs_per_op": 1.0})
     );
     assert_eq!(v["nemesis"], json!({"partitions": 2}));
     assert!(v["latency_ms"]["read"]["p99"].is_number());
@@ -145,6 +141,68 @@ fn the_counter_check_joins_the_verdict() {
     let v = serde_json::to_value(&r).expect("serialises");
     assert_eq!(v["exactly_once"]["keys"][0]["verdict"], json!("duplicate"));
     assert!(summary(&r).contains("Duplicate"));
+}
+
+fn facts(violations: u64) -> HarnessFacts {
+    let kept = (0..violations)
+        .map(|i| Violation {
+            node: "n1".into(),
+            reason: "not JSON".into(),
+            line: format!("garbage {i}"),
+        })
+        .collect();
+    HarnessFacts {
+        seed: 42,
+        node_count: 3,
+        concurrency: 12,
+        time_limit_s: 10.0,
+        cpu_share: Some(0.05),
+        ops_per_s: 29.5,
+        protocol_violations: (violations, kept),
+        malformed_replies: (0, Vec::new()),
+        kills: 0,
+        net_faults: NetFaults {
+            dropped_partition: 7,
+            ..NetFaults::default()
+        },
+        beyond_maelstrom: vec!["message loss p=0.05".into()],
+    }
+}
+
+fn clean() -> H {
+    let mut h = H::default();
+    h.write(1, 0, json!(1))
+        .read(2, 0, json!(1))
+        .inv(3, "cas", 0, json!([1, 2]))
+        .ok_echo(3);
+    h
+}
+
+#[test]
+fn the_harness_object_is_kept_apart_from_the_spec_keys() {
+    let r = results_for(&clean()).with_harness(facts(0));
+    assert_eq!(r.valid, Validity::Valid);
+    let v = serde_json::to_value(&r).expect("serialises");
+    assert_eq!(v["harness"]["seed"], json!(42));
+    assert_eq!(v["harness"]["protocol_violations"], json!([0, []]));
+    assert_eq!(v["harness"]["net_faults"]["dropped_partition"], json!(7));
+    assert_eq!(v["net"]["servers"]["msg_count"], json!(32));
+    let text = summary(&r);
+    assert!(text.contains("seed 42"), "{text}");
+    assert!(text.contains("BEYOND MAELSTROM: message loss"), "{text}");
+    assert!(text.contains("harness cpu: 5% of one core"), "{text}");
+    let back: Results = serde_json::from_value(v).expect("round-trips");
+    assert_eq!(back, r);
+}
+
+#[test]
+fn a_protocol_violation_makes_a_linearizable_run_invalid() {
+    let r = results_for(&clean()).with_harness(facts(2));
+    assert_eq!(r.linearizable.valid, Validity::Valid);
+    assert_eq!(r.valid, Validity::Invalid);
+    let text = summary(&r);
+    assert!(text.contains("PROTOCOL VIOLATIONS: 2"), "{text}");
+    assert!(text.contains("garbage 1"), "{text}");
 }
 
 fn count(haystack: &str, needle: &str) -> usize {

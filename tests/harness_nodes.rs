@@ -113,7 +113,43 @@ async fn correct_node_is_valid_under_partitions() -> anyhow::Result<()> {
         r["net"]["servers"]["msg_count"].as_u64().unwrap() > 0,
         "forwarding uses node messages"
     );
+    assert_spec_shape(&r);
     Ok(())
+}
+
+/// The keys of `shared/spec/history.md`'s results.json, with the harness's own facts
+/// apart under `harness`.
+fn assert_spec_shape(r: &Value) {
+    assert!(r["valid"].is_boolean() || r["valid"] == "unknown", "{r}");
+    assert_eq!(r["workload"], "lin-kv");
+    let lin = &r["linearizable"];
+    assert!(
+        lin["valid"].is_boolean() && lin["keys_checked"].is_u64() && lin["failures"].is_array()
+    );
+    let st = &r["stats"];
+    let (count, ok, fail, info) = (
+        st["count"].as_u64().unwrap(),
+        st["ok"].as_u64().unwrap(),
+        st["fail"].as_u64().unwrap(),
+        st["info"].as_u64().unwrap(),
+    );
+    assert_eq!(count, ok + fail + info);
+    for f in ["read", "write", "cas"] {
+        assert!(st["by_f"][f]["count"].is_u64(), "{f}");
+        for q in ["p50", "p95", "p99", "max"] {
+            assert!(r["latency_ms"][f][q].is_number(), "{f} {q}");
+        }
+    }
+    let ok_fraction = r["availability"]["ok_fraction"].as_f64().unwrap();
+    assert!((ok_fraction - ok as f64 / count as f64).abs() < 1e-9);
+    for class in ["all", "clients", "servers"] {
+        for k in ["send", "recv", "msgs_per_op"] {
+            assert!(r["net"][class][k].is_number(), "net {class} {k}");
+        }
+    }
+    assert!(r["nemesis"]["partitions"].is_u64());
+    assert!(r["harness"]["cpu_share"].is_number());
+    assert_eq!(r["harness"]["kills"], 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,8 +12,9 @@
 //! - [`workload`]: what to do next (lin-kv, exactly-once); [`scheduler`]: when;
 //!   [`worker`]: doing it and recording the outcome.
 //! - [`nemesis`]: fault schedules and partition shapes.
-//! - [`recorder`]: the history as it happens; [`results`]: results.json, summary, plot;
-//!   [`cpu`]: the harness's own CPU share.
+//! - [`recorder`]: the history as it happens; [`cpu`]: the harness's own CPU share.
+//!   `results.json`, the summary and `latency.svg` come from [`crate::report`], with
+//!   the harness's own facts in its `harness` object.
 //! - [`runner`]: one run, start to finish; [`demo`]: the README's first command.
 
 pub mod cli;
@@ -25,7 +26,6 @@ pub mod nemesis;
 pub mod net;
 pub mod process;
 pub mod recorder;
-pub mod results;
 pub mod runner;
 pub mod scheduler;
 pub mod schema;

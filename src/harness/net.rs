@@ -23,6 +23,8 @@ use thiserror::Error;
 use tokio::sync::Notify;
 
 use super::client::Mailbox;
+use crate::report::harness::NetFaults;
+use crate::report::{NetCounts, NetInputs};
 
 /// Node-to-node latency distribution (Maelstrom's `latency-dist`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
@@ -95,45 +97,25 @@ pub enum SendError {
     QueueFull(String),
 }
 
-/// Send/receive counts for one class of messages (Maelstrom's net checker).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct Counts {
-    /// Messages sent (including ones lost or partitioned away).
-    pub send: u64,
-    /// Messages delivered.
-    pub recv: u64,
-    /// Distinct messages (a duplicate shares its original's id).
-    pub msgs: u64,
-}
-
-/// Counts for all messages, messages involving a client, and node-to-node messages.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+/// What the network counted: messages per class (Maelstrom's net checker) and
+/// messages it did not deliver as sent. Both are `results.json` types.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct NetStats {
-    /// Every message.
-    pub all: Counts,
-    /// Messages with a client at either end.
-    pub clients: Counts,
-    /// Node-to-node messages.
-    pub servers: Counts,
-    /// Node-to-node messages dropped by partitions (at dequeue).
-    pub dropped_partition: u64,
-    /// Node-to-node messages lost by `p_loss`.
-    pub dropped_loss: u64,
-    /// Extra copies delivered by `p_dup`.
-    pub duplicated: u64,
-    /// Messages to a node that was down when they came due.
-    pub dropped_down: u64,
-    /// Sends refused because a queue was full.
-    pub refused_full: u64,
+    /// Sends and deliveries: every message, messages with a client at either end,
+    /// node-to-node messages. A send counts even if the message is then lost or
+    /// partitioned away; a duplicated copy is one send and two deliveries.
+    pub counts: NetInputs,
+    /// Drops, losses, duplicates, refusals.
+    pub faults: NetFaults,
 }
 
 impl NetStats {
-    fn count(&mut self, client: bool, f: impl Fn(&mut Counts)) {
-        f(&mut self.all);
+    fn count(&mut self, client: bool, f: impl Fn(&mut NetCounts)) {
+        f(&mut self.counts.all);
         if client {
-            f(&mut self.clients)
+            f(&mut self.counts.clients)
         } else {
-            f(&mut self.servers)
+            f(&mut self.counts.servers)
         }
     }
 }
@@ -268,7 +250,6 @@ impl Net {
             st.next_id += 1;
             st.stats.count(true, |c| {
                 c.send += 1;
-                c.msgs += 1;
                 c.recv += 1;
             });
             drop(st);
@@ -278,21 +259,18 @@ impl Net {
         let mut st = lock(&self.state);
         st.next_id += 1;
         let id = st.next_id;
-        st.stats.count(client, |c| {
-            c.send += 1;
-            c.msgs += 1;
-        });
+        st.stats.count(client, |c| c.send += 1);
         if st.queues[d].len() >= self.cfg.queue_cap {
-            st.stats.refused_full += 1;
+            st.stats.faults.refused_full += 1;
             return Err(SendError::QueueFull(dest.to_string()));
         }
         let copies = if client {
             1
         } else if self.cfg.p_loss > 0.0 && st.rng.r#gen::<f64>() < self.cfg.p_loss {
-            st.stats.dropped_loss += 1;
+            st.stats.faults.dropped_loss += 1;
             0
         } else if self.cfg.p_dup > 0.0 && st.rng.r#gen::<f64>() < self.cfg.p_dup {
-            st.stats.duplicated += 1;
+            st.stats.faults.duplicated += 1;
             2
         } else {
             1
@@ -344,9 +322,9 @@ impl Net {
             let client = is_client(&q.src);
             let cut = st.partitions.get(me).is_some_and(|s| s.contains(&*q.src));
             if cut && !client {
-                st.stats.dropped_partition += 1;
+                st.stats.faults.dropped_partition += 1;
             } else if !up {
-                st.stats.dropped_down += 1;
+                st.stats.faults.dropped_down += 1;
             } else {
                 st.stats.count(client, |c| c.recv += 1);
                 due.lines.push(q.line);
@@ -480,7 +458,7 @@ mod tests {
             })
             .collect();
         assert_eq!(types, vec!["c", "b"]);
-        assert_eq!(net.stats().dropped_partition, 1);
+        assert_eq!(net.stats().faults.dropped_partition, 1);
         net.heal();
         net.send(t0, "n1", "n0", &json!({"type": "d"})).unwrap();
         assert_eq!(
@@ -505,23 +483,9 @@ mod tests {
         net.send(t0, "n0", "c1", &json!({"type": "z"})).unwrap();
         net.take_due(0, t0, true);
         let s = net.stats();
-        assert_eq!(
-            s.clients,
-            Counts {
-                send: 2,
-                recv: 2,
-                msgs: 2
-            }
-        );
-        assert_eq!(
-            s.servers,
-            Counts {
-                send: 1,
-                recv: 0,
-                msgs: 1
-            }
-        );
-        assert_eq!(s.all.send, 3);
+        assert_eq!(s.counts.clients, NetCounts { send: 2, recv: 2 });
+        assert_eq!(s.counts.servers, NetCounts { send: 1, recv: 0 });
+        assert_eq!(s.counts.all.send, 3);
     }
 
     #[test]

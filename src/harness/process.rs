@@ -12,7 +12,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
 use serde_json::{Map, Value};
 use thiserror::Error;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, BufWriter};
@@ -52,16 +51,7 @@ pub enum ProcessError {
     },
 }
 
-/// One offending stdout line.
-#[derive(Debug, Clone, Serialize)]
-pub struct Violation {
-    /// The node that wrote it.
-    pub node: String,
-    /// What is wrong.
-    pub reason: String,
-    /// The line, verbatim (lossily decoded).
-    pub line: String,
-}
+pub use crate::report::harness::Violation;
 
 /// Protocol violations seen so far.
 #[derive(Default)]

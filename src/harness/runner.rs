@@ -20,7 +20,6 @@ use super::nemesis::{Action, Fault, schedule};
 use super::net::Net;
 use super::process::{ClientIds, Cluster, ProcessConfig, ProcessError, Violations};
 use super::recorder::Recorder;
-use super::results::{self, HarnessFacts};
 use super::scheduler::{self, Pace};
 use super::schema::{Reply, classify};
 use super::seed::derive_rng;
@@ -28,6 +27,7 @@ use super::worker::{MalformedLog, RetryPolicy, Worker};
 use super::workload::{ExactlyOnce, Generator, LinKv};
 use crate::check::{CheckOptions, Validity, check_counters, check_linearizable};
 use crate::history::{Op, OpType, Process};
+use crate::report::{self, HarnessFacts, Results, fault_windows, nemesis_count};
 
 /// A run that could not be carried out (as opposed to one whose verdict is invalid).
 #[derive(Debug, Error)]
@@ -59,6 +59,8 @@ pub struct Outcome {
     pub out_dir: PathBuf,
     /// `results.json`, as written.
     pub results: Value,
+    /// The same, typed.
+    pub report: Results,
 }
 
 fn write_file(path: PathBuf, data: &[u8]) -> Result<(), HarnessError> {
@@ -359,11 +361,11 @@ pub async fn run(cfg: RunConfig) -> Result<Outcome, HarnessError> {
             time_limit: cfg.limits.check_time_limit,
         },
     );
-    let counters = eo.then(|| check_counters(&ops, &final_values));
     let completed = ops
         .iter()
         .filter(|o| o.process != Process::Nemesis && o.kind != OpType::Invoke)
         .count();
+    let net_stats = net.stats();
     let facts = HarnessFacts {
         seed: cfg.seed,
         node_count: cfg.nodes.len(),
@@ -373,33 +375,41 @@ pub async fn run(cfg: RunConfig) -> Result<Outcome, HarnessError> {
         ops_per_s: completed as f64 / issue_wall.as_secs_f64().max(1e-9),
         protocol_violations: violations.snapshot(),
         malformed_replies: malformed.snapshot(),
+        kills: nemesis_count(&ops, "kill"),
+        net_faults: net_stats.faults,
         beyond_maelstrom: beyond_maelstrom(&cfg),
     };
-    let (valid, results) = results::build(
+    let mut results = report::build_results(
         cfg.workload.name(),
         &ops,
-        &lin,
-        counters.as_ref(),
-        &net.stats(),
-        &facts,
-    );
+        lin,
+        net_stats.counts,
+        nemesis_count(&ops, "start-partition"),
+    )
+    .with_harness(facts);
+    if eo {
+        results = results.with_exactly_once(check_counters(&ops, &final_values));
+    }
     let mut history = String::new();
     for op in &ops {
         history.push_str(&serde_json::to_string(op).unwrap_or_default());
         history.push('\n');
     }
     write_file(cfg.out_dir.join("history.jsonl"), history.as_bytes())?;
+    // Written from the struct, so keys keep the spec's order (`valid` first).
     let pretty = serde_json::to_string_pretty(&results).unwrap_or_default();
+    let json = serde_json::to_value(&results).unwrap_or_default();
     write_file(cfg.out_dir.join("results.json"), pretty.as_bytes())?;
     write_file(
         cfg.out_dir.join("latency.svg"),
-        results::latency_svg(&ops).as_bytes(),
+        report::latency_svg(&ops, &fault_windows(&ops)).as_bytes(),
     )?;
     Ok(Outcome {
-        valid,
-        summary: results::summary(&results),
+        valid: results.valid,
+        summary: report::summary(&results),
         out_dir: cfg.out_dir.clone(),
-        results,
+        results: json,
+        report: results,
     })
 }
 

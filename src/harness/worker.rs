@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
 use serde_json::Value;
 
 use super::client::{CallError, Client};
@@ -29,17 +28,7 @@ pub const REFUSED_CODE: i64 = -2;
 pub const TIMEOUT_CODE: i64 = 0;
 
 /// A reply that broke its schema, kept for `results.json`.
-#[derive(Debug, Clone, Serialize)]
-pub struct Malformed {
-    /// The node that sent it.
-    pub node: String,
-    /// The request type.
-    pub request: String,
-    /// The reply body.
-    pub reply: Value,
-    /// What is wrong.
-    pub reason: String,
-}
+pub use crate::report::harness::Malformed;
 
 /// Malformed replies seen so far.
 pub struct MalformedLog {

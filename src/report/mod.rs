@@ -6,7 +6,10 @@
 //! Layout:
 //! - [`stats`]: counts per `f`, availability, latency quantiles.
 //! - [`svg`]: the latency plot.
+//! - [`harness`]: the `harness` object (facts only the running harness knows) and
+//!   the nemesis windows of a history.
 
+pub mod harness;
 pub mod stats;
 pub mod svg;
 
@@ -18,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use crate::check::pairs::pair_ops;
 use crate::check::{CounterReport, LinReport, Validity};
 use crate::history::Op;
+pub use harness::{HarnessFacts, fault_windows, nemesis_count};
 pub use stats::{Availability, Counts, Quantiles, Stats};
 pub use svg::latency_svg;
 
@@ -49,7 +53,11 @@ pub struct NetStats {
     pub send: u64,
     /// Messages delivered.
     pub recv: u64,
-    /// Messages sent per client invoke: the protocol's cost per op.
+    /// Distinct messages (Maelstrom's `msg-count`). The harness's network
+    /// counts a duplicated copy once, as one send, so this equals `send`.
+    pub msg_count: u64,
+    /// Messages per client invoke (Maelstrom's `msgs-per-op`): the protocol's
+    /// cost per op.
     pub msgs_per_op: f64,
 }
 
@@ -94,6 +102,10 @@ pub struct Results {
     pub net: Net,
     /// Faults injected.
     pub nemesis: Nemesis,
+    /// What the harness that ran the test measured besides the history; absent
+    /// when a report is rebuilt from a history file alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub harness: Option<HarnessFacts>,
 }
 
 /// Assembles `results.json` from the history, the checker's verdict and the
@@ -117,6 +129,7 @@ pub fn build_results(
         net: net_stats(net, stats.count),
         stats,
         nemesis: Nemesis { partitions },
+        harness: None,
     };
     results.valid = results.merged_validity();
     results
@@ -126,6 +139,13 @@ impl Results {
     /// Adds the exactly-once counter check and folds it into the verdict.
     pub fn with_exactly_once(mut self, counters: CounterReport) -> Results {
         self.exactly_once = Some(counters);
+        self.valid = self.merged_validity();
+        self
+    }
+
+    /// Adds the harness's own facts; a protocol violation makes the run invalid.
+    pub fn with_harness(mut self, facts: HarnessFacts) -> Results {
+        self.harness = Some(facts);
         self.valid = self.merged_validity();
         self
     }
@@ -140,7 +160,15 @@ impl Results {
             .exactly_once
             .as_ref()
             .map_or(Validity::Valid, |c| c.valid);
-        self.linearizable.valid.merge(stats).merge(counters)
+        let harness = self
+            .harness
+            .as_ref()
+            .map_or(Validity::Valid, HarnessFacts::validity);
+        self.linearizable
+            .valid
+            .merge(stats)
+            .merge(counters)
+            .merge(harness)
     }
 }
 
@@ -148,6 +176,7 @@ fn net_stats(net: NetInputs, invokes: u64) -> Net {
     let line = |c: NetCounts| NetStats {
         send: c.send,
         recv: c.recv,
+        msg_count: c.send,
         msgs_per_op: if invokes == 0 {
             0.0
         } else {
@@ -165,6 +194,9 @@ fn net_stats(net: NetInputs, invokes: u64) -> Net {
 /// and Jepsen's closing line.
 pub fn summary(results: &Results) -> String {
     let mut out = format!("workload {}: {}\n", results.workload, results.valid.word());
+    if let Some(h) = &results.harness {
+        out.push_str(&h.render_header());
+    }
     out.push_str(&results.linearizable.render());
     if let Some(c) = &results.exactly_once {
         out.push_str(&c.render());
@@ -183,6 +215,9 @@ pub fn summary(results: &Results) -> String {
         n.servers.msgs_per_op,
         results.nemesis.partitions
     );
+    if let Some(h) = &results.harness {
+        out.push_str(&h.render());
+    }
     out.push_str(closing_line(results.valid));
     out.push('\n');
     out

@@ -1,5 +1,5 @@
 //! `latency.svg`: each op a dot at (invoke time, latency), latency on a log
-//! scale, coloured by outcome, with partition periods shaded. Hand-written SVG:
+//! scale, coloured by outcome, with nemesis periods (partitions, kills) shaded. Hand-written SVG:
 //! no crate, and a file any browser opens.
 
 use std::collections::HashSet;
@@ -260,7 +260,7 @@ fn legend(svg: &mut String) {
     let _ = writeln!(
         svg,
         "<rect x=\"{}\" y=\"{}\" width=\"8\" height=\"8\" fill=\"#888\" fill-opacity=\"0.4\"/>\
-         <text x=\"{}\" y=\"{}\">partition</text>",
+         <text x=\"{}\" y=\"{}\">fault</text>",
         x - 4.0,
         y - 4.0,
         x + 10.0,
