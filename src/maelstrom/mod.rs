@@ -26,7 +26,11 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::config::Config;
-use crate::node::{Node, Started};
+use crate::node::{Forwarded, Node, Started};
+use crate::state::Op;
+
+/// Most proposals handed to Raft in one batch.
+const BATCH_MAX: usize = 256;
 use crate::protocol::{
     Body, ErrorCode, Message, ParseError, Reply, ReplyBody, Request, encode, parse_line,
 };
@@ -135,6 +139,7 @@ where
         out: out_tx,
         pending,
         node: None,
+        batch: Vec::new(),
         me: String::new(),
         members: BTreeSet::new(),
         next_ticket: 0,
@@ -158,6 +163,8 @@ struct Reader {
     pending: Pending,
     /// Set by `init`.
     node: Option<Arc<Node>>,
+    /// Proposals read back to back, not yet handed to Raft: (sender, msg_id, op).
+    batch: Vec<(String, u64, Op)>,
     /// Our name: from `init`, or before it the `dest` of the message being answered.
     me: String,
     /// Node names from `init`: messages from these are peer traffic.
@@ -175,6 +182,7 @@ impl Reader {
         loop {
             buf.clear();
             if input.read_until(b'\n', &mut buf).await? == 0 {
+                self.flush_batch().await;
                 return Ok(());
             }
             let line = String::from_utf8_lossy(&buf);
@@ -182,8 +190,22 @@ impl Reader {
             if line.is_empty() {
                 continue;
             }
-            match parse_line(line) {
-                Ok(msg) => self.dispatch(msg).await,
+            let parsed = parse_line(line);
+            if parsed.is_err() {
+                self.flush_batch().await;
+            }
+            match parsed {
+                Ok(msg) if self.batchable(&msg) => {
+                    if let (Body::Request(req), Some(id)) = (msg.body, msg.msg_id)
+                        && let Forwarded::Propose(op) = Forwarded::from_request(req)
+                    {
+                        self.batch.push((msg.src, id, op));
+                    }
+                }
+                Ok(msg) => {
+                    self.flush_batch().await;
+                    self.dispatch(msg).await;
+                }
                 Err(ParseError::Envelope(e)) => {
                     tracing::warn!("dropping a line that is not a message ({e}): {line}");
                 }
@@ -195,7 +217,90 @@ impl Reader {
                     }
                 }
             }
+            // Proposals that arrived back to back go to Raft together; a batch ends
+            // when no further complete line is already buffered, or at its bound.
+            if self.batch.len() >= BATCH_MAX || !input.buffer().contains(&b'\n') {
+                self.flush_batch().await;
+            }
         }
+    }
+
+    /// Whether this is a client proposal this node can add to the current batch
+    /// (it leads).
+    fn batchable(&self, msg: &Message) -> bool {
+        let leads = self.node.as_ref().is_some_and(|n| n.leader() == Some(n.id));
+        leads
+            && msg.in_reply_to.is_none()
+            && msg.msg_id.is_some()
+            && matches!(&msg.body, Body::Request(r) if !matches!(r, Request::Read { .. }))
+    }
+
+    /// Submits the current batch; if leadership moved meanwhile, serves each op alone.
+    async fn flush_batch(&mut self) {
+        if self.batch.is_empty() {
+            return;
+        }
+        let items = std::mem::take(&mut self.batch);
+        let Some(node) = self.node.clone() else {
+            return;
+        };
+        let Ok(permits) = self
+            .in_flight
+            .clone()
+            .acquire_many_owned(items.len() as u32)
+            .await
+        else {
+            return;
+        };
+        let (meta, ops): (Vec<(String, u64)>, Vec<Op>) =
+            items.into_iter().map(|(s, m, op)| ((s, m), op)).unzip();
+        let started = match node.start_batch(ops).await {
+            Ok(started) => started,
+            Err(ops) => {
+                drop(permits);
+                for ((src, msg_id), op) in meta.into_iter().zip(ops) {
+                    self.start_and_answer(src, msg_id, Forwarded::Propose(op), true)
+                        .await;
+                }
+                return;
+            }
+        };
+        let mut tickets = Vec::new();
+        for ((src, msg_id), now) in meta.into_iter().zip(started.immediate) {
+            match now {
+                Some(reply) => self.answer_now(src, msg_id, reply).await,
+                None => {
+                    let ticket = self.ticket();
+                    let accept = Out::Accept {
+                        ticket,
+                        log_waiting: true,
+                    };
+                    if self.out.send(accept).await.is_err() {
+                        return;
+                    }
+                    tickets.push((ticket, src, msg_id));
+                }
+            }
+        }
+        let out = self.out.clone();
+        let me = self.me.clone();
+        let rest = started.rest;
+        tokio::spawn(async move {
+            let replies = rest.await;
+            drop(permits);
+            for ((ticket, dest, in_reply_to), reply) in tickets.into_iter().zip(replies) {
+                let msg = Out::Reply {
+                    ticket,
+                    src: me.clone(),
+                    dest,
+                    in_reply_to,
+                    reply,
+                };
+                if out.send(msg).await.is_err() {
+                    return;
+                }
+            }
+        });
     }
 
     async fn dispatch(&mut self, msg: Message) {
@@ -279,15 +384,30 @@ impl Reader {
     }
 
     async fn client_request(&mut self, src: String, msg_id: u64, req: Request) {
-        let Some(node) = self.node.clone() else {
+        if self.node.is_none() {
             let reply = Reply::error(ErrorCode::TemporarilyUnavailable, "not initialized yet");
             return self.answer_now(src, msg_id, reply).await;
+        }
+        let log_waiting = !matches!(req, Request::Read { .. });
+        let fwd = Forwarded::from_request(req);
+        self.start_and_answer(src, msg_id, fwd, log_waiting).await;
+    }
+
+    /// Serves one request: the ordered half now, the rest in a task.
+    async fn start_and_answer(
+        &mut self,
+        src: String,
+        msg_id: u64,
+        fwd: Forwarded,
+        log_waiting: bool,
+    ) {
+        let Some(node) = self.node.clone() else {
+            return;
         };
         let Ok(permit) = self.in_flight.clone().acquire_owned().await else {
             return;
         };
-        let log_waiting = !matches!(req, Request::Read { .. });
-        let finish = match node.start_request(req).await {
+        let finish = match node.start_forwarded(fwd).await {
             Started::Ready(reply) => return self.answer_now(src, msg_id, reply).await,
             Started::Pending(finish) => finish,
         };

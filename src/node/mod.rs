@@ -73,6 +73,15 @@ impl Forwarded {
     }
 }
 
+/// A batch handed to Raft: per op, its reply if it was answered at once; and the
+/// future yielding the other ops' replies, in order.
+pub struct BatchStarted {
+    /// `Some(reply)` for ops answered without a log entry (cached retries).
+    pub immediate: Vec<Option<Reply>>,
+    /// The replies of the ops that were proposed, in order.
+    pub rest: BoxFuture<'static, Vec<Reply>>,
+}
+
 /// The ordered half of a request done: its reply, or the future that finishes it.
 pub enum Started {
     /// Answered already (a read in a single-voter cluster, a cached retry).
@@ -226,6 +235,11 @@ impl Node {
     /// after every earlier proposal and before any later one (protocol.md section 4b).
     /// What is left to do is returned: the reply itself, or a future finishing it.
     pub async fn start_request(self: &Arc<Self>, req: Request) -> Started {
+        self.start_forwarded(Forwarded::from_request(req)).await
+    }
+
+    /// [`Node::start_request`] for a request already in its forwarded form.
+    pub async fn start_forwarded(self: &Arc<Self>, fwd: Forwarded) -> Started {
         let deadline = Instant::now() + self.config.request_timeout();
         let mut leader = self.leader();
         if leader.is_none() && (self.members.len() == 1 || self.single_voter()) {
@@ -235,7 +249,7 @@ impl Node {
             leader = self.wait_for_leader(None, None, deadline).await;
         }
         let node = self.clone();
-        match Forwarded::from_request(req) {
+        match fwd {
             Forwarded::Read(key) if leader == Some(self.id) && self.single_voter() => {
                 let reply = match self.read_in_order(&key, deadline).await {
                     Outcome::Done(r) => r,
@@ -273,6 +287,89 @@ impl Node {
                 node.serve_from(fwd, deadline, leader, false).await
             })),
         }
+    }
+
+    /// Submits a run of proposals that arrived back to back as one batch (one message
+    /// to Raft instead of one per request), in order, if this node leads; gives the
+    /// ops back otherwise. Returns, per op, its reply if answered at once (a cached
+    /// retry), and a future yielding the replies of the others in order.
+    pub async fn start_batch(self: &Arc<Self>, ops: Vec<Op>) -> Result<BatchStarted, Vec<Op>> {
+        if self.leader() != Some(self.id) {
+            return Err(ops);
+        }
+        let deadline = Instant::now() + self.config.request_timeout();
+        let mut immediate = Vec::with_capacity(ops.len());
+        let mut proposed = Vec::new();
+        let mut cmds = Vec::new();
+        for op in ops {
+            if let Some(reply) = self.cached(&op) {
+                immediate.push(Some(reply));
+                continue;
+            }
+            immediate.push(None);
+            cmds.push(Command {
+                ts_ms: self.next_ts_ms(),
+                op: op.clone(),
+            });
+            proposed.push(op);
+        }
+        if cmds.is_empty() {
+            return Ok(BatchStarted {
+                immediate,
+                rest: Box::pin(std::future::ready(Vec::new())),
+            });
+        }
+        let count = cmds.len() as u64;
+        let stream = self.raft.client_write_many(cmds).await;
+        self.submitted.fetch_add(count, Ordering::SeqCst);
+        let node = self.clone();
+        let rest = Box::pin(async move {
+            let mut stream = match stream {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::warn!("raft stopped: {e}");
+                    None
+                }
+            };
+            let mut replies = Vec::with_capacity(proposed.len());
+            for op in proposed {
+                let waited = match stream.as_mut() {
+                    None => Waited::Dropped,
+                    Some(st) => {
+                        let wait = deadline.saturating_duration_since(Instant::now());
+                        match tokio::time::timeout(wait, futures::StreamExt::next(st)).await {
+                            Ok(Some(Ok(result))) => Waited::Answered(result.map(|w| w.response)),
+                            Ok(Some(Err(_)) | None) => Waited::Dropped,
+                            Err(_) => Waited::TimedOut,
+                        }
+                    }
+                };
+                node.finished.send_modify(|n| *n += 1);
+                let has_session = has_session(&op);
+                let reply = match proposal_outcome(waited, has_session) {
+                    Outcome::Done(r) => r,
+                    Outcome::NotLeader(hint, discarded) => {
+                        node.serve_from(Forwarded::Propose(op), deadline, hint, discarded)
+                            .await
+                    }
+                };
+                replies.push(reply);
+            }
+            replies
+        });
+        Ok(BatchStarted { immediate, rest })
+    }
+
+    /// The cached reply of a session op that already ran, if the state can be read
+    /// without waiting (best effort: the apply-time rule catches the rest).
+    fn cached(&self, op: &Op) -> Option<Reply> {
+        let Op::Kv {
+            session: Some(s), ..
+        } = op
+        else {
+            return None;
+        };
+        self.sm.try_read().and_then(|a| a.state.cached_reply(s))
     }
 
     async fn serve_from(
@@ -429,17 +526,9 @@ impl Node {
 
     /// Hands a proposal to Raft (or answers a cached retry without one).
     async fn submit_local(&self, op: Op) -> Result<Proposal, Outcome> {
-        if let Op::Kv {
-            session: Some(s), ..
-        } = &op
-        {
-            // A retry whose reply is cached: answer it without a new entry. Best
-            // effort (skipped while an apply holds the lock): the apply-time rule
-            // deduplicates whatever this misses.
-            let cached = self.sm.try_read().and_then(|a| a.state.cached_reply(s));
-            if let Some(reply) = cached {
-                return Err(Outcome::Done(reply));
-            }
+        // A retry whose reply is cached: answer it without a new entry.
+        if let Some(reply) = self.cached(&op) {
+            return Err(Outcome::Done(reply));
         }
         let cmd = Command {
             ts_ms: self.next_ts_ms(),
@@ -467,7 +556,7 @@ impl Node {
     ) -> Outcome {
         let wait = deadline.saturating_duration_since(Instant::now());
         let waited = match tokio::time::timeout(wait, proposal).await {
-            Ok(Ok(result)) => Waited::Answered(result),
+            Ok(Ok(result)) => Waited::Answered(result.map(|r| r.data)),
             Ok(Err(_)) => Waited::Dropped,
             Err(_) => Waited::TimedOut,
         };
@@ -732,8 +821,8 @@ fn has_session(op: &Op) -> bool {
 
 /// How waiting on a submitted proposal ended.
 enum Waited {
-    /// openraft answered (applied, or an error).
-    Answered(openraft::raft::ClientWriteResult<TypeConfig>),
+    /// openraft answered: the applied reply, or an error.
+    Answered(Result<Reply, ClientWriteError<TypeConfig>>),
     /// openraft dropped the responder without answering.
     Dropped,
     /// The deadline passed first.
@@ -745,7 +834,7 @@ enum Waited {
 /// or an indefinite error, or a retry that the session table makes safe.
 fn proposal_outcome(waited: Waited, has_session: bool) -> Outcome {
     match waited {
-        Waited::Answered(Ok(resp)) => Outcome::Done(resp.data),
+        Waited::Answered(Ok(reply)) => Outcome::Done(reply),
         Waited::Answered(Err(ClientWriteError::ForwardToLeader(f))) => {
             // openraft rejected it before appending: definitely not proposed.
             Outcome::NotLeader(f.leader_id, false)
