@@ -105,25 +105,10 @@ impl Transport for MaelstromTransport {
             match tokio::time::timeout(timeout, rx).await {
                 Err(_) => Err(CallError::Timeout(dest)),
                 Ok(Err(_)) => Err(CallError::Timeout(dest)),
-                Ok(Ok(reply)) => remote_error(&dest, reply),
+                Ok(Ok(reply)) => network::reply_or_remote_error(&dest, reply),
             }
         })
     }
-}
-
-fn remote_error(peer: &str, reply: network::Body) -> Result<network::Body, CallError> {
-    if reply.get("type").and_then(Value::as_str) != Some("error") {
-        return Ok(reply);
-    }
-    Err(CallError::Remote {
-        peer: peer.to_string(),
-        code: reply.get("code").and_then(Value::as_u64).unwrap_or(13),
-        text: reply
-            .get("text")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_string(),
-    })
 }
 
 /// Runs a Maelstrom node until `input` closes and every accepted request is answered.

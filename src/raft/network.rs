@@ -61,6 +61,23 @@ pub trait Transport: Send + Sync + 'static {
     ) -> BoxFuture<'static, Result<Body, CallError>>;
 }
 
+/// A peer's reply body, or the [`CallError::Remote`] it carries if it is an
+/// `error` body. Every transport's `call` ends with this.
+pub fn reply_or_remote_error(peer: &str, reply: Body) -> Result<Body, CallError> {
+    if reply.get("type").and_then(Value::as_str) != Some("error") {
+        return Ok(reply);
+    }
+    Err(CallError::Remote {
+        peer: peer.to_string(),
+        code: reply.get("code").and_then(Value::as_u64).unwrap_or(13),
+        text: reply
+            .get("text")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string(),
+    })
+}
+
 /// Builds a request body `{type, rpc}`.
 pub fn rpc_body(kind: &str, rpc: &impl Serialize) -> Body {
     let mut b = Map::new();

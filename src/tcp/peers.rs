@@ -284,24 +284,9 @@ async fn read_replies(r: OwnedReadHalf, pending: Pending, line_bytes_max: usize)
             .unwrap_or_else(|p| p.into_inner())
             .remove(&id);
         if let Some(tx) = tx {
-            let _ = tx.send(remote_error(&src, body));
+            let _ = tx.send(crate::raft::network::reply_or_remote_error(&src, body));
         }
     }
     // Dropping the remaining senders tells their callers: maybe delivered.
     pending.lock().unwrap_or_else(|p| p.into_inner()).clear();
-}
-
-fn remote_error(peer: &str, reply: Body) -> Result<Body, CallError> {
-    if reply.get("type").and_then(Value::as_str) != Some("error") {
-        return Ok(reply);
-    }
-    Err(CallError::Remote {
-        peer: peer.to_string(),
-        code: reply.get("code").and_then(Value::as_u64).unwrap_or(13),
-        text: reply
-            .get("text")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_string(),
-    })
 }
