@@ -55,6 +55,20 @@ pub struct BenchClusterArgs {
     /// Skip the etcd failover part (its kills).
     #[arg(long)]
     pub no_etcd_failover: bool,
+    /// Per-attempt timeout of both failover writers, in ms (the clients' default,
+    /// 2000, if absent). A request a follower holds for a dead leader waits this long.
+    #[arg(long)]
+    pub failover_attempt_ms: Option<u64>,
+    /// Skip the throughput part (failover only).
+    #[arg(long)]
+    pub no_throughput: bool,
+    /// etcd's `--heartbeat-interval` in ms (etcd's default, 100, if absent). oncekv's is 50.
+    #[arg(long)]
+    pub etcd_heartbeat_ms: Option<u64>,
+    /// etcd's `--election-timeout` in ms (etcd's default, 1000, if absent). oncekv's
+    /// is randomized in 250..500.
+    #[arg(long)]
+    pub etcd_election_ms: Option<u64>,
     /// Where both clusters keep their data (the same filesystem for both); a fresh
     /// directory under the system temp dir if absent, removed at the end.
     #[arg(long)]
@@ -107,13 +121,14 @@ impl Clusters {
         &self,
         system: System,
         leader: usize,
-        backoff: Option<Duration>,
+        tight: Option<Tight>,
     ) -> anyhow::Result<Writer> {
         match system {
             System::Oncekv => {
                 let mut opts = self.oncekv.client_options();
-                if let Some(b) = backoff {
-                    opts.retry_backoff = b;
+                if let Some(t) = tight {
+                    opts.retry_backoff = t.backoff;
+                    opts.attempt_timeout = t.attempt_timeout.unwrap_or(opts.attempt_timeout);
                 }
                 let mut c = Client::new(opts);
                 c.open_session().await?;
@@ -123,8 +138,9 @@ impl Clusters {
             }
             System::Etcd => {
                 let mut c = EtcdClient::new(self.etcd.endpoints());
-                if let Some(b) = backoff {
-                    c.retry_backoff = b;
+                if let Some(t) = tight {
+                    c.retry_backoff = t.backoff;
+                    c.attempt_timeout = t.attempt_timeout.unwrap_or(c.attempt_timeout);
                 }
                 c.set_target(leader);
                 Ok(Writer::Etcd(c))
@@ -147,6 +163,15 @@ impl Clusters {
             System::Etcd => self.etcd.restart(i),
         }
     }
+}
+
+/// Retry timing of a failover writer, the same for both systems.
+#[derive(Debug, Clone, Copy)]
+struct Tight {
+    /// First pause between attempts.
+    backoff: Duration,
+    /// Per-attempt timeout (the client's default if `None`).
+    attempt_timeout: Option<Duration>,
 }
 
 /// One client connection of either system.
@@ -224,11 +249,17 @@ async fn throughput(
 
 /// One kill of `system`'s leader under a tight-loop writer: the time from just before
 /// the SIGKILL to the acknowledgement of the first write sent after it.
-async fn failover_once(clusters: &mut Clusters, system: System) -> anyhow::Result<Duration> {
+async fn failover_once(
+    clusters: &mut Clusters,
+    system: System,
+    attempt_timeout: Option<Duration>,
+) -> anyhow::Result<Duration> {
     let leader = clusters.settle(system).await?;
-    let mut w = clusters
-        .writer(system, leader, Some(FAILOVER_BACKOFF))
-        .await?;
+    let tight = Tight {
+        backoff: FAILOVER_BACKOFF,
+        attempt_timeout,
+    };
+    let mut w = clusters.writer(system, leader, Some(tight)).await?;
     let acks: Arc<Mutex<Vec<(Instant, Instant)>>> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
     let task = {
@@ -244,12 +275,15 @@ async fn failover_once(clusters: &mut Clusters, system: System) -> anyhow::Resul
             }
         })
     };
-    let wait_for = |cond: &dyn Fn(&[(Instant, Instant)]) -> Option<Instant>| {
-        cond(&acks.lock().expect("acks"))
-    };
+    let wait_for =
+        |cond: &dyn Fn(&[(Instant, Instant)]) -> Option<Instant>| cond(&acks.lock().expect("acks"));
     let deadline = Instant::now() + SETTLE_TIMEOUT;
     while wait_for(&|a| (a.len() >= ACKS_BEFORE_KILL).then(Instant::now)).is_none() {
-        anyhow::ensure!(Instant::now() < deadline, "{}: no writes before the kill", system.name());
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{}: no writes before the kill",
+            system.name()
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let killed_at = Instant::now();
@@ -286,16 +320,36 @@ fn loadavg() -> String {
         .unwrap_or_else(|| "?".into())
 }
 
+/// Extra etcd flags for the timing options given.
+fn etcd_timing_args(args: &BenchClusterArgs) -> Vec<String> {
+    let mut flags = Vec::new();
+    if let Some(ms) = args.etcd_heartbeat_ms {
+        flags.extend(["--heartbeat-interval".to_string(), ms.to_string()]);
+    }
+    if let Some(ms) = args.etcd_election_ms {
+        flags.extend(["--election-timeout".to_string(), ms.to_string()]);
+    }
+    flags
+}
+
 /// A loopback port free at the time of asking (bound, then released).
 fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 /// Runs the benchmark and prints the report.
 pub async fn run(args: &BenchClusterArgs) -> anyhow::Result<()> {
     let etcd_version = check_binary(&args.etcd)?;
-    anyhow::ensure!(args.duration_s > 0.0 && args.warmup_s >= 0.0, "bad durations");
-    anyhow::ensure!(args.clients.iter().all(|&c| c > 0), "--clients must be positive");
+    anyhow::ensure!(
+        args.duration_s > 0.0 && args.warmup_s >= 0.0,
+        "bad durations"
+    );
+    anyhow::ensure!(
+        args.clients.iter().all(|&c| c > 0),
+        "--clients must be positive"
+    );
     let window = Duration::from_secs_f64(args.duration_s);
     let warmup = Duration::from_secs_f64(args.warmup_s);
     let (root, temporary) = match &args.data_dir {
@@ -329,7 +383,12 @@ async fn run_in(
     let exe = std::env::current_exe()?;
     let mut clusters = Clusters {
         oncekv: OncekvCluster::start(&exe, &root.join("oncekv"), &oncekv_ports)?,
-        etcd: EtcdCluster::start(&args.etcd, &root.join("etcd"), &etcd_ports)?,
+        etcd: EtcdCluster::start(
+            &args.etcd,
+            &root.join("etcd"),
+            &etcd_ports,
+            &etcd_timing_args(args),
+        )?,
     };
     println!(
         "oncekv bench-cluster: 3 oncekv nodes vs 3 etcd members ({etcd_version}), loopback, \
@@ -343,13 +402,32 @@ async fn run_in(
         window,
         warmup
     );
+    let etcd_flags = etcd_timing_args(args);
+    // The nodes inherit this environment, so its ONCEKV_* overrides are theirs.
+    let cfg = crate::config::Config::from_env()?;
+    println!(
+        "timing: oncekv heartbeat {} ms, election timeout {}..{} ms; etcd {}",
+        cfg.heartbeat_interval_ms,
+        cfg.election_timeout_min_ms,
+        cfg.election_timeout_max_ms,
+        if etcd_flags.is_empty() {
+            "heartbeat 100 ms, election timeout 1000 ms (defaults)".to_string()
+        } else {
+            etcd_flags.join(" ")
+        }
+    );
     clusters.settle(System::Oncekv).await?;
     clusters.settle(System::Etcd).await?;
 
     let value: Arc<str> = "v".repeat(args.value_bytes).into();
-    println!("\n## throughput (oncekv: tcp::Client write with session; etcd: /v3/kv/put)");
-    println!("round clients system      ops/s   p50 ms   p99 ms  errors");
-    for &clients in &args.clients {
+    let client_counts: &[usize] = if args.no_throughput {
+        &[]
+    } else {
+        println!("\n## throughput (oncekv: tcp::Client write with session; etcd: /v3/kv/put)");
+        println!("round clients system      ops/s   p50 ms   p99 ms  errors");
+        &args.clients
+    };
+    for &clients in client_counts {
         let mut runs: Vec<(System, Summary)> = Vec::new();
         for round in 0..args.rounds {
             let order = if round % 2 == 0 {
@@ -372,10 +450,14 @@ async fn run_in(
             }
         }
         let pick = |sys: System| -> Vec<Summary> {
-            runs.iter().filter(|(s, _)| *s == sys).map(|(_, s)| *s).collect()
+            runs.iter()
+                .filter(|(s, _)| *s == sys)
+                .map(|(_, s)| *s)
+                .collect()
         };
         let (o, e) = (pick(System::Oncekv), pick(System::Etcd));
-        let mean = |v: &[Summary], f: fn(&Summary) -> f64| v.iter().map(f).sum::<f64>() / v.len() as f64;
+        let mean =
+            |v: &[Summary], f: fn(&Summary) -> f64| v.iter().map(f).sum::<f64>() / v.len() as f64;
         let tput = mean(&o, |s| s.ops_per_s) / mean(&e, |s| s.ops_per_s);
         let p50 = mean(&o, |s| s.p50_us as f64) / mean(&e, |s| s.p50_us as f64);
         let p99 = mean(&o, |s| s.p99_us as f64) / mean(&e, |s| s.p99_us as f64);
@@ -389,7 +471,12 @@ async fn run_in(
 
     if args.kills > 0 {
         println!(
-            "\n## failover: SIGKILL the leader, time to the first acknowledged write sent after it"
+            "\n## failover: SIGKILL the leader, time to the first acknowledged write sent after it \
+             (writer: back-off {FAILOVER_BACKOFF:?} doubling to 8x, attempt timeout {})",
+            args.failover_attempt_ms
+                .map_or("2000 ms (client default)".to_string(), |ms| format!(
+                    "{ms} ms"
+                ))
         );
         let mut systems = vec![System::Oncekv];
         if !args.no_etcd_failover {
@@ -398,8 +485,14 @@ async fn run_in(
         let mut times: Vec<Vec<Duration>> = vec![Vec::new(); systems.len()];
         for k in 0..args.kills {
             for (j, &system) in systems.iter().enumerate() {
-                let t = failover_once(&mut clusters, system).await?;
-                println!("kill {:>2} {:<7} {:>7.1} ms", k + 1, system.name(), t.as_secs_f64() * 1e3);
+                let attempt = args.failover_attempt_ms.map(Duration::from_millis);
+                let t = failover_once(&mut clusters, system, attempt).await?;
+                println!(
+                    "kill {:>2} {:<7} {:>7.1} ms",
+                    k + 1,
+                    system.name(),
+                    t.as_secs_f64() * 1e3
+                );
                 times[j].push(t);
             }
         }

@@ -37,6 +37,8 @@ pub struct EtcdCluster {
     members: Vec<Member>,
     /// The `--initial-cluster` value (ignored by etcd once a data dir exists).
     initial_cluster: String,
+    /// Further flags for every member (timing overrides).
+    extra_args: Vec<String>,
 }
 
 /// The etcd binary's `--version` first line, or a message saying how to install it.
@@ -61,8 +63,14 @@ pub fn check_binary(bin: &Path) -> anyhow::Result<String> {
 }
 
 impl EtcdCluster {
-    /// Starts one member per `(client_port, peer_port)` under `root`.
-    pub fn start(bin: &Path, root: &Path, ports: &[(u16, u16)]) -> std::io::Result<EtcdCluster> {
+    /// Starts one member per `(client_port, peer_port)` under `root`, each with
+    /// `extra_args` appended.
+    pub fn start(
+        bin: &Path,
+        root: &Path,
+        ports: &[(u16, u16)],
+        extra_args: &[String],
+    ) -> std::io::Result<EtcdCluster> {
         std::fs::create_dir_all(root)?;
         let members: Vec<Member> = ports
             .iter()
@@ -85,6 +93,7 @@ impl EtcdCluster {
             bin: bin.to_path_buf(),
             members,
             initial_cluster,
+            extra_args: extra_args.to_vec(),
         };
         for (i, (_, peer)) in ports.iter().enumerate() {
             cluster.spawn(i, *peer)?;
@@ -123,6 +132,7 @@ impl EtcdCluster {
             .args(["--initial-cluster", &self.initial_cluster])
             .args(["--initial-cluster-state", "new"])
             .args(["--initial-cluster-token", "oncekv-bench"])
+            .args(&self.extra_args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -312,7 +322,12 @@ impl EtcdClient {
     }
 
     /// One POST to endpoint `i` (no retry): status code and body.
-    pub async fn post(&mut self, i: usize, path: &str, body: &str) -> Result<(u16, String), String> {
+    pub async fn post(
+        &mut self,
+        i: usize,
+        path: &str,
+        body: &str,
+    ) -> Result<(u16, String), String> {
         let addr = self.endpoints[i].clone();
         let conn = match self.conns[i].take() {
             Some(c) => c,
