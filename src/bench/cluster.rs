@@ -247,6 +247,9 @@ async fn throughput(
     Ok((all.summary(window), errors))
 }
 
+/// When a write was sent and when it was acknowledged.
+type Ack = (Instant, Instant);
+
 /// One kill of `system`'s leader under a tight-loop writer: the time from just before
 /// the SIGKILL to the acknowledgement of the first write sent after it.
 async fn failover_once(
@@ -260,7 +263,8 @@ async fn failover_once(
         attempt_timeout,
     };
     let mut w = clusters.writer(system, leader, Some(tight)).await?;
-    let acks: Arc<Mutex<Vec<(Instant, Instant)>>> = Arc::default();
+    // (sent, acknowledged) of every successful write.
+    let acks: Arc<Mutex<Vec<Ack>>> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
     let task = {
         let (acks, stop) = (acks.clone(), stop.clone());
@@ -275,10 +279,9 @@ async fn failover_once(
             }
         })
     };
-    let wait_for =
-        |cond: &dyn Fn(&[(Instant, Instant)]) -> Option<Instant>| cond(&acks.lock().expect("acks"));
+    let count = || acks.lock().expect("acks").len();
     let deadline = Instant::now() + SETTLE_TIMEOUT;
-    while wait_for(&|a| (a.len() >= ACKS_BEFORE_KILL).then(Instant::now)).is_none() {
+    while count() < ACKS_BEFORE_KILL {
         anyhow::ensure!(
             Instant::now() < deadline,
             "{}: no writes before the kill",
@@ -290,7 +293,9 @@ async fn failover_once(
     clusters.kill(system, leader);
     let deadline = killed_at + FAILOVER_TIMEOUT;
     let served = loop {
-        let first = wait_for(&|a| a.iter().find(|(t0, _)| *t0 >= killed_at).map(|(_, t1)| *t1));
+        let first = (acks.lock().expect("acks").iter())
+            .find(|(sent, _)| *sent >= killed_at)
+            .map(|(_, acked)| *acked);
         if let Some(t) = first {
             break t;
         }
