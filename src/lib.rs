@@ -11,7 +11,8 @@
 //! - [`history`]: the `history.jsonl` format shared by the harness and the checker.
 //! - [`check`]: the linearizability checker and the exactly-once counter check.
 //! - [`report`]: `results.json`, the end-of-run summary and `latency.svg`.
-//! - [`bench`]: `oncekv bench`, throughput and session memory against a baseline.
+//! - [`bench`]: `oncekv bench` (single node vs a no-consensus baseline, session memory)
+//!   and `oncekv bench-cluster` (3-node TCP cluster vs etcd 3.4).
 //! - [`harness`]: `oncekv test`, a Maelstrom-style test harness.
 #![deny(clippy::print_stdout)]
 

@@ -20,6 +20,9 @@ enum Command {
     Node,
     /// Measure single-node throughput over stdin against a no-consensus baseline.
     Bench(oncekv::bench::BenchArgs),
+    /// Compare a 3-node TCP cluster with a 3-member etcd 3.4 on loopback: write
+    /// throughput and latency, failover unavailability (docs/benchmarks.md).
+    BenchCluster(oncekv::bench::cluster::BenchClusterArgs),
     /// Run a Maelstrom-style test against any Maelstrom node binary.
     Test(TestArgs),
     /// Test oncekv itself: exactly-once, then lin-kv, 3 nodes under partitions.
@@ -152,6 +155,10 @@ fn main() -> anyhow::Result<()> {
         None | Some(Command::Node) => node()?,
         Some(Command::Bench(args)) => {
             oncekv::bench::run(&args)?;
+            0
+        }
+        Some(Command::BenchCluster(args)) => {
+            tokio_main(oncekv::bench::cluster::run(&args))??;
             0
         }
         Some(Command::Test(args)) => test(args)?,

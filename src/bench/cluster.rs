@@ -1,0 +1,528 @@
+//! `oncekv bench-cluster`: a 3-node oncekv TCP cluster against a 3-member etcd 3.4
+//! cluster, both on loopback with fsync on, both started and measured in the same
+//! invocation, runs interleaved:
+//!
+//! 1. write throughput and p50/p99 latency per number of concurrent clients, each
+//!    client one connection writing in a closed loop (oncekv: [`crate::tcp::Client`]
+//!    `write` with a session, so every write carries `client_id`/`seq`; etcd:
+//!    `POST /v3/kv/put` through its JSON gateway), same keys and value size;
+//! 2. failover unavailability: one client writes in a tight loop, the leader is
+//!    SIGKILLed, and the time from the kill to the first acknowledged write that
+//!    was sent after the kill is taken; the killed node is restarted on its data
+//!    directory and the cluster settles before the next kill.
+//!
+//! Figures are ratios against the peer in the same run (the machine is shared and
+//! noisy); absolute numbers are printed for context.
+#![allow(clippy::print_stdout)] // a CLI report
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use super::etcd::{EtcdClient, EtcdCluster, check_binary};
+use super::latency::{Samples, Summary, median};
+use super::procs::OncekvCluster;
+use crate::protocol::Reply;
+use crate::tcp::Client;
+
+/// What to run.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchClusterArgs {
+    /// The etcd 3.4 binary (`apt-get install -y etcd-server` puts it at /usr/bin/etcd).
+    #[arg(long, default_value = "/usr/bin/etcd")]
+    pub etcd: PathBuf,
+    /// Seconds measured per system and client count.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration_s: f64,
+    /// Seconds of load before each measurement starts (not counted).
+    #[arg(long, default_value_t = 1.0)]
+    pub warmup_s: f64,
+    /// Concurrent clients, comma-separated; one throughput run per value and system.
+    #[arg(long, value_delimiter = ',', default_value = "1,64")]
+    pub clients: Vec<usize>,
+    /// Bytes of each written value (the same bytes for both systems).
+    #[arg(long, default_value_t = 100)]
+    pub value_bytes: usize,
+    /// Times the throughput runs are repeated (the order of systems alternates).
+    #[arg(long, default_value_t = 1)]
+    pub rounds: usize,
+    /// Leader kills per system (0 skips the failover part).
+    #[arg(long, default_value_t = 10)]
+    pub kills: usize,
+    /// Skip the etcd failover part (its kills).
+    #[arg(long)]
+    pub no_etcd_failover: bool,
+    /// Per-attempt timeout of both failover writers, in ms (the clients' default,
+    /// 2000, if absent). A request a follower holds for a dead leader waits this long.
+    #[arg(long)]
+    pub failover_attempt_ms: Option<u64>,
+    /// Skip the throughput part (failover only).
+    #[arg(long)]
+    pub no_throughput: bool,
+    /// etcd's `--heartbeat-interval` in ms (etcd's default, 100, if absent). oncekv's is 50.
+    #[arg(long)]
+    pub etcd_heartbeat_ms: Option<u64>,
+    /// etcd's `--election-timeout` in ms (etcd's default, 1000, if absent). oncekv's
+    /// is randomized in 250..500.
+    #[arg(long)]
+    pub etcd_election_ms: Option<u64>,
+    /// Where both clusters keep their data (the same filesystem for both); a fresh
+    /// directory under the system temp dir if absent, removed at the end.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+}
+
+/// Which system a run targets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum System {
+    Oncekv,
+    Etcd,
+}
+
+impl System {
+    fn name(self) -> &'static str {
+        match self {
+            System::Oncekv => "oncekv",
+            System::Etcd => "etcd",
+        }
+    }
+}
+
+/// Both clusters, alive for the whole run.
+struct Clusters {
+    oncekv: OncekvCluster,
+    etcd: EtcdCluster,
+}
+
+/// How long a cluster may take to agree on a leader after a start or restart.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a killed cluster may take to acknowledge a write again before the run fails.
+const FAILOVER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Pause between a failover writer's attempts (doubling to 8x), for both systems:
+/// a tight loop rather than the library default of 25 ms.
+const FAILOVER_BACKOFF: Duration = Duration::from_millis(5);
+/// Acknowledged writes required before a kill, so the writer is known to be flowing.
+const ACKS_BEFORE_KILL: usize = 20;
+
+impl Clusters {
+    /// Waits until `system` settles; returns its leader's index.
+    async fn settle(&self, system: System) -> anyhow::Result<usize> {
+        match system {
+            System::Oncekv => self.oncekv.wait_settled(SETTLE_TIMEOUT).await,
+            System::Etcd => self.etcd.wait_settled(SETTLE_TIMEOUT).await,
+        }
+    }
+
+    /// A connected writer for `system` sending to node `leader` first.
+    async fn writer(
+        &self,
+        system: System,
+        leader: usize,
+        tight: Option<Tight>,
+    ) -> anyhow::Result<Writer> {
+        match system {
+            System::Oncekv => {
+                let mut opts = self.oncekv.client_options();
+                if let Some(t) = tight {
+                    opts.retry_backoff = t.backoff;
+                    opts.attempt_timeout = t.attempt_timeout.unwrap_or(opts.attempt_timeout);
+                }
+                let mut c = Client::new(opts);
+                c.open_session().await?;
+                let found = c.find_leader().await;
+                anyhow::ensure!(found == Some(leader), "oncekv leader moved: {found:?}");
+                Ok(Writer::Oncekv(Box::new(c)))
+            }
+            System::Etcd => {
+                let mut c = EtcdClient::new(self.etcd.endpoints());
+                if let Some(t) = tight {
+                    c.retry_backoff = t.backoff;
+                    c.attempt_timeout = t.attempt_timeout.unwrap_or(c.attempt_timeout);
+                }
+                c.set_target(leader);
+                Ok(Writer::Etcd(c))
+            }
+        }
+    }
+
+    /// SIGKILLs node `i` of `system`.
+    fn kill(&mut self, system: System, i: usize) {
+        match system {
+            System::Oncekv => self.oncekv.kill(i),
+            System::Etcd => self.etcd.kill(i),
+        }
+    }
+
+    /// Restarts node `i` of `system` on its data directory.
+    fn restart(&mut self, system: System, i: usize) -> std::io::Result<()> {
+        match system {
+            System::Oncekv => self.oncekv.restart(i),
+            System::Etcd => self.etcd.restart(i),
+        }
+    }
+}
+
+/// Retry timing of a failover writer, the same for both systems.
+#[derive(Debug, Clone, Copy)]
+struct Tight {
+    /// First pause between attempts.
+    backoff: Duration,
+    /// Per-attempt timeout (the client's default if `None`).
+    attempt_timeout: Option<Duration>,
+}
+
+/// One client connection of either system.
+enum Writer {
+    Oncekv(Box<Client>),
+    Etcd(EtcdClient),
+}
+
+impl Writer {
+    /// Writes `value` at `key` until a definite answer or the client's deadline.
+    async fn put(&mut self, key: &str, value: &str) -> Result<(), String> {
+        match self {
+            Writer::Oncekv(c) => match c.write(json!(key), json!(value)).await {
+                Ok(Reply::WriteOk) => Ok(()),
+                Ok(other) => Err(other.to_string()),
+                Err(e) => Err(e.to_string()),
+            },
+            Writer::Etcd(c) => c.put(key.as_bytes(), value.as_bytes()).await,
+        }
+    }
+}
+
+/// One throughput run: `clients` writers in closed loops; operations that start after
+/// the warm-up and finish inside the window are counted.
+async fn throughput(
+    clusters: &Clusters,
+    system: System,
+    clients: usize,
+    value: &Arc<str>,
+    warmup: Duration,
+    window: Duration,
+) -> anyhow::Result<(Summary, u64)> {
+    let leader = clusters.settle(system).await?;
+    let mut writers = Vec::with_capacity(clients);
+    for _ in 0..clients {
+        writers.push(clusters.writer(system, leader, None).await?);
+    }
+    let start = Instant::now() + warmup;
+    let end = start + window;
+    let tasks: Vec<_> = writers
+        .into_iter()
+        .enumerate()
+        .map(|(c, mut w)| {
+            let value = value.clone();
+            tokio::spawn(async move {
+                let mut samples = Samples::default();
+                let mut errors = 0u64;
+                for i in 0u64.. {
+                    let t0 = Instant::now();
+                    if t0 >= end {
+                        break;
+                    }
+                    let key = format!("bench-{c}-{}", i % 16);
+                    let ok = w.put(&key, &value).await.is_ok();
+                    let t1 = Instant::now();
+                    if !ok {
+                        errors += 1;
+                    } else if t0 >= start && t1 <= end {
+                        samples.push(t1 - t0);
+                    }
+                }
+                (samples, errors)
+            })
+        })
+        .collect();
+    let mut all = Samples::default();
+    let mut errors = 0;
+    for t in tasks {
+        let (s, e) = t.await?;
+        all.extend(s);
+        errors += e;
+    }
+    Ok((all.summary(window), errors))
+}
+
+/// When a write was sent and when it was acknowledged.
+type Ack = (Instant, Instant);
+
+/// One kill of `system`'s leader under a tight-loop writer: the time from just before
+/// the SIGKILL to the acknowledgement of the first write sent after it.
+async fn failover_once(
+    clusters: &mut Clusters,
+    system: System,
+    attempt_timeout: Option<Duration>,
+) -> anyhow::Result<Duration> {
+    let leader = clusters.settle(system).await?;
+    let tight = Tight {
+        backoff: FAILOVER_BACKOFF,
+        attempt_timeout,
+    };
+    let mut w = clusters.writer(system, leader, Some(tight)).await?;
+    // (sent, acknowledged) of every successful write.
+    let acks: Arc<Mutex<Vec<Ack>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let task = {
+        let (acks, stop) = (acks.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                i += 1;
+                let t0 = Instant::now();
+                if w.put("failover", &i.to_string()).await.is_ok() {
+                    acks.lock().expect("acks").push((t0, Instant::now()));
+                }
+            }
+        })
+    };
+    let count = || acks.lock().expect("acks").len();
+    let deadline = Instant::now() + SETTLE_TIMEOUT;
+    while count() < ACKS_BEFORE_KILL {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{}: no writes before the kill",
+            system.name()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let killed_at = Instant::now();
+    clusters.kill(system, leader);
+    let deadline = killed_at + FAILOVER_TIMEOUT;
+    let served = loop {
+        let first = (acks.lock().expect("acks").iter())
+            .find(|(sent, _)| *sent >= killed_at)
+            .map(|(_, acked)| *acked);
+        if let Some(t) = first {
+            break t;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{}: no write acknowledged within {FAILOVER_TIMEOUT:?} of the kill",
+            system.name()
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    };
+    stop.store(true, Ordering::Relaxed);
+    task.await?;
+    clusters.restart(system, leader)?;
+    Ok(served - killed_at)
+}
+
+/// Milliseconds with one decimal.
+fn ms(us: u64) -> String {
+    format!("{:.1}", us as f64 / 1000.0)
+}
+
+/// The 1-minute load average, for the report's context.
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "?".into())
+}
+
+/// Extra etcd flags for the timing options given.
+fn etcd_timing_args(args: &BenchClusterArgs) -> Vec<String> {
+    let mut flags = Vec::new();
+    if let Some(ms) = args.etcd_heartbeat_ms {
+        flags.extend(["--heartbeat-interval".to_string(), ms.to_string()]);
+    }
+    if let Some(ms) = args.etcd_election_ms {
+        flags.extend(["--election-timeout".to_string(), ms.to_string()]);
+    }
+    flags
+}
+
+/// A loopback port free at the time of asking (bound, then released).
+fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Runs the benchmark and prints the report.
+pub async fn run(args: &BenchClusterArgs) -> anyhow::Result<()> {
+    let etcd_version = check_binary(&args.etcd)?;
+    anyhow::ensure!(
+        args.duration_s > 0.0 && args.warmup_s >= 0.0,
+        "bad durations"
+    );
+    anyhow::ensure!(
+        args.clients.iter().all(|&c| c > 0),
+        "--clients must be positive"
+    );
+    let window = Duration::from_secs_f64(args.duration_s);
+    let warmup = Duration::from_secs_f64(args.warmup_s);
+    let (root, temporary) = match &args.data_dir {
+        Some(d) => (d.clone(), false),
+        None => (
+            std::env::temp_dir().join(format!("oncekv-bench-cluster-{}", std::process::id())),
+            true,
+        ),
+    };
+    std::fs::create_dir_all(&root)?;
+    let result = run_in(args, &root, &etcd_version, window, warmup).await;
+    if temporary {
+        let _ = std::fs::remove_dir_all(&root);
+    }
+    result
+}
+
+async fn run_in(
+    args: &BenchClusterArgs,
+    root: &std::path::Path,
+    etcd_version: &str,
+    window: Duration,
+    warmup: Duration,
+) -> anyhow::Result<()> {
+    let oncekv_ports = [free_port()?, free_port()?, free_port()?];
+    let etcd_ports = [
+        (free_port()?, free_port()?),
+        (free_port()?, free_port()?),
+        (free_port()?, free_port()?),
+    ];
+    let exe = std::env::current_exe()?;
+    let mut clusters = Clusters {
+        oncekv: OncekvCluster::start(&exe, &root.join("oncekv"), &oncekv_ports)?,
+        etcd: EtcdCluster::start(
+            &args.etcd,
+            &root.join("etcd"),
+            &etcd_ports,
+            &etcd_timing_args(args),
+        )?,
+    };
+    println!(
+        "oncekv bench-cluster: 3 oncekv nodes vs 3 etcd members ({etcd_version}), loopback, \
+         fsync on, data in {}",
+        root.display()
+    );
+    println!(
+        "load average at start: {}; writes of {} B values, {:?} windows after {:?} warm-up",
+        loadavg(),
+        args.value_bytes,
+        window,
+        warmup
+    );
+    let etcd_flags = etcd_timing_args(args);
+    // The nodes inherit this environment, so its ONCEKV_* overrides are theirs.
+    let cfg = crate::config::Config::from_env()?;
+    println!(
+        "timing: oncekv heartbeat {} ms, election timeout {}..{} ms; etcd {}",
+        cfg.heartbeat_interval_ms,
+        cfg.election_timeout_min_ms,
+        cfg.election_timeout_max_ms,
+        if etcd_flags.is_empty() {
+            "heartbeat 100 ms, election timeout 1000 ms (defaults)".to_string()
+        } else {
+            etcd_flags.join(" ")
+        }
+    );
+    clusters.settle(System::Oncekv).await?;
+    clusters.settle(System::Etcd).await?;
+
+    let value: Arc<str> = "v".repeat(args.value_bytes).into();
+    let client_counts: &[usize] = if args.no_throughput {
+        &[]
+    } else {
+        println!("\n## throughput (oncekv: tcp::Client write with session; etcd: /v3/kv/put)");
+        println!("round clients system      ops/s   p50 ms   p99 ms  errors");
+        &args.clients
+    };
+    for &clients in client_counts {
+        let mut runs: Vec<(System, Summary)> = Vec::new();
+        for round in 0..args.rounds {
+            let order = if round % 2 == 0 {
+                [System::Oncekv, System::Etcd]
+            } else {
+                [System::Etcd, System::Oncekv]
+            };
+            for system in order {
+                let (s, errors) =
+                    throughput(&clusters, system, clients, &value, warmup, window).await?;
+                println!(
+                    "{:>5} {clients:>7} {:<7} {:>9.0} {:>8} {:>8} {errors:>7}",
+                    round + 1,
+                    system.name(),
+                    s.ops_per_s,
+                    ms(s.p50_us),
+                    ms(s.p99_us)
+                );
+                runs.push((system, s));
+            }
+        }
+        let pick = |sys: System| -> Vec<Summary> {
+            runs.iter()
+                .filter(|(s, _)| *s == sys)
+                .map(|(_, s)| *s)
+                .collect()
+        };
+        let (o, e) = (pick(System::Oncekv), pick(System::Etcd));
+        let mean =
+            |v: &[Summary], f: fn(&Summary) -> f64| v.iter().map(f).sum::<f64>() / v.len() as f64;
+        let tput = mean(&o, |s| s.ops_per_s) / mean(&e, |s| s.ops_per_s);
+        let p50 = mean(&o, |s| s.p50_us as f64) / mean(&e, |s| s.p50_us as f64);
+        let p99 = mean(&o, |s| s.p99_us as f64) / mean(&e, |s| s.p99_us as f64);
+        println!(
+            "ratio oncekv/etcd at {clients} clients: throughput {tput:.2}x, p50 {p50:.2}x, p99 {p99:.2}x \
+             (mean over {} round(s); load average now {})",
+            args.rounds,
+            loadavg()
+        );
+    }
+
+    if args.kills > 0 {
+        println!(
+            "\n## failover: SIGKILL the leader, time to the first acknowledged write sent after it \
+             (writer: back-off {FAILOVER_BACKOFF:?} doubling to 8x, attempt timeout {})",
+            args.failover_attempt_ms
+                .map_or("2000 ms (client default)".to_string(), |ms| format!(
+                    "{ms} ms"
+                ))
+        );
+        let mut systems = vec![System::Oncekv];
+        if !args.no_etcd_failover {
+            systems.push(System::Etcd);
+        }
+        let mut times: Vec<Vec<Duration>> = vec![Vec::new(); systems.len()];
+        for k in 0..args.kills {
+            for (j, &system) in systems.iter().enumerate() {
+                let attempt = args.failover_attempt_ms.map(Duration::from_millis);
+                let t = failover_once(&mut clusters, system, attempt).await?;
+                println!(
+                    "kill {:>2} {:<7} {:>7.1} ms",
+                    k + 1,
+                    system.name(),
+                    t.as_secs_f64() * 1e3
+                );
+                times[j].push(t);
+            }
+        }
+        for (j, &system) in systems.iter().enumerate() {
+            let v = &times[j];
+            let (lo, hi) = (v.iter().min(), v.iter().max());
+            println!(
+                "{}: median {:.0} ms over {} kills (min {:.0}, max {:.0})",
+                system.name(),
+                median(v).unwrap_or_default().as_secs_f64() * 1e3,
+                v.len(),
+                lo.copied().unwrap_or_default().as_secs_f64() * 1e3,
+                hi.copied().unwrap_or_default().as_secs_f64() * 1e3,
+            );
+        }
+        if systems.len() == 2
+            && let (Some(o), Some(e)) = (median(&times[0]), median(&times[1]))
+        {
+            println!(
+                "ratio oncekv/etcd median unavailability: {:.2}x",
+                o.as_secs_f64() / e.as_secs_f64()
+            );
+        }
+        clusters.settle(System::Oncekv).await?;
+    }
+    println!("\nload average at end: {}", loadavg());
+    Ok(())
+}
