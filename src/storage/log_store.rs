@@ -133,6 +133,15 @@ fn open_verified(path: &Path) -> Result<Database, StorageError> {
         Ok(Ok((_, false))) => Err(db_err(
             "failed redb's integrity check (modified outside redb?)".into(),
         )),
+        // redb reports a garbled header as InvalidData: the file is damaged.
+        Ok(Err(redb::DatabaseError::Storage(redb::StorageError::Io(source))))
+            if source.kind() == std::io::ErrorKind::InvalidData =>
+        {
+            Err(StorageError::Corrupt {
+                path: path.to_owned(),
+                reason: format!("redb could not read it ({source})"),
+            })
+        }
         Ok(Err(redb::DatabaseError::Storage(redb::StorageError::Io(source)))) => {
             Err(StorageError::Io {
                 path: path.to_owned(),

@@ -90,8 +90,20 @@ impl TestCluster {
         self.spawn(i, &peers, false);
     }
 
+    /// Starts (again) node `i` with `extra` environment on top of the cluster's
+    /// (later entries win), e.g. a snapshot policy or election timeout of its own.
+    pub fn restart_with(&mut self, i: usize, extra: &[(&str, &str)]) {
+        let peers = self.peers.clone();
+        self.spawn_with(i, &peers, false, extra);
+    }
+
     /// Spawns `serve` for node `i` with `peers`, joining (not initializing) if `join`.
     pub fn spawn(&mut self, i: usize, peers: &str, join: bool) {
+        self.spawn_with(i, peers, join, &[]);
+    }
+
+    /// [`TestCluster::spawn`] with `extra` environment for this process only.
+    fn spawn_with(&mut self, i: usize, peers: &str, join: bool, extra: &[(&str, &str)]) {
         let node = &mut self.nodes[i];
         std::fs::create_dir_all(&node.dir).expect("mkdir");
         let stderr = std::fs::OpenOptions::new()
@@ -111,6 +123,9 @@ impl TestCluster {
             cmd.arg("--join");
         }
         for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        for (k, v) in extra {
             cmd.env(k, v);
         }
         node.child = Some(cmd.spawn().expect("spawn oncekv serve"));
@@ -138,6 +153,21 @@ impl TestCluster {
     pub fn kill(&mut self, i: usize) {
         if let Some(mut child) = self.nodes[i].child.take() {
             let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGKILLs the nodes `which` at once: every signal is sent before any is
+    /// waited for, so none of them sees another one die first.
+    pub fn kill_together(&mut self, which: &[usize]) {
+        let mut children: Vec<Child> = which
+            .iter()
+            .filter_map(|&i| self.nodes[i].child.take())
+            .collect();
+        for child in &mut children {
+            let _ = child.kill();
+        }
+        for child in &mut children {
             let _ = child.wait();
         }
     }
