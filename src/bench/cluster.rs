@@ -66,7 +66,7 @@ pub struct BenchClusterArgs {
     #[arg(long)]
     pub etcd_heartbeat_ms: Option<u64>,
     /// etcd's `--election-timeout` in ms (etcd's default, 1000, if absent). oncekv's
-    /// is randomized in 250..500.
+    /// is randomized in 150..300.
     #[arg(long)]
     pub etcd_election_ms: Option<u64>,
     /// Where both clusters keep their data (the same filesystem for both); a fresh
