@@ -19,16 +19,57 @@ pub struct MemLogStore {
     inner: Arc<Mutex<Inner>>,
 }
 
+type Inner = LogMirror;
+
+/// The Raft log as openraft sees it, in memory: the whole of [`MemLogStore`], and the
+/// readable copy the durable store (`crate::storage`) keeps beside its database.
 #[derive(Debug, Default)]
-struct Inner {
+pub struct LogMirror {
     /// The last entry removed by a purge (behind a snapshot).
-    last_purged: Option<LogId>,
-    /// Entries by index.
-    log: BTreeMap<u64, Entry>,
+    pub last_purged: Option<LogId>,
+    /// Entries by index, contiguous.
+    pub log: BTreeMap<u64, Entry>,
     /// The committed pointer openraft asks us to keep.
-    committed: Option<LogId>,
+    pub committed: Option<LogId>,
     /// The current vote.
-    vote: Option<Vote>,
+    pub vote: Option<Vote>,
+}
+
+impl LogMirror {
+    /// The entries in `range`.
+    pub fn entries(&self, range: impl RangeBounds<u64>) -> Vec<Entry> {
+        self.log.range(range).map(|(_, e)| e.clone()).collect()
+    }
+
+    /// Last purged and last present log ids.
+    pub fn log_state(&self) -> LogState<TypeConfig> {
+        let last = self.log.values().next_back().map(|e| e.log_id());
+        LogState {
+            last_purged_log_id: self.last_purged,
+            last_log_id: last.or(self.last_purged),
+        }
+    }
+
+    /// Adds entries (replacing any at the same index).
+    pub fn append(&mut self, entries: impl IntoIterator<Item = Entry>) {
+        for e in entries {
+            self.log.insert(e.index(), e);
+        }
+    }
+
+    /// Drops every entry after `last`; returns the first index dropped.
+    pub fn truncate_after(&mut self, last: Option<LogId>) -> u64 {
+        let from = last.map_or(0, |l| l.index() + 1);
+        drop(self.log.split_off(&from));
+        from
+    }
+
+    /// Drops every entry up to `upto`, which becomes the last purged id.
+    pub fn purge(&mut self, upto: LogId) {
+        debug_assert!(self.last_purged.as_ref() <= Some(&upto));
+        self.log = self.log.split_off(&(upto.index() + 1));
+        self.last_purged = Some(upto);
+    }
 }
 
 impl MemLogStore {
@@ -45,7 +86,7 @@ impl RaftLogReader<TypeConfig> for MemLogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, io::Error> {
-        Ok(self.with(|i| i.log.range(range).map(|(_, e)| e.clone()).collect()))
+        Ok(self.with(|i| i.entries(range)))
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
@@ -57,13 +98,7 @@ impl RaftLogStorage<TypeConfig> for MemLogStore {
     type LogReader = Self;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
-        Ok(self.with(|i| {
-            let last = i.log.values().next_back().map(|e| e.log_id());
-            LogState {
-                last_purged_log_id: i.last_purged,
-                last_log_id: last.or(i.last_purged),
-            }
-        }))
+        Ok(self.with(|i| i.log_state()))
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -93,27 +128,18 @@ impl RaftLogStorage<TypeConfig> for MemLogStore {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
-        self.with(|i| {
-            for e in entries {
-                i.log.insert(e.index(), e);
-            }
-        });
+        self.with(|i| i.append(entries));
         callback.io_completed(Ok(()));
         Ok(())
     }
 
     async fn truncate_after(&mut self, last: Option<LogId>) -> Result<(), io::Error> {
-        let from = last.map_or(0, |l| l.index() + 1);
-        self.with(|i| drop(i.log.split_off(&from)));
+        self.with(|i| i.truncate_after(last));
         Ok(())
     }
 
     async fn purge(&mut self, upto: LogId) -> Result<(), io::Error> {
-        self.with(|i| {
-            debug_assert!(i.last_purged.as_ref() <= Some(&upto));
-            i.log = i.log.split_off(&(upto.index() + 1));
-            i.last_purged = Some(upto);
-        });
+        self.with(|i| i.purge(upto));
         Ok(())
     }
 }

@@ -46,18 +46,8 @@ pub struct RedbLogStore {
     path: Arc<PathBuf>,
 }
 
-/// The live log and pointers as openraft last set them.
-#[derive(Debug, Default)]
-struct Mirror {
-    /// Entries by index, contiguous.
-    log: BTreeMap<u64, Entry>,
-    /// The last purged log id.
-    last_purged: Option<LogId>,
-    /// The committed pointer.
-    committed: Option<LogId>,
-    /// The vote, set only once durable.
-    vote: Option<Vote>,
-}
+/// The readable copy of the log beside the database (shared with `MemLogStore`).
+type Mirror = crate::raft::log_store::LogMirror;
 
 fn encode<T: Serialize>(value: &T) -> io::Result<Vec<u8>> {
     serde_json::to_vec(value).map_err(io::Error::other)
@@ -229,7 +219,7 @@ impl RaftLogReader<TypeConfig> for RedbLogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, io::Error> {
-        Ok(self.with(|m| m.log.range(range).map(|(_, e)| e.clone()).collect()))
+        Ok(self.with(|m| m.entries(range)))
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
@@ -241,13 +231,7 @@ impl RaftLogStorage<TypeConfig> for RedbLogStore {
     type LogReader = Self;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
-        Ok(self.with(|m| {
-            let last = m.log.values().next_back().map(|e| e.log_id());
-            LogState {
-                last_purged_log_id: m.last_purged,
-                last_log_id: last.or(m.last_purged),
-            }
-        }))
+        Ok(self.with(|m| m.log_state()))
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -290,19 +274,14 @@ impl RaftLogStorage<TypeConfig> for RedbLogStore {
         for e in &entries {
             encoded.push((e.index(), encode(e)?));
         }
-        self.with(|m| {
-            for e in entries {
-                m.log.insert(e.index(), e);
-            }
-        });
+        self.with(|m| m.append(entries));
         self.writer
             .submit(Op::Put(encoded), Done::Flushed(callback))
             .await
     }
 
     async fn truncate_after(&mut self, last: Option<LogId>) -> Result<(), io::Error> {
-        let from = last.map_or(0, |l| l.index() + 1);
-        self.with(|m| drop(m.log.split_off(&from)));
+        let from = self.with(|m| m.truncate_after(last));
         self.writer
             .submit(Op::TruncateFrom(from), Done::Nothing)
             .await
@@ -310,11 +289,7 @@ impl RaftLogStorage<TypeConfig> for RedbLogStore {
 
     async fn purge(&mut self, upto: LogId) -> Result<(), io::Error> {
         let bytes = encode(&upto)?;
-        self.with(|m| {
-            debug_assert!(m.last_purged.as_ref() <= Some(&upto));
-            m.log = m.log.split_off(&(upto.index() + 1));
-            m.last_purged = Some(upto);
-        });
+        self.with(|m| m.purge(upto));
         self.writer
             .submit(Op::PurgeUpto(upto.index(), bytes), Done::Nothing)
             .await
