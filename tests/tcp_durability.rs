@@ -22,17 +22,17 @@ use std::fs::{self, OpenOptions};
 use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use oncekv::check::{CheckOptions, Validity, check_counters, check_linearizable};
-use oncekv::history::{Op, OpType, Process};
+use oncekv::history::{Op, OpType};
 use oncekv::protocol::Reply;
 use oncekv::tcp::{Client, ClientOptions};
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
-use support_tcp::{TestCluster, free_port, seed};
+use support_tcp::{Recorder, TestCluster, free_port, seed};
 
 /// One test at a time in this file (tokio's mutex: held across awaits, not poisoned
 /// by a failing test).
@@ -46,74 +46,6 @@ const KEYS: u64 = 3;
 /// How long a worker's client retries one op (same seq) before giving up: longer
 /// than a whole-cluster restart, so every op gets a definite answer.
 const OP_DEADLINE: Duration = Duration::from_secs(30);
-
-/// The history all workers append to.
-struct Recorder {
-    /// Time zero of `Op::time`.
-    start: Instant,
-    /// Invokes and outcomes, in real-time order.
-    ops: Mutex<Vec<Op>>,
-}
-
-impl Recorder {
-    /// Nanoseconds since the start.
-    fn now(&self) -> u64 {
-        self.start.elapsed().as_nanos() as u64
-    }
-
-    fn push(&self, process: u64, kind: OpType, f: &str, key: &Value, value: Value) {
-        self.push_error(process, kind, f, key, value, None);
-    }
-
-    fn push_error(
-        &self,
-        process: u64,
-        kind: OpType,
-        f: &str,
-        key: &Value,
-        value: Value,
-        error: Option<(i64, String)>,
-    ) {
-        let op = Op {
-            process: Process::Client(process),
-            kind,
-            f: f.into(),
-            key: Some(key.clone()),
-            value,
-            time: self.now(),
-            error,
-            client_id: None,
-            seq: None,
-        };
-        self.ops.lock().unwrap().push(op);
-    }
-
-    /// Ok outcomes recorded after `since` (nanoseconds).
-    fn acked_since(&self, since: u64) -> usize {
-        let ops = self.ops.lock().unwrap();
-        ops.iter()
-            .filter(|o| o.kind == OpType::Ok && o.time > since)
-            .count()
-    }
-
-    /// When the first op invoked after `since` was acknowledged (nanoseconds).
-    /// Ops in flight at `since` are left out: their replies may have been on the
-    /// way already.
-    fn first_ack_invoked_after(&self, since: u64) -> Option<u64> {
-        let ops = self.ops.lock().unwrap();
-        let mut invoked = std::collections::BTreeSet::new();
-        for o in ops.iter() {
-            match o.kind {
-                OpType::Invoke if o.time > since => {
-                    invoked.insert(o.process);
-                }
-                OpType::Ok if invoked.contains(&o.process) => return Some(o.time),
-                _ => {}
-            }
-        }
-        None
-    }
-}
 
 /// What a worker leaves when stopped.
 struct WorkerEnd {
@@ -183,10 +115,7 @@ struct Load {
 
 impl Load {
     fn start(cluster: &TestCluster, seed: u64) -> Load {
-        let rec = Arc::new(Recorder {
-            start: Instant::now(),
-            ops: Mutex::new(Vec::new()),
-        });
+        let rec = Arc::new(Recorder::new());
         let stop = Arc::new(AtomicBool::new(false));
         let workers = (0..WORKERS)
             .map(|w| {

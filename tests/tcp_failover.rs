@@ -6,45 +6,24 @@
 mod support_tcp;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use oncekv::check::{CheckOptions, Validity, check_counters, check_linearizable};
-use oncekv::history::{Op, OpType, Process};
+use oncekv::history::OpType;
 use oncekv::protocol::Reply;
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
-use support_tcp::{TestCluster, seed};
+use support_tcp::{Recorder, TestCluster, seed};
 
 /// Workers adding concurrently.
 const WORKERS: u64 = 4;
 /// Counter keys they share.
 const KEYS: u64 = 3;
 /// The nodes' default election timeout upper bound (config.rs).
-const ELECTION_TIMEOUT_MAX: Duration = Duration::from_millis(500);
-
-/// Everything the workers record.
-struct Recorder {
-    start: Instant,
-    ops: Mutex<Vec<Op>>,
-}
-
-impl Recorder {
-    fn op(&self, process: u64, kind: OpType, key: u64, value: Value, error: Option<(i64, String)>) {
-        let op = Op {
-            process: Process::Client(process),
-            kind,
-            f: "add".into(),
-            key: Some(json!(key)),
-            value,
-            time: self.start.elapsed().as_nanos() as u64,
-            error,
-            client_id: None,
-            seq: None,
-        };
-        self.ops.lock().unwrap().push(op);
-    }
+fn election_timeout_max() -> Duration {
+    Duration::from_millis(oncekv::config::Config::default().election_timeout_max_ms)
 }
 
 async fn worker(
@@ -62,24 +41,28 @@ async fn worker(
     let mut process = w;
     while !stop.load(Ordering::Relaxed) {
         let key = rng.gen_range(0..KEYS);
-        rec.op(process, OpType::Invoke, key, json!(1), None);
+        rec.push_error(process, OpType::Invoke, "add", &json!(key), json!(1), None);
         match client.add(json!(key), 1).await {
-            Ok(Reply::AddOk { value }) => rec.op(process, OpType::Ok, key, json!(value), None),
+            Ok(Reply::AddOk { value }) => {
+                rec.push_error(process, OpType::Ok, "add", &json!(key), json!(value), None)
+            }
             Ok(Reply::Error { code, text }) if code.is_definite() => {
-                rec.op(
+                rec.push_error(
                     process,
                     OpType::Fail,
-                    key,
+                    "add",
+                    &json!(key),
                     json!(1),
                     Some((code.code().into(), text)),
                 );
             }
             other => {
                 eprintln!("worker {w}: indefinite outcome {other:?}");
-                rec.op(
+                rec.push_error(
                     process,
                     OpType::Info,
-                    key,
+                    "add",
+                    &json!(key),
                     json!(1),
                     Some((0, format!("{other:?}"))),
                 );
@@ -94,10 +77,7 @@ async fn killing_the_leader_under_load_loses_and_duplicates_nothing() {
     let seed = seed();
     let mut cluster = TestCluster::start("failover", 3, &[]);
     let old = cluster.wait_leader(Duration::from_secs(10)).await;
-    let rec = Arc::new(Recorder {
-        start: Instant::now(),
-        ops: Mutex::new(Vec::new()),
-    });
+    let rec = Arc::new(Recorder::new());
     let stop = Arc::new(AtomicBool::new(false));
     let workers: Vec<_> = (0..WORKERS)
         .map(|w| {
@@ -168,7 +148,7 @@ async fn killing_the_leader_under_load_loses_and_duplicates_nothing() {
     );
     // Detection (an election timeout) + election + a client retry round; generous
     // for a shared 2-core machine.
-    let bound = ELECTION_TIMEOUT_MAX * 10;
+    let bound = election_timeout_max() * 10;
     assert!(
         failover < bound,
         "failover took {failover:?}, bound {bound:?}"

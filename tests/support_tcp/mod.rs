@@ -5,10 +5,13 @@
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use oncekv::history::{Op, OpType, Process};
 use oncekv::node::NodeStatus;
 use oncekv::tcp::{Client, ClientOptions};
+use serde_json::Value;
 
 /// One node process.
 pub struct TestNode {
@@ -266,4 +269,80 @@ pub fn seed() -> u64 {
         });
     eprintln!("seed {seed} (rerun with ONCEKV_TEST_SEED={seed})");
     seed
+}
+
+/// The history all workers append to.
+pub struct Recorder {
+    /// Time zero of `Op::time`.
+    pub start: Instant,
+    /// Invokes and outcomes, in real-time order.
+    pub ops: Mutex<Vec<Op>>,
+}
+
+impl Recorder {
+    /// An empty history starting now.
+    pub fn new() -> Recorder {
+        Recorder {
+            start: Instant::now(),
+            ops: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Nanoseconds since the start.
+    pub fn now(&self) -> u64 {
+        self.start.elapsed().as_nanos() as u64
+    }
+
+    pub fn push(&self, process: u64, kind: OpType, f: &str, key: &Value, value: Value) {
+        self.push_error(process, kind, f, key, value, None);
+    }
+
+    pub fn push_error(
+        &self,
+        process: u64,
+        kind: OpType,
+        f: &str,
+        key: &Value,
+        value: Value,
+        error: Option<(i64, String)>,
+    ) {
+        let op = Op {
+            process: Process::Client(process),
+            kind,
+            f: f.into(),
+            key: Some(key.clone()),
+            value,
+            time: self.now(),
+            error,
+            client_id: None,
+            seq: None,
+        };
+        self.ops.lock().unwrap().push(op);
+    }
+
+    /// Ok outcomes recorded after `since` (nanoseconds).
+    pub fn acked_since(&self, since: u64) -> usize {
+        let ops = self.ops.lock().unwrap();
+        ops.iter()
+            .filter(|o| o.kind == OpType::Ok && o.time > since)
+            .count()
+    }
+
+    /// When the first op invoked after `since` was acknowledged (nanoseconds).
+    /// Ops in flight at `since` are left out: their replies may have been on the
+    /// way already.
+    pub fn first_ack_invoked_after(&self, since: u64) -> Option<u64> {
+        let ops = self.ops.lock().unwrap();
+        let mut invoked = std::collections::BTreeSet::new();
+        for o in ops.iter() {
+            match o.kind {
+                OpType::Invoke if o.time > since => {
+                    invoked.insert(o.process);
+                }
+                OpType::Ok if invoked.contains(&o.process) => return Some(o.time),
+                _ => {}
+            }
+        }
+        None
+    }
 }
