@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use serde_json::json;
 
 use super::etcd::{EtcdClient, EtcdCluster, check_binary};
@@ -69,6 +70,9 @@ pub struct BenchClusterArgs {
     /// is randomized in 150..300.
     #[arg(long)]
     pub etcd_election_ms: Option<u64>,
+    /// Run oncekv alone, without starting etcd (for profiling; no ratios are printed).
+    #[arg(long)]
+    pub oncekv_only: bool,
     /// Where both clusters keep their data (the same filesystem for both); a fresh
     /// directory under the system temp dir if absent, removed at the end.
     #[arg(long)]
@@ -94,7 +98,8 @@ impl System {
 /// Both clusters, alive for the whole run.
 struct Clusters {
     oncekv: OncekvCluster,
-    etcd: EtcdCluster,
+    /// `None` under `--oncekv-only`.
+    etcd: Option<EtcdCluster>,
 }
 
 /// How long a cluster may take to agree on a leader after a start or restart.
@@ -108,11 +113,16 @@ const FAILOVER_BACKOFF: Duration = Duration::from_millis(5);
 const ACKS_BEFORE_KILL: usize = 20;
 
 impl Clusters {
+    /// The etcd cluster, or an error under `--oncekv-only`.
+    fn etcd(&self) -> anyhow::Result<&EtcdCluster> {
+        self.etcd.as_ref().context("etcd was not started (--oncekv-only)")
+    }
+
     /// Waits until `system` settles; returns its leader's index.
     async fn settle(&self, system: System) -> anyhow::Result<usize> {
         match system {
             System::Oncekv => self.oncekv.wait_settled(SETTLE_TIMEOUT).await,
-            System::Etcd => self.etcd.wait_settled(SETTLE_TIMEOUT).await,
+            System::Etcd => self.etcd()?.wait_settled(SETTLE_TIMEOUT).await,
         }
     }
 
@@ -137,7 +147,7 @@ impl Clusters {
                 Ok(Writer::Oncekv(Box::new(c)))
             }
             System::Etcd => {
-                let mut c = EtcdClient::new(self.etcd.endpoints());
+                let mut c = EtcdClient::new(self.etcd()?.endpoints());
                 if let Some(t) = tight {
                     c.retry_backoff = t.backoff;
                     c.attempt_timeout = t.attempt_timeout.unwrap_or(c.attempt_timeout);
@@ -152,7 +162,11 @@ impl Clusters {
     fn kill(&mut self, system: System, i: usize) {
         match system {
             System::Oncekv => self.oncekv.kill(i),
-            System::Etcd => self.etcd.kill(i),
+            System::Etcd => {
+                if let Some(e) = &mut self.etcd {
+                    e.kill(i)
+                }
+            }
         }
     }
 
@@ -160,7 +174,10 @@ impl Clusters {
     fn restart(&mut self, system: System, i: usize) -> std::io::Result<()> {
         match system {
             System::Oncekv => self.oncekv.restart(i),
-            System::Etcd => self.etcd.restart(i),
+            System::Etcd => match &mut self.etcd {
+                Some(e) => e.restart(i),
+                None => Ok(()),
+            },
         }
     }
 }
@@ -346,7 +363,11 @@ fn free_port() -> std::io::Result<u16> {
 
 /// Runs the benchmark and prints the report.
 pub async fn run(args: &BenchClusterArgs) -> anyhow::Result<()> {
-    let etcd_version = check_binary(&args.etcd)?;
+    let etcd_version = if args.oncekv_only {
+        "not run".to_string()
+    } else {
+        check_binary(&args.etcd)?
+    };
     anyhow::ensure!(
         args.duration_s > 0.0 && args.warmup_s >= 0.0,
         "bad durations"
@@ -388,12 +409,21 @@ async fn run_in(
     let exe = std::env::current_exe()?;
     let mut clusters = Clusters {
         oncekv: OncekvCluster::start(&exe, &root.join("oncekv"), &oncekv_ports)?,
-        etcd: EtcdCluster::start(
-            &args.etcd,
-            &root.join("etcd"),
-            &etcd_ports,
-            &etcd_timing_args(args),
-        )?,
+        etcd: if args.oncekv_only {
+            None
+        } else {
+            Some(EtcdCluster::start(
+                &args.etcd,
+                &root.join("etcd"),
+                &etcd_ports,
+                &etcd_timing_args(args),
+            )?)
+        },
+    };
+    let systems: &[System] = if args.oncekv_only {
+        &[System::Oncekv]
+    } else {
+        &[System::Oncekv, System::Etcd]
     };
     println!(
         "oncekv bench-cluster: 3 oncekv nodes vs 3 etcd members ({etcd_version}), loopback, \
@@ -421,8 +451,9 @@ async fn run_in(
             etcd_flags.join(" ")
         }
     );
-    clusters.settle(System::Oncekv).await?;
-    clusters.settle(System::Etcd).await?;
+    for &system in systems {
+        clusters.settle(system).await?;
+    }
 
     let value: Arc<str> = "v".repeat(args.value_bytes).into();
     let client_counts: &[usize] = if args.no_throughput {
@@ -435,11 +466,10 @@ async fn run_in(
     for &clients in client_counts {
         let mut runs: Vec<(System, Summary)> = Vec::new();
         for round in 0..args.rounds {
-            let order = if round % 2 == 0 {
-                [System::Oncekv, System::Etcd]
-            } else {
-                [System::Etcd, System::Oncekv]
-            };
+            let mut order = systems.to_vec();
+            if round % 2 == 1 {
+                order.reverse();
+            }
             for system in order {
                 let (s, errors) =
                     throughput(&clusters, system, clients, &value, warmup, window).await?;
@@ -461,6 +491,9 @@ async fn run_in(
                 .collect()
         };
         let (o, e) = (pick(System::Oncekv), pick(System::Etcd));
+        if e.is_empty() {
+            continue;
+        }
         let mean =
             |v: &[Summary], f: fn(&Summary) -> f64| v.iter().map(f).sum::<f64>() / v.len() as f64;
         let tput = mean(&o, |s| s.ops_per_s) / mean(&e, |s| s.ops_per_s);
@@ -484,7 +517,7 @@ async fn run_in(
                 ))
         );
         let mut systems = vec![System::Oncekv];
-        if !args.no_etcd_failover {
+        if !args.no_etcd_failover && !args.oncekv_only {
             systems.push(System::Etcd);
         }
         let mut times: Vec<Vec<Duration>> = vec![Vec::new(); systems.len()];
