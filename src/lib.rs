@@ -4,7 +4,7 @@
 //! - [`protocol`]: the wire format (Maelstrom envelopes, request and reply bodies, error codes).
 //! - [`state`]: the replicated state machine as a pure function: KV map, sessions, cluster clock.
 //! - [`raft`]: the openraft adapter (type config, log store, state machine store, network).
-//! - [`storage`]: durable storage in `--data-dir`: the redb Raft log, snapshot files.
+//! - [`storage`]: durable storage in `--data-dir`: the Raft log (a write-ahead log of segment files), snapshot files.
 //! - [`node`]: transport-agnostic node logic: serving, forwarding, reply ordering, GC ticks.
 //! - [`maelstrom`]: the stdin/stdout transport (Maelstrom node mode).
 //! - [`tcp`]: the TCP transport: `serve`, `cluster`, `client` and [`tcp::Client`].

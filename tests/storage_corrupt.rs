@@ -8,7 +8,7 @@ use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use oncekv::raft::sm_store::StateMachineStore;
-use oncekv::storage::{self, LOG_FILE, SNAPSHOT_DIR, StorageError};
+use oncekv::storage::{self, LOG_DIR, SNAPSHOT_DIR, StorageError};
 use openraft::RaftSnapshotBuilder;
 use openraft::storage::{RaftLogStorage, RaftStateMachine};
 use storage_common::{TempDir, append_durable, entry, log_id, membership_entry, vote};
@@ -71,38 +71,49 @@ fn garble_at(file: &Path, at: u64, len: usize) {
     f.write_all(&vec![0xA5; len]).expect("write");
 }
 
+/// The newest (here: only) log segment of a populated dir.
+fn segment(dir: &Path) -> PathBuf {
+    let mut segs: Vec<PathBuf> = fs::read_dir(dir.join(LOG_DIR))
+        .expect("log dir")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "wal"))
+        .collect();
+    segs.sort();
+    segs.pop().expect("a segment")
+}
+
 #[tokio::test]
 async fn truncated_log_file_is_refused() {
-    let dir = TempDir::new("trunc-log");
-    populated(dir.path()).await;
-    let log = dir.path().join(LOG_FILE);
-    truncate(&log, 0.5);
-    let err = assert_refused(dir.path(), &log);
-    eprintln!("truncated log.redb: {err}");
+    for keep in [0.5, 0.001] {
+        let dir = TempDir::new("trunc-log");
+        populated(dir.path()).await;
+        let log = segment(dir.path());
+        truncate(&log, keep);
+        let err = assert_refused(dir.path(), &log);
+        eprintln!("truncated log segment to {keep}: {err}");
+    }
 }
 
 #[tokio::test]
 async fn garbled_log_file_is_refused() {
-    // The file header, an early entry, and the last commit's entry (found by their
-    // bytes, so the test does not depend on where redb puts pages). Garbling free
-    // space is harmless and undetectable; these are the places that matter.
+    // The segment header, an early entry, and the last entry written (found by
+    // their bytes). (Bytes just after the last record are not data: they are what
+    // a torn write leaves, dropped at open, see `wal::tests`.)
     for place in ["header", "\\\"k150\\\"", "\\\"k300\\\""] {
         let dir = TempDir::new("garble-log");
         populated(dir.path()).await;
-        let log = dir.path().join(LOG_FILE);
-        let at = if place == "header" {
-            0
-        } else {
-            let bytes = fs::read(&log).expect("read");
-            bytes
+        let log = segment(dir.path());
+        let bytes = fs::read(&log).expect("read");
+        let at = match place {
+            "header" => 0,
+            _ => bytes
                 .windows(place.len())
                 .position(|w| w == place.as_bytes())
-                .unwrap_or_else(|| panic!("{place} not found in {}", log.display()))
+                .unwrap_or_else(|| panic!("{place} not found in {}", log.display())),
         };
         garble_at(&log, at as u64, 16);
-        let at = place;
         let err = assert_refused(dir.path(), &log);
-        eprintln!("garbled log.redb at {at}: {err}");
+        eprintln!("garbled log segment at {place}: {err}");
     }
 }
 
@@ -143,9 +154,12 @@ async fn missing_snapshot_behind_a_purged_log_is_refused() {
 async fn a_deleted_log_file_is_refused() {
     let dir = TempDir::new("no-log");
     populated(dir.path()).await;
-    let log = dir.path().join(LOG_FILE);
-    fs::remove_file(&log).expect("remove log");
-    assert_refused(dir.path(), &log);
+    let log = segment(dir.path());
+    fs::remove_file(&log).expect("remove log segment");
+    assert_refused(dir.path(), &dir.path().join(LOG_DIR));
+    // The whole log directory, too.
+    fs::remove_dir_all(dir.path().join(LOG_DIR)).expect("remove log dir");
+    assert_refused(dir.path(), &dir.path().join(LOG_DIR));
 }
 
 #[test]

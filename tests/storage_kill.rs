@@ -28,6 +28,8 @@ const TERM_VAR: &str = "ONCEKV_KILL_TERM";
 const PIPELINE: u64 = 16;
 /// The child builds a snapshot and purges behind it every this many entries.
 const SNAPSHOT_EVERY: u64 = 500;
+/// Small log segments, so kills land while segments roll and are deleted.
+const SEGMENT_BYTES: u64 = 16 << 10;
 /// Kill/restart rounds.
 const ROUNDS: u64 = 5;
 
@@ -119,7 +121,8 @@ fn field(line: &str, word: &str) -> Option<u64> {
 fn check(dir: &Path, acked: u64, voted: Option<u64>) {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
-        let mut s = storage::open(dir).expect("reopen after SIGKILL");
+        let mut s =
+            storage::open_with_segment_bytes(dir, SEGMENT_BYTES).expect("reopen after SIGKILL");
         let state = s.log.get_log_state().await.expect("log state");
         let purged = state.last_purged_log_id.map_or(0, |p| p.index);
         let entries = s.log.try_get_log_entries(..).await.expect("read");
@@ -163,7 +166,7 @@ fn child_writer() {
 }
 
 async fn child_loop(dir: &Path, term: u64) {
-    let mut s = storage::open(dir).expect("child open");
+    let mut s = storage::open_with_segment_bytes(dir, SEGMENT_BYTES).expect("child open");
     s.log.save_vote(&vote(term, 0)).await.expect("vote");
     println!("voted {term}");
     let state = s.log.get_log_state().await.expect("state");

@@ -4,7 +4,7 @@
 mod storage_common;
 
 use oncekv::raft::sm_store::StateMachineStore;
-use oncekv::storage::{self, LOG_FILE, SNAPSHOT_DIR};
+use oncekv::storage::{self, LOG_DIR, SNAPSHOT_DIR};
 use openraft::storage::{RaftLogStorage, RaftStateMachine};
 use openraft::{RaftLogReader, RaftSnapshotBuilder};
 use storage_common::{TempDir, append_durable, entry, log_id, membership_entry, vote};
@@ -68,6 +68,65 @@ async fn log_vote_and_committed_survive_reopen() {
     let state = s.log.get_log_state().await.expect("state");
     assert_eq!(state.last_log_id, Some(log_id(2, 19)));
     assert_eq!(state.last_purged_log_id, None);
+}
+
+fn segment_count(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir.join(LOG_DIR))
+        .expect("log dir")
+        .filter(|e| {
+            e.as_ref()
+                .expect("entry")
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".wal")
+        })
+        .count()
+}
+
+/// With 4 KiB segments the log spans many files: a purge deletes the ones behind
+/// it, the vote written in a deleted segment survives (each segment starts with
+/// the current vote), and a reopen sees exactly the live log.
+#[tokio::test]
+async fn a_log_over_many_segments_survives_purge_and_reopen() {
+    let dir = TempDir::new("segments");
+    {
+        let mut s = storage::open_with_segment_bytes(dir.path(), 4096).expect("open new");
+        s.log.save_vote(&vote(1, 0)).await.expect("vote");
+        let mut entries = vec![membership_entry(1, 0)];
+        entries.extend((1..=400).map(|i| entry(1, i)));
+        for e in &entries {
+            append_durable(&mut s.log, vec![e.clone()])
+                .await
+                .expect("append");
+        }
+        // The purge below must be covered by a snapshot, as openraft does it.
+        apply(&mut s.sm, entries[..=300].to_vec()).await;
+        s.sm.build_snapshot().await.expect("snapshot");
+        let before = segment_count(dir.path());
+        assert!(
+            before > 10,
+            "400 entries should span many 4 KiB segments: {before}"
+        );
+        s.log.purge(log_id(1, 300)).await.expect("purge");
+        // The purge is durable (and its segments deleted) once a later write is.
+        append_durable(&mut s.log, vec![entry(1, 401)])
+            .await
+            .expect("append");
+        let after = segment_count(dir.path());
+        assert!(
+            after * 2 < before,
+            "purging 300 of 400 entries should delete most segments: {before} -> {after}"
+        );
+        eprintln!("segments: {before} before the purge, {after} after");
+    }
+    let mut s = storage::open_with_segment_bytes(dir.path(), 4096).expect("reopen");
+    assert_eq!(s.log.read_vote().await.expect("vote"), Some(vote(1, 0)));
+    let state = s.log.get_log_state().await.expect("state");
+    assert_eq!(state.last_purged_log_id, Some(log_id(1, 300)));
+    assert_eq!(state.last_log_id, Some(log_id(1, 401)));
+    let entries = s.log.try_get_log_entries(0..1000).await.expect("read");
+    let ids: Vec<_> = entries.iter().map(|e| e.log_id).collect();
+    assert_eq!(ids, (301..=401).map(|i| log_id(1, i)).collect::<Vec<_>>());
 }
 
 #[tokio::test]
@@ -154,7 +213,8 @@ fn a_second_open_of_the_same_dir_is_refused() {
     let dir = TempDir::new("lock");
     let _first = storage::open(dir.path()).expect("open");
     let Err(err) = storage::open(dir.path()) else {
-        panic!("the redb file is locked, a second open must fail");
+        panic!("the log is locked, a second open must fail");
     };
-    assert!(err.to_string().contains(LOG_FILE), "{err}");
+    assert!(err.to_string().contains(LOG_DIR), "{err}");
+    assert!(err.to_string().contains("locked"), "{err}");
 }

@@ -1,29 +1,40 @@
 //! openraft's storage conformance suite (`openraft::testing::log::Suite`) against
-//! the redb log store and our state machine, each run in a fresh data dir.
+//! the write-ahead log store and our state machine, each run in a fresh data dir.
 
 mod storage_common;
 
 use oncekv::raft::TypeConfig;
 use oncekv::raft::sm_store::StateMachineStore;
-use oncekv::storage::{self, RedbLogStore};
+use oncekv::storage::{self, WalLogStore};
 use openraft::StorageError;
 use openraft::testing::log::{StoreBuilder, Suite};
 use storage_common::TempDir;
 
-/// Builds a store in a new temp dir; the dir is the guard, removed when the test ends.
-struct Builder;
+/// Builds a store in a new temp dir (the dir is the guard, removed when the test
+/// ends), with log segments of this many bytes.
+struct Builder(u64);
 
-impl StoreBuilder<TypeConfig, RedbLogStore, StateMachineStore, TempDir> for Builder {
+impl StoreBuilder<TypeConfig, WalLogStore, StateMachineStore, TempDir> for Builder {
     async fn build(
         &self,
-    ) -> Result<(TempDir, RedbLogStore, StateMachineStore), StorageError<TypeConfig>> {
+    ) -> Result<(TempDir, WalLogStore, StateMachineStore), StorageError<TypeConfig>> {
         let dir = TempDir::new("suite");
-        let s = storage::open(dir.path()).expect("open a fresh data dir");
+        let s =
+            storage::open_with_segment_bytes(dir.path(), self.0).expect("open a fresh data dir");
         Ok((dir, s.log, s.sm))
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redb_store_passes_openraft_suite() {
-    Suite::test_all(Builder).await.expect("suite passes");
+async fn wal_store_passes_openraft_suite() {
+    Suite::test_all(Builder(oncekv::storage::wal::SEGMENT_BYTES_DEFAULT))
+        .await
+        .expect("suite passes");
+}
+
+/// The same with 4 KiB segments: most batches start a new segment, and purges
+/// delete old ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wal_store_with_tiny_segments_passes_openraft_suite() {
+    Suite::test_all(Builder(4096)).await.expect("suite passes");
 }

@@ -1,4 +1,4 @@
-//! Durability with real processes, sockets and disks (`--data-dir` on redb): what
+//! Durability with real processes, sockets and disks (`--data-dir`: write-ahead log and snapshot files): what
 //! `kill -9` cannot take away.
 //!
 //! - Every node killed at once and restarted from its data dir: every
@@ -7,7 +7,7 @@
 //! - A follower down long enough that the leader purged the log it missed: it
 //!   catches up by snapshot, and, as the new leader, answers a retry of a seq it
 //!   never saw in its log from the snapshot's session table.
-//! - A truncated or garbled `log.redb` or snapshot file: `oncekv serve` exits
+//! - A truncated or garbled log segment or snapshot file: `oncekv serve` exits
 //!   non-zero with an error naming the file, instead of starting empty.
 //! - The leader killed and restarted three times under load: counters equal the
 //!   acknowledged adds, and the history is linearizable.
@@ -536,7 +536,18 @@ fn serve_must_fail(name: &str, peers: &str, dir: &Path, timeout: Duration) -> (S
     (text, ran)
 }
 
-/// 3. A node's `log.redb` or snapshot file truncated or garbled while it is down:
+/// The newest segment file of a log directory.
+fn newest_segment(log_dir: &Path) -> PathBuf {
+    let mut segs: Vec<PathBuf> = fs::read_dir(log_dir)
+        .expect("log dir")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "wal"))
+        .collect();
+    segs.sort();
+    segs.pop().expect("a segment")
+}
+
+/// 3. A node's log segment or snapshot file truncated or garbled while it is down:
 ///    `oncekv serve` exits non-zero promptly, its stderr naming the damaged file,
 ///    and does not start empty. The same dir undamaged starts fine.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -578,9 +589,9 @@ async fn a_damaged_log_or_snapshot_stops_serve_with_an_error_naming_the_file() {
 
     type Damage = fn(&Path);
     let cases: [(&str, &str, Damage); 5] = [
-        ("log-truncated", "log.redb", |f| truncate(f, 0.5)),
-        ("log-header-garbled", "log.redb", |f| garble_at(f, 0, 16)),
-        ("log-entry-garbled", "log.redb", |f| {
+        ("log-truncated", "log", |f| truncate(f, 0.5)),
+        ("log-header-garbled", "log", |f| garble_at(f, 0, 16)),
+        ("log-entry-garbled", "log", |f| {
             // Every copy of the marker's bytes, so the live page is hit too.
             let bytes = fs::read(f).expect("read");
             let needle = b"damage-marker-7f3a"; // the marker below
@@ -602,7 +613,7 @@ async fn a_damaged_log_or_snapshot_stops_serve_with_an_error_naming_the_file() {
         let dir = cluster.dir.join(case);
         copy_dir(&n1, &dir);
         let file = match which {
-            "log.redb" => dir.join("log.redb"),
+            "log" => newest_segment(&dir.join(oncekv::storage::LOG_DIR)),
             _ => dir
                 .join("snapshots")
                 .join(snapshot.file_name().expect("name")),

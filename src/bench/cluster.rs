@@ -115,7 +115,9 @@ const ACKS_BEFORE_KILL: usize = 20;
 impl Clusters {
     /// The etcd cluster, or an error under `--oncekv-only`.
     fn etcd(&self) -> anyhow::Result<&EtcdCluster> {
-        self.etcd.as_ref().context("etcd was not started (--oncekv-only)")
+        self.etcd
+            .as_ref()
+            .context("etcd was not started (--oncekv-only)")
     }
 
     /// Waits until `system` settles; returns its leader's index.

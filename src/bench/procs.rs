@@ -13,7 +13,7 @@ struct Node {
     name: String,
     /// `127.0.0.1:PORT`, kept across restarts.
     addr: String,
-    /// Its data directory (the redb log), kept across restarts.
+    /// Its data directory (the write-ahead log), kept across restarts.
     dir: PathBuf,
     /// The process while it runs.
     child: Option<Child>,

@@ -1,6 +1,6 @@
-//! [`RedbLogStore`]: the durable Raft log, vote and committed pointer.
+//! [`WalLogStore`]: the durable Raft log, vote and committed pointer.
 //!
-//! redb holds the durable copy; an in-memory mirror of the live (unpurged) log
+//! The write-ahead log ([`super::wal`]) holds the durable copy; an in-memory mirror of the live (unpurged) log
 //! serves readers, so an entry is readable as soon as `append` returns (openraft's
 //! contract) while it is still waiting for its group commit. The live log is
 //! bounded by the snapshot policy (`snapshot_every_entries` plus
@@ -8,12 +8,11 @@
 //!
 //! | openraft's contract | here |
 //! |---|---|
-//! | `save_vote`: durable before return | queued, then awaited until its commit (fsync) |
-//! | `append`: readable on return, callback once durable | mirrored at once; callback after the group commit |
-//! | `truncate_after`, `purge`: no hole | one ordered op each, in the same queue, so commits never reorder them |
-//! | `save_committed` | queued behind the entries it covers, durable with the next commit |
+//! | `save_vote`: durable before return | queued, then awaited until its sync |
+//! | `append`: readable on return, callback once durable | mirrored at once; callback after the group commit's sync |
+//! | `truncate_after`, `purge`: no hole | one ordered record each, in the same queue, so nothing reorders them |
+//! | `save_committed` | queued behind the entries it covers, durable with the next sync |
 
-use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::io;
 use std::ops::RangeBounds;
@@ -23,64 +22,84 @@ use std::sync::{Arc, Mutex};
 use openraft::entry::RaftEntry;
 use openraft::storage::{IOFlushed, RaftLogStorage};
 use openraft::{LogState, RaftLogReader};
-use redb::{Database, ReadableTable, ReadableTableMetadata};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::StorageError;
-use super::writer::{
-    Done, LOG_TABLE, META_COMMITTED, META_LAST_PURGED, META_TABLE, META_VOTE, Op, Writer,
-    WriterStats,
-};
+use super::wal::{Record, SEGMENT_BYTES_DEFAULT, Wal};
+use super::writer::{Done, Op, Writer, WriterStats};
 use crate::raft::{Entry, LogId, TypeConfig, Vote};
 
 /// The durable log store; clones share the mirror and the writer (openraft's
 /// readers are clones).
 #[derive(Debug, Clone)]
-pub struct RedbLogStore {
+pub struct WalLogStore {
     /// What is durable plus what is queued, in call order.
     mirror: Arc<Mutex<Mirror>>,
-    /// The group-commit writer that owns the database.
+    /// The group-commit writer that owns the log files.
     writer: Arc<Writer>,
-    /// The redb file, for error messages.
+    /// The log directory, for error messages.
     path: Arc<PathBuf>,
+    /// The segment files at open, oldest first.
+    segments: Arc<Vec<PathBuf>>,
 }
 
-/// The readable copy of the log beside the database (shared with `MemLogStore`).
+/// The readable copy of the log beside the files (shared with `MemLogStore`).
 type Mirror = crate::raft::log_store::LogMirror;
 
 fn encode<T: Serialize>(value: &T) -> io::Result<Vec<u8>> {
     serde_json::to_vec(value).map_err(io::Error::other)
 }
 
-impl RedbLogStore {
-    /// Opens (creating if absent) the log at `path`, verifies it and loads the live log.
-    pub fn open(path: &Path) -> Result<RedbLogStore, StorageError> {
-        let db = open_verified(path)?;
-        create_tables(&db).map_err(|reason| StorageError::Database {
-            path: path.to_owned(),
+fn decode<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, String> {
+    serde_json::from_slice(bytes).map_err(|e| format!("{what} does not decode: {e}"))
+}
+
+impl WalLogStore {
+    /// Opens (creating if absent) the log in the directory `path`, replays it and
+    /// checks the result.
+    pub fn open(path: &Path) -> Result<WalLogStore, StorageError> {
+        WalLogStore::open_with_segment_bytes(path, SEGMENT_BYTES_DEFAULT)
+    }
+
+    /// [`WalLogStore::open`], creating segments of `segment_bytes` (tests use
+    /// small ones to exercise rolling and deletion).
+    pub fn open_with_segment_bytes(
+        path: &Path,
+        segment_bytes: u64,
+    ) -> Result<WalLogStore, StorageError> {
+        let mut mirror = Mirror::default();
+        let wal = Wal::open(path, segment_bytes, |rec| replay(&mut mirror, rec))?;
+        let segments = wal.segment_paths();
+        check(&mirror).map_err(|reason| StorageError::Corrupt {
+            path: segments.last().cloned().unwrap_or_else(|| path.to_owned()),
             reason,
         })?;
-        let mirror = load(&db, path)?;
-        let writer = Writer::start(db).map_err(|e| StorageError::Io {
+        let writer = Writer::start(wal).map_err(|e| StorageError::Io {
             path: path.to_owned(),
             source: e,
         })?;
-        Ok(RedbLogStore {
+        Ok(WalLogStore {
             mirror: Arc::new(Mutex::new(mirror)),
             writer: Arc::new(writer),
             path: Arc::new(path.to_owned()),
+            segments: Arc::new(segments),
         })
     }
 
-    /// Group-commit counters: appends queued vs commits made.
+    /// Group-commit counters: appends queued vs syncs made.
     pub fn stats(&self) -> WriterStats {
         self.writer.stats()
     }
 
-    /// The redb file.
+    /// The log directory.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The segment files as they were at open, oldest first.
+    pub fn segments_at_open(&self) -> &[PathBuf] {
+        &self.segments
     }
 
     /// True when nothing was ever stored (no vote, no entry, no purge).
@@ -102,119 +121,53 @@ impl RedbLogStore {
     }
 }
 
-/// Opens the redb file and verifies every page checksum (redb only does so on its
-/// own after an unclean shutdown). Commits use redb's two-phase commit, so a
-/// damaged latest commit is reported as corruption instead of being rolled back to
-/// the previous one (which would silently lose an acknowledged write).
-fn open_verified(path: &Path) -> Result<Database, StorageError> {
-    let db_err = |reason: String| StorageError::Database {
-        path: path.to_owned(),
-        reason,
-    };
-    // redb 2 panics (an assertion) on a file shorter than its header says; that is
-    // a damaged file, not a bug of ours, so report it as one.
-    let opened = std::panic::catch_unwind(|| {
-        let mut db = Database::create(path)?;
-        let clean = db.check_integrity()?;
-        Ok::<_, redb::DatabaseError>((db, clean))
-    });
-    match opened {
-        Ok(Ok((db, true))) => Ok(db),
-        Ok(Ok((_, false))) => Err(db_err(
-            "failed redb's integrity check (modified outside redb?)".into(),
-        )),
-        // redb reports a garbled header as InvalidData: the file is damaged.
-        Ok(Err(redb::DatabaseError::Storage(redb::StorageError::Io(source))))
-            if source.kind() == std::io::ErrorKind::InvalidData =>
+/// Applies one record, oldest first, to the mirror being rebuilt.
+fn replay(m: &mut Mirror, rec: Record<'_>) -> Result<(), String> {
+    match rec {
+        Record::Entry(index, bytes) => {
+            let entry: Entry = decode(&format!("log entry {index}"), bytes)?;
+            if entry.index() != index {
+                return Err(format!(
+                    "log entry recorded as {index} has index {}",
+                    entry.index()
+                ));
+            }
+            m.log.insert(index, entry);
+        }
+        Record::TruncateFrom(from) => drop(m.log.split_off(&from)),
+        Record::Purge(upto, bytes) => {
+            let id: LogId = decode("purged log id", bytes)?;
+            if id.index() != upto {
+                return Err(format!("purge record for {upto} holds {id}"));
+            }
+            m.log = m.log.split_off(&(upto + 1));
+            m.last_purged = m.last_purged.max(Some(id));
+        }
+        Record::Vote(bytes) => m.vote = Some(decode("vote", bytes)?),
+        Record::Committed(bytes) => m.committed = decode::<Option<LogId>>("committed", bytes)?,
+    }
+    Ok(())
+}
+
+/// The replayed log has no hole and starts right after the purged id.
+fn check(m: &Mirror) -> Result<(), String> {
+    let mut expected = m.last_purged.map(|p| p.index() + 1);
+    for &index in m.log.keys() {
+        if let Some(e) = expected
+            && e != index
         {
-            Err(StorageError::Corrupt {
-                path: path.to_owned(),
-                reason: format!("redb could not read it ({source})"),
-            })
-        }
-        Ok(Err(redb::DatabaseError::Storage(redb::StorageError::Io(source)))) => {
-            Err(StorageError::Io {
-                path: path.to_owned(),
-                source,
-            })
-        }
-        Ok(Err(e)) => Err(db_err(e.to_string())),
-        Err(_) => Err(StorageError::Corrupt {
-            path: path.to_owned(),
-            reason: "redb could not read it (truncated?)".into(),
-        }),
-    }
-}
-
-fn create_tables(db: &Database) -> Result<(), String> {
-    let mut txn = db.begin_write().map_err(|e| e.to_string())?;
-    txn.set_two_phase_commit(true);
-    txn.open_table(LOG_TABLE).map_err(|e| e.to_string())?;
-    txn.open_table(META_TABLE).map_err(|e| e.to_string())?;
-    txn.commit().map_err(|e| e.to_string())
-}
-
-/// Reads everything back and checks it: every entry decodes and sits under its own
-/// index, the log has no hole, and it starts after the purged id.
-fn load(db: &Database, path: &Path) -> Result<Mirror, StorageError> {
-    let corrupt = |reason: String| StorageError::Corrupt {
-        path: path.to_owned(),
-        reason,
-    };
-    let db_err = |e: redb::Error| StorageError::Database {
-        path: path.to_owned(),
-        reason: e.to_string(),
-    };
-    let txn = db.begin_read().map_err(|e| db_err(e.into()))?;
-    let meta = txn.open_table(META_TABLE).map_err(|e| db_err(e.into()))?;
-    fn record<T: DeserializeOwned>(
-        meta: &redb::ReadOnlyTable<&str, &[u8]>,
-        key: &str,
-    ) -> Result<Option<T>, String> {
-        match meta.get(key).map_err(|e| e.to_string())? {
-            None => Ok(None),
-            Some(v) => serde_json::from_slice(v.value()).map_err(|e| format!("meta {key}: {e}")),
-        }
-    }
-    let mut mirror = Mirror {
-        vote: record(&meta, META_VOTE).map_err(corrupt)?,
-        committed: record::<Option<LogId>>(&meta, META_COMMITTED)
-            .map_err(corrupt)?
-            .flatten(),
-        last_purged: record(&meta, META_LAST_PURGED).map_err(corrupt)?,
-        log: BTreeMap::new(),
-    };
-    let log = txn.open_table(LOG_TABLE).map_err(|e| db_err(e.into()))?;
-    let mut expected: Option<u64> = None;
-    let after_purge = mirror.last_purged.map(|p| p.index() + 1);
-    let len = log.len().map_err(|e| db_err(e.into()))?;
-    for item in log.iter().map_err(|e| db_err(e.into()))? {
-        let (k, v) = item.map_err(|e| db_err(e.into()))?;
-        let index = k.value();
-        let entry: Entry = serde_json::from_slice(v.value())
-            .map_err(|e| corrupt(format!("log entry {index} does not decode: {e}")))?;
-        if entry.index() != index {
-            return Err(corrupt(format!(
-                "log entry stored at {index} has index {}",
-                entry.index()
-            )));
-        }
-        if after_purge.is_some_and(|first| index < first) {
-            return Err(corrupt(format!(
-                "log entry {index} is behind the purged id"
-            )));
-        }
-        if expected.is_some_and(|e| e != index) {
-            return Err(corrupt(format!("log hole before index {index}")));
+            return Err(if index < e {
+                format!("log entry {index} is behind the purged id")
+            } else {
+                format!("log hole before index {index}")
+            });
         }
         expected = Some(index + 1);
-        mirror.log.insert(index, entry);
     }
-    debug_assert_eq!(mirror.log.len() as u64, len);
-    Ok(mirror)
+    Ok(())
 }
 
-impl RaftLogReader<TypeConfig> for RedbLogStore {
+impl RaftLogReader<TypeConfig> for WalLogStore {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug>(
         &mut self,
         range: RB,
@@ -227,7 +180,7 @@ impl RaftLogReader<TypeConfig> for RedbLogStore {
     }
 }
 
-impl RaftLogStorage<TypeConfig> for RedbLogStore {
+impl RaftLogStorage<TypeConfig> for WalLogStore {
     type LogReader = Self;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
@@ -239,9 +192,7 @@ impl RaftLogStorage<TypeConfig> for RedbLogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
-        self.writer
-            .submit_and_wait(Op::Meta(META_VOTE, encode(vote)?))
-            .await?;
+        self.writer.submit_and_wait(Op::Vote(encode(vote)?)).await?;
         // Visible only once durable: nobody acts on a vote a crash could forget.
         self.with(|m| m.vote = Some(*vote));
         Ok(())
@@ -250,9 +201,9 @@ impl RaftLogStorage<TypeConfig> for RedbLogStore {
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
         let bytes = encode(&committed)?;
         self.with(|m| m.committed = committed);
-        // Queued behind the entries it covers; durable with the next commit.
+        // Queued behind the entries it covers; durable with the next sync.
         self.writer
-            .submit(Op::Meta(META_COMMITTED, bytes), Done::Nothing)
+            .submit(Op::Committed(bytes), Done::Nothing)
             .await
     }
 

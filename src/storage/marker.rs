@@ -16,8 +16,8 @@ pub const MARKER_FILE: &str = "oncekv.meta";
 /// What [`Marker::format`] must say.
 pub const FORMAT_NAME: &str = "oncekv-data";
 /// The layout version this build reads and writes. Bump on any incompatible change
-/// to the redb tables, the entry encoding or the snapshot file format.
-pub const FORMAT_VERSION: u32 = 1;
+/// to the log records, the entry encoding or the snapshot file format.
+pub const FORMAT_VERSION: u32 = 2;
 
 /// The marker's content.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -4,7 +4,7 @@
 //! ```text
 //! DATA_DIR/
 //!   oncekv.meta                 format name, version, owning node id (marker.rs)
-//!   log.redb                    Raft log by index, vote, committed, last purged (log_store.rs)
+//!   wal/                        Raft log, vote, committed, purge point: segment files (wal/)
 //!   snapshots/
 //!     snapshot-<index>.snap     the newest snapshot: header + State JSON (snapshots.rs)
 //! ```
@@ -13,8 +13,9 @@
 //! openraft re-applies the committed log after it.
 //!
 //! - [`open`] / [`open_node`]: check the marker, load the snapshot, open the log.
-//! - [`log_store::RedbLogStore`]: the `RaftLogStorage` on redb.
+//! - [`log_store::WalLogStore`]: the `RaftLogStorage` on the write-ahead log.
 //! - [`writer`]: the group-commit writer thread behind it.
+//! - [`wal`]: the segment files, their records, torn-write recovery.
 //! - [`snapshots::SnapshotDir`]: atomic snapshot files.
 //! - [`file`]: atomic replace, directory fsync, CRC-32.
 
@@ -22,13 +23,14 @@ pub mod file;
 pub mod log_store;
 pub mod marker;
 pub mod snapshots;
+pub mod wal;
 pub mod writer;
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-pub use log_store::RedbLogStore;
+pub use log_store::WalLogStore;
 use marker::{MARKER_FILE, Marker};
 use snapshots::SnapshotDir;
 pub use writer::WriterStats;
@@ -36,8 +38,8 @@ pub use writer::WriterStats;
 use crate::node::Storage;
 use crate::raft::sm_store::StateMachineStore;
 
-/// The redb file's name in the data dir.
-pub const LOG_FILE: &str = "log.redb";
+/// The log directory's name in the data dir.
+pub const LOG_DIR: &str = wal::WAL_DIR;
 /// The snapshot directory's name in the data dir.
 pub const SNAPSHOT_DIR: &str = "snapshots";
 
@@ -59,14 +61,6 @@ pub enum StorageError {
         /// The damaged file.
         path: PathBuf,
         /// What is wrong.
-        reason: String,
-    },
-    /// redb refused the log file (damaged, locked by another process, ...).
-    #[error("{}: redb refused it: {reason}", path.display())]
-    Database {
-        /// The redb file.
-        path: PathBuf,
-        /// redb's error.
         reason: String,
     },
     /// The dir was written by an incompatible version.
@@ -100,17 +94,30 @@ pub enum StorageError {
 }
 
 /// Opens (creating on first use) the data dir, whoever owns it.
-pub fn open(data_dir: &Path) -> Result<Storage<RedbLogStore>, StorageError> {
-    open_with(data_dir, None)
+pub fn open(data_dir: &Path) -> Result<Storage<WalLogStore>, StorageError> {
+    open_with(data_dir, None, wal::SEGMENT_BYTES_DEFAULT)
+}
+
+/// [`open`], creating log segments of `segment_bytes` instead of the default
+/// (tests use small ones, so segments roll and are deleted often).
+pub fn open_with_segment_bytes(
+    data_dir: &Path,
+    segment_bytes: u64,
+) -> Result<Storage<WalLogStore>, StorageError> {
+    open_with(data_dir, None, segment_bytes)
 }
 
 /// Opens (creating on first use) the data dir of node `node_id`; refuses a dir
 /// that another node's id was recorded in.
-pub fn open_node(data_dir: &Path, node_id: u64) -> Result<Storage<RedbLogStore>, StorageError> {
-    open_with(data_dir, Some(node_id))
+pub fn open_node(data_dir: &Path, node_id: u64) -> Result<Storage<WalLogStore>, StorageError> {
+    open_with(data_dir, Some(node_id), wal::SEGMENT_BYTES_DEFAULT)
 }
 
-fn open_with(dir: &Path, node_id: Option<u64>) -> Result<Storage<RedbLogStore>, StorageError> {
+fn open_with(
+    dir: &Path,
+    node_id: Option<u64>,
+    segment_bytes: u64,
+) -> Result<Storage<WalLogStore>, StorageError> {
     fs::create_dir_all(dir).map_err(|source| StorageError::Io {
         path: dir.to_owned(),
         source,
@@ -124,19 +131,21 @@ fn open_with(dir: &Path, node_id: Option<u64>) -> Result<Storage<RedbLogStore>, 
                 expected,
             });
         }
-        // The marker is written after the log file exists: a marker without a log
+        // The marker is written after the log exists: a marker without a log
         // means the log was lost, and starting empty would forget the vote.
-        Some(_) if !dir.join(LOG_FILE).exists() => {
+        Some(_) if !has_segments(&dir.join(LOG_DIR)) => {
             return Err(StorageError::Corrupt {
-                path: dir.join(LOG_FILE),
-                reason: format!("missing, though {MARKER_FILE} says this dir was in use"),
+                path: dir.join(LOG_DIR),
+                reason: format!(
+                    "missing or without segments, though {MARKER_FILE} says this dir was in use"
+                ),
             });
         }
         Some(_) => {}
         None => check_only_ours(dir)?,
     }
     let (snapshots, snapshot) = SnapshotDir::open(&dir.join(SNAPSHOT_DIR))?;
-    let log = RedbLogStore::open(&dir.join(LOG_FILE))?;
+    let log = WalLogStore::open_with_segment_bytes(&dir.join(LOG_DIR), segment_bytes)?;
     if marker.is_none() && (!log.is_pristine() || snapshot.is_some()) {
         return Err(StorageError::NotADataDir {
             path: dir.to_owned(),
@@ -169,6 +178,15 @@ fn open_with(dir: &Path, node_id: Option<u64>) -> Result<Storage<RedbLogStore>, 
     Ok(Storage { log, sm })
 }
 
+/// True if `wal_dir` holds at least one segment file.
+fn has_segments(wal_dir: &Path) -> bool {
+    fs::read_dir(wal_dir).is_ok_and(|items| {
+        items
+            .flatten()
+            .any(|i| i.file_name().to_string_lossy().ends_with(".wal"))
+    })
+}
+
 /// A dir without a marker may hold only what an interrupted first open creates.
 fn check_only_ours(dir: &Path) -> Result<(), StorageError> {
     let io_err = |source| StorageError::Io {
@@ -180,7 +198,7 @@ fn check_only_ours(dir: &Path) -> Result<(), StorageError> {
         let name = name.to_string_lossy();
         // The node's own log files (`serve` writes node.log, `cluster` stderr.log)
         // may be created before the first open.
-        let ours = name == LOG_FILE
+        let ours = name == LOG_DIR
             || name == SNAPSHOT_DIR
             || name == "node.log"
             || name == "stderr.log"

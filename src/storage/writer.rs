@@ -1,17 +1,17 @@
-//! The group-commit writer: one thread owns the redb write side, drains a bounded
-//! queue of pending operations, writes every operation it drained in one
-//! transaction, commits it once (one fsync) and only then completes each
-//! operation's callback.
+//! The group-commit writer: one thread owns the [`Wal`], drains a bounded queue
+//! of pending operations, writes every operation it drained with one write, syncs
+//! once (one `fdatasync`) and only then completes each operation's callback.
 //!
 //! ```text
 //! append ─┐                          ┌─────────── one write transaction ───────────┐
-//! append ─┼─▶ bounded queue ─▶ drain ─▶ put, put, truncate, put, vote ─▶ commit+fsync ─▶ complete all
+//! append ─┼─▶ bounded queue ─▶ drain ─▶ put, put, truncate, put, vote ─▶ pwrite+fdatasync ─▶ complete all
 //! vote  ──┘   (QUEUE_JOBS_MAX)        (≤ BATCH_JOBS_MAX jobs)
 //! ```
 //!
-//! Operations commit in the order they were queued, and a batch commits whole or
-//! not at all, so a crash never leaves a later operation durable without an earlier
-//! one (no hole, no append that survives its preceding truncate).
+//! Operations reach the log in the order they were queued and a crash keeps a
+//! prefix of them (a torn last write is dropped at open), so a crash never leaves
+//! a later operation durable without an earlier one (no hole, no append that
+//! survives its preceding truncate). No callback runs before its sync returned.
 
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -19,25 +19,14 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use openraft::storage::IOFlushed;
-use redb::{Database, TableDefinition};
 use tokio::sync::{mpsc, oneshot};
 
+use super::wal::{Record, Wal};
 use crate::raft::TypeConfig;
-
-/// Log entries by index, each the JSON of an openraft `Entry`.
-pub const LOG_TABLE: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
-/// Small records by name: [`META_VOTE`], [`META_COMMITTED`], [`META_LAST_PURGED`].
-pub const META_TABLE: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
-/// The vote (JSON).
-pub const META_VOTE: &str = "vote";
-/// The committed log id (JSON, `null` when none).
-pub const META_COMMITTED: &str = "committed";
-/// The last purged log id (JSON).
-pub const META_LAST_PURGED: &str = "last_purged";
 
 /// Operations waiting in the queue at most; `append` waits (backpressure) beyond.
 pub const QUEUE_JOBS_MAX: usize = 4096;
-/// Operations written by one transaction at most, so one commit's latency stays bounded.
+/// Operations written by one batch at most, so one sync's latency stays bounded.
 pub const BATCH_JOBS_MAX: usize = 1024;
 
 /// One durable change.
@@ -49,8 +38,10 @@ pub enum Op {
     TruncateFrom(u64),
     /// Remove every entry up to this index inclusive, and record the purged id.
     PurgeUpto(u64, Vec<u8>),
-    /// Set a meta record.
-    Meta(&'static str, Vec<u8>),
+    /// Record the vote.
+    Vote(Vec<u8>),
+    /// Record the committed pointer.
+    Committed(Vec<u8>),
 }
 
 /// Who to tell once an operation is durable (or failed).
@@ -84,7 +75,7 @@ pub struct Stats {
     pub jobs: AtomicU64,
     /// `append` calls among them.
     pub appends: AtomicU64,
-    /// Transactions committed (one fsync each).
+    /// Batches made durable (one `fdatasync` each, more if a batch is large).
     pub commits: AtomicU64,
 }
 
@@ -122,8 +113,8 @@ impl std::fmt::Debug for Writer {
 }
 
 impl Writer {
-    /// Starts the writer thread on `db`.
-    pub fn start(db: Database) -> io::Result<Writer> {
+    /// Starts the writer thread on `wal`.
+    pub fn start(wal: Wal) -> io::Result<Writer> {
         let (tx, rx) = mpsc::channel(QUEUE_JOBS_MAX);
         let stats = Arc::new(Stats::default());
         let failed = Arc::new(AtomicBool::new(false));
@@ -131,7 +122,7 @@ impl Writer {
             let (stats, failed) = (stats.clone(), failed.clone());
             std::thread::Builder::new()
                 .name("oncekv-log-writer".into())
-                .spawn(move || run(db, rx, &stats, &failed))?
+                .spawn(move || run(wal, rx, &stats, &failed))?
         };
         Ok(Writer {
             tx: Some(tx),
@@ -190,7 +181,7 @@ impl Drop for Writer {
 }
 
 /// The thread: take one job (blocking), drain what else is queued, commit once.
-fn run(db: Database, mut rx: mpsc::Receiver<(Op, Done)>, stats: &Stats, failed: &AtomicBool) {
+fn run(mut wal: Wal, mut rx: mpsc::Receiver<(Op, Done)>, stats: &Stats, failed: &AtomicBool) {
     let mut batch: Vec<(Op, Done)> = Vec::with_capacity(BATCH_JOBS_MAX);
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
@@ -203,7 +194,7 @@ fn run(db: Database, mut rx: mpsc::Receiver<(Op, Done)>, stats: &Stats, failed: 
         let result = if failed.load(Ordering::Acquire) {
             Err("log writer failed earlier; refusing writes".to_string())
         } else {
-            let r = write_batch(&db, batch.iter().map(|(op, _)| op));
+            let r = write_batch(&mut wal, batch.iter().map(|(op, _)| op));
             match &r {
                 Ok(()) => {
                     stats.commits.fetch_add(1, Ordering::Relaxed);
@@ -221,41 +212,25 @@ fn run(db: Database, mut rx: mpsc::Receiver<(Op, Done)>, stats: &Stats, failed: 
     }
 }
 
-/// Writes `ops` in one transaction and commits it durably (redb's default
-/// `Durability::Immediate`: the commit returns after fsync; two-phase, so two).
-fn write_batch<'a>(db: &Database, ops: impl Iterator<Item = &'a Op>) -> Result<(), String> {
-    let mut txn = db.begin_write().map_err(|e| e.to_string())?;
-    // See `log_store::open_verified`: a damaged commit is then an error, never a rollback.
-    txn.set_two_phase_commit(true);
-    {
-        let mut log = txn.open_table(LOG_TABLE).map_err(|e| e.to_string())?;
-        let mut meta = txn.open_table(META_TABLE).map_err(|e| e.to_string())?;
-        for op in ops {
-            apply(op, &mut log, &mut meta).map_err(|e| e.to_string())?;
-        }
+/// Writes `ops` to the log and syncs it.
+fn write_batch<'a>(wal: &mut Wal, ops: impl Iterator<Item = &'a Op>) -> Result<(), String> {
+    for op in ops {
+        push(wal, op).map_err(|e| e.to_string())?;
     }
-    txn.commit().map_err(|e| e.to_string())
+    wal.commit().map_err(|e| e.to_string())
 }
 
-fn apply(
-    op: &Op,
-    log: &mut redb::Table<u64, &[u8]>,
-    meta: &mut redb::Table<&str, &[u8]>,
-) -> Result<(), redb::StorageError> {
+fn push(wal: &mut Wal, op: &Op) -> io::Result<()> {
     match op {
         Op::Put(entries) => {
             for (index, bytes) in entries {
-                log.insert(*index, bytes.as_slice())?;
+                wal.push(Record::Entry(*index, bytes))?;
             }
+            Ok(())
         }
-        Op::TruncateFrom(from) => log.retain_in(*from.., |_, _| false)?,
-        Op::PurgeUpto(upto, id) => {
-            log.retain_in(..=*upto, |_, _| false)?;
-            meta.insert(META_LAST_PURGED, id.as_slice())?;
-        }
-        Op::Meta(key, bytes) => {
-            meta.insert(*key, bytes.as_slice())?;
-        }
+        Op::TruncateFrom(from) => wal.push(Record::TruncateFrom(*from)),
+        Op::PurgeUpto(upto, id) => wal.push(Record::Purge(*upto, id)),
+        Op::Vote(bytes) => wal.push(Record::Vote(bytes)),
+        Op::Committed(bytes) => wal.push(Record::Committed(bytes)),
     }
-    Ok(())
 }

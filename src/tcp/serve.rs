@@ -14,7 +14,7 @@ use super::peers::TcpTransport;
 use super::{TcpConfig, TcpError, parse_peers, server};
 use crate::config::Config;
 use crate::node::{Node, Storage};
-use crate::storage::RedbLogStore;
+use crate::storage::WalLogStore;
 
 /// Arguments of `oncekv serve`.
 #[derive(Debug, Clone, clap::Args)]
@@ -37,10 +37,10 @@ pub struct ServeArgs {
     pub join: bool,
 }
 
-/// The stores a node runs on, opened from its data directory: the durable redb log
+/// The stores a node runs on, opened from its data directory: the durable write-ahead log
 /// and snapshot files (`crate::storage`). A damaged or foreign dir is refused with
 /// an error naming the file, never silently reset.
-pub fn open_storage(data_dir: &Path, node_id: u64) -> Result<Storage<RedbLogStore>, TcpError> {
+pub fn open_storage(data_dir: &Path, node_id: u64) -> Result<Storage<WalLogStore>, TcpError> {
     crate::storage::open_node(data_dir, node_id).map_err(TcpError::Storage)
 }
 

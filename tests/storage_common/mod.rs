@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use oncekv::protocol::KvOp;
 use oncekv::raft::{Entry, LogId, TypeConfig, Vote};
 use oncekv::state::{Command, Op};
-use oncekv::storage::RedbLogStore;
+use oncekv::storage::WalLogStore;
 use openraft::storage::{IOFlushed, RaftLogStorage};
 use openraft::type_config::TypeConfigExt;
 use openraft::{EntryPayload, Membership};
@@ -85,7 +85,7 @@ pub fn membership_entry(term: u64, index: u64) -> Entry {
 }
 
 /// Appends and waits until the store reports the entries durable.
-pub async fn append_durable(store: &mut RedbLogStore, entries: Vec<Entry>) -> io::Result<()> {
+pub async fn append_durable(store: &mut WalLogStore, entries: Vec<Entry>) -> io::Result<()> {
     let (tx, rx) = TypeConfig::oneshot();
     store.append(entries, IOFlushed::signal(tx)).await?;
     rx.await.map_err(io::Error::other)?

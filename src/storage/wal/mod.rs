@@ -1,0 +1,625 @@
+//! The write-ahead log: the Raft log, vote, committed pointer and purge point as
+//! a sequence of checksummed records in preallocated segment files.
+//!
+//! ```text
+//! DATA_DIR/wal/
+//!   LOCK                          held (flock) while a process has the log open
+//!   00000000000000000007.wal      older segment: entries, then zeros
+//!   00000000000000000008.wal      newest segment: the one written
+//!
+//! segment (fixed size, set at creation; a shorter or longer file is damaged):
+//!   header  "oncekvWL" | seq u64 | size u64 | version u32 | crc32 u32   (32 bytes)
+//!   record  len u32 | crc32(payload) u32 | payload (len bytes)
+//!   record  ...
+//!   zeros   to the end (a zero length ends the data)
+//!
+//! payload:  tag u8 | arg u64 | bytes
+//!   1 entry      arg = index            bytes = the entry's JSON
+//!   2 truncate   arg = first index removed
+//!   3 purge      arg = last index removed  bytes = the purged LogId's JSON
+//!   4 vote                               bytes = the Vote's JSON
+//!   5 committed                          bytes = the committed Option<LogId>'s JSON
+//! ```
+//!
+//! Why a log of records rather than a B-tree: a Raft log is written at its end,
+//! cut at its end (truncate) and dropped at its start (purge). A record log does
+//! each of these as one sequential write, where redb (which this replaced, see
+//! `docs/storage.md`) rewrote B-tree pages and synced twice per commit.
+//!
+//! **Durability.** [`Wal::commit`] writes the buffered records with one `pwrite`
+//! and one `fdatasync`. Segments are created full size (temp name, fsync, rename,
+//! fsync the dir), so the file size never changes while records are written.
+//!
+//! **Torn writes.** A crash during a write can leave any of its sectors written
+//! and the rest zero. A write is never larger than [`WRITE_BYTES_MAX`] or one
+//! record, so on open, in the newest segment only, a record that fails its check
+//! *and* has an all-zero 512-byte sector inside it (JSON never contains a zero
+//! byte, and the binary fields are too short to fill a sector) is a torn write,
+//! provided that nothing nonzero lies further than one write beyond it. That tail
+//! was never acknowledged (its fsync had not returned); it is zeroed and writing
+//! resumes there. Anything else that fails a check (a garbled record, a record in
+//! an older segment, a file of the wrong size, a missing segment) is reported as
+//! corruption, naming the file: the node refuses to start rather than silently
+//! forgetting what it acknowledged.
+//!
+//! **Segments.** When a record does not fit, the current segment is synced and a
+//! new one begins with the current vote, committed pointer and purge point, so an
+//! older segment holds nothing the newer ones do not supersede except entries.
+//! After a purge is durable, the oldest segments whose entries are all purged are
+//! deleted, oldest first (so the remaining sequence numbers stay contiguous).
+
+use std::collections::VecDeque;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use super::StorageError;
+use super::file::{TMP_SUFFIX, crc32, sync_dir};
+
+/// The WAL directory's name in the data dir.
+pub const WAL_DIR: &str = "wal";
+/// The lock file's name in the WAL dir.
+pub const LOCK_FILE: &str = "LOCK";
+/// Size of a new segment unless the caller chooses (tests use small ones).
+pub const SEGMENT_BYTES_DEFAULT: u64 = 16 << 20;
+/// A commit's buffered records are written (and synced) in pieces of at most
+/// this many bytes, unless one record alone is larger: this bounds a torn write.
+pub const WRITE_BYTES_MAX: usize = 1 << 20;
+/// The largest record accepted (a TCP request line is at most 1 MiB).
+pub const RECORD_BYTES_MAX: usize = 4 << 20;
+/// How far beyond a torn record nonzero bytes may lie (one write).
+const TORN_WINDOW: usize = WRITE_BYTES_MAX + RECORD_BYTES_MAX;
+/// The segment header's size.
+pub const HEADER_BYTES: usize = 32;
+/// A record's framing before its payload (length, CRC).
+const FRAME_BYTES: usize = 8;
+/// A payload's fixed part (tag, arg).
+const PAYLOAD_FIXED: usize = 9;
+/// The unit a torn write leaves either written or untouched.
+const SECTOR: usize = 512;
+const MAGIC: &[u8; 8] = b"oncekvWL";
+const VERSION: u32 = 1;
+
+/// One durable change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Record<'a> {
+    /// The entry at `index` (its JSON).
+    Entry(u64, &'a [u8]),
+    /// Every entry at this index or later is removed.
+    TruncateFrom(u64),
+    /// Every entry up to this index (inclusive) is removed; the purged LogId's JSON.
+    Purge(u64, &'a [u8]),
+    /// The vote (JSON).
+    Vote(&'a [u8]),
+    /// The committed pointer (JSON).
+    Committed(&'a [u8]),
+}
+
+impl<'a> Record<'a> {
+    fn parts(&self) -> (u8, u64, &'a [u8]) {
+        match *self {
+            Record::Entry(i, b) => (1, i, b),
+            Record::TruncateFrom(i) => (2, i, &[]),
+            Record::Purge(i, b) => (3, i, b),
+            Record::Vote(b) => (4, 0, b),
+            Record::Committed(b) => (5, 0, b),
+        }
+    }
+
+    fn from_payload(p: &'a [u8]) -> Option<Record<'a>> {
+        let (&tag, rest) = p.split_first()?;
+        let arg = u64::from_le_bytes(rest.get(..8)?.try_into().ok()?);
+        let bytes = &rest[8..];
+        Some(match tag {
+            1 => Record::Entry(arg, bytes),
+            2 if bytes.is_empty() => Record::TruncateFrom(arg),
+            3 => Record::Purge(arg, bytes),
+            4 => Record::Vote(bytes),
+            5 => Record::Committed(bytes),
+            _ => return None,
+        })
+    }
+
+    /// Bytes this record takes in a segment.
+    fn framed_len(&self) -> usize {
+        FRAME_BYTES + PAYLOAD_FIXED + self.parts().2.len()
+    }
+
+    fn encode_into(&self, buf: &mut Vec<u8>) {
+        let (tag, arg, bytes) = self.parts();
+        let start = buf.len();
+        buf.extend_from_slice(&[0; FRAME_BYTES]);
+        buf.push(tag);
+        buf.extend_from_slice(&arg.to_le_bytes());
+        buf.extend_from_slice(bytes);
+        let payload = &buf[start + FRAME_BYTES..];
+        let len = payload.len() as u32;
+        let crc = crc32(payload);
+        buf[start..start + 4].copy_from_slice(&len.to_le_bytes());
+        buf[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+    }
+}
+
+/// A segment on disk.
+#[derive(Debug)]
+struct Segment {
+    seq: u64,
+    path: PathBuf,
+    /// The highest entry index written to it, if any.
+    max_index: Option<u64>,
+}
+
+/// The open log: the newest segment is written, older ones only deleted.
+#[derive(Debug)]
+pub struct Wal {
+    dir: PathBuf,
+    /// Size of segments this process creates.
+    segment_bytes: u64,
+    /// Held for the lifetime of the log (an advisory lock on [`LOCK_FILE`]).
+    _lock: File,
+    /// Oldest first; never empty.
+    segments: VecDeque<Segment>,
+    /// The newest segment, open for writing.
+    file: File,
+    /// Size of the newest segment (as created, possibly by another build).
+    file_bytes: u64,
+    /// Where the next record goes in it.
+    offset: u64,
+    /// Records encoded but not yet written.
+    buf: Vec<u8>,
+    /// Entries in `buf` raise the newest segment's `max_index` once written.
+    buf_max_index: Option<u64>,
+    /// The latest vote, committed pointer and purge point written (or buffered),
+    /// re-written at the start of every new segment.
+    vote: Option<Vec<u8>>,
+    committed: Option<Vec<u8>>,
+    purged: Option<(u64, Vec<u8>)>,
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StorageError + '_ {
+    move |source| StorageError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+fn corrupt(path: &Path, reason: impl Into<String>) -> StorageError {
+    StorageError::Corrupt {
+        path: path.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+fn segment_name(seq: u64) -> String {
+    format!("{seq:020}.wal")
+}
+
+fn header(seq: u64, size: u64) -> [u8; HEADER_BYTES] {
+    let mut h = [0u8; HEADER_BYTES];
+    h[..8].copy_from_slice(MAGIC);
+    h[8..16].copy_from_slice(&seq.to_le_bytes());
+    h[16..24].copy_from_slice(&size.to_le_bytes());
+    h[24..28].copy_from_slice(&VERSION.to_le_bytes());
+    let crc = crc32(&h[..28]);
+    h[28..].copy_from_slice(&crc.to_le_bytes());
+    h
+}
+
+/// Where a segment's valid records end, and whether stale bytes follow.
+struct Scanned {
+    end: usize,
+    dirty_tail: bool,
+}
+
+impl Wal {
+    /// Opens the WAL in `dir` (creating it with one empty segment if absent),
+    /// feeding every record, oldest first, to `visit`. An error from `visit` is
+    /// reported as corruption of the segment holding that record.
+    pub fn open(
+        dir: &Path,
+        segment_bytes: u64,
+        mut visit: impl FnMut(Record<'_>) -> Result<(), String>,
+    ) -> Result<Wal, StorageError> {
+        fs::create_dir_all(dir).map_err(io_err(dir))?;
+        let lock_path = dir.join(LOCK_FILE);
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io_err(&lock_path))?;
+        if let Err(e) = lock.try_lock() {
+            return Err(StorageError::Io {
+                path: lock_path,
+                source: io::Error::other(format!(
+                    "the log is locked by another process (is a node already running on this dir?): {e}"
+                )),
+            });
+        }
+        let mut segments = list_segments(dir)?;
+        let mut vote = None;
+        let mut committed = None;
+        let mut purged = None;
+        let mut resume = None;
+        let count = segments.len();
+        for (i, seg) in segments.iter_mut().enumerate() {
+            let newest = i + 1 == count;
+            let bytes = fs::read(&seg.path).map_err(io_err(&seg.path))?;
+            check_header(&seg.path, &bytes, seg.seq)?;
+            let mut max_index = None;
+            let scanned = scan(&seg.path, &bytes, newest, |rec| {
+                match rec {
+                    Record::Entry(i, _) => max_index = max_index.max(Some(i)),
+                    Record::Vote(b) => vote = Some(b.to_vec()),
+                    Record::Committed(b) => committed = Some(b.to_vec()),
+                    Record::Purge(i, b) => purged = Some((i, b.to_vec())),
+                    Record::TruncateFrom(_) => {}
+                }
+                visit(rec)
+            })?;
+            seg.max_index = max_index;
+            if newest {
+                resume = Some((scanned, bytes.len() as u64));
+            }
+        }
+        let mut wal = match (segments.back(), resume) {
+            (Some(last), Some((scanned, size))) => {
+                let file = OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(&last.path)
+                    .map_err(io_err(&last.path))?;
+                if scanned.dirty_tail {
+                    // What a torn write left: never acknowledged, and it must not
+                    // surface behind the records written next.
+                    zero_from(&file, scanned.end as u64, size).map_err(io_err(&last.path))?;
+                }
+                Wal {
+                    dir: dir.to_owned(),
+                    segment_bytes,
+                    _lock: lock,
+                    segments,
+                    file,
+                    file_bytes: size,
+                    offset: scanned.end as u64,
+                    buf: Vec::new(),
+                    buf_max_index: None,
+                    vote,
+                    committed,
+                    purged,
+                }
+            }
+            _ => {
+                let (file, seg) = create_segment(dir, 1, segment_bytes)?;
+                segments.push_back(seg);
+                Wal {
+                    dir: dir.to_owned(),
+                    segment_bytes,
+                    _lock: lock,
+                    segments,
+                    file,
+                    file_bytes: segment_bytes,
+                    offset: HEADER_BYTES as u64,
+                    buf: Vec::new(),
+                    buf_max_index: None,
+                    vote: None,
+                    committed: None,
+                    purged: None,
+                }
+            }
+        };
+        wal.buf.reserve(64 << 10);
+        Ok(wal)
+    }
+
+    /// The segment files, oldest first.
+    pub fn segment_paths(&self) -> Vec<PathBuf> {
+        self.segments.iter().map(|s| s.path.clone()).collect()
+    }
+
+    /// Buffers `rec`; it is durable once [`Wal::commit`] returns. May write and
+    /// sync what is buffered already (to start a new segment, or to bound a write).
+    pub fn push(&mut self, rec: Record<'_>) -> io::Result<()> {
+        let len = rec.framed_len();
+        if len > RECORD_BYTES_MAX {
+            return Err(io::Error::other(format!(
+                "a log record of {len} bytes exceeds the limit of {RECORD_BYTES_MAX}"
+            )));
+        }
+        if !self.buf.is_empty() && self.buf.len() + len > WRITE_BYTES_MAX {
+            self.write_buf()?;
+        }
+        if self.offset + (self.buf.len() + len) as u64 > self.file_bytes {
+            self.write_buf()?;
+            self.roll()?;
+            if self.offset + (self.buf.len() + len) as u64 > self.file_bytes {
+                return Err(io::Error::other(format!(
+                    "a log record of {len} bytes does not fit in a segment of {} bytes",
+                    self.file_bytes
+                )));
+            }
+        }
+        match rec {
+            Record::Entry(i, _) => self.buf_max_index = self.buf_max_index.max(Some(i)),
+            Record::Vote(b) => self.vote = Some(b.to_vec()),
+            Record::Committed(b) => self.committed = Some(b.to_vec()),
+            Record::Purge(i, b) => self.purged = Some((i, b.to_vec())),
+            Record::TruncateFrom(_) => {}
+        }
+        rec.encode_into(&mut self.buf);
+        Ok(())
+    }
+
+    /// Writes and syncs everything pushed; then deletes segments left behind by
+    /// the purge point.
+    pub fn commit(&mut self) -> io::Result<()> {
+        if !self.buf.is_empty() {
+            self.write_buf()?;
+        }
+        self.delete_purged()
+    }
+
+    /// One `pwrite` of the buffer at the write position, then `fdatasync`.
+    fn write_buf(&mut self) -> io::Result<()> {
+        self.file.write_all_at(&self.buf, self.offset)?;
+        self.file.sync_data()?;
+        self.offset += self.buf.len() as u64;
+        self.buf.clear();
+        let newest = self.segments.back_mut().expect("never empty");
+        newest.max_index = newest.max_index.max(self.buf_max_index.take());
+        Ok(())
+    }
+
+    /// Starts the next segment with the current vote, committed pointer and purge
+    /// point. The previous segment is already synced.
+    fn roll(&mut self) -> io::Result<()> {
+        let seq = self.segments.back().expect("never empty").seq + 1;
+        let (file, seg) = create_segment(&self.dir, seq, self.segment_bytes)
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        self.segments.push_back(seg);
+        self.file = file;
+        self.file_bytes = self.segment_bytes;
+        self.offset = HEADER_BYTES as u64;
+        let (vote, committed, purged) =
+            (self.vote.take(), self.committed.take(), self.purged.take());
+        if let Some(v) = &vote {
+            Record::Vote(v).encode_into(&mut self.buf);
+        }
+        if let Some(c) = &committed {
+            Record::Committed(c).encode_into(&mut self.buf);
+        }
+        if let Some((i, p)) = &purged {
+            Record::Purge(*i, p).encode_into(&mut self.buf);
+        }
+        (self.vote, self.committed, self.purged) = (vote, committed, purged);
+        Ok(())
+    }
+
+    /// Deletes, oldest first, every segment but the newest whose entries are all
+    /// at or behind the durable purge point.
+    fn delete_purged(&mut self) -> io::Result<()> {
+        let Some(upto) = self.purged.as_ref().map(|(i, _)| *i) else {
+            return Ok(());
+        };
+        let mut deleted = false;
+        while self.segments.len() > 1 && self.segments[0].max_index.is_none_or(|m| m <= upto) {
+            let seg = self.segments.pop_front().expect("len > 1");
+            fs::remove_file(&seg.path)?;
+            deleted = true;
+        }
+        if deleted {
+            sync_dir(&self.dir)?;
+        }
+        Ok(())
+    }
+}
+
+/// The segments in `dir` by sequence number; leftover temp files are removed.
+fn list_segments(dir: &Path) -> Result<VecDeque<Segment>, StorageError> {
+    let mut segments = Vec::new();
+    for item in fs::read_dir(dir).map_err(io_err(dir))? {
+        let item = item.map_err(io_err(dir))?;
+        let name = item.file_name();
+        let name = name.to_string_lossy();
+        let path = item.path();
+        if name == LOCK_FILE {
+            continue;
+        }
+        if name.ends_with(TMP_SUFFIX) {
+            // A segment whose creation a crash interrupted: never written to.
+            fs::remove_file(&path).map_err(io_err(&path))?;
+            continue;
+        }
+        let seq = name
+            .strip_suffix(".wal")
+            .filter(|s| s.len() == 20)
+            .and_then(|s| s.parse::<u64>().ok())
+            .ok_or_else(|| corrupt(&path, "an unexpected file in the log directory"))?;
+        segments.push(Segment {
+            seq,
+            path,
+            max_index: None,
+        });
+    }
+    segments.sort_by_key(|s| s.seq);
+    for pair in segments.windows(2) {
+        if pair[1].seq != pair[0].seq + 1 {
+            return Err(corrupt(
+                &dir.join(segment_name(pair[0].seq + 1)),
+                "missing: the segments before and after it exist",
+            ));
+        }
+    }
+    Ok(segments.into())
+}
+
+fn check_header(path: &Path, bytes: &[u8], seq: u64) -> Result<(), StorageError> {
+    let Some(h) = bytes.get(..HEADER_BYTES) else {
+        return Err(corrupt(path, "shorter than a segment header (truncated)"));
+    };
+    let crc = u32::from_le_bytes(h[28..32].try_into().expect("4 bytes"));
+    if &h[..8] != MAGIC || crc32(&h[..28]) != crc {
+        return Err(corrupt(path, "not a log segment (bad header)"));
+    }
+    let version = u32::from_le_bytes(h[24..28].try_into().expect("4 bytes"));
+    if version != VERSION {
+        return Err(corrupt(
+            path,
+            format!("segment format {version}, this build reads {VERSION}"),
+        ));
+    }
+    let found_seq = u64::from_le_bytes(h[8..16].try_into().expect("8 bytes"));
+    if found_seq != seq {
+        return Err(corrupt(
+            path,
+            format!("its header says segment {found_seq}"),
+        ));
+    }
+    let size = u64::from_le_bytes(h[16..24].try_into().expect("8 bytes"));
+    if size != bytes.len() as u64 {
+        return Err(corrupt(
+            path,
+            format!(
+                "{} bytes long, created as {size} (truncated or extended)",
+                bytes.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Walks the records of one segment. In the newest segment a torn last write is
+/// tolerated (see the module docs); anything else invalid is corruption.
+fn scan(
+    path: &Path,
+    bytes: &[u8],
+    newest: bool,
+    mut visit: impl FnMut(Record<'_>) -> Result<(), String>,
+) -> Result<Scanned, StorageError> {
+    let mut pos = HEADER_BYTES;
+    loop {
+        let Some(frame) = bytes.get(pos..pos + FRAME_BYTES) else {
+            // Too little room left for a record: the segment is full.
+            return tail(path, bytes, pos, newest, false);
+        };
+        let len = u32::from_le_bytes(frame[..4].try_into().expect("4 bytes")) as usize;
+        let crc = u32::from_le_bytes(frame[4..].try_into().expect("4 bytes"));
+        if len == 0 && crc == 0 {
+            return tail(path, bytes, pos, newest, false);
+        }
+        let end = pos + FRAME_BYTES + len;
+        let record = bytes
+            .get(pos + FRAME_BYTES..end)
+            .filter(|p| len >= PAYLOAD_FIXED && crc32(p) == crc)
+            .and_then(Record::from_payload);
+        let Some(record) = record else {
+            // A length no record has: only the frame itself says anything.
+            let plausible = (PAYLOAD_FIXED..=RECORD_BYTES_MAX).contains(&len) && end <= bytes.len();
+            let extent_end = if plausible { end } else { pos + FRAME_BYTES };
+            let torn_sector = has_zero_sector(bytes, pos, extent_end.min(bytes.len()));
+            return tail(path, bytes, pos, newest, torn_sector);
+        };
+        visit(record).map_err(|reason| corrupt(path, format!("at offset {pos}: {reason}")))?;
+        pos = end;
+    }
+}
+
+/// Decides what the bytes from `pos` (where valid records stop) mean.
+fn tail(
+    path: &Path,
+    bytes: &[u8],
+    pos: usize,
+    newest: bool,
+    torn_record: bool,
+) -> Result<Scanned, StorageError> {
+    let last_nonzero = bytes[pos..].iter().rposition(|&b| b != 0).map(|i| pos + i);
+    let Some(last_nonzero) = last_nonzero else {
+        // Zeros to the end: a clean end of data.
+        return Ok(Scanned {
+            end: pos,
+            dirty_tail: false,
+        });
+    };
+    let at_record = bytes
+        .get(pos..pos + FRAME_BYTES)
+        .is_some_and(|f| f != [0; FRAME_BYTES]);
+    // A torn write: an invalid record with a sector never written, or a zero
+    // frame whose write persisted only later sectors; either way the nonzero
+    // bytes stay within one write of where the valid records stop.
+    let torn = (torn_record || !at_record) && last_nonzero < pos + TORN_WINDOW;
+    if newest && torn {
+        tracing::warn!(
+            "{}: dropping an unacknowledged torn write at offset {pos} ({} bytes)",
+            path.display(),
+            last_nonzero + 1 - pos
+        );
+        return Ok(Scanned {
+            end: pos,
+            dirty_tail: true,
+        });
+    }
+    Err(corrupt(
+        path,
+        format!("damaged record at offset {pos} (bytes up to offset {last_nonzero} follow it)"),
+    ))
+}
+
+/// True if an aligned `SECTOR`-byte block overlapping `[from, to)` is all zero
+/// (a sector a torn write never reached).
+fn has_zero_sector(bytes: &[u8], from: usize, to: usize) -> bool {
+    let first = from / SECTOR * SECTOR;
+    (first..to.max(from + 1)).step_by(SECTOR).any(|s| {
+        bytes
+            .get(s..s + SECTOR)
+            .is_some_and(|b| b.iter().all(|&x| x == 0))
+    })
+}
+
+/// Overwrites `[from, to)` of `file` with zeros and syncs it.
+fn zero_from(file: &File, from: u64, to: u64) -> io::Result<()> {
+    let zeros = vec![0u8; 1 << 20];
+    let mut at = from;
+    while at < to {
+        let n = (to - at).min(zeros.len() as u64) as usize;
+        file.write_all_at(&zeros[..n], at)?;
+        at += n as u64;
+    }
+    file.sync_data()
+}
+
+/// Creates segment `seq` of `size` bytes: header, sparse zeros, fsync, then the
+/// rename and the directory fsync that make it exist.
+fn create_segment(dir: &Path, seq: u64, size: u64) -> Result<(File, Segment), StorageError> {
+    let path = dir.join(segment_name(seq));
+    let tmp = dir.join(format!("{}{TMP_SUFFIX}", segment_name(seq)));
+    {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
+            .map_err(io_err(&tmp))?;
+        f.write_all(&header(seq, size)).map_err(io_err(&tmp))?;
+        f.set_len(size).map_err(io_err(&tmp))?;
+        f.sync_all().map_err(io_err(&tmp))?;
+    }
+    fs::rename(&tmp, &path).map_err(io_err(&path))?;
+    sync_dir(dir).map_err(io_err(dir))?;
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .map_err(io_err(&path))?;
+    Ok((
+        file,
+        Segment {
+            seq,
+            path,
+            max_index: None,
+        },
+    ))
+}
+
+#[cfg(test)]
+mod tests;

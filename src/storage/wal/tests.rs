@@ -1,0 +1,357 @@
+//! The WAL at the file level: what is pushed and committed comes back in order
+//! after a reopen, segments roll and are deleted behind the purge point, a torn
+//! last write is dropped, and any other damage is refused naming the file.
+
+use std::fs::{self, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::*;
+
+/// A fresh directory, removed on drop.
+struct Dir(PathBuf);
+
+impl Dir {
+    fn new(name: &str) -> Dir {
+        static SEQ: AtomicU64 = AtomicU64::new(0);
+        let n = SEQ.fetch_add(1, Ordering::Relaxed);
+        let dir =
+            std::env::temp_dir().join(format!("oncekv-wal-{name}-{}-{n}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        Dir(dir)
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A record as owned data, for comparisons.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Owned {
+    Entry(u64, Vec<u8>),
+    Truncate(u64),
+    Purge(u64, Vec<u8>),
+    Vote(Vec<u8>),
+    Committed(Vec<u8>),
+}
+
+impl Owned {
+    fn from(r: Record<'_>) -> Owned {
+        match r {
+            Record::Entry(i, b) => Owned::Entry(i, b.to_vec()),
+            Record::TruncateFrom(i) => Owned::Truncate(i),
+            Record::Purge(i, b) => Owned::Purge(i, b.to_vec()),
+            Record::Vote(b) => Owned::Vote(b.to_vec()),
+            Record::Committed(b) => Owned::Committed(b.to_vec()),
+        }
+    }
+
+    fn as_record(&self) -> Record<'_> {
+        match self {
+            Owned::Entry(i, b) => Record::Entry(*i, b),
+            Owned::Truncate(i) => Record::TruncateFrom(*i),
+            Owned::Purge(i, b) => Record::Purge(*i, b),
+            Owned::Vote(b) => Record::Vote(b),
+            Owned::Committed(b) => Record::Committed(b),
+        }
+    }
+}
+
+fn entry(i: u64) -> Owned {
+    Owned::Entry(
+        i,
+        format!("{{\"entry\":{i},\"pad\":\"{}\"}}", "x".repeat(100)).into_bytes(),
+    )
+}
+
+fn open(dir: &Path, segment_bytes: u64) -> Result<(Wal, Vec<Owned>), StorageError> {
+    let mut seen = Vec::new();
+    let wal = Wal::open(dir, segment_bytes, |r| {
+        seen.push(Owned::from(r));
+        Ok(())
+    })?;
+    Ok((wal, seen))
+}
+
+fn write(wal: &mut Wal, records: &[Owned]) {
+    for r in records {
+        wal.push(r.as_record()).expect("push");
+    }
+    wal.commit().expect("commit");
+}
+
+const SMALL: u64 = 4096;
+
+#[test]
+fn committed_records_come_back_in_order() {
+    let dir = Dir::new("roundtrip");
+    let records = vec![
+        Owned::Vote(b"{\"term\":1}".to_vec()),
+        entry(1),
+        entry(2),
+        entry(3),
+        Owned::Truncate(3),
+        entry(3),
+        Owned::Committed(b"2".to_vec()),
+        Owned::Purge(1, b"\"id-1\"".to_vec()),
+    ];
+    {
+        let (mut wal, seen) = open(&dir.0, SEGMENT_BYTES_DEFAULT).expect("create");
+        assert!(seen.is_empty());
+        write(&mut wal, &records[..4]);
+        write(&mut wal, &records[4..]);
+    }
+    let (mut wal, seen) = open(&dir.0, SEGMENT_BYTES_DEFAULT).expect("reopen");
+    assert_eq!(seen, records);
+    // Writing resumes after the last record.
+    write(&mut wal, &[entry(4)]);
+    drop(wal);
+    let (_, seen) = open(&dir.0, SEGMENT_BYTES_DEFAULT).expect("reopen");
+    assert_eq!(seen.last(), Some(&entry(4)));
+    assert_eq!(seen.len(), records.len() + 1);
+}
+
+#[test]
+fn segments_roll_carry_the_meta_and_are_deleted_behind_the_purge_point() {
+    let dir = Dir::new("roll");
+    let (mut wal, _) = open(&dir.0, SMALL).expect("create");
+    write(
+        &mut wal,
+        &[
+            Owned::Vote(b"\"v1\"".to_vec()),
+            Owned::Committed(b"\"c\"".to_vec()),
+        ],
+    );
+    let entries: Vec<Owned> = (1..=200).map(entry).collect();
+    for chunk in entries.chunks(7) {
+        write(&mut wal, chunk);
+    }
+    let segments = wal.segment_paths();
+    assert!(
+        segments.len() > 5,
+        "200 entries of ~130 B roll 4 KiB segments: {segments:?}"
+    );
+    // Purge behind entry 150: the segments holding only entries <= 150 go.
+    write(&mut wal, &[Owned::Purge(150, b"\"p150\"".to_vec())]);
+    let left = wal.segment_paths();
+    assert!(left.len() < segments.len(), "nothing deleted");
+    assert_eq!(left.last(), segments.last());
+    for gone in &segments[..segments.len() - left.len()] {
+        assert!(!gone.exists(), "{} should be deleted", gone.display());
+    }
+    drop(wal);
+    let (_, seen) = open(&dir.0, SMALL).expect("reopen");
+    // The vote and committed pointer were in the first segment, now deleted: the
+    // copies at the start of later segments carry them.
+    assert!(seen.contains(&Owned::Vote(b"\"v1\"".to_vec())));
+    assert!(seen.contains(&Owned::Committed(b"\"c\"".to_vec())));
+    assert_eq!(seen.last(), Some(&Owned::Purge(150, b"\"p150\"".to_vec())));
+    // Every entry after the purge point is still there.
+    for i in 151..=200 {
+        assert!(seen.contains(&entry(i)), "entry {i} lost");
+    }
+}
+
+/// Offset where the next record would go in the newest segment, and its path.
+fn tail_of(dir: &Path) -> (PathBuf, u64) {
+    let (wal, _) = open(dir, SEGMENT_BYTES_DEFAULT).expect("open");
+    (wal.segment_paths().pop().expect("a segment"), wal.offset)
+}
+
+fn encoded(records: &[Owned]) -> Vec<u8> {
+    let mut buf = Vec::new();
+    for r in records {
+        r.as_record().encode_into(&mut buf);
+    }
+    buf
+}
+
+fn write_at(path: &Path, at: u64, bytes: &[u8]) {
+    let f = OpenOptions::new().write(true).open(path).expect("open");
+    f.write_all_at(bytes, at).expect("write");
+}
+
+#[test]
+fn a_torn_last_write_is_dropped_and_overwritten() {
+    let dir = Dir::new("torn");
+    {
+        let (mut wal, _) = open(&dir.0, SEGMENT_BYTES_DEFAULT).expect("create");
+        write(&mut wal, &[entry(1), entry(2)]);
+    }
+    let (path, end) = tail_of(&dir.0);
+    // A write of 20 entries of which the first sectors reached the disk and the
+    // rest did not: the record crossing the first missing sector is invalid.
+    let batch = encoded(&(3..=22).map(entry).collect::<Vec<_>>());
+    let missing = (end as usize / SECTOR + 2) * SECTOR - end as usize;
+    let mut torn = batch.clone();
+    torn[missing..missing + SECTOR].fill(0);
+    write_at(&path, end, &torn);
+    let (mut wal, seen) = open(&dir.0, SEGMENT_BYTES_DEFAULT).expect("torn tail accepted");
+    // A prefix of the torn write may survive (whole records before the hole);
+    // nothing after the hole does.
+    assert_eq!(seen[..2], [entry(1), entry(2)]);
+    let kept = seen.len() - 2;
+    assert!(kept < 20, "records after the missing sector survived");
+    assert_eq!(
+        seen[2..],
+        (3..3 + kept as u64).map(entry).collect::<Vec<_>>()[..]
+    );
+    // Writing resumes at the end of the valid records, and the stale later
+    // sectors never resurface.
+    let next = 3 + kept as u64;
+    write(&mut wal, &[Owned::Truncate(next), entry(next)]);
+    drop(wal);
+    let (_, again) = open(&dir.0, SEGMENT_BYTES_DEFAULT).expect("reopen");
+    assert_eq!(again.len(), seen.len() + 2);
+    assert_eq!(again.last(), Some(&entry(next)));
+}
+
+#[test]
+fn a_write_whose_first_sector_was_lost_is_dropped() {
+    let dir = Dir::new("torn-first");
+    {
+        let (mut wal, _) = open(&dir.0, SEGMENT_BYTES_DEFAULT).expect("create");
+        write(&mut wal, &[entry(1)]);
+    }
+    let (path, end) = tail_of(&dir.0);
+    // Only the sectors after the first one of the write persisted.
+    let batch = encoded(&(2..=30).map(entry).collect::<Vec<_>>());
+    let skip = (end as usize / SECTOR + 1) * SECTOR - end as usize;
+    write_at(&path, end + skip as u64, &batch[skip..]);
+    let (_, seen) = open(&dir.0, SEGMENT_BYTES_DEFAULT).expect("torn tail accepted");
+    assert_eq!(seen, vec![entry(1)]);
+}
+
+fn assert_corrupt(dir: &Path, file: &Path) {
+    match open(dir, SEGMENT_BYTES_DEFAULT) {
+        Ok((_, seen)) => panic!(
+            "damage to {} accepted; read {} records",
+            file.display(),
+            seen.len()
+        ),
+        Err(e) => {
+            let text = e.to_string();
+            assert!(text.contains(&file.display().to_string()), "{text}");
+            eprintln!("{text}");
+        }
+    }
+}
+
+/// A dir with 50 committed entries in one segment; returns that segment.
+fn populated(dir: &Path) -> PathBuf {
+    let (mut wal, _) = open(dir, SEGMENT_BYTES_DEFAULT).expect("create");
+    for i in 1..=50 {
+        write(&mut wal, &[entry(i)]);
+    }
+    wal.segment_paths().pop().expect("a segment")
+}
+
+#[test]
+fn a_garbled_record_is_refused_wherever_it_is() {
+    for at in [HEADER_BYTES as u64 + 3, 2000, 4000] {
+        let dir = Dir::new("garbled");
+        let seg = populated(&dir.0);
+        let (_, end) = tail_of(&dir.0);
+        assert!(at < end);
+        write_at(&seg, at, &[0xA5; 16]);
+        assert_corrupt(&dir.0, &seg);
+    }
+    // The very last record too: garbage, not zeros, is not a torn write.
+    let dir = Dir::new("garbled-last");
+    let seg = populated(&dir.0);
+    let (_, end) = tail_of(&dir.0);
+    write_at(&seg, end - 20, &[0xA5; 8]);
+    assert_corrupt(&dir.0, &seg);
+}
+
+#[test]
+fn zeros_in_the_middle_of_the_log_are_refused() {
+    let dir = Dir::new("zeroed");
+    let (mut wal, _) = open(&dir.0, SEGMENT_BYTES_DEFAULT).expect("create");
+    // More than a torn write's reach of records after the damage.
+    let big = Owned::Entry(0, vec![b'x'; RECORD_BYTES_MAX - 64]);
+    write(&mut wal, &[entry(1)]);
+    write(&mut wal, std::slice::from_ref(&big));
+    write(&mut wal, std::slice::from_ref(&big));
+    let seg = wal.segment_paths().pop().expect("segment");
+    drop(wal);
+    write_at(&seg, HEADER_BYTES as u64, &[0; SECTOR]);
+    assert_corrupt(&dir.0, &seg);
+}
+
+#[test]
+fn damage_to_an_older_segment_is_refused_even_at_its_end() {
+    let dir = Dir::new("older");
+    let (mut wal, _) = open(&dir.0, SMALL).expect("create");
+    for i in 1..=100 {
+        write(&mut wal, &[entry(i)]);
+    }
+    let first = wal.segment_paths()[0].clone();
+    drop(wal);
+    // Zero a sector holding the first segment's last records: in the newest
+    // segment that could be a torn write; here the segment was complete.
+    write_at(&first, SMALL - 2 * SECTOR as u64, &[0; SECTOR]);
+    assert_corrupt(&dir.0, &first);
+}
+
+#[test]
+fn truncated_missing_and_foreign_files_are_refused() {
+    let dir = Dir::new("trunc");
+    let seg = populated(&dir.0);
+    let f = OpenOptions::new().write(true).open(&seg).expect("open");
+    f.set_len(3000).expect("truncate");
+    assert_corrupt(&dir.0, &seg);
+
+    let dir = Dir::new("missing");
+    let (mut wal, _) = open(&dir.0, SMALL).expect("create");
+    for i in 1..=100 {
+        write(&mut wal, &[entry(i)]);
+    }
+    let segments = wal.segment_paths();
+    drop(wal);
+    fs::remove_file(&segments[1]).expect("remove");
+    assert_corrupt(&dir.0, &segments[1]);
+
+    let dir = Dir::new("foreign");
+    populated(&dir.0);
+    let stray = dir.0.join("notes.txt");
+    fs::write(&stray, "hello").expect("write");
+    assert_corrupt(&dir.0, &stray);
+
+    let dir = Dir::new("header");
+    let seg = populated(&dir.0);
+    write_at(&seg, 0, b"NOTAWAL!");
+    assert_corrupt(&dir.0, &seg);
+}
+
+#[test]
+fn a_second_open_is_refused_while_the_first_holds_the_lock() {
+    let dir = Dir::new("lock");
+    let (wal, _) = open(&dir.0, SEGMENT_BYTES_DEFAULT).expect("create");
+    let err = open(&dir.0, SEGMENT_BYTES_DEFAULT).expect_err("second open");
+    assert!(err.to_string().contains("locked"), "{err}");
+    drop(wal);
+    open(&dir.0, SEGMENT_BYTES_DEFAULT).expect("open after the first closed");
+}
+
+#[test]
+fn an_oversized_record_is_an_error_not_a_damaged_file() {
+    let dir = Dir::new("oversized");
+    let (mut wal, _) = open(&dir.0, SMALL).expect("create");
+    let err = wal
+        .push(Record::Entry(1, &vec![b'x'; 2 * SMALL as usize]))
+        .expect_err("too big for a segment");
+    assert!(err.to_string().contains("does not fit"), "{err}");
+    let err = wal
+        .push(Record::Entry(1, &vec![b'x'; RECORD_BYTES_MAX]))
+        .expect_err("too big");
+    assert!(err.to_string().contains("exceeds"), "{err}");
+    write(&mut wal, &[entry(1)]);
+    drop(wal);
+    let (_, seen) = open(&dir.0, SMALL).expect("reopen");
+    assert_eq!(seen, vec![entry(1)]);
+}
