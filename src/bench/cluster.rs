@@ -160,6 +160,14 @@ impl Clusters {
         }
     }
 
+    /// The pids of `system`'s server processes.
+    fn pids(&self, system: System) -> Vec<u32> {
+        match system {
+            System::Oncekv => self.oncekv.pids(),
+            System::Etcd => self.etcd.as_ref().map(EtcdCluster::pids).unwrap_or_default(),
+        }
+    }
+
     /// SIGKILLs node `i` of `system`.
     fn kill(&mut self, system: System, i: usize) {
         match system {
@@ -214,7 +222,8 @@ impl Writer {
 }
 
 /// One throughput run: `clients` writers in closed loops; operations that start after
-/// the warm-up and finish inside the window are counted.
+/// the warm-up and finish inside the window are counted. Returns the summary, the
+/// errors, and the servers' CPU time per counted operation in microseconds.
 async fn throughput(
     clusters: &Clusters,
     system: System,
@@ -222,7 +231,7 @@ async fn throughput(
     value: &Arc<str>,
     warmup: Duration,
     window: Duration,
-) -> anyhow::Result<(Summary, u64)> {
+) -> anyhow::Result<(Summary, u64, f64)> {
     let leader = clusters.settle(system).await?;
     let mut writers = Vec::with_capacity(clients);
     for _ in 0..clients {
@@ -256,6 +265,12 @@ async fn throughput(
             })
         })
         .collect();
+    // The servers' CPU time over the measured window.
+    let pids = clusters.pids(system);
+    tokio::time::sleep_until(start.into()).await;
+    let cpu_start = cpu_time(&pids);
+    tokio::time::sleep_until(end.into()).await;
+    let cpu = cpu_time(&pids).saturating_sub(cpu_start);
     let mut all = Samples::default();
     let mut errors = 0;
     for t in tasks {
@@ -263,7 +278,14 @@ async fn throughput(
         all.extend(s);
         errors += e;
     }
-    Ok((all.summary(window), errors))
+    let summary = all.summary(window);
+    let ops = summary.ops_per_s * window.as_secs_f64();
+    let cpu_us_per_op = if ops > 0.0 {
+        cpu.as_secs_f64() * 1e6 / ops
+    } else {
+        f64::NAN
+    };
+    Ok((summary, errors, cpu_us_per_op))
 }
 
 /// When a write was sent and when it was acknowledged.
@@ -329,6 +351,27 @@ async fn failover_once(
     task.await?;
     clusters.restart(system, leader)?;
     Ok(served - killed_at)
+}
+
+/// CPU time (user + system) the processes `pids` have used so far, from
+/// `/proc/PID/stat`; processes that are gone count as zero.
+fn cpu_time(pids: &[u32]) -> Duration {
+    // USER_HZ: 100 on every Linux architecture this runs on.
+    const TICKS_PER_S: u64 = 100;
+    let ticks: u64 = pids
+        .iter()
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+        .filter_map(|stat| {
+            // Fields after the command name, which ends at the last ')'.
+            let rest = &stat[stat.rfind(')')? + 2..];
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            // utime and stime are fields 14 and 15 of the whole line (11, 12 here).
+            let utime: u64 = fields.get(11)?.parse().ok()?;
+            let stime: u64 = fields.get(12)?.parse().ok()?;
+            Some(utime + stime)
+        })
+        .sum();
+    Duration::from_millis(ticks * 1000 / TICKS_PER_S)
 }
 
 /// Milliseconds with one decimal.
@@ -462,35 +505,41 @@ async fn run_in(
         &[]
     } else {
         println!("\n## throughput (oncekv: tcp::Client write with session; etcd: /v3/kv/put)");
-        println!("round clients system      ops/s   p50 ms   p99 ms  errors");
+        println!("round clients system      ops/s   p50 ms   p99 ms  errors  server CPU us/op");
         &args.clients
     };
     for &clients in client_counts {
-        let mut runs: Vec<(System, Summary)> = Vec::new();
+        let mut runs: Vec<(System, Summary, f64)> = Vec::new();
         for round in 0..args.rounds {
             let mut order = systems.to_vec();
             if round % 2 == 1 {
                 order.reverse();
             }
             for system in order {
-                let (s, errors) =
+                let (s, errors, cpu) =
                     throughput(&clusters, system, clients, &value, warmup, window).await?;
                 println!(
-                    "{:>5} {clients:>7} {:<7} {:>9.0} {:>8} {:>8} {errors:>7}",
+                    "{:>5} {clients:>7} {:<7} {:>9.0} {:>8} {:>8} {errors:>7} {cpu:>17.0}",
                     round + 1,
                     system.name(),
                     s.ops_per_s,
                     ms(s.p50_us),
                     ms(s.p99_us)
                 );
-                runs.push((system, s));
+                runs.push((system, s, cpu));
             }
         }
         let pick = |sys: System| -> Vec<Summary> {
             runs.iter()
-                .filter(|(s, _)| *s == sys)
-                .map(|(_, s)| *s)
+                .filter(|(s, _, _)| *s == sys)
+                .map(|(_, s, _)| *s)
                 .collect()
+        };
+        let cpu_mean = |sys: System| -> f64 {
+            let v: Vec<f64> = (runs.iter().filter(|(s, _, _)| *s == sys))
+                .map(|(_, _, c)| *c)
+                .collect();
+            v.iter().sum::<f64>() / v.len() as f64
         };
         let (o, e) = (pick(System::Oncekv), pick(System::Etcd));
         if e.is_empty() {
@@ -501,9 +550,10 @@ async fn run_in(
         let tput = mean(&o, |s| s.ops_per_s) / mean(&e, |s| s.ops_per_s);
         let p50 = mean(&o, |s| s.p50_us as f64) / mean(&e, |s| s.p50_us as f64);
         let p99 = mean(&o, |s| s.p99_us as f64) / mean(&e, |s| s.p99_us as f64);
+        let cpu = cpu_mean(System::Oncekv) / cpu_mean(System::Etcd);
         println!(
-            "ratio oncekv/etcd at {clients} clients: throughput {tput:.2}x, p50 {p50:.2}x, p99 {p99:.2}x \
-             (mean over {} round(s); load average now {})",
+            "ratio oncekv/etcd at {clients} clients: throughput {tput:.2}x, p50 {p50:.2}x, p99 {p99:.2}x, \
+             server CPU per write {cpu:.2}x (mean over {} round(s); load average now {})",
             args.rounds,
             loadavg()
         );

@@ -155,6 +155,14 @@ impl EtcdCluster {
         }
     }
 
+    /// The pids of the running members.
+    pub fn pids(&self) -> Vec<u32> {
+        self.members
+            .iter()
+            .filter_map(|m| m.child.as_ref().map(Child::id))
+            .collect()
+    }
+
     /// The members' gateway addresses (`127.0.0.1:PORT`), in order.
     pub fn endpoints(&self) -> Vec<String> {
         self.members

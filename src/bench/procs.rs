@@ -30,6 +30,14 @@ pub struct OncekvCluster {
 }
 
 impl OncekvCluster {
+    /// The pids of the running nodes.
+    pub fn pids(&self) -> Vec<u32> {
+        self.nodes
+            .iter()
+            .filter_map(|n| n.child.as_ref().map(Child::id))
+            .collect()
+    }
+
     /// Starts `n` nodes of binary `exe` under `root`, on the given ports.
     pub fn start(exe: &Path, root: &Path, ports: &[u16]) -> std::io::Result<OncekvCluster> {
         let nodes: Vec<Node> = ports
