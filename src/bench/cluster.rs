@@ -164,7 +164,11 @@ impl Clusters {
     fn pids(&self, system: System) -> Vec<u32> {
         match system {
             System::Oncekv => self.oncekv.pids(),
-            System::Etcd => self.etcd.as_ref().map(EtcdCluster::pids).unwrap_or_default(),
+            System::Etcd => self
+                .etcd
+                .as_ref()
+                .map(EtcdCluster::pids)
+                .unwrap_or_default(),
         }
     }
 

@@ -50,7 +50,8 @@ pub enum Done {
     Flushed(IOFlushed<TypeConfig>),
     /// A caller awaiting the result (`save_vote`).
     Reply(oneshot::Sender<io::Result<()>>),
-    /// Nobody: ordered behind earlier work, durable with the next commit.
+    /// Nobody: ordered behind earlier work, written at once and durable with the
+    /// next sync (a batch of only these is not synced on its own).
     Nothing,
 }
 
@@ -194,11 +195,15 @@ fn run(mut wal: Wal, mut rx: mpsc::Receiver<(Op, Done)>, stats: &Stats, failed: 
         let result = if failed.load(Ordering::Acquire) {
             Err("log writer failed earlier; refusing writes".to_string())
         } else {
-            let r = write_batch(&mut wal, batch.iter().map(|(op, _)| op));
+            // A batch nobody waits on (the committed pointer, a truncate or purge
+            // queued ahead of appends) is written now and synced by the next one.
+            let sync = batch.iter().any(|(_, done)| !matches!(done, Done::Nothing));
+            let r = write_batch(&mut wal, batch.iter().map(|(op, _)| op), sync);
             match &r {
-                Ok(()) => {
+                Ok(()) if sync => {
                     stats.commits.fetch_add(1, Ordering::Relaxed);
                 }
+                Ok(()) => {}
                 Err(e) => {
                     tracing::error!("log commit failed: {e}");
                     failed.store(true, Ordering::Release);
@@ -210,14 +215,29 @@ fn run(mut wal: Wal, mut rx: mpsc::Receiver<(Op, Done)>, stats: &Stats, failed: 
             done.complete(&result);
         }
     }
+    // Closing: make what was written without a sync durable too.
+    if !failed.load(Ordering::Acquire)
+        && let Err(e) = wal.commit()
+    {
+        tracing::error!("log sync at close failed: {e}");
+    }
 }
 
-/// Writes `ops` to the log and syncs it.
-fn write_batch<'a>(wal: &mut Wal, ops: impl Iterator<Item = &'a Op>) -> Result<(), String> {
+/// Writes `ops` to the log, and syncs it if `sync`.
+fn write_batch<'a>(
+    wal: &mut Wal,
+    ops: impl Iterator<Item = &'a Op>,
+    sync: bool,
+) -> Result<(), String> {
     for op in ops {
         push(wal, op).map_err(|e| e.to_string())?;
     }
-    wal.commit().map_err(|e| e.to_string())
+    if sync {
+        wal.commit()
+    } else {
+        wal.write_unsynced()
+    }
+    .map_err(|e| e.to_string())
 }
 
 fn push(wal: &mut Wal, op: &Op) -> io::Result<()> {

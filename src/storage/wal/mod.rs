@@ -168,6 +168,8 @@ pub struct Wal {
     offset: u64,
     /// Records encoded but not yet written.
     buf: Vec<u8>,
+    /// Bytes written to the newest segment since its last sync.
+    unsynced: usize,
     /// Entries in `buf` raise the newest segment's `max_index` once written.
     buf_max_index: Option<u64>,
     /// The latest vote, committed pointer and purge point written (or buffered),
@@ -284,6 +286,7 @@ impl Wal {
                     file_bytes: size,
                     offset: scanned.end as u64,
                     buf: Vec::new(),
+                    unsynced: 0,
                     buf_max_index: None,
                     vote,
                     committed,
@@ -302,6 +305,7 @@ impl Wal {
                     file_bytes: segment_bytes,
                     offset: HEADER_BYTES as u64,
                     buf: Vec::new(),
+                    unsynced: 0,
                     buf_max_index: None,
                     vote: None,
                     committed: None,
@@ -328,10 +332,11 @@ impl Wal {
             )));
         }
         if !self.buf.is_empty() && self.buf.len() + len > WRITE_BYTES_MAX {
-            self.write_buf()?;
+            self.write_buf(true)?;
         }
         if self.offset + (self.buf.len() + len) as u64 > self.file_bytes {
-            self.write_buf()?;
+            // The old segment is synced before the new one is written.
+            self.write_buf(true)?;
             self.roll()?;
             if self.offset + (self.buf.len() + len) as u64 > self.file_bytes {
                 return Err(io::Error::other(format!(
@@ -354,20 +359,34 @@ impl Wal {
     /// Writes and syncs everything pushed; then deletes segments left behind by
     /// the purge point.
     pub fn commit(&mut self) -> io::Result<()> {
-        if !self.buf.is_empty() {
-            self.write_buf()?;
-        }
+        self.write_buf(true)?;
         self.delete_purged()
     }
 
-    /// One `pwrite` of the buffer at the write position, then `fdatasync`.
-    fn write_buf(&mut self) -> io::Result<()> {
-        self.file.write_all_at(&self.buf, self.offset)?;
-        self.file.sync_data()?;
-        self.offset += self.buf.len() as u64;
-        self.buf.clear();
-        let newest = self.segments.back_mut().expect("never empty");
-        newest.max_index = newest.max_index.max(self.buf_max_index.take());
+    /// Writes everything pushed without waiting for the disk: the records are
+    /// durable with the next [`Wal::commit`] (or the kernel's writeback before
+    /// that). For records nobody waits on, such as the committed pointer, so
+    /// that they do not cost a sync of their own. Unsynced bytes stay within one
+    /// torn write's reach: past [`WRITE_BYTES_MAX`] of them this syncs anyway.
+    pub fn write_unsynced(&mut self) -> io::Result<()> {
+        self.write_buf(false)
+    }
+
+    /// One `pwrite` of the buffer at the write position, then `fdatasync` if
+    /// asked (or if too much is unsynced).
+    fn write_buf(&mut self, sync: bool) -> io::Result<()> {
+        if !self.buf.is_empty() {
+            self.file.write_all_at(&self.buf, self.offset)?;
+            self.offset += self.buf.len() as u64;
+            self.unsynced += self.buf.len();
+            self.buf.clear();
+            let newest = self.segments.back_mut().expect("never empty");
+            newest.max_index = newest.max_index.max(self.buf_max_index.take());
+        }
+        if self.unsynced > 0 && (sync || self.unsynced > WRITE_BYTES_MAX) {
+            self.file.sync_data()?;
+            self.unsynced = 0;
+        }
         Ok(())
     }
 

@@ -355,3 +355,40 @@ fn an_oversized_record_is_an_error_not_a_damaged_file() {
     let (_, seen) = open(&dir.0, SMALL).expect("reopen");
     assert_eq!(seen, vec![entry(1)]);
 }
+
+#[test]
+fn records_written_without_a_sync_are_read_back_and_synced_by_the_next_commit() {
+    let dir = Dir::new("unsynced");
+    let (mut wal, _) = open(&dir.0, SEGMENT_BYTES_DEFAULT).expect("create");
+    write(&mut wal, &[entry(1)]);
+    wal.push(Owned::Committed(b"1".to_vec()).as_record())
+        .expect("push");
+    wal.write_unsynced().expect("write");
+    assert!(wal.unsynced > 0, "nothing left unsynced");
+    // On disk (in the page cache) already: a reopen, as after kill -9, sees it.
+    let path = wal.segment_paths().pop().expect("segment");
+    let bytes = fs::read(&path).expect("read");
+    let committed = encoded(&[Owned::Committed(b"1".to_vec())]);
+    assert!(
+        bytes.windows(committed.len()).any(|w| w == committed),
+        "the unsynced record is not in the file"
+    );
+    write(&mut wal, &[entry(2)]);
+    assert_eq!(
+        wal.unsynced, 0,
+        "the commit synced what was written before it"
+    );
+    // Too much unsynced data is synced anyway, bounding a torn write.
+    for i in 3..=20_000 {
+        wal.push(entry(i).as_record()).expect("push");
+        wal.write_unsynced().expect("write");
+        assert!(wal.unsynced <= WRITE_BYTES_MAX, "{} unsynced", wal.unsynced);
+    }
+    drop(wal);
+    let (_, seen) = open(&dir.0, SEGMENT_BYTES_DEFAULT).expect("reopen");
+    assert_eq!(
+        seen[..3],
+        [entry(1), Owned::Committed(b"1".to_vec()), entry(2)]
+    );
+    assert_eq!(seen.len(), 20_001);
+}
