@@ -117,7 +117,8 @@ fn field(line: &str, word: &str) -> Option<u64> {
 }
 
 /// Reopens and checks: every index up to `acked` is in the log or in the snapshot's
-/// state, and the vote is at least the last acknowledged one.
+/// state, the vote is at least the last acknowledged one, and the committed
+/// pointer is not ahead of the log.
 fn check(dir: &Path, acked: u64, voted: Option<u64>) {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
@@ -127,6 +128,12 @@ fn check(dir: &Path, acked: u64, voted: Option<u64>) {
         let purged = state.last_purged_log_id.map_or(0, |p| p.index);
         let entries = s.log.try_get_log_entries(..).await.expect("read");
         let found = s.log.read_vote().await.expect("vote");
+        let committed = s.log.read_committed().await.expect("committed");
+        assert!(
+            committed <= state.last_log_id,
+            "committed {committed:?} is ahead of the durable log {:?}",
+            state.last_log_id
+        );
         let sm = s.sm.read();
         for i in 1..=acked {
             if i <= purged {
@@ -190,6 +197,10 @@ async fn child_loop(dir: &Path, term: u64) {
             batch.push(e);
             next += 1;
         }
+        // As a follower may: the committed pointer covers entries that are
+        // queued but not yet durable. It must never be durable before them.
+        let last = batch.last().map(|e| e.log_id);
+        s.log.save_committed(last).await.expect("committed");
         for (index, rx) in pending {
             rx.await.expect("callback").expect("durable");
             println!("acked {index}");

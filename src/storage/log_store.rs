@@ -11,7 +11,7 @@
 //! | `save_vote`: durable before return | queued, then awaited until its sync |
 //! | `append`: readable on return, callback once durable | mirrored at once; callback after the group commit's sync |
 //! | `truncate_after`, `purge`: no hole | one ordered record each, in the same queue, so nothing reorders them |
-//! | `save_committed` | queued behind the entries it covers, durable with the next sync |
+//! | `save_committed` | written lazily at the end of the next batch, after the entries it covers (see `Writer::set_committed`) |
 
 use std::fmt::Debug;
 use std::io;
@@ -201,10 +201,9 @@ impl RaftLogStorage<TypeConfig> for WalLogStore {
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
         let bytes = encode(&committed)?;
         self.with(|m| m.committed = committed);
-        // Queued behind the entries it covers; durable with the next sync.
-        self.writer
-            .submit(Op::Committed(bytes), Done::Nothing)
-            .await
+        // Written after the entries it covers, with the next batch.
+        self.writer.set_committed(bytes);
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {

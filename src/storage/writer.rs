@@ -40,8 +40,6 @@ pub enum Op {
     PurgeUpto(u64, Vec<u8>),
     /// Record the vote.
     Vote(Vec<u8>),
-    /// Record the committed pointer.
-    Committed(Vec<u8>),
 }
 
 /// Who to tell once an operation is durable (or failed).
@@ -103,6 +101,9 @@ pub struct Writer {
     failed: Arc<AtomicBool>,
     /// The thread, joined on drop so the file lock is released when we return.
     thread: Mutex<Option<JoinHandle<()>>>,
+    /// The newest committed pointer not yet handed to the thread (see
+    /// [`Writer::set_committed`]).
+    committed: Arc<Mutex<Option<Vec<u8>>>>,
 }
 
 impl std::fmt::Debug for Writer {
@@ -119,18 +120,29 @@ impl Writer {
         let (tx, rx) = mpsc::channel(QUEUE_JOBS_MAX);
         let stats = Arc::new(Stats::default());
         let failed = Arc::new(AtomicBool::new(false));
+        let committed: Arc<Mutex<Option<Vec<u8>>>> = Arc::default();
         let thread = {
-            let (stats, failed) = (stats.clone(), failed.clone());
+            let (stats, failed, committed) = (stats.clone(), failed.clone(), committed.clone());
             std::thread::Builder::new()
                 .name("oncekv-log-writer".into())
-                .spawn(move || run(wal, rx, &stats, &failed))?
+                .spawn(move || run(wal, rx, &stats, &failed, &committed))?
         };
         Ok(Writer {
             tx: Some(tx),
             stats,
             failed,
             thread: Mutex::new(Some(thread)),
+            committed,
         })
+    }
+
+    /// Records the committed pointer (its JSON) lazily: it is written at the end
+    /// of the next batch (after every entry it covers, which were queued before
+    /// it), or at close, and never wakes the thread by itself. A newer pointer
+    /// replaces one not yet written. Losing the newest one in a crash only makes
+    /// the restarted node re-apply less before the leader tells it more.
+    pub fn set_committed(&self, bytes: Vec<u8>) {
+        *self.committed.lock().unwrap_or_else(|p| p.into_inner()) = Some(bytes);
     }
 
     /// Queues `op`; `done` is completed once it is durable. Waits while the queue is full.
@@ -182,23 +194,45 @@ impl Drop for Writer {
 }
 
 /// The thread: take one job (blocking), drain what else is queued, commit once.
-fn run(mut wal: Wal, mut rx: mpsc::Receiver<(Op, Done)>, stats: &Stats, failed: &AtomicBool) {
+fn run(
+    mut wal: Wal,
+    mut rx: mpsc::Receiver<(Op, Done)>,
+    stats: &Stats,
+    failed: &AtomicBool,
+    committed: &Mutex<Option<Vec<u8>>>,
+) {
+    let take_committed = || committed.lock().unwrap_or_else(|p| p.into_inner()).take();
     let mut batch: Vec<(Op, Done)> = Vec::with_capacity(BATCH_JOBS_MAX);
     while let Some(first) = rx.blocking_recv() {
+        // Taken before draining: the entries a committed pointer covers were
+        // queued before it was set, so a drain that empties the queue holds them.
+        let mut pending = take_committed();
         batch.push(first);
+        let mut emptied = false;
         while batch.len() < BATCH_JOBS_MAX {
             match rx.try_recv() {
                 Ok(job) => batch.push(job),
-                Err(_) => break,
+                Err(_) => {
+                    emptied = true;
+                    break;
+                }
+            }
+        }
+        if !emptied && let Some(c) = pending.take() {
+            // Some covered entries may still be queued: leave it for a later
+            // batch, unless a newer pointer arrived meanwhile.
+            let mut slot = committed.lock().unwrap_or_else(|p| p.into_inner());
+            if slot.is_none() {
+                *slot = Some(c);
             }
         }
         let result = if failed.load(Ordering::Acquire) {
             Err("log writer failed earlier; refusing writes".to_string())
         } else {
-            // A batch nobody waits on (the committed pointer, a truncate or purge
-            // queued ahead of appends) is written now and synced by the next one.
+            // A batch nobody waits on (a truncate or purge queued ahead of
+            // appends) is written now and synced by the next one.
             let sync = batch.iter().any(|(_, done)| !matches!(done, Done::Nothing));
-            let r = write_batch(&mut wal, batch.iter().map(|(op, _)| op), sync);
+            let r = write_batch(&mut wal, batch.iter().map(|(op, _)| op), pending, sync);
             match &r {
                 Ok(()) if sync => {
                     stats.commits.fetch_add(1, Ordering::Relaxed);
@@ -215,22 +249,26 @@ fn run(mut wal: Wal, mut rx: mpsc::Receiver<(Op, Done)>, stats: &Stats, failed: 
             done.complete(&result);
         }
     }
-    // Closing: make what was written without a sync durable too.
+    // Closing: the last committed pointer, and what was written without a sync.
     if !failed.load(Ordering::Acquire)
-        && let Err(e) = wal.commit()
+        && let Err(e) = write_batch(&mut wal, std::iter::empty(), take_committed(), true)
     {
         tracing::error!("log sync at close failed: {e}");
     }
 }
 
-/// Writes `ops` to the log, and syncs it if `sync`.
+/// Writes `ops`, then the committed pointer if one is pending, and syncs if `sync`.
 fn write_batch<'a>(
     wal: &mut Wal,
     ops: impl Iterator<Item = &'a Op>,
+    committed: Option<Vec<u8>>,
     sync: bool,
 ) -> Result<(), String> {
     for op in ops {
         push(wal, op).map_err(|e| e.to_string())?;
+    }
+    if let Some(c) = &committed {
+        wal.push(Record::Committed(c)).map_err(|e| e.to_string())?;
     }
     if sync {
         wal.commit()
@@ -251,6 +289,5 @@ fn push(wal: &mut Wal, op: &Op) -> io::Result<()> {
         Op::TruncateFrom(from) => wal.push(Record::TruncateFrom(*from)),
         Op::PurgeUpto(upto, id) => wal.push(Record::Purge(*upto, id)),
         Op::Vote(bytes) => wal.push(Record::Vote(bytes)),
-        Op::Committed(bytes) => wal.push(Record::Committed(bytes)),
     }
 }
