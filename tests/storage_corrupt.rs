@@ -73,13 +73,8 @@ fn garble_at(file: &Path, at: u64, len: usize) {
 
 /// The newest (here: only) log segment of a populated dir.
 fn segment(dir: &Path) -> PathBuf {
-    let mut segs: Vec<PathBuf> = fs::read_dir(dir.join(LOG_DIR))
-        .expect("log dir")
-        .map(|e| e.expect("entry").path())
-        .filter(|p| p.extension().is_some_and(|x| x == "wal"))
-        .collect();
-    segs.sort();
-    segs.pop().expect("a segment")
+    let segs = storage::wal::segment_files(&dir.join(LOG_DIR)).expect("log dir");
+    segs.last().cloned().expect("a segment")
 }
 
 #[tokio::test]

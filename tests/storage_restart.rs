@@ -71,16 +71,9 @@ async fn log_vote_and_committed_survive_reopen() {
 }
 
 fn segment_count(dir: &std::path::Path) -> usize {
-    std::fs::read_dir(dir.join(LOG_DIR))
+    storage::wal::segment_files(&dir.join(LOG_DIR))
         .expect("log dir")
-        .filter(|e| {
-            e.as_ref()
-                .expect("entry")
-                .file_name()
-                .to_string_lossy()
-                .ends_with(".wal")
-        })
-        .count()
+        .len()
 }
 
 /// With 4 KiB segments the log spans many files: a purge deletes the ones behind

@@ -538,13 +538,8 @@ fn serve_must_fail(name: &str, peers: &str, dir: &Path, timeout: Duration) -> (S
 
 /// The newest segment file of a log directory.
 fn newest_segment(log_dir: &Path) -> PathBuf {
-    let mut segs: Vec<PathBuf> = fs::read_dir(log_dir)
-        .expect("log dir")
-        .map(|e| e.expect("entry").path())
-        .filter(|p| p.extension().is_some_and(|x| x == "wal"))
-        .collect();
-    segs.sort();
-    segs.pop().expect("a segment")
+    let segs = oncekv::storage::wal::segment_files(log_dir).expect("log dir");
+    segs.last().cloned().expect("a segment")
 }
 
 /// 3. A node's log segment or snapshot file truncated or garbled while it is down:

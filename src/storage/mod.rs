@@ -180,11 +180,7 @@ fn open_with(
 
 /// True if `wal_dir` holds at least one segment file.
 fn has_segments(wal_dir: &Path) -> bool {
-    fs::read_dir(wal_dir).is_ok_and(|items| {
-        items
-            .flatten()
-            .any(|i| i.file_name().to_string_lossy().ends_with(".wal"))
-    })
+    wal::segment_files(wal_dir).is_ok_and(|s| !s.is_empty())
 }
 
 /// A dir without a marker may hold only what an interrupted first open creates.

@@ -265,7 +265,8 @@ impl Wal {
                 resume = Some((scanned, bytes.len() as u64));
             }
         }
-        let mut wal = match (segments.back(), resume) {
+        // The newest segment and where writing resumes in it; a new dir gets one.
+        let (file, file_bytes, offset) = match (segments.back(), resume) {
             (Some(last), Some((scanned, size))) => {
                 let file = OpenOptions::new()
                     .read(true)
@@ -277,41 +278,28 @@ impl Wal {
                     // surface behind the records written next.
                     zero_from(&file, scanned.end as u64, size).map_err(io_err(&last.path))?;
                 }
-                Wal {
-                    dir: dir.to_owned(),
-                    segment_bytes,
-                    _lock: lock,
-                    segments,
-                    file,
-                    file_bytes: size,
-                    offset: scanned.end as u64,
-                    buf: Vec::new(),
-                    unsynced: 0,
-                    buf_max_index: None,
-                    vote,
-                    committed,
-                    purged,
-                }
+                (file, size, scanned.end as u64)
             }
             _ => {
                 let (file, seg) = create_segment(dir, 1, segment_bytes)?;
                 segments.push_back(seg);
-                Wal {
-                    dir: dir.to_owned(),
-                    segment_bytes,
-                    _lock: lock,
-                    segments,
-                    file,
-                    file_bytes: segment_bytes,
-                    offset: HEADER_BYTES as u64,
-                    buf: Vec::new(),
-                    unsynced: 0,
-                    buf_max_index: None,
-                    vote: None,
-                    committed: None,
-                    purged: None,
-                }
+                (file, segment_bytes, HEADER_BYTES as u64)
             }
+        };
+        let mut wal = Wal {
+            dir: dir.to_owned(),
+            segment_bytes,
+            _lock: lock,
+            segments,
+            file,
+            file_bytes,
+            offset,
+            buf: Vec::new(),
+            unsynced: 0,
+            buf_max_index: None,
+            vote,
+            committed,
+            purged,
         };
         wal.buf.reserve(64 << 10);
         Ok(wal)
@@ -432,6 +420,17 @@ impl Wal {
         }
         Ok(())
     }
+}
+
+/// The segment files in the log directory `dir`, oldest first (for tools and tests;
+/// the log itself must not be open for writing meanwhile to get a stable answer).
+pub fn segment_files(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "wal"))
+        .collect();
+    files.sort();
+    Ok(files)
 }
 
 /// The segments in `dir` by sequence number; leftover temp files are removed.
