@@ -245,3 +245,79 @@ fn three_node_failover_retry_is_answered_from_cache() {
 fn five_node_failover_retry_is_answered_from_cache() {
     failover_retry_returns_cached_reply(5);
 }
+
+/// Error codes that promise the operation did not and will not happen.
+fn is_definite_error(reply: &Value) -> bool {
+    reply["type"] == "error" && ![0, 13].contains(&reply["code"].as_u64().unwrap_or(0))
+}
+
+/// A leader cut off right after appending two writes cannot commit them; a new
+/// leader fills those log indexes with its own entries; once healed, the old
+/// leader's entries are discarded (openraft's `LogEntryDiscarded`). Neither
+/// client may get a definite error: with a session the write is re-proposed (or
+/// retried) and runs exactly once; without one the answer is indefinite (13),
+/// and here it indeed never ran.
+#[test]
+fn a_discarded_proposal_never_gets_a_definite_error() {
+    // Long enough that the outcome is the discard, not the request timeout.
+    let cluster = Cluster::start_with_env(3, &[("ONCEKV_REQUEST_TIMEOUT_MS", "20000")]);
+    let old = cluster.leader(None);
+    let warm = cluster.request(old, json!({"type":"write","key":"k","value":"0"}));
+    assert_eq!(warm["type"], "write_ok", "{warm}");
+
+    cluster.isolate(old);
+    let add = json!({"type":"add","key":"ctr","delta":1,"client_id":"alice","seq":1});
+    let alice = cluster.send_as("alice", old, add.clone());
+    let carol = cluster.send_as(
+        "carol",
+        old,
+        json!({"type":"write","key":"k","value":"carol"}),
+    );
+    let new = cluster.leader(Some(old));
+    for seq in 1..=3 {
+        let w = cluster.request_as(
+            "bob",
+            new,
+            json!({"type":"write","key":"k","value":format!("bob{seq}"),"client_id":"bob","seq":seq}),
+            Duration::from_secs(10),
+        );
+        assert_eq!(w["type"], "write_ok", "{w}");
+    }
+    cluster.heal(old);
+
+    let a = cluster.wait_reply(&alice, Duration::from_secs(30));
+    eprintln!("alice (session) got {a}");
+    assert!(
+        !is_definite_error(&a),
+        "definite error after a proposal: {a}"
+    );
+    let c = cluster.wait_reply(&carol, Duration::from_secs(30));
+    eprintln!("carol (no session) got {c}");
+    assert!(
+        !is_definite_error(&c),
+        "definite error after a proposal: {c}"
+    );
+    assert_eq!(c["type"], "error", "carol's entry was discarded: {c}");
+    assert!(
+        c["text"].as_str().unwrap_or("").contains("discarded"),
+        "the discard path, not a timeout: {c}"
+    );
+
+    // Alice retries the same seq (as a client must after an indefinite error,
+    // and harmlessly after an answer): it runs at most once in all.
+    let retry = cluster.request_as("alice", new, add, Duration::from_secs(10));
+    assert_eq!(retry["type"], "add_ok", "{retry}");
+    assert_eq!(retry["value"], 1, "{retry}");
+    if a["type"] == "add_ok" {
+        assert_eq!(a["value"], 1, "{a}");
+    }
+    let ctr = cluster.request(new, json!({"type":"read","key":"ctr"}));
+    assert_eq!(ctr["value"], 1, "alice's add ran exactly once");
+    let k = cluster.request(new, json!({"type":"read","key":"k"}));
+    assert_eq!(k["value"], "bob3", "carol's discarded write never ran");
+    assert!(
+        cluster.violations().is_empty(),
+        "{:?}",
+        cluster.violations()
+    );
+}

@@ -70,12 +70,19 @@ pub struct Cluster {
 impl Cluster {
     /// Starts `n` nodes `n0..` and initializes them.
     pub fn start(n: usize) -> Cluster {
+        Cluster::start_with_env(n, &[])
+    }
+
+    /// [`Cluster::start`] with extra environment variables for the nodes
+    /// (`ONCEKV_*` config overrides).
+    pub fn start_with_env(n: usize, env: &[(&str, &str)]) -> Cluster {
         let names: Vec<String> = (0..n).map(|i| format!("n{i}")).collect();
         let mut children = Vec::new();
         let mut stdins = Vec::new();
         let (tx, rx) = channel::<(usize, String)>();
         for i in 0..n {
             let mut child = Command::new(bin())
+                .envs(env.iter().copied())
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::null())
@@ -118,20 +125,25 @@ impl Cluster {
     }
 
     /// Sends `body` from client `client` to node `node` and waits for the reply.
-    pub fn request_as(
-        &self,
-        client: &str,
-        node: usize,
-        mut body: Value,
-        within: Duration,
-    ) -> Value {
+    pub fn request_as(&self, client: &str, node: usize, body: Value, within: Duration) -> Value {
+        let sent = self.send_as(client, node, body);
+        self.wait_reply(&sent, within)
+    }
+
+    /// Sends `body` from client `client` to node `node` without waiting; returns
+    /// what [`Cluster::wait_reply`] needs.
+    pub fn send_as(&self, client: &str, node: usize, mut body: Value) -> (String, u64) {
         let msg_id = self.next_msg_id.fetch_add(1, Ordering::SeqCst);
         body["msg_id"] = json!(msg_id);
         let line = json!({"src": client, "dest": self.shared.names[node], "body": body});
         deliver(&self.shared, node, &line.to_string());
-        let key = (client.to_string(), msg_id);
+        (client.to_string(), msg_id)
+    }
+
+    /// Waits for the reply to a request sent with [`Cluster::send_as`].
+    pub fn wait_reply(&self, sent: &(String, u64), within: Duration) -> Value {
         wait_for("a reply", within, || {
-            self.shared.replies.lock().unwrap().remove(&key)
+            self.shared.replies.lock().unwrap().remove(sent)
         })
     }
 
@@ -155,6 +167,11 @@ impl Cluster {
     /// Cuts `node` off from every other node, both ways.
     pub fn isolate(&self, node: usize) {
         self.shared.isolated.lock().unwrap().insert(node);
+    }
+
+    /// Reconnects `node` to the others.
+    pub fn heal(&self, node: usize) {
+        self.shared.isolated.lock().unwrap().remove(&node);
     }
 
     /// Lines from nodes that broke the protocol.
