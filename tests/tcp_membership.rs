@@ -1,7 +1,8 @@
 //! Membership with real processes and the CLI: a node added to a cluster whose log
 //! was purged behind a snapshot catches up by snapshot, with the sessions intact:
 //! after the old leader is killed and removed, a retry of an executed seq still
-//! gets its cached reply.
+//! gets its cached reply. The cluster has a key: the new node joins with it, and
+//! the CLI's membership changes are refused without it.
 
 mod support_tcp;
 
@@ -12,8 +13,17 @@ use oncekv::protocol::Reply;
 use serde_json::json;
 use support_tcp::TestCluster;
 
-fn cli(cluster: &TestCluster, args: &[&str]) -> std::process::Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_oncekv"))
+/// The cluster's key: membership changes must present it.
+const KEY: &str = "membership-test-key";
+
+/// Runs `oncekv client` with the cluster key in its environment, or without.
+fn cli_keyed(cluster: &TestCluster, key: Option<&str>, args: &[&str]) -> std::process::Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_oncekv"));
+    cmd.env_remove(oncekv::tcp::CLUSTER_KEY_VAR);
+    if let Some(k) = key {
+        cmd.env(oncekv::tcp::CLUSTER_KEY_VAR, k);
+    }
+    let out = cmd
         .args([
             "client",
             "--peers",
@@ -32,11 +42,17 @@ fn cli(cluster: &TestCluster, args: &[&str]) -> std::process::Output {
     out
 }
 
+fn cli(cluster: &TestCluster, args: &[&str]) -> std::process::Output {
+    cli_keyed(cluster, Some(KEY), args)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_added_node_catches_up_by_snapshot_with_sessions_intact() {
     let env = [
         ("ONCEKV_SNAPSHOT_EVERY_ENTRIES", "20"),
         ("ONCEKV_LOG_KEPT_BEHIND_SNAPSHOT", "0"),
+        // Every node presents it to its peers, the added one included.
+        (oncekv::tcp::CLUSTER_KEY_VAR, KEY),
     ];
     let mut cluster = TestCluster::start("membership", 3, &env);
     let leader = cluster.wait_leader(Duration::from_secs(10)).await;
@@ -54,6 +70,17 @@ async fn an_added_node_catches_up_by_snapshot_with_sessions_intact() {
 
     let n4 = cluster.add_node_process();
     let spec = format!("{}={}", cluster.nodes[n4].name, cluster.nodes[n4].addr);
+    // Without the key, or with a wrong one, the change is refused (definite: 10).
+    for key in [None, Some("wrong")] {
+        let out = cli_keyed(&cluster, key, &["add-node", &spec]);
+        assert!(!out.status.success());
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(
+            text.contains("\"code\":10") && text.contains("cluster key"),
+            "{text}"
+        );
+    }
     assert!(cli(&cluster, &["add-node", &spec]).status.success());
     let leader_applied = cluster.status(leader).await.and_then(|s| s.applied_index);
     cluster

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use super::client::{Client, ClientError, ClientOptions};
-use crate::protocol::Reply;
+use crate::protocol::{ErrorCode, Reply};
 
 /// Arguments of `oncekv client`.
 #[derive(Debug, Clone, clap::Args)]
@@ -90,6 +90,7 @@ fn json_arg(text: &str) -> Value {
 #[allow(clippy::print_stdout)] // the CLI's output
 pub async fn run(args: ClientArgs) -> i32 {
     let mut opts = ClientOptions::new(args.peers.clone());
+    opts.cluster_key = super::cluster_key_from_env().map(|k| k.to_string());
     opts.deadline = Duration::from_secs_f64(args.deadline.max(0.0));
     if matches!(
         args.op,
@@ -194,7 +195,19 @@ async fn admin(client: &mut Client, body: Value, deadline_s: f64) -> i32 {
                     println!("{}", Value::Object(reply));
                     return 0;
                 }
-                Ok(reply) => last = Value::Object(reply).to_string(),
+                Ok(reply) => {
+                    let code = (reply.get("code").and_then(Value::as_u64))
+                        .and_then(|c| ErrorCode::try_from(c as u32).ok());
+                    last = Value::Object(reply).to_string();
+                    // A definite refusal (a bad request, no cluster key) will not
+                    // change on retry; "not the leader" (11) will.
+                    if code
+                        .is_some_and(|c| c.is_definite() && c != ErrorCode::TemporarilyUnavailable)
+                    {
+                        eprintln!("error: {last}");
+                        return 1;
+                    }
+                }
                 Err(e) => last = e,
             }
         }

@@ -39,6 +39,9 @@ pub struct ClientOptions {
     pub retry_backoff: Duration,
     /// Longest reply line accepted.
     pub line_bytes_max: usize,
+    /// The cluster key, presented on every new connection (`peer_hello`): needed
+    /// only for membership changes on a cluster that has one.
+    pub cluster_key: Option<String>,
 }
 
 impl ClientOptions {
@@ -51,6 +54,7 @@ impl ClientOptions {
             connect_timeout: Duration::from_millis(300),
             retry_backoff: Duration::from_millis(25),
             line_bytes_max: 1 << 20,
+            cluster_key: None,
         }
     }
 }
@@ -296,7 +300,15 @@ impl Client {
                 match tokio::time::timeout(self.opts.connect_timeout.min(wait), connect).await {
                     Ok(Ok(s)) => {
                         let _ = s.set_nodelay(true);
-                        let (r, w) = s.into_split();
+                        let (r, mut w) = s.into_split();
+                        if let Some(key) = &self.opts.cluster_key {
+                            // Its reply is skipped like any line not for us.
+                            self.next_msg_id += 1;
+                            let hello = super::hello_line(&self.name, key, self.next_msg_id);
+                            if let Err(e) = write_line(&mut w, &hello).await {
+                                return Attempt::NotSent(format!("hello to {addr}: {e}"));
+                            }
+                        }
                         Conn {
                             r: LineReader::new(BufReader::new(r), self.opts.line_bytes_max),
                             w,

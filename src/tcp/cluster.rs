@@ -2,7 +2,8 @@
 //! `nI` listens on `base_port + I - 1`, keeps its files in `DATA_DIR/nI/` (its log
 //! in `node.log`, anything else it writes to stderr in `stderr.log`). Ctrl-C (or
 //! SIGTERM) stops them all: each gets SIGINT's graceful stop via the terminal's
-//! process group, and whatever is left after a grace period is killed.
+//! process group, and whatever is left after a grace period is killed. The nodes
+//! share a cluster key (`docs/cluster.md`), kept in `DATA_DIR/cluster.key`.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -29,6 +30,30 @@ pub struct ClusterArgs {
     pub host: String,
 }
 
+/// The cluster's key: [`super::CLUSTER_KEY_VAR`] if set, else the one kept in
+/// `DATA_DIR/cluster.key`, else a new random one written there (readable by the
+/// owner only). Returns it and the file.
+fn cluster_key(data_dir: &std::path::Path) -> Result<(String, PathBuf), TcpError> {
+    let file = data_dir.join("cluster.key");
+    if let Some(key) = super::cluster_key_from_env() {
+        return Ok((key.to_string(), file));
+    }
+    if let Ok(text) = std::fs::read_to_string(&file)
+        && !text.trim().is_empty()
+    {
+        return Ok((text.trim().to_string(), file));
+    }
+    let key: String = (0..16)
+        .map(|_| format!("{:02x}", rand::random::<u8>()))
+        .collect();
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    std::io::Write::write_all(&mut opts.open(&file)?, format!("{key}\n").as_bytes())?;
+    Ok((key, file))
+}
+
 /// How long nodes get to stop on their own before they are killed.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
@@ -50,6 +75,8 @@ pub async fn run(args: &ClusterArgs) -> Result<(), TcpError> {
         .map(|(n, a)| format!("{n}={a}"))
         .collect::<Vec<_>>()
         .join(",");
+    std::fs::create_dir_all(&args.data_dir)?;
+    let (key, key_file) = cluster_key(&args.data_dir)?;
     let mut children: Vec<(String, Child)> = Vec::new();
     for (name, addr) in &nodes {
         let dir = args.data_dir.join(name);
@@ -59,6 +86,7 @@ pub async fn run(args: &ClusterArgs) -> Result<(), TcpError> {
             .args(["serve", "--id", name, "--listen", addr, "--peers", &peers])
             .arg("--data-dir")
             .arg(&dir)
+            .env(super::CLUSTER_KEY_VAR, &key)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)
@@ -71,7 +99,13 @@ pub async fn run(args: &ClusterArgs) -> Result<(), TcpError> {
         );
         children.push((name.clone(), child));
     }
-    println!("peers: {peers}\nCtrl-C stops the cluster.");
+    println!(
+        "peers: {peers}\ncluster key: in {} (membership changes need it: \
+         {}=$(cat {}) oncekv client ... add-node ...)\nCtrl-C stops the cluster.",
+        key_file.display(),
+        super::CLUSTER_KEY_VAR,
+        key_file.display()
+    );
     super::serve::stop_signal().await;
     println!("stopping {} nodes", children.len());
     for (_, child) in &children {

@@ -65,6 +65,9 @@ pub struct Handler {
     in_flight: Arc<Semaphore>,
     /// Next ticket for the reply sequencer.
     next_ticket: u64,
+    /// Whether this connection may send peer RPCs and membership changes: it
+    /// presented the cluster key, or the node has none.
+    trusted: bool,
 }
 
 impl Handler {
@@ -80,10 +83,11 @@ impl Handler {
             node,
             msg_ids,
             in_flight: Arc::new(Semaphore::new(config.requests_per_connection_max)),
-            config,
+            config: config.clone(),
             shutdown,
             _shutdown_complete: shutdown_complete,
             next_ticket: 0,
+            trusted: config.cluster_key.is_none(),
         }
     }
 
@@ -209,8 +213,35 @@ impl Handler {
         };
         let node = self.node.clone();
         let config = self.config.clone();
+        let peer_only = matches!(kind.as_str(), "add_node" | "remove_node" | "forward")
+            || kind.starts_with("raft_");
         let body = match kind.as_str() {
             "status" => status_body(&node),
+            "peer_hello" => {
+                let given = raw.get("key").and_then(Value::as_str).unwrap_or("");
+                match &config.cluster_key {
+                    Some(key) if !super::keys_match(given, key) => {
+                        tracing::warn!("refused a peer_hello from {src}: wrong cluster key");
+                        crate::node::error_body(ErrorCode::MalformedRequest, "wrong cluster key")
+                    }
+                    _ => {
+                        self.trusted = true;
+                        let mut b = Map::new();
+                        b.insert("type".into(), Value::from("peer_hello_ok"));
+                        b
+                    }
+                }
+            }
+            _ if peer_only && !self.trusted => {
+                tracing::warn!("refused {kind} from {src}: the connection gave no cluster key");
+                crate::node::error_body(
+                    ErrorCode::NotSupported,
+                    &format!(
+                        "{kind} needs the cluster key: send peer_hello {{key}} with the right key \
+                         first on this connection"
+                    ),
+                )
+            }
             "add_node" | "remove_node" => {
                 let out = out.clone();
                 tokio::spawn(async move {

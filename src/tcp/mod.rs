@@ -26,6 +26,7 @@ pub mod serve;
 pub mod server;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use client::{Client, ClientError, ClientOptions};
@@ -56,6 +57,39 @@ pub struct TcpConfig {
     pub reconnect_backoff_max: Duration,
     /// How long a membership change may take before the node answers error 0.
     pub membership_timeout: Duration,
+    /// The shared secret of the cluster ([`CLUSTER_KEY_VAR`]). When set, a
+    /// connection must present it (`peer_hello`) before its peer RPCs and
+    /// membership changes are served, and the node presents it to its peers.
+    /// Client requests and `status` need no key.
+    pub cluster_key: Option<Arc<str>>,
+}
+
+/// The environment variable holding the cluster key (kept out of the command
+/// line, which other users of the machine can read).
+pub const CLUSTER_KEY_VAR: &str = "ONCEKV_CLUSTER_KEY";
+
+/// The cluster key from [`CLUSTER_KEY_VAR`], if set and not empty.
+pub fn cluster_key_from_env() -> Option<Arc<str>> {
+    std::env::var(CLUSTER_KEY_VAR)
+        .ok()
+        .filter(|k| !k.is_empty())
+        .map(Arc::from)
+}
+
+/// Compares keys in time independent of where they differ.
+pub fn keys_match(given: &str, expected: &str) -> bool {
+    let (a, b) = (given.as_bytes(), expected.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The line that presents `key` on a new connection: `peer_hello {key}`.
+pub fn hello_line(src: &str, key: &str, msg_id: u64) -> String {
+    serde_json::json!({
+        "src": src,
+        "dest": "",
+        "body": {"type": "peer_hello", "key": key, "msg_id": msg_id}
+    })
+    .to_string()
 }
 
 impl Default for TcpConfig {
@@ -70,6 +104,7 @@ impl Default for TcpConfig {
             reconnect_backoff_min: Duration::from_millis(20),
             reconnect_backoff_max: Duration::from_millis(500),
             membership_timeout: Duration::from_secs(60),
+            cluster_key: None,
         }
     }
 }

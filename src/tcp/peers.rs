@@ -201,7 +201,18 @@ impl Link {
         let why = match tokio::time::timeout(self.config.connect_timeout, connect).await {
             Ok(Ok(stream)) => {
                 let _ = stream.set_nodelay(true);
-                let (r, w) = stream.into_split();
+                let (r, mut w) = stream.into_split();
+                if let Some(key) = &self.config.cluster_key {
+                    // First on the connection, so every call after it is served.
+                    let msg_id = self.msg_ids.fetch_add(1, Ordering::Relaxed);
+                    let hello = super::hello_line(&self.me, key, msg_id);
+                    let write = write_line(&mut w, &hello);
+                    match tokio::time::timeout(self.config.write_timeout, write).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => return self.backoff_after(e.to_string()),
+                        Err(_) => return self.backoff_after("hello write timed out".into()),
+                    }
+                }
                 let pending = Pending::default();
                 let reader =
                     tokio::spawn(read_replies(r, pending.clone(), self.config.line_bytes_max));
@@ -218,6 +229,11 @@ impl Link {
             Ok(Err(e)) => e.to_string(),
             Err(_) => "connect timed out".to_string(),
         };
+        self.backoff_after(why)
+    }
+
+    /// Starts (or lengthens) the back-off after a failed connect.
+    fn backoff_after(&mut self, why: String) -> Result<(), String> {
         self.retry_at = Instant::now() + self.backoff;
         self.backoff = (self.backoff * 2).min(self.config.reconnect_backoff_max);
         Err(why)

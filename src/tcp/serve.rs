@@ -58,7 +58,16 @@ pub async fn run(args: &ServeArgs, shutdown: impl std::future::Future) -> Result
         }
     }
     let config = Config::from_env()?;
-    let tcp = TcpConfig::default();
+    let tcp = TcpConfig {
+        cluster_key: super::cluster_key_from_env(),
+        ..TcpConfig::default()
+    };
+    if tcp.cluster_key.is_none() {
+        tracing::warn!(
+            "no cluster key ({}): any process that reaches this port can send Raft RPCs",
+            super::CLUSTER_KEY_VAR
+        );
+    }
     let storage = open_storage(&args.data_dir, id)?;
     // Bind before starting Raft, so peers' first connects wait in the backlog.
     let listener = TcpListener::bind(&args.listen).await?;
