@@ -171,6 +171,33 @@ impl EtcdCluster {
             .collect()
     }
 
+    /// Fails with the end of its log if a started member has exited (an unreaped
+    /// child shows as a zombie, state `Z`, in `/proc/PID/stat`), e.g. because
+    /// etcd refused its flags.
+    fn check_alive(&self) -> anyhow::Result<()> {
+        for m in &self.members {
+            let Some(child) = &m.child else { continue };
+            let stat = std::fs::read_to_string(format!("/proc/{}/stat", child.id()));
+            let exited = stat.map_or(true, |s| {
+                s.rfind(')')
+                    .and_then(|i| s[i + 1..].split_whitespace().next())
+                    .is_some_and(|state| state == "Z" || state == "X")
+            });
+            if exited {
+                let log = std::fs::read_to_string(&m.log).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(5).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                anyhow::bail!(
+                    "etcd member {} exited at start; the end of {}:\n{}",
+                    m.name,
+                    m.log.display(),
+                    tail.join("\n")
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// Waits until every member reports the same leader, term and applied index,
     /// then returns the leader's index.
     pub async fn wait_settled(&self, timeout: Duration) -> anyhow::Result<usize> {
@@ -178,6 +205,7 @@ impl EtcdCluster {
         let mut probe = EtcdClient::new(self.endpoints());
         let mut last = String::from("no status yet");
         while Instant::now() < deadline {
+            self.check_alive()?;
             let mut views = Vec::new();
             for i in 0..self.members.len() {
                 match probe.status(i).await {
