@@ -85,6 +85,72 @@ fn single_node_is_a_sequential_store() {
     assert_eq!(got, expect, "output:\n{out}");
 }
 
+/// A retry arriving right behind an entry that changes its answer (a close, a
+/// raised `first_outstanding`) gets the answer a sequential store gives, not the
+/// reply cached before that entry applied (section 4b). Staged so the race is
+/// certain: the original request has applied (its reply is cached) before the
+/// close and the retry arrive together, in one read.
+#[test]
+fn a_retry_behind_a_close_or_a_window_move_is_answered_in_order() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(support::bin())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut msg_id = 0;
+    let mut send = move |bodies: &[Value]| {
+        let mut chunk = String::new();
+        for b in bodies {
+            msg_id += 1;
+            let mut b = b.clone();
+            b["msg_id"] = json!(msg_id);
+            chunk += &json!({"src":"c1","dest":"n0","body":b}).to_string();
+            chunk.push('\n');
+        }
+        // One write, so the node reads the lines back to back.
+        stdin.write_all(chunk.as_bytes()).expect("write");
+        stdin.flush().expect("flush");
+    };
+    let mut recv = |n: usize| -> Vec<Value> {
+        (0..n)
+            .map(|_| {
+                let mut line = String::new();
+                stdout.read_line(&mut line).expect("read");
+                serde_json::from_str::<Value>(&line).expect("json")["body"].clone()
+            })
+            .collect()
+    };
+    send(&[json!({"type":"init","node_id":"n0","node_ids":["n0"]})]);
+    assert_eq!(recv(1)[0]["type"], "init_ok");
+    send(&[json!({"type":"write","key":1,"value":1,"client_id":"A","seq":1})]);
+    assert_eq!(recv(1)[0]["type"], "write_ok");
+    send(&[
+        json!({"type":"close_session","client_id":"A"}),
+        json!({"type":"write","key":1,"value":1,"client_id":"A","seq":1}),
+    ]);
+    let r = recv(2);
+    assert_eq!(r[0]["type"], "close_session_ok", "{r:?}");
+    assert_eq!(r[1]["code"], 1000, "the retry came after the close: {r:?}");
+
+    let add = |seq: u64, fo: u64| json!({"type":"add","key":2,"delta":1,"client_id":"P","seq":seq,"first_outstanding":fo});
+    send(&[add(1, 1)]);
+    assert_eq!(recv(1)[0]["value"], 1);
+    send(&[add(2, 2), add(1, 1)]);
+    let r = recv(2);
+    assert_eq!(r[0]["value"], 2, "{r:?}");
+    assert_eq!(
+        r[1]["code"], 1001,
+        "seq 1 is below the raised window: {r:?}"
+    );
+    drop(send); // owns stdin: closing it ends the node
+    assert!(child.wait().expect("wait").success());
+}
+
 /// Retries of write, cas and add return the cached reply and execute once; `add`
 /// makes a second execution visible.
 #[test]

@@ -302,7 +302,10 @@ impl Node {
         let mut proposed = Vec::new();
         let mut cmds = Vec::new();
         for op in ops {
-            if let Some(reply) = self.cached(&op) {
+            // Only ahead of every proposal of this batch: a later op must see them.
+            if cmds.is_empty()
+                && let Some(reply) = self.cached(&op)
+            {
                 immediate.push(Some(reply));
                 continue;
             }
@@ -360,8 +363,13 @@ impl Node {
         Ok(BatchStarted { immediate, rest })
     }
 
-    /// The cached reply of a session op that already ran, if the state can be read
-    /// without waiting (best effort: the apply-time rule catches the rest).
+    /// The cached reply of a session op that already ran, answered without a log
+    /// entry, but only when every proposal this node submitted before it has
+    /// finished: otherwise an earlier `close_session`, `first_outstanding` or
+    /// other entry still in flight could change the answer, and the reply would no
+    /// longer be the one a sequential store gives (protocol.md section 4b). Then,
+    /// or if the state is busy, the op goes through the log and the apply-time
+    /// rule answers it.
     fn cached(&self, op: &Op) -> Option<Reply> {
         let Op::Kv {
             session: Some(s), ..
@@ -369,6 +377,9 @@ impl Node {
         else {
             return None;
         };
+        if self.submitted.load(Ordering::SeqCst) != *self.finished.borrow() {
+            return None;
+        }
         self.sm.try_read().and_then(|a| a.state.cached_reply(s))
     }
 
