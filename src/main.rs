@@ -45,14 +45,33 @@ enum Command {
     Client(oncekv::tcp::cli::ClientArgs),
 }
 
+/// `oncekv test` exit status for flags it refuses (Jepsen's CLI uses 254), so it is
+/// not read as a verdict (0 valid, 1 invalid, 2 unknown).
+const EXIT_TEST_ARGS: i32 = 254;
+/// `oncekv test` exit status when the run ends without a verdict (Jepsen: 255).
+const EXIT_TEST_CRASHED: i32 = 255;
+
 /// Runs `oncekv test` and prints its summary; the exit status is the verdict's.
 #[allow(clippy::print_stdout)] // CLI-only: the human summary goes to stdout.
 fn test(args: TestArgs) -> anyhow::Result<i32> {
     let seed = args.seed.unwrap_or_else(fresh_seed);
     let out = args.out.clone().unwrap_or_else(default_out_dir);
-    let cfg = args.into_config(seed, out)?;
+    let cfg = match args.into_config(seed, out) {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            eprintln!("{e}");
+            return Ok(EXIT_TEST_ARGS);
+        }
+    };
     let rt = tokio::runtime::Runtime::new()?;
-    let outcome = rt.block_on(oncekv::harness::run(cfg))?;
+    let outcome = match rt.block_on(oncekv::harness::run(cfg)) {
+        Ok(o) => o,
+        Err(e) => {
+            // No verdict (e.g. a node never answered init): not 1 (invalid) or 2.
+            eprintln!("error: the test did not run to a verdict: {e:#}");
+            return Ok(EXIT_TEST_CRASHED);
+        }
+    };
     println!("{}", outcome.summary);
     println!("output: {}", outcome.out_dir.display());
     Ok(outcome.valid.exit_code())
@@ -146,7 +165,15 @@ fn tokio_main<F: std::future::Future>(f: F) -> anyhow::Result<F::Output> {
 }
 
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // `oncekv test` with a bad flag: 254, not clap's 2, which means "unknown".
+        Err(e) if e.use_stderr() && std::env::args().nth(1).as_deref() == Some("test") => {
+            let _ = e.print();
+            std::process::exit(EXIT_TEST_ARGS);
+        }
+        Err(e) => e.exit(),
+    };
     if let Some(Command::Serve(args)) = &cli.command {
         std::process::exit(serve(args)?);
     }

@@ -321,10 +321,22 @@ fn cli_rejects_the_default_concurrency_like_maelstrom() {
         ])
         .output()
         .expect("runs");
-    assert!(!out.status.success());
+    // Not 1 (invalid) or 2 (unknown): a refused flag is no verdict (Jepsen: 254).
+    assert_eq!(out.status.code(), Some(254));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("With 3 worker threads") && err.contains("at least 6"),
         "{err}"
     );
+    // A node that never answers init: no verdict either (255).
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_oncekv"))
+        .args(["test", "--bin", "/bin/cat", "--node-count", "1"])
+        .args(["--concurrency", "2n", "--time-limit", "1"])
+        .arg("--out")
+        .arg(std::env::temp_dir().join(format!("oncekv-noinit-{}", std::process::id())))
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(255));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("did not answer init"), "{err}");
 }

@@ -44,8 +44,9 @@ pub struct TestArgs {
     /// Workload to run: lin-kv (Maelstrom's) or exactly-once (beyond Maelstrom).
     #[arg(short = 'w', long, value_enum, default_value = "lin-kv")]
     pub workload: Workload,
-    /// Path to the binary that runs a node (any Maelstrom node). Arguments for it follow
-    /// the flags, after `--`.
+    /// Path to the binary that runs a node (any Maelstrom node). Its arguments follow
+    /// it (`--bin python3 node.py --node-count 3`), as in Maelstrom; arguments that
+    /// start with `-` go after `--` at the end.
     #[arg(long)]
     pub bin: PathBuf,
     /// How many nodes to run (ids n0..n(N-1)). Without it, Jepsen's default nodes n1..n5.
@@ -85,7 +86,7 @@ pub struct TestArgs {
     #[arg(long)]
     pub seed: Option<u64>,
     /// Arguments passed to every node process.
-    #[arg(last = true)]
+    #[arg(value_name = "ARGS")]
     pub args: Vec<String>,
 }
 
@@ -258,6 +259,40 @@ impl TestArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Wrapper {
+        #[command(flatten)]
+        args: TestArgs,
+    }
+
+    fn parse(line: &[&str]) -> TestArgs {
+        let mut argv = vec!["test"];
+        argv.extend_from_slice(line);
+        Wrapper::try_parse_from(argv).expect("parses").args
+    }
+
+    #[test]
+    fn node_arguments_follow_bin_as_in_maelstrom_or_come_after_dashes() {
+        let a = parse(&[
+            "-w",
+            "lin-kv",
+            "--bin",
+            "python3",
+            "node.py",
+            "--node-count",
+            "3",
+        ]);
+        assert_eq!(a.bin, PathBuf::from("python3"));
+        assert_eq!(a.args, ["node.py"]);
+        assert_eq!(a.node_count, Some(3));
+        let a = parse(&["--bin", "node", "--rate", "10", "--", "--port", "5"]);
+        assert_eq!(a.args, ["--port", "5"]);
+        assert_eq!(a.rate, 10.0);
+        let a = parse(&["--bin", "target/release/oncekv", "--node-count", "3"]);
+        assert!(a.args.is_empty());
+    }
 
     #[test]
     fn concurrency_accepts_plain_and_n_suffixed_counts() {

@@ -2,9 +2,9 @@
 //! Maelstrom 0.2.4 uses) and the grudge functions of `nemesis.clj`.
 //!
 //! - Each fault alternates start/stop (`gen/flip-flop`), staggered (`gen/stagger`): gaps
-//!   uniform in [0, 2 * interval). Jepsen's `Stagger` lets its first operation through at
-//!   once, so the first start happens when the run begins, and each later one a gap after
-//!   the previous event.
+//!   uniform in [0, 2 * interval). The first start comes one such gap after the run
+//!   begins, as `shared/spec/harness.md` says (Jepsen's `Stagger` would let it through
+//!   at once; see docs/testing.md).
 //! - A partition start picks uniformly among `one`, `minority-third`, `majority`,
 //!   `majorities-ring` and turns it into a grudge: receiver -> senders it drops.
 //! - Beyond Maelstrom, `kill` alternates SIGKILL of one random node and its restart
