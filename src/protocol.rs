@@ -260,6 +260,9 @@ pub enum ParseError {
     Body {
         /// Sender, to address the error reply.
         src: Name,
+        /// Addressee: the node's own name, which the reply must carry as `src`
+        /// even before `init` told the node its name.
+        dest: Name,
         /// The request's `msg_id`, if one could be read.
         msg_id: Option<u64>,
         /// What was wrong.
@@ -376,12 +379,14 @@ fn parse_general(line: &str) -> Result<Message, ParseError> {
         None => None,
         Some(v) => Some(v.as_u64().ok_or_else(|| ParseError::Body {
             src: env.src.clone(),
+            dest: env.dest.clone(),
             msg_id: None,
             text: format!("msg_id must be a non-negative integer, got {v}"),
         })?),
     };
     let bad = |text: String| ParseError::Body {
         src: env.src.clone(),
+        dest: env.dest.clone(),
         msg_id,
         text,
     };

@@ -387,3 +387,25 @@ fn a_discarded_proposal_never_gets_a_definite_error() {
         cluster.violations()
     );
 }
+
+/// A malformed request before `init` is answered from the name it was sent to
+/// (the node does not know its own yet), never from an empty `src`.
+#[test]
+fn a_malformed_request_before_init_is_answered_from_the_addressed_name() {
+    let input = [
+        json!({"src":"c1","dest":"n3","body":{"type":"write","msg_id":5}}),
+        json!({"src":"c0","dest":"n3","body":{"type":"init","node_id":"n3","node_ids":["n3"],"msg_id":1}}),
+    ]
+    .iter()
+    .map(|l| l.to_string() + "\n")
+    .collect::<String>();
+    let out = run_script(&input);
+    let lines: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    assert_eq!(lines[0]["src"], "n3", "{out}");
+    assert_eq!(lines[0]["body"]["code"], 12, "{out}");
+    assert_eq!(lines[1]["body"]["type"], "init_ok", "{out}");
+}

@@ -194,8 +194,18 @@ impl Reader {
                 Err(ParseError::Envelope(e)) => {
                     tracing::warn!("dropping a line that is not a message ({e}): {line}");
                 }
-                Err(ParseError::Body { src, msg_id, text }) => {
+                Err(ParseError::Body {
+                    src,
+                    dest,
+                    msg_id,
+                    text,
+                }) => {
                     tracing::warn!("malformed body from {src}: {text}");
+                    if self.node.is_none() {
+                        // Before init, as for a parsed message: the reply's `src`
+                        // is the name the sender addressed.
+                        self.me = dest;
+                    }
                     if let Some(id) = msg_id {
                         self.answer_now(src, id, Reply::error(ErrorCode::MalformedRequest, text))
                             .await;

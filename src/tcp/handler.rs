@@ -128,7 +128,9 @@ impl Handler {
             Err(ParseError::Envelope(e)) => {
                 return tracing::warn!("dropping a line that is not a message ({e})");
             }
-            Err(ParseError::Body { src, msg_id, text }) => {
+            Err(ParseError::Body {
+                src, msg_id, text, ..
+            }) => {
                 if let Some(id) = msg_id {
                     let reply = Reply::error(ErrorCode::MalformedRequest, text);
                     self.answer_now(out, src, id, reply).await;
