@@ -665,7 +665,12 @@ impl Node {
                 };
                 rpc_body("forward_ok", &reply)
             }
-            other => return Err(format!("unknown peer request type {other}")),
+            other => {
+                return Ok(error_body(
+                    ErrorCode::NotSupported,
+                    &format!("unknown peer request type {other}"),
+                ));
+            }
         })
     }
 
