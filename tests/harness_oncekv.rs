@@ -1,5 +1,6 @@
 //! oncekv itself under the harness, as users run it under Maelstrom: 3 and 5 nodes
-//! with partitions (lin-kv), and the exactly-once workload with partitions. Each
+//! with partitions (lin-kv), the exactly-once workload with partitions, and (beyond
+//! Maelstrom) both kinds of partitions, one-way ones included. Each
 //! case prints its seed; `oncekv test ... --seed N` reproduces its schedule.
 
 use std::path::PathBuf;
@@ -24,6 +25,16 @@ async fn run_oncekv(
     nodes: usize,
     secs: f64,
 ) -> anyhow::Result<Outcome> {
+    run_oncekv_under(name, workload, nodes, secs, "partition").await
+}
+
+async fn run_oncekv_under(
+    name: &str,
+    workload: Workload,
+    nodes: usize,
+    secs: f64,
+    nemesis: &str,
+) -> anyhow::Result<Outcome> {
     let seed = seed();
     let out = std::env::temp_dir().join(format!("oncekv-self-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&out);
@@ -36,7 +47,7 @@ async fn run_oncekv(
         time_limit: secs,
         latency: 0,
         latency_dist: LatencyDist::Constant,
-        nemesis: "partition".into(),
+        nemesis: nemesis.into(),
         nemesis_interval: 3.0,
         p_loss: 0.0,
         p_dup: 0.0,
@@ -74,5 +85,17 @@ async fn exactly_once_with_partitions_is_valid() -> anyhow::Result<()> {
     let o = run_oncekv("eo3", Workload::ExactlyOnce, 3, 20.0).await?;
     assert_valid_and_busy(&o);
     assert!(o.summary.contains("exactly-once"), "{}", o.summary);
+    Ok(())
+}
+
+/// Beyond Maelstrom: one-way partitions (a node that hears nobody, one nobody
+/// hears, a minority deaf to the majority) mixed with Maelstrom's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_once_with_one_way_and_two_way_partitions_is_valid() -> anyhow::Result<()> {
+    let nemesis = "partition,partition-one-way";
+    let o = run_oncekv_under("eo3-oneway", Workload::ExactlyOnce, 3, 20.0, nemesis).await?;
+    assert_valid_and_busy(&o);
+    let partitions = o.results["nemesis"]["partitions"].as_u64().unwrap_or(0);
+    assert!(partitions > 0, "no partition in 20 s: {}", o.summary);
     Ok(())
 }

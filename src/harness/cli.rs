@@ -121,7 +121,7 @@ pub enum CliError {
         group: usize,
     },
     /// An unknown fault name.
-    #[error("--nemesis: unknown fault {0:?}; expected partition or kill")]
+    #[error("--nemesis: unknown fault {0:?}; expected partition, partition-one-way or kill")]
     UnknownFault(String),
     /// A numeric flag out of range.
     #[error("{flag} {value}: {why}")]
@@ -177,6 +177,7 @@ pub fn parse_faults(spec: &str) -> Result<BTreeSet<Fault>, CliError> {
         .map(|s| match s {
             "partition" => Ok(Fault::Partition),
             "kill" => Ok(Fault::Kill),
+            "partition-one-way" => Ok(Fault::PartitionOneWay),
             other => Err(CliError::UnknownFault(other.to_string())),
         })
         .collect()

@@ -30,6 +30,9 @@ pub enum Fault {
     Partition,
     /// Beyond Maelstrom: SIGKILL a node, then restart it.
     Kill,
+    /// Beyond Maelstrom: one-way partitions ([`Shape::ONE_WAY`]). With `Partition`
+    /// too, a start picks from both sets of shapes (one flip-flop, one grudge).
+    PartitionOneWay,
 }
 
 /// Which faults and how often.
@@ -52,6 +55,13 @@ pub enum Shape {
     Majority,
     /// Each node hears a different majority; a one-way ring at n = 3.
     MajoritiesRing,
+    /// Beyond Maelstrom: one random node hears nobody; everyone hears it.
+    DeafOne,
+    /// Beyond Maelstrom: nobody hears one random node; it hears everyone.
+    MuteOne,
+    /// Beyond Maelstrom: a shuffled minority (floor(n/2) nodes) does not hear the
+    /// rest, which still hears it.
+    OneWayMajority,
 }
 
 impl Shape {
@@ -63,13 +73,19 @@ impl Shape {
         Shape::MajoritiesRing,
     ];
 
-    /// Jepsen's name.
+    /// The one-way shapes (`--nemesis partition-one-way`).
+    pub const ONE_WAY: [Shape; 3] = [Shape::DeafOne, Shape::MuteOne, Shape::OneWayMajority];
+
+    /// Jepsen's name (ours for the one-way shapes).
     pub fn name(self) -> &'static str {
         match self {
             Shape::One => "one",
             Shape::MinorityThird => "minority-third",
             Shape::Majority => "majority",
             Shape::MajoritiesRing => "majorities-ring",
+            Shape::DeafOne => "deaf-one",
+            Shape::MuteOne => "mute-one",
+            Shape::OneWayMajority => "one-way-majority",
         }
     }
 }
@@ -224,6 +240,24 @@ pub fn grudge(shape: Shape, nodes: &[String], rng: &mut StdRng) -> Grudge {
         }
         Shape::MajoritiesRing if n <= 5 => majorities_ring_perfect(nodes, rng),
         Shape::MajoritiesRing => majorities_ring_stochastic(nodes, rng),
+        Shape::DeafOne | Shape::MuteOne => {
+            let node = nodes[rng.gen_range(0..n)].clone();
+            let others: BTreeSet<String> = nodes.iter().filter(|x| **x != node).cloned().collect();
+            if shape == Shape::DeafOne {
+                Grudge::from([(node, others)])
+            } else {
+                others
+                    .into_iter()
+                    .map(|o| (o, BTreeSet::from([node.clone()])))
+                    .collect()
+            }
+        }
+        Shape::OneWayMajority => {
+            shuffled.shuffle(rng);
+            let rest = shuffled.split_off(n / 2);
+            let rest: BTreeSet<String> = rest.into_iter().collect();
+            shuffled.into_iter().map(|d| (d, rest.clone())).collect()
+        }
     }
 }
 
@@ -236,7 +270,18 @@ pub fn schedule(
 ) -> Vec<Event> {
     let mut events = Vec::new();
     let gap_max = 2 * cfg.interval.as_nanos() as u64;
+    let mut shapes: Vec<Shape> = Vec::new();
+    if cfg.faults.contains(&Fault::Partition) {
+        shapes.extend(Shape::ALL);
+    }
+    if cfg.faults.contains(&Fault::PartitionOneWay) {
+        shapes.extend(Shape::ONE_WAY);
+    }
     for fault in &cfg.faults {
+        // Both partition faults share one flip-flop (one grudge at a time).
+        if *fault == Fault::PartitionOneWay && cfg.faults.contains(&Fault::Partition) {
+            continue;
+        }
         let mut rng = derive_rng(seed, &format!("nemesis-{fault:?}"));
         // harness.md: the first start comes after one gap, like every later event.
         let mut at = Duration::from_nanos(rng.gen_range(0..gap_max.max(1)));
@@ -244,11 +289,11 @@ pub fn schedule(
         let mut victim = String::new();
         while at < time_limit {
             let action = match (fault, started) {
-                (Fault::Partition, false) => {
-                    let shape = Shape::ALL[rng.gen_range(0..Shape::ALL.len())];
+                (Fault::Partition | Fault::PartitionOneWay, false) => {
+                    let shape = shapes[rng.gen_range(0..shapes.len())];
                     Action::StartPartition(shape, grudge(shape, nodes, &mut rng))
                 }
-                (Fault::Partition, true) => Action::StopPartition,
+                (Fault::Partition | Fault::PartitionOneWay, true) => Action::StopPartition,
                 (Fault::Kill, false) => {
                     victim = nodes[rng.gen_range(0..nodes.len())].clone();
                     Action::Kill(victim.clone())
@@ -293,6 +338,90 @@ mod tests {
                 )
             })
             .collect()
+    }
+
+    #[test]
+    fn one_way_shapes_cut_one_direction_only() {
+        let ns = nodes(5);
+        let mut rng = StdRng::seed_from_u64(7);
+        for _ in 0..20 {
+            for shape in Shape::ONE_WAY {
+                let g = grudge(shape, &ns, &mut rng);
+                let h = hears(&g, &ns);
+                // Some link is cut, and every cut is one-way: if a does not hear
+                // b, then b hears a.
+                let mut cut = 0;
+                for a in &ns {
+                    for b in &ns {
+                        if !h[a].contains(b) {
+                            cut += 1;
+                            assert!(h[b].contains(a), "{shape:?}: {a}<->{b} both cut: {g:?}");
+                        }
+                    }
+                }
+                assert!(cut > 0, "{shape:?} cut nothing");
+                match shape {
+                    Shape::DeafOne => {
+                        let deaf: Vec<_> = ns.iter().filter(|n| h[*n].len() == 1).collect();
+                        assert_eq!(deaf.len(), 1, "{g:?}");
+                    }
+                    Shape::MuteOne => assert_eq!(cut, 4, "{g:?}"),
+                    Shape::OneWayMajority => assert_eq!(cut, 2 * 3, "{g:?}"),
+                    _ => unreachable!(),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn partition_one_way_alone_or_with_partition_shares_one_flip_flop() {
+        let ns = nodes(3);
+        let cfg = |faults: &[Fault]| NemesisConfig {
+            faults: faults.iter().copied().collect(),
+            interval: Duration::from_secs(1),
+        };
+        let one_way = schedule(
+            &cfg(&[Fault::PartitionOneWay]),
+            &ns,
+            Duration::from_secs(200),
+            3,
+        );
+        let starts: Vec<Shape> = (one_way.iter())
+            .filter_map(|e| match &e.action {
+                Action::StartPartition(s, _) => Some(*s),
+                _ => None,
+            })
+            .collect();
+        assert!(starts.len() > 20);
+        assert!(
+            starts.iter().all(|s| Shape::ONE_WAY.contains(s)),
+            "{starts:?}"
+        );
+        let both = schedule(
+            &cfg(&[Fault::Partition, Fault::PartitionOneWay]),
+            &ns,
+            Duration::from_secs(200),
+            3,
+        );
+        let fs: Vec<&str> = both.iter().map(|e| e.action.f()).collect();
+        assert!(
+            fs.windows(2).all(|w| w[0] != w[1]),
+            "starts and stops alternate: {fs:?}"
+        );
+        let shapes: BTreeSet<&str> = (both.iter())
+            .filter_map(|e| match &e.action {
+                Action::StartPartition(s, _) => Some(s.name()),
+                _ => None,
+            })
+            .collect();
+        assert!(
+            shapes.contains("deaf-one") || shapes.contains("mute-one"),
+            "{shapes:?}"
+        );
+        assert!(
+            shapes.contains("one") || shapes.contains("majority"),
+            "{shapes:?}"
+        );
     }
 
     #[test]

@@ -72,6 +72,9 @@ fn beyond_maelstrom(cfg: &RunConfig) -> Vec<String> {
     if cfg.workload == Workload::ExactlyOnce {
         v.push("exactly-once workload (client_id/seq sessions, retries to other nodes, add, counter check)".into());
     }
+    if cfg.nemesis.faults.contains(&Fault::PartitionOneWay) {
+        v.push("one-way partitions (deaf-one, mute-one, one-way-majority)".into());
+    }
     if cfg.nemesis.faults.contains(&Fault::Kill) {
         v.push("kill nemesis (SIGKILL + restart + fresh init)".into());
     }
