@@ -3,7 +3,7 @@
 //! once (one `fdatasync`) and only then completes each operation's callback.
 //!
 //! ```text
-//! append ─┐                          ┌─────────── one write transaction ───────────┐
+//! append ─┐                          ┌──────────── one write, one sync ────────────┐
 //! append ─┼─▶ bounded queue ─▶ drain ─▶ put, put, truncate, put, vote ─▶ pwrite+fdatasync ─▶ complete all
 //! vote  ──┘   (QUEUE_JOBS_MAX)        (≤ BATCH_JOBS_MAX jobs)
 //! ```
