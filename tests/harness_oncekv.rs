@@ -11,12 +11,7 @@ use oncekv::harness::net::LatencyDist;
 use oncekv::harness::{Outcome, run};
 
 fn seed() -> u64 {
-    let seed = std::env::var("ONCEKV_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(oncekv::harness::seed::fresh_seed);
-    eprintln!("seed {seed} (rerun with ONCEKV_TEST_SEED={seed})");
-    seed
+    oncekv::harness::seed::test_seed()
 }
 
 async fn run_oncekv(

@@ -25,3 +25,17 @@ pub fn fresh_seed() -> u64 {
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0)
 }
+
+/// The variable a randomized test reads its seed from.
+pub const TEST_SEED_VAR: &str = "ONCEKV_TEST_SEED";
+
+/// A randomized test's seed: [`TEST_SEED_VAR`] if set, else a fresh one; printed
+/// with the command that repeats the run.
+pub fn test_seed() -> u64 {
+    let seed = std::env::var(TEST_SEED_VAR)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(fresh_seed);
+    eprintln!("seed {seed} (rerun with {TEST_SEED_VAR}={seed})");
+    seed
+}

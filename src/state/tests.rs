@@ -390,17 +390,7 @@ fn small_limits() -> SessionLimits {
 }
 
 fn seed() -> u64 {
-    let seed = std::env::var("ONCEKV_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(1)
-        });
-    eprintln!("seed {seed} (rerun with ONCEKV_TEST_SEED={seed})");
-    seed
+    crate::harness::seed::test_seed()
 }
 
 /// Two replicas fed the same entries give byte-identical snapshots and replies.

@@ -259,16 +259,7 @@ impl Drop for TestCluster {
 
 /// A seed from `ONCEKV_TEST_SEED` or the clock, printed so a run can be repeated.
 pub fn seed() -> u64 {
-    let seed = std::env::var("ONCEKV_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(1, |d| d.as_nanos() as u64)
-        });
-    eprintln!("seed {seed} (rerun with ONCEKV_TEST_SEED={seed})");
-    seed
+    oncekv::harness::seed::test_seed()
 }
 
 /// The history all workers append to.
