@@ -91,7 +91,12 @@ fn early_read_after_a_write(history: &[Op], counter_keys_from: i64) -> usize {
             first_write_done.entry(key).or_insert(i);
         }
         let is_read = op.kind == OpType::Ok && op.f == "read" && key < counter_keys_from;
-        let after_write = first_write_done.get(&key) < invoked_at.get(&op.process);
+        // A write completed before this read was invoked (`None < Some` would
+        // wrongly count a key with no completed write yet).
+        let after_write = matches!(
+            (first_write_done.get(&key), invoked_at.get(&op.process)),
+            (Some(w), Some(inv)) if w < inv
+        );
         if i > start && is_read && seen[&key] < 200 && after_write && !op.value.is_null() {
             return i;
         }
