@@ -66,3 +66,36 @@ async fn back_to_back_appends_share_commits() {
         "back-to-back appends should share commits: {pipe_commits} commits for {PIPELINED_APPENDS}"
     );
 }
+
+/// A follower's append (entries another node proposed) with nothing queued is
+/// written and synced by the caller: durable when `append` returns, one commit each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_followers_appends_are_synced_inline() {
+    let dir = TempDir::new("inline");
+    let mut s = storage::open(dir.path()).expect("open");
+    s.log.set_node_id(Some(1)); // the entries' proposer is node 0
+    let before = s.log.stats();
+    for i in 1..=20 {
+        let (tx, mut rx) = TypeConfig::oneshot();
+        s.log
+            .append(vec![entry(1, i)], IOFlushed::signal(tx))
+            .await
+            .expect("append");
+        let done = rx.try_recv().expect("completed before append returned");
+        done.expect("durable");
+    }
+    assert_eq!(s.log.stats().commits - before.commits, 20);
+    drop(s);
+    let mut s = storage::open(dir.path()).expect("reopen");
+    let state = s.log.get_log_state().await.expect("state");
+    assert_eq!(state.last_log_id.map(|l| l.index), Some(20));
+
+    // The leader's own entries still go through the writer thread.
+    s.log.set_node_id(Some(0));
+    let (tx, rx) = TypeConfig::oneshot();
+    s.log
+        .append(vec![entry(1, 21)], IOFlushed::signal(tx))
+        .await
+        .expect("append");
+    rx.await.expect("callback").expect("durable");
+}

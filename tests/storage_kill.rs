@@ -174,6 +174,11 @@ fn child_writer() {
 
 async fn child_loop(dir: &Path, term: u64) {
     let mut s = storage::open_with_segment_bytes(dir, SEGMENT_BYTES).expect("child open");
+    if term % 2 == 1 {
+        // As a follower (the entries' proposer, node 0, is someone else): appends
+        // are synced inline when nothing is queued, and queued otherwise.
+        s.log.set_node_id(Some(1));
+    }
     s.log.save_vote(&vote(term, 0)).await.expect("vote");
     println!("voted {term}");
     let state = s.log.get_log_state().await.expect("state");

@@ -11,23 +11,34 @@ use openraft::testing::log::{StoreBuilder, Suite};
 use storage_common::TempDir;
 
 /// Builds a store in a new temp dir (the dir is the guard, removed when the test
-/// ends), with log segments of this many bytes.
-struct Builder(u64);
+/// ends), with log segments of this many bytes, owned by this node if any.
+struct Builder(u64, Option<u64>);
 
 impl StoreBuilder<TypeConfig, WalLogStore, StateMachineStore, TempDir> for Builder {
     async fn build(
         &self,
     ) -> Result<(TempDir, WalLogStore, StateMachineStore), StorageError<TypeConfig>> {
         let dir = TempDir::new("suite");
-        let s =
+        let mut s =
             storage::open_with_segment_bytes(dir.path(), self.0).expect("open a fresh data dir");
+        s.log.set_node_id(self.1);
         Ok((dir, s.log, s.sm))
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wal_store_passes_openraft_suite() {
-    Suite::test_all(Builder(oncekv::storage::wal::SEGMENT_BYTES_DEFAULT))
+    Suite::test_all(Builder(oncekv::storage::wal::SEGMENT_BYTES_DEFAULT, None))
+        .await
+        .expect("suite passes");
+}
+
+/// As a follower's store: the suite's entries are proposed by node 0, so as node
+/// 1 every append with nothing queued ahead is synced inline, interleaved with
+/// votes, truncates and purges, which still go through the writer thread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follower_store_syncing_inline_passes_openraft_suite() {
+    Suite::test_all(Builder(4096, Some(1)))
         .await
         .expect("suite passes");
 }
@@ -36,5 +47,7 @@ async fn wal_store_passes_openraft_suite() {
 /// delete old ones.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wal_store_with_tiny_segments_passes_openraft_suite() {
-    Suite::test_all(Builder(4096)).await.expect("suite passes");
+    Suite::test_all(Builder(4096, None))
+        .await
+        .expect("suite passes");
 }

@@ -27,6 +27,8 @@ pub struct OncekvCluster {
     nodes: Vec<Node>,
     /// The shared `--peers` value.
     peers: String,
+    /// `--workers` of each node.
+    workers: usize,
 }
 
 impl OncekvCluster {
@@ -57,6 +59,7 @@ impl OncekvCluster {
             .join(",");
         let mut cluster = OncekvCluster {
             exe: exe.to_path_buf(),
+            workers: crate::tcp::serve::workers_per_node(nodes.len()),
             nodes,
             peers,
         };
@@ -82,6 +85,8 @@ impl OncekvCluster {
         let child = Command::new(&self.exe)
             .args(["serve", "--id", &node.name, "--listen", &node.addr])
             .args(["--peers", &self.peers])
+            // Like `oncekv cluster`: the nodes share this machine's cores.
+            .args(["--workers", &self.workers.to_string()])
             .arg("--data-dir")
             .arg(&node.dir)
             .stdin(Stdio::null())

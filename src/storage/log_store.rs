@@ -42,7 +42,13 @@ pub struct WalLogStore {
     path: Arc<PathBuf>,
     /// The segment files at open, oldest first.
     segments: Arc<Vec<PathBuf>>,
+    /// This node's id, when known: appends of entries it did not propose are
+    /// a follower's, synced inline (see [`WalLogStore::append`]).
+    me: Option<u64>,
 }
+
+/// A follower's append up to this many bytes is synced inline rather than queued.
+const INLINE_BYTES_MAX: usize = 256 << 10;
 
 /// The readable copy of the log beside the files (shared with `MemLogStore`).
 type Mirror = crate::raft::log_store::LogMirror;
@@ -84,7 +90,13 @@ impl WalLogStore {
             writer: Arc::new(writer),
             path: Arc::new(path.to_owned()),
             segments: Arc::new(segments),
+            me: None,
         })
+    }
+
+    /// Tells the store which node it belongs to (see [`WalLogStore::append`]).
+    pub fn set_node_id(&mut self, me: Option<u64>) {
+        self.me = me;
     }
 
     /// Group-commit counters: appends queued vs syncs made.
@@ -224,10 +236,23 @@ impl RaftLogStorage<TypeConfig> for WalLogStore {
         for e in &entries {
             encoded.push((e.index(), encode(e)?));
         }
+        // A follower's append (entries another node proposed, a small batch) is
+        // synced inline; see Writer::try_inline.
+        let inline = self
+            .me
+            .is_some_and(|me| entries.iter().all(|e| e.log_id.leader_id.node_id != me))
+            && encoded.iter().map(|(_, b)| b.len()).sum::<usize>() <= INLINE_BYTES_MAX;
         self.with(|m| m.append(entries));
-        self.writer
-            .submit(Op::Put(encoded), Done::Flushed(callback))
-            .await
+        let (op, done) = (Op::Put(encoded), Done::Flushed(callback));
+        let (op, done) = if inline {
+            match self.writer.try_inline(op, done) {
+                Ok(()) => return Ok(()),
+                Err(back) => back,
+            }
+        } else {
+            (op, done)
+        };
+        self.writer.submit(op, done).await
     }
 
     async fn truncate_after(&mut self, last: Option<LogId>) -> Result<(), io::Error> {

@@ -145,7 +145,7 @@ fn open_with(
         None => check_only_ours(dir)?,
     }
     let (snapshots, snapshot) = SnapshotDir::open(&dir.join(SNAPSHOT_DIR))?;
-    let log = WalLogStore::open_with_segment_bytes(&dir.join(LOG_DIR), segment_bytes)?;
+    let mut log = WalLogStore::open_with_segment_bytes(&dir.join(LOG_DIR), segment_bytes)?;
     if marker.is_none() && (!log.is_pristine() || snapshot.is_some()) {
         return Err(StorageError::NotADataDir {
             path: dir.to_owned(),
@@ -166,6 +166,7 @@ fn open_with(
     }
     // Written last on first use, so a dir without it was never acknowledged into.
     let owner = marker.as_ref().and_then(|m| m.node_id).or(node_id);
+    log.set_node_id(owner);
     if marker.as_ref().map(|m| m.node_id) != Some(owner) {
         Marker::new(owner).write(dir)?;
     }

@@ -78,12 +78,15 @@ pub async fn run(args: &ClusterArgs) -> Result<(), TcpError> {
     std::fs::create_dir_all(&args.data_dir)?;
     let (key, key_file) = cluster_key(&args.data_dir)?;
     let mut children: Vec<(String, Child)> = Vec::new();
+    // The nodes share this machine's cores.
+    let workers = super::serve::workers_per_node(nodes.len()).to_string();
     for (name, addr) in &nodes {
         let dir = args.data_dir.join(name);
         std::fs::create_dir_all(&dir)?;
         let stderr = std::fs::File::create(dir.join("stderr.log"))?;
         let child = Command::new(&exe)
             .args(["serve", "--id", name, "--listen", addr, "--peers", &peers])
+            .args(["--workers", &workers])
             .arg("--data-dir")
             .arg(&dir)
             .env(super::CLUSTER_KEY_VAR, &key)

@@ -35,6 +35,17 @@ pub struct ServeArgs {
     /// Do not form a cluster from `--peers`: wait to be added by `add-node`.
     #[arg(long)]
     pub join: bool,
+    /// Runtime worker threads (default: one per core). Nodes sharing one machine
+    /// do better with the cores divided among them (`oncekv cluster` does that):
+    /// fewer threads to wake per message (docs/benchmarks.md).
+    #[arg(long)]
+    pub workers: Option<usize>,
+}
+
+/// Worker threads for each of `nodes` nodes sharing this machine's cores.
+pub fn workers_per_node(nodes: usize) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (cores / nodes.max(1)).max(1)
 }
 
 /// The stores a node runs on, opened from its data directory: the durable write-ahead log
