@@ -325,20 +325,34 @@ fn is_definite_error(reply: &Value) -> bool {
 /// and here it indeed never ran.
 #[test]
 fn a_discarded_proposal_never_gets_a_definite_error() {
-    // Long enough that the outcome is the discard, not the request timeout.
-    let cluster = Cluster::start_with_env(3, &[("ONCEKV_REQUEST_TIMEOUT_MS", "20000")]);
-    let old = cluster.leader(None);
-    let warm = cluster.request(old, json!({"type":"write","key":"k","value":"0"}));
-    assert_eq!(warm["type"], "write_ok", "{warm}");
+    // A leader elected moments ago may already be deposed (a second election
+    // at start-up is common): the scenario needs `old` to still lead once cut
+    // off, so it is set up again on a fresh cluster if `old` stops sending
+    // appends.
+    let (cluster, old, alice, carol, add) = (1..=5)
+        .find_map(|attempt| {
+            // Long enough that the outcome is the discard, not the request timeout.
+            let cluster = Cluster::start_with_env(3, &[("ONCEKV_REQUEST_TIMEOUT_MS", "20000")]);
+            let old = cluster.leader(None);
+            let warm = cluster.request(old, json!({"type":"write","key":"k","value":"0"}));
+            assert_eq!(warm["type"], "write_ok", "{warm}");
 
-    cluster.isolate(old);
-    let add = json!({"type":"add","key":"ctr","delta":1,"client_id":"alice","seq":1});
-    let alice = cluster.send_as("alice", old, add.clone());
-    let carol = cluster.send_as(
-        "carol",
-        old,
-        json!({"type":"write","key":"k","value":"carol"}),
-    );
+            let cut_at = std::time::Instant::now();
+            cluster.isolate(old);
+            if !cluster.appends_after(old, cut_at, Duration::from_millis(500)) {
+                eprintln!("attempt {attempt}: n{old} no longer leads; again");
+                return None;
+            }
+            let add = json!({"type":"add","key":"ctr","delta":1,"client_id":"alice","seq":1});
+            let alice = cluster.send_as("alice", old, add.clone());
+            let carol = cluster.send_as(
+                "carol",
+                old,
+                json!({"type":"write","key":"k","value":"carol"}),
+            );
+            Some((cluster, old, alice, carol, add))
+        })
+        .expect("a leader that stays leader once cut off, in 5 attempts");
     let new = cluster.leader(Some(old));
     for seq in 1..=3 {
         let w = cluster.request_as(

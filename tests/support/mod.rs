@@ -152,21 +152,41 @@ impl Cluster {
         self.request_as("c1", node, body, Duration::from_secs(5))
     }
 
-    /// The node currently sending heartbeats (appends), once one has in the last 300 ms,
-    /// other than `not`.
+    /// The node currently sending heartbeats (appends), other than `not`: once it
+    /// is the only one that has in the last 300 ms (right after a leader change the
+    /// deposed leader may still be sending; a test that cuts off "the leader" must
+    /// not pick it).
     pub fn leader(&self, not: Option<usize>) -> usize {
         wait_for("a leader", Duration::from_secs(10), || {
             let last = self.shared.last_append.lock().unwrap();
-            last.iter()
+            let mut senders = last
+                .iter()
                 .filter(|(n, at)| Some(**n) != not && at.elapsed() < Duration::from_millis(300))
-                .map(|(n, _)| *n)
-                .next()
+                .map(|(n, _)| *n);
+            match (senders.next(), senders.next()) {
+                (Some(n), None) => Some(n),
+                _ => None,
+            }
         })
     }
 
     /// Cuts `node` off from every other node, both ways.
     pub fn isolate(&self, node: usize) {
         self.shared.isolated.lock().unwrap().insert(node);
+    }
+
+    /// Waits (up to `within`) until `node` sends an append after `since`: it still
+    /// acts as a leader. False if it does not.
+    pub fn appends_after(&self, node: usize, since: Instant, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            let last = self.shared.last_append.lock().unwrap().get(&node).copied();
+            if last.is_some_and(|at| at > since) {
+                return true;
+            }
+            thread::sleep(Duration::from_millis(5));
+        }
+        false
     }
 
     /// Reconnects `node` to the others.
