@@ -134,7 +134,11 @@ impl StateMachineStore {
             };
             (meta, applied.state.clone())
         };
-        let data = state.to_snapshot();
+        // Encoding a large state takes long: off the runtime's workers (a node
+        // sharing its machine may have only one), so heartbeats keep flowing.
+        let data = tokio::task::spawn_blocking(move || state.to_snapshot())
+            .await
+            .map_err(io::Error::other)?;
         self.persist(&meta, &data).await?;
         *self.current.write().unwrap_or_else(|p| p.into_inner()) =
             Some((meta.clone(), data.clone()));
@@ -210,7 +214,14 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         meta: &SnapshotMeta,
         data: Vec<u8>,
     ) -> Result<(), io::Error> {
-        let state = State::from_snapshot(&data).map_err(invalid)?;
+        // Decoding is as slow as encoding: off the workers too (see snapshot_now).
+        let (state, data) = tokio::task::spawn_blocking(move || {
+            let state = State::from_snapshot(&data);
+            (state, data)
+        })
+        .await
+        .map_err(io::Error::other)?;
+        let state = state.map_err(invalid)?;
         // Durable before openraft purges the log it replaces.
         self.persist(meta, &data).await?;
         {
