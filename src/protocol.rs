@@ -229,8 +229,12 @@ pub enum Body {
     Other {
         /// The `type` field.
         kind: String,
-        /// The whole body.
+        /// The whole body (without `rpc` when that is in `rpc`).
         raw: Map<String, Value>,
+        /// A peer request's `rpc` field as text, not yet parsed: the hot path of
+        /// `raft_*` requests decodes it straight into openraft's type (see
+        /// [`parse_peer_fast`]).
+        rpc: Option<Box<serde_json::value::RawValue>>,
     },
 }
 
@@ -364,10 +368,57 @@ fn parse_fast(line: &str) -> Option<Message> {
 
 /// Parses one input line.
 pub fn parse_line(line: &str) -> Result<Message, ParseError> {
+    if line.contains(r#""type":"raft_"#)
+        && let Some(msg) = parse_peer_fast(line)
+    {
+        return Ok(msg);
+    }
     if let Some(msg) = parse_fast(line) {
         return Ok(msg);
     }
     parse_general(line)
+}
+
+#[derive(Deserialize)]
+struct PeerEnvelope {
+    src: Name,
+    dest: Name,
+    body: PeerBody,
+}
+
+/// Exactly the fields of a `raft_*` request; anything else takes the general path.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PeerBody {
+    #[serde(rename = "type")]
+    kind: String,
+    msg_id: u64,
+    rpc: Box<serde_json::value::RawValue>,
+}
+
+/// Parses a `raft_*` request keeping its `rpc` as text: building a generic JSON
+/// tree of an append and then decoding it took ~5 µs against ~1 µs straight into
+/// the type. `None` sends the line down the general path.
+fn parse_peer_fast(line: &str) -> Option<Message> {
+    let env: PeerEnvelope = serde_json::from_str(line).ok()?;
+    let b = env.body;
+    if !b.kind.starts_with("raft_") {
+        return None;
+    }
+    let mut raw = Map::new();
+    raw.insert("type".into(), Value::from(b.kind.as_str()));
+    raw.insert("msg_id".into(), Value::from(b.msg_id));
+    Some(Message {
+        src: env.src,
+        dest: env.dest,
+        msg_id: Some(b.msg_id),
+        in_reply_to: None,
+        body: Body::Other {
+            kind: b.kind,
+            raw,
+            rpc: Some(b.rpc),
+        },
+    })
 }
 
 /// The general parser: every type, precise errors.
@@ -451,6 +502,7 @@ pub fn parse_body(kind: &str, raw: Map<String, Value>) -> Result<Body, String> {
         _ => Body::Other {
             kind: kind.to_string(),
             raw,
+            rpc: None,
         },
     })
 }
@@ -588,6 +640,37 @@ impl std::fmt::Display for Reply {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn raft_requests_keep_their_rpc_as_text_and_anything_unusual_goes_the_general_way() {
+        let line = r#"{"src":"n1","dest":"n2","body":{"type":"raft_append","rpc":{"a":[1,2]},"msg_id":7}}"#;
+        let m = parse_line(line).expect("parses");
+        assert_eq!(
+            (m.src.as_str(), m.dest.as_str(), m.msg_id),
+            ("n1", "n2", Some(7))
+        );
+        let Body::Other { kind, raw, rpc } = m.body else {
+            panic!("not Other")
+        };
+        assert_eq!(kind, "raft_append");
+        assert_eq!(rpc.expect("kept as text").get(), r#"{"a":[1,2]}"#);
+        assert_eq!(raw.get("msg_id"), Some(&Value::from(7)));
+        assert!(!raw.contains_key("rpc"));
+
+        // An extra field, a reply, or another type: parsed as before, `rpc` in `raw`.
+        for line in [
+            r#"{"src":"n1","dest":"n2","body":{"type":"raft_append","rpc":{},"msg_id":7,"x":1}}"#,
+            r#"{"src":"n1","dest":"n2","body":{"type":"raft_append_ok","rpc":{},"msg_id":8,"in_reply_to":7}}"#,
+            r#"{"src":"n1","dest":"n2","body":{"type":"forward","rpc":{},"msg_id":7}}"#,
+        ] {
+            let m = parse_line(line).expect("parses");
+            let Body::Other { raw, rpc, .. } = m.body else {
+                panic!("not Other: {line}")
+            };
+            assert!(rpc.is_none(), "{line}");
+            assert!(raw.contains_key("rpc"), "{line}");
+        }
+    }
 
     #[test]
     fn reply_keys_come_in_protocol_order() {

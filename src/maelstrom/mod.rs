@@ -318,7 +318,7 @@ impl Reader {
         match msg.body {
             Body::Init { node_id, node_ids } => self.init(msg.src, msg_id, node_id, node_ids).await,
             Body::Request(req) => self.client_request(msg.src, msg_id, req).await,
-            Body::Other { kind, raw } => self.other(msg.src, msg_id, kind, raw).await,
+            Body::Other { kind, raw, rpc } => self.other(msg.src, msg_id, kind, raw, rpc).await,
         }
     }
 
@@ -437,7 +437,14 @@ impl Reader {
         });
     }
 
-    async fn other(&mut self, src: String, msg_id: u64, kind: String, raw: Map<String, Value>) {
+    async fn other(
+        &mut self,
+        src: String,
+        msg_id: u64,
+        kind: String,
+        raw: Map<String, Value>,
+        rpc: Option<Box<serde_json::value::RawValue>>,
+    ) {
         let from_member = self.members.contains(&src);
         let node = match (&self.node, from_member) {
             (Some(node), true) => node.clone(),
@@ -458,7 +465,7 @@ impl Reader {
         let out = self.out.clone();
         let me = self.me.clone();
         tokio::spawn(async move {
-            let body = node.handle_peer(&kind, &raw).await;
+            let body = node.handle_peer(&kind, &raw, rpc.as_deref()).await;
             let _ = out
                 .send(Out::Peer {
                     src: me,

@@ -610,38 +610,62 @@ impl Node {
     }
 
     /// Handles a request body from a peer node; returns the reply body.
-    pub async fn handle_peer(&self, kind: &str, body: &Body) -> Body {
-        match self.handle_peer_inner(kind, body).await {
+    pub async fn handle_peer(
+        &self,
+        kind: &str,
+        body: &Body,
+        rpc: Option<&serde_json::value::RawValue>,
+    ) -> Body {
+        match self.handle_peer_inner(kind, body, rpc).await {
             Ok(b) => b,
             Err(text) => error_body(ErrorCode::Crash, &text),
         }
     }
 
-    async fn handle_peer_inner(&self, kind: &str, body: &Body) -> Result<Body, String> {
+    async fn handle_peer_inner(
+        &self,
+        kind: &str,
+        body: &Body,
+        raw_rpc: Option<&serde_json::value::RawValue>,
+    ) -> Result<Body, String> {
         let s = |e: &dyn std::fmt::Display| e.to_string();
+        // The `rpc` field: still text when the fast parser kept it so.
+        fn rpc_field<T: serde::de::DeserializeOwned>(
+            body: &Body,
+            raw: Option<&serde_json::value::RawValue>,
+        ) -> Result<T, String> {
+            match raw {
+                Some(r) => serde_json::from_str(r.get()).map_err(|e| format!("bad rpc field: {e}")),
+                None => crate::raft::network::rpc_field(body),
+            }
+        }
         Ok(match kind {
             "raft_append" => {
                 let r = self
                     .raft
-                    .append_entries(rpc_field(body)?)
+                    .append_entries(rpc_field(body, raw_rpc)?)
                     .await
                     .map_err(|e| s(&e))?;
                 rpc_body("raft_append_ok", &r)
             }
             "raft_vote" => {
-                let r = self.raft.vote(rpc_field(body)?).await.map_err(|e| s(&e))?;
+                let r = self
+                    .raft
+                    .vote(rpc_field(body, raw_rpc)?)
+                    .await
+                    .map_err(|e| s(&e))?;
                 rpc_body("raft_vote_ok", &r)
             }
             "raft_pre_vote" => {
                 let r = self
                     .raft
-                    .pre_vote(rpc_field(body)?)
+                    .pre_vote(rpc_field(body, raw_rpc)?)
                     .await
                     .map_err(|e| s(&e))?;
                 rpc_body("raft_pre_vote_ok", &r)
             }
             "raft_snapshot" => {
-                let rpc: SnapshotRpc = rpc_field(body)?;
+                let rpc: SnapshotRpc = rpc_field(body, raw_rpc)?;
                 let snapshot = Snapshot {
                     meta: rpc.meta,
                     snapshot: rpc.data.into_bytes(),
@@ -654,7 +678,7 @@ impl Node {
                 rpc_body("raft_snapshot_ok", &r)
             }
             "forward" => {
-                let fwd: Forwarded = rpc_field(body)?;
+                let fwd: Forwarded = rpc_field(body, raw_rpc)?;
                 let deadline = Instant::now() + self.config.request_timeout();
                 let reply = match self.serve_local(&fwd, deadline).await {
                     Outcome::Done(r) => r,

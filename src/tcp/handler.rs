@@ -156,7 +156,7 @@ impl Handler {
                 self.answer_now(out, src, msg_id, reply).await;
             }
             Body::Request(req) => self.client_request(out, src, msg_id, req).await,
-            Body::Other { kind, raw } => self.other(out, src, msg_id, kind, raw).await,
+            Body::Other { kind, raw, rpc } => self.other(out, src, msg_id, kind, raw, rpc).await,
         }
     }
 
@@ -209,6 +209,7 @@ impl Handler {
         msg_id: u64,
         kind: String,
         raw: Map<String, Value>,
+        rpc: Option<Box<serde_json::value::RawValue>>,
     ) {
         let Some(permit) = self.permit().await else {
             return;
@@ -256,7 +257,7 @@ impl Handler {
             k if k.starts_with("raft_") || k == "forward" => {
                 let out = out.clone();
                 tokio::spawn(async move {
-                    let body = node.handle_peer(&kind, &raw).await;
+                    let body = node.handle_peer(&kind, &raw, rpc.as_deref()).await;
                     drop(permit);
                     let _ = out.send(raw_reply(src, msg_id, body)).await;
                 });
