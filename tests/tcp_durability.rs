@@ -412,6 +412,18 @@ async fn a_follower_behind_a_purged_log_catches_up_by_snapshot_with_sessions() {
     )
     .await;
     eprintln!("seq 60 at or below index {seq60_index}; leader {l:?}");
+    // A snapshot alone does not remove the entries the follower lacks: the leader
+    // purges behind it only when no replication stream is using them (the dead
+    // follower's retries can hold them for a moment). Wait for the purge.
+    let l = wait_status(
+        &cluster,
+        leader,
+        "the leader to purge its log past the follower's last entry",
+        Duration::from_secs(10),
+        |s| s.purged_index >= Some(missed_from),
+    )
+    .await;
+    eprintln!("leader purged to {:?}", l.purged_index);
 
     // Restarted with a snapshot threshold it never reaches: any snapshot it holds
     // afterwards was installed by the leader, not built from entries it received.

@@ -21,7 +21,9 @@ use serde_json::{Map, Value};
 use crate::config::Config;
 use crate::protocol::{ErrorCode, Reply, Request};
 use crate::raft::log_store::MemLogStore;
-use crate::raft::network::{Body, CallError, Network, SnapshotRpc, Transport, rpc_body, rpc_field};
+use crate::raft::network::{
+    Body, CallError, Network, SnapshotRpc, Transport, rpc_body, rpc_field, rpc_from,
+};
 use crate::raft::sm_store::{Snapshot, StateMachineStore};
 use crate::raft::{Peer, Raft, TypeConfig};
 use crate::state::{Command, Op};
@@ -629,21 +631,11 @@ impl Node {
         raw_rpc: Option<&serde_json::value::RawValue>,
     ) -> Result<Body, String> {
         let s = |e: &dyn std::fmt::Display| e.to_string();
-        // The `rpc` field: still text when the fast parser kept it so.
-        fn rpc_field<T: serde::de::DeserializeOwned>(
-            body: &Body,
-            raw: Option<&serde_json::value::RawValue>,
-        ) -> Result<T, String> {
-            match raw {
-                Some(r) => serde_json::from_str(r.get()).map_err(|e| format!("bad rpc field: {e}")),
-                None => crate::raft::network::rpc_field(body),
-            }
-        }
         Ok(match kind {
             "raft_append" => {
                 let r = self
                     .raft
-                    .append_entries(rpc_field(body, raw_rpc)?)
+                    .append_entries(rpc_from(body, raw_rpc)?)
                     .await
                     .map_err(|e| s(&e))?;
                 rpc_body("raft_append_ok", &r)
@@ -651,7 +643,7 @@ impl Node {
             "raft_vote" => {
                 let r = self
                     .raft
-                    .vote(rpc_field(body, raw_rpc)?)
+                    .vote(rpc_from(body, raw_rpc)?)
                     .await
                     .map_err(|e| s(&e))?;
                 rpc_body("raft_vote_ok", &r)
@@ -659,13 +651,13 @@ impl Node {
             "raft_pre_vote" => {
                 let r = self
                     .raft
-                    .pre_vote(rpc_field(body, raw_rpc)?)
+                    .pre_vote(rpc_from(body, raw_rpc)?)
                     .await
                     .map_err(|e| s(&e))?;
                 rpc_body("raft_pre_vote_ok", &r)
             }
             "raft_snapshot" => {
-                let rpc: SnapshotRpc = rpc_field(body, raw_rpc)?;
+                let rpc: SnapshotRpc = rpc_from(body, raw_rpc)?;
                 let snapshot = Snapshot {
                     meta: rpc.meta,
                     snapshot: rpc.data.into_bytes(),
@@ -678,7 +670,7 @@ impl Node {
                 rpc_body("raft_snapshot_ok", &r)
             }
             "forward" => {
-                let fwd: Forwarded = rpc_field(body, raw_rpc)?;
+                let fwd: Forwarded = rpc_from(body, raw_rpc)?;
                 let deadline = Instant::now() + self.config.request_timeout();
                 let reply = match self.serve_local(&fwd, deadline).await {
                     Outcome::Done(r) => r,
@@ -774,6 +766,7 @@ impl Node {
             last_log_index: m.last_log_index,
             applied_index: m.last_applied.as_ref().map(|l| l.index()),
             snapshot_index: m.snapshot.as_ref().map(|l| l.index()),
+            purged_index: m.purged.as_ref().map(|l| l.index()),
             sessions,
             voters: membership.voter_ids().collect(),
             learners: membership.learner_ids().collect(),
@@ -832,6 +825,9 @@ pub struct NodeStatus {
     pub applied_index: Option<u64>,
     /// Index the latest snapshot covers.
     pub snapshot_index: Option<u64>,
+    /// Index up to which the log is purged (entries from there on only by snapshot).
+    #[serde(default)]
+    pub purged_index: Option<u64>,
     /// Open sessions in the applied state.
     pub sessions: usize,
     /// Voter ids of the current membership.

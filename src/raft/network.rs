@@ -118,6 +118,15 @@ pub fn rpc_field<T: DeserializeOwned>(body: &Body) -> Result<T, String> {
     T::deserialize(v).map_err(|e| format!("bad rpc field: {e}"))
 }
 
+/// Decodes a request's `rpc` field: from `raw` when the parser kept it as text
+/// (`raft_*` requests, see `protocol::parse_line`), else from the body.
+pub fn rpc_from<T: DeserializeOwned>(body: &Body, raw: Option<&RawValue>) -> Result<T, String> {
+    match raw {
+        Some(r) => serde_json::from_str(r.get()).map_err(|e| format!("bad rpc field: {e}")),
+        None => rpc_field(body),
+    }
+}
+
 /// The factory openraft asks for one client per peer.
 #[derive(Clone)]
 pub struct Network {
