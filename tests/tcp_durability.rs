@@ -319,21 +319,20 @@ async fn restarting_every_node_at_once_keeps_writes_and_sessions() {
     let (ops, ends) = load.stop().await;
     check_after_load(&cluster, &ops, &ends).await;
 
-    // Every node restored every session from its own disk (workers + probe).
+    // Every node restored every session from its own disk (workers + probe), and
+    // applies at least what it had applied before the kill. Not at once: a node
+    // replays its log only up to its last saved commit pointer (written lazily,
+    // storage.md) and applies the rest once the new leader's commit index reaches
+    // it, which a follower learns with the next entries or a commit update.
     for (i, before) in applied_before.iter().enumerate() {
-        let s = wait_status(
+        wait_status(
             &cluster,
             i,
-            "the sessions on every node",
+            "the sessions on every node, and at least its applied index before the kill",
             Duration::from_secs(10),
-            |s| s.sessions == WORKERS as usize + 1,
+            |s| s.sessions == WORKERS as usize + 1 && s.applied_index >= *before,
         )
         .await;
-        assert!(
-            s.applied_index >= *before,
-            "{} applied less than before the kill: {s:?}",
-            cluster.nodes[i].name
-        );
     }
 
     // The probe's seq 5 ran before the kill: its retry is answered from the
