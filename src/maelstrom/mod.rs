@@ -61,7 +61,7 @@ enum Out {
     Call {
         src: String,
         dest: String,
-        body: network::Body,
+        req: network::RpcRequest,
         reply_to: oneshot::Sender<network::Body>,
     },
     /// stdin closed: exit once every accepted request is answered.
@@ -82,7 +82,7 @@ impl Transport for MaelstromTransport {
     fn call(
         &self,
         peer: &Peer,
-        body: network::Body,
+        req: network::RpcRequest,
         timeout: Duration,
     ) -> BoxFuture<'static, Result<network::Body, CallError>> {
         let out = self.out.clone();
@@ -97,7 +97,7 @@ impl Transport for MaelstromTransport {
             out.send(Out::Call {
                 src,
                 dest: dest.clone(),
-                body,
+                req,
                 reply_to: tx,
             })
             .await
@@ -594,10 +594,10 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
             Out::Call {
                 src,
                 dest,
-                body,
+                req,
                 reply_to,
             } => {
-                let id = self.next_msg_id;
+                let id = self.msg_id();
                 {
                     let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
                     pending.insert(id, reply_to);
@@ -608,7 +608,7 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
                         self.calls_since_sweep = 0;
                     }
                 }
-                self.peer(&src, &dest, None, body).await?;
+                self.line(&req.line(&src, &dest, id)).await?;
             }
             Out::Eof => {}
         }

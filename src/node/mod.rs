@@ -22,7 +22,7 @@ use crate::config::Config;
 use crate::protocol::{ErrorCode, Reply, Request};
 use crate::raft::log_store::MemLogStore;
 use crate::raft::network::{
-    Body, CallError, Network, SnapshotRpc, Transport, rpc_body, rpc_field, rpc_from,
+    Body, CallError, Network, RpcRequest, SnapshotRpc, Transport, rpc_body, rpc_field, rpc_from,
 };
 use crate::raft::sm_store::{Snapshot, StateMachineStore};
 use crate::raft::{Peer, Raft, TypeConfig};
@@ -583,8 +583,11 @@ impl Node {
         };
         let peer = &peer;
         let wait = deadline.saturating_duration_since(Instant::now());
-        let body = rpc_body("forward", fwd);
-        match self.transport.call(peer, body, wait).await {
+        let req = match RpcRequest::new("forward", fwd) {
+            Ok(req) => req,
+            Err(e) => return Outcome::Done(Reply::error(ErrorCode::Crash, e)),
+        };
+        match self.transport.call(peer, req, wait).await {
             Ok(reply) => match rpc_field::<Reply>(&reply) {
                 Ok(Reply::Error { code, text })
                     if code == ErrorCode::TemporarilyUnavailable && text == NOT_LEADER_TEXT =>

@@ -52,36 +52,55 @@ pub enum CallError {
     },
 }
 
-/// Sends a request body to a peer node and resolves to its reply body.
+/// A request to a peer: the body `{type: kind, rpc}`, `rpc` already encoded from
+/// its type (no generic JSON tree on the hot path of appends). Every node-to-node
+/// request has this shape.
+#[derive(Debug)]
+pub struct RpcRequest {
+    /// The body's `type` (`raft_append`, `forward`, ...).
+    pub kind: &'static str,
+    /// The `rpc` field, as JSON text.
+    pub rpc: Box<RawValue>,
+}
+
+impl RpcRequest {
+    /// Encodes `rpc` as the request's `rpc` field.
+    pub fn new(kind: &'static str, rpc: &impl Serialize) -> Result<RpcRequest, String> {
+        let rpc = serde_json::value::to_raw_value(rpc)
+            .map_err(|e| format!("cannot encode the request: {e}"))?;
+        Ok(RpcRequest { kind, rpc })
+    }
+
+    /// The whole line (envelope and body, in protocol key order), with `msg_id`.
+    pub fn line(&self, src: &str, dest: &str, msg_id: u64) -> String {
+        #[derive(Serialize)]
+        struct Wire<'a> {
+            #[serde(rename = "type")]
+            kind: &'a str,
+            rpc: &'a RawValue,
+            msg_id: u64,
+        }
+        crate::protocol::encode(
+            src,
+            dest,
+            Wire {
+                kind: self.kind,
+                rpc: &self.rpc,
+                msg_id,
+            },
+        )
+    }
+}
+
+/// Sends a request to a peer node and resolves to its reply body.
 pub trait Transport: Send + Sync + 'static {
     /// One request-reply exchange with `peer`, bounded by `timeout`.
     fn call(
         &self,
         peer: &Peer,
-        body: Body,
+        req: RpcRequest,
         timeout: Duration,
     ) -> BoxFuture<'static, Result<Body, CallError>>;
-
-    /// [`Transport::call`] with the body `{type: kind, rpc}`, `rpc` already JSON
-    /// text. This default builds the object; a transport writing lines splices
-    /// the text in instead (no generic JSON tree on the hot path of appends).
-    // Owned: a transport that queues the request keeps it past this call.
-    #[allow(clippy::boxed_local)]
-    fn call_rpc(
-        &self,
-        peer: &Peer,
-        kind: &str,
-        rpc: Box<RawValue>,
-        timeout: Duration,
-    ) -> BoxFuture<'static, Result<Body, CallError>> {
-        let mut b = Map::new();
-        b.insert("type".into(), Value::from(kind));
-        b.insert(
-            "rpc".into(),
-            serde_json::from_str(rpc.get()).unwrap_or(Value::Null),
-        );
-        self.call(peer, b, timeout)
-    }
 }
 
 /// A peer's reply body, or the [`CallError::Remote`] it carries if it is an
@@ -160,18 +179,15 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 impl PeerClient {
     async fn exchange<Req: Serialize, Resp: DeserializeOwned>(
         &self,
-        kind: &str,
+        kind: &'static str,
         rpc: &Req,
         timeout: Duration,
     ) -> Result<Resp, CallError> {
-        let rpc = serde_json::value::to_raw_value(rpc).map_err(|e| CallError::Unreachable {
+        let req = RpcRequest::new(kind, rpc).map_err(|why| CallError::Unreachable {
             peer: self.peer.name.clone(),
-            why: format!("cannot encode the request: {e}"),
+            why,
         })?;
-        let reply = self
-            .transport
-            .call_rpc(&self.peer, kind, rpc, timeout)
-            .await?;
+        let reply = self.transport.call(&self.peer, req, timeout).await?;
         rpc_field(&reply).map_err(|why| CallError::Unreachable {
             peer: self.peer.name.clone(),
             why,
@@ -435,10 +451,12 @@ mod tests {
         fn call(
             &self,
             peer: &Peer,
-            body: Body,
+            req: RpcRequest,
             _timeout: Duration,
         ) -> BoxFuture<'static, Result<Body, CallError>> {
-            let req: AppendEntriesRequest<TypeConfig> = rpc_field(&body).expect("an append");
+            assert_eq!(req.kind, "raft_append");
+            let req: AppendEntriesRequest<TypeConfig> =
+                serde_json::from_str(req.rpc.get()).expect("an append");
             let index = |l: Option<LogId>| l.map_or(0, |l| l.index);
             self.sent.lock().unwrap().push((
                 index(req.prev_log_id),

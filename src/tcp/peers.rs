@@ -19,7 +19,6 @@ use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use serde_json::Value;
-use serde_json::value::RawValue;
 use tokio::io::BufReader;
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -27,9 +26,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use super::TcpConfig;
-use super::connection::{LineReader, encode_raw, write_line};
+use super::connection::{LineReader, write_line};
 use crate::raft::Peer;
-use crate::raft::network::{Body, CallError, Transport};
+use crate::raft::network::{Body, CallError, RpcRequest, Transport};
 
 /// The outcome a caller waits for.
 type ReplyTx = oneshot::Sender<Result<Body, CallError>>;
@@ -52,44 +51,10 @@ pub struct TcpTransport {
 struct Call {
     /// Where to (its name is the envelope's `dest`).
     peer: Peer,
-    /// The request body (without `msg_id`, which the link assigns).
-    body: Outgoing,
+    /// The request (without `msg_id`, which the link assigns).
+    req: RpcRequest,
     /// Where the outcome goes.
     reply: ReplyTx,
-}
-
-/// A request body as given to the transport.
-enum Outgoing {
-    /// A JSON object.
-    Map(Body),
-    /// `{type, rpc}` with `rpc` already JSON text.
-    Rpc(String, Box<RawValue>),
-}
-
-/// The body of an [`Outgoing::Rpc`] line, in protocol key order.
-#[derive(serde::Serialize)]
-struct RpcBody<'a> {
-    #[serde(rename = "type")]
-    kind: &'a str,
-    rpc: &'a RawValue,
-    msg_id: u64,
-}
-
-impl Outgoing {
-    fn encode(self, src: &str, dest: &str, msg_id: u64) -> String {
-        match self {
-            Outgoing::Map(body) => encode_raw(src, dest, body, None, msg_id),
-            Outgoing::Rpc(kind, rpc) => crate::protocol::encode(
-                src,
-                dest,
-                RpcBody {
-                    kind: &kind,
-                    rpc: &rpc,
-                    msg_id,
-                },
-            ),
-        }
-    }
 }
 
 impl TcpTransport {
@@ -128,28 +93,7 @@ impl Transport for TcpTransport {
     fn call(
         &self,
         peer: &Peer,
-        body: Body,
-        timeout: Duration,
-    ) -> BoxFuture<'static, Result<Body, CallError>> {
-        self.send(peer, Outgoing::Map(body), timeout)
-    }
-
-    fn call_rpc(
-        &self,
-        peer: &Peer,
-        kind: &str,
-        rpc: Box<RawValue>,
-        timeout: Duration,
-    ) -> BoxFuture<'static, Result<Body, CallError>> {
-        self.send(peer, Outgoing::Rpc(kind.to_string(), rpc), timeout)
-    }
-}
-
-impl TcpTransport {
-    fn send(
-        &self,
-        peer: &Peer,
-        body: Outgoing,
+        req: RpcRequest,
         timeout: Duration,
     ) -> BoxFuture<'static, Result<Body, CallError>> {
         let unreachable = |why: &str| CallError::Unreachable {
@@ -167,7 +111,7 @@ impl TcpTransport {
             let (tx, rx) = oneshot::channel();
             let call = Call {
                 peer: peer.clone(),
-                body,
+                req,
                 reply: tx,
             };
             let unreachable = |why: &str| CallError::Unreachable {
@@ -300,7 +244,7 @@ impl Link {
             return;
         };
         let msg_id = self.msg_ids.fetch_add(1, Ordering::Relaxed);
-        let line = call.body.encode(&self.me, &call.peer.name, msg_id);
+        let line = call.req.line(&self.me, &call.peer.name, msg_id);
         {
             let mut pending = conn.pending.lock().unwrap_or_else(|p| p.into_inner());
             pending.insert(msg_id, call.reply);
@@ -365,15 +309,17 @@ async fn read_replies(r: OwnedReadHalf, pending: Pending, line_bytes_max: usize)
 
 #[cfg(test)]
 mod tests {
+    use super::super::connection::encode_raw;
     use super::*;
 
     #[test]
     fn an_rpc_line_is_the_line_of_the_same_body_built_as_a_map() {
         let rpc = serde_json::json!({"vote": {"term": 3}, "entries": [1, "x\n"]});
-        let raw = serde_json::value::to_raw_value(&rpc).expect("encodes");
-        let fast = Outgoing::Rpc("raft_append".into(), raw).encode("n1", "n2", 9);
+        let fast = RpcRequest::new("raft_append", &rpc)
+            .expect("encodes")
+            .line("n1", "n2", 9);
         let body = crate::raft::network::rpc_body("raft_append", &rpc);
-        let slow = Outgoing::Map(body).encode("n1", "n2", 9);
+        let slow = encode_raw("n1", "n2", body, None, 9);
         assert_eq!(fast, slow);
         assert_eq!(
             fast,
