@@ -206,16 +206,8 @@ impl Writer {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take();
-        let result = write_batch(&mut wal, std::iter::once(&op), pending, true);
-        match &result {
-            Ok(()) => {
-                self.stats.commits.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(e) => {
-                tracing::error!("log commit failed: {e}");
-                self.failed.store(true, Ordering::Release);
-            }
-        }
+        let once = std::iter::once(&op);
+        let result = commit(&mut wal, once, pending, true, &self.stats, &self.failed);
         drop(wal);
         done.complete(&result);
         Ok(())
@@ -302,18 +294,8 @@ fn run(mut rx: mpsc::Receiver<(Op, Done)>, shared: &Shared) {
             // A batch nobody waits on (a truncate or purge queued ahead of
             // appends) is written now and synced by the next one.
             let sync = batch.iter().any(|(_, done)| !matches!(done, Done::Nothing));
-            let r = write_batch(&mut wal, batch.iter().map(|(op, _)| op), pending, sync);
-            match &r {
-                Ok(()) if sync => {
-                    stats.commits.fetch_add(1, Ordering::Relaxed);
-                }
-                Ok(()) => {}
-                Err(e) => {
-                    tracing::error!("log commit failed: {e}");
-                    failed.store(true, Ordering::Release);
-                }
-            }
-            r
+            let ops = batch.iter().map(|(op, _)| op);
+            commit(&mut wal, ops, pending, sync, stats, failed)
         };
         drop(wal);
         let n = batch.len() as u64;
@@ -329,6 +311,30 @@ fn run(mut rx: mpsc::Receiver<(Op, Done)>, shared: &Shared) {
     {
         tracing::error!("log sync at close failed: {e}");
     }
+}
+
+/// [`write_batch`], counting a sync in `stats`; a failure is logged and marks
+/// the writer failed (the in-memory log is then ahead of the disk).
+fn commit<'a>(
+    wal: &mut Wal,
+    ops: impl Iterator<Item = &'a Op>,
+    committed: Option<Vec<u8>>,
+    sync: bool,
+    stats: &Stats,
+    failed: &AtomicBool,
+) -> Result<(), String> {
+    let r = write_batch(wal, ops, committed, sync);
+    match &r {
+        Ok(()) if sync => {
+            stats.commits.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(()) => {}
+        Err(e) => {
+            tracing::error!("log commit failed: {e}");
+            failed.store(true, Ordering::Release);
+        }
+    }
+    r
 }
 
 /// Writes `ops`, then the committed pointer if one is pending, and syncs if `sync`.
