@@ -174,9 +174,11 @@ fn other_format_version_is_refused() {
 #[test]
 fn another_nodes_dir_is_refused() {
     let dir = TempDir::new("node");
-    drop(storage::open_node(dir.path(), 1).expect("open as node 1"));
-    drop(storage::open_node(dir.path(), 1).expect("node 1 again"));
-    let Err(err) = storage::open_node(dir.path(), 2) else {
+    drop(
+        storage::open_node(dir.path(), 1, storage::WalOptions::default()).expect("open as node 1"),
+    );
+    drop(storage::open_node(dir.path(), 1, storage::WalOptions::default()).expect("node 1 again"));
+    let Err(err) = storage::open_node(dir.path(), 2, storage::WalOptions::default()) else {
         panic!("node 2 opened node 1's dir");
     };
     assert!(matches!(err, StorageError::WrongNode { .. }), "{err}");

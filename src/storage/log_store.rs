@@ -26,7 +26,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::StorageError;
-use super::wal::{Record, SEGMENT_BYTES_DEFAULT, Wal};
+use super::wal::{Record, SEGMENT_BYTES_DEFAULT, Wal, WalOptions};
 use super::writer::{Done, Op, Writer, WriterStats};
 use crate::raft::{Entry, LogId, TypeConfig, Vote};
 
@@ -74,8 +74,17 @@ impl WalLogStore {
         path: &Path,
         segment_bytes: u64,
     ) -> Result<WalLogStore, StorageError> {
+        let options = WalOptions {
+            segment_bytes,
+            ..WalOptions::default()
+        };
+        WalLogStore::open_with(path, options)
+    }
+
+    /// [`WalLogStore::open`] with these segment and write options.
+    pub fn open_with(path: &Path, options: WalOptions) -> Result<WalLogStore, StorageError> {
         let mut mirror = Mirror::default();
-        let wal = Wal::open(path, segment_bytes, |rec| replay(&mut mirror, rec))?;
+        let wal = Wal::open(path, options, |rec| replay(&mut mirror, rec))?;
         let segments = wal.segment_paths();
         check(&mirror).map_err(|reason| StorageError::Corrupt {
             path: segments.last().cloned().unwrap_or_else(|| path.to_owned()),

@@ -33,6 +33,7 @@ use std::sync::Arc;
 pub use log_store::WalLogStore;
 use marker::{MARKER_FILE, Marker};
 use snapshots::SnapshotDir;
+pub use wal::{WalIo, WalOptions};
 pub use writer::WriterStats;
 
 use crate::node::Storage;
@@ -95,7 +96,7 @@ pub enum StorageError {
 
 /// Opens (creating on first use) the data dir, whoever owns it.
 pub fn open(data_dir: &Path) -> Result<Storage<WalLogStore>, StorageError> {
-    open_with(data_dir, None, wal::SEGMENT_BYTES_DEFAULT)
+    open_with(data_dir, None, WalOptions::default())
 }
 
 /// [`open`], creating log segments of `segment_bytes` instead of the default
@@ -104,19 +105,35 @@ pub fn open_with_segment_bytes(
     data_dir: &Path,
     segment_bytes: u64,
 ) -> Result<Storage<WalLogStore>, StorageError> {
-    open_with(data_dir, None, segment_bytes)
+    let options = WalOptions {
+        segment_bytes,
+        ..WalOptions::default()
+    };
+    open_with(data_dir, None, options)
+}
+
+/// [`open`] with these log options.
+pub fn open_with_options(
+    data_dir: &Path,
+    options: WalOptions,
+) -> Result<Storage<WalLogStore>, StorageError> {
+    open_with(data_dir, None, options)
 }
 
 /// Opens (creating on first use) the data dir of node `node_id`; refuses a dir
 /// that another node's id was recorded in.
-pub fn open_node(data_dir: &Path, node_id: u64) -> Result<Storage<WalLogStore>, StorageError> {
-    open_with(data_dir, Some(node_id), wal::SEGMENT_BYTES_DEFAULT)
+pub fn open_node(
+    data_dir: &Path,
+    node_id: u64,
+    options: WalOptions,
+) -> Result<Storage<WalLogStore>, StorageError> {
+    open_with(data_dir, Some(node_id), options)
 }
 
 fn open_with(
     dir: &Path,
     node_id: Option<u64>,
-    segment_bytes: u64,
+    options: WalOptions,
 ) -> Result<Storage<WalLogStore>, StorageError> {
     fs::create_dir_all(dir).map_err(|source| StorageError::Io {
         path: dir.to_owned(),
@@ -145,7 +162,7 @@ fn open_with(
         None => check_only_ours(dir)?,
     }
     let (snapshots, snapshot) = SnapshotDir::open(&dir.join(SNAPSHOT_DIR))?;
-    let mut log = WalLogStore::open_with_segment_bytes(&dir.join(LOG_DIR), segment_bytes)?;
+    let mut log = WalLogStore::open_with(&dir.join(LOG_DIR), options)?;
     if marker.is_none() && (!log.is_pristine() || snapshot.is_some()) {
         return Err(StorageError::NotADataDir {
             path: dir.to_owned(),

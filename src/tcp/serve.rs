@@ -14,7 +14,7 @@ use super::peers::TcpTransport;
 use super::{TcpConfig, TcpError, parse_peers, server};
 use crate::config::Config;
 use crate::node::{Node, Storage};
-use crate::storage::WalLogStore;
+use crate::storage::{WalIo, WalLogStore, WalOptions};
 
 /// Arguments of `oncekv serve`.
 #[derive(Debug, Clone, clap::Args)]
@@ -40,6 +40,29 @@ pub struct ServeArgs {
     /// fewer threads to wake per message (docs/benchmarks.md).
     #[arg(long)]
     pub workers: Option<usize>,
+    /// How the log reaches the disk: `direct` (O_DIRECT|O_DSYNC block writes, the
+    /// default; buffered where the filesystem refuses O_DIRECT) or `buffered`
+    /// (pwrite + fdatasync). Both are durable (docs/storage.md).
+    #[arg(long, value_enum, default_value_t = WalIoArg::Direct)]
+    pub wal_io: WalIoArg,
+}
+
+/// `--wal-io` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum WalIoArg {
+    /// O_DIRECT | O_DSYNC writes of whole 4 KiB blocks.
+    Direct,
+    /// pwrite, then fdatasync.
+    Buffered,
+}
+
+impl From<WalIoArg> for WalIo {
+    fn from(a: WalIoArg) -> WalIo {
+        match a {
+            WalIoArg::Direct => WalIo::Direct,
+            WalIoArg::Buffered => WalIo::Buffered,
+        }
+    }
 }
 
 /// Worker threads for each of `nodes` nodes sharing this machine's cores.
@@ -51,8 +74,16 @@ pub fn workers_per_node(nodes: usize) -> usize {
 /// The stores a node runs on, opened from its data directory: the durable write-ahead log
 /// and snapshot files (`crate::storage`). A damaged or foreign dir is refused with
 /// an error naming the file, never silently reset.
-pub fn open_storage(data_dir: &Path, node_id: u64) -> Result<Storage<WalLogStore>, TcpError> {
-    crate::storage::open_node(data_dir, node_id).map_err(TcpError::Storage)
+pub fn open_storage(
+    data_dir: &Path,
+    node_id: u64,
+    io: WalIo,
+) -> Result<Storage<WalLogStore>, TcpError> {
+    let options = WalOptions {
+        io,
+        ..WalOptions::default()
+    };
+    crate::storage::open_node(data_dir, node_id, options).map_err(TcpError::Storage)
 }
 
 /// Runs the node until `shutdown` resolves; returns after a graceful stop.
@@ -79,7 +110,7 @@ pub async fn run(args: &ServeArgs, shutdown: impl std::future::Future) -> Result
             super::CLUSTER_KEY_VAR
         );
     }
-    let storage = open_storage(&args.data_dir, id)?;
+    let storage = open_storage(&args.data_dir, id, args.wal_io.into())?;
     // Bind before starting Raft, so peers' first connects wait in the backlog.
     let listener = TcpListener::bind(&args.listen).await?;
     let msg_ids = Arc::new(AtomicU64::new(0));
