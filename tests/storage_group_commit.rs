@@ -99,3 +99,38 @@ async fn a_followers_appends_are_synced_inline() {
         .expect("append");
     rx.await.expect("callback").expect("durable");
 }
+
+/// The log writer thread of this process, found by its name (`/proc` shows the
+/// first 15 bytes of `oncekv-log-writer`).
+#[cfg(target_os = "linux")]
+fn writer_threads() -> Vec<String> {
+    let mut found = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").expect("/proc/self/task") {
+        let task = task.expect("task").path();
+        let comm = std::fs::read_to_string(task.join("comm")).unwrap_or_default();
+        if comm.trim() == "oncekv-log-writ" {
+            found.push(std::fs::read_to_string(task.join("stat")).expect("stat"));
+        }
+    }
+    found
+}
+
+/// The writer thread runs `SCHED_BATCH` (policy 3 in `/proc/.../stat`, field 41):
+/// waking it never preempts the task that queued the append (docs/storage.md).
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_writer_thread_does_not_preempt_who_wakes_it() {
+    let dir = TempDir::new("writer-policy");
+    let s = storage::open(dir.path()).expect("open");
+    // Other tests in this binary may run writers of their own meanwhile.
+    let stats = writer_threads();
+    assert!(!stats.is_empty(), "a writer thread is running");
+    for stat in &stats {
+        // Fields after the parenthesised command name; policy is field 41 overall.
+        let after = stat.rsplit_once(')').expect("comm in parens").1;
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        let policy: i32 = fields[41 - 3].parse().expect("policy");
+        assert_eq!(policy, libc::SCHED_BATCH, "stat: {stat}");
+    }
+    drop(s);
+}
