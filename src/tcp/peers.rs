@@ -280,6 +280,14 @@ impl Link {
 async fn read_replies(r: OwnedReadHalf, pending: Pending, line_bytes_max: usize) {
     let mut lines = LineReader::new(BufReader::new(r), line_bytes_max);
     while let Ok(Some(line)) = lines.read_line().await {
+        // Let what is already runnable, and what the I/O driver finds ready next,
+        // go first (`yield_now` re-queues behind both). A leader commits on the
+        // first follower's ack; the second one tends to arrive together with the
+        // client's next request, and handling it first delayed that request's
+        // appends. Measured (oncekv alone, alternating runs, each won 5 of 5 or
+        // 3 of 3): +7% writes/s at 1 client, +8% at 64 (docs/benchmarks.md). Replies
+        // on this connection keep their order: this task handles them one by one.
+        tokio::task::yield_now().await;
         let Ok(Value::Object(mut env)) = serde_json::from_str::<Value>(&line) else {
             tracing::warn!("dropping a bad reply line from a peer");
             continue;
