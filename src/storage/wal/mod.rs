@@ -259,8 +259,11 @@ pub struct Wal {
     /// The newest segment, open for writing.
     file: File,
     /// How records reach the newest segment: through `direct`, or `file` and
-    /// `fdatasync` (see [`Wal::io`]).
+    /// `fdatasync` (see [`WalIo`]).
     direct: Option<Direct>,
+    /// Whether new segments are written directly: the choice, unless the
+    /// filesystem or the device refused it.
+    direct_wanted: bool,
     /// Size of the newest segment (as created, possibly by another build).
     file_bytes: u64,
     /// Where the next record goes in it.
@@ -406,6 +409,7 @@ impl Wal {
             _lock: lock,
             segments,
             file,
+            direct_wanted: direct.is_some(),
             direct,
             file_bytes,
             offset,
@@ -478,6 +482,14 @@ impl Wal {
     /// One `pwrite` of the buffer at the write position, then `fdatasync` if
     /// asked (or if too much is unsynced).
     fn write_buf(&mut self, sync: bool) -> io::Result<()> {
+        // A direct write covers whole blocks; near the end of a segment whose size
+        // is not a multiple of them (made with another size), it would grow the
+        // file: the rest of that segment is written buffered.
+        let block_end = (self.offset + self.buf.len() as u64).div_ceil(DIRECT_ALIGN as u64)
+            * DIRECT_ALIGN as u64;
+        if self.direct.is_some() && block_end > self.file_bytes {
+            self.direct = None;
+        }
         if !self.buf.is_empty()
             && let Some(direct) = &mut self.direct
         {
@@ -494,6 +506,7 @@ impl Wal {
                 Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
                     tracing::warn!("direct log write refused ({e}); using buffered writes");
                     self.direct = None;
+                    self.direct_wanted = false;
                 }
                 Err(e) => return Err(e),
             }
@@ -519,7 +532,8 @@ impl Wal {
         let seq = self.segments.back().expect("never empty").seq + 1;
         let (file, seg) = create_segment(&self.dir, seq, self.segment_bytes)
             .map_err(|e| io::Error::other(e.to_string()))?;
-        if self.direct.is_some() {
+        self.direct = None;
+        if self.direct_wanted {
             let tail = header(seq, self.segment_bytes);
             self.direct = Direct::open(&seg.path, &tail)?;
         }

@@ -496,3 +496,29 @@ fn direct_and_buffered_writes_read_back_alike_and_can_take_turns() {
     assert_eq!(summary(&seen).0.len(), 160);
     assert!(summary(&seen) == summary(&expected));
 }
+
+#[test]
+fn direct_writes_never_grow_a_segment_whose_size_is_not_whole_blocks() {
+    let dir = Dir::new("odd-size");
+    // 10,000 bytes: the last block of every segment is partial.
+    const ODD: u64 = 10_000;
+    let (mut wal, _) = open(&dir.0, ODD).expect("create");
+    let mut expected = Vec::new();
+    for i in 1..=300 {
+        let r = entry(i);
+        write(&mut wal, std::slice::from_ref(&r));
+        expected.push(r);
+    }
+    assert!(wal.segments.len() > 3, "segments rolled");
+    for path in wal.segment_paths() {
+        let len = fs::metadata(&path).expect("stat").len();
+        assert_eq!(len, ODD, "{} keeps its size", path.display());
+    }
+    drop(wal);
+    let (_, seen) = open(&dir.0, ODD).expect("reopen");
+    let entries: Vec<Owned> = seen
+        .into_iter()
+        .filter(|r| matches!(r, Owned::Entry(..)))
+        .collect();
+    assert_eq!(entries, expected);
+}
