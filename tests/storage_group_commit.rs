@@ -122,15 +122,30 @@ fn writer_threads() -> Vec<String> {
 async fn the_writer_thread_does_not_preempt_who_wakes_it() {
     let dir = TempDir::new("writer-policy");
     let s = storage::open(dir.path()).expect("open");
-    // Other tests in this binary may run writers of their own meanwhile.
-    let stats = writer_threads();
-    assert!(!stats.is_empty(), "a writer thread is running");
-    for stat in &stats {
-        // Fields after the parenthesised command name; policy is field 41 overall.
-        let after = stat.rsplit_once(')').expect("comm in parens").1;
-        let fields: Vec<&str> = after.split_whitespace().collect();
-        let policy: i32 = fields[41 - 3].parse().expect("policy");
-        assert_eq!(policy, libc::SCHED_BATCH, "stat: {stat}");
+    // Other tests in this binary may be starting writers of their own meanwhile
+    // (named before their policy is set): wait until every one is set up.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let stats = writer_threads();
+        assert!(!stats.is_empty(), "a writer thread is running");
+        let policies: Vec<i32> = stats
+            .iter()
+            .map(|stat| {
+                // Fields after the parenthesised command name; policy is field 41.
+                let after = stat.rsplit_once(')').expect("comm in parens").1;
+                let fields: Vec<&str> = after.split_whitespace().collect();
+                fields[41 - 3].parse().expect("policy")
+            })
+            .collect();
+        if policies.iter().all(|&p| p == libc::SCHED_BATCH) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "writer threads' policies: {policies:?} (SCHED_BATCH is {})",
+            libc::SCHED_BATCH
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
     drop(s);
 }

@@ -136,12 +136,18 @@ impl Writer {
                 wal: wal.clone(),
                 outstanding: outstanding.clone(),
             };
-            std::thread::Builder::new()
+            // The thread is set up (named, scheduling policy set) before the
+            // log is handed out.
+            let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+            let thread = std::thread::Builder::new()
                 .name("oncekv-log-writer".into())
                 .spawn(move || {
                     no_wakeup_preemption();
+                    let _ = ready_tx.send(());
                     run(rx, &shared)
-                })?
+                })?;
+            let _ = ready_rx.recv();
+            thread
         };
         Ok(Writer {
             tx: Some(tx),
