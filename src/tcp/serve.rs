@@ -43,26 +43,8 @@ pub struct ServeArgs {
     /// How the log reaches the disk: `direct` (O_DIRECT|O_DSYNC block writes, the
     /// default; buffered where the filesystem refuses O_DIRECT) or `buffered`
     /// (pwrite + fdatasync). Both are durable (docs/storage.md).
-    #[arg(long, value_enum, default_value_t = WalIoArg::Direct)]
-    pub wal_io: WalIoArg,
-}
-
-/// `--wal-io` values.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum WalIoArg {
-    /// O_DIRECT | O_DSYNC writes of whole 4 KiB blocks.
-    Direct,
-    /// pwrite, then fdatasync.
-    Buffered,
-}
-
-impl From<WalIoArg> for WalIo {
-    fn from(a: WalIoArg) -> WalIo {
-        match a {
-            WalIoArg::Direct => WalIo::Direct,
-            WalIoArg::Buffered => WalIo::Buffered,
-        }
-    }
+    #[arg(long, value_enum, default_value_t = WalIo::Direct)]
+    pub wal_io: WalIo,
 }
 
 /// Worker threads for each of `nodes` nodes sharing this machine's cores.
@@ -110,7 +92,7 @@ pub async fn run(args: &ServeArgs, shutdown: impl std::future::Future) -> Result
             super::CLUSTER_KEY_VAR
         );
     }
-    let storage = open_storage(&args.data_dir, id, args.wal_io.into())?;
+    let storage = open_storage(&args.data_dir, id, args.wal_io)?;
     // Bind before starting Raft, so peers' first connects wait in the backlog.
     let listener = TcpListener::bind(&args.listen).await?;
     let msg_ids = Arc::new(AtomicU64::new(0));

@@ -100,6 +100,13 @@ impl TestCluster {
         self.spawn_with(i, &peers, false, extra);
     }
 
+    /// Starts (again) node `i` with `args` added to its `serve` command line
+    /// (e.g. `--wal-io buffered`).
+    pub fn restart_with_args(&mut self, i: usize, args: &[&str]) {
+        let peers = self.peers.clone();
+        self.spawn_full(i, &peers, false, &[], args);
+    }
+
     /// Spawns `serve` for node `i` with `peers`, joining (not initializing) if `join`.
     pub fn spawn(&mut self, i: usize, peers: &str, join: bool) {
         self.spawn_with(i, peers, join, &[]);
@@ -107,6 +114,18 @@ impl TestCluster {
 
     /// [`TestCluster::spawn`] with `extra` environment for this process only.
     fn spawn_with(&mut self, i: usize, peers: &str, join: bool, extra: &[(&str, &str)]) {
+        self.spawn_full(i, peers, join, extra, &[]);
+    }
+
+    /// [`TestCluster::spawn_with`], and `args` added to the command line.
+    fn spawn_full(
+        &mut self,
+        i: usize,
+        peers: &str,
+        join: bool,
+        extra: &[(&str, &str)],
+        args: &[&str],
+    ) {
         let node = &mut self.nodes[i];
         std::fs::create_dir_all(&node.dir).expect("mkdir");
         let stderr = std::fs::OpenOptions::new()
@@ -125,6 +144,7 @@ impl TestCluster {
         if join {
             cmd.arg("--join");
         }
+        cmd.args(args);
         for (k, v) in &self.env {
             cmd.env(k, v);
         }

@@ -150,16 +150,16 @@ struct Segment {
     max_index: Option<u64>,
 }
 
-/// How a commit reaches the disk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How a commit reaches the disk (`oncekv serve --wal-io`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum WalIo {
-    /// `O_DIRECT | O_DSYNC` writes of whole [`DIRECT_ALIGN`] blocks: one system
-    /// call per commit, no page cache, and on this project's test VM ~25% less
-    /// sync latency when the three nodes of a one-machine cluster sync at once
-    /// (`docs/storage.md`). Falls back to `Buffered` where the filesystem refuses
-    /// `O_DIRECT`.
+    /// O_DIRECT | O_DSYNC writes of whole 4 KiB blocks (buffered where the filesystem refuses O_DIRECT)
+    ///
+    /// One system call per commit, no page cache, and on this project's test VM
+    /// ~25% less sync latency when the three nodes of a one-machine cluster sync
+    /// at once (`docs/storage.md`).
     Direct,
-    /// `pwrite` into the page cache, then `fdatasync`.
+    /// pwrite into the page cache, then fdatasync
     Buffered,
 }
 
@@ -479,42 +479,16 @@ impl Wal {
         self.write_buf(false)
     }
 
-    /// One `pwrite` of the buffer at the write position, then `fdatasync` if
-    /// asked (or if too much is unsynced).
+    /// Writes the buffer at the write position: a direct write, durable on
+    /// return, or a `pwrite` followed by `fdatasync` if asked (or if too much is
+    /// unsynced).
     fn write_buf(&mut self, sync: bool) -> io::Result<()> {
-        // A direct write covers whole blocks; near the end of a segment whose size
-        // is not a multiple of them (made with another size), it would grow the
-        // file: the rest of that segment is written buffered.
-        let block_end = (self.offset + self.buf.len() as u64).div_ceil(DIRECT_ALIGN as u64)
-            * DIRECT_ALIGN as u64;
-        if self.direct.is_some() && block_end > self.file_bytes {
-            self.direct = None;
-        }
-        if !self.buf.is_empty()
-            && let Some(direct) = &mut self.direct
-        {
-            match direct.write(&self.buf, self.offset) {
-                Ok(()) => {
-                    self.offset += self.buf.len() as u64;
-                    self.buf.clear();
-                    let newest = self.segments.back_mut().expect("never empty");
-                    newest.max_index = newest.max_index.max(self.buf_max_index.take());
-                    return Ok(());
-                }
-                // The device wants larger blocks than DIRECT_ALIGN: nothing was
-                // written; go on buffered.
-                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                    tracing::warn!("direct log write refused ({e}); using buffered writes");
-                    self.direct = None;
-                    self.direct_wanted = false;
-                }
-                Err(e) => return Err(e),
-            }
-        }
         if !self.buf.is_empty() {
-            self.file.write_all_at(&self.buf, self.offset)?;
+            if !self.write_direct()? {
+                self.file.write_all_at(&self.buf, self.offset)?;
+                self.unsynced += self.buf.len();
+            }
             self.offset += self.buf.len() as u64;
-            self.unsynced += self.buf.len();
             self.buf.clear();
             let newest = self.segments.back_mut().expect("never empty");
             newest.max_index = newest.max_index.max(self.buf_max_index.take());
@@ -524,6 +498,34 @@ impl Wal {
             self.unsynced = 0;
         }
         Ok(())
+    }
+
+    /// Writes the buffer directly if the newest segment is written that way;
+    /// `false` if it is (from now on) written buffered.
+    fn write_direct(&mut self) -> io::Result<bool> {
+        // A direct write covers whole blocks; near the end of a segment whose size
+        // is not a multiple of them (made with another size), it would grow the
+        // file: the rest of that segment is written buffered.
+        let block_end = (self.offset + self.buf.len() as u64).div_ceil(DIRECT_ALIGN as u64)
+            * DIRECT_ALIGN as u64;
+        if block_end > self.file_bytes {
+            self.direct = None;
+        }
+        let Some(direct) = &mut self.direct else {
+            return Ok(false);
+        };
+        match direct.write(&self.buf, self.offset) {
+            Ok(()) => Ok(true),
+            // The device wants larger blocks than DIRECT_ALIGN: nothing was
+            // written; go on buffered.
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                tracing::warn!("direct log write refused ({e}); using buffered writes");
+                self.direct = None;
+                self.direct_wanted = false;
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Starts the next segment with the current vote, committed pointer and purge
