@@ -5,22 +5,26 @@ mod storage_common;
 
 use oncekv::raft::TypeConfig;
 use oncekv::raft::sm_store::StateMachineStore;
-use oncekv::storage::{self, WalLogStore};
+use oncekv::storage::{self, WalIo, WalLogStore, WalOptions};
 use openraft::StorageError;
 use openraft::testing::log::{StoreBuilder, Suite};
 use storage_common::TempDir;
 
 /// Builds a store in a new temp dir (the dir is the guard, removed when the test
-/// ends), with log segments of this many bytes, owned by this node if any.
-struct Builder(u64, Option<u64>);
+/// ends), with log segments of this many bytes, owned by this node if any, written
+/// directly (the default) or buffered.
+struct Builder(u64, Option<u64>, WalIo);
 
 impl StoreBuilder<TypeConfig, WalLogStore, StateMachineStore, TempDir> for Builder {
     async fn build(
         &self,
     ) -> Result<(TempDir, WalLogStore, StateMachineStore), StorageError<TypeConfig>> {
         let dir = TempDir::new("suite");
-        let mut s =
-            storage::open_with_segment_bytes(dir.path(), self.0).expect("open a fresh data dir");
+        let options = WalOptions {
+            segment_bytes: self.0,
+            io: self.2,
+        };
+        let mut s = storage::open_with_options(dir.path(), options).expect("open a fresh data dir");
         s.log.set_node_id(self.1);
         Ok((dir, s.log, s.sm))
     }
@@ -28,9 +32,13 @@ impl StoreBuilder<TypeConfig, WalLogStore, StateMachineStore, TempDir> for Build
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wal_store_passes_openraft_suite() {
-    Suite::test_all(Builder(oncekv::storage::wal::SEGMENT_BYTES_DEFAULT, None))
-        .await
-        .expect("suite passes");
+    Suite::test_all(Builder(
+        oncekv::storage::wal::SEGMENT_BYTES_DEFAULT,
+        None,
+        WalIo::Direct,
+    ))
+    .await
+    .expect("suite passes");
 }
 
 /// As a follower's store: the suite's entries are proposed by node 0, so as node
@@ -38,7 +46,7 @@ async fn wal_store_passes_openraft_suite() {
 /// votes, truncates and purges, which still go through the writer thread.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn follower_store_syncing_inline_passes_openraft_suite() {
-    Suite::test_all(Builder(4096, Some(1)))
+    Suite::test_all(Builder(4096, Some(1), WalIo::Direct))
         .await
         .expect("suite passes");
 }
@@ -47,7 +55,19 @@ async fn follower_store_syncing_inline_passes_openraft_suite() {
 /// delete old ones.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wal_store_with_tiny_segments_passes_openraft_suite() {
-    Suite::test_all(Builder(4096, None))
+    Suite::test_all(Builder(4096, None, WalIo::Direct))
+        .await
+        .expect("suite passes");
+}
+
+/// With buffered writes (`pwrite` + `fdatasync`, `serve --wal-io buffered`), as
+/// a leader's and as a follower's store, on tiny segments.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buffered_wal_store_passes_openraft_suite() {
+    Suite::test_all(Builder(4096, None, WalIo::Buffered))
+        .await
+        .expect("suite passes");
+    Suite::test_all(Builder(4096, Some(1), WalIo::Buffered))
         .await
         .expect("suite passes");
 }
