@@ -26,8 +26,9 @@
 //! each of these as one sequential write, where redb (which this replaced, see
 //! `docs/storage.md`) rewrote B-tree pages and synced twice per commit.
 //!
-//! **Durability.** [`Wal::commit`] writes the buffered records with one `pwrite`
-//! and one `fdatasync`. Segments are created full size (temp name, fsync, rename,
+//! **Durability.** [`Wal::commit`] writes the buffered records with one
+//! `O_DIRECT | O_DSYNC` `pwrite` of whole blocks ([`WalIo::Direct`], the default),
+//! or one `pwrite` and one `fdatasync` ([`WalIo::Buffered`]). Segments are created full size (temp name, fsync, rename,
 //! fsync the dir), so the file size never changes while records are written.
 //!
 //! **Torn writes.** A crash during a write can leave any of its sectors written
@@ -200,7 +201,8 @@ struct Direct {
 }
 
 impl Direct {
-    /// Opens `path` for direct writes at `offset`, whose block starts with `tail`.
+    /// Opens `path` for direct writes; the block holding the write position starts
+    /// with `tail`.
     /// `Ok(None)` if the filesystem does not do `O_DIRECT`.
     fn open(path: &Path, tail: &[u8]) -> io::Result<Option<Direct>> {
         use std::os::unix::fs::OpenOptionsExt;
