@@ -24,7 +24,7 @@ use anyhow::Context;
 use serde_json::json;
 
 use super::etcd::{EtcdClient, EtcdCluster, check_binary};
-use super::latency::{Samples, Summary, median};
+use super::latency::{Samples, Summary, median, round_ratios};
 use super::procs::OncekvCluster;
 use crate::protocol::Reply;
 use crate::tcp::Client;
@@ -561,6 +561,14 @@ async fn run_in(
             args.rounds,
             loadavg()
         );
+        let per_round = round_ratios(&o, &e);
+        if per_round.len() > 1 {
+            let shown: Vec<String> = per_round.iter().map(|r| format!("{r:.2}x")).collect();
+            println!(
+                "  throughput ratio per round (each round's two runs back to back), lowest first: {}",
+                shown.join(", ")
+            );
+        }
     }
 
     if args.kills > 0 {

@@ -74,9 +74,43 @@ pub fn median(values: &[Duration]) -> Option<Duration> {
     v.get(v.len().saturating_sub(1) / 2).copied()
 }
 
+/// Throughput ratios `ours[i] / theirs[i]`, one per round (the two runs of a round
+/// are back to back, so machine-wide slowdowns mostly cancel), then sorted: their
+/// spread says how far the ratio of the means can be trusted. Rounds missing on
+/// either side, or with no throughput on theirs, are skipped.
+pub fn round_ratios(ours: &[Summary], theirs: &[Summary]) -> Vec<f64> {
+    let mut r: Vec<f64> = ours
+        .iter()
+        .zip(theirs)
+        .filter(|(_, t)| t.ops_per_s > 0.0)
+        .map(|(o, t)| o.ops_per_s / t.ops_per_s)
+        .collect();
+    r.sort_by(f64::total_cmp);
+    r
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn tput(ops_per_s: f64) -> Summary {
+        Summary {
+            ops: ops_per_s as usize,
+            ops_per_s,
+            p50_us: 1,
+            p99_us: 2,
+        }
+    }
+
+    #[test]
+    fn round_ratios_pair_rounds_in_order_and_sort() {
+        let ours = [tput(2_000.0), tput(2_200.0), tput(1_800.0)];
+        let theirs = [tput(1_000.0), tput(1_000.0), tput(1_000.0)];
+        assert_eq!(round_ratios(&ours, &theirs), vec![1.8, 2.0, 2.2]);
+        // A missing round or a zero throughput on their side is left out.
+        assert_eq!(round_ratios(&ours, &theirs[..1]), vec![2.0]);
+        assert_eq!(round_ratios(&ours[..1], &[tput(0.0)]), Vec::<f64>::new());
+    }
 
     #[test]
     fn nearest_rank_quantiles() {
