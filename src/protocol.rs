@@ -373,10 +373,80 @@ pub fn parse_line(line: &str) -> Result<Message, ParseError> {
     {
         return Ok(msg);
     }
+    if let Some(wide) = wide_integer(line) {
+        // Refused, not rounded: kept as a double it would read back different.
+        let text = format!(
+            "the integer {wide} does not fit in 64 bits; integers are kept exactly only \
+             from -9223372036854775808 to 18446744073709551615"
+        );
+        return Err(match parse_general(line) {
+            Ok(m) => ParseError::Body {
+                src: m.src,
+                dest: m.dest,
+                msg_id: m.msg_id,
+                text,
+            },
+            Err(ParseError::Body {
+                src, dest, msg_id, ..
+            }) => ParseError::Body {
+                src,
+                dest,
+                msg_id,
+                text,
+            },
+            Err(e) => e,
+        });
+    }
     if let Some(msg) = parse_fast(line) {
         return Ok(msg);
     }
     parse_general(line)
+}
+
+/// The first integer literal in the JSON text `line` (outside strings) that does
+/// not fit in an `i64` or a `u64`, if any. serde_json would turn it into the
+/// nearest double, so a value written with it would read back different.
+/// Numbers with a fraction or an exponent are doubles by definition (RFC 8259
+/// section 6) and pass.
+pub fn wide_integer(line: &str) -> Option<&str> {
+    let bytes = line.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' => {
+                // Skip the string, escapes included.
+                i += 1;
+                while i < bytes.len() && bytes[i] != b'"' {
+                    i += if bytes[i] == b'\\' { 2 } else { 1 };
+                }
+                i += 1;
+            }
+            b'-' | b'0'..=b'9' => {
+                let start = i;
+                i += 1;
+                while i < bytes.len() && bytes[i].is_ascii_digit() {
+                    i += 1;
+                }
+                let integer = !matches!(bytes.get(i), Some(b'.' | b'e' | b'E'));
+                while i < bytes.len()
+                    && matches!(bytes[i], b'0'..=b'9' | b'.' | b'e' | b'E' | b'+' | b'-')
+                {
+                    i += 1;
+                }
+                let token = &line[start..i];
+                // ("-" alone is not JSON: serde_json reports that itself.)
+                if integer
+                    && token != "-"
+                    && token.parse::<i64>().is_err()
+                    && token.parse::<u64>().is_err()
+                {
+                    return Some(token);
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    None
 }
 
 #[derive(Deserialize)]
@@ -639,6 +709,46 @@ impl std::fmt::Display for Reply {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn wide_integers_are_found_outside_strings_only() {
+        use super::wide_integer;
+        assert_eq!(wide_integer(r#"{"a":18446744073709551615,"b":-9223372036854775808}"#), None);
+        assert_eq!(
+            wide_integer(r#"{"a":18446744073709551616}"#),
+            Some("18446744073709551616")
+        );
+        assert_eq!(
+            wide_integer(r#"{"a":[1,-9223372036854775809]}"#),
+            Some("-9223372036854775809")
+        );
+        // Doubles by their spelling, however large.
+        assert_eq!(wide_integer(r#"{"a":1e400,"b":123456789012345678901234.5,"c":-1E+30}"#), None);
+        // Digits inside strings, escaped quotes included, are not numbers.
+        assert_eq!(
+            wide_integer(r#"{"k":"123456789012345678901234567890","e":"x\"99999999999999999999999"}"#),
+            None
+        );
+        assert_eq!(
+            wide_integer(r#"{"k":"a\\","v":99999999999999999999999}"#),
+            Some("99999999999999999999999")
+        );
+        assert_eq!(wide_integer("not json -"), None);
+    }
+
+    #[test]
+    fn a_wide_integer_is_refused_with_error_12_not_rounded() {
+        let line = r#"{"src":"c1","dest":"n1","body":{"type":"write","msg_id":4,"key":"k","value":123456789012345678901234567890}}"#;
+        match super::parse_line(line) {
+            Err(super::ParseError::Body {
+                src, msg_id, text, ..
+            }) => {
+                assert_eq!(src, "c1");
+                assert_eq!(msg_id, Some(4));
+                assert!(text.contains("123456789012345678901234567890"), "{text}");
+            }
+            other => panic!("expected a body error, got {other:?}"),
+        }
+    }
     use super::*;
 
     #[test]

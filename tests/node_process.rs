@@ -216,6 +216,7 @@ fn bad_input_never_kills_the_node() {
         r#"{"src":"n7","dest":"n1","body":{"type":"raft_append","msg_id":96,"rpc":{}}}"#,
         r#"{"src":"c1","dest":"n1","body":{"type":"read","msg_id":"x","key":1}}"#,
         "\u{0}\u{1}garbage\u{7f}",
+        r#"{"src":"c1","dest":"n1","body":{"type":"write","msg_id":97,"key":1,"value":[1,123456789012345678901234567890]}}"#,
     ];
     let mut input = format!("{before_init}\n{INIT}\n");
     for (i, line) in bad.iter().enumerate() {
@@ -235,7 +236,7 @@ fn bad_input_never_kills_the_node() {
             .unwrap_or_else(|| panic!("no reply to {id}:\n{out}"))
     };
     assert_eq!(by_irt(77)["code"], 11, "request before init");
-    for id in [90, 91, 92, 93, 95] {
+    for id in [90, 91, 92, 93, 95, 97] {
         assert_eq!(by_irt(id)["code"], 12, "malformed {id}");
     }
     assert_eq!(by_irt(94)["code"], 10, "unknown type");
