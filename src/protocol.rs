@@ -712,7 +712,10 @@ mod tests {
     #[test]
     fn wide_integers_are_found_outside_strings_only() {
         use super::wide_integer;
-        assert_eq!(wide_integer(r#"{"a":18446744073709551615,"b":-9223372036854775808}"#), None);
+        assert_eq!(
+            wide_integer(r#"{"a":18446744073709551615,"b":-9223372036854775808}"#),
+            None
+        );
         assert_eq!(
             wide_integer(r#"{"a":18446744073709551616}"#),
             Some("18446744073709551616")
@@ -722,10 +725,15 @@ mod tests {
             Some("-9223372036854775809")
         );
         // Doubles by their spelling, however large.
-        assert_eq!(wide_integer(r#"{"a":1e400,"b":123456789012345678901234.5,"c":-1E+30}"#), None);
+        assert_eq!(
+            wide_integer(r#"{"a":1e400,"b":123456789012345678901234.5,"c":-1E+30}"#),
+            None
+        );
         // Digits inside strings, escaped quotes included, are not numbers.
         assert_eq!(
-            wide_integer(r#"{"k":"123456789012345678901234567890","e":"x\"99999999999999999999999"}"#),
+            wide_integer(
+                r#"{"k":"123456789012345678901234567890","e":"x\"99999999999999999999999"}"#
+            ),
             None
         );
         assert_eq!(
