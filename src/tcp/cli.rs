@@ -86,6 +86,30 @@ fn json_arg(text: &str) -> Value {
     serde_json::from_str(text).unwrap_or_else(|_| Value::from(text))
 }
 
+/// Refuses a key or value argument holding an integer beyond 64 bits: parsed, it
+/// would become the nearest double and be stored rounded (the node refuses such
+/// a request with error 12; here it never gets sent).
+fn check_wide_integers(op: &ClientOp) -> Result<(), String> {
+    let texts: Vec<&str> = match op {
+        ClientOp::Read { key } => vec![key],
+        ClientOp::Write { key, value } => vec![key, value],
+        ClientOp::Cas { key, from, to } => vec![key, from, to],
+        ClientOp::Add { key, .. } => vec![key],
+        _ => vec![],
+    };
+    for text in texts {
+        if serde_json::from_str::<Value>(text).is_ok()
+            && let Some(wide) = crate::protocol::wide_integer(text)
+        {
+            return Err(format!(
+                "the integer {wide} does not fit in 64 bits and would be stored rounded; \
+                 quote it to store it as a string ('\"{wide}\"')"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Runs one client command; returns the exit status.
 #[allow(clippy::print_stdout)] // the CLI's output
 pub async fn run(args: ClientArgs) -> i32 {
@@ -98,6 +122,10 @@ pub async fn run(args: ClientArgs) -> i32 {
     ) {
         // The leader answers add_node once the learner has caught up.
         opts.attempt_timeout = opts.deadline;
+    }
+    if let Err(e) = check_wide_integers(&args.op) {
+        eprintln!("{e}");
+        return EXIT_USAGE;
     }
     let mut client = Client::new(opts);
     let result = match args.op.clone() {
@@ -215,4 +243,30 @@ async fn admin(client: &mut Client, body: Value, deadline_s: f64) -> i32 {
     }
     eprintln!("error: {last}");
     EXIT_INDEFINITE
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wide_integer_argument_is_refused_before_sending() {
+        let write = |value: &str| ClientOp::Write {
+            key: "k".into(),
+            value: value.into(),
+        };
+        assert!(check_wide_integers(&write("18446744073709551615")).is_ok());
+        assert!(check_wide_integers(&write("[1.5, -3]")).is_ok());
+        // Not JSON: sent as the string it is, nothing to round.
+        assert!(check_wide_integers(&write("123456789012345678901234567890x")).is_ok());
+        assert!(check_wide_integers(&write("\"123456789012345678901234567890\"")).is_ok());
+        let e = check_wide_integers(&write("123456789012345678901234567890")).unwrap_err();
+        assert!(e.contains("123456789012345678901234567890"), "{e}");
+        let cas = ClientOp::Cas {
+            key: "k".into(),
+            from: "1".into(),
+            to: "{\"a\":99999999999999999999}".into(),
+        };
+        assert!(check_wide_integers(&cas).is_err());
+    }
 }
