@@ -424,3 +424,32 @@ fn a_malformed_request_before_init_is_answered_from_the_addressed_name() {
     assert_eq!(lines[0]["body"]["code"], 12, "{out}");
     assert_eq!(lines[1]["body"]["type"], "init_ok", "{out}");
 }
+
+/// `seq = u64::MAX` executes once, and no lower seq of that session executes after
+/// it (a wrapping "next seq" once let seq 5 run again, and panicked debug builds).
+#[test]
+fn seq_u64_max_keeps_exactly_once() {
+    let s = |seq: u64| json!({"type":"add","key":"k","delta":1,"client_id":"c9","seq":seq});
+    let out = run_script(&script(&[
+        s(5),
+        s(u64::MAX),
+        s(5),
+        s(6),
+        s(u64::MAX),
+        json!({"type":"read","key":"k"}),
+    ]));
+    let got: Vec<Value> = bodies(&out).iter().map(|b| b["value"].clone()).collect();
+    assert_eq!(
+        got,
+        vec![
+            Value::Null, // init_ok
+            json!(1),
+            json!(2),
+            json!(1),
+            json!(2),
+            json!(2),
+            json!(2)
+        ],
+        "{out}"
+    );
+}

@@ -121,6 +121,9 @@ pub struct Client {
     next_msg_id: u64,
     /// The session: `client_id` and the next `seq`.
     session: Option<(String, u64)>,
+    /// The session has used seq `u64::MAX`: there is no next seq, so further
+    /// mutations are refused rather than wrapping to a seq that already ran.
+    seqs_exhausted: bool,
 }
 
 impl Client {
@@ -134,12 +137,14 @@ impl Client {
             target: 0,
             next_msg_id: 0,
             session: None,
+            seqs_exhausted: false,
         }
     }
 
     /// Uses session `client_id`, numbering the next mutation `next_seq`.
     pub fn set_session(&mut self, client_id: String, next_seq: u64) {
         self.session = Some((client_id, next_seq));
+        self.seqs_exhausted = false;
     }
 
     /// The session (`client_id`, next `seq`), if any.
@@ -156,7 +161,7 @@ impl Client {
     pub async fn open_session(&mut self) -> Result<String, ClientError> {
         match self.request(json!({"type": "open_session"})).await? {
             Reply::OpenSessionOk { client_id } => {
-                self.session = Some((client_id.clone(), 1));
+                self.set_session(client_id.clone(), 1);
                 Ok(client_id)
             }
             other => Err(ClientError::Usage(format!("open_session failed: {other}"))),
@@ -194,9 +199,18 @@ impl Client {
                 "a mutation needs a session: open_session or set_session".into(),
             ));
         };
+        if self.seqs_exhausted {
+            return Err(ClientError::Usage(format!(
+                "session {client_id} has used its last seq ({}); open a new session",
+                u64::MAX
+            )));
+        }
         body["client_id"] = Value::from(client_id.clone());
         body["seq"] = Value::from(*seq);
-        *seq += 1;
+        match seq.checked_add(1) {
+            Some(next) => *seq = next,
+            None => self.seqs_exhausted = true,
+        }
         self.request(body).await
     }
 
