@@ -97,3 +97,40 @@ async fn raft_rpcs_without_the_cluster_key_are_refused() {
         .expect("write after restart");
     assert_eq!(r, Reply::WriteOk);
 }
+
+/// A follower started without the cluster key forwards a write; the leader refuses
+/// the forward (error 10, the connection gave no key) before anything reaches its
+/// log, and the client is told so definitely, not "it may still take effect".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_definite_refusal_of_a_forward_stays_definite() {
+    let key = "auth-test-key-forward";
+    let mut cluster = TestCluster::start("auth-forward", 3, &[(oncekv::tcp::CLUSTER_KEY_VAR, key)]);
+    let leader = cluster.wait_leader(Duration::from_secs(10)).await;
+    let follower = (leader + 1) % 3;
+    cluster.kill(follower);
+    cluster.restart_with(follower, &[(oncekv::tcp::CLUSTER_KEY_VAR, "")]);
+    // The keyless follower still accepts the leader's appends (it checks no key),
+    // so it learns who leads; wait until it does.
+    let c = &cluster;
+    c.wait_for(
+        "the keyless follower knows the leader",
+        Duration::from_secs(10),
+        || async move { c.status(follower).await.and_then(|s| s.leader).is_some() },
+    )
+    .await;
+    let stream = TcpStream::connect(&cluster.nodes[follower].addr)
+        .await
+        .expect("connect");
+    let mut conn = BufReader::new(stream);
+    let write = json!({"type": "write", "key": "fw", "value": 1, "client_id": "cf", "seq": 1});
+    let b = exchange(&mut conn, write, 1).await;
+    assert_eq!(b.get("code"), Some(&json!(10)), "a definite refusal: {b:?}");
+    // Definite means it did not happen: the key is still missing at the leader.
+    let mut conn = BufReader::new(
+        TcpStream::connect(&cluster.nodes[leader].addr)
+            .await
+            .expect("connect"),
+    );
+    let b = exchange(&mut conn, json!({"type": "read", "key": "fw"}), 2).await;
+    assert_eq!(b.get("code"), Some(&json!(20)), "{b:?}");
+}

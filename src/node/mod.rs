@@ -607,6 +607,15 @@ impl Node {
             },
             // Never sent: nothing can have been proposed.
             Err(CallError::Unreachable { .. }) => Outcome::NotLeader(None, false),
+            // The leader refused the forward RPC itself (this node presented no
+            // cluster key, or the leader could not parse it): it never reached the
+            // leader's log, so a definite code stays definite for the client.
+            Err(CallError::Remote { peer, code, text }) if definite_code(code).is_some() => {
+                Outcome::Done(Reply::error(
+                    definite_code(code).expect("checked"),
+                    format!("the leader {peer} refused the forwarded request: {text}"),
+                ))
+            }
             Err(e) => Outcome::Done(Reply::error(
                 ErrorCode::Timeout,
                 format!("forwarded to the leader, no answer: {e}; it may still take effect"),
@@ -837,6 +846,13 @@ pub struct NodeStatus {
     pub voters: Vec<u64>,
     /// Learner ids of the current membership.
     pub learners: Vec<u64>,
+}
+
+/// The error code `code` if it is one of ours and definite (see
+/// [`ErrorCode::is_definite`]); `None` for indefinite or unknown codes.
+fn definite_code(code: u64) -> Option<ErrorCode> {
+    let code = ErrorCode::try_from(u32::try_from(code).ok()?).ok()?;
+    code.is_definite().then_some(code)
 }
 
 /// An error reply body `{type: error, code, text}` for peers.
