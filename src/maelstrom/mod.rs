@@ -118,6 +118,7 @@ where
     W: AsyncWrite + Unpin + Send + 'static,
 {
     let (out_tx, out_rx) = mpsc::channel(config.outbox_capacity);
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel::<Arc<Node>>();
     let pending: Pending = Arc::default();
     let writer = tokio::spawn(write_loop(output, out_rx, pending.clone()));
     let mut reader = Reader {
@@ -130,8 +131,23 @@ where
         next_ticket: 0,
         in_flight: Arc::new(Semaphore::new(config.requests_in_flight_max)),
         config,
+        started: Some(started_tx),
     };
-    let result = reader.read_all(input).await;
+    // Read until stdin closes, or until Raft fails (a storage error): then the
+    // process must end non-zero rather than linger as a node that cannot commit.
+    let fatal = async move {
+        match started_rx.await {
+            Ok(node) => node.fatal().await,
+            Err(_) => std::future::pending().await,
+        }
+    };
+    let result = tokio::select! {
+        r = reader.read_all(input) => r,
+        why = fatal => {
+            tracing::error!("fatal: {why}; stopping the node");
+            Err(std::io::Error::other(why))
+        }
+    };
     let _ = reader.out.send(Out::Eof).await;
     let written = writer
         .await
@@ -158,6 +174,8 @@ struct Reader {
     /// Bounds requests in flight; the reader waits when it is exhausted.
     in_flight: Arc<Semaphore>,
     config: Config,
+    /// Hands the node, once `init` started it, to `run`'s watch for a fatal error.
+    started: Option<tokio::sync::oneshot::Sender<Arc<Node>>>,
 }
 
 impl Reader {
@@ -365,6 +383,9 @@ impl Reader {
         {
             Ok(node) => {
                 tracing::info!("node {node_id} started, members {node_ids:?}");
+                if let Some(started) = self.started.take() {
+                    let _ = started.send(node.clone());
+                }
                 self.node = Some(node);
                 self.me = node_id.clone();
                 self.members = node_ids.into_iter().collect();

@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::future::BoxFuture;
@@ -125,6 +125,8 @@ pub struct Node {
     submitted: AtomicU64,
     /// How many of those have finished (applied, failed or timed out).
     finished: tokio::sync::watch::Sender<u64>,
+    /// Set by [`Node::shutdown`]: Raft stopping after this is not a failure.
+    stopping: AtomicBool,
 }
 
 /// A proposal submitted to Raft whose outcome is still to come.
@@ -211,6 +213,7 @@ impl Node {
             last_ts_ms: AtomicU64::new(0),
             submitted: AtomicU64::new(0),
             finished: tokio::sync::watch::Sender::new(0),
+            stopping: AtomicBool::new(false),
         });
         node.clone().spawn_leader_duties();
         if node.members.len() == 1 && node.leader().is_none() {
@@ -810,8 +813,43 @@ impl Node {
         Ok(())
     }
 
+    /// Resolves with the cause once Raft has stopped without being asked to: a
+    /// storage error (a failed log write or sync, a full disk), a panic in Raft's
+    /// core, or a stop from inside. A node in that state can no longer vote, append
+    /// or apply, yet would still answer `status`; its process must end (loudly,
+    /// non-zero) so a supervisor restarts it. Pending forever while Raft runs and
+    /// after [`Node::shutdown`].
+    pub async fn fatal(&self) -> String {
+        let mut metrics = self.raft.metrics();
+        loop {
+            let failed = {
+                let m = metrics.borrow_watched();
+                match &m.running_state {
+                    Err(e) => Some(format!("raft stopped: {e}")),
+                    Ok(()) if m.state == openraft::ServerState::Shutdown => {
+                        Some("raft shut down".to_string())
+                    }
+                    Ok(()) => None,
+                }
+            };
+            let asked = self.stopping.load(Ordering::Acquire);
+            match failed {
+                Some(why) if !asked => return why,
+                Some(_) => return std::future::pending().await,
+                None => {}
+            }
+            if metrics.changed().await.is_err() {
+                if self.stopping.load(Ordering::Acquire) {
+                    return std::future::pending().await;
+                }
+                return "raft stopped: its metrics channel closed".to_string();
+            }
+        }
+    }
+
     /// Stops Raft.
     pub async fn shutdown(&self) {
+        self.stopping.store(true, Ordering::Release);
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!("raft shutdown: {e}");
         }

@@ -127,6 +127,9 @@ pub enum TcpError {
     /// The data dir could not be opened (damaged, foreign, or unreadable).
     #[error(transparent)]
     Storage(crate::storage::StorageError),
+    /// Raft stopped on its own while serving (a storage error such as a full disk).
+    #[error("{0}")]
+    Fatal(String),
 }
 
 /// A node's Raft id: the number its name ends with (`n1` is 1, `n12` is 12). The

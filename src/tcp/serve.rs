@@ -109,9 +109,25 @@ pub async fn run(args: &ServeArgs, shutdown: impl std::future::Future) -> Result
         listener.local_addr()?,
         std::process::id()
     );
-    server::run(listener, node.clone(), msg_ids, tcp, shutdown).await;
+    // Stop serving on the signal, or when Raft fails (a storage error): a node
+    // whose Raft has stopped must not linger answering `status`.
+    let (fatal_tx, mut fatal_rx) = tokio::sync::oneshot::channel();
+    let watched = node.clone();
+    let stop = async move {
+        tokio::select! {
+            _ = shutdown => {}
+            why = watched.fatal() => {
+                tracing::error!("fatal: {why}; stopping the node");
+                let _ = fatal_tx.send(why);
+            }
+        }
+    };
+    server::run(listener, node.clone(), msg_ids, tcp, stop).await;
     node.shutdown().await;
-    Ok(())
+    match fatal_rx.try_recv() {
+        Ok(why) => Err(TcpError::Fatal(why)),
+        Err(_) => Ok(()),
+    }
 }
 
 /// Resolves on Ctrl-C or (on Unix) SIGTERM.
