@@ -18,9 +18,19 @@ async fn exchange(
     body: Value,
     msg_id: u64,
 ) -> serde_json::Map<String, Value> {
+    exchange_as(conn, ("intruder", ""), body, msg_id).await
+}
+
+/// [`exchange`] with this envelope `src` and `dest`.
+async fn exchange_as(
+    conn: &mut BufReader<TcpStream>,
+    (src, dest): (&str, &str),
+    body: Value,
+    msg_id: u64,
+) -> serde_json::Map<String, Value> {
     let mut body = body;
     body["msg_id"] = json!(msg_id);
-    let line = json!({"src": "intruder", "dest": "", "body": body}).to_string() + "\n";
+    let line = json!({"src": src, "dest": dest, "body": body}).to_string() + "\n";
     conn.get_mut()
         .write_all(line.as_bytes())
         .await
@@ -83,11 +93,53 @@ async fn raft_rpcs_without_the_cluster_key_are_refused() {
     assert_eq!(cluster.wait_leader(Duration::from_secs(5)).await, leader);
 
     // With the key, the same connection gets past the gate (and the malformed
-    // append is then judged on its content, not refused for the key).
-    let b = exchange(&mut conn, json!({"type": "peer_hello", "key": key}), 6).await;
-    assert_eq!(b.get("type"), Some(&json!("peer_hello_ok")), "{b:?}");
+    // append is then judged on its content, not refused for the key). The
+    // hello must name a member as sender and this node as receiver.
+    let me = cluster.nodes[leader].name.clone();
+    let other = cluster.nodes[(leader + 1) % 3].name.clone();
+    let hello = json!({"type": "peer_hello", "key": key});
+    let b = exchange(&mut conn, hello.clone(), 6).await;
+    assert_eq!(b.get("code"), Some(&json!(12)), "no receiver named: {b:?}");
+    let b = exchange_as(&mut conn, ("n9", &me), hello.clone(), 6).await;
+    assert!(
+        b.get("text")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .contains("not a member"),
+        "{b:?}"
+    );
+    let b = exchange_as(&mut conn, (&me, &other), hello.clone(), 6).await;
+    assert!(
+        b.get("text")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .contains(&format!("this is node {me}")),
+        "the wrong receiver: {b:?}"
+    );
     let b = exchange(&mut conn, json!({"type": "raft_append", "rpc": {}}), 7).await;
+    assert!(refused(&b), "no hello was accepted yet: {b:?}");
+    let b = exchange_as(&mut conn, (&other, &me), hello, 6).await;
+    assert_eq!(b.get("type"), Some(&json!("peer_hello_ok")), "{b:?}");
+    let b = exchange_as(
+        &mut conn,
+        (&other, &me),
+        json!({"type": "raft_append", "rpc": {}}),
+        7,
+    )
+    .await;
     assert!(!refused(&b), "the key was presented: {b:?}");
+    // A peer message addressed to another node is not served.
+    let b = exchange_as(&mut conn, (&other, "n7"), vote.clone(), 8).await;
+    assert_eq!(b.get("code"), Some(&json!(12)), "{b:?}");
+    assert!(
+        b.get("text")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .contains("addressed to"),
+        "{b:?}"
+    );
+    let s = cluster.status(leader).await.expect("status");
+    assert_eq!(s.term, term, "the misaddressed vote moved the term: {s:?}");
     // Restarting a node keeps working: it presents the key again.
     cluster.kill(leader);
     cluster.restart(leader);

@@ -75,6 +75,74 @@ impl Forwarded {
     }
 }
 
+/// How many times its request text an op's log entry may grow, at most, when
+/// re-encoded: `1e15` is spelled `1000000000000000.0` (4.5 times), a byte of
+/// invalid UTF-8 becomes U+FFFD (3 times, counted already in the line's text),
+/// a key is stored as quoted text (`\"` becomes `\\\"`, twice). Requests whose
+/// line times this stays within the entry bound need no measuring.
+pub const ENTRY_GROWTH_MAX: usize = 8;
+
+/// Counts the bytes of an encoding without keeping them.
+struct ByteCounter(usize);
+
+impl std::io::Write for ByteCounter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The size of `op`'s command as the log encodes it, with the largest timestamp.
+pub fn command_bytes(op: &Op) -> usize {
+    let mut counter = ByteCounter(0);
+    let cmd = Command {
+        ts_ms: u64::MAX,
+        op: op.clone(),
+    };
+    match serde_json::to_writer(&mut counter, &cmd) {
+        Ok(()) => counter.0,
+        Err(_) => usize::MAX,
+    }
+}
+
+/// Error 12 if `fwd` would propose a log entry larger than
+/// [`Config::entry_bytes_max`]: refused before anything is proposed, so no
+/// request can make an entry the log cannot hold. `line_bytes` is the length of
+/// the request's text when known: a short request cannot grow that much and is
+/// not measured.
+pub fn check_entry_bytes(
+    config: &Config,
+    fwd: &Forwarded,
+    line_bytes: Option<usize>,
+) -> Option<Reply> {
+    let Forwarded::Propose(op) = fwd else {
+        return None;
+    };
+    let bound = config.entry_bytes_max();
+    if line_bytes.is_some_and(|n| n.saturating_mul(ENTRY_GROWTH_MAX).saturating_add(1024) <= bound)
+    {
+        return None;
+    }
+    let bytes = command_bytes(op);
+    (bytes > bound).then(|| {
+        Reply::error(
+            ErrorCode::MalformedRequest,
+            format!(
+                "this request takes {bytes} bytes as a log entry (keys are stored as quoted \
+                 text, numbers such as 1e15 spelled out), above the limit of {bound} bytes \
+                 (request_bytes_max {} plus {}); nothing was done. The limit is raised with \
+                 ONCEKV_REQUEST_BYTES_MAX on every node",
+                config.request_bytes_max,
+                crate::config::ENTRY_SLACK_BYTES
+            ),
+        )
+    })
+}
+
 /// A batch handed to Raft: per op, its reply if it was answered at once; and the
 /// future yielding the other ops' replies, in order.
 pub struct BatchStarted {
@@ -674,6 +742,9 @@ impl Node {
             }
             "forward" => {
                 let fwd: Forwarded = rpc_from(body, raw_rpc)?;
+                if let Some(refused) = check_entry_bytes(&self.config, &fwd, None) {
+                    return Ok(rpc_body("forward_ok", &refused));
+                }
                 let deadline = Instant::now() + self.config.request_timeout();
                 let reply = match self.serve_local(&fwd, deadline).await {
                     Outcome::Done(r) => r,
@@ -901,7 +972,136 @@ fn proposal_outcome(waited: Waited, has_session: bool) -> Outcome {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::{KvOp, VALUE_DEPTH_MAX, parse_line};
     use openraft::errors::ForwardToLeader;
+    use openraft::raft::AppendEntriesRequest;
+
+    fn write_op(key: Value, value: Value) -> Op {
+        Op::Kv {
+            kv: KvOp::Write {
+                key: crate::protocol::canonical_key(&key),
+                value,
+            },
+            session: Some(crate::protocol::SessionRef {
+                client_id: "c".repeat(64),
+                seq: u64::MAX,
+                first_outstanding: Some(u64::MAX),
+            }),
+        }
+    }
+
+    fn entry(op: Op) -> crate::raft::Entry {
+        crate::raft::Entry {
+            log_id: openraft::testing::log_id::<TypeConfig>(u64::MAX, u64::MAX, u64::MAX),
+            payload: openraft::EntryPayload::Normal(Command {
+                ts_ms: u64::MAX,
+                op,
+            }),
+        }
+    }
+
+    /// What openraft and the log add around a command stays within
+    /// ENTRY_WRAP_BYTES, so Config::validate's arithmetic holds.
+    #[test]
+    fn an_entry_adds_at_most_entry_wrap_bytes_to_its_command() {
+        let op = write_op(Value::from("k"), Value::from("v".repeat(1000)));
+        let entry_bytes = serde_json::to_vec(&entry(op.clone())).unwrap().len();
+        let record_framing = 8 + 9;
+        assert!(
+            entry_bytes + record_framing <= command_bytes(&op) + crate::config::ENTRY_WRAP_BYTES,
+            "{entry_bytes} vs {}",
+            command_bytes(&op)
+        );
+    }
+
+    /// A value as deep as a request may carry still parses inside every line
+    /// that carries it between nodes (an append, a forward): serde_json's depth
+    /// limit is not reached on the way.
+    #[test]
+    fn the_deepest_value_allowed_survives_an_append_and_a_forward() {
+        let mut value = Value::from(1);
+        for _ in 0..VALUE_DEPTH_MAX {
+            value = Value::Array(vec![Value::Object(Map::new()), value]);
+        }
+        let op = write_op(Value::from("k"), value);
+        let append = AppendEntriesRequest::<TypeConfig> {
+            vote: openraft::Vote::new_committed(1, 1),
+            prev_log_id: None,
+            leader_commit: None,
+            entries: vec![entry(op.clone())],
+        };
+        let line = RpcRequest::new("raft_append", &append)
+            .unwrap()
+            .line("n1", "n2", 1);
+        let parsed = parse_line(&line).expect("an append parses");
+        let crate::protocol::Body::Other { raw, rpc, .. } = parsed.body else {
+            panic!("not a peer message")
+        };
+        let decoded: AppendEntriesRequest<TypeConfig> = rpc_from(&raw, rpc.as_deref()).unwrap();
+        assert_eq!(decoded.entries.len(), 1);
+        let fwd = RpcRequest::new("forward", &Forwarded::Propose(op))
+            .unwrap()
+            .line("n1", "n2", 1);
+        let parsed = parse_line(&fwd).expect("a forward parses");
+        let crate::protocol::Body::Other { raw, rpc, .. } = parsed.body else {
+            panic!("not a peer message")
+        };
+        let _: Forwarded = rpc_from(&raw, rpc.as_deref()).expect("decodes");
+    }
+
+    /// The growth bound that lets short requests skip measuring holds for text
+    /// built to grow the most when re-encoded; and a request that grows past
+    /// the entry bound is refused with error 12.
+    #[test]
+    fn entries_grow_within_the_bound_and_oversized_ones_are_refused() {
+        let config = Config::default();
+        let cases = [
+            ("[1e15,1e15,1e15,1e15]", "[1e15,1e15]"),
+            ("1e15", "1e-5"),
+            (r#""\"\"\"\"\"\"""#, "-0"),
+            (r#"["\b\b\b\b",[-0,-0]]"#, r#"{"a":1E15,"b":1E15}"#),
+            (r#""\u0001\u0001\u0001""#, "[[],[],[],{}]"),
+        ];
+        for (key, value) in cases {
+            let line = format!(
+                r#"{{"src":"c","dest":"n","body":{{"type":"write","msg_id":1,"key":{key},"value":{value}}}}}"#
+            );
+            let msg = parse_line(&line).expect(&line);
+            let crate::protocol::Body::Request(req) = msg.body else {
+                panic!()
+            };
+            let Forwarded::Propose(op) = Forwarded::from_request(req) else {
+                panic!()
+            };
+            assert!(
+                command_bytes(&op) <= line.len() * ENTRY_GROWTH_MAX + 1024,
+                "{line}: {}",
+                command_bytes(&op)
+            );
+        }
+        // Within the line limit, but 3.8 times that as an entry.
+        let n = (config.request_bytes_max - 200) / 5;
+        let value = format!("[{}1]", "1e15,".repeat(n));
+        let line = format!(
+            r#"{{"src":"c","dest":"n","body":{{"type":"write","msg_id":1,"key":"k","value":{value}}}}}"#
+        );
+        assert!(line.len() <= config.request_bytes_max);
+        let msg = parse_line(&line).unwrap();
+        let crate::protocol::Body::Request(req) = msg.body else {
+            panic!()
+        };
+        let fwd = Forwarded::from_request(req);
+        let refused = check_entry_bytes(&config, &fwd, Some(line.len())).expect("refused");
+        assert_eq!(refused.error_code(), Some(ErrorCode::MalformedRequest));
+        assert!(
+            refused.to_string().contains("ONCEKV_REQUEST_BYTES_MAX"),
+            "{refused}"
+        );
+        // Unmeasured when short, measured (and fine) otherwise.
+        let small = Forwarded::Propose(write_op(Value::from("k"), Value::from(1)));
+        assert!(check_entry_bytes(&config, &small, Some(100)).is_none());
+        assert!(check_entry_bytes(&config, &small, None).is_none());
+    }
 
     /// No path after a proposal gives a definite error; the only "not proposed"
     /// outcome is openraft's ForwardToLeader (rejected before append).
