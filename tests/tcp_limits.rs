@@ -215,9 +215,9 @@ async fn a_request_just_under_the_limit_is_written_and_read_back() {
 
 /// Requests serde_json cannot take whole, or that nest deeper than a log entry
 /// may carry, get error 12 with their msg_id (on the leader and a follower),
-/// and the cluster keeps committing (a value nested 100 levels would have
-/// parsed, been proposed, and stopped replication: its append nests deeper
-/// than serde_json's limit).
+/// and the cluster keeps committing (a value nested 125 levels used to parse,
+/// be proposed, and stop replication: followers could not parse the append,
+/// which nests deeper than serde_json's limit of 128).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unparseable_and_too_deep_requests_get_error_12() {
     let cluster = TestCluster::start("limits-parse", 3, &[]);
@@ -230,6 +230,7 @@ async fn unparseable_and_too_deep_requests_get_error_12() {
         "9".repeat(5000),
         deep(65),
         deep(100),
+        deep(125),
         deep(126),
         deep(127),
         deep(128),
@@ -276,4 +277,25 @@ async fn unparseable_and_too_deep_requests_get_error_12() {
         panic!("{r:?}")
     };
     assert_eq!(value, serde_json::from_str::<Value>(&deep(64)).unwrap());
+}
+
+/// `oncekv client` refuses a request over the limit before sending it: exit
+/// status 3 (bad usage) and a message naming the limit, with no node running
+/// (had it sent the request, it would have retried until its deadline: 2).
+#[test]
+fn the_cli_refuses_a_request_over_the_limit_before_sending() {
+    let dead = format!("127.0.0.1:{}", support_tcp::free_port());
+    let value = "v".repeat(2000);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_oncekv"))
+        .env("ONCEKV_REQUEST_BYTES_MAX", "1024")
+        .args(["client", "--peers", &dead, "--deadline", "2"])
+        .args(["--client-id", "s1", "--seq", "1", "write", "k", &value])
+        .output()
+        .expect("run the client");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains("above the limit of 1024") && stderr.contains("not sent"),
+        "{stderr}"
+    );
 }
