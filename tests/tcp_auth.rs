@@ -149,3 +149,48 @@ async fn raft_rpcs_without_the_cluster_key_are_refused() {
         .expect("write after restart");
     assert_eq!(r, Reply::WriteOk);
 }
+
+/// A node whose `--peers` sends it to the wrong member (n2's and n3's addresses
+/// swapped in n1's list only, on a fresh data dir) is told so by the node it
+/// reaches, which refuses the hello naming another receiver: n1 never takes one
+/// node for another (its forward is not served by the wrong node), and the
+/// cluster keeps committing. Without a cluster key: peers say hello anyway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hello_to_the_wrong_member_is_refused() {
+    let mut cluster = TestCluster::start("hello-swap", 3, &[]);
+    cluster.wait_leader(Duration::from_secs(10)).await;
+    cluster.kill(0);
+    std::fs::remove_dir_all(&cluster.nodes[0].dir).expect("wipe n1");
+    let (n1, n2, n3) = (
+        cluster.nodes[0].addr.clone(),
+        cluster.nodes[1].addr.clone(),
+        cluster.nodes[2].addr.clone(),
+    );
+    // n1 starts from this list (its initial membership), so it routes to it.
+    cluster.spawn(0, &format!("n1={n1},n2={n3},n3={n2}"), false);
+    let mut only_n1 = oncekv::tcp::Client::new(oncekv::tcp::ClientOptions::new(vec![n1]));
+    let log = |i: usize| {
+        std::fs::read_to_string(cluster.nodes[i].dir.join("node.log")).unwrap_or_default()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        // A write at n1 makes it forward to the leader it believes in.
+        let write = json!({"type": "write", "key": "via-n1", "value": 1});
+        let _ = only_n1.call_node(0, write).await;
+        let told = log(0).contains("refused our hello: this is node n");
+        let refused = (log(1) + &log(2)).contains(": check --peers on n1");
+        if told && refused {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "n1 was not told it reached the wrong node (logs in {})",
+            cluster.dir.display()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut client = oncekv::tcp::Client::new(oncekv::tcp::ClientOptions::new(vec![n2, n3]));
+    client.open_session().await.expect("session");
+    let r = client.write(json!("k"), json!(1)).await.expect("write");
+    assert_eq!(r, Reply::WriteOk);
+}

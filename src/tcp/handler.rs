@@ -12,7 +12,10 @@
 //!
 //! Whoever connects may send client requests (`read`, `write`, `cas`, `add`,
 //! `open_session`, `close_session`), `status`, membership requests (`add_node`,
-//! `remove_node`, leader only) and peer RPCs (`raft_*`, `forward`).
+//! `remove_node`, leader only) and peer RPCs (`raft_*`, `forward`, each refused
+//! unless addressed to this node). A connection is a client's, its lines bounded
+//! by `request_bytes_max`, until a `peer_hello` naming a member as sender and
+//! this node as receiver is accepted; then its lines may be a peer's length.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
