@@ -52,9 +52,9 @@ pub struct Config {
     /// Longest line from a peer node, in bytes (`ONCEKV_PEER_LINE_BYTES_MAX`): a TCP
     /// connection gets it once its `peer_hello` is accepted (before, it is a
     /// client's), and Maelstrom mode gives it to lines from members. Large,
-    /// because an append carries many entries and a snapshot travels as one line;
-    /// at least one whole log record plus framing, and a forwarded request of
-    /// [`Config::request_bytes_max`] (checked by `validate`).
+    /// because an append carries up to openraft's `max_payload_entries` (300)
+    /// entries of up to [`Config::entry_bytes_max`] each, and a snapshot travels
+    /// as one line; `validate` checks the append and a forwarded request fit.
     pub peer_line_bytes_max: usize,
     /// Most bytes of requests (their lines) proposed to Raft as one batch
     /// (`ONCEKV_BATCH_BYTES_MAX`), besides the count bound: one batch is one append
@@ -96,7 +96,7 @@ impl Default for Config {
             outbox_capacity: 65_536,
             requests_in_flight_max: 65_536,
             request_bytes_max: 1 << 20,
-            peer_line_bytes_max: 256 << 20,
+            peer_line_bytes_max: 320 << 20,
             batch_bytes_max: 4 << 20,
         }
     }
@@ -201,11 +201,15 @@ impl Config {
                 record - ENTRY_WRAP_BYTES - ENTRY_SLACK_BYTES
             ));
         }
-        let needed = (record + ENTRY_WRAP_BYTES).max(self.entry_bytes_max() + FORWARD_WRAP_BYTES);
+        // An append carries up to openraft's `max_payload_entries` entries, each
+        // of at most one request's entry; and a forward carries one request.
+        let per_append = self.raft_config()?.max_payload_entries as usize;
+        let append = per_append * (self.entry_bytes_max() + ENTRY_WRAP_BYTES) + FORWARD_WRAP_BYTES;
+        let needed = append.max(self.entry_bytes_max() + FORWARD_WRAP_BYTES);
         if self.peer_line_bytes_max < needed {
             return fail(format!(
-                "peer_line_bytes_max ({}) must be at least {needed}: an append of one \
-                 whole log record, and a forwarded request",
+                "peer_line_bytes_max ({}) must be at least {needed}: an append of \
+                 {per_append} entries of the largest size, and a forwarded request",
                 self.peer_line_bytes_max
             ));
         }
@@ -283,15 +287,14 @@ mod tests {
             batch_bytes_max,
             ..Config::default()
         };
-        assert_eq!(with(largest, 256 << 20, largest).validate(), Ok(()));
-        let e = with(largest + 1, 256 << 20, 8 << 20)
-            .validate()
-            .unwrap_err();
+        assert_eq!(with(largest, 2 << 30, largest).validate(), Ok(()));
+        let e = with(largest + 1, 2 << 30, 8 << 20).validate().unwrap_err();
         assert!(e.0.contains("must fit a log record"), "{e}");
-        assert!(with(100, 256 << 20, 4 << 20).validate().is_err());
-        let e = with(1 << 20, 1 << 20, 4 << 20).validate().unwrap_err();
+        assert!(with(100, 320 << 20, 4 << 20).validate().is_err());
+        let e = with(1 << 20, 256 << 20, 4 << 20).validate().unwrap_err();
         assert!(e.0.contains("peer_line_bytes_max"), "{e}");
-        let e = with(1 << 20, 256 << 20, 1 << 19).validate().unwrap_err();
+        assert_eq!(with(64 << 10, 32 << 20, 4 << 20).validate(), Ok(()));
+        let e = with(1 << 20, 320 << 20, 1 << 19).validate().unwrap_err();
         assert!(e.0.contains("batch_bytes_max"), "{e}");
         let text = Config::default().request_too_long_text(5_000_000);
         assert!(
