@@ -251,7 +251,20 @@ pub struct Message {
     pub in_reply_to: Option<u64>,
     /// The typed body.
     pub body: Body,
+    /// An upper bound of the bytes the body's contents take when the node
+    /// re-encodes them (a log entry, a forward): the line's length plus what
+    /// re-encoding can add ([`ENCODED_SLACK_BYTES`], and per number and string
+    /// in the line). Lets a node skip measuring an entry that cannot be too large.
+    pub encoded_bytes_max: usize,
 }
+
+/// What re-encoding a request's contents as a log entry or forward may add
+/// besides the growth [`parse_line`] counts per number and string: the entry's
+/// own field names and a timestamp, with room to spare.
+pub const ENCODED_SLACK_BYTES: usize = 512;
+
+/// The longest spelling serde_json gives a number (`-2.2250738585072014e-308`).
+const NUMBER_TEXT_BYTES_MAX: usize = 24;
 
 /// Why a line could not be turned into a message.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -366,6 +379,7 @@ fn parse_fast(line: &str) -> Option<Message> {
         msg_id: Some(b.msg_id),
         in_reply_to: None,
         body: Body::Request(request),
+        encoded_bytes_max: usize::MAX,
     })
 }
 
@@ -412,7 +426,7 @@ pub fn parse_line(line: &str) -> Result<Message, ParseError> {
             Err(e) => e,
         });
     }
-    let msg = if facts.depth <= LINE_DEPTH_PLAIN
+    let mut msg = if facts.depth <= LINE_DEPTH_PLAIN
         && let Some(msg) = parse_fast(line)
     {
         msg
@@ -422,6 +436,7 @@ pub fn parse_line(line: &str) -> Result<Message, ParseError> {
     if facts.depth > LINE_DEPTH_PLAIN {
         check_value_depths(&msg)?;
     }
+    msg.encoded_bytes_max = line.len() + facts.growth + ENCODED_SLACK_BYTES;
     Ok(msg)
 }
 
@@ -499,6 +514,11 @@ struct TextFacts<'a> {
     wide_integer: Option<&'a str>,
     /// The deepest nesting of arrays and objects.
     depth: usize,
+    /// The most re-encoding can add to the line's contents: a number may be
+    /// spelled out (`1e15` is `1000000000000000.0`), and a string within a key is
+    /// quoted again when the key is stored as text (its quotes and backslashes
+    /// escaped); string values never grow (serde_json's escapes are the shortest).
+    growth: usize,
 }
 
 /// The first integer literal in the JSON text `line` (outside strings) that does
@@ -516,6 +536,7 @@ fn scan_text(line: &str) -> TextFacts<'_> {
     let mut facts = TextFacts {
         wide_integer: None,
         depth: 0,
+        growth: 2,
     };
     let mut depth = 0usize;
     let mut i = 0;
@@ -524,10 +545,17 @@ fn scan_text(line: &str) -> TextFacts<'_> {
             b'"' => {
                 // Skip the string, escapes included.
                 i += 1;
+                let mut escapes = 0;
                 while i < bytes.len() && bytes[i] != b'"' {
-                    i += if bytes[i] == b'\\' { 2 } else { 1 };
+                    if bytes[i] == b'\\' {
+                        escapes += 1;
+                        i += 2;
+                    } else {
+                        i += 1;
+                    }
                 }
                 i += 1;
+                facts.growth += 2 + 2 * escapes;
             }
             b'[' | b'{' => {
                 depth += 1;
@@ -551,6 +579,7 @@ fn scan_text(line: &str) -> TextFacts<'_> {
                     i += 1;
                 }
                 let token = &line[start..i];
+                facts.growth += NUMBER_TEXT_BYTES_MAX.saturating_sub(token.len());
                 // ("-" alone is not JSON: serde_json reports that itself.)
                 if integer
                     && facts.wide_integer.is_none()
@@ -606,6 +635,7 @@ fn parse_peer_fast(line: &str) -> Option<Message> {
             raw,
             rpc: Some(b.rpc),
         },
+        encoded_bytes_max: usize::MAX,
     })
 }
 
@@ -652,6 +682,7 @@ fn parse_general(line: &str) -> Result<Message, ParseError> {
         msg_id,
         in_reply_to,
         body,
+        encoded_bytes_max: usize::MAX,
     })
 }
 

@@ -69,6 +69,15 @@ enum Out {
     Eof,
 }
 
+/// A body of another type than a client request: its `type`, fields, `rpc`
+/// kept as text, and [`crate::protocol::Message::encoded_bytes_max`].
+type OtherBody = (
+    String,
+    Map<String, Value>,
+    Option<Box<serde_json::value::RawValue>>,
+    usize,
+);
+
 /// RPCs awaiting a reply, by the `msg_id` we sent them with.
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<network::Body>>>>;
 
@@ -127,7 +136,6 @@ where
         node: None,
         batch: Vec::new(),
         batch_bytes: 0,
-        line_bytes: 0,
         me: String::new(),
         members: BTreeSet::new(),
         next_ticket: 0,
@@ -155,8 +163,7 @@ struct Reader {
     batch: Vec<(String, u64, Op)>,
     /// The bytes of those proposals' lines (bounded by `batch_bytes_max`).
     batch_bytes: usize,
-    /// The length of the line being handled.
-    line_bytes: usize,
+
     /// Our name: from `init`, or before it the `dest` of the message being answered.
     me: String,
     /// Node names from `init`: messages from these are peer traffic.
@@ -196,7 +203,6 @@ impl Reader {
                 }
                 Some(Line::Full(line)) => line,
             };
-            self.line_bytes = line.len();
             let parsed = parse_line(&line);
             if parsed.is_err() {
                 self.flush_batch().await;
@@ -209,7 +215,8 @@ impl Reader {
                 Ok(msg) if self.batchable(&msg) => {
                     if let (Body::Request(req), Some(id)) = (msg.body, msg.msg_id) {
                         let fwd = Forwarded::from_request(req);
-                        let refused = check_entry_bytes(&self.config, &fwd, Some(line.len()));
+                        let bound = Some(msg.encoded_bytes_max);
+                        let refused = check_entry_bytes(&self.config, &fwd, bound);
                         if let Some(reply) = refused {
                             self.flush_batch().await;
                             self.answer_now(msg.src, id, reply).await;
@@ -424,8 +431,14 @@ impl Reader {
         };
         match msg.body {
             Body::Init { node_id, node_ids } => self.init(msg.src, msg_id, node_id, node_ids).await,
-            Body::Request(req) => self.client_request(msg.src, msg_id, req).await,
-            Body::Other { kind, raw, rpc } => self.other(msg.src, msg_id, kind, raw, rpc).await,
+            Body::Request(req) => {
+                self.client_request(msg.src, msg_id, req, msg.encoded_bytes_max)
+                    .await
+            }
+            Body::Other { kind, raw, rpc } => {
+                let body = (kind, raw, rpc, msg.encoded_bytes_max);
+                self.other(msg.src, msg_id, body).await
+            }
         }
     }
 
@@ -485,14 +498,20 @@ impl Reader {
         self.answer_now(src, msg_id, reply).await;
     }
 
-    async fn client_request(&mut self, src: String, msg_id: u64, req: Request) {
+    async fn client_request(
+        &mut self,
+        src: String,
+        msg_id: u64,
+        req: Request,
+        encoded_bytes_max: usize,
+    ) {
         if self.node.is_none() {
             let reply = Reply::error(ErrorCode::TemporarilyUnavailable, "not initialized yet");
             return self.answer_now(src, msg_id, reply).await;
         }
         let log_waiting = !matches!(req, Request::Read { .. });
         let fwd = Forwarded::from_request(req);
-        if let Some(refused) = check_entry_bytes(&self.config, &fwd, Some(self.line_bytes)) {
+        if let Some(refused) = check_entry_bytes(&self.config, &fwd, Some(encoded_bytes_max)) {
             return self.answer_now(src, msg_id, refused).await;
         }
         self.start_and_answer(src, msg_id, fwd, log_waiting).await;
@@ -551,9 +570,7 @@ impl Reader {
         &mut self,
         src: String,
         msg_id: u64,
-        kind: String,
-        raw: Map<String, Value>,
-        rpc: Option<Box<serde_json::value::RawValue>>,
+        (kind, raw, rpc, encoded_bytes_max): OtherBody,
     ) {
         let from_member = self.members.contains(&src);
         let node = match (&self.node, from_member) {
@@ -574,8 +591,14 @@ impl Reader {
         };
         let out = self.out.clone();
         let me = self.me.clone();
+        let refused = (kind == "forward")
+            .then(|| node.refuse_oversized_forward(&raw, rpc.as_deref(), encoded_bytes_max))
+            .flatten();
         tokio::spawn(async move {
-            let body = node.handle_peer(&kind, &raw, rpc.as_deref()).await;
+            let body = match refused {
+                Some(body) => body,
+                None => node.handle_peer(&kind, &raw, rpc.as_deref()).await,
+            };
             let _ = out
                 .send(Out::Peer {
                     src: me,

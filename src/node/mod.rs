@@ -75,13 +75,6 @@ impl Forwarded {
     }
 }
 
-/// How many times its request text an op's log entry may grow, at most, when
-/// re-encoded: `1e15` is spelled `1000000000000000.0` (4.5 times), a byte of
-/// invalid UTF-8 becomes U+FFFD (3 times, counted already in the line's text),
-/// a key is stored as quoted text (`\"` becomes `\\\"`, twice). Requests whose
-/// line times this stays within the entry bound need no measuring.
-pub const ENTRY_GROWTH_MAX: usize = 8;
-
 /// Counts the bytes of an encoding without keeping them.
 struct ByteCounter(usize);
 
@@ -111,20 +104,19 @@ pub fn command_bytes(op: &Op) -> usize {
 
 /// Error 12 if `fwd` would propose a log entry larger than
 /// [`Config::entry_bytes_max`]: refused before anything is proposed, so no
-/// request can make an entry the log cannot hold. `line_bytes` is the length of
-/// the request's text when known: a short request cannot grow that much and is
-/// not measured.
+/// request can make an entry the log cannot hold. `encoded_bytes_max` is an
+/// upper bound of the entry's size when known ([`crate::protocol::Message`]
+/// carries one): an op within the bound is not measured.
 pub fn check_entry_bytes(
     config: &Config,
     fwd: &Forwarded,
-    line_bytes: Option<usize>,
+    encoded_bytes_max: Option<usize>,
 ) -> Option<Reply> {
     let Forwarded::Propose(op) = fwd else {
         return None;
     };
     let bound = config.entry_bytes_max();
-    if line_bytes.is_some_and(|n| n.saturating_mul(ENTRY_GROWTH_MAX).saturating_add(1024) <= bound)
-    {
+    if encoded_bytes_max.is_some_and(|n| n <= bound) {
         return None;
     }
     let bytes = command_bytes(op);
@@ -682,6 +674,25 @@ impl Node {
         }
     }
 
+    /// The reply to a `forward` whose op would make a log entry larger than
+    /// [`Config::entry_bytes_max`] (error 12, nothing proposed), if it would;
+    /// `encoded_bytes_max` bounds its size as the message's
+    /// [`crate::protocol::Message::encoded_bytes_max`] does. A transport calls
+    /// it before [`Node::handle_peer`]: a forward comes from a node that checked
+    /// the request already, or from anyone when the cluster has no key.
+    pub fn refuse_oversized_forward(
+        &self,
+        body: &Body,
+        rpc: Option<&serde_json::value::RawValue>,
+        encoded_bytes_max: usize,
+    ) -> Option<Body> {
+        if encoded_bytes_max <= self.config.entry_bytes_max() {
+            return None;
+        }
+        let fwd: Forwarded = rpc_from(body, rpc).ok()?;
+        check_entry_bytes(&self.config, &fwd, None).map(|r| rpc_body("forward_ok", &r))
+    }
+
     /// Handles a request body from a peer node; returns the reply body.
     pub async fn handle_peer(
         &self,
@@ -742,9 +753,6 @@ impl Node {
             }
             "forward" => {
                 let fwd: Forwarded = rpc_from(body, raw_rpc)?;
-                if let Some(refused) = check_entry_bytes(&self.config, &fwd, None) {
-                    return Ok(rpc_body("forward_ok", &refused));
-                }
                 let deadline = Instant::now() + self.config.request_timeout();
                 let reply = match self.serve_local(&fwd, deadline).await {
                     Outcome::Done(r) => r,
@@ -1049,9 +1057,9 @@ mod tests {
         let _: Forwarded = rpc_from(&raw, rpc.as_deref()).expect("decodes");
     }
 
-    /// The growth bound that lets short requests skip measuring holds for text
-    /// built to grow the most when re-encoded; and a request that grows past
-    /// the entry bound is refused with error 12.
+    /// The bound a parsed message carries holds for text built to grow the most
+    /// when re-encoded; and a request that grows past the entry bound is
+    /// refused with error 12.
     #[test]
     fn entries_grow_within_the_bound_and_oversized_ones_are_refused() {
         let config = Config::default();
@@ -1061,23 +1069,33 @@ mod tests {
             (r#""\"\"\"\"\"\"""#, "-0"),
             (r#"["\b\b\b\b",[-0,-0]]"#, r#"{"a":1E15,"b":1E15}"#),
             (r#""\u0001\u0001\u0001""#, "[[],[],[],{}]"),
+            (r#"{"\"":["\\",0,"",""]}"#, r#""\u00e9\u0000\/""#),
+            ("[-1,-2,-3,1.5,2.25]", "-2.2250738585072014e-308"),
         ];
         for (key, value) in cases {
             let line = format!(
-                r#"{{"src":"c","dest":"n","body":{{"type":"write","msg_id":1,"key":{key},"value":{value}}}}}"#
+                r#"{{"src":"c","dest":"n","body":{{"type":"cas","msg_id":1,"key":{key},"from":{value},"to":{value},"client_id":"c","seq":1,"first_outstanding":1,"create_if_not_exists":true}}}}"#
             );
             let msg = parse_line(&line).expect(&line);
+            let bound = msg.encoded_bytes_max;
             let crate::protocol::Body::Request(req) = msg.body else {
                 panic!()
             };
-            let Forwarded::Propose(op) = Forwarded::from_request(req) else {
+            let fwd = Forwarded::from_request(req);
+            let Forwarded::Propose(op) = &fwd else {
                 panic!()
             };
             assert!(
-                command_bytes(&op) <= line.len() * ENTRY_GROWTH_MAX + 1024,
-                "{line}: {}",
-                command_bytes(&op)
+                command_bytes(op) <= bound,
+                "{line}: {} > {bound}",
+                command_bytes(op)
             );
+            // And the forward of it, parsed at the leader, carries a bound too.
+            let fwd_line = RpcRequest::new("forward", &fwd)
+                .unwrap()
+                .line("n1", "n2", 1);
+            let fwd_msg = parse_line(&fwd_line).unwrap();
+            assert!(command_bytes(op) <= fwd_msg.encoded_bytes_max, "{fwd_line}");
         }
         // Within the line limit, but 3.8 times that as an entry.
         let n = (config.request_bytes_max - 200) / 5;
@@ -1087,20 +1105,28 @@ mod tests {
         );
         assert!(line.len() <= config.request_bytes_max);
         let msg = parse_line(&line).unwrap();
-        let crate::protocol::Body::Request(req) = msg.body else {
+        let crate::protocol::Body::Request(req) = msg.body.clone() else {
             panic!()
         };
         let fwd = Forwarded::from_request(req);
-        let refused = check_entry_bytes(&config, &fwd, Some(line.len())).expect("refused");
+        assert!(msg.encoded_bytes_max > config.entry_bytes_max());
+        let refused =
+            check_entry_bytes(&config, &fwd, Some(msg.encoded_bytes_max)).expect("refused");
         assert_eq!(refused.error_code(), Some(ErrorCode::MalformedRequest));
         assert!(
             refused.to_string().contains("ONCEKV_REQUEST_BYTES_MAX"),
             "{refused}"
         );
-        // Unmeasured when short, measured (and fine) otherwise.
+        // Unmeasured within the bound, measured (and fine) otherwise.
         let small = Forwarded::Propose(write_op(Value::from("k"), Value::from(1)));
         assert!(check_entry_bytes(&config, &small, Some(100)).is_none());
         assert!(check_entry_bytes(&config, &small, None).is_none());
+        // A plain string value of about the limit needs no measuring.
+        let v = "v".repeat(config.request_bytes_max - 1024);
+        let line = format!(
+            r#"{{"src":"c","dest":"n","body":{{"type":"write","msg_id":1,"key":"k","value":"{v}"}}}}"#
+        );
+        assert!(parse_line(&line).unwrap().encoded_bytes_max <= config.entry_bytes_max());
     }
 
     /// No path after a proposal gives a definite error; the only "not proposed"

@@ -52,6 +52,15 @@ enum Out {
     },
 }
 
+/// A body of another type than a client request: its `type`, fields, `rpc`
+/// kept as text, and [`crate::protocol::Message::encoded_bytes_max`].
+type OtherBody = (
+    String,
+    Map<String, Value>,
+    Option<Box<serde_json::value::RawValue>>,
+    usize,
+);
+
 /// Per-connection state.
 pub struct Handler {
     /// The node served.
@@ -196,7 +205,7 @@ impl Handler {
             return tracing::warn!("dropping a request without msg_id from {}", msg.src);
         };
         let src = msg.src;
-        let line_bytes = line.len();
+        let encoded_bytes_max = msg.encoded_bytes_max;
         match msg.body {
             Body::Init { node_id, .. } => {
                 // TCP nodes start from their flags; accept an init that agrees.
@@ -207,10 +216,14 @@ impl Handler {
                 };
                 self.answer_now(out, src, msg_id, reply).await;
             }
-            Body::Request(req) => self.client_request(out, src, msg_id, req, line_bytes).await,
+            Body::Request(req) => {
+                self.client_request(out, src, msg_id, req, encoded_bytes_max)
+                    .await
+            }
             Body::Other { kind, raw, rpc } => {
                 let addr = (src, msg.dest);
-                self.other(out, addr, msg_id, kind, raw, rpc).await
+                let body = (kind, raw, rpc, encoded_bytes_max);
+                self.other(out, addr, msg_id, body).await
             }
         }
     }
@@ -225,14 +238,15 @@ impl Handler {
         src: String,
         msg_id: u64,
         req: Request,
-        line_bytes: usize,
+        encoded_bytes_max: usize,
     ) {
         let Some(permit) = self.permit().await else {
             return;
         };
         let log_waiting = !matches!(req, Request::Read { .. });
         let fwd = Forwarded::from_request(req);
-        if let Some(refused) = check_entry_bytes(&self.node.config, &fwd, Some(line_bytes)) {
+        let bound = Some(encoded_bytes_max);
+        if let Some(refused) = check_entry_bytes(&self.node.config, &fwd, bound) {
             return self.answer_now(out, src, msg_id, refused).await;
         }
         let finish = match self.node.start_forwarded(fwd).await {
@@ -267,9 +281,7 @@ impl Handler {
         out: &mpsc::Sender<Out>,
         (src, dest): (String, String),
         msg_id: u64,
-        kind: String,
-        raw: Map<String, Value>,
-        rpc: Option<Box<serde_json::value::RawValue>>,
+        (kind, raw, rpc, encoded_bytes_max): OtherBody,
     ) {
         let Some(permit) = self.permit().await else {
             return;
@@ -323,6 +335,12 @@ impl Handler {
                     let _ = out.send(raw_reply(src, msg_id, body)).await;
                 });
                 return;
+            }
+            "forward"
+                if let Some(body) =
+                    node.refuse_oversized_forward(&raw, rpc.as_deref(), encoded_bytes_max) =>
+            {
+                body
             }
             k if k.starts_with("raft_") || k == "forward" => {
                 let out = out.clone();
