@@ -338,7 +338,7 @@ fn parse_fast(line: &str) -> Option<Message> {
     }
     let key = canonical_key(b.key.as_ref()?);
     let session = match (b.client_id, b.seq) {
-        (Some(c), Some(seq)) => Some(SessionRef {
+        (Some(c), Some(seq)) if c.len() <= CLIENT_ID_BYTES_MAX => Some(SessionRef {
             client_id: c.into_owned(),
             seq,
             first_outstanding: b.first_outstanding,
@@ -446,6 +446,12 @@ pub fn parse_line(line: &str) -> Result<Message, ParseError> {
 /// [`JSON_DEPTH_MAX`] levels: a value that parses in a request but not inside
 /// an append would stop replication, so the bound is far below that limit.
 pub const VALUE_DEPTH_MAX: usize = 64;
+
+/// The longest `client_id`, in bytes. A session's name is kept in the session
+/// table, its index and, once closed or expired, its tombstone, and any client
+/// may name a new session: names as long as a request would multiply what a
+/// request costs the state. The node's own names (`open_session`) are short.
+pub const CLIENT_ID_BYTES_MAX: usize = 256;
 
 /// serde_json's fixed recursion limit (levels of arrays and objects it parses).
 pub const JSON_DEPTH_MAX: usize = 128;
@@ -952,7 +958,7 @@ pub fn parse_body(kind: &str, raw: Map<String, Value>) -> Result<Body, String> {
         }),
         "open_session" => Body::Request(Request::OpenSession),
         "close_session" => Body::Request(Request::CloseSession {
-            client_id: f.string("client_id")?,
+            client_id: f.client_id()?,
         }),
         _ => Body::Other {
             kind: kind.to_string(),
@@ -1027,6 +1033,18 @@ impl Fields<'_> {
         }
     }
 
+    /// A session's name, of at most [`CLIENT_ID_BYTES_MAX`] bytes.
+    fn client_id(&self) -> Result<String, String> {
+        let id = self.string("client_id")?;
+        if id.len() > CLIENT_ID_BYTES_MAX {
+            return Err(format!(
+                "client_id of {} bytes; at most {CLIENT_ID_BYTES_MAX}",
+                id.len()
+            ));
+        }
+        Ok(id)
+    }
+
     /// `client_id` and `seq` come together or not at all.
     fn session(&self) -> Result<Option<SessionRef>, String> {
         let has_client = !matches!(self.0.get("client_id"), None | Some(Value::Null));
@@ -1035,7 +1053,7 @@ impl Fields<'_> {
         match (has_client, seq) {
             (false, None) if first_outstanding.is_none() => Ok(None),
             (true, Some(seq)) => Ok(Some(SessionRef {
-                client_id: self.string("client_id")?,
+                client_id: self.client_id()?,
                 seq,
                 first_outstanding,
             })),
@@ -1333,6 +1351,28 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn a_long_client_id_is_refused() {
+        let id = "s".repeat(CLIENT_ID_BYTES_MAX);
+        for (id, ok) in [(id.clone(), true), (id + "s", false)] {
+            for body in [
+                format!(r#""type":"write","key":1,"value":1,"client_id":"{id}","seq":1"#),
+                format!(r#""type":"close_session","client_id":"{id}""#),
+            ] {
+                let line = format!(r#"{{"src":"c1","dest":"n1","body":{{{body},"msg_id":3}}}}"#);
+                match parse_line(&line) {
+                    Ok(_) => assert!(ok, "{body}"),
+                    Err(ParseError::Body { msg_id, text, .. }) => {
+                        assert!(!ok, "{body}: {text}");
+                        assert_eq!(msg_id, Some(3));
+                        assert!(text.contains("client_id of 257 bytes"), "{text}");
+                    }
+                    Err(e) => panic!("{e:?}"),
+                }
+            }
+        }
     }
 
     #[test]
