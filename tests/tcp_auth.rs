@@ -100,13 +100,22 @@ async fn raft_rpcs_without_the_cluster_key_are_refused() {
     let hello = json!({"type": "peer_hello", "key": key});
     let b = exchange(&mut conn, hello.clone(), 6).await;
     assert_eq!(b.get("code"), Some(&json!(12)), "no receiver named: {b:?}");
-    let b = exchange_as(&mut conn, ("n9", &me), hello.clone(), 6).await;
+    let b = exchange_as(&mut conn, ("c5", &me), hello.clone(), 6).await;
     assert!(
         b.get("text")
             .and_then(Value::as_str)
             .unwrap_or("")
-            .contains("not a member"),
-        "{b:?}"
+            .contains("not a node"),
+        "a client's name: {b:?}"
+    );
+    let alias = format!("x0{}", &other[1..]);
+    let b = exchange_as(&mut conn, (&alias, &me), hello.clone(), 6).await;
+    assert!(
+        b.get("text")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .contains(&format!("is {other}, not")),
+        "another name for a member's id: {b:?}"
     );
     let b = exchange_as(&mut conn, (&me, &other), hello.clone(), 6).await;
     assert!(

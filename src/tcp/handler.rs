@@ -359,10 +359,11 @@ impl Handler {
         let _ = out.send(raw_reply(src, msg_id, body)).await;
     }
 
-    /// A hello with the right key (or none needed). A `peer_hello` must name a
-    /// member as its sender and this node as its receiver: a node whose `--peers`
-    /// points at the wrong address learns it here instead of counting the wrong
-    /// node's votes. It makes the connection a peer's. A `client_hello` (the CLI
+    /// A hello with the right key (or none needed). A `peer_hello` must name
+    /// this node as its receiver, and a node (not a client, not another name for
+    /// a member's id) as its sender: a node whose `--peers` points at the wrong
+    /// address learns it here instead of counting the wrong node's votes. It
+    /// makes the connection a peer's. A `client_hello` (the CLI
     /// presenting the key) allows membership changes only.
     fn hello_accepted(&mut self, kind: &str, src: &str, dest: &str) -> Map<String, Value> {
         let refuse = |text: String| {
@@ -376,8 +377,8 @@ impl Handler {
                 "this is node {}, not {dest:?}: check --peers on {src}",
                 self.node.name
             ));
-        } else if !is_member(&self.node, src) {
-            return refuse(format!("{src:?} is not a member of this cluster"));
+        } else if let Err(why) = sender_is_a_node(&self.node, src) {
+            return refuse(why);
         } else {
             self.trusted = true;
             self.admin = true;
@@ -412,13 +413,28 @@ impl Handler {
     }
 }
 
-/// Whether `name` is a member: in the current membership, or in the list this
-/// node started with.
-fn is_member(node: &Node, name: &str) -> bool {
-    super::node_id(name)
-        .ok()
-        .and_then(|id| node.peer(id))
-        .is_some_and(|p| p.name == name)
+/// Whether `name` may open a peer connection: a node's name (not a client's),
+/// and, if this node knows a member with its id (in the current membership, or
+/// the list it started with), that member's name. A node name this node does not
+/// know is accepted with a warning: a node that missed a membership change (it
+/// was down when `add_node` ran) must still hear from the member that was added,
+/// which may lead by then, or it could never catch up.
+fn sender_is_a_node(node: &Node, name: &str) -> Result<(), String> {
+    let id = super::node_id(name).map_err(|e| format!("not a node: {e}"))?;
+    match node.peer(id) {
+        Some(p) if p.name == name => Ok(()),
+        Some(p) => Err(format!(
+            "member {id} of this cluster is {}, not {name:?}: check --id and --peers",
+            p.name
+        )),
+        None => {
+            tracing::warn!(
+                "accepted a peer_hello from {name}, not a member as far as this node knows \
+                 (it may not have applied a membership change yet)"
+            );
+            Ok(())
+        }
+    }
 }
 
 fn raw_reply(dest: String, in_reply_to: u64, body: Map<String, Value>) -> Out {
