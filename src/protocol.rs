@@ -776,8 +776,18 @@ impl Skeleton {
     /// Reads more of the line.
     pub fn feed(&mut self, bytes: &[u8]) {
         self.bytes += bytes.len();
-        for &b in bytes {
-            self.byte(b);
+        let mut i = 0;
+        while i < bytes.len() {
+            if self.in_string && !self.escape && !self.string_is_key && self.capture.is_none() {
+                // Inside a string nobody reads (most of a long line): skip to
+                // where it may end.
+                match bytes[i..].iter().position(|&b| b == b'"' || b == b'\\') {
+                    Some(k) => i += k,
+                    None => return,
+                }
+            }
+            self.byte(bytes[i]);
+            i += 1;
         }
     }
 

@@ -14,7 +14,7 @@
 //! `open_session`, `close_session`), `status`, membership requests (`add_node`,
 //! `remove_node`, leader only) and peer RPCs (`raft_*`, `forward`, each refused
 //! unless addressed to this node). A connection is a client's, its lines bounded
-//! by `request_bytes_max`, until a `peer_hello` naming a member as sender and
+//! by `request_bytes_max`, until a `peer_hello` naming a node as sender and
 //! this node as receiver is accepted; then its lines may be a peer's length.
 
 use std::sync::Arc;
