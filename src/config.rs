@@ -42,7 +42,43 @@ pub struct Config {
     pub outbox_capacity: usize,
     /// Most client requests in flight at once on one node; the reader waits past it.
     pub requests_in_flight_max: usize,
+    /// Longest client request line, in bytes (`ONCEKV_REQUEST_BYTES_MAX`), on
+    /// either transport. A longer line is refused with error 12 before anything is
+    /// proposed, and is never held whole in memory. Also bounds what the log keeps
+    /// of one request: its entry may take at most [`ENTRY_SLACK_BYTES`] more, so
+    /// every entry fits a log record (`storage::wal::RECORD_BYTES_MAX`, 4 MiB;
+    /// checked by `validate`), and a read reply stays within the client's limit.
+    pub request_bytes_max: usize,
+    /// Longest line from a peer node, in bytes (`ONCEKV_PEER_LINE_BYTES_MAX`): a TCP
+    /// connection gets it once its `peer_hello` is accepted (before, it is a
+    /// client's), and Maelstrom mode gives it to lines from members. Large,
+    /// because an append carries up to openraft's `max_payload_entries` (300)
+    /// entries of up to [`Config::entry_bytes_max`] each, and a snapshot travels
+    /// as one line; `validate` checks the append and a forwarded request fit.
+    pub peer_line_bytes_max: usize,
+    /// Most bytes of requests (their lines) proposed to Raft as one batch
+    /// (`ONCEKV_BATCH_BYTES_MAX`), besides the count bound: one batch is one append
+    /// to the log and one burst of replication, which must not grow to hundreds
+    /// of MiB when large requests arrive back to back. At least one request of
+    /// [`Config::request_bytes_max`].
+    pub batch_bytes_max: usize,
 }
+
+/// How much larger than its request line a log entry may be (the leader's
+/// timestamp, session fields, a key quoted as text). An op whose entry would be
+/// larger than `request_bytes_max` plus this is refused with error 12.
+pub const ENTRY_SLACK_BYTES: usize = 4 << 10;
+
+/// What openraft wraps around a command in a log entry (log id, payload tag),
+/// and what the log adds to a record (length, checksum, tag, index), with
+/// room to spare. A test encodes an entry with the largest ids and checks it.
+pub const ENTRY_WRAP_BYTES: usize = 1 << 10;
+
+/// What a `forward` line adds around a forwarded op, with room to spare.
+pub const FORWARD_WRAP_BYTES: usize = 4 << 10;
+
+/// The smallest `request_bytes_max` accepted: ordinary requests must fit.
+pub const REQUEST_BYTES_MIN: usize = 1 << 10;
 
 impl Default for Config {
     fn default() -> Self {
@@ -59,6 +95,9 @@ impl Default for Config {
             log_kept_behind_snapshot: 1_000,
             outbox_capacity: 65_536,
             requests_in_flight_max: 65_536,
+            request_bytes_max: 1 << 20,
+            peer_line_bytes_max: 320 << 20,
+            batch_bytes_max: 4 << 20,
         }
     }
 }
@@ -97,6 +136,19 @@ impl Config {
                     .map_err(|e| ConfigError(format!("{var}={text}: {e}")))?;
             }
         }
+        let sizes: [(&str, &mut usize); 3] = [
+            ("REQUEST_BYTES_MAX", &mut c.request_bytes_max),
+            ("PEER_LINE_BYTES_MAX", &mut c.peer_line_bytes_max),
+            ("BATCH_BYTES_MAX", &mut c.batch_bytes_max),
+        ];
+        for (name, slot) in sizes {
+            let var = format!("ONCEKV_{name}");
+            if let Ok(text) = std::env::var(&var) {
+                *slot = text
+                    .parse()
+                    .map_err(|e| ConfigError(format!("{var}={text}: {e}")))?;
+            }
+        }
         c.validate()?;
         Ok(c)
     }
@@ -125,7 +177,66 @@ impl Config {
         if self.outbox_capacity == 0 || self.requests_in_flight_max == 0 {
             return fail("queue capacities must be positive");
         }
+        self.validate_sizes()
+    }
+
+    /// The relations between the size limits and the log record.
+    fn validate_sizes(&self) -> Result<(), ConfigError> {
+        let record = crate::storage::wal::RECORD_BYTES_MAX;
+        let fail = |s: String| Err(ConfigError(s));
+        if self.request_bytes_max < REQUEST_BYTES_MIN {
+            return fail(format!(
+                "request_bytes_max ({}) must be at least {REQUEST_BYTES_MIN}",
+                self.request_bytes_max
+            ));
+        }
+        // The largest entry the node proposes: one request's op (a batch holds
+        // one entry per request), refused at parse time past this size.
+        let entry = self.entry_bytes_max() + ENTRY_WRAP_BYTES;
+        if entry > record {
+            return fail(format!(
+                "request_bytes_max ({}) is too large: its log entry (up to {entry} bytes) \
+                 must fit a log record ({record} bytes); at most {}",
+                self.request_bytes_max,
+                record - ENTRY_WRAP_BYTES - ENTRY_SLACK_BYTES
+            ));
+        }
+        // An append carries up to openraft's `max_payload_entries` entries, each
+        // of at most one request's entry; and a forward carries one request.
+        let per_append = self.raft_config()?.max_payload_entries as usize;
+        let append = per_append * (self.entry_bytes_max() + ENTRY_WRAP_BYTES) + FORWARD_WRAP_BYTES;
+        let needed = append.max(self.entry_bytes_max() + FORWARD_WRAP_BYTES);
+        if self.peer_line_bytes_max < needed {
+            return fail(format!(
+                "peer_line_bytes_max ({}) must be at least {needed}: an append of \
+                 {per_append} entries of the largest size, and a forwarded request",
+                self.peer_line_bytes_max
+            ));
+        }
+        if self.batch_bytes_max < self.request_bytes_max {
+            return fail(format!(
+                "batch_bytes_max ({}) must be at least request_bytes_max ({})",
+                self.batch_bytes_max, self.request_bytes_max
+            ));
+        }
         Ok(())
+    }
+
+    /// The largest encoded command (`ts_ms` and op) the node proposes for one
+    /// request: [`Config::request_bytes_max`] plus [`ENTRY_SLACK_BYTES`].
+    pub fn entry_bytes_max(&self) -> usize {
+        self.request_bytes_max + ENTRY_SLACK_BYTES
+    }
+
+    /// The text of error 12 for a request line over [`Config::request_bytes_max`].
+    pub fn request_too_long_text(&self, bytes: usize) -> String {
+        format!(
+            "request of {bytes} bytes exceeds the limit of {} bytes (request_bytes_max); \
+             nothing was done. The limit is raised with ONCEKV_REQUEST_BYTES_MAX on every \
+             node (at most {})",
+            self.request_bytes_max,
+            crate::storage::wal::RECORD_BYTES_MAX - ENTRY_WRAP_BYTES - ENTRY_SLACK_BYTES
+        )
     }
 
     /// The openraft configuration derived from this one.
@@ -164,5 +275,31 @@ mod tests {
             ..Config::default()
         };
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn size_limits_must_fit_a_log_record_and_each_other() {
+        let record = crate::storage::wal::RECORD_BYTES_MAX;
+        let largest = record - ENTRY_WRAP_BYTES - ENTRY_SLACK_BYTES;
+        let with = |request_bytes_max, peer_line_bytes_max, batch_bytes_max| Config {
+            request_bytes_max,
+            peer_line_bytes_max,
+            batch_bytes_max,
+            ..Config::default()
+        };
+        assert_eq!(with(largest, 2 << 30, largest).validate(), Ok(()));
+        let e = with(largest + 1, 2 << 30, 8 << 20).validate().unwrap_err();
+        assert!(e.0.contains("must fit a log record"), "{e}");
+        assert!(with(100, 320 << 20, 4 << 20).validate().is_err());
+        let e = with(1 << 20, 256 << 20, 4 << 20).validate().unwrap_err();
+        assert!(e.0.contains("peer_line_bytes_max"), "{e}");
+        assert_eq!(with(64 << 10, 32 << 20, 4 << 20).validate(), Ok(()));
+        let e = with(1 << 20, 320 << 20, 1 << 19).validate().unwrap_err();
+        assert!(e.0.contains("batch_bytes_max"), "{e}");
+        let text = Config::default().request_too_long_text(5_000_000);
+        assert!(
+            text.contains("ONCEKV_REQUEST_BYTES_MAX") && text.contains("1048576"),
+            "{text}"
+        );
     }
 }

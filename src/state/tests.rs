@@ -591,3 +591,86 @@ fn no_seq_or_first_outstanding_executes_twice_or_overflows() {
         }
     }
 }
+
+/// A failed cas quotes the values in its text, cut short: the reply (cached
+/// and sent back) does not grow with them.
+#[test]
+fn error_texts_quote_large_values_cut_short() {
+    let mut st = State::default();
+    let big = json!("\"".repeat(100_000));
+    let write = Op::Kv {
+        kv: KvOp::Write {
+            key: key("k"),
+            value: big.clone(),
+        },
+        session: None,
+    };
+    st.apply(
+        1,
+        &Command {
+            ts_ms: 1,
+            op: write,
+        },
+    );
+    let cas = Op::Kv {
+        kv: KvOp::Cas {
+            key: key("k"),
+            from: big.clone(),
+            to: json!(1),
+            create: false,
+        },
+        session: None,
+    };
+    st.apply(
+        2,
+        &Command {
+            ts_ms: 2,
+            op: cas.clone(),
+        },
+    );
+    let mismatch = Op::Kv {
+        kv: KvOp::Cas {
+            key: key("k"),
+            from: json!(2),
+            to: big,
+            create: false,
+        },
+        session: None,
+    };
+    let reply = st.apply(
+        3,
+        &Command {
+            ts_ms: 3,
+            op: mismatch,
+        },
+    );
+    let Reply::Error { code, text } = reply else {
+        panic!("{reply:?}")
+    };
+    assert_eq!(code, ErrorCode::PreconditionFailed);
+    assert!(text.starts_with("expected 2, had 1"), "{text}");
+    let write_big = Op::Kv {
+        kv: KvOp::Write {
+            key: key("k"),
+            value: json!("x".repeat(100_000)),
+        },
+        session: None,
+    };
+    st.apply(
+        4,
+        &Command {
+            ts_ms: 4,
+            op: write_big,
+        },
+    );
+    let reply = st.apply(5, &Command { ts_ms: 5, op: cas });
+    let Reply::Error { text, .. } = reply else {
+        panic!("{reply:?}")
+    };
+    assert!(text.len() < 600, "{} bytes", text.len());
+    assert!(
+        text.contains("(200002 bytes)") && text.contains("(100002 bytes)"),
+        "{}",
+        &text[..100]
+    );
+}

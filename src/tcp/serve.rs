@@ -96,11 +96,10 @@ pub async fn run(args: &ServeArgs, shutdown: impl std::future::Future) -> Result
     // Bind before starting Raft, so peers' first connects wait in the backlog.
     let listener = TcpListener::bind(&args.listen).await?;
     let msg_ids = Arc::new(AtomicU64::new(0));
-    let transport = Arc::new(TcpTransport::new(
-        args.id.clone(),
-        msg_ids.clone(),
-        tcp.clone(),
-    ));
+    let transport = Arc::new(
+        TcpTransport::new(args.id.clone(), msg_ids.clone(), tcp.clone())
+            .with_line_bytes_max(config.peer_line_bytes_max),
+    );
     let initialize = (!args.join).then(|| members.clone());
     let node = Node::start_with(id, members, transport, config, storage, initialize).await?;
     tracing::info!(
