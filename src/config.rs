@@ -42,6 +42,14 @@ pub struct Config {
     pub outbox_capacity: usize,
     /// Most client requests in flight at once on one node; the reader waits past it.
     pub requests_in_flight_max: usize,
+    /// Messages about rejected input ([`crate::reject!`]) logged per second, past
+    /// the burst: input from outside must not turn into log bytes at its own rate.
+    pub rejected_log_per_s: u64,
+    /// Such messages logged back to back before the rate applies.
+    pub rejected_log_burst: u64,
+    /// Longest such message, in bytes (the rest is cut, its length said): a
+    /// 100 MB line must not become a 100 MB log line.
+    pub rejected_log_excerpt_bytes: usize,
 }
 
 impl Default for Config {
@@ -59,6 +67,9 @@ impl Default for Config {
             log_kept_behind_snapshot: 1_000,
             outbox_capacity: 65_536,
             requests_in_flight_max: 65_536,
+            rejected_log_per_s: crate::reject_log::DEFAULT_PER_S,
+            rejected_log_burst: crate::reject_log::DEFAULT_BURST,
+            rejected_log_excerpt_bytes: crate::reject_log::DEFAULT_EXCERPT_BYTES,
         }
     }
 }
@@ -97,8 +108,33 @@ impl Config {
                     .map_err(|e| ConfigError(format!("{var}={text}: {e}")))?;
             }
         }
+        let mut excerpt = c.rejected_log_excerpt_bytes as u64;
+        let rejected: [(&str, &mut u64); 3] = [
+            ("REJECTED_LOG_PER_S", &mut c.rejected_log_per_s),
+            ("REJECTED_LOG_BURST", &mut c.rejected_log_burst),
+            ("REJECTED_LOG_EXCERPT_BYTES", &mut excerpt),
+        ];
+        for (name, slot) in rejected {
+            let var = format!("ONCEKV_{name}");
+            if let Ok(text) = std::env::var(&var) {
+                *slot = text
+                    .parse()
+                    .map_err(|e| ConfigError(format!("{var}={text}: {e}")))?;
+            }
+        }
+        c.rejected_log_excerpt_bytes = usize::try_from(excerpt)
+            .map_err(|e| ConfigError(format!("rejected_log_excerpt_bytes: {e}")))?;
         c.validate()?;
         Ok(c)
+    }
+
+    /// Applies the rejected-input log settings to the process ([`crate::reject_log`]).
+    pub fn configure_reject_log(&self) {
+        crate::reject_log::configure(
+            self.rejected_log_per_s,
+            self.rejected_log_burst,
+            self.rejected_log_excerpt_bytes,
+        );
     }
 
     /// Checks the relations between fields.
@@ -124,6 +160,9 @@ impl Config {
         }
         if self.outbox_capacity == 0 || self.requests_in_flight_max == 0 {
             return fail("queue capacities must be positive");
+        }
+        if self.rejected_log_burst == 0 || self.rejected_log_excerpt_bytes < 16 {
+            return fail("rejected_log_burst must be positive, rejected_log_excerpt_bytes >= 16");
         }
         Ok(())
     }

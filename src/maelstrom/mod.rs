@@ -192,7 +192,7 @@ impl Reader {
                     self.dispatch(msg).await;
                 }
                 Err(ParseError::Envelope(e)) => {
-                    tracing::warn!("dropping a line that is not a message ({e}): {line}");
+                    crate::reject!("dropping a line that is not a message ({e}): {line}");
                 }
                 Err(ParseError::Body {
                     src,
@@ -200,7 +200,7 @@ impl Reader {
                     msg_id,
                     text,
                 }) => {
-                    tracing::warn!("malformed body from {src}: {text}");
+                    crate::reject!("malformed body from {src}: {text}");
                     if self.node.is_none() {
                         // Before init, as for a parsed message: the reply's `src`
                         // is the name the sender addressed.
@@ -302,7 +302,7 @@ impl Reader {
         if self.node.is_none() {
             self.me = msg.dest.clone();
         } else if msg.dest != self.me {
-            tracing::warn!(
+            crate::reject!(
                 "message for {} delivered to {}; handling it anyway",
                 msg.dest,
                 self.me
@@ -312,7 +312,7 @@ impl Reader {
             return self.complete_call(msg, reply_to);
         }
         let Some(msg_id) = msg.msg_id else {
-            tracing::warn!("dropping a request without msg_id from {}", msg.src);
+            crate::reject!("dropping a request without msg_id from {}", msg.src);
             return;
         };
         match msg.body {
@@ -324,7 +324,7 @@ impl Reader {
 
     fn complete_call(&self, msg: Message, reply_to: u64) {
         let Body::Other { raw, .. } = msg.body else {
-            tracing::warn!("unexpected reply type from {}", msg.src);
+            crate::reject!("unexpected reply type from {}", msg.src);
             return;
         };
         let waiter = self

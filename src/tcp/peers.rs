@@ -289,7 +289,7 @@ async fn read_replies(r: OwnedReadHalf, pending: Pending, line_bytes_max: usize)
         // on this connection keep their order: this task handles them one by one.
         tokio::task::yield_now().await;
         let Ok(Value::Object(mut env)) = serde_json::from_str::<Value>(&line) else {
-            tracing::warn!("dropping a bad reply line from a peer");
+            crate::reject!("dropping a bad reply line from a peer: {line}");
             continue;
         };
         let src = env
