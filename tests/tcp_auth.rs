@@ -72,6 +72,17 @@ async fn raft_rpcs_without_the_cluster_key_are_refused() {
     assert!(refused(&b), "a raft_append without the key: {b:?}");
     let b = exchange(&mut conn, json!({"type": "peer_hello", "key": "guess"}), 3).await;
     assert_eq!(b.get("type"), Some(&json!("error")), "a wrong key: {b:?}");
+    // A wrong key closes the connection: each guess costs a new one.
+    let mut rest = String::new();
+    let n = tokio::time::timeout(Duration::from_secs(5), conn.read_line(&mut rest))
+        .await
+        .expect("closed in time")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "the connection stays open after a wrong key: {rest}");
+    let stream = TcpStream::connect(&cluster.nodes[leader].addr)
+        .await
+        .expect("connect");
+    let mut conn = BufReader::new(stream);
     let b = exchange(&mut conn, vote.clone(), 4).await;
     assert!(refused(&b), "still refused after a wrong key: {b:?}");
     // Client requests on the same connection are served without a key.

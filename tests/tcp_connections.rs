@@ -1,0 +1,230 @@
+//! Connection budgets and deadlines, in the real binary: silent sockets and
+//! idle clients cannot lock out new clients or peers (a connection is
+//! unclassified until its first line, then counted as a client or a peer, each
+//! with its own budget), a silent connection is closed after the first-line
+//! deadline, an idle one after the idle timeout, and never one with a request in
+//! flight.
+
+mod support_tcp;
+
+use std::time::{Duration, Instant};
+
+use oncekv::protocol::Reply;
+use oncekv::tcp::{Client, ClientOptions};
+use serde_json::{Value, json};
+use support_tcp::TestCluster;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+/// Sends `body` (with `msg_id`) on `conn`.
+async fn send(conn: &mut BufReader<TcpStream>, body: Value, msg_id: u64) {
+    let mut body = body;
+    body["msg_id"] = json!(msg_id);
+    let line = json!({"src": "c9", "dest": "", "body": body}).to_string() + "\n";
+    conn.get_mut()
+        .write_all(line.as_bytes())
+        .await
+        .expect("write");
+}
+
+/// The next line on `conn` as a body, or `None` once the server closed it.
+async fn next_body(conn: &mut BufReader<TcpStream>, within: Duration) -> Option<Value> {
+    let mut line = String::new();
+    let n = tokio::time::timeout(within, conn.read_line(&mut line))
+        .await
+        .expect("a line or the end in time")
+        .unwrap_or(0);
+    (n > 0).then(|| serde_json::from_str::<Value>(&line).expect("json")["body"].clone())
+}
+
+/// Waits until the server closes `conn` (reads return end of stream).
+async fn closed_within(conn: &mut TcpStream, within: Duration) -> bool {
+    let mut buf = [0u8; 256];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, conn.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+/// Whether the server closed `conn` already (or closes it within a moment).
+async fn is_closed(conn: &mut TcpStream) -> bool {
+    closed_within(conn, Duration::from_millis(20)).await
+}
+
+fn options(addr: &str) -> ClientOptions {
+    let mut o = ClientOptions::new(vec![addr.to_string()]);
+    o.deadline = Duration::from_secs(20);
+    o
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_and_idle_connections_lock_out_neither_clients_nor_peers() {
+    let key = "conn-budget-key-0123";
+    let env = [
+        (oncekv::tcp::CLUSTER_KEY_VAR, key),
+        (oncekv::tcp::CLIENT_CONNECTIONS_MAX_VAR, "4"),
+        (oncekv::tcp::PEER_CONNECTIONS_MAX_VAR, "4"),
+        (oncekv::tcp::UNCLASSIFIED_CONNECTIONS_MAX_VAR, "8"),
+        // Silent sockets are not closed by the deadline during the test: only
+        // the budgets protect the newcomers.
+        (oncekv::tcp::FIRST_LINE_TIMEOUT_MS_VAR, "120000"),
+    ];
+    let mut cluster = TestCluster::start("conn-budgets", 3, &env);
+    cluster.wait_leader(Duration::from_secs(20)).await;
+    let mut client = cluster.client();
+    client.open_session().await.expect("session");
+    assert_eq!(
+        client.write(json!("k"), json!(1)).await.expect("write"),
+        Reply::WriteOk
+    );
+    drop(client);
+    // n1 alone, unable to campaign for the rest of the test: the cluster can only
+    // commit again once n2, started later, reaches n1 as a peer.
+    cluster.kill_together(&[0, 1, 2]);
+    cluster.restart_with(
+        0,
+        &[
+            ("ONCEKV_ELECTION_TIMEOUT_MIN_MS", "600000"),
+            ("ONCEKV_ELECTION_TIMEOUT_MAX_MS", "900000"),
+        ],
+    );
+    let n1 = cluster.nodes[0].addr.clone();
+    cluster
+        .wait_for("n1 to serve", Duration::from_secs(20), || async {
+            cluster.status(0).await.is_some()
+        })
+        .await;
+
+    // 1. Far more silent sockets than every budget together.
+    let mut silent = Vec::new();
+    for _ in 0..40 {
+        silent.push(TcpStream::connect(&n1).await.expect("connect"));
+    }
+    // A new client is still served: its connection pushes out the oldest silent one.
+    let mut c = Client::new(options(&n1));
+    let s = c.status_of(0).await.expect("a new client is served");
+    assert_eq!(s.name, "n1");
+    drop(c);
+    // All but the newest 8 (the unclassified budget) were closed to make room.
+    let mut open = 0;
+    for conn in &mut silent {
+        if !closed_within(conn, Duration::from_millis(200)).await {
+            open += 1;
+        }
+    }
+    assert!(open <= 8, "{open} silent sockets still open, budget 8");
+
+    // 2. The client budget full of idle clients: one more gets a definite
+    // refusal that names the limit and its setting, and is closed.
+    let mut idle = Vec::new();
+    for i in 0..4 {
+        let mut conn = BufReader::new(TcpStream::connect(&n1).await.expect("connect"));
+        send(&mut conn, json!({"type": "status"}), 1).await;
+        let b = next_body(&mut conn, Duration::from_secs(10)).await;
+        assert_eq!(
+            b.expect("a reply")["type"],
+            json!("status_ok"),
+            "client {i}"
+        );
+        idle.push(conn);
+    }
+    let mut extra = BufReader::new(TcpStream::connect(&n1).await.expect("connect"));
+    send(&mut extra, json!({"type": "read", "key": "k"}), 7).await;
+    let b = next_body(&mut extra, Duration::from_secs(10))
+        .await
+        .expect("a refusal");
+    assert_eq!(b["code"], json!(11), "{b}");
+    assert_eq!(b["in_reply_to"], json!(7), "{b}");
+    let text = b["text"].as_str().expect("text");
+    assert!(
+        text.contains(
+            "too many client connections (limit 4, setting ONCEKV_CLIENT_CONNECTIONS_MAX)"
+        ),
+        "{text}"
+    );
+    assert!(closed_within(extra.get_mut(), Duration::from_secs(10)).await);
+    // And more silent sockets keep arriving.
+    for _ in 0..20 {
+        silent.push(TcpStream::connect(&n1).await.expect("connect"));
+    }
+
+    // 3. A peer still gets in: n2 must win n1's vote and n1's acks (n3 is down),
+    // both over n2's connection to n1.
+    cluster.restart(1);
+    let n2 = cluster.nodes[1].addr.clone();
+    let mut c2 = Client::new(options(&n2));
+    c2.open_session().await.expect("session through n2");
+    let r = c2.write(json!("k"), json!(2)).await.expect("write");
+    assert_eq!(r, Reply::WriteOk, "a write committed by n2 and n1");
+    let s = cluster.status(1).await.expect("n2 status");
+    assert_eq!(s.role, "Leader");
+
+    // 4. Idle clients gone, a new client is served again.
+    drop(idle);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut c = Client::new(options(&n1));
+    while c.status_of(0).await.is_err() {
+        assert!(Instant::now() < deadline, "n1 serves no client again");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(silent);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_and_idle_connections_are_closed_but_not_one_with_a_request_in_flight() {
+    let env = [
+        (oncekv::tcp::FIRST_LINE_TIMEOUT_MS_VAR, "300"),
+        (oncekv::tcp::IDLE_TIMEOUT_MS_VAR, "600"),
+        // A write without a quorum waits this long for its commit: far longer
+        // than the idle timeout.
+        ("ONCEKV_REQUEST_TIMEOUT_MS", "3000"),
+    ];
+    let mut cluster = TestCluster::start("conn-deadlines", 3, &env);
+    let leader = cluster.wait_leader(Duration::from_secs(20)).await;
+    let addr = cluster.nodes[leader].addr.clone();
+
+    // A connection that never sends a line is closed after the first-line deadline.
+    let mut silent = TcpStream::connect(&addr).await.expect("connect");
+    assert!(
+        closed_within(&mut silent, Duration::from_secs(20)).await,
+        "a silent connection stays open"
+    );
+    // A client that got its answer and went quiet is closed after the idle timeout.
+    let mut quiet = BufReader::new(TcpStream::connect(&addr).await.expect("connect"));
+    send(&mut quiet, json!({"type": "status"}), 1).await;
+    let b = next_body(&mut quiet, Duration::from_secs(10)).await;
+    assert_eq!(b.expect("reply")["type"], json!("status_ok"));
+    assert!(
+        closed_within(quiet.get_mut(), Duration::from_secs(20)).await,
+        "an idle connection stays open"
+    );
+
+    // A write that cannot commit (the followers are down) is in flight until the
+    // node's request timeout: the connection is not idle meanwhile, so its answer
+    // arrives.
+    for i in 0..cluster.nodes.len() {
+        if i != leader {
+            cluster.kill(i);
+        }
+    }
+    let mut busy = BufReader::new(TcpStream::connect(&addr).await.expect("connect"));
+    let started = Instant::now();
+    send(
+        &mut busy,
+        json!({"type": "write", "key": "k", "value": 1}),
+        5,
+    )
+    .await;
+    let b = next_body(&mut busy, Duration::from_secs(30))
+        .await
+        .expect("the answer to the write in flight, not a closed connection");
+    assert_eq!(b["in_reply_to"], json!(5), "{b}");
+    eprintln!("answer after {:?}: {b}", started.elapsed());
+    // Nothing in flight any more: now it is idle, and closed.
+    assert!(closed_within(busy.get_mut(), Duration::from_secs(20)).await);
+    assert!(is_closed(busy.get_mut()).await);
+}
