@@ -228,3 +228,50 @@ async fn silent_and_idle_connections_are_closed_but_not_one_with_a_request_in_fl
     assert!(closed_within(busy.get_mut(), Duration::from_secs(20)).await);
     assert!(is_closed(busy.get_mut()).await);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_reads_no_replies_is_closed() {
+    let cluster = TestCluster::start("conn-no-reader", 1, &[]);
+    cluster.wait_leader(Duration::from_secs(20)).await;
+    let conn = TcpStream::connect(&cluster.nodes[0].addr)
+        .await
+        .expect("connect");
+    let (mut r, mut w) = conn.into_split();
+    // Far more replies than the socket buffers and the reply queue hold; the
+    // writes block once the node stops reading, and fail once it closes.
+    let sender = tokio::spawn(async move {
+        let line =
+            r#"{"src":"c1","dest":"","body":{"type":"status","msg_id":1}}"#.to_string() + "\n";
+        let lines = line.repeat(1_000);
+        for _ in 0..100 {
+            if w.write_all(lines.as_bytes()).await.is_err() {
+                return;
+            }
+        }
+    });
+    // The node's writer gives up on a reader that reads nothing...
+    let log = cluster.nodes[0].dir.join("node.log");
+    cluster
+        .wait_for("the writer to give up", Duration::from_secs(60), || {
+            let log = log.clone();
+            async move {
+                std::fs::read_to_string(&log)
+                    .is_ok_and(|t| t.contains("closing a connection whose peer read no reply"))
+            }
+        })
+        .await;
+    // ... and closes the connection: what was sent before ends, early.
+    let mut received = 0usize;
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(30), r.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => received += n,
+            Err(_) => panic!("the connection is still open after {received} bytes"),
+        }
+    }
+    eprintln!("{received} bytes of replies before the close");
+    let _ = sender.await;
+    // The node still serves.
+    assert!(cluster.status(0).await.is_some());
+}

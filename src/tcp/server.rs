@@ -302,6 +302,7 @@ fn raise_fd_limit() -> std::io::Result<u64> {
             lim.rlim_cur = lim.rlim_max;
         }
     }
+    #[allow(clippy::useless_conversion)] // rlim_t is u64 on Linux, not everywhere
     Ok(u64::try_from(lim.rlim_cur).unwrap_or(u64::MAX))
 }
 
