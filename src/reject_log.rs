@@ -30,7 +30,7 @@ use std::time::Instant;
 #[macro_export]
 macro_rules! reject {
     ($($arg:tt)*) => {
-        $crate::reject_log::rejected(::std::format_args!($($arg)*))
+        $crate::reject_log::rejected(::std::module_path!(), ::std::format_args!($($arg)*))
     };
 }
 
@@ -109,8 +109,8 @@ impl Bucket {
     }
 }
 
-/// The body of [`reject!`].
-pub fn rejected(args: fmt::Arguments<'_>) {
+/// The body of [`reject!`]: `from` is the module that rejected the input.
+pub fn rejected(from: &str, args: fmt::Arguments<'_>) {
     let verdict = {
         let mut bucket = BUCKET.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
@@ -131,7 +131,7 @@ pub fn rejected(args: fmt::Arguments<'_>) {
         tracing::warn!("{suppressed} more rejected-input messages were suppressed (rate limit)");
     }
     let cap = usize::try_from(EXCERPT_BYTES.load(Ordering::Relaxed)).unwrap_or(usize::MAX);
-    tracing::warn!("{}", excerpt(args, cap));
+    tracing::warn!(from, "{}", excerpt(args, cap));
 }
 
 /// `args` formatted, cut to `cap` bytes (at a character boundary) with the full

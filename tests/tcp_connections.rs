@@ -275,3 +275,98 @@ async fn a_client_that_reads_no_replies_is_closed() {
     // The node still serves.
     assert!(cluster.status(0).await.is_some());
 }
+
+/// Sets the soft open-files limit of process `pid` (Linux `prlimit`).
+#[cfg(target_os = "linux")]
+fn set_soft_fd_limit(pid: u32, soft: Option<u64>) {
+    let mut old = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: reads the limits of `pid` into `old`.
+    let rc = unsafe {
+        libc::prlimit(
+            pid as libc::pid_t,
+            libc::RLIMIT_NOFILE,
+            std::ptr::null(),
+            &mut old,
+        )
+    };
+    assert_eq!(rc, 0, "prlimit read");
+    let new = libc::rlimit {
+        rlim_cur: soft.unwrap_or(old.rlim_max),
+        rlim_max: old.rlim_max,
+    };
+    // SAFETY: sets the limits of `pid` from `new`.
+    let rc = unsafe {
+        libc::prlimit(
+            pid as libc::pid_t,
+            libc::RLIMIT_NOFILE,
+            &new,
+            std::ptr::null_mut(),
+        )
+    };
+    assert_eq!(rc, 0, "prlimit write");
+}
+
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_accept_loop_survives_running_out_of_file_descriptors() {
+    let cluster = TestCluster::start("conn-emfile", 1, &[]);
+    cluster.wait_leader(Duration::from_secs(20)).await;
+    let pid = cluster.nodes[0].child.as_ref().expect("running").id();
+    let addr = cluster.nodes[0].addr.clone();
+    // No descriptor to spare: every accept fails (EMFILE).
+    let open = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("fds")
+        .count() as u64;
+    set_soft_fd_limit(pid, Some(open));
+    let mut waiting = Vec::new();
+    for _ in 0..5 {
+        let mut conn = BufReader::new(TcpStream::connect(&addr).await.expect("connect"));
+        send(&mut conn, json!({"type": "status"}), 1).await;
+        waiting.push(conn);
+    }
+    let log = cluster.nodes[0].dir.join("node.log");
+    cluster
+        .wait_for("accept to fail", Duration::from_secs(20), || {
+            let log = log.clone();
+            async move { std::fs::read_to_string(&log).is_ok_and(|t| t.contains("accept failed")) }
+        })
+        .await;
+    // Descriptors again: the connections that waited in the backlog are served.
+    set_soft_fd_limit(pid, None);
+    for conn in &mut waiting {
+        let b = next_body(conn, Duration::from_secs(20)).await;
+        assert_eq!(b.expect("a reply")["type"], json!("status_ok"));
+    }
+    assert!(cluster.status(0).await.is_some(), "a new client is served");
+    let text = std::fs::read_to_string(&log).expect("log");
+    assert!(text.contains("accept works again"), "no recovery logged");
+}
+
+#[test]
+fn serve_refuses_budgets_that_do_not_fit_the_open_files_limit() {
+    let dir = support_tcp::test_dir("conn-fd-budget");
+    let port = support_tcp::free_port();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_oncekv"))
+        .args([
+            "serve",
+            "--id",
+            "n1",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .args(["--peers", &format!("n1=127.0.0.1:{port}")])
+        .arg("--data-dir")
+        .arg(&dir)
+        .env(oncekv::tcp::CLIENT_CONNECTIONS_MAX_VAR, "1000000000000")
+        .output()
+        .expect("run serve");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "serve started: {stderr}");
+    assert!(
+        stderr.contains("open-files limit") && stderr.contains("ONCEKV_CLIENT_CONNECTIONS_MAX"),
+        "{stderr}"
+    );
+}
