@@ -70,9 +70,9 @@ pub struct Handler {
     /// Whether this connection may send peer RPCs and membership changes: it
     /// presented the cluster key, or the node has none.
     trusted: bool,
-    /// Set to close the connection after the current line (a wrong cluster key:
-    /// each guess costs a new connection).
-    close: bool,
+    /// A wrong cluster key was given on this connection: no later hello on it
+    /// is even checked, so each guess at the key costs a new connection.
+    hello_refused: bool,
 }
 
 impl Handler {
@@ -93,7 +93,7 @@ impl Handler {
             _shutdown_complete: shutdown_complete,
             next_ticket: 0,
             trusted: config.cluster_key.is_none(),
-            close: false,
+            hello_refused: false,
         }
     }
 
@@ -202,9 +202,6 @@ impl Handler {
                         arrival = None;
                     }
                     self.dispatch(&line, &out).await;
-                    if self.close {
-                        break;
-                    }
                 }
                 Ok(None) => break,
                 Err(e) => {
@@ -359,11 +356,19 @@ impl Handler {
             "peer_hello" => {
                 let given = raw.get("key").and_then(Value::as_str).unwrap_or("");
                 match &config.cluster_key {
+                    Some(_) if self.hello_refused => {
+                        crate::reject!("refused a peer_hello from {src}: a wrong key came first");
+                        crate::node::error_body(
+                            ErrorCode::MalformedRequest,
+                            "wrong cluster key earlier on this connection: keys are checked \
+                             once per connection",
+                        )
+                    }
                     Some(key) if !super::keys_match(given, key) => {
                         crate::reject!("refused a peer_hello from {src}: wrong cluster key");
-                        // Closed after the reply: each guess costs a connection
-                        // (and a place among the unclassified first).
-                        self.close = true;
+                        // Each guess costs a new connection (and a place
+                        // among the unclassified first).
+                        self.hello_refused = true;
                         crate::node::error_body(ErrorCode::MalformedRequest, "wrong cluster key")
                     }
                     _ => {
