@@ -295,6 +295,30 @@ mod tests {
     use super::*;
 
     #[test]
+    fn connection_budgets_and_log_bound_validate() {
+        let d = TcpConfig::default();
+        assert!(d.validate().is_ok());
+        assert_eq!(d.fds_needed(), 2_048 + 64 + 1_024 + 256);
+        let bad = [
+            TcpConfig {
+                peer_connections_max: 0,
+                ..d.clone()
+            },
+            TcpConfig {
+                idle_timeout_ms: d.first_line_timeout_ms - 1,
+                ..d.clone()
+            },
+            TcpConfig {
+                node_log_bytes_max: NODE_LOG_BYTES_MIN - 1,
+                ..d.clone()
+            },
+        ];
+        for c in bad {
+            assert!(c.validate().is_err(), "{c:?}");
+        }
+    }
+
+    #[test]
     fn ids_come_from_the_name_and_must_be_distinct() {
         assert_eq!(node_id("n1").unwrap(), 1);
         assert_eq!(node_id("node12").unwrap(), 12);
