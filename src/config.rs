@@ -40,7 +40,9 @@ pub struct Config {
     pub log_kept_behind_snapshot: u64,
     /// Capacity of the outgoing message queue (back-pressure on the reader).
     pub outbox_capacity: usize,
-    /// Most client requests in flight at once on one node; the reader waits past it.
+    /// Most client requests in flight at once on one node (both transports; in
+    /// TCP mode all connections together); the reader waits past it, so clients
+    /// cannot pile up pending requests without bound.
     pub requests_in_flight_max: usize,
     /// Messages about rejected input ([`crate::reject!`]) logged per second, past
     /// the burst: input from outside must not turn into log bytes at its own rate.
@@ -109,10 +111,12 @@ impl Config {
             }
         }
         let mut excerpt = c.rejected_log_excerpt_bytes as u64;
-        let rejected: [(&str, &mut u64); 3] = [
+        let mut in_flight = c.requests_in_flight_max as u64;
+        let rejected: [(&str, &mut u64); 4] = [
             ("REJECTED_LOG_PER_S", &mut c.rejected_log_per_s),
             ("REJECTED_LOG_BURST", &mut c.rejected_log_burst),
             ("REJECTED_LOG_EXCERPT_BYTES", &mut excerpt),
+            ("REQUESTS_IN_FLIGHT_MAX", &mut in_flight),
         ];
         for (name, slot) in rejected {
             let var = format!("ONCEKV_{name}");
@@ -124,6 +128,8 @@ impl Config {
         }
         c.rejected_log_excerpt_bytes = usize::try_from(excerpt)
             .map_err(|e| ConfigError(format!("rejected_log_excerpt_bytes: {e}")))?;
+        c.requests_in_flight_max = usize::try_from(in_flight)
+            .map_err(|e| ConfigError(format!("requests_in_flight_max: {e}")))?;
         c.validate()?;
         Ok(c)
     }
@@ -160,6 +166,9 @@ impl Config {
         }
         if self.outbox_capacity == 0 || self.requests_in_flight_max == 0 {
             return fail("queue capacities must be positive");
+        }
+        if self.requests_in_flight_max > tokio::sync::Semaphore::MAX_PERMITS {
+            return fail("requests_in_flight_max is beyond what a semaphore can count");
         }
         if self.rejected_log_burst == 0 || self.rejected_log_excerpt_bytes < 16 {
             return fail("rejected_log_burst must be positive, rejected_log_excerpt_bytes >= 16");

@@ -370,3 +370,81 @@ fn serve_refuses_budgets_that_do_not_fit_the_open_files_limit() {
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_requests_in_flight_are_bounded_on_the_whole_node() {
+    let env = [
+        ("ONCEKV_REQUESTS_IN_FLIGHT_MAX", "2"),
+        // Writes without a quorum stay in flight for the whole test.
+        ("ONCEKV_REQUEST_TIMEOUT_MS", "60000"),
+    ];
+    let mut cluster = TestCluster::start("conn-in-flight", 3, &env);
+    let leader = cluster.wait_leader(Duration::from_secs(20)).await;
+    let addr = cluster.nodes[leader].addr.clone();
+    let followers: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    cluster.kill_together(&followers);
+    let connect = || async { BufReader::new(TcpStream::connect(&addr).await.expect("connect")) };
+    let mut watch = connect().await;
+    let mut next_status = 100;
+    let mut last_index = async |c: &mut BufReader<TcpStream>| {
+        next_status += 1;
+        send(c, json!({"type": "status"}), next_status).await;
+        let b = next_body(c, Duration::from_secs(10)).await.expect("status");
+        b["last_log_index"].as_u64().expect("an index")
+    };
+    let start = last_index(&mut watch).await;
+    // Two writes, on two connections, take the node's two places.
+    let mut a = Vec::new();
+    for i in 0..2 {
+        let mut conn = connect().await;
+        send(
+            &mut conn,
+            json!({"type": "write", "key": "k", "value": i}),
+            1,
+        )
+        .await;
+        a.push(conn);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while last_index(&mut watch).await < start + 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the two writes were not proposed"
+        );
+    }
+    // A third, on a third connection, waits for a place: not proposed, and the
+    // status request behind it on the same connection not read.
+    let mut b = connect().await;
+    send(&mut b, json!({"type": "write", "key": "k", "value": 3}), 1).await;
+    send(&mut b, json!({"type": "status"}), 2).await;
+    let early = tokio::time::timeout(
+        Duration::from_secs(1),
+        next_body(&mut b, Duration::from_secs(30)),
+    )
+    .await;
+    assert!(early.is_err(), "the third request was served: {early:?}");
+    assert_eq!(
+        last_index(&mut watch).await,
+        start + 2,
+        "the third write was proposed"
+    );
+    // Quorum back: the first two finish, and the third gets its place.
+    for &i in &followers {
+        cluster.restart(i);
+    }
+    for conn in &mut a {
+        let r = next_body(conn, Duration::from_secs(60))
+            .await
+            .expect("an answer");
+        assert_eq!(r["in_reply_to"], json!(1), "{r}");
+    }
+    let mut answered = Vec::new();
+    while answered.len() < 2 {
+        let r = next_body(&mut b, Duration::from_secs(60))
+            .await
+            .expect("an answer");
+        answered.push(r["in_reply_to"].clone());
+    }
+    answered.sort_by_key(|v| v.as_u64());
+    assert_eq!(answered, vec![json!(1), json!(2)]);
+}

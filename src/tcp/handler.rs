@@ -65,6 +65,10 @@ pub struct Handler {
     _shutdown_complete: mpsc::Sender<()>,
     /// Requests of this connection in flight; the reader waits past the bound.
     in_flight: Arc<Semaphore>,
+    /// Client requests in flight on the whole node
+    /// ([`crate::config::Config::requests_in_flight_max`]), shared by every
+    /// connection; the reader waits past it.
+    node_requests: Arc<Semaphore>,
     /// Next ticket for the reply sequencer.
     next_ticket: u64,
     /// Whether this connection may send peer RPCs and membership changes: it
@@ -83,10 +87,12 @@ impl Handler {
         config: TcpConfig,
         shutdown: broadcast::Receiver<()>,
         shutdown_complete: mpsc::Sender<()>,
+        node_requests: Arc<Semaphore>,
     ) -> Handler {
         Handler {
             node,
             msg_ids,
+            node_requests,
             in_flight: Arc::new(Semaphore::new(config.requests_per_connection_max)),
             config: config.clone(),
             shutdown,
@@ -307,6 +313,10 @@ impl Handler {
         let Some(permit) = self.permit().await else {
             return;
         };
+        let Ok(node_permit) = self.node_requests.clone().acquire_owned().await else {
+            return;
+        };
+        let permit = (permit, node_permit);
         let log_waiting = !matches!(req, Request::Read { .. });
         let finish = match self.node.start_request(req).await {
             Started::Ready(reply) => return self.answer_now(out, src, msg_id, reply).await,

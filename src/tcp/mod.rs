@@ -157,6 +157,10 @@ impl TcpConfig {
         {
             return fail("connection budgets must be positive");
         }
+        let most = tokio::sync::Semaphore::MAX_PERMITS;
+        if self.client_connections_max > most || self.peer_connections_max > most {
+            return fail("a connection budget is beyond what a semaphore can count");
+        }
         if self.first_line_timeout_ms == 0 || self.idle_timeout_ms < self.first_line_timeout_ms {
             return fail("first_line_timeout_ms must be positive and idle_timeout_ms at least it");
         }

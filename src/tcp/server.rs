@@ -51,6 +51,7 @@ pub async fn run(
     let mut listener = Listener {
         listener,
         budgets: Arc::new(Budgets::new(&config)),
+        node_requests: Arc::new(Semaphore::new(node.config.requests_in_flight_max)),
         node,
         msg_ids,
         config,
@@ -77,6 +78,8 @@ struct Listener {
     listener: TcpListener,
     /// The connection budgets.
     budgets: Arc<Budgets>,
+    /// Client requests in flight on the node, all connections together.
+    node_requests: Arc<Semaphore>,
     /// The node every connection serves.
     node: Arc<Node>,
     /// The node's message counter, shared with its peer transport.
@@ -101,6 +104,7 @@ impl Listener {
                 self.config.clone(),
                 self.notify_shutdown.subscribe(),
                 self.shutdown_complete_tx.clone(),
+                self.node_requests.clone(),
             );
             tokio::spawn(handler.run(socket, arrival));
         }
