@@ -40,7 +40,9 @@ pub struct Config {
     pub log_kept_behind_snapshot: u64,
     /// Capacity of the outgoing message queue (back-pressure on the reader).
     pub outbox_capacity: usize,
-    /// Most client requests in flight at once on one node; the reader waits past it.
+    /// Most client requests in flight at once on one node (both transports; in
+    /// TCP mode all connections together); the reader waits past it, so clients
+    /// cannot pile up pending requests without bound.
     pub requests_in_flight_max: usize,
     /// Longest client request line, in bytes (`ONCEKV_REQUEST_BYTES_MAX`), on
     /// either transport. A longer line is refused with error 12 before anything is
@@ -62,6 +64,14 @@ pub struct Config {
     /// of MiB when large requests arrive back to back. At least one request of
     /// [`Config::request_bytes_max`].
     pub batch_bytes_max: usize,
+    /// Messages about rejected input ([`crate::reject!`]) logged per second, past
+    /// the burst: input from outside must not turn into log bytes at its own rate.
+    pub rejected_log_per_s: u64,
+    /// Such messages logged back to back before the rate applies.
+    pub rejected_log_burst: u64,
+    /// Longest such message, in bytes (the rest is cut, its length said): a
+    /// 100 MB line must not become a 100 MB log line.
+    pub rejected_log_excerpt_bytes: usize,
 }
 
 /// How much larger than its request line a log entry may be (the leader's
@@ -98,6 +108,9 @@ impl Default for Config {
             request_bytes_max: 1 << 20,
             peer_line_bytes_max: 320 << 20,
             batch_bytes_max: 4 << 20,
+            rejected_log_per_s: crate::reject_log::DEFAULT_PER_S,
+            rejected_log_burst: crate::reject_log::DEFAULT_BURST,
+            rejected_log_excerpt_bytes: crate::reject_log::DEFAULT_EXCERPT_BYTES,
         }
     }
 }
@@ -136,10 +149,15 @@ impl Config {
                     .map_err(|e| ConfigError(format!("{var}={text}: {e}")))?;
             }
         }
-        let sizes: [(&str, &mut usize); 3] = [
+        let sizes: [(&str, &mut usize); 5] = [
             ("REQUEST_BYTES_MAX", &mut c.request_bytes_max),
             ("PEER_LINE_BYTES_MAX", &mut c.peer_line_bytes_max),
             ("BATCH_BYTES_MAX", &mut c.batch_bytes_max),
+            (
+                "REJECTED_LOG_EXCERPT_BYTES",
+                &mut c.rejected_log_excerpt_bytes,
+            ),
+            ("REQUESTS_IN_FLIGHT_MAX", &mut c.requests_in_flight_max),
         ];
         for (name, slot) in sizes {
             let var = format!("ONCEKV_{name}");
@@ -149,8 +167,29 @@ impl Config {
                     .map_err(|e| ConfigError(format!("{var}={text}: {e}")))?;
             }
         }
+        let rates: [(&str, &mut u64); 2] = [
+            ("REJECTED_LOG_PER_S", &mut c.rejected_log_per_s),
+            ("REJECTED_LOG_BURST", &mut c.rejected_log_burst),
+        ];
+        for (name, slot) in rates {
+            let var = format!("ONCEKV_{name}");
+            if let Ok(text) = std::env::var(&var) {
+                *slot = text
+                    .parse()
+                    .map_err(|e| ConfigError(format!("{var}={text}: {e}")))?;
+            }
+        }
         c.validate()?;
         Ok(c)
+    }
+
+    /// Applies the rejected-input log settings to the process ([`crate::reject_log`]).
+    pub fn configure_reject_log(&self) {
+        crate::reject_log::configure(
+            self.rejected_log_per_s,
+            self.rejected_log_burst,
+            self.rejected_log_excerpt_bytes,
+        );
     }
 
     /// Checks the relations between fields.
@@ -218,6 +257,14 @@ impl Config {
                 "batch_bytes_max ({}) must be at least request_bytes_max ({})",
                 self.batch_bytes_max, self.request_bytes_max
             ));
+        }
+        if self.requests_in_flight_max > tokio::sync::Semaphore::MAX_PERMITS {
+            return fail("requests_in_flight_max is beyond what a semaphore can count".into());
+        }
+        if self.rejected_log_burst == 0 || self.rejected_log_excerpt_bytes < 16 {
+            return fail(
+                "rejected_log_burst must be positive, rejected_log_excerpt_bytes >= 16".into(),
+            );
         }
         Ok(())
     }

@@ -9,6 +9,8 @@
 //! - [`maelstrom`]: the stdin/stdout transport (Maelstrom node mode).
 //! - [`tcp`]: the TCP transport: `serve`, `cluster`, `client` and [`tcp::Client`].
 //! - [`history`]: the `history.jsonl` format shared by the harness and the checker.
+//! - [`reject_log`]: logging of rejected input, truncated and rate-limited ([`reject!`]).
+//! - [`log_file`]: the size-capped node log file of `oncekv serve`.
 //! - [`check`]: the linearizability checker and the exactly-once counter check.
 //! - [`report`]: `results.json`, the end-of-run summary and `latency.svg`.
 //! - [`bench`]: `oncekv bench` (single node vs a no-consensus baseline, session memory)
@@ -21,10 +23,12 @@ pub mod check;
 pub mod config;
 pub mod harness;
 pub mod history;
+pub mod log_file;
 pub mod maelstrom;
 pub mod node;
 pub mod protocol;
 pub mod raft;
+pub mod reject_log;
 pub mod report;
 pub mod state;
 pub mod storage;

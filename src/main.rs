@@ -113,6 +113,7 @@ fn demo(time_limit: f64, seed: Option<u64>) -> anyhow::Result<i32> {
 /// Maelstrom node mode: the protocol on stdin/stdout until stdin closes.
 fn node() -> anyhow::Result<i32> {
     let config = oncekv::config::Config::from_env()?;
+    config.configure_reject_log();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -124,7 +125,7 @@ fn node() -> anyhow::Result<i32> {
     Ok(0)
 }
 
-fn init_logging(file: Option<std::fs::File>) {
+fn init_logging(file: Option<oncekv::log_file::CappedLog>) {
     // Logs go to stderr (stdout carries only protocol lines), or to a TCP node's log file.
     let filter = tracing_subscriber::EnvFilter::try_from_env("ONCEKV_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,oncekv=info"));
@@ -137,14 +138,13 @@ fn init_logging(file: Option<std::fs::File>) {
     }
 }
 
-/// `oncekv serve`: one TCP node, logging to DATA_DIR/node.log, until Ctrl-C/SIGTERM.
+/// `oncekv serve`: one TCP node, logging to DATA_DIR/node.log (size-capped,
+/// `TcpConfig::node_log_bytes_max`), until Ctrl-C/SIGTERM.
 fn serve(args: &oncekv::tcp::serve::ServeArgs) -> anyhow::Result<i32> {
+    let tcp = oncekv::tcp::TcpConfig::from_env()?;
     std::fs::create_dir_all(&args.data_dir)?;
     let log = args.data_dir.join("node.log");
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log)?;
+    let file = oncekv::log_file::CappedLog::open(&log, tcp.node_log_bytes_max)?;
     init_logging(Some(file));
     eprintln!("{}: logging to {}", args.id, log.display());
     let mut runtime = tokio::runtime::Builder::new_multi_thread();

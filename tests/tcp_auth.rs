@@ -92,12 +92,22 @@ async fn raft_rpcs_without_the_cluster_key_are_refused() {
     assert_eq!(s.term, term, "the refused vote moved the term: {s:?}");
     assert_eq!(cluster.wait_leader(Duration::from_secs(5)).await, leader);
 
-    // With the key, the same connection gets past the gate (and the malformed
-    // append is then judged on its content, not refused for the key). The
-    // hello must name a member as sender and this node as receiver.
+    // After a wrong key, not even the right one is checked on this connection:
+    // each guess costs a new connection.
     let me = cluster.nodes[leader].name.clone();
     let other = cluster.nodes[(leader + 1) % 3].name.clone();
     let hello = json!({"type": "peer_hello", "key": key});
+    let b = exchange_as(&mut conn, (&other, &me), hello.clone(), 6).await;
+    assert_eq!(b.get("type"), Some(&json!("error")), "{b:?}");
+    let b = exchange(&mut conn, vote.clone(), 8).await;
+    assert!(refused(&b), "still refused: {b:?}");
+    // With the key, a new connection gets past the gate (and the malformed
+    // append is then judged on its content, not refused for the key). The
+    // hello must name a member as sender and this node as receiver.
+    let stream = TcpStream::connect(&cluster.nodes[leader].addr)
+        .await
+        .expect("connect");
+    let mut conn = BufReader::new(stream);
     let b = exchange(&mut conn, hello.clone(), 6).await;
     assert_eq!(b.get("code"), Some(&json!(12)), "no receiver named: {b:?}");
     let b = exchange_as(&mut conn, ("c5", &me), hello.clone(), 6).await;

@@ -252,10 +252,7 @@ impl Reader {
                     self.dispatch(msg).await;
                 }
                 Err(ParseError::Envelope(e)) => {
-                    tracing::warn!(
-                        "dropping a line that is not a message ({e}): {}",
-                        truncated(&line)
-                    );
+                    crate::reject!("dropping a line that is not a message ({e}): {line}");
                 }
                 Err(ParseError::Body {
                     src,
@@ -264,7 +261,7 @@ impl Reader {
                     in_reply_to,
                     text,
                 }) => {
-                    tracing::warn!("malformed message from {src}: {text}");
+                    crate::reject!("malformed message from {src}: {text}");
                     if let Some(reply_to) = in_reply_to {
                         self.fail_call(reply_to, &text);
                     } else if let Some(id) = msg_id {
@@ -303,7 +300,7 @@ impl Reader {
         } else {
             self.config.request_too_long_text(long.bytes)
         };
-        tracing::warn!(
+        crate::reject!(
             "a line of {} bytes from {:?}: {text}: {:?}...",
             long.bytes,
             sk.src,
@@ -336,7 +333,7 @@ impl Reader {
             "message for {} delivered to {}; nothing was done",
             msg.dest, self.me
         );
-        tracing::warn!("{text} (from {})", msg.src);
+        crate::reject!("{text} (from {})", msg.src);
         if let (Some(id), None) = (msg.msg_id, msg.in_reply_to) {
             self.answer_now(msg.src, id, Reply::error(ErrorCode::MalformedRequest, text))
                 .await;
@@ -444,7 +441,7 @@ impl Reader {
             return self.complete_call(msg, reply_to);
         }
         let Some(msg_id) = msg.msg_id else {
-            tracing::warn!("dropping a request without msg_id from {}", msg.src);
+            crate::reject!("dropping a request without msg_id from {}", msg.src);
             return;
         };
         match msg.body {
@@ -462,7 +459,7 @@ impl Reader {
 
     fn complete_call(&self, msg: Message, reply_to: u64) {
         let Body::Other { raw, .. } = msg.body else {
-            tracing::warn!("unexpected reply type from {}", msg.src);
+            crate::reject!("unexpected reply type from {}", msg.src);
             return;
         };
         let waiter = self
@@ -657,15 +654,6 @@ impl Reader {
             })
             .await;
     }
-}
-
-/// At most the first 200 bytes of `line`, for a log line.
-fn truncated(line: &str) -> &str {
-    let mut end = line.len().min(200);
-    while !line.is_char_boundary(end) {
-        end -= 1;
-    }
-    &line[..end]
 }
 
 /// A node-to-node body with `type` first and the ids last.

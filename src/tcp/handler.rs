@@ -19,6 +19,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
 use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
@@ -28,6 +29,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, mpsc};
 
 use super::TcpConfig;
 use super::connection::{Line, LineReader, LongLine, encode_raw, write_line};
+use super::server::{Arrival, Class};
 use crate::maelstrom::sequencer::Sequencer;
 use crate::node::{Forwarded, Node, Started, check_entry_bytes};
 use crate::protocol::{Body, ErrorCode, ParseError, Reply, ReplyBody, Request, encode, parse_line};
@@ -75,6 +77,10 @@ pub struct Handler {
     _shutdown_complete: mpsc::Sender<()>,
     /// Requests of this connection in flight; the reader waits past the bound.
     in_flight: Arc<Semaphore>,
+    /// Client requests in flight on the whole node
+    /// ([`crate::config::Config::requests_in_flight_max`]), shared by every
+    /// connection; the reader waits past it.
+    node_requests: Arc<Semaphore>,
     /// Next ticket for the reply sequencer.
     next_ticket: u64,
     /// Whether this connection may send peer RPCs and membership changes: it
@@ -86,6 +92,9 @@ pub struct Handler {
     /// Whether a peer node opened this connection (its `peer_hello` named a
     /// member and this node): its lines may be as long as a peer's, not a client's.
     peer: bool,
+    /// A wrong cluster key was given on this connection: no later hello on it
+    /// is even checked, so each guess at the key costs a new connection.
+    hello_refused: bool,
 }
 
 impl Handler {
@@ -96,10 +105,12 @@ impl Handler {
         config: TcpConfig,
         shutdown: broadcast::Receiver<()>,
         shutdown_complete: mpsc::Sender<()>,
+        node_requests: Arc<Semaphore>,
     ) -> Handler {
         Handler {
             node,
             msg_ids,
+            node_requests,
             in_flight: Arc::new(Semaphore::new(config.requests_per_connection_max)),
             config: config.clone(),
             shutdown,
@@ -108,37 +119,139 @@ impl Handler {
             trusted: config.cluster_key.is_none(),
             admin: config.cluster_key.is_none(),
             peer: false,
+            hello_refused: false,
         }
     }
 
-    /// Serves the connection until the peer closes it, it breaks, or shutdown.
-    pub async fn run(mut self, socket: TcpStream) {
+    /// Serves the connection until the peer closes it, it breaks, shutdown, it
+    /// stays silent or idle too long, or its budget is full (see [`server`]).
+    ///
+    /// [`server`]: super::server
+    pub async fn run(mut self, socket: TcpStream, arrival: Arrival) {
         let peer_addr = socket.peer_addr().ok();
         let (r, w) = socket.into_split();
         let (out, out_rx) = mpsc::channel(self.config.queue_capacity);
+        let started = Instant::now();
+        let written_ms = Arc::new(AtomicU64::new(0));
         let writer = tokio::spawn(write_loop(
             w,
             out_rx,
             self.node.name.clone(),
             self.msg_ids.clone(),
+            Activity {
+                base: started,
+                written_ms: written_ms.clone(),
+                write_timeout: self.config.write_timeout,
+            },
         ));
+        let first_line_timeout = Duration::from_millis(self.config.first_line_timeout_ms);
+        let idle_timeout = Duration::from_millis(self.config.idle_timeout_ms);
+        let budgets = arrival.budgets.clone();
+        // While unclassified: its place, which the server may take back.
+        let mut arrival = Some(arrival);
+        // Once classified: its place in the client or peer budget.
+        let mut _slot = None;
+        let mut last_line = started;
         let mut lines = LineReader::new(BufReader::new(r), self.node.config.request_bytes_max);
-        loop {
-            let line = tokio::select! {
-                l = lines.read_line() => l,
-                _ = self.shutdown.recv() => break,
+        'lines: loop {
+            // The read stays the same future across timer wake-ups (a dropped
+            // read would lose a partial line); it ends with the line.
+            let line = {
+                let read = lines.read_line();
+                tokio::pin!(read);
+                loop {
+                    let deadline = match arrival {
+                        Some(_) => started + first_line_timeout,
+                        None => {
+                            let written =
+                                started + Duration::from_millis(written_ms.load(Ordering::Relaxed));
+                            last_line.max(written) + idle_timeout
+                        }
+                    };
+                    let evicted = async {
+                        match arrival.as_mut() {
+                            Some(a) => drop((&mut a.evicted).await),
+                            None => std::future::pending().await,
+                        }
+                    };
+                    tokio::select! {
+                        l = &mut read => break l,
+                        _ = self.shutdown.recv() => break 'lines,
+                        // The writer gave up (the peer reads no replies): stop reading.
+                        () = out.closed() => break 'lines,
+                        () = evicted => {
+                            crate::reject!(
+                                "closing a connection from {peer_addr:?} that sent no line yet: \
+                                 the oldest of {} such (setting {})",
+                                self.config.unclassified_connections_max,
+                                super::UNCLASSIFIED_CONNECTIONS_MAX_VAR
+                            );
+                            break 'lines;
+                        }
+                        () = tokio::time::sleep_until(deadline.into()) => {
+                            if arrival.is_some() {
+                                crate::reject!(
+                                    "closing a connection from {peer_addr:?}: no line in {} ms \
+                                     (setting {})",
+                                    self.config.first_line_timeout_ms,
+                                    super::FIRST_LINE_TIMEOUT_MS_VAR
+                                );
+                                break 'lines;
+                            }
+                            let in_flight = self.in_flight.available_permits()
+                                < self.config.requests_per_connection_max;
+                            if in_flight {
+                                // Never idle while a request is in flight.
+                                last_line = Instant::now();
+                            } else if Instant::now() >= deadline {
+                                tracing::debug!(
+                                    "closing a connection from {peer_addr:?} idle for {} ms",
+                                    self.config.idle_timeout_ms
+                                );
+                                break 'lines;
+                            }
+                        }
+                    }
+                }
             };
             match line {
                 Ok(Some(Line::Full(line))) => {
+                    last_line = Instant::now();
+                    if arrival.is_some() {
+                        let class = self.classify(&line);
+                        match budgets.admit(class) {
+                            Ok(slot) => _slot = Some(slot),
+                            Err(text) => {
+                                crate::reject!("refused a connection from {peer_addr:?}: {text}");
+                                self.refuse(&line, &text, &out).await;
+                                break;
+                            }
+                        }
+                        arrival = None;
+                    }
                     self.dispatch(&line, &out).await;
                     if self.peer {
                         lines.set_max(self.node.config.peer_line_bytes_max);
                     }
                 }
-                Ok(Some(Line::TooLong(long))) => self.too_long(long, &out).await,
+                Ok(Some(Line::TooLong(long))) => {
+                    last_line = Instant::now();
+                    if arrival.is_some() {
+                        // A peer's first line is its (short) hello: this is a client.
+                        match budgets.admit(Class::Client) {
+                            Ok(slot) => _slot = Some(slot),
+                            Err(text) => {
+                                crate::reject!("refused a connection from {peer_addr:?}: {text}");
+                                break;
+                            }
+                        }
+                        arrival = None;
+                    }
+                    self.too_long(long, &out).await;
+                }
                 Ok(None) => break,
                 Err(e) => {
-                    tracing::warn!("closing connection from {peer_addr:?}: {e}");
+                    crate::reject!("closing connection from {peer_addr:?}: {e}");
                     break;
                 }
             }
@@ -163,11 +276,11 @@ impl Handler {
         };
         match (sk.src, sk.msg_id, sk.in_reply_to) {
             (Some(src), Some(id), None) => {
-                tracing::warn!("refused a line of {} bytes from {src}: {text}", long.bytes);
+                crate::reject!("refused a line of {} bytes from {src}: {text}", long.bytes);
                 let reply = Reply::error(ErrorCode::MalformedRequest, text);
                 self.answer_now(out, src, id, reply).await;
             }
-            _ => tracing::warn!(
+            _ => crate::reject!(
                 "dropping a line of {} bytes with no readable sender and msg_id: {:?}...",
                 long.bytes,
                 long.prefix
@@ -175,11 +288,51 @@ impl Handler {
         }
     }
 
+    /// The budget a connection whose first line is `line` counts against: a
+    /// peer's if it is a hello with the right key (with no cluster key: any
+    /// hello, or a Raft RPC from a peer that sends none), else a client's.
+    fn classify(&self, line: &str) -> Class {
+        let Ok(msg) = parse_line(line) else {
+            return Class::Client;
+        };
+        let Body::Other { kind, raw, .. } = &msg.body else {
+            return Class::Client;
+        };
+        match &self.config.cluster_key {
+            Some(key) => {
+                let given = raw.get("key").and_then(Value::as_str).unwrap_or("");
+                if kind == "peer_hello" && super::keys_match(given, key) {
+                    Class::Peer
+                } else {
+                    Class::Client
+                }
+            }
+            None if kind == "peer_hello" || kind == "forward" || kind.starts_with("raft_") => {
+                Class::Peer
+            }
+            None => Class::Client,
+        }
+    }
+
+    /// Answers the first line of a connection over its budget with error 11
+    /// (definite: the request was not looked at), if it has a `msg_id`.
+    async fn refuse(&mut self, line: &str, text: &str, out: &mpsc::Sender<Out>) {
+        let (src, msg_id) = match parse_line(line) {
+            Ok(msg) => (msg.src, msg.msg_id),
+            Err(ParseError::Body { src, msg_id, .. }) => (src, msg_id),
+            Err(ParseError::Envelope(_)) => return,
+        };
+        if let Some(id) = msg_id {
+            let body = crate::node::error_body(ErrorCode::TemporarilyUnavailable, text);
+            let _ = out.send(raw_reply(src, id, body)).await;
+        }
+    }
+
     async fn dispatch(&mut self, line: &str, out: &mpsc::Sender<Out>) {
         let msg = match parse_line(line) {
             Ok(msg) => msg,
             Err(ParseError::Envelope(e)) => {
-                return tracing::warn!("dropping a line that is not a message ({e})");
+                return crate::reject!("dropping a line that is not a message ({e}): {line}");
             }
             Err(ParseError::Body {
                 src,
@@ -193,16 +346,16 @@ impl Handler {
                         let reply = Reply::error(ErrorCode::MalformedRequest, text);
                         self.answer_now(out, src, id, reply).await;
                     }
-                    _ => tracing::warn!("dropping a malformed message from {src}: {text}"),
+                    _ => crate::reject!("dropping a malformed message from {src}: {text}"),
                 }
                 return;
             }
         };
         if msg.in_reply_to.is_some() {
-            return tracing::warn!("unexpected reply from {} on a served connection", msg.src);
+            return crate::reject!("unexpected reply from {} on a served connection", msg.src);
         }
         let Some(msg_id) = msg.msg_id else {
-            return tracing::warn!("dropping a request without msg_id from {}", msg.src);
+            return crate::reject!("dropping a request without msg_id from {}", msg.src);
         };
         let src = msg.src;
         let encoded_bytes_max = msg.encoded_bytes_max;
@@ -243,6 +396,10 @@ impl Handler {
         let Some(permit) = self.permit().await else {
             return;
         };
+        let Ok(node_permit) = self.node_requests.clone().acquire_owned().await else {
+            return;
+        };
+        let permit = (permit, node_permit);
         let log_waiting = !matches!(req, Request::Read { .. });
         let fwd = Forwarded::from_request(req);
         let bound = Some(encoded_bytes_max);
@@ -295,15 +452,26 @@ impl Handler {
             "peer_hello" | "client_hello" => {
                 let given = raw.get("key").and_then(Value::as_str).unwrap_or("");
                 match &config.cluster_key {
+                    Some(_) if self.hello_refused => {
+                        crate::reject!("refused a peer_hello from {src}: a wrong key came first");
+                        crate::node::error_body(
+                            ErrorCode::MalformedRequest,
+                            "wrong cluster key earlier on this connection: keys are checked \
+                             once per connection",
+                        )
+                    }
                     Some(key) if !super::keys_match(given, key) => {
-                        tracing::warn!("refused a peer_hello from {src}: wrong cluster key");
+                        crate::reject!("refused a peer_hello from {src}: wrong cluster key");
+                        // Each guess costs a new connection (and a place
+                        // among the unclassified first).
+                        self.hello_refused = true;
                         crate::node::error_body(ErrorCode::MalformedRequest, "wrong cluster key")
                     }
                     _ => self.hello_accepted(&kind, &src, &dest),
                 }
             }
             _ if (peer_rpc && !self.trusted) || (admin_only && !self.admin) => {
-                tracing::warn!("refused {kind} from {src}: the connection gave no cluster key");
+                crate::reject!("refused {kind} from {src}: the connection gave no cluster key");
                 crate::node::error_body(
                     ErrorCode::NotSupported,
                     &format!(
@@ -314,7 +482,7 @@ impl Handler {
                 )
             }
             _ if peer_rpc && dest != node.name => {
-                tracing::warn!(
+                crate::reject!(
                     "refused {kind} from {src} addressed to {dest:?}: this is {}",
                     node.name
                 );
@@ -367,7 +535,7 @@ impl Handler {
     /// presenting the key) allows membership changes only.
     fn hello_accepted(&mut self, kind: &str, src: &str, dest: &str) -> Map<String, Value> {
         let refuse = |text: String| {
-            tracing::warn!("refused a {kind} from {src}: {text}");
+            crate::reject!("refused a {kind} from {src}: {text}");
             crate::node::error_body(ErrorCode::MalformedRequest, &text)
         };
         if kind == "client_hello" {
@@ -428,7 +596,7 @@ fn sender_is_a_node(node: &Node, name: &str) -> Result<(), String> {
             p.name
         )),
         None => {
-            tracing::warn!(
+            crate::reject!(
                 "accepted a peer_hello from {name}, not a member as far as this node knows \
                  (it may not have applied a membership change yet)"
             );
@@ -497,12 +665,24 @@ async fn membership(
     }
 }
 
+/// What the writer reports to the reader and how long it may block.
+struct Activity {
+    /// When the connection was accepted.
+    base: Instant,
+    /// Milliseconds after `base` of the last write (for the idle timeout).
+    written_ms: Arc<AtomicU64>,
+    /// Longest a write may block: a reader that stops reading its replies gets
+    /// its connection closed, not a writer (and its queue) held for ever.
+    write_timeout: Duration,
+}
+
 /// The writer: sole owner of the socket's write half.
 async fn write_loop(
     w: OwnedWriteHalf,
     mut rx: mpsc::Receiver<Out>,
     me: String,
     msg_ids: Arc<AtomicU64>,
+    activity: Activity,
 ) {
     let mut w = BufWriter::with_capacity(1 << 16, w);
     let mut sequencer: Sequencer<(String, u64, Reply)> = Sequencer::default();
@@ -537,14 +717,28 @@ async fn write_loop(
                 body,
             } => lines.push(encode_raw(&me, &dest, body, Some(in_reply_to), next_id())),
         }
-        for line in lines {
-            if write_line(&mut w, &line).await.is_err() {
+        let write = async {
+            for line in lines {
+                write_line(&mut w, &line).await?;
+            }
+            if rx.is_empty() {
+                w.flush().await?;
+            }
+            std::io::Result::Ok(())
+        };
+        match tokio::time::timeout(activity.write_timeout, write).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return,
+            Err(_) => {
+                crate::reject!(
+                    "closing a connection whose peer read no reply in {:?}",
+                    activity.write_timeout
+                );
                 return;
             }
         }
-        if rx.is_empty() && w.flush().await.is_err() {
-            return;
-        }
+        let ms = u64::try_from(activity.base.elapsed().as_millis()).unwrap_or(u64::MAX);
+        activity.written_ms.store(ms, Ordering::Relaxed);
     }
-    let _ = w.flush().await;
+    let _ = tokio::time::timeout(activity.write_timeout, w.flush()).await;
 }

@@ -4,7 +4,7 @@
 //! Layout (one noun per file, after tokio-rs/mini-redis):
 //! - [`connection`]: framing: newline-delimited JSON envelopes with a maximum line length.
 //! - [`server`]: `server::run(listener, node, config, shutdown)`: the accept loop,
-//!   bounded connections (a semaphore permit taken before `accept`), graceful shutdown.
+//!   connection budgets (clients, peers, not yet classified), graceful shutdown.
 //! - [`handler`]: one accepted connection: client requests, peer RPCs, `status`,
 //!   membership requests; replies through a bounded queue to the connection's writer.
 //! - [`peers`]: [`peers::TcpTransport`], the node's way to reach peers: one connection
@@ -36,9 +36,6 @@ use crate::raft::Peer;
 /// Bounds and timeouts of the TCP layer (the node's own live in [`crate::config::Config`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct TcpConfig {
-    /// Most connections a node serves at once; `accept` waits past it (peers and
-    /// clients alike), so a flood of clients cannot exhaust file descriptors.
-    pub connections_max: usize,
     /// Requests one connection may have in flight; its reader stops reading past it
     /// (back-pressure onto the sender's socket).
     pub requests_per_connection_max: usize,
@@ -62,7 +59,129 @@ pub struct TcpConfig {
     /// client's connection, `peer_line_bytes_max` once a `peer_hello` is accepted).
     /// Client requests and `status` need no key.
     pub cluster_key: Option<Arc<str>>,
+    /// Most client connections open at once ([`CLIENT_CONNECTIONS_MAX_VAR`]). A
+    /// connection is a client's once its first line is anything but a peer hello;
+    /// past the budget it gets one error line (code 11, definite) and is closed,
+    /// so idle clients can never lock out peers or exhaust file descriptors.
+    pub client_connections_max: usize,
+    /// Most peer connections open at once ([`PEER_CONNECTIONS_MAX_VAR`]). A
+    /// connection is a peer's once its first line is a `peer_hello` with the right
+    /// key (or, with no cluster key, a hello or a Raft RPC). Each member keeps one
+    /// connection to each other member, and the client CLI with the key counts
+    /// here too; 64 covers a few dozen members plus reconnects.
+    pub peer_connections_max: usize,
+    /// Most connections open at once that have not sent their first line yet
+    /// ([`UNCLASSIFIED_CONNECTIONS_MAX_VAR`]). Past it the oldest such connection
+    /// is closed to make room, so a flood of silent sockets cannot keep newcomers
+    /// (which send their first line at once) out.
+    pub unclassified_connections_max: usize,
+    /// Deadline for the first line of a new connection
+    /// ([`FIRST_LINE_TIMEOUT_MS_VAR`]); a connection silent that long is closed.
+    pub first_line_timeout_ms: u64,
+    /// A connection with nothing in flight and no line received for this long is
+    /// closed ([`IDLE_TIMEOUT_MS_VAR`]): forgotten or half-open connections give
+    /// their slot back. A connection with a request in flight is never idle; a
+    /// peer's connection that is closed is reopened on its next RPC.
+    pub idle_timeout_ms: u64,
+    /// File descriptors kept free of connections: log segments, snapshot files,
+    /// outgoing peer links, the runtime's own. At start-up the three connection
+    /// budgets plus this must fit under the open-files limit (raised to its hard
+    /// limit first), or `serve` refuses to start: running out of descriptors
+    /// would fail a log write, which stops the node.
+    pub fds_reserved: usize,
+    /// Bound of `DATA_DIR/node.log` in bytes ([`NODE_LOG_BYTES_MAX_VAR`]); past it
+    /// the file becomes `node.log.1` (replacing the previous one), so the node's
+    /// logs never take more than twice this from the disk that holds the Raft log.
+    pub node_log_bytes_max: u64,
 }
+
+/// Overrides [`TcpConfig::client_connections_max`].
+pub const CLIENT_CONNECTIONS_MAX_VAR: &str = "ONCEKV_CLIENT_CONNECTIONS_MAX";
+/// Overrides [`TcpConfig::peer_connections_max`].
+pub const PEER_CONNECTIONS_MAX_VAR: &str = "ONCEKV_PEER_CONNECTIONS_MAX";
+/// Overrides [`TcpConfig::unclassified_connections_max`].
+pub const UNCLASSIFIED_CONNECTIONS_MAX_VAR: &str = "ONCEKV_UNCLASSIFIED_CONNECTIONS_MAX";
+/// Overrides [`TcpConfig::first_line_timeout_ms`].
+pub const FIRST_LINE_TIMEOUT_MS_VAR: &str = "ONCEKV_FIRST_LINE_TIMEOUT_MS";
+/// Overrides [`TcpConfig::idle_timeout_ms`].
+pub const IDLE_TIMEOUT_MS_VAR: &str = "ONCEKV_IDLE_TIMEOUT_MS";
+/// Overrides [`TcpConfig::node_log_bytes_max`].
+pub const NODE_LOG_BYTES_MAX_VAR: &str = "ONCEKV_NODE_LOG_BYTES_MAX";
+
+impl TcpConfig {
+    /// The defaults with the cluster key and `ONCEKV_*` overrides from the
+    /// environment, validated.
+    pub fn from_env() -> Result<TcpConfig, crate::config::ConfigError> {
+        let mut c = TcpConfig {
+            cluster_key: cluster_key_from_env(),
+            ..TcpConfig::default()
+        };
+        let parse = |var: &str| -> Result<Option<u64>, crate::config::ConfigError> {
+            match std::env::var(var) {
+                Ok(text) => text
+                    .parse()
+                    .map(Some)
+                    .map_err(|e| crate::config::ConfigError(format!("{var}={text}: {e}"))),
+                Err(_) => Ok(None),
+            }
+        };
+        let usize_of = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
+        if let Some(v) = parse(CLIENT_CONNECTIONS_MAX_VAR)? {
+            c.client_connections_max = usize_of(v);
+        }
+        if let Some(v) = parse(PEER_CONNECTIONS_MAX_VAR)? {
+            c.peer_connections_max = usize_of(v);
+        }
+        if let Some(v) = parse(UNCLASSIFIED_CONNECTIONS_MAX_VAR)? {
+            c.unclassified_connections_max = usize_of(v);
+        }
+        if let Some(v) = parse(FIRST_LINE_TIMEOUT_MS_VAR)? {
+            c.first_line_timeout_ms = v;
+        }
+        if let Some(v) = parse(IDLE_TIMEOUT_MS_VAR)? {
+            c.idle_timeout_ms = v;
+        }
+        if let Some(v) = parse(NODE_LOG_BYTES_MAX_VAR)? {
+            c.node_log_bytes_max = v;
+        }
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Checks the relations between fields.
+    pub fn validate(&self) -> Result<(), crate::config::ConfigError> {
+        let fail = |s: &str| Err(crate::config::ConfigError(s.to_string()));
+        if self.client_connections_max == 0
+            || self.peer_connections_max == 0
+            || self.unclassified_connections_max == 0
+        {
+            return fail("connection budgets must be positive");
+        }
+        let most = tokio::sync::Semaphore::MAX_PERMITS;
+        if self.client_connections_max > most || self.peer_connections_max > most {
+            return fail("a connection budget is beyond what a semaphore can count");
+        }
+        if self.first_line_timeout_ms == 0 || self.idle_timeout_ms < self.first_line_timeout_ms {
+            return fail("first_line_timeout_ms must be positive and idle_timeout_ms at least it");
+        }
+        if self.node_log_bytes_max < NODE_LOG_BYTES_MIN {
+            return fail("node_log_bytes_max must be at least 64 KiB (a few hundred log lines)");
+        }
+        Ok(())
+    }
+
+    /// File descriptors the connection budgets and [`TcpConfig::fds_reserved`] need.
+    pub fn fds_needed(&self) -> u64 {
+        (self.client_connections_max as u64)
+            .saturating_add(self.peer_connections_max as u64)
+            .saturating_add(self.unclassified_connections_max as u64)
+            .saturating_add(self.fds_reserved as u64)
+    }
+}
+
+/// Least [`TcpConfig::node_log_bytes_max`]: room for a few hundred lines, so a
+/// rotation never hides the lines just before a failure.
+pub const NODE_LOG_BYTES_MIN: u64 = 64 << 10;
 
 /// The environment variable holding the cluster key (kept out of the command
 /// line, which other users of the machine can read).
@@ -109,7 +228,6 @@ pub fn client_hello_line(src: &str, key: &str, msg_id: u64) -> String {
 impl Default for TcpConfig {
     fn default() -> Self {
         TcpConfig {
-            connections_max: 1_024,
             requests_per_connection_max: 4_096,
             queue_capacity: 4_096,
             connect_timeout: Duration::from_millis(500),
@@ -118,6 +236,13 @@ impl Default for TcpConfig {
             reconnect_backoff_max: Duration::from_millis(500),
             membership_timeout: Duration::from_secs(60),
             cluster_key: None,
+            client_connections_max: 2_048,
+            peer_connections_max: 64,
+            unclassified_connections_max: 1_024,
+            first_line_timeout_ms: 5_000,
+            idle_timeout_ms: 300_000,
+            fds_reserved: 256,
+            node_log_bytes_max: 64 << 20,
         }
     }
 }
@@ -188,6 +313,30 @@ pub fn parse_peers(text: &str) -> Result<BTreeMap<u64, Peer>, TcpError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn connection_budgets_and_log_bound_validate() {
+        let d = TcpConfig::default();
+        assert!(d.validate().is_ok());
+        assert_eq!(d.fds_needed(), 2_048 + 64 + 1_024 + 256);
+        let bad = [
+            TcpConfig {
+                peer_connections_max: 0,
+                ..d.clone()
+            },
+            TcpConfig {
+                idle_timeout_ms: d.first_line_timeout_ms - 1,
+                ..d.clone()
+            },
+            TcpConfig {
+                node_log_bytes_max: NODE_LOG_BYTES_MIN - 1,
+                ..d.clone()
+            },
+        ];
+        for c in bad {
+            assert!(c.validate().is_err(), "{c:?}");
+        }
+    }
 
     #[test]
     fn ids_come_from_the_name_and_must_be_distinct() {

@@ -384,7 +384,7 @@ type Replies = LineReader<BufReader<OwnedReadHalf>>;
 /// Tells the caller of `in_reply_to` that its reply could not be read (it may
 /// have been acted on: an indefinite outcome, at once rather than at its deadline).
 fn unreadable(pending: &Pending, src: &str, in_reply_to: Option<u64>, why: String) {
-    tracing::warn!("dropping an unreadable reply from a peer: {why}");
+    crate::reject!("dropping an unreadable reply from a peer: {why}");
     let Some(id) = in_reply_to else { return };
     let tx = pending
         .lock()

@@ -82,10 +82,9 @@ pub async fn run(args: &ServeArgs, shutdown: impl std::future::Future) -> Result
         }
     }
     let config = Config::from_env()?;
-    let tcp = TcpConfig {
-        cluster_key: super::cluster_key_from_env(),
-        ..TcpConfig::default()
-    };
+    config.configure_reject_log();
+    let tcp = TcpConfig::from_env()?;
+    let fd_limit = server::check_fd_limit(&tcp)?;
     if tcp.cluster_key.is_none() {
         tracing::warn!(
             "no cluster key ({}): any process that reaches this port can send Raft RPCs",
@@ -103,7 +102,7 @@ pub async fn run(args: &ServeArgs, shutdown: impl std::future::Future) -> Result
     let initialize = (!args.join).then(|| members.clone());
     let node = Node::start_with(id, members, transport, config, storage, initialize).await?;
     tracing::info!(
-        "node {} (id {id}) serving on {}, pid {}",
+        "node {} (id {id}) serving on {}, pid {}, open-files limit {fd_limit}",
         args.id,
         listener.local_addr()?,
         std::process::id()

@@ -1,0 +1,195 @@
+//! Input from outside cannot fill the disk through the node's log: rejected input
+//! is logged truncated and rate-limited, a connection gets one try at the key,
+//! `node.log` has a size bound, and Maelstrom mode logs a huge junk line in a few
+//! hundred bytes.
+
+mod support_tcp;
+
+use std::io::{Read, Write};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use support_tcp::TestCluster;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+fn file_len(path: &Path) -> u64 {
+    std::fs::metadata(path).map_or(0, |m| m.len())
+}
+
+/// Sends `junk` on a new connection to `addr`, then a `status` request, and waits
+/// for its reply: the node has handled every junk line by then (one reader, in order).
+async fn send_junk_then_status(addr: &str, junk: &[u8]) {
+    let mut conn = BufReader::new(TcpStream::connect(addr).await.expect("connect"));
+    conn.get_mut().write_all(junk).await.expect("write junk");
+    let status = json!({"src": "c1", "dest": "", "body": {"type": "status", "msg_id": 99}});
+    let line = status.to_string() + "\n";
+    conn.get_mut()
+        .write_all(line.as_bytes())
+        .await
+        .expect("write status");
+    loop {
+        let mut reply = String::new();
+        let n = tokio::time::timeout(Duration::from_secs(60), conn.read_line(&mut reply))
+            .await
+            .expect("the status reply in time")
+            .expect("read");
+        assert!(n > 0, "connection closed before the status reply");
+        let v: Value = serde_json::from_str(&reply).expect("json");
+        if v["body"]["in_reply_to"] == json!(99) {
+            return;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_megabyte_of_garbage_lines_logs_far_less_than_a_megabyte() {
+    let cluster = TestCluster::start("logs-garbage", 1, &[]);
+    cluster.wait_leader(Duration::from_secs(20)).await;
+    let log = cluster.nodes[0].dir.join("node.log");
+    let before = file_len(&log);
+    let junk = b"x\n".repeat(500_000);
+    send_junk_then_status(&cluster.nodes[0].addr, &junk).await;
+    let grown = file_len(&log) - before;
+    eprintln!(
+        "{} bytes of junk lines: node.log grew {grown} bytes",
+        junk.len()
+    );
+    assert!(
+        grown < junk.len() as u64 / 10,
+        "node.log grew {grown} bytes for {} bytes of junk",
+        junk.len()
+    );
+    let text = std::fs::read_to_string(&log).expect("log");
+    assert!(
+        text.contains("rejected-input messages were suppressed") || grown == 0,
+        "no suppression count in the log"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_key_guess_per_connection_and_bounded_logging_of_wrong_keys() {
+    let key = "log-test-key-0123";
+    let env = [
+        (oncekv::tcp::CLUSTER_KEY_VAR, key),
+        ("ONCEKV_REJECTED_LOG_PER_S", "1"),
+        ("ONCEKV_REJECTED_LOG_BURST", "5"),
+    ];
+    let cluster = TestCluster::start("logs-wrong-key", 1, &env);
+    cluster.wait_leader(Duration::from_secs(20)).await;
+    let addr = cluster.nodes[0].addr.clone();
+    let hello = |i: u64| {
+        let body = json!({"type": "peer_hello", "key": format!("guess-{i}"), "msg_id": i});
+        json!({"src": "n9", "dest": "n1", "body": body}).to_string() + "\n"
+    };
+    // 1,000 guesses pipelined on one connection, the right key last: only the
+    // first is checked, so the right key too is refused.
+    let mut conn = BufReader::new(TcpStream::connect(&addr).await.expect("connect"));
+    let right = {
+        let body = json!({"type": "peer_hello", "key": key, "msg_id": 1_000});
+        json!({"src": "n9", "dest": "n1", "body": body}).to_string() + "\n"
+    };
+    let guesses: String = (1..1_000).map(hello).collect::<String>() + &right;
+    conn.get_mut()
+        .write_all(guesses.as_bytes())
+        .await
+        .expect("write");
+    for i in 1..=1_000 {
+        let mut line = String::new();
+        let n = tokio::time::timeout(Duration::from_secs(10), conn.read_line(&mut line))
+            .await
+            .expect("an answer in time")
+            .expect("read");
+        assert!(n > 0, "closed after {i} answers");
+        let v: Value = serde_json::from_str(&line).expect("json");
+        assert_eq!(v["body"]["type"], json!("error"), "guess {i}: {v}");
+    }
+    // Guessing on fresh connections: each costs a connection, and the log
+    // records only a few of them.
+    let guesses = 300;
+    for i in 0..guesses {
+        let mut conn = BufReader::new(TcpStream::connect(&addr).await.expect("connect"));
+        conn.get_mut()
+            .write_all(hello(i).as_bytes())
+            .await
+            .expect("write");
+        let mut line = String::new();
+        let _ = conn.read_line(&mut line).await;
+    }
+    let text = std::fs::read_to_string(cluster.nodes[0].dir.join("node.log")).expect("log");
+    let logged = text.matches("wrong cluster key").count();
+    eprintln!("{} wrong keys, {logged} logged", guesses + 1_000);
+    assert!(logged < 100, "{logged} wrong-key lines logged");
+    // Once the rate allows a message again, the count of the suppressed ones
+    // is logged first.
+    let log = cluster.nodes[0].dir.join("node.log");
+    cluster
+        .wait_for("the suppression count", Duration::from_secs(30), || {
+            let (addr, log) = (addr.clone(), log.clone());
+            async move {
+                send_junk_then_status(&addr, b"junk\n").await;
+                let text = std::fs::read_to_string(&log).expect("log");
+                text.contains("rejected-input messages were suppressed")
+            }
+        })
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_log_never_exceeds_its_bound() {
+    let bound = 64 * 1024;
+    let bound_text = bound.to_string();
+    let env = [
+        (oncekv::tcp::NODE_LOG_BYTES_MAX_VAR, bound_text.as_str()),
+        // Every rejected line logged: the size bound alone holds the file.
+        ("ONCEKV_REJECTED_LOG_PER_S", "100000000"),
+        ("ONCEKV_REJECTED_LOG_BURST", "100000000"),
+    ];
+    let cluster = TestCluster::start("logs-capped", 1, &env);
+    cluster.wait_leader(Duration::from_secs(20)).await;
+    let junk = b"not json\n".repeat(20_000);
+    send_junk_then_status(&cluster.nodes[0].addr, &junk).await;
+    let dir = &cluster.nodes[0].dir;
+    let (now, old) = (
+        file_len(&dir.join("node.log")),
+        file_len(&dir.join("node.log.1")),
+    );
+    eprintln!("node.log {now} bytes, node.log.1 {old} bytes");
+    assert!(now <= bound, "node.log is {now} bytes, bound {bound}");
+    assert!(old <= bound, "node.log.1 is {old} bytes, bound {bound}");
+    assert!(old > bound / 2, "the log was never rotated: {old} bytes");
+}
+
+#[test]
+fn maelstrom_mode_logs_a_ten_megabyte_junk_line_in_a_few_hundred_bytes() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_oncekv"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn oncekv");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let writer = std::thread::spawn(move || {
+        let mut junk = vec![b'j'; 10 << 20];
+        junk.push(b'\n');
+        let _ = stdin.write_all(&junk);
+        // Dropping stdin closes it: the node exits.
+    });
+    let mut stderr = Vec::new();
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_end(&mut stderr)
+        .expect("read stderr");
+    let _ = writer.join();
+    let status = child.wait().expect("wait");
+    eprintln!(
+        "exit {status}; stderr {} bytes: {}",
+        stderr.len(),
+        String::from_utf8_lossy(&stderr)
+    );
+    assert!(stderr.len() < 4_096, "{} bytes on stderr", stderr.len());
+}
