@@ -139,6 +139,8 @@ fn init_logging(file: Option<std::fs::File>) {
 
 /// `oncekv serve`: one TCP node, logging to DATA_DIR/node.log, until Ctrl-C/SIGTERM.
 fn serve(args: &oncekv::tcp::serve::ServeArgs) -> anyhow::Result<i32> {
+    // Before the data dir or its log file is created.
+    oncekv::tcp::serve::check_args(args)?;
     std::fs::create_dir_all(&args.data_dir)?;
     let log = args.data_dir.join("node.log");
     let file = std::fs::OpenOptions::new()

@@ -42,6 +42,9 @@ pub enum StartError {
     /// `init` named a node list that does not contain this node.
     #[error("node {0} is not in the member list")]
     NotAMember(String),
+    /// `init` named a node twice: one process would count as two voters.
+    #[error("node {0} appears twice in the member list")]
+    DuplicateMember(String),
     /// The configuration is inconsistent.
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
@@ -146,6 +149,10 @@ impl Node {
         config: Config,
         bootstrap: bool,
     ) -> Result<Arc<Node>, StartError> {
+        let mut seen = std::collections::BTreeSet::new();
+        if let Some(dup) = members.iter().find(|p| !seen.insert(&p.name)) {
+            return Err(StartError::DuplicateMember(dup.name.clone()));
+        }
         let members: BTreeMap<u64, Peer> = members
             .into_iter()
             .enumerate()

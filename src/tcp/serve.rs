@@ -14,6 +14,7 @@ use super::peers::TcpTransport;
 use super::{TcpConfig, TcpError, parse_peers, server};
 use crate::config::Config;
 use crate::node::{Node, Storage};
+use crate::raft::Peer;
 use crate::storage::{WalIo, WalLogStore, WalOptions};
 
 /// Arguments of `oncekv serve`.
@@ -53,34 +54,96 @@ pub fn workers_per_node(nodes: usize) -> usize {
     (cores / nodes.max(1)).max(1)
 }
 
+/// What [`check_args`] found: this node's id and the members.
+#[derive(Debug, Clone)]
+pub struct CheckedArgs {
+    /// This node's Raft id.
+    pub id: u64,
+    /// Every member from `--peers`, by id.
+    pub members: std::collections::BTreeMap<u64, Peer>,
+}
+
+/// Refuses, before anything is created or bound, arguments that would let this
+/// process count as more than one voter or as another node: `--peers` with two
+/// members at one address, an `--id` that is not a canonical name in `--peers`,
+/// a `--listen` other than this node's own `--peers` address (a wildcard on its
+/// port is fine), a `--data-dir` inside another node's data dir or an `oncekv
+/// cluster` root. Each error names the problem; `serve` exits non-zero with it.
+pub fn check_args(args: &ServeArgs) -> Result<CheckedArgs, TcpError> {
+    let members = parse_peers(&args.peers)?;
+    let id = super::node_id(&args.id)?;
+    let me = match members.get(&id) {
+        Some(p) if p.name == args.id => p,
+        Some(p) => {
+            return Err(TcpError::Args(format!(
+                "--id {} is node {id}, which --peers names {}: use --id {}",
+                args.id, p.name, p.name
+            )));
+        }
+        None => {
+            return Err(TcpError::Args(format!(
+                "--id {} is not in --peers {}",
+                args.id, args.peers
+            )));
+        }
+    };
+    super::check_distinct_addresses(&members)?;
+    super::check_listen(me, &args.listen)?;
+    check_data_dir(&args.data_dir)?;
+    Ok(CheckedArgs { id, members })
+}
+
+/// The name of the file only `oncekv cluster` writes in its root dir.
+pub const CLUSTER_KEY_FILE: &str = "cluster.key";
+
+/// The node data dir that `dir` is inside of (`dir` itself excluded), if any:
+/// the nearest ancestor holding a data dir marker.
+pub fn enclosing_node_dir(dir: &Path) -> Option<PathBuf> {
+    let abs = std::path::absolute(dir).ok()?;
+    abs.ancestors()
+        .skip(1)
+        .find(|a| a.join(crate::storage::marker::MARKER_FILE).exists())
+        .map(Path::to_path_buf)
+}
+
+/// Refuses a node data dir nested in another node's, or an `oncekv cluster` root.
+fn check_data_dir(dir: &Path) -> Result<(), TcpError> {
+    if let Some(owner) = enclosing_node_dir(dir) {
+        return Err(TcpError::Args(format!(
+            "--data-dir {} is inside the data dir of another node ({})",
+            dir.display(),
+            owner.display()
+        )));
+    }
+    if dir.join(CLUSTER_KEY_FILE).exists() {
+        return Err(TcpError::Args(format!(
+            "--data-dir {} is the root of an `oncekv cluster` (it holds {CLUSTER_KEY_FILE}); \
+             a node's dir is a subdirectory of it (n1, n2, ...)",
+            dir.display()
+        )));
+    }
+    Ok(())
+}
+
 /// The stores a node runs on, opened from its data directory: the durable write-ahead log
 /// and snapshot files (`crate::storage`). A damaged or foreign dir is refused with
 /// an error naming the file, never silently reset.
 pub fn open_storage(
     data_dir: &Path,
     node_id: u64,
+    name: &str,
     io: WalIo,
 ) -> Result<Storage<WalLogStore>, TcpError> {
     let options = WalOptions {
         io,
         ..WalOptions::default()
     };
-    crate::storage::open_node(data_dir, node_id, options).map_err(TcpError::Storage)
+    crate::storage::open_node_named(data_dir, node_id, name, options).map_err(TcpError::Storage)
 }
 
 /// Runs the node until `shutdown` resolves; returns after a graceful stop.
 pub async fn run(args: &ServeArgs, shutdown: impl std::future::Future) -> Result<(), TcpError> {
-    let members = parse_peers(&args.peers)?;
-    let id = super::node_id(&args.id)?;
-    match members.get(&id) {
-        Some(p) if p.name == args.id => {}
-        _ => {
-            return Err(TcpError::Args(format!(
-                "--id {} is not in --peers {}",
-                args.id, args.peers
-            )));
-        }
-    }
+    let CheckedArgs { id, members } = check_args(args)?;
     let config = Config::from_env()?;
     let tcp = TcpConfig {
         cluster_key: super::cluster_key_from_env(),
@@ -92,7 +155,7 @@ pub async fn run(args: &ServeArgs, shutdown: impl std::future::Future) -> Result
             super::CLUSTER_KEY_VAR
         );
     }
-    let storage = open_storage(&args.data_dir, id, args.wal_io)?;
+    let storage = open_storage(&args.data_dir, id, &args.id, args.wal_io)?;
     // Bind before starting Raft, so peers' first connects wait in the backlog.
     let listener = TcpListener::bind(&args.listen).await?;
     let msg_ids = Arc::new(AtomicU64::new(0));
