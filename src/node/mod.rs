@@ -780,6 +780,7 @@ impl Node {
             sessions,
             voters: membership.voter_ids().collect(),
             learners: membership.learner_ids().collect(),
+            pid: Some(std::process::id()),
         }
     }
 
@@ -1007,6 +1008,10 @@ pub struct NodeStatus {
     pub voters: Vec<u64>,
     /// Learner ids of the current membership.
     pub learners: Vec<u64>,
+    /// The process serving this node (so a supervisor can tell its own node
+    /// from another process on the same port).
+    #[serde(default)]
+    pub pid: Option<u32>,
 }
 
 /// A membership step that failed: definite if openraft refused it before
