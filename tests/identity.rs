@@ -188,6 +188,27 @@ async fn a_data_dir_remembers_its_node_name() {
     assert_ne!(code, 0);
     assert!(text.contains("data dir of node n3, not of x3"), "{text:?}");
 
+    // --listen and --peers moved together: the log still says where n3 is.
+    let moved = format!("127.0.0.1:{}", free_port());
+    let (code, text) = serve_refused(
+        &[
+            "--id",
+            "n3",
+            "--listen",
+            &moved,
+            "--peers",
+            &format!("n3={moved}"),
+            "--data-dir",
+            &dir_s,
+        ],
+        &root,
+    );
+    assert_ne!(code, 0);
+    assert!(
+        text.contains(&format!("this node's log records it as n3@{addr}")),
+        "{text:?}"
+    );
+
     let inner = dir.join("wal").join("x");
     let n5 = format!("127.0.0.1:{}", free_port());
     let (code, text) = serve_refused(

@@ -4,9 +4,11 @@
 //! exists, so a restarted node rejoins with no extra step). A node added later is
 //! started with `--join`: it waits, empty, for the leader's `add_node`.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 
@@ -165,7 +167,12 @@ pub async fn run(args: &ServeArgs, shutdown: impl std::future::Future) -> Result
         tcp.clone(),
     ));
     let initialize = (!args.join).then(|| members.clone());
-    let node = Node::start_with(id, members, transport, config, storage, initialize).await?;
+    let node =
+        Node::start_with(id, members.clone(), transport, config, storage, initialize).await?;
+    if let Err(e) = check_stored_membership(&node, &members, &args.listen).await {
+        node.shutdown().await;
+        return Err(e);
+    }
     tracing::info!(
         "node {} (id {id}) serving on {}, pid {}",
         args.id,
@@ -174,6 +181,59 @@ pub async fn run(args: &ServeArgs, shutdown: impl std::future::Future) -> Result
     );
     server::run(listener, node.clone(), msg_ids, tcp, shutdown).await;
     node.shutdown().await;
+    Ok(())
+}
+
+/// How long a starting node waits for Raft to report the membership it loaded
+/// from its data dir (a node that joins has none, and waits this long once).
+const MEMBERSHIP_LOAD_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Compares the membership recorded in the node's log (which is what Raft uses)
+/// with the command line: refuses a `--listen` that is not where the log says
+/// this node is (with `--peers` edited to match, the node could listen at
+/// another member's address and count itself twice); warns about `--peers`
+/// entries that differ from, or omit, recorded members.
+async fn check_stored_membership(
+    node: &Node,
+    members: &BTreeMap<u64, Peer>,
+    listen: &str,
+) -> Result<(), TcpError> {
+    let _ = node
+        .raft
+        .wait(Some(MEMBERSHIP_LOAD_TIMEOUT))
+        .metrics(
+            |m| m.membership_config.log_id().is_some(),
+            "the stored membership",
+        )
+        .await;
+    for (id, recorded, _) in node.membership_nodes() {
+        if id == node.id {
+            if !recorded.addr.eq_ignore_ascii_case(&members[&id].addr)
+                && super::check_listen(&recorded, listen).is_err()
+            {
+                return Err(TcpError::Args(format!(
+                    "this node's log records it as {recorded}, but --peers gives {} and it \
+                     would listen on {listen}: a member's address changes only through \
+                     remove-node and add-node",
+                    members[&id].addr
+                )));
+            }
+            continue;
+        }
+        match members.get(&id) {
+            None => tracing::warn!(
+                "--peers omits {recorded}, a member in this node's log; the log's \
+                 membership is used"
+            ),
+            Some(given) if !given.addr.eq_ignore_ascii_case(&recorded.addr) => {
+                tracing::warn!(
+                    "--peers gives {given} but this node's log records {recorded}; the log's \
+                     membership is used"
+                )
+            }
+            Some(_) => {}
+        }
+    }
     Ok(())
 }
 
