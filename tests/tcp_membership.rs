@@ -222,6 +222,40 @@ async fn add_node_promotes_only_a_node_that_caught_up() {
     assert_eq!(code, 0, "{text}");
     assert!(text.contains("a voter already"), "{text}");
 
+    // A node that formed a cluster of its own (started without --join) is not
+    // merged: its acknowledged writes would be discarded.
+    let n5_addr = format!("127.0.0.1:{}", support_tcp::free_port());
+    let mut n5 = std::process::Command::new(env!("CARGO_BIN_EXE_oncekv"))
+        .args(["serve", "--id", "n5", "--listen", &n5_addr])
+        .args(["--peers", &format!("n5={n5_addr}")])
+        .arg("--data-dir")
+        .arg(cluster.dir.join("n5-alone"))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn n5");
+    let mut only_n5 =
+        oncekv::tcp::Client::new(oncekv::tcp::ClientOptions::new(vec![n5_addr.clone()]));
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !only_n5.status_of(0).await.is_ok_and(|s| s.role == "Leader") {
+        assert!(std::time::Instant::now() < deadline, "n5 never led alone");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for (spec, expected) in [
+        (format!("n5={n5_addr}"), "leads a cluster of its own"),
+        (format!("n6={n5_addr}"), "is served by n5, not n6"),
+    ] {
+        let (code, text) = cli_within(&cluster, "10", &["add-node", &spec]);
+        assert_eq!(code, 1, "{spec}: {text}");
+        assert!(
+            text.contains("\"code\":12") && text.contains(expected),
+            "{text}"
+        );
+    }
+    n5.kill().expect("kill n5");
+    n5.wait().expect("wait n5");
+
     // Started first with --join, it catches up and becomes a voter.
     let n4 = cluster.add_node_process();
     let spec = format!("{}={}", cluster.nodes[n4].name, cluster.nodes[n4].addr);

@@ -124,6 +124,11 @@ pub async fn run(args: &ClusterArgs) -> Result<(), TcpError> {
         .collect::<Vec<_>>()
         .join(",");
     check_free(args, &nodes)?;
+    // Listening from before the first spawn (its first poll installs the
+    // handlers), so a signal during start-up stops the nodes too.
+    let stop_signal = super::serve::stop_signal();
+    tokio::pin!(stop_signal);
+    let _ = futures::poll!(stop_signal.as_mut());
     std::fs::create_dir_all(&args.data_dir)?;
     let (key, key_file) = cluster_key(&args.data_dir)?;
     let started = utc_now();
@@ -188,7 +193,11 @@ pub async fn run(args: &ClusterArgs) -> Result<(), TcpError> {
     }
     drop(exits_tx);
     let start_timeout = Duration::from_secs(args.start_timeout_s);
-    if let Err(e) = wait_serving(&mut running, &mut exits, start_timeout).await {
+    let started = tokio::select! {
+        r = wait_serving(&mut running, &mut exits, start_timeout) => r,
+        _ = &mut stop_signal => Err("stopped by a signal during start-up".to_string()),
+    };
+    if let Err(e) = started {
         println!("{}", e.trim_end());
         stop(&mut running, &mut exits).await;
         return Err(TcpError::Args(
@@ -211,7 +220,7 @@ pub async fn run(args: &ClusterArgs) -> Result<(), TcpError> {
         super::CLUSTER_KEY_VAR,
         key_file.display()
     );
-    let result = supervise(&mut running, &mut exits).await;
+    let result = supervise(&mut running, &mut exits, stop_signal).await;
     stop(&mut running, &mut exits).await;
     result
 }
@@ -326,13 +335,15 @@ fn status_client(running: &[Running]) -> super::Client {
 /// Until Ctrl-C/SIGTERM: reports node exits and leader changes as they happen.
 /// An error once every node has exited.
 #[allow(clippy::print_stdout)] // the CLI's output
-async fn supervise(running: &mut [Running], exits: &mut Exits) -> Result<(), TcpError> {
+async fn supervise(
+    running: &mut [Running],
+    exits: &mut Exits,
+    mut stop_signal: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+) -> Result<(), TcpError> {
     let mut client = status_client(running);
     let mut alive = vec![true; running.len()];
     let mut leader: Option<(u64, u64)> = None;
     let mut poll = tokio::time::interval(POLL_INTERVAL);
-    let stop_signal = super::serve::stop_signal();
-    tokio::pin!(stop_signal);
     loop {
         tokio::select! {
             biased;

@@ -370,6 +370,9 @@ async fn membership(
         if let Ok(Some(text)) = taken.await {
             return malformed(text);
         }
+        if let Some(text) = foreign_node(&peer).await {
+            return malformed(text);
+        }
         node.add_member(id, peer, catch_up, config.membership_timeout)
             .await
     } else {
@@ -392,6 +395,31 @@ async fn membership(
         }
         Err(e) => err(e),
     }
+}
+
+/// Why the process at `peer.addr` may not join, if it answers `status` and is
+/// plainly not an empty node named `peer.name`: another node, or the leader of a
+/// cluster of its own (merging it would discard the writes it acknowledged). A
+/// node that does not answer is left to the catch-up wait.
+async fn foreign_node(peer: &Peer) -> Option<String> {
+    let mut opts = super::ClientOptions::new(vec![peer.addr.clone()]);
+    opts.connect_timeout = Duration::from_millis(300);
+    opts.attempt_timeout = Duration::from_secs(1);
+    let status = super::Client::new(opts).status_of(0).await.ok()?;
+    if status.name != peer.name {
+        return Some(format!(
+            "{} is served by {}, not {}; nothing was changed",
+            peer.addr, status.name, peer.name
+        ));
+    }
+    (status.role == "Leader").then(|| {
+        format!(
+            "{peer} leads a cluster of its own (term {}, voters {:?}, last log index {:?}): \
+             adding it would discard what it acknowledged. Start it on an empty data dir \
+             with --join; nothing was changed",
+            status.term, status.voters, status.last_log_index
+        )
+    })
 }
 
 /// Why `peer` may not join: another member (not id `id`) has its address, as
