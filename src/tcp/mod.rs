@@ -267,6 +267,37 @@ pub fn check_distinct_addresses(members: &BTreeMap<u64, Peer>) -> Result<(), Tcp
     Ok(())
 }
 
+/// Refuses `--peers` mixing loopback addresses with others: nodes on other
+/// machines would reach themselves at the loopback one, thinking it is that
+/// member (and could count their own vote twice). Addresses that do not
+/// resolve now are left out.
+pub fn check_loopback_mix(members: &BTreeMap<u64, Peer>) -> Result<(), TcpError> {
+    let mut loopback = None;
+    let mut other = None;
+    for peer in members.values() {
+        let Ok(addrs) = resolve(&peer.addr) else {
+            continue;
+        };
+        if addrs.is_empty() {
+            continue;
+        }
+        if addrs.iter().all(|a| a.ip().is_loopback()) {
+            loopback.get_or_insert(peer);
+        } else {
+            other.get_or_insert(peer);
+        }
+    }
+    match (loopback, other) {
+        (Some(l), Some(o)) => Err(TcpError::Args(format!(
+            "--peers mixes a loopback address ({l}) with others ({o}): a node on another \
+             machine would reach itself at {}; give every member an address the others \
+             can reach it at",
+            l.addr
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// Checks that `listen` is where `me` is reached according to `--peers`: the
 /// same address (as written or resolved), or a wildcard (`0.0.0.0`, `[::]`) on
 /// its port. Listening elsewhere (another member's address, say) would let this
@@ -371,6 +402,15 @@ mod tests {
         assert!(e.contains("n1 and n2 have the same address"), "{e}");
         let ok = parse_peers("n1=127.0.0.1:7001,n2=127.0.0.1:7002,n3=[::1]:7001").unwrap();
         check_distinct_addresses(&ok).unwrap();
+        check_loopback_mix(&ok).unwrap();
+        let apart = parse_peers("n1=192.0.2.1:7001,n2=192.0.2.2:7001").unwrap();
+        check_loopback_mix(&apart).unwrap();
+        let mixed = parse_peers("n1=127.0.0.1:7001,n2=192.0.2.2:7001").unwrap();
+        let e = check_loopback_mix(&mixed).unwrap_err().to_string();
+        assert!(
+            e.contains("mixes a loopback address (n1@127.0.0.1:7001)"),
+            "{e}"
+        );
     }
 
     /// `--listen` must be the node's own entry, or a wildcard on its port.

@@ -67,7 +67,7 @@ pub struct CheckedArgs {
 
 /// Refuses, before anything is created or bound, arguments that would let this
 /// process count as more than one voter or as another node: `--peers` with two
-/// members at one address, an `--id` that is not a canonical name in `--peers`,
+/// members at one address or mixing loopback and other addresses, an `--id` that is not a canonical name in `--peers`,
 /// a `--listen` other than this node's own `--peers` address (a wildcard on its
 /// port is fine), a `--data-dir` inside another node's data dir or an `oncekv
 /// cluster` root. Each error names the problem; `serve` exits non-zero with it.
@@ -90,6 +90,7 @@ pub fn check_args(args: &ServeArgs) -> Result<CheckedArgs, TcpError> {
         }
     };
     super::check_distinct_addresses(&members)?;
+    super::check_loopback_mix(&members)?;
     super::check_listen(me, &args.listen)?;
     check_data_dir(&args.data_dir)?;
     Ok(CheckedArgs { id, members })
