@@ -1014,6 +1014,10 @@ pub struct NodeStatus {
     pub pid: Option<u32>,
 }
 
+/// The start of the text of error 11 when a membership request reached a node
+/// that does not lead (the CLI retries those at the leader; other refusals are final).
+pub const MEMBERSHIP_NOT_LEADER: &str = "not the leader";
+
 /// A membership step that failed: definite if openraft refused it before
 /// appending anything (not the leader, another change in progress), else not.
 fn refused_or_unknown(
@@ -1024,7 +1028,7 @@ fn refused_or_unknown(
         RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => (
             ErrorCode::TemporarilyUnavailable,
             format!(
-                "{what}: not the leader (leader {:?}); nothing was changed",
+                "{MEMBERSHIP_NOT_LEADER} (leader {:?}) for {what}; nothing was changed",
                 f.leader_id
             ),
         ),

@@ -236,7 +236,7 @@ async fn admin(client: &mut Client, body: Value, deadline_s: f64) -> i32 {
                     // retried at the leader.
                     let text = reply.get("text").and_then(Value::as_str).unwrap_or("");
                     let not_leader = code == Some(ErrorCode::TemporarilyUnavailable)
-                        && text.starts_with(super::handler::MEMBERSHIP_NOT_LEADER);
+                        && text.starts_with(crate::node::MEMBERSHIP_NOT_LEADER);
                     last = Value::Object(reply).to_string();
                     if code.is_some_and(|c| c.is_definite()) && !not_leader {
                         eprintln!("error: {last}");

@@ -314,10 +314,6 @@ fn status_body(node: &Node) -> Map<String, Value> {
     body
 }
 
-/// The start of the text of error 11 when a membership request reached a node
-/// that does not lead (the CLI retries those at the leader; other refusals are final).
-pub const MEMBERSHIP_NOT_LEADER: &str = "not the leader";
-
 /// `add_node {name, addr, timeout_ms?}` / `remove_node {name}`, on the leader only.
 /// `add_node` waits up to `timeout_ms` (capped by `membership_timeout`) for the
 /// node to catch up as a learner before making it a voter (see
@@ -341,7 +337,8 @@ async fn membership(
     };
     if node.leader() != Some(node.id) {
         let text = format!(
-            "{MEMBERSHIP_NOT_LEADER}; leader is {:?}; nothing was changed",
+            "{}; leader is {:?}; nothing was changed",
+            crate::node::MEMBERSHIP_NOT_LEADER,
             node.leader()
         );
         return err((ErrorCode::TemporarilyUnavailable, text));
