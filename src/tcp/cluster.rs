@@ -46,7 +46,7 @@ pub struct ClusterArgs {
 /// `DATA_DIR/cluster.key`, else a new random one written there (readable by the
 /// owner only). Returns it and the file.
 fn cluster_key(data_dir: &std::path::Path) -> Result<(String, PathBuf), TcpError> {
-    let file = data_dir.join("cluster.key");
+    let file = data_dir.join(super::serve::CLUSTER_KEY_FILE);
     if let Some(key) = super::cluster_key_from_env() {
         return Ok((key.to_string(), file));
     }

@@ -62,15 +62,16 @@ pub struct CheckedArgs {
     /// This node's Raft id.
     pub id: u64,
     /// Every member from `--peers`, by id.
-    pub members: std::collections::BTreeMap<u64, Peer>,
+    pub members: BTreeMap<u64, Peer>,
 }
 
 /// Refuses, before anything is created or bound, arguments that would let this
 /// process count as more than one voter or as another node: `--peers` with two
-/// members at one address or mixing loopback and other addresses, an `--id` that is not a canonical name in `--peers`,
-/// a `--listen` other than this node's own `--peers` address (a wildcard on its
-/// port is fine), a `--data-dir` inside another node's data dir or an `oncekv
-/// cluster` root. Each error names the problem; `serve` exits non-zero with it.
+/// members at one address or mixing loopback and other addresses, an `--id` that
+/// is not a canonical name in `--peers`, a `--listen` other than this node's own
+/// `--peers` address (a wildcard on its port is fine), a `--data-dir` inside
+/// another node's data dir or an `oncekv cluster` root. Each error names the
+/// problem; `serve` exits non-zero with it.
 pub fn check_args(args: &ServeArgs) -> Result<CheckedArgs, TcpError> {
     let members = parse_peers(&args.peers)?;
     let id = super::node_id(&args.id)?;
