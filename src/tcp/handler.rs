@@ -367,7 +367,7 @@ async fn membership(
         if let Ok(Some(text)) = taken.await {
             return malformed(text);
         }
-        if let Some(text) = foreign_node(&peer).await {
+        if let Some(text) = foreign_node(&peer, config.membership_probe_timeout).await {
             return malformed(text);
         }
         node.add_member(id, peer, catch_up, config.membership_timeout)
@@ -398,10 +398,10 @@ async fn membership(
 /// plainly not an empty node named `peer.name`: another node, or the leader of a
 /// cluster of its own (merging it would discard the writes it acknowledged). A
 /// node that does not answer is left to the catch-up wait.
-async fn foreign_node(peer: &Peer) -> Option<String> {
+async fn foreign_node(peer: &Peer, timeout: Duration) -> Option<String> {
     let mut opts = super::ClientOptions::new(vec![peer.addr.clone()]);
-    opts.connect_timeout = Duration::from_millis(300);
-    opts.attempt_timeout = Duration::from_secs(1);
+    opts.connect_timeout = timeout;
+    opts.attempt_timeout = timeout;
     let status = super::Client::new(opts).status_of(0).await.ok()?;
     if status.name != peer.name {
         return Some(format!(

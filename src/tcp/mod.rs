@@ -62,6 +62,15 @@ pub struct TcpConfig {
     /// membership changes are served, and the node presents it to its peers.
     /// Client requests and `status` need no key.
     pub cluster_key: Option<Arc<str>>,
+    /// How long the leader waits for a node to be added to answer `status`
+    /// (connect and reply): one that answers as another node, or as the leader of
+    /// a cluster of its own, is refused; one that does not answer is left to the
+    /// catch-up wait. Well below `membership_timeout`.
+    pub membership_probe_timeout: Duration,
+    /// How long a starting node waits for Raft to report the membership loaded
+    /// from its data dir, to compare it with `--peers`/`--listen` (a node that
+    /// joins, with none, waits this long once).
+    pub stored_membership_timeout: Duration,
 }
 
 /// The environment variable holding the cluster key (kept out of the command
@@ -105,6 +114,8 @@ impl Default for TcpConfig {
             reconnect_backoff_max: Duration::from_millis(500),
             membership_timeout: Duration::from_secs(60),
             cluster_key: None,
+            membership_probe_timeout: Duration::from_secs(1),
+            stored_membership_timeout: Duration::from_millis(500),
         }
     }
 }

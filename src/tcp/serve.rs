@@ -171,7 +171,9 @@ pub async fn run(args: &ServeArgs, shutdown: impl std::future::Future) -> Result
     let initialize = (!args.join).then(|| members.clone());
     let node =
         Node::start_with(id, members.clone(), transport, config, storage, initialize).await?;
-    if let Err(e) = check_stored_membership(&node, &members, &args.listen).await {
+    let stored =
+        check_stored_membership(&node, &members, &args.listen, tcp.stored_membership_timeout);
+    if let Err(e) = stored.await {
         node.shutdown().await;
         return Err(e);
     }
@@ -186,10 +188,6 @@ pub async fn run(args: &ServeArgs, shutdown: impl std::future::Future) -> Result
     Ok(())
 }
 
-/// How long a starting node waits for Raft to report the membership it loaded
-/// from its data dir (a node that joins has none, and waits this long once).
-const MEMBERSHIP_LOAD_TIMEOUT: Duration = Duration::from_millis(500);
-
 /// Compares the membership recorded in the node's log (which is what Raft uses)
 /// with the command line: refuses a `--listen` that is not where the log says
 /// this node is (with `--peers` edited to match, the node could listen at
@@ -199,10 +197,11 @@ async fn check_stored_membership(
     node: &Node,
     members: &BTreeMap<u64, Peer>,
     listen: &str,
+    wait: Duration,
 ) -> Result<(), TcpError> {
     let _ = node
         .raft
-        .wait(Some(MEMBERSHIP_LOAD_TIMEOUT))
+        .wait(Some(wait))
         .metrics(
             |m| m.membership_config.log_id().is_some(),
             "the stored membership",
