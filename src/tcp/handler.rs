@@ -367,7 +367,9 @@ async fn membership(
         if let Ok(Some(text)) = taken.await {
             return malformed(text);
         }
-        if let Some(text) = foreign_node(&peer, config.membership_probe_timeout).await {
+        // A member already is handled by add_member (a no-op, or a refusal).
+        let member = node.membership_nodes().iter().any(|(i, _, _)| *i == id);
+        if !member && let Some(text) = foreign_node(&peer, config.membership_probe_timeout).await {
             return malformed(text);
         }
         node.add_member(id, peer, catch_up, config.membership_timeout)
