@@ -164,7 +164,8 @@ fn refused(dir: &Path, base_port: u16) -> String {
 
 /// A second cluster on a data dir or ports in use fails at once, saying why;
 /// a node killed with kill -9 is reported at once with its status; leader
-/// changes are printed; the nodes' stderr logs are appended across runs.
+/// changes are printed; with every node dead the command fails; the nodes'
+/// stderr logs are appended across runs.
 #[test]
 fn the_cluster_reports_what_happens_to_its_nodes() {
     let dir = test_dir("cluster-supervise");
@@ -199,7 +200,22 @@ fn the_cluster_reports_what_happens_to_its_nodes() {
     cluster.wait_line("a new leader", Duration::from_secs(30), |l| {
         l.starts_with("leader is now n") && !l.starts_with(&format!("leader is now {leader} "))
     });
-    assert!(cluster.stop().success());
+    // The others killed too: nothing is left to serve, the command fails.
+    for name in ["n1", "n2", "n3"].into_iter().filter(|n| *n != leader) {
+        signal(cluster.pid_of(name), "-KILL");
+    }
+    cluster.wait_line("the end", Duration::from_secs(10), |l| {
+        l.contains("every node has exited")
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = cluster.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "the cluster kept running with no node");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(!status.success(), "{status}");
 
     // Run again on the same dir: the logs of both runs are there.
     let mut again = Cluster::start(&dir, port);
