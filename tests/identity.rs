@@ -283,3 +283,55 @@ fn an_init_naming_a_node_twice_is_refused() {
     let text = out[0]["body"]["text"].as_str().unwrap();
     assert!(text.contains("n1 appears twice"), "{text}");
 }
+
+/// A node that ran, lost its data dir and is started again empty under its old
+/// name (not `--join`) is refused while the leader knows it confirmed entries:
+/// started empty it would have forgotten its vote and could vote twice in a term.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_lost_its_data_is_not_started_empty() {
+    let mut cluster = support_tcp::TestCluster::start("identity-lost", 3, &[]);
+    let leader = cluster.wait_leader(Duration::from_secs(20)).await;
+    let mut client = cluster.client();
+    client.open_session().await.expect("session");
+    client.write(json!("k"), json!(1)).await.expect("write");
+    let lost = (leader + 1) % 3;
+    let id = (lost + 1) as u64;
+    cluster
+        .wait_for(
+            "the leader to hear from the node",
+            Duration::from_secs(10),
+            || {
+                let c = &cluster;
+                async move {
+                    c.status(leader).await.is_some_and(|s| {
+                        s.replicated
+                            .as_ref()
+                            .and_then(|r| r.get(&id).copied().flatten())
+                            .is_some()
+                    })
+                }
+            },
+        )
+        .await;
+    cluster.kill(lost);
+    let dir = cluster.nodes[lost].dir.clone();
+    std::fs::remove_dir_all(&dir).expect("lose the data dir");
+    cluster.restart(lost);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        let child = cluster.nodes[lost].child.as_mut().expect("child");
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the node started empty");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    cluster.nodes[lost].child = None;
+    assert!(!status.success(), "{status}");
+    let text = std::fs::read_to_string(dir.join("stderr.log")).unwrap_or_default();
+    assert!(text.contains("ran before and lost its data"), "{text}");
+    assert!(
+        !dir.join("oncekv.meta").exists(),
+        "the refused dir stays empty, so a retry is refused again"
+    );
+}

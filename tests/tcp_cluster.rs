@@ -212,7 +212,10 @@ fn the_cluster_reports_what_happens_to_its_nodes() {
         if let Some(s) = cluster.child.try_wait().unwrap() {
             break s;
         }
-        assert!(Instant::now() < deadline, "the cluster kept running with no node");
+        assert!(
+            Instant::now() < deadline,
+            "the cluster kept running with no node"
+        );
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(!status.success(), "{status}");

@@ -781,6 +781,11 @@ impl Node {
             voters: membership.voter_ids().collect(),
             learners: membership.learner_ids().collect(),
             pid: Some(std::process::id()),
+            replicated: m.replication.as_ref().map(|r| {
+                r.iter()
+                    .map(|(id, l)| (*id, l.as_ref().map(|l| l.index())))
+                    .collect()
+            }),
         }
     }
 
@@ -1012,6 +1017,11 @@ pub struct NodeStatus {
     /// from another process on the same port).
     #[serde(default)]
     pub pid: Option<u32>,
+    /// On a leader: per member, the last log index it has confirmed to this
+    /// leader (none yet: null). A node that starts on an empty data dir while the
+    /// leader has replicated to its id ran before and lost its data.
+    #[serde(default)]
+    pub replicated: Option<BTreeMap<u64, Option<u64>>>,
 }
 
 /// The start of the text of error 11 when a membership request reached a node

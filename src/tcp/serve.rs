@@ -159,6 +159,14 @@ pub async fn run(args: &ServeArgs, shutdown: impl std::future::Future) -> Result
             super::CLUSTER_KEY_VAR
         );
     }
+    // Before the first open writes the dir's marker (a refused dir stays fresh).
+    let fresh = !args
+        .data_dir
+        .join(crate::storage::marker::MARKER_FILE)
+        .exists();
+    if fresh && !args.join {
+        check_not_lost(id, &args.id, &members, tcp.membership_probe_timeout).await?;
+    }
     let storage = open_storage(&args.data_dir, id, &args.id, args.wal_io)?;
     // Bind before starting Raft, so peers' first connects wait in the backlog.
     let listener = TcpListener::bind(&args.listen).await?;
@@ -185,6 +193,45 @@ pub async fn run(args: &ServeArgs, shutdown: impl std::future::Future) -> Result
     );
     server::run(listener, node.clone(), msg_ids, tcp, shutdown).await;
     node.shutdown().await;
+    Ok(())
+}
+
+/// Refuses to start node `id` on an empty data dir (without `--join`) when a
+/// leader among `members` has had log entries confirmed by node `id`: the node
+/// ran before and lost its data, and starting empty it would have forgotten its
+/// vote (it could vote twice in one term) and the entries it acknowledged. A
+/// member that does not answer within `timeout` is passed over (on a first start
+/// the others may not be up yet); a leader elected since the node died does not
+/// know, so this catches the case only while that leader leads.
+async fn check_not_lost(
+    id: u64,
+    name: &str,
+    members: &BTreeMap<u64, Peer>,
+    timeout: Duration,
+) -> Result<(), TcpError> {
+    let others: Vec<String> = members
+        .iter()
+        .filter(|(i, _)| **i != id)
+        .map(|(_, p)| p.addr.clone())
+        .collect();
+    let asks = others.iter().map(|addr| async move {
+        let mut opts = super::ClientOptions::new(vec![addr.clone()]);
+        opts.connect_timeout = timeout;
+        opts.attempt_timeout = timeout;
+        super::Client::new(opts).status_of(0).await.ok()
+    });
+    for status in futures::future::join_all(asks).await.into_iter().flatten() {
+        if let Some(Some(index)) = status.replicated.as_ref().and_then(|r| r.get(&id)) {
+            return Err(TcpError::Args(format!(
+                "this data dir is empty, but the leader {} (term {}) has log entries up to \
+                 index {index} confirmed by {name}: {name} ran before and lost its data. \
+                 Started empty it would forget its vote and what it acknowledged. Remove it \
+                 (remove-node {name}) and add a new node under a new name (serve --join, \
+                 add-node)",
+                status.name, status.term
+            )));
+        }
+    }
     Ok(())
 }
 
