@@ -141,6 +141,8 @@ fn init_logging(file: Option<oncekv::log_file::CappedLog>) {
 /// `oncekv serve`: one TCP node, logging to DATA_DIR/node.log (size-capped,
 /// `TcpConfig::node_log_bytes_max`), until Ctrl-C/SIGTERM.
 fn serve(args: &oncekv::tcp::serve::ServeArgs) -> anyhow::Result<i32> {
+    // Before the data dir or its log file is created.
+    oncekv::tcp::serve::check_args(args)?;
     let tcp = oncekv::tcp::TcpConfig::from_env()?;
     std::fs::create_dir_all(&args.data_dir)?;
     let log = args.data_dir.join("node.log");

@@ -118,7 +118,7 @@ async fn raft_rpcs_without_the_cluster_key_are_refused() {
             .contains("not a node"),
         "a client's name: {b:?}"
     );
-    let alias = format!("x0{}", &other[1..]);
+    let alias = format!("x{}", &other[1..]);
     let b = exchange_as(&mut conn, (&alias, &me), hello.clone(), 6).await;
     assert!(
         b.get("text")
@@ -228,8 +228,9 @@ async fn a_hello_to_the_wrong_member_is_refused() {
         cluster.nodes[1].addr.clone(),
         cluster.nodes[2].addr.clone(),
     );
-    // n1 starts from this list (its initial membership), so it routes to it.
-    cluster.spawn(0, &format!("n1={n1},n2={n3},n3={n2}"), false);
+    // n1 routes by this list. It joins (an empty dir not joining is refused
+    // as a node that lost its data) and hears the leader's appends.
+    cluster.spawn(0, &format!("n1={n1},n2={n3},n3={n2}"), true);
     let mut only_n1 = oncekv::tcp::Client::new(oncekv::tcp::ClientOptions::new(vec![n1]));
     let log = |i: usize| {
         std::fs::read_to_string(cluster.nodes[i].dir.join("node.log")).unwrap_or_default()

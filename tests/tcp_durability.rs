@@ -32,7 +32,7 @@ use oncekv::protocol::Reply;
 use oncekv::tcp::{Client, ClientOptions};
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
-use support_tcp::{Recorder, TestCluster, free_port, seed};
+use support_tcp::{Recorder, TestCluster, seed};
 
 /// One test at a time in this file (tokio's mutex: held across awaits, not poisoned
 /// by a failing test).
@@ -505,6 +505,14 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
+/// Node `name`'s address in `peers` (`n1=127.0.0.1:7001,...`).
+fn own_addr<'a>(name: &str, peers: &'a str) -> &'a str {
+    peers
+        .split(',')
+        .find_map(|p| p.strip_prefix(name)?.strip_prefix('='))
+        .expect("the node is in peers")
+}
+
 /// Runs `oncekv serve` as node `name` on `dir`; expects it to exit non-zero within
 /// `timeout`; returns its stderr and how long it ran.
 fn serve_must_fail(name: &str, peers: &str, dir: &Path, timeout: Duration) -> (String, Duration) {
@@ -513,7 +521,8 @@ fn serve_must_fail(name: &str, peers: &str, dir: &Path, timeout: Duration) -> (S
     let started = Instant::now();
     let mut child = Command::new(env!("CARGO_BIN_EXE_oncekv"))
         .args(["serve", "--id", name])
-        .args(["--listen", &format!("127.0.0.1:{}", free_port())])
+        // Its own address in `peers` (any other is refused before the dir is read).
+        .args(["--listen", own_addr(name, peers)])
         .args(["--peers", peers])
         .arg("--data-dir")
         .arg(dir)

@@ -46,6 +46,22 @@ fn cli(cluster: &TestCluster, args: &[&str]) -> std::process::Output {
     cli_keyed(cluster, Some(KEY), args)
 }
 
+/// Runs `oncekv client --deadline <deadline_s> <args>` with the key; returns the
+/// exit code and stdout + stderr.
+fn cli_within(cluster: &TestCluster, deadline_s: &str, args: &[&str]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_oncekv"))
+        .env(oncekv::tcp::CLUSTER_KEY_VAR, KEY)
+        .args(["client", "--peers", &cluster.addrs().join(",")])
+        .args(["--deadline", deadline_s])
+        .args(args)
+        .output()
+        .expect("run oncekv client");
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    eprintln!("oncekv client {args:?}: {:?} {text}", out.status);
+    (out.status.code().unwrap_or(-1), text)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_added_node_catches_up_by_snapshot_with_sessions_intact() {
     let env = [
@@ -115,4 +131,152 @@ async fn an_added_node_catches_up_by_snapshot_with_sessions_intact() {
     assert_eq!(r, Reply::AddOk { value: 60 });
     let r = only_n4.add(json!("k"), 1).await.expect("seq 61");
     assert_eq!(r, Reply::AddOk { value: 61 });
+}
+
+/// `add-node` for a node that is not running fails definitely (exit 1, error 11)
+/// within its deadline and leaves the voters as they were; a node whose id or
+/// address is a member's is refused; a node started with `serve --join` is added
+/// and becomes a voter. Writes keep being acknowledged throughout, and the
+/// counter ends at exactly the number acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn add_node_promotes_only_a_node_that_caught_up() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    let env = [(oncekv::tcp::CLUSTER_KEY_VAR, KEY)];
+    let mut cluster = TestCluster::start("add-node-catch-up", 3, &env);
+    let leader = cluster.wait_leader(Duration::from_secs(10)).await;
+    let voters = |s: Option<oncekv::node::NodeStatus>| {
+        s.map(|s| (s.voters, s.learners)).expect("leader status")
+    };
+    assert_eq!(
+        voters(cluster.status(leader).await),
+        (vec![1, 2, 3], vec![])
+    );
+
+    // A retrying writer, all along.
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(AtomicU64::new(0));
+    let writer = {
+        let (stop, acked) = (stop.clone(), acked.clone());
+        let mut client = cluster.client();
+        tokio::spawn(async move {
+            client.open_session().await.expect("session");
+            while !stop.load(Ordering::Relaxed) {
+                match client.add(json!("w"), 1).await {
+                    Ok(Reply::AddOk { .. }) => {
+                        acked.fetch_add(1, Ordering::Relaxed);
+                    }
+                    other => panic!("a write failed: {other:?}"),
+                }
+            }
+        })
+    };
+    let progress = |what: &str, since: u64| {
+        let acked = acked.clone();
+        let what = what.to_string();
+        async move {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while acked.load(Ordering::Relaxed) <= since {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "no write acknowledged {what}"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
+    progress("at the start", 0).await;
+
+    // n4 is not running: refused definitely, membership unchanged.
+    let n4_addr = format!("127.0.0.1:{}", support_tcp::free_port());
+    let spec = format!("n4={n4_addr}");
+    let (code, text) = cli_within(&cluster, "3", &["add-node", &spec]);
+    assert_eq!(code, 1, "a definite failure: {text}");
+    assert!(text.contains("\"code\":11"), "{text}");
+    assert!(text.contains("did not catch up"), "{text}");
+    assert!(text.contains("membership is unchanged"), "{text}");
+    let leader = cluster.wait_leader(Duration::from_secs(10)).await;
+    assert_eq!(
+        voters(cluster.status(leader).await),
+        (vec![1, 2, 3], vec![])
+    );
+    progress("after the failed add-node", acked.load(Ordering::Relaxed)).await;
+
+    // An id or an address that is a member's already.
+    let n1_addr = cluster.nodes[0].addr.clone();
+    for (spec, expected) in [
+        (format!("n5={n1_addr}"), "is already n1"),
+        (format!("n2={n4_addr}"), "is a voter already"),
+    ] {
+        let (code, text) = cli_within(&cluster, "10", &["add-node", &spec]);
+        assert_eq!(code, 1, "{spec}: {text}");
+        assert!(
+            text.contains("\"code\":12") && text.contains(expected),
+            "{text}"
+        );
+    }
+    // The same voter again: nothing to do, and so a retry of a done add succeeds.
+    let n2 = format!("n2={}", cluster.nodes[1].addr);
+    let (code, text) = cli_within(&cluster, "10", &["add-node", &n2]);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("a voter already"), "{text}");
+
+    // A node that formed a cluster of its own (started without --join) is not
+    // merged: its acknowledged writes would be discarded.
+    let n5_addr = format!("127.0.0.1:{}", support_tcp::free_port());
+    let mut n5 = std::process::Command::new(env!("CARGO_BIN_EXE_oncekv"))
+        .args(["serve", "--id", "n5", "--listen", &n5_addr])
+        .args(["--peers", &format!("n5={n5_addr}")])
+        .arg("--data-dir")
+        .arg(cluster.dir.join("n5-alone"))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn n5");
+    let mut only_n5 =
+        oncekv::tcp::Client::new(oncekv::tcp::ClientOptions::new(vec![n5_addr.clone()]));
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !only_n5.status_of(0).await.is_ok_and(|s| s.role == "Leader") {
+        assert!(std::time::Instant::now() < deadline, "n5 never led alone");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for (spec, expected) in [
+        (format!("n5={n5_addr}"), "leads a cluster of its own"),
+        (format!("n6={n5_addr}"), "is served by n5, not n6"),
+    ] {
+        let (code, text) = cli_within(&cluster, "10", &["add-node", &spec]);
+        assert_eq!(code, 1, "{spec}: {text}");
+        assert!(
+            text.contains("\"code\":12") && text.contains(expected),
+            "{text}"
+        );
+    }
+    n5.kill().expect("kill n5");
+    n5.wait().expect("wait n5");
+
+    // Started first with --join, it catches up and becomes a voter.
+    let n4 = cluster.add_node_process();
+    let spec = format!("{}={}", cluster.nodes[n4].name, cluster.nodes[n4].addr);
+    let (code, text) = cli_within(&cluster, "30", &["add-node", &spec]);
+    assert_eq!(code, 0, "{text}");
+    let leader = cluster.wait_leader(Duration::from_secs(10)).await;
+    assert_eq!(
+        voters(cluster.status(leader).await),
+        (vec![1, 2, 3, 4], vec![])
+    );
+    progress("after n4 was added", acked.load(Ordering::Relaxed)).await;
+
+    stop.store(true, Ordering::Relaxed);
+    writer.await.expect("writer");
+    let total = acked.load(Ordering::Relaxed);
+    let r = cluster.client().read(json!("w")).await.expect("read");
+    assert_eq!(
+        r,
+        Reply::ReadOk {
+            value: json!(total)
+        }
+    );
+    eprintln!("{total} writes acknowledged during the membership changes");
 }

@@ -139,6 +139,7 @@ where
         batch_bytes: 0,
         me: String::new(),
         members: BTreeSet::new(),
+        node_ids: Vec::new(),
         next_ticket: 0,
         in_flight: Arc::new(Semaphore::new(config.requests_in_flight_max)),
         config,
@@ -184,6 +185,8 @@ struct Reader {
     me: String,
     /// Node names from `init`: messages from these are peer traffic.
     members: BTreeSet<String>,
+    /// `init`'s node list as given (a node's Raft id is its position in it).
+    node_ids: Vec<String>,
     next_ticket: u64,
     /// Bounds requests in flight; the reader waits when it is exhausted.
     in_flight: Arc<Semaphore>,
@@ -475,12 +478,18 @@ impl Reader {
 
     async fn init(&mut self, src: String, msg_id: u64, node_id: String, node_ids: Vec<String>) {
         if let Some(node) = &self.node {
-            let reply = if node.name == node_id {
+            // A repeated init is answered again if it is the same; any other would
+            // be ignored while init_ok claimed it was taken: refuse it (definite).
+            let reply = if node.name == node_id && self.node_ids == node_ids {
                 Reply::InitOk
             } else {
                 Reply::error(
                     ErrorCode::MalformedRequest,
-                    "already initialized as another node",
+                    format!(
+                        "already initialized as {} with node_ids {:?}; this init \
+                         (node_id {node_id:?}, node_ids {node_ids:?}) is refused",
+                        node.name, self.node_ids
+                    ),
                 )
             };
             return self.answer_now(src, msg_id, reply).await;
@@ -505,7 +514,8 @@ impl Reader {
                 }
                 self.node = Some(node);
                 self.me = node_id.clone();
-                self.members = node_ids.into_iter().collect();
+                self.members = node_ids.iter().cloned().collect();
+                self.node_ids = node_ids;
                 Reply::InitOk
             }
             Err(e) => {

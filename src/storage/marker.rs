@@ -29,6 +29,10 @@ pub struct Marker {
     /// The Raft id of the node that owns the dir, once known.
     #[serde(default)]
     pub node_id: Option<u64>,
+    /// The owning node's name (`n3`), once known: the id alone would let the dir
+    /// start under another name with the same number (`x3`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_name: Option<String>,
 }
 
 impl Marker {
@@ -38,6 +42,7 @@ impl Marker {
             format: FORMAT_NAME.to_string(),
             version: FORMAT_VERSION,
             node_id,
+            node_name: None,
         }
     }
 

@@ -84,6 +84,16 @@ pub enum StorageError {
         /// The node opening it.
         expected: u64,
     },
+    /// The dir belongs to a node of the same id under another name.
+    #[error("{}: data dir of node {found}, not of {expected}", path.display())]
+    WrongName {
+        /// The marker file.
+        path: PathBuf,
+        /// The owner's name the marker records.
+        found: String,
+        /// The name of the node opening it.
+        expected: String,
+    },
     /// The dir holds something but is not an oncekv data dir.
     #[error("{}: not an oncekv data dir: {reason}", path.display())]
     NotADataDir {
@@ -127,14 +137,27 @@ pub fn open_node(
     node_id: u64,
     options: WalOptions,
 ) -> Result<Storage<WalLogStore>, StorageError> {
-    open_with(data_dir, Some(node_id), options)
+    open_with(data_dir, Some((node_id, None)), options)
+}
+
+/// [`open_node`] for node `node_id` named `name`: also refuses a dir recorded
+/// under another name, and records the name in a dir that has none yet.
+pub fn open_node_named(
+    data_dir: &Path,
+    node_id: u64,
+    name: &str,
+    options: WalOptions,
+) -> Result<Storage<WalLogStore>, StorageError> {
+    open_with(data_dir, Some((node_id, Some(name))), options)
 }
 
 fn open_with(
     dir: &Path,
-    node_id: Option<u64>,
+    owner: Option<(u64, Option<&str>)>,
     options: WalOptions,
 ) -> Result<Storage<WalLogStore>, StorageError> {
+    let node_id = owner.map(|(id, _)| id);
+    let node_name = owner.and_then(|(_, name)| name);
     fs::create_dir_all(dir).map_err(|source| StorageError::Io {
         path: dir.to_owned(),
         source,
@@ -148,6 +171,19 @@ fn open_with(
                 expected,
             });
         }
+        _ => {}
+    }
+    match marker.as_ref().map(|m| (m.node_name.as_deref(), node_name)) {
+        Some((Some(found), Some(expected))) if found != expected => {
+            return Err(StorageError::WrongName {
+                path: dir.join(MARKER_FILE),
+                found: found.to_string(),
+                expected: expected.to_string(),
+            });
+        }
+        _ => {}
+    }
+    match marker.as_ref() {
         // The marker is written after the log exists: a marker without a log
         // means the log was lost, and starting empty would forget the vote.
         Some(_) if !has_segments(&dir.join(LOG_DIR)) => {
@@ -183,9 +219,18 @@ fn open_with(
     }
     // Written last on first use, so a dir without it was never acknowledged into.
     let owner = marker.as_ref().and_then(|m| m.node_id).or(node_id);
+    let owner_name = marker
+        .as_ref()
+        .and_then(|m| m.node_name.clone())
+        .or(node_name.map(str::to_string));
     log.set_node_id(owner);
-    if marker.as_ref().map(|m| m.node_id) != Some(owner) {
-        Marker::new(owner).write(dir)?;
+    let current = marker.as_ref().map(|m| (m.node_id, m.node_name.clone()));
+    if current != Some((owner, owner_name.clone())) {
+        Marker {
+            node_name: owner_name,
+            ..Marker::new(owner)
+        }
+        .write(dir)?;
     }
     let sm = StateMachineStore::restored(snapshot, Arc::new(snapshots)).map_err(|e| {
         StorageError::Corrupt {

@@ -145,7 +145,12 @@ pub async fn run(args: ClientArgs) -> i32 {
                 eprintln!("add-node wants NAME=HOST:PORT");
                 return EXIT_USAGE;
             };
-            let body = json!({"type": "add_node", "name": name, "addr": addr});
+            // The leader waits this long for the node to catch up before making
+            // it a voter, leaving the rest of the deadline for undoing the learner
+            // and the reply.
+            let timeout_ms = (args.deadline.max(0.0) * 750.0) as u64;
+            let body =
+                json!({"type": "add_node", "name": name, "addr": addr, "timeout_ms": timeout_ms});
             return admin(&mut client, body, args.deadline).await;
         }
         ClientOp::RemoveNode { name } => {
@@ -236,12 +241,14 @@ async fn admin(client: &mut Client, body: Value, deadline_s: f64) -> i32 {
                 Ok(reply) => {
                     let code = (reply.get("code").and_then(Value::as_u64))
                         .and_then(|c| ErrorCode::try_from(c as u32).ok());
+                    // A definite refusal (a bad request, no cluster key, a node
+                    // that did not catch up) ends it; "not the leader" (11) is
+                    // retried at the leader.
+                    let text = reply.get("text").and_then(Value::as_str).unwrap_or("");
+                    let not_leader = code == Some(ErrorCode::TemporarilyUnavailable)
+                        && text.starts_with(crate::node::MEMBERSHIP_NOT_LEADER);
                     last = Value::Object(reply).to_string();
-                    // A definite refusal (a bad request, no cluster key) will not
-                    // change on retry; "not the leader" (11) will.
-                    if code
-                        .is_some_and(|c| c.is_definite() && c != ErrorCode::TemporarilyUnavailable)
-                    {
+                    if code.is_some_and(|c| c.is_definite()) && !not_leader {
                         eprintln!("error: {last}");
                         return 1;
                     }

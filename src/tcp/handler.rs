@@ -623,45 +623,85 @@ fn status_body(node: &Node) -> Map<String, Value> {
     body
 }
 
-/// `add_node {name, addr}` / `remove_node {name}`, on the leader only.
+/// `add_node {name, addr, timeout_ms?}` / `remove_node {name}`, on the leader only.
+/// `add_node` waits up to `timeout_ms` (capped by `membership_timeout`) for the
+/// node to catch up as a learner before making it a voter (see
+/// [`Node::add_member`]); a node whose id or address is already a member's is
+/// refused (an identical voter is a no-op, so a retry succeeds).
 async fn membership(
     node: &Node,
     kind: &str,
     raw: &Map<String, Value>,
     config: &TcpConfig,
 ) -> Map<String, Value> {
-    let err = |code, text: &str| crate::node::error_body(code, text);
+    let err = |(code, text): (ErrorCode, String)| crate::node::error_body(code, &text);
+    let malformed = |text: String| err((ErrorCode::MalformedRequest, text));
     let field = |f: &str| raw.get(f).and_then(Value::as_str).map(str::to_string);
     let Some(name) = field("name") else {
-        return err(ErrorCode::MalformedRequest, "missing field name");
+        return malformed("missing field name".into());
     };
     let id = match super::node_id(&name) {
         Ok(id) => id,
-        Err(e) => return err(ErrorCode::MalformedRequest, &e.to_string()),
+        Err(e) => return malformed(e.to_string()),
     };
     if node.leader() != Some(node.id) {
-        let text = format!("not the leader; leader is {:?}", node.leader());
-        return err(ErrorCode::TemporarilyUnavailable, &text);
+        let text = format!(
+            "{}; leader is {:?}; nothing was changed",
+            crate::node::MEMBERSHIP_NOT_LEADER,
+            node.leader()
+        );
+        return err((ErrorCode::TemporarilyUnavailable, text));
     }
-    let change = async {
-        if kind == "add_node" {
-            let Some(addr) = field("addr") else {
-                return Err("missing field addr".to_string());
-            };
-            node.add_member(id, Peer { name, addr }).await
-        } else {
-            node.remove_member(id).await
+    let result = if kind == "add_node" {
+        let Some(addr) = field("addr") else {
+            return malformed("missing field addr".into());
+        };
+        if let Err(e) = super::split_addr(&addr) {
+            return malformed(e);
+        }
+        if super::is_wildcard(&addr) {
+            return malformed(format!("address {addr}: a wildcard cannot be connected to"));
+        }
+        let catch_up = match raw.get("timeout_ms") {
+            None => config.membership_timeout,
+            Some(v) => match v.as_u64() {
+                Some(ms) => Duration::from_millis(ms).min(config.membership_timeout),
+                None => return malformed("timeout_ms must be a non-negative integer".into()),
+            },
+        };
+        let peer = Peer { name, addr };
+        // Resolving may wait on DNS: off the runtime's threads.
+        let (members, candidate) = (node.membership_nodes(), peer.clone());
+        let taken = tokio::task::spawn_blocking(move || address_taken(members, id, &candidate));
+        if let Ok(Some(text)) = taken.await {
+            return malformed(text);
+        }
+        // A member already is handled by add_member (a no-op, or a refusal).
+        let member = node.membership_nodes().iter().any(|(i, _, _)| *i == id);
+        if !member && let Some(text) = foreign_node(&peer, config.membership_probe_timeout).await {
+            return malformed(text);
+        }
+        node.add_member(id, peer, catch_up, config.membership_timeout)
+            .await
+    } else {
+        match tokio::time::timeout(config.membership_timeout, node.remove_member(id)).await {
+            Ok(r) => r,
+            Err(_) => Err((
+                ErrorCode::Timeout,
+                "membership change not done in time; it may still take effect".into(),
+            )),
         }
     };
-    match tokio::time::timeout(config.membership_timeout, change).await {
-        Ok(Ok(())) => {
+    match result {
+        Ok(note) => {
             let mut body = Map::new();
             body.insert("type".into(), Value::from(format!("{kind}_ok")));
+            if let Some(note) = note {
+                body.insert("note".into(), Value::from(note));
+            }
             body
         }
-        // The change may have been proposed: indefinite (retrying it is harmless).
-        Ok(Err(text)) => err(ErrorCode::Crash, &text),
-        Err(_) => err(ErrorCode::Timeout, "membership change not done in time"),
+        Err(e) => err(e),
     }
 }
 
@@ -674,6 +714,53 @@ struct Activity {
     /// Longest a write may block: a reader that stops reading its replies gets
     /// its connection closed, not a writer (and its queue) held for ever.
     write_timeout: Duration,
+}
+
+/// Why the process at `peer.addr` may not join, if it answers `status` and is
+/// plainly not an empty node named `peer.name`: another node, or the leader of a
+/// cluster of its own (merging it would discard the writes it acknowledged). A
+/// node that does not answer is left to the catch-up wait.
+async fn foreign_node(peer: &Peer, timeout: Duration) -> Option<String> {
+    let mut opts = super::ClientOptions::new(vec![peer.addr.clone()]);
+    opts.connect_timeout = timeout;
+    opts.attempt_timeout = timeout;
+    let status = super::Client::new(opts).status_of(0).await.ok()?;
+    if status.name != peer.name {
+        return Some(format!(
+            "{} is served by {}, not {}; nothing was changed",
+            peer.addr, status.name, peer.name
+        ));
+    }
+    (status.role == "Leader").then(|| {
+        format!(
+            "{peer} leads a cluster of its own (term {}, voters {:?}, last log index {:?}): \
+             adding it would discard what it acknowledged. Start it on an empty data dir \
+             with --join; nothing was changed",
+            status.term, status.voters, status.last_log_index
+        )
+    })
+}
+
+/// Why `peer` may not join: another member (not id `id`) has its address, as
+/// written or resolved.
+fn address_taken(members: Vec<(u64, Peer, bool)>, id: u64, peer: &Peer) -> Option<String> {
+    let mine = super::resolve(&peer.addr).unwrap_or_default();
+    members
+        .into_iter()
+        .filter(|(other, _, _)| *other != id)
+        .find(|(_, other, _)| {
+            other.addr.eq_ignore_ascii_case(&peer.addr)
+                || super::resolve(&other.addr)
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|a| mine.contains(a))
+        })
+        .map(|(_, other, _)| {
+            format!(
+                "address {} is already {other}'s: every member needs its own; nothing was changed",
+                peer.addr
+            )
+        })
 }
 
 /// The writer: sole owner of the socket's write half.

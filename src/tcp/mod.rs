@@ -93,6 +93,15 @@ pub struct TcpConfig {
     /// the file becomes `node.log.1` (replacing the previous one), so the node's
     /// logs never take more than twice this from the disk that holds the Raft log.
     pub node_log_bytes_max: u64,
+    /// How long the leader waits for a node to be added to answer `status`
+    /// (connect and reply): one that answers as another node, or as the leader of
+    /// a cluster of its own, is refused; one that does not answer is left to the
+    /// catch-up wait. Well below `membership_timeout`.
+    pub membership_probe_timeout: Duration,
+    /// How long a starting node waits for Raft to report the membership loaded
+    /// from its data dir, to compare it with `--peers`/`--listen` (a node that
+    /// joins, with none, waits this long once).
+    pub stored_membership_timeout: Duration,
 }
 
 /// Overrides [`TcpConfig::client_connections_max`].
@@ -243,6 +252,8 @@ impl Default for TcpConfig {
             idle_timeout_ms: 300_000,
             fds_reserved: 256,
             node_log_bytes_max: 64 << 20,
+            membership_probe_timeout: Duration::from_secs(1),
+            stored_membership_timeout: Duration::from_millis(500),
         }
     }
 }
@@ -270,29 +281,104 @@ pub enum TcpError {
     Fatal(String),
 }
 
-/// A node's Raft id: the number its name ends with (`n1` is 1, `n12` is 12). The
+/// A node's Raft id: the number its name ends with (`n1` is 1, `db12` is 12). The
 /// rule needs no shared state, so a node added later (`n4`) gets the same id on
-/// every member, whatever list it was started with.
+/// every member, whatever list it was started with. Names are canonical, so one
+/// id has one spelling per prefix: lowercase ASCII letters (not starting with `c`,
+/// which means a client), then a decimal number without leading zeros (`n03` is
+/// refused: it would be node 3 under a second name).
 pub fn node_id(name: &str) -> Result<u64, TcpError> {
     let digits = name.len() - name.trim_end_matches(|c: char| c.is_ascii_digit()).len();
     let (prefix, number) = name.split_at(name.len() - digits);
-    if digits == 0 || prefix.is_empty() || prefix.starts_with('c') {
-        return Err(TcpError::Args(format!(
-            "node name {name:?} must be letters then a number (n1, n2, ...), not starting with c"
-        )));
+    let bad = |why: &str| {
+        Err(TcpError::Args(format!(
+            "node name {name:?} {why}: a name is lowercase letters, not starting with c, \
+             then a number without leading zeros (n1, n2, db12)"
+        )))
+    };
+    if prefix.is_empty() || !prefix.bytes().all(|b| b.is_ascii_lowercase()) {
+        return bad("does not start with lowercase letters");
+    }
+    if prefix.starts_with('c') {
+        return bad("starts with c");
+    }
+    if digits == 0 {
+        return bad("has no number");
+    }
+    if number.len() > 1 && number.starts_with('0') {
+        return bad("has a leading zero");
     }
     number
         .parse()
-        .map_err(|e| TcpError::Args(format!("node name {name:?}: {e}")))
+        .or_else(|e| bad(&format!("has a number that does not fit ({e})")))
 }
 
-/// Parses `n1=127.0.0.1:7001,n2=...` into members by id; ids must be distinct.
+/// Splits `HOST:PORT` (`[v6]:PORT` for IPv6) and checks it names a reachable
+/// address: a host, a port that is not 0, and not a wildcard (`0.0.0.0`, `[::]`),
+/// which a peer cannot connect to.
+pub fn split_addr(addr: &str) -> Result<(String, u16), String> {
+    let (host, port) = addr
+        .rsplit_once(':')
+        .ok_or_else(|| format!("address {addr:?} is not HOST:PORT"))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|e| format!("address {addr:?}: port {port:?}: {e}"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err(format!("address {addr:?} has no host"));
+    }
+    if port == 0 {
+        return Err(format!("address {addr:?} has port 0"));
+    }
+    Ok((host.to_ascii_lowercase(), port))
+}
+
+/// Whether `addr` is a wildcard listen address (`0.0.0.0:P`, `[::]:P`).
+pub fn is_wildcard(addr: &str) -> bool {
+    split_addr(addr)
+        .ok()
+        .and_then(|(h, _)| h.parse::<std::net::IpAddr>().ok())
+        .is_some_and(|ip| ip.is_unspecified())
+}
+
+/// The socket addresses `addr` resolves to (DNS for a host name), or why not.
+pub fn resolve(addr: &str) -> Result<Vec<std::net::SocketAddr>, String> {
+    let (host, port) = split_addr(addr)?;
+    std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), port))
+        .map(|a| a.collect())
+        .map_err(|e| format!("address {addr:?} does not resolve: {e}"))
+}
+
+/// Parses `n1=127.0.0.1:7001,n2=...` into members by id. Names must be canonical
+/// ([`node_id`]) with distinct ids, addresses `HOST:PORT` (not a wildcard, not
+/// port 0) and distinct as written (host case-insensitive, `localhost` the same as
+/// `127.0.0.1`). Two members at one address would let one process answer for two
+/// voters, so a node could elect itself alone; [`check_distinct_addresses`] also
+/// compares what the addresses resolve to.
 pub fn parse_peers(text: &str) -> Result<BTreeMap<u64, Peer>, TcpError> {
     let mut members = BTreeMap::new();
+    let mut seen: BTreeMap<(String, u16), String> = BTreeMap::new();
     for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         let (name, addr) = item
             .split_once('=')
             .ok_or_else(|| TcpError::Args(format!("peer {item:?} is not NAME=HOST:PORT")))?;
+        let (name, addr) = (name.trim(), addr.trim());
+        let (mut host, port) =
+            split_addr(addr).map_err(|e| TcpError::Args(format!("peer {name}: {e}")))?;
+        if is_wildcard(addr) {
+            return Err(TcpError::Args(format!(
+                "peer {name}={addr}: a wildcard address cannot be connected to; \
+                 give the address the other nodes reach {name} at"
+            )));
+        }
+        if host == "localhost" {
+            host = "127.0.0.1".into();
+        }
+        if let Some(other) = seen.insert((host, port), name.to_string()) {
+            return Err(TcpError::Args(format!(
+                "{other} and {name} have the same address {addr}: every member needs its own"
+            )));
+        }
         let peer = Peer {
             name: name.to_string(),
             addr: addr.to_string(),
@@ -308,6 +394,94 @@ pub fn parse_peers(text: &str) -> Result<BTreeMap<u64, Peer>, TcpError> {
         return Err(TcpError::Args("--peers names no node".into()));
     }
     Ok(members)
+}
+
+/// Refuses members whose addresses resolve to a common socket address (one
+/// process would answer for both). Addresses that do not resolve now are left
+/// out (a peer's name may resolve later); they were compared as written.
+pub fn check_distinct_addresses(members: &BTreeMap<u64, Peer>) -> Result<(), TcpError> {
+    let mut seen: BTreeMap<std::net::SocketAddr, &str> = BTreeMap::new();
+    for peer in members.values() {
+        let Ok(addrs) = resolve(&peer.addr) else {
+            continue;
+        };
+        for a in addrs {
+            if let Some(other) = seen.insert(a, &peer.name)
+                && other != peer.name
+            {
+                return Err(TcpError::Args(format!(
+                    "{other} and {} have the same address ({a}): every member needs its own",
+                    peer.name
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Refuses `--peers` mixing loopback addresses with others: nodes on other
+/// machines would reach themselves at the loopback one, thinking it is that
+/// member (and could count their own vote twice). Addresses that do not
+/// resolve now are left out.
+pub fn check_loopback_mix(members: &BTreeMap<u64, Peer>) -> Result<(), TcpError> {
+    let mut loopback = None;
+    let mut other = None;
+    for peer in members.values() {
+        let Ok(addrs) = resolve(&peer.addr) else {
+            continue;
+        };
+        if addrs.is_empty() {
+            continue;
+        }
+        if addrs.iter().all(|a| a.ip().is_loopback()) {
+            loopback.get_or_insert(peer);
+        } else {
+            other.get_or_insert(peer);
+        }
+    }
+    match (loopback, other) {
+        (Some(l), Some(o)) => Err(TcpError::Args(format!(
+            "--peers mixes a loopback address ({l}) with others ({o}): a node on another \
+             machine would reach itself at {}; give every member an address the others \
+             can reach it at",
+            l.addr
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Checks that `listen` is where `me` is reached according to `--peers`: the
+/// same address (as written or resolved), or a wildcard (`0.0.0.0`, `[::]`) on
+/// its port. Listening elsewhere (another member's address, say) would let this
+/// process answer for that member.
+pub fn check_listen(me: &Peer, listen: &str) -> Result<(), TcpError> {
+    let refuse = |why: String| {
+        Err(TcpError::Args(format!(
+            "--listen {listen} is not {}'s address in --peers ({}): {why}",
+            me.name, me.addr
+        )))
+    };
+    let (_, own_port) = split_addr(&me.addr).map_err(TcpError::Args)?;
+    let listen_port = match listen.rsplit_once(':').map(|(_, p)| p.parse::<u16>()) {
+        Some(Ok(p)) => p,
+        _ => {
+            return Err(TcpError::Args(format!(
+                "--listen {listen} is not HOST:PORT"
+            )));
+        }
+    };
+    if listen_port != own_port {
+        return refuse(format!("port {listen_port}, not {own_port}"));
+    }
+    if is_wildcard(listen) || listen.eq_ignore_ascii_case(&me.addr) {
+        return Ok(());
+    }
+    let own = resolve(&me.addr).map_err(TcpError::Args)?;
+    let listening = resolve(listen).map_err(TcpError::Args)?;
+    if listening.iter().any(|a| own.contains(a)) {
+        return Ok(());
+    }
+    refuse(format!("it resolves to {listening:?}, not {own:?}"))
 }
 
 #[cfg(test)]
@@ -342,6 +516,7 @@ mod tests {
     fn ids_come_from_the_name_and_must_be_distinct() {
         assert_eq!(node_id("n1").unwrap(), 1);
         assert_eq!(node_id("node12").unwrap(), 12);
+        assert_eq!(node_id("n0").unwrap(), 0);
         assert!(node_id("n").is_err());
         assert!(node_id("7").is_err());
         assert!(node_id("c1").is_err());
@@ -350,5 +525,88 @@ mod tests {
         assert_eq!(m[&3].addr, "127.0.0.1:7003");
         assert!(parse_peers("n1=a:1,x01=b:2").is_err());
         assert!(parse_peers("n1").is_err());
+    }
+
+    /// One id, one spelling: `n03` and `N3` are not names of node 3.
+    #[test]
+    fn names_are_canonical() {
+        for bad in [
+            "n03",
+            "n00",
+            "N3",
+            "n-3",
+            "é3",
+            "n3x",
+            "n99999999999999999999",
+        ] {
+            let e = node_id(bad).unwrap_err().to_string();
+            assert!(e.contains(bad), "{bad}: {e}");
+        }
+        assert!(
+            node_id("n03")
+                .unwrap_err()
+                .to_string()
+                .contains("leading zero")
+        );
+        assert!(parse_peers("n1=127.0.0.1:7001,n03=127.0.0.1:7003").is_err());
+        assert_eq!(node_id("x3").unwrap(), 3);
+    }
+
+    /// Two members at one address let one process answer for both.
+    #[test]
+    fn peers_need_distinct_reachable_addresses() {
+        let dup = |text: &str| parse_peers(text).unwrap_err().to_string();
+        let e = dup("n1=127.0.0.1:7001,n2=127.0.0.1:7001,n3=127.0.0.1:7003");
+        assert!(e.contains("n1 and n2 have the same address"), "{e}");
+        assert!(dup("n1=localhost:7001,n2=127.0.0.1:7001").contains("same address"));
+        assert!(dup("n1=LocalHost:7001,n2=localhost:7001").contains("same address"));
+        assert!(dup("n1=0.0.0.0:7001,n2=127.0.0.1:7002").contains("wildcard"));
+        assert!(dup("n1=[::]:7001,n2=127.0.0.1:7002").contains("wildcard"));
+        assert!(dup("n1=127.0.0.1:0,n2=127.0.0.1:7002").contains("port 0"));
+        assert!(dup("n1=127.0.0.1,n2=127.0.0.1:7002").contains("HOST:PORT"));
+        assert!(dup("n1=:7001").contains("no host"));
+        // Different strings, one socket address once resolved.
+        let peer = |name: &str, addr: &str| Peer {
+            name: name.into(),
+            addr: addr.into(),
+        };
+        let m = BTreeMap::from([
+            (1, peer("n1", "localhost:7001")),
+            (2, peer("n2", "127.0.0.1:7001")),
+        ]);
+        let e = check_distinct_addresses(&m).unwrap_err().to_string();
+        assert!(e.contains("n1 and n2 have the same address"), "{e}");
+        let ok = parse_peers("n1=127.0.0.1:7001,n2=127.0.0.1:7002,n3=[::1]:7001").unwrap();
+        check_distinct_addresses(&ok).unwrap();
+        check_loopback_mix(&ok).unwrap();
+        let apart = parse_peers("n1=192.0.2.1:7001,n2=192.0.2.2:7001").unwrap();
+        check_loopback_mix(&apart).unwrap();
+        let mixed = parse_peers("n1=127.0.0.1:7001,n2=192.0.2.2:7001").unwrap();
+        let e = check_loopback_mix(&mixed).unwrap_err().to_string();
+        assert!(
+            e.contains("mixes a loopback address (n1@127.0.0.1:7001)"),
+            "{e}"
+        );
+    }
+
+    /// `--listen` must be the node's own entry, or a wildcard on its port.
+    #[test]
+    fn listen_must_be_the_own_address() {
+        let me = Peer {
+            name: "n1".into(),
+            addr: "127.0.0.1:7001".into(),
+        };
+        for good in [
+            "127.0.0.1:7001",
+            "0.0.0.0:7001",
+            "[::]:7001",
+            "localhost:7001",
+        ] {
+            check_listen(&me, good).unwrap_or_else(|e| panic!("{good}: {e}"));
+        }
+        for bad in ["127.0.0.1:7002", "0.0.0.0:7002", "127.0.0.2:7001", "7001"] {
+            let e = check_listen(&me, bad).unwrap_err().to_string();
+            assert!(e.contains("--listen"), "{bad}: {e}");
+        }
     }
 }

@@ -4,9 +4,11 @@
 //! exists, so a restarted node rejoins with no extra step). A node added later is
 //! started with `--join`: it waits, empty, for the leader's `add_node`.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 
@@ -14,6 +16,7 @@ use super::peers::TcpTransport;
 use super::{TcpConfig, TcpError, parse_peers, server};
 use crate::config::Config;
 use crate::node::{Node, Storage};
+use crate::raft::Peer;
 use crate::storage::{WalIo, WalLogStore, WalOptions};
 
 /// Arguments of `oncekv serve`.
@@ -53,34 +56,98 @@ pub fn workers_per_node(nodes: usize) -> usize {
     (cores / nodes.max(1)).max(1)
 }
 
+/// What [`check_args`] found: this node's id and the members.
+#[derive(Debug, Clone)]
+pub struct CheckedArgs {
+    /// This node's Raft id.
+    pub id: u64,
+    /// Every member from `--peers`, by id.
+    pub members: BTreeMap<u64, Peer>,
+}
+
+/// Refuses, before anything is created or bound, arguments that would let this
+/// process count as more than one voter or as another node: `--peers` with two
+/// members at one address or mixing loopback and other addresses, an `--id` that
+/// is not a canonical name in `--peers`, a `--listen` other than this node's own
+/// `--peers` address (a wildcard on its port is fine), a `--data-dir` inside
+/// another node's data dir or an `oncekv cluster` root. Each error names the
+/// problem; `serve` exits non-zero with it.
+pub fn check_args(args: &ServeArgs) -> Result<CheckedArgs, TcpError> {
+    let members = parse_peers(&args.peers)?;
+    let id = super::node_id(&args.id)?;
+    let me = match members.get(&id) {
+        Some(p) if p.name == args.id => p,
+        Some(p) => {
+            return Err(TcpError::Args(format!(
+                "--id {} is node {id}, which --peers names {}: use --id {}",
+                args.id, p.name, p.name
+            )));
+        }
+        None => {
+            return Err(TcpError::Args(format!(
+                "--id {} is not in --peers {}",
+                args.id, args.peers
+            )));
+        }
+    };
+    super::check_distinct_addresses(&members)?;
+    super::check_loopback_mix(&members)?;
+    super::check_listen(me, &args.listen)?;
+    check_data_dir(&args.data_dir)?;
+    Ok(CheckedArgs { id, members })
+}
+
+/// The name of the file only `oncekv cluster` writes in its root dir.
+pub const CLUSTER_KEY_FILE: &str = "cluster.key";
+
+/// The node data dir that `dir` is inside of (`dir` itself excluded), if any:
+/// the nearest ancestor holding a data dir marker.
+pub fn enclosing_node_dir(dir: &Path) -> Option<PathBuf> {
+    let abs = std::path::absolute(dir).ok()?;
+    abs.ancestors()
+        .skip(1)
+        .find(|a| a.join(crate::storage::marker::MARKER_FILE).exists())
+        .map(Path::to_path_buf)
+}
+
+/// Refuses a node data dir nested in another node's, or an `oncekv cluster` root.
+fn check_data_dir(dir: &Path) -> Result<(), TcpError> {
+    if let Some(owner) = enclosing_node_dir(dir) {
+        return Err(TcpError::Args(format!(
+            "--data-dir {} is inside the data dir of another node ({})",
+            dir.display(),
+            owner.display()
+        )));
+    }
+    if dir.join(CLUSTER_KEY_FILE).exists() {
+        return Err(TcpError::Args(format!(
+            "--data-dir {} is the root of an `oncekv cluster` (it holds {CLUSTER_KEY_FILE}); \
+             a node's dir is a subdirectory of it (n1, n2, ...)",
+            dir.display()
+        )));
+    }
+    Ok(())
+}
+
 /// The stores a node runs on, opened from its data directory: the durable write-ahead log
 /// and snapshot files (`crate::storage`). A damaged or foreign dir is refused with
 /// an error naming the file, never silently reset.
 pub fn open_storage(
     data_dir: &Path,
     node_id: u64,
+    name: &str,
     io: WalIo,
 ) -> Result<Storage<WalLogStore>, TcpError> {
     let options = WalOptions {
         io,
         ..WalOptions::default()
     };
-    crate::storage::open_node(data_dir, node_id, options).map_err(TcpError::Storage)
+    crate::storage::open_node_named(data_dir, node_id, name, options).map_err(TcpError::Storage)
 }
 
 /// Runs the node until `shutdown` resolves; returns after a graceful stop.
 pub async fn run(args: &ServeArgs, shutdown: impl std::future::Future) -> Result<(), TcpError> {
-    let members = parse_peers(&args.peers)?;
-    let id = super::node_id(&args.id)?;
-    match members.get(&id) {
-        Some(p) if p.name == args.id => {}
-        _ => {
-            return Err(TcpError::Args(format!(
-                "--id {} is not in --peers {}",
-                args.id, args.peers
-            )));
-        }
-    }
+    let CheckedArgs { id, members } = check_args(args)?;
     let config = Config::from_env()?;
     config.configure_reject_log();
     let tcp = TcpConfig::from_env()?;
@@ -91,7 +158,15 @@ pub async fn run(args: &ServeArgs, shutdown: impl std::future::Future) -> Result
             super::CLUSTER_KEY_VAR
         );
     }
-    let storage = open_storage(&args.data_dir, id, args.wal_io)?;
+    // Before the first open writes the dir's marker (a refused dir stays fresh).
+    let fresh = !args
+        .data_dir
+        .join(crate::storage::marker::MARKER_FILE)
+        .exists();
+    if fresh && !args.join {
+        check_not_lost(id, &args.id, &members, tcp.membership_probe_timeout).await?;
+    }
+    let storage = open_storage(&args.data_dir, id, &args.id, args.wal_io)?;
     // Bind before starting Raft, so peers' first connects wait in the backlog.
     let listener = TcpListener::bind(&args.listen).await?;
     let msg_ids = Arc::new(AtomicU64::new(0));
@@ -100,7 +175,14 @@ pub async fn run(args: &ServeArgs, shutdown: impl std::future::Future) -> Result
             .with_line_bytes_max(config.peer_line_bytes_max),
     );
     let initialize = (!args.join).then(|| members.clone());
-    let node = Node::start_with(id, members, transport, config, storage, initialize).await?;
+    let node =
+        Node::start_with(id, members.clone(), transport, config, storage, initialize).await?;
+    let stored =
+        check_stored_membership(&node, &members, &args.listen, tcp.stored_membership_timeout);
+    if let Err(e) = stored.await {
+        node.shutdown().await;
+        return Err(e);
+    }
     tracing::info!(
         "node {} (id {id}) serving on {}, pid {}, open-files limit {fd_limit}",
         args.id,
@@ -126,6 +208,95 @@ pub async fn run(args: &ServeArgs, shutdown: impl std::future::Future) -> Result
         Ok(why) => Err(TcpError::Fatal(why)),
         Err(_) => Ok(()),
     }
+}
+
+/// Refuses to start node `id` on an empty data dir (without `--join`) when a
+/// leader among `members` has had log entries confirmed by node `id`: the node
+/// ran before and lost its data, and starting empty it would have forgotten its
+/// vote (it could vote twice in one term) and the entries it acknowledged. A
+/// member that does not answer within `timeout` is passed over (on a first start
+/// the others may not be up yet); a leader elected since the node died does not
+/// know, so this catches the case only while that leader leads.
+async fn check_not_lost(
+    id: u64,
+    name: &str,
+    members: &BTreeMap<u64, Peer>,
+    timeout: Duration,
+) -> Result<(), TcpError> {
+    let others: Vec<String> = members
+        .iter()
+        .filter(|(i, _)| **i != id)
+        .map(|(_, p)| p.addr.clone())
+        .collect();
+    let asks = others.iter().map(|addr| async move {
+        let mut opts = super::ClientOptions::new(vec![addr.clone()]);
+        opts.connect_timeout = timeout;
+        opts.attempt_timeout = timeout;
+        super::Client::new(opts).status_of(0).await.ok()
+    });
+    for status in futures::future::join_all(asks).await.into_iter().flatten() {
+        if let Some(Some(index)) = status.replicated.as_ref().and_then(|r| r.get(&id)) {
+            return Err(TcpError::Args(format!(
+                "this data dir is empty, but the leader {} (term {}) has log entries up to \
+                 index {index} confirmed by {name}: {name} ran before and lost its data. \
+                 Started empty it would forget its vote and what it acknowledged. Remove it \
+                 (remove-node {name}) and add a new node under a new name (serve --join, \
+                 add-node)",
+                status.name, status.term
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Compares the membership recorded in the node's log (which is what Raft uses)
+/// with the command line: refuses a `--listen` that is not where the log says
+/// this node is (with `--peers` edited to match, the node could listen at
+/// another member's address and count itself twice); warns about `--peers`
+/// entries that differ from, or omit, recorded members.
+async fn check_stored_membership(
+    node: &Node,
+    members: &BTreeMap<u64, Peer>,
+    listen: &str,
+    wait: Duration,
+) -> Result<(), TcpError> {
+    let _ = node
+        .raft
+        .wait(Some(wait))
+        .metrics(
+            |m| m.membership_config.log_id().is_some(),
+            "the stored membership",
+        )
+        .await;
+    for (id, recorded, _) in node.membership_nodes() {
+        if id == node.id {
+            if !recorded.addr.eq_ignore_ascii_case(&members[&id].addr)
+                && super::check_listen(&recorded, listen).is_err()
+            {
+                return Err(TcpError::Args(format!(
+                    "this node's log records it as {recorded}, but --peers gives {} and it \
+                     would listen on {listen}: a member's address changes only through \
+                     remove-node and add-node",
+                    members[&id].addr
+                )));
+            }
+            continue;
+        }
+        match members.get(&id) {
+            None => tracing::warn!(
+                "--peers omits {recorded}, a member in this node's log; the log's \
+                 membership is used"
+            ),
+            Some(given) if !given.addr.eq_ignore_ascii_case(&recorded.addr) => {
+                tracing::warn!(
+                    "--peers gives {given} but this node's log records {recorded}; the log's \
+                     membership is used"
+                )
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
 }
 
 /// Resolves on Ctrl-C or (on Unix) SIGTERM.

@@ -1,0 +1,340 @@
+//! A node's identity, checked where it is given: `oncekv serve` refuses at start
+//! any `--peers`/`--listen`/`--id`/`--data-dir` that would let one process count
+//! as two voters or as another node, and a Maelstrom node refuses a second `init`
+//! that differs from the first.
+
+mod support;
+mod support_tcp;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use oncekv::tcp::{Client, ClientOptions};
+use serde_json::{Value, json};
+use support_tcp::{free_port, test_dir};
+
+/// Runs `oncekv serve` with `args` and waits (with a deadline) for it to exit;
+/// returns its status code and stderr. Panics if it is still running, after
+/// killing it: every case here must be refused at start.
+fn serve_refused(args: &[&str], dir: &Path) -> (i32, String) {
+    let stderr = dir.join("serve-stderr.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_oncekv"))
+        .arg("serve")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&stderr).expect("stderr file"))
+        .spawn()
+        .expect("spawn oncekv serve");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("oncekv serve {args:?} was not refused: it kept running");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let text = std::fs::read_to_string(&stderr).unwrap_or_default();
+    eprintln!("serve {args:?}: {status}: {text}");
+    (status.code().unwrap_or(-1), text)
+}
+
+/// Every configuration that let a node elect itself alone, or run as another
+/// node, is refused at start with a message naming the problem.
+#[test]
+fn serve_refuses_a_node_that_could_count_twice_or_be_another() {
+    let root = test_dir("identity-refused");
+    let [a, b, c] = [free_port(), free_port(), free_port()].map(|p| format!("127.0.0.1:{p}"));
+    let data = root.join("n1");
+    let data_s = data.to_str().unwrap();
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        // Two members at one address: one process would answer for both.
+        (
+            vec![
+                "--id".into(),
+                "n1".into(),
+                "--listen".into(),
+                a.clone(),
+                "--peers".into(),
+                format!("n1={a},n2={a},n3={b}"),
+            ],
+            "n1 and n2 have the same address",
+        ),
+        (
+            vec![
+                "--id".into(),
+                "n1".into(),
+                "--listen".into(),
+                a.clone(),
+                "--peers".into(),
+                format!("n1={a},n2=localhost:{},n3={b}", &a[10..]),
+            ],
+            "same address",
+        ),
+        // Listening on another member's address.
+        (
+            vec![
+                "--id".into(),
+                "n1".into(),
+                "--listen".into(),
+                b.clone(),
+                "--peers".into(),
+                format!("n1={a},n2={b},n3={c}"),
+            ],
+            "is not n1's address in --peers",
+        ),
+        // Not a member.
+        (
+            vec![
+                "--id".into(),
+                "n4".into(),
+                "--listen".into(),
+                a.clone(),
+                "--peers".into(),
+                format!("n1={a},n2={b},n3={c}"),
+            ],
+            "--id n4 is not in --peers",
+        ),
+        // Node 3 under another spelling.
+        (
+            vec![
+                "--id".into(),
+                "n03".into(),
+                "--listen".into(),
+                c.clone(),
+                "--peers".into(),
+                format!("n1={a},n2={b},n3={c}"),
+            ],
+            "leading zero",
+        ),
+        (
+            vec![
+                "--id".into(),
+                "x3".into(),
+                "--listen".into(),
+                c.clone(),
+                "--peers".into(),
+                format!("n1={a},n2={b},n3={c}"),
+            ],
+            "--id x3 is node 3, which --peers names n3",
+        ),
+    ];
+    for (args, expected) in cases {
+        let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
+        args.extend(["--data-dir", data_s]);
+        let (code, text) = serve_refused(&args, &root);
+        assert_ne!(code, 0, "{args:?}");
+        assert!(text.contains(expected), "{args:?}: {text:?}");
+    }
+    assert!(
+        !data.exists(),
+        "nothing is created for refused arguments: {}",
+        data.display()
+    );
+}
+
+async fn answers_status(addr: &str) -> Option<oncekv::node::NodeStatus> {
+    let mut opts = ClientOptions::new(vec![addr.to_string()]);
+    opts.deadline = Duration::from_secs(1);
+    Client::new(opts).status_of(0).await.ok()
+}
+
+/// A data dir remembers its node's name: node 3's dir refuses `x3` (same id),
+/// and a dir inside another node's dir is refused; a wildcard `--listen` on the
+/// node's own port is accepted (nodes on several machines need it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_dir_remembers_its_node_name() {
+    let root = test_dir("identity-name");
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let dir = root.join("n3");
+    let dir_s = dir.to_str().unwrap().to_string();
+    let wildcard = format!("0.0.0.0:{port}");
+    let mut n3 = Command::new(env!("CARGO_BIN_EXE_oncekv"))
+        .args(["serve", "--id", "n3", "--listen", &wildcard])
+        .args(["--peers", &format!("n3={addr}"), "--data-dir", &dir_s])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn n3");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while answers_status(&addr).await.is_none() {
+        assert!(Instant::now() < deadline, "n3 never answered status");
+        assert!(n3.try_wait().unwrap().is_none(), "n3 exited");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    n3.kill().unwrap();
+    n3.wait().unwrap();
+
+    let (code, text) = serve_refused(
+        &[
+            "--id",
+            "x3",
+            "--listen",
+            &addr,
+            "--peers",
+            &format!("x3={addr}"),
+            "--data-dir",
+            &dir_s,
+        ],
+        &root,
+    );
+    assert_ne!(code, 0);
+    assert!(text.contains("data dir of node n3, not of x3"), "{text:?}");
+
+    // --listen and --peers moved together: the log still says where n3 is.
+    let moved = format!("127.0.0.1:{}", free_port());
+    let (code, text) = serve_refused(
+        &[
+            "--id",
+            "n3",
+            "--listen",
+            &moved,
+            "--peers",
+            &format!("n3={moved}"),
+            "--data-dir",
+            &dir_s,
+        ],
+        &root,
+    );
+    assert_ne!(code, 0);
+    assert!(
+        text.contains(&format!("this node's log records it as n3@{addr}")),
+        "{text:?}"
+    );
+
+    let inner = dir.join("wal").join("x");
+    let n5 = format!("127.0.0.1:{}", free_port());
+    let (code, text) = serve_refused(
+        &[
+            "--id",
+            "n5",
+            "--listen",
+            &n5,
+            "--peers",
+            &format!("n5={n5}"),
+            "--data-dir",
+            inner.to_str().unwrap(),
+        ],
+        &root,
+    );
+    assert_ne!(code, 0);
+    assert!(
+        text.contains("inside the data dir of another node"),
+        "{text:?}"
+    );
+}
+
+fn maelstrom(lines: &[Value]) -> Vec<Value> {
+    let input: String = lines.iter().map(|l| l.to_string() + "\n").collect();
+    support::run_script(&input)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect()
+}
+
+fn init(msg_id: u64, node_id: &str, node_ids: &[&str]) -> Value {
+    json!({"src":"c0","dest":node_id,"body":{"type":"init","msg_id":msg_id,
+        "node_id":node_id,"node_ids":node_ids}})
+}
+
+/// A second `init` that differs from the first is refused (definite error 12
+/// naming what the node is), not acknowledged and ignored; an identical one is
+/// acknowledged again; the node keeps serving as first initialized.
+#[test]
+fn a_second_different_init_is_refused() {
+    let out = maelstrom(&[
+        init(1, "n1", &["n1"]),
+        init(2, "n1", &["n1", "n2", "n3"]),
+        // Addressed to this node, naming another: refused as a different init
+        // (one addressed to n2 would be refused as misdelivered).
+        json!({"src":"c0","dest":"n1","body":{"type":"init","msg_id":3,
+            "node_id":"n2","node_ids":["n1"]}}),
+        init(4, "n1", &["n1"]),
+        json!({"src":"c1","dest":"n1","body":{"type":"write","msg_id":5,"key":"k","value":1}}),
+    ]);
+    let by_id = |id: u64| {
+        out.iter()
+            .find(|l| l["body"]["in_reply_to"] == id)
+            .unwrap_or_else(|| panic!("no reply to {id}: {out:?}"))["body"]
+            .clone()
+    };
+    assert_eq!(by_id(1)["type"], "init_ok");
+    for id in [2, 3] {
+        let b = by_id(id);
+        assert_eq!(b["code"], 12, "{b}");
+        let text = b["text"].as_str().unwrap();
+        assert!(text.contains("already initialized as n1"), "{text}");
+        assert!(text.contains("[\"n1\"]"), "{text}");
+    }
+    assert_eq!(by_id(4)["type"], "init_ok");
+    assert_eq!(by_id(5)["type"], "write_ok");
+}
+
+/// An `init` naming one node twice is refused: that node would count as two voters.
+#[test]
+fn an_init_naming_a_node_twice_is_refused() {
+    let out = maelstrom(&[init(1, "n1", &["n1", "n1", "n2"])]);
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(out[0]["body"]["code"], 12, "{out:?}");
+    let text = out[0]["body"]["text"].as_str().unwrap();
+    assert!(text.contains("n1 appears twice"), "{text}");
+}
+
+/// A node that ran, lost its data dir and is started again empty under its old
+/// name (not `--join`) is refused while the leader knows it confirmed entries:
+/// started empty it would have forgotten its vote and could vote twice in a term.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_lost_its_data_is_not_started_empty() {
+    let mut cluster = support_tcp::TestCluster::start("identity-lost", 3, &[]);
+    let leader = cluster.wait_leader(Duration::from_secs(20)).await;
+    let mut client = cluster.client();
+    client.open_session().await.expect("session");
+    client.write(json!("k"), json!(1)).await.expect("write");
+    let lost = (leader + 1) % 3;
+    let id = (lost + 1) as u64;
+    cluster
+        .wait_for(
+            "the leader to hear from the node",
+            Duration::from_secs(10),
+            || {
+                let c = &cluster;
+                async move {
+                    c.status(leader).await.is_some_and(|s| {
+                        s.replicated
+                            .as_ref()
+                            .and_then(|r| r.get(&id).copied().flatten())
+                            .is_some()
+                    })
+                }
+            },
+        )
+        .await;
+    cluster.kill(lost);
+    let dir = cluster.nodes[lost].dir.clone();
+    std::fs::remove_dir_all(&dir).expect("lose the data dir");
+    cluster.restart(lost);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        let child = cluster.nodes[lost].child.as_mut().expect("child");
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the node started empty");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    cluster.nodes[lost].child = None;
+    assert!(!status.success(), "{status}");
+    let text = std::fs::read_to_string(dir.join("stderr.log")).unwrap_or_default();
+    assert!(text.contains("ran before and lost its data"), "{text}");
+    assert!(
+        !dir.join("oncekv.meta").exists(),
+        "the refused dir stays empty, so a retry is refused again"
+    );
+}
