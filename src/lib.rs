@@ -11,6 +11,7 @@
 //! - [`history`]: the `history.jsonl` format shared by the harness and the checker.
 //! - [`reject_log`]: logging of rejected input, truncated and rate-limited ([`reject!`]).
 //! - [`log_file`]: the size-capped node log file of `oncekv serve`.
+//! - [`utc`]: UTC time as text (output folder names, run markers in logs).
 //! - [`check`]: the linearizability checker and the exactly-once counter check.
 //! - [`report`]: `results.json`, the end-of-run summary and `latency.svg`.
 //! - [`bench`]: `oncekv bench` (single node vs a no-consensus baseline, session memory)
@@ -33,3 +34,4 @@ pub mod report;
 pub mod state;
 pub mod storage;
 pub mod tcp;
+pub mod utc;
