@@ -7,6 +7,16 @@ use std::time::Duration;
 
 use crate::state::SessionLimits;
 
+/// The largest log entry (its JSON) a batch must be able to hold: a request
+/// line of up to 1 MiB, plus the entry's own fields (log id, session, time).
+pub const ENTRY_BYTES_MAX: u64 = (1 << 20) + (64 << 10);
+/// Room for a peer RPC's envelope and fields around its entries or chunk.
+pub const RPC_ENVELOPE_BYTES: u64 = 64 << 10;
+/// The largest peer RPC line any valid config produces.
+pub const PEER_RPC_BYTES_LIMIT: u64 = 64 << 20;
+// The WAL must hold the largest entry as one record.
+const _: () = assert!(ENTRY_BYTES_MAX <= crate::storage::wal::RECORD_BYTES_MAX as u64);
+
 /// Node configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -42,6 +52,35 @@ pub struct Config {
     pub outbox_capacity: usize,
     /// Most client requests in flight at once on one node; the reader waits past it.
     pub requests_in_flight_max: usize,
+    /// Most bytes of log entries (their JSON) in one append RPC to a follower.
+    /// openraft bounds a batch by count only (`max_payload_entries`, 300): with
+    /// 300 KB values that is a 90 MB line that cannot arrive within any sane
+    /// deadline, so a lagging follower never caught up. A batch always holds at
+    /// least one entry, so the largest entry (a request's size plus a little)
+    /// must fit too: see [`Config::peer_rpc_bytes_max`].
+    pub append_batch_bytes_max: u64,
+    /// Deadline of one append RPC that carries entries, and of one snapshot chunk.
+    /// openraft gives a replication RPC only its heartbeat interval (50 ms), which a
+    /// batch of large entries plus the follower's fsync can exceed on a busy
+    /// machine; bare heartbeats and votes keep openraft's deadline.
+    pub append_timeout_ms: u64,
+    /// Bytes of snapshot data per `raft_snapshot` chunk. A snapshot travels in
+    /// chunks, each its own RPC with its own deadline (`append_timeout_ms`), so a
+    /// large state needs neither one huge line nor one long deadline.
+    pub snapshot_chunk_bytes: u64,
+    /// Incoming snapshot transfers a follower keeps at once (each a partial file
+    /// in the data dir); a transfer beyond it replaces the least recently active.
+    pub snapshot_transfers_max: u64,
+    /// A partial incoming snapshot not extended for this long is deleted.
+    pub snapshot_transfer_idle_ms: u64,
+    /// Build a snapshot once the log after the last one holds this many bytes of
+    /// entries, even before `snapshot_every_entries` (large values).
+    pub snapshot_every_bytes: u64,
+    /// Bytes of entries kept behind a snapshot at most (`log_kept_behind_snapshot`
+    /// counts entries; with large values that count alone kept gigabytes). With
+    /// `snapshot_every_bytes` this bounds the in-memory log: about their sum plus
+    /// what arrived since the last check.
+    pub log_kept_behind_snapshot_bytes: u64,
 }
 
 impl Default for Config {
@@ -59,6 +98,13 @@ impl Default for Config {
             log_kept_behind_snapshot: 1_000,
             outbox_capacity: 65_536,
             requests_in_flight_max: 65_536,
+            append_batch_bytes_max: 2 << 20,
+            append_timeout_ms: 5_000,
+            snapshot_chunk_bytes: 1 << 20,
+            snapshot_transfers_max: 2,
+            snapshot_transfer_idle_ms: 30_000,
+            snapshot_every_bytes: 64 << 20,
+            log_kept_behind_snapshot_bytes: 16 << 20,
         }
     }
 }
@@ -72,7 +118,7 @@ impl Config {
     /// The defaults with `ONCEKV_*` environment overrides applied.
     pub fn from_env() -> Result<Config, ConfigError> {
         let mut c = Config::default();
-        let vars: [(&str, &mut u64); 12] = [
+        let vars: [(&str, &mut u64); 19] = [
             ("HEARTBEAT_INTERVAL_MS", &mut c.heartbeat_interval_ms),
             ("ELECTION_TIMEOUT_MIN_MS", &mut c.election_timeout_min_ms),
             ("ELECTION_TIMEOUT_MAX_MS", &mut c.election_timeout_max_ms),
@@ -88,6 +134,19 @@ impl Config {
             ("TOMBSTONES_MAX", &mut c.limits.tombstones_max),
             ("SNAPSHOT_EVERY_ENTRIES", &mut c.snapshot_every_entries),
             ("LOG_KEPT_BEHIND_SNAPSHOT", &mut c.log_kept_behind_snapshot),
+            ("APPEND_BATCH_BYTES_MAX", &mut c.append_batch_bytes_max),
+            ("APPEND_TIMEOUT_MS", &mut c.append_timeout_ms),
+            ("SNAPSHOT_CHUNK_BYTES", &mut c.snapshot_chunk_bytes),
+            ("SNAPSHOT_TRANSFERS_MAX", &mut c.snapshot_transfers_max),
+            (
+                "SNAPSHOT_TRANSFER_IDLE_MS",
+                &mut c.snapshot_transfer_idle_ms,
+            ),
+            ("SNAPSHOT_EVERY_BYTES", &mut c.snapshot_every_bytes),
+            (
+                "LOG_KEPT_BEHIND_SNAPSHOT_BYTES",
+                &mut c.log_kept_behind_snapshot_bytes,
+            ),
         ];
         for (name, slot) in vars {
             let var = format!("ONCEKV_{name}");
@@ -125,6 +184,33 @@ impl Config {
         if self.outbox_capacity == 0 || self.requests_in_flight_max == 0 {
             return fail("queue capacities must be positive");
         }
+        // One entry always fits a batch: the largest the log accepts.
+        if self.append_batch_bytes_max < ENTRY_BYTES_MAX {
+            return fail(
+                "append_batch_bytes_max must be at least the largest entry (1 MiB + 64 KiB)",
+            );
+        }
+        if self.peer_rpc_bytes_max() > PEER_RPC_BYTES_LIMIT {
+            return fail(
+                "append_batch_bytes_max and snapshot_chunk_bytes must keep a peer RPC within 64 MiB",
+            );
+        }
+        if self.snapshot_chunk_bytes < 4096 {
+            return fail("snapshot_chunk_bytes must be at least 4096");
+        }
+        if self.append_timeout_ms == 0 || self.snapshot_transfer_idle_ms <= self.append_timeout_ms {
+            return fail(
+                "snapshot_transfer_idle_ms must exceed append_timeout_ms (a chunk in flight is not stale)",
+            );
+        }
+        if self.snapshot_transfers_max == 0 {
+            return fail("snapshot_transfers_max must be positive");
+        }
+        // A snapshot is triggered by bytes only past one batch, or every batch
+        // would build one.
+        if self.snapshot_every_bytes < self.append_batch_bytes_max {
+            return fail("snapshot_every_bytes must be at least append_batch_bytes_max");
+        }
         Ok(())
     }
 
@@ -143,6 +229,20 @@ impl Config {
             ..Default::default()
         };
         c.validate().map_err(|e| ConfigError(e.to_string()))
+    }
+
+    /// The longest peer RPC line this config makes a node send (an append batch or
+    /// one entry, whichever is larger; a snapshot chunk, whose JSON text at most
+    /// doubles when escaped into a string), plus the envelope. A peer's line
+    /// limit must be at least this.
+    pub fn peer_rpc_bytes_max(&self) -> u64 {
+        let batch = self.append_batch_bytes_max.max(ENTRY_BYTES_MAX);
+        batch.max(2 * self.snapshot_chunk_bytes) + RPC_ENVELOPE_BYTES
+    }
+
+    /// [`Config::append_timeout_ms`] as a duration.
+    pub fn append_timeout(&self) -> Duration {
+        Duration::from_millis(self.append_timeout_ms)
     }
 
     /// [`Config::request_timeout_ms`] as a duration.

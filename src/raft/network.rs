@@ -18,7 +18,7 @@ use openraft::raft::{
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
 use super::sm_store::Snapshot;
 use super::{Peer, SnapshotMeta, TypeConfig, Vote};
@@ -146,16 +146,36 @@ pub fn rpc_from<T: DeserializeOwned>(body: &Body, raw: Option<&RawValue>) -> Res
     }
 }
 
+/// What bounds the bulk RPCs (appends with entries, snapshot chunks).
+#[derive(Debug, Clone, Copy)]
+pub struct BulkLimits {
+    /// Deadline of one append carrying entries, and of one snapshot chunk.
+    pub timeout: Duration,
+    /// Bytes of snapshot data per chunk.
+    pub chunk_bytes: usize,
+}
+
+impl BulkLimits {
+    /// The limits `config` sets.
+    pub fn from_config(config: &crate::config::Config) -> BulkLimits {
+        BulkLimits {
+            timeout: config.append_timeout(),
+            chunk_bytes: config.snapshot_chunk_bytes as usize,
+        }
+    }
+}
+
 /// The factory openraft asks for one client per peer.
 #[derive(Clone)]
 pub struct Network {
     transport: Arc<dyn Transport>,
+    limits: BulkLimits,
 }
 
 impl Network {
     /// A factory sending through `transport`.
-    pub fn new(transport: Arc<dyn Transport>) -> Self {
-        Network { transport }
+    pub fn new(transport: Arc<dyn Transport>, limits: BulkLimits) -> Self {
+        Network { transport, limits }
     }
 }
 
@@ -163,6 +183,7 @@ impl Network {
 pub struct PeerClient {
     transport: Arc<dyn Transport>,
     peer: Peer,
+    limits: BulkLimits,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -172,6 +193,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
         PeerClient {
             transport: self.transport.clone(),
             peer: node.clone(),
+            limits: self.limits,
         }
     }
 }
@@ -302,13 +324,17 @@ where
         let req = self.pull().await?;
         let prev = req.prev_log_id;
         let last = req.entries.last().map(|e| e.log_id).or(prev);
+        // openraft's deadline for a replication RPC is its heartbeat interval:
+        // enough for a commit update, not for a batch of large entries and the
+        // follower's fsync of them (`Config::append_timeout_ms`).
+        let timeout = if req.entries.is_empty() {
+            self.option.hard_ttl()
+        } else {
+            self.client.limits.timeout.max(self.option.hard_ttl())
+        };
         let resp = match self
             .client
-            .exchange::<_, AppendEntriesResponse<TypeConfig>>(
-                "raft_append",
-                &req,
-                self.option.hard_ttl(),
-            )
+            .exchange::<_, AppendEntriesResponse<TypeConfig>>("raft_append", &req, timeout)
             .await
         {
             Ok(resp) => resp,
@@ -373,6 +399,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
             client: PeerClient {
                 transport: self.transport.clone(),
                 peer: self.peer.clone(),
+                limits: self.limits,
             },
             option,
         };
@@ -391,7 +418,12 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.exchange("raft_append", &rpc, option.hard_ttl())
+        let timeout = if rpc.entries.is_empty() {
+            option.hard_ttl()
+        } else {
+            self.limits.timeout.max(option.hard_ttl())
+        };
+        self.exchange("raft_append", &rpc, timeout)
             .await
             .map_err(rpc_error)
     }
@@ -416,20 +448,72 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
             .map_err(rpc_error)
     }
 
+    /// Sends the snapshot in chunks of `Config::snapshot_chunk_bytes`, each its
+    /// own RPC with its own deadline. The follower answers each with the offset it
+    /// wants next, so a lost or repeated chunk costs one round trip, and a
+    /// transfer retried after a failure resumes where the follower's partial
+    /// copy ends.
     async fn full_snapshot(
         &mut self,
         vote: Vote,
         snapshot: Snapshot,
         cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
-        option: RPCOption,
+        _option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
         let data = String::from_utf8(snapshot.snapshot)
             .map_err(|e| StreamingError::Unreachable(Unreachable::new(&e)))?;
-        let rpc = json!({"vote": vote, "meta": snapshot.meta, "data": data});
-        let call = self.exchange("raft_snapshot", &rpc, option.hard_ttl());
+        let meta = snapshot.meta;
+        let send = async {
+            let total = data.len() as u64;
+            let mut offset = 0u64;
+            let mut reported = 0u64;
+            let started = std::time::Instant::now();
+            loop {
+                let chunk = chunk_at(&data, offset as usize, self.limits.chunk_bytes);
+                let rpc = SnapshotChunk {
+                    vote,
+                    meta: meta.clone(),
+                    total,
+                    offset,
+                    data: chunk.into(),
+                };
+                let reply: ChunkReply = self
+                    .exchange("raft_snapshot", &rpc, self.limits.timeout)
+                    .await?;
+                match reply {
+                    ChunkReply::Done(resp) => {
+                        tracing::info!(
+                            "snapshot {} to {}: {total} bytes sent in {:?}",
+                            meta.last_log_id.map_or(0, |l| l.index),
+                            self.peer,
+                            started.elapsed()
+                        );
+                        return Ok(resp);
+                    }
+                    ChunkReply::Next(next) if next <= total => {
+                        // Progress, logged at every tenth of the snapshot.
+                        if next >= reported + total / 10 || next < offset {
+                            tracing::info!(
+                                "snapshot {} to {}: {next} of {total} bytes",
+                                meta.last_log_id.map_or(0, |l| l.index),
+                                self.peer
+                            );
+                            reported = next;
+                        }
+                        offset = next;
+                    }
+                    ChunkReply::Next(next) => {
+                        return Err(CallError::Unreachable {
+                            peer: self.peer.name.clone(),
+                            why: format!("asked for offset {next} of a {total}-byte snapshot"),
+                        });
+                    }
+                }
+            }
+        };
         tokio::select! {
             closed = cancel => Err(StreamingError::Closed(closed)),
-            r = call => r.map_err(|e| match rpc_error(e) {
+            r = send => r.map_err(|e| match rpc_error(e) {
                 RPCError::Network(n) => StreamingError::Network(n),
                 RPCError::Unreachable(u) => StreamingError::Unreachable(u),
                 other => StreamingError::Unreachable(Unreachable::new(&other)),
@@ -438,15 +522,46 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
     }
 }
 
-/// The decoded `raft_snapshot` request.
-#[derive(serde::Deserialize)]
-pub struct SnapshotRpc {
+/// The piece of `data` from `offset` of at most `max` bytes, cut at a character
+/// boundary (at least one character, so a transfer always advances).
+fn chunk_at(data: &str, offset: usize, max: usize) -> &str {
+    let offset = offset.min(data.len());
+    let mut end = (offset + max).min(data.len());
+    while !data.is_char_boundary(end) {
+        end -= 1;
+    }
+    if end == offset && offset < data.len() {
+        end = offset + 1;
+        while !data.is_char_boundary(end) {
+            end += 1;
+        }
+    }
+    &data[offset..end]
+}
+
+/// One `raft_snapshot` request: a piece of the leader's snapshot.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct SnapshotChunk {
     /// The leader's vote.
     pub vote: Vote,
     /// The snapshot's metadata.
     pub meta: SnapshotMeta,
-    /// The state as JSON text.
+    /// The snapshot's whole size in bytes.
+    pub total: u64,
+    /// Where this piece starts.
+    pub offset: u64,
+    /// The piece: part of the state's JSON text.
     pub data: String,
+}
+
+/// The answer to a [`SnapshotChunk`].
+#[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChunkReply {
+    /// Send the piece starting here next (what the follower holds so far).
+    Next(u64),
+    /// The snapshot is complete and was installed.
+    Done(SnapshotResponse<TypeConfig>),
 }
 
 #[cfg(test)]
@@ -522,6 +637,7 @@ mod tests {
                 name: "n2".into(),
                 addr: String::new(),
             },
+            limits: BulkLimits::from_config(&crate::config::Config::default()),
         }
     }
 
