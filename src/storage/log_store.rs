@@ -171,6 +171,8 @@ fn replay(m: &mut Mirror, rec: Record<'_>) -> Result<(), String> {
         }
         Record::Vote(bytes) => m.vote = Some(decode("vote", bytes)?),
         Record::Committed(bytes) => m.committed = decode::<Option<LogId>>("committed", bytes)?,
+        // Checked by the WAL itself.
+        Record::Start(_) => {}
     }
     Ok(())
 }
