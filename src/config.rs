@@ -265,4 +265,32 @@ mod tests {
         };
         assert!(c.validate().is_err());
     }
+
+    #[test]
+    fn byte_bounds_relate_to_the_largest_entry_and_each_other() {
+        let bad = |c: Config| assert!(c.validate().is_err(), "{c:?}");
+        let d = Config::default;
+        bad(Config {
+            append_batch_bytes_max: ENTRY_BYTES_MAX - 1,
+            ..d()
+        });
+        bad(Config {
+            append_batch_bytes_max: PEER_RPC_BYTES_LIMIT,
+            ..d()
+        });
+        bad(Config {
+            snapshot_chunk_bytes: 100,
+            ..d()
+        });
+        bad(Config {
+            snapshot_transfer_idle_ms: d().append_timeout_ms,
+            ..d()
+        });
+        bad(Config {
+            snapshot_every_bytes: d().append_batch_bytes_max - 1,
+            ..d()
+        });
+        // A peer's line limit must hold the largest RPC: 2 MiB + 64 KiB by default.
+        assert_eq!(d().peer_rpc_bytes_max(), (2 << 20) + (64 << 10));
+    }
 }

@@ -682,7 +682,7 @@ impl Node {
                     Accepted::Next(next) => rpc_body("raft_snapshot_ok", &ChunkReply::Next(next)),
                     Accepted::Complete(data) => {
                         let snapshot = Snapshot {
-                            meta: chunk.meta,
+                            meta: chunk.meta.clone(),
                             snapshot: data,
                         };
                         let r = self
@@ -690,6 +690,12 @@ impl Node {
                             .install_full_snapshot(chunk.vote, snapshot)
                             .await
                             .map_err(|e| s(&e))?;
+                        self.snapshots_in.installed(&chunk);
+                        rpc_body("raft_snapshot_ok", &ChunkReply::Done(r))
+                    }
+                    Accepted::Installed => {
+                        let vote = self.raft.metrics().borrow_watched().vote;
+                        let r = openraft::raft::SnapshotResponse { vote };
                         rpc_body("raft_snapshot_ok", &ChunkReply::Done(r))
                     }
                 }
@@ -746,6 +752,7 @@ impl Node {
             loop {
                 tick.tick().await;
                 let Some(node) = weak.upgrade() else { return };
+                node.snapshots_in.sweep().await;
                 let (snapshot, applied) = {
                     let m = node.raft.metrics();
                     let m = m.borrow_watched();
@@ -988,6 +995,28 @@ fn proposal_outcome(waited: Waited, has_session: bool) -> Outcome {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn the_log_kept_behind_a_snapshot_is_bounded_in_bytes() {
+        use crate::raft::log_store::LogMirror;
+        let mut m = LogMirror::default();
+        for i in 1..=10 {
+            m.insert(
+                crate::raft::Entry {
+                    log_id: openraft::testing::log_id::<TypeConfig>(1, 1, i),
+                    payload: openraft::EntryPayload::Blank,
+                },
+                100,
+            );
+        }
+        let c = Config {
+            log_kept_behind_snapshot_bytes: 250,
+            ..Config::default()
+        };
+        // Snapshot at 8: entries 7 and 8 (200 bytes) may stay, 6 and before go.
+        assert_eq!(purge_point(&m, 8, &c), Some(6));
+        assert_eq!(purge_point(&m, 2, &c), None);
+    }
     use super::*;
     use openraft::errors::ForwardToLeader;
 

@@ -242,3 +242,43 @@ impl RaftLogStorage<TypeConfig> for MemLogStore {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use openraft::EntryPayload;
+
+    use super::*;
+
+    fn entry(index: u64) -> Entry {
+        Entry {
+            log_id: openraft::testing::log_id::<TypeConfig>(1, 1, index),
+            payload: EntryPayload::Blank,
+        }
+    }
+
+    #[test]
+    fn batches_are_bounded_in_bytes_with_one_entry_at_least() {
+        let mut m = LogMirror {
+            batch_bytes_max: 250,
+            ..LogMirror::default()
+        };
+        for i in 1..=10 {
+            m.insert(entry(i), 100);
+        }
+        assert_eq!(m.bytes, 1_000);
+        let first = |v: Vec<Entry>| v.iter().map(|e| e.index()).collect::<Vec<_>>();
+        assert_eq!(first(m.limited(1, 11)), vec![1, 2]);
+        assert_eq!(first(m.limited(9, 11)), vec![9, 10]);
+        // An entry larger than the bound still goes, alone.
+        m.insert(entry(11), 1_000);
+        assert_eq!(first(m.limited(11, 12)), vec![11]);
+        assert_eq!(first(m.limited(10, 12)), vec![10]);
+        // Sizes follow truncation, replacement and purge.
+        m.truncate_from(11);
+        m.insert(entry(10), 50);
+        assert_eq!(m.bytes, 950);
+        m.purge(entry(4).log_id);
+        assert_eq!(m.bytes, 550);
+        assert_eq!(m.bytes_in(..=7), 300);
+    }
+}

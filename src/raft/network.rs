@@ -734,4 +734,116 @@ mod tests {
         assert!(out.next().await.is_none(), "nothing after an error");
         assert_eq!(t.sent.lock().unwrap().len(), 1);
     }
+
+    /// A follower's side of `raft_snapshot` in memory: records each chunk's
+    /// size, and fails the call for the chunks at these positions in `lose`.
+    struct SnapshotPeer {
+        rx: crate::raft::snapshot_transfer::SnapshotReceiver,
+        chunks: Mutex<Vec<(u64, usize)>>,
+        lose: Mutex<Vec<usize>>,
+    }
+
+    impl Transport for SnapshotPeer {
+        fn call(
+            &self,
+            peer: &Peer,
+            req: RpcRequest,
+            _timeout: Duration,
+        ) -> BoxFuture<'static, Result<Body, CallError>> {
+            assert_eq!(req.kind, "raft_snapshot");
+            let chunk: SnapshotChunk = serde_json::from_str(req.rpc.get()).expect("a chunk");
+            let n = {
+                let mut c = self.chunks.lock().unwrap();
+                c.push((chunk.offset, chunk.data.len()));
+                c.len()
+            };
+            let lost = self.lose.lock().unwrap().contains(&n);
+            let accepted = if lost {
+                None
+            } else {
+                Some(futures::executor::block_on(self.rx.accept(&chunk)).expect("accepted"))
+            };
+            let peer = peer.to_string();
+            Box::pin(async move {
+                use crate::raft::snapshot_transfer::Accepted;
+                let reply = match accepted {
+                    None => return Err(CallError::Timeout(peer)),
+                    Some(Accepted::Next(n)) => ChunkReply::Next(n),
+                    Some(Accepted::Complete(data)) => {
+                        assert_eq!(data, snapshot_data().into_bytes(), "assembled whole");
+                        ChunkReply::Done(SnapshotResponse {
+                            vote: Vote::new_committed(1, 1),
+                        })
+                    }
+                    Some(Accepted::Installed) => unreachable!(),
+                };
+                Ok(rpc_body("raft_snapshot_ok", &reply))
+            })
+        }
+    }
+
+    /// A snapshot's text with multi-byte characters, so chunks cut at
+    /// character boundaries.
+    fn snapshot_data() -> String {
+        (0..2_000)
+            .map(|i| format!("{{\"k{i}\":\"é€{i}\"}}"))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_goes_in_bounded_chunks_and_a_retry_resumes() {
+        let t = Arc::new(SnapshotPeer {
+            rx: crate::raft::snapshot_transfer::SnapshotReceiver::new(
+                None,
+                2,
+                Duration::from_secs(60),
+            ),
+            chunks: Mutex::new(Vec::new()),
+            lose: Mutex::new(vec![5]),
+        });
+        let mut c = PeerClient {
+            transport: t.clone(),
+            peer: Peer {
+                name: "n2".into(),
+                addr: String::new(),
+            },
+            limits: BulkLimits {
+                timeout: Duration::from_secs(1),
+                chunk_bytes: 4096,
+            },
+        };
+        let snapshot = || Snapshot {
+            meta: SnapshotMeta {
+                last_log_id: log_id(9),
+                last_membership: Default::default(),
+            },
+            snapshot: snapshot_data().into_bytes(),
+        };
+        let total = snapshot_data().len();
+        let never = futures::future::pending::<ReplicationClosed>();
+        // The fifth chunk's answer is lost: this attempt fails.
+        let first = c
+            .full_snapshot(Vote::new_committed(1, 1), snapshot(), never, option())
+            .await;
+        assert!(first.is_err(), "a lost chunk fails the attempt");
+        let sent_first = t.chunks.lock().unwrap().len();
+        assert_eq!(sent_first, 5);
+        // The retry starts at 0, is told where the follower is, and resumes.
+        let never = futures::future::pending::<ReplicationClosed>();
+        let r = c
+            .full_snapshot(Vote::new_committed(1, 1), snapshot(), never, option())
+            .await
+            .expect("installed");
+        assert_eq!(r.vote, Vote::new_committed(1, 1));
+        let chunks = t.chunks.lock().unwrap().clone();
+        assert!(chunks.iter().all(|&(_, len)| len <= 4096), "{chunks:?}");
+        let resent: u64 = chunks[sent_first..].iter().map(|&(_, l)| l as u64).sum();
+        let first_four: u64 = chunks[..4].iter().map(|&(_, l)| l as u64).sum();
+        assert_eq!(chunks[sent_first].0, 0, "the retry starts at 0");
+        assert_eq!(chunks[sent_first + 1].0, first_four, "then resumes");
+        assert!(
+            resent < total as u64 + 4096,
+            "nothing but the first chunk twice"
+        );
+    }
 }

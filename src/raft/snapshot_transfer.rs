@@ -37,8 +37,12 @@ pub const PART_SUFFIX: &str = ".part";
 pub enum Accepted {
     /// Send the piece starting at this offset next.
     Next(u64),
-    /// Every byte arrived: the whole snapshot, to install.
+    /// Every byte arrived: the whole snapshot, to install (then report it with
+    /// [`SnapshotReceiver::installed`]).
     Complete(Vec<u8>),
+    /// This snapshot was installed already (the leader missed the answer and
+    /// sends it again): answer that it is done.
+    Installed,
 }
 
 /// Where one transfer's bytes go.
@@ -82,6 +86,19 @@ pub struct SnapshotReceiver {
     next_file: AtomicU64,
     /// The partial transfers, one chunk handled at a time.
     transfers: tokio::sync::Mutex<Vec<Transfer>>,
+    /// The transfer installed last.
+    installed: std::sync::Mutex<Option<String>>,
+}
+
+/// What identifies a transfer: the leader's vote, the snapshot's last log id
+/// and its size.
+fn key_of(chunk: &SnapshotChunk) -> String {
+    format!(
+        "{}|{}|{}",
+        serde_json::to_string(&chunk.vote).unwrap_or_default(),
+        serde_json::to_string(&chunk.meta.last_log_id).unwrap_or_default(),
+        chunk.total
+    )
 }
 
 fn invalid(why: String) -> io::Error {
@@ -97,6 +114,29 @@ impl SnapshotReceiver {
             idle,
             next_file: AtomicU64::new(0),
             transfers: tokio::sync::Mutex::new(Vec::new()),
+            installed: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Records that the snapshot `chunk` completed was installed.
+    pub fn installed(&self, chunk: &SnapshotChunk) {
+        *self.installed.lock().unwrap_or_else(|p| p.into_inner()) = Some(key_of(chunk));
+    }
+
+    /// Deletes partial transfers idle past the limit (a leader that died or
+    /// moved on mid-transfer sends no further chunk that would).
+    pub async fn sweep(&self) {
+        let mut transfers = self.transfers.lock().await;
+        let now = Instant::now();
+        let mut i = 0;
+        while i < transfers.len() {
+            if now.duration_since(transfers[i].last) >= self.idle {
+                let t = transfers.swap_remove(i);
+                tracing::info!("dropping a partial snapshot idle for {:?}", self.idle);
+                t.discard().await;
+            } else {
+                i += 1;
+            }
         }
     }
 
@@ -118,13 +158,20 @@ impl SnapshotReceiver {
                 chunk.offset, chunk.total
             )));
         }
-        let key = format!(
-            "{}|{}|{}",
-            serde_json::to_string(&chunk.vote).unwrap_or_default(),
-            serde_json::to_string(&chunk.meta.last_log_id).unwrap_or_default(),
-            chunk.total
-        );
+        let key = key_of(chunk);
         let mut transfers = self.transfers.lock().await;
+        if self
+            .installed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            == Some(&key)
+        {
+            if let Some(at) = transfers.iter().position(|t| t.key == key) {
+                transfers.swap_remove(at).discard().await;
+            }
+            return Ok(Accepted::Installed);
+        }
         // Stale partial transfers go first (a leader that died mid-transfer).
         let now = Instant::now();
         let mut i = 0;
@@ -275,6 +322,12 @@ mod tests {
         if let Some(d) = &dir {
             assert_eq!(std::fs::read_dir(d).unwrap().count(), 0, "file removed");
         }
+        // Sent again after it was installed (the answer was lost): done.
+        rx.installed(&chunk(1, "ij", 8, 10));
+        assert_eq!(
+            rx.accept(&chunk(1, "abc", 0, 10)).await.unwrap(),
+            Accepted::Installed
+        );
         // Bad input is refused, never written.
         assert!(rx.accept(&chunk(1, "abc", 9, 10)).await.is_err());
     }
@@ -302,6 +355,10 @@ mod tests {
         rx.accept(&chunk(4, "ab", 0, 10)).await.unwrap();
         assert_eq!(rx.partial_count().await, 1, "idle ones were dropped");
         assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        rx.sweep().await;
+        assert_eq!(rx.partial_count().await, 0, "and the last one by a sweep");
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
