@@ -7,15 +7,10 @@ use std::time::Duration;
 
 use crate::state::SessionLimits;
 
-/// The largest log entry (its JSON) a batch must be able to hold: a request
-/// line of up to 1 MiB, plus the entry's own fields (log id, session, time).
-pub const ENTRY_BYTES_MAX: u64 = (1 << 20) + (64 << 10);
 /// Room for a peer RPC's envelope and fields around its entries or chunk.
 pub const RPC_ENVELOPE_BYTES: u64 = 64 << 10;
 /// The largest peer RPC line any valid config produces.
 pub const PEER_RPC_BYTES_LIMIT: u64 = 64 << 20;
-// The WAL must hold the largest entry as one record.
-const _: () = assert!(ENTRY_BYTES_MAX <= crate::storage::wal::RECORD_BYTES_MAX as u64);
 
 /// Node configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -52,6 +47,26 @@ pub struct Config {
     pub outbox_capacity: usize,
     /// Most client requests in flight at once on one node; the reader waits past it.
     pub requests_in_flight_max: usize,
+    /// Longest client request line, in bytes (`ONCEKV_REQUEST_BYTES_MAX`), on
+    /// either transport. A longer line is refused with error 12 before anything is
+    /// proposed, and is never held whole in memory. Also bounds what the log keeps
+    /// of one request: its entry may take at most [`ENTRY_SLACK_BYTES`] more, so
+    /// every entry fits a log record (`storage::wal::RECORD_BYTES_MAX`, 4 MiB;
+    /// checked by `validate`), and a read reply stays within the client's limit.
+    pub request_bytes_max: usize,
+    /// Longest line from a peer node, in bytes (`ONCEKV_PEER_LINE_BYTES_MAX`): a TCP
+    /// connection gets it once its `peer_hello` is accepted (before, it is a
+    /// client's), and Maelstrom mode gives it to lines from members. An append
+    /// carries at most `append_batch_bytes_max` of entries (or one entry of the
+    /// largest size), a snapshot chunk at most `snapshot_chunk_bytes`: `validate`
+    /// checks it holds [`Config::peer_rpc_bytes_max`] and a forwarded request.
+    pub peer_line_bytes_max: usize,
+    /// Most bytes of requests (their lines) proposed to Raft as one batch
+    /// (`ONCEKV_BATCH_BYTES_MAX`), besides the count bound: one batch is one append
+    /// to the log and one burst of replication, which must not grow to hundreds
+    /// of MiB when large requests arrive back to back. At least one request of
+    /// [`Config::request_bytes_max`].
+    pub batch_bytes_max: usize,
     /// Most bytes of log entries (their JSON) in one append RPC to a follower.
     /// openraft bounds a batch by count only (`max_payload_entries`, 300): with
     /// 300 KB values that is a 90 MB line that cannot arrive within any sane
@@ -83,6 +98,22 @@ pub struct Config {
     pub log_kept_behind_snapshot_bytes: u64,
 }
 
+/// How much larger than its request line a log entry may be (the leader's
+/// timestamp, session fields, a key quoted as text). An op whose entry would be
+/// larger than `request_bytes_max` plus this is refused with error 12.
+pub const ENTRY_SLACK_BYTES: usize = 4 << 10;
+
+/// What openraft wraps around a command in a log entry (log id, payload tag),
+/// and what the log adds to a record (length, checksum, tag, index), with
+/// room to spare. A test encodes an entry with the largest ids and checks it.
+pub const ENTRY_WRAP_BYTES: usize = 1 << 10;
+
+/// What a `forward` line adds around a forwarded op, with room to spare.
+pub const FORWARD_WRAP_BYTES: usize = 4 << 10;
+
+/// The smallest `request_bytes_max` accepted: ordinary requests must fit.
+pub const REQUEST_BYTES_MIN: usize = 1 << 10;
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -98,6 +129,9 @@ impl Default for Config {
             log_kept_behind_snapshot: 1_000,
             outbox_capacity: 65_536,
             requests_in_flight_max: 65_536,
+            request_bytes_max: 1 << 20,
+            peer_line_bytes_max: 8 << 20,
+            batch_bytes_max: 4 << 20,
             append_batch_bytes_max: 2 << 20,
             append_timeout_ms: 5_000,
             snapshot_chunk_bytes: 1 << 20,
@@ -156,6 +190,19 @@ impl Config {
                     .map_err(|e| ConfigError(format!("{var}={text}: {e}")))?;
             }
         }
+        let sizes: [(&str, &mut usize); 3] = [
+            ("REQUEST_BYTES_MAX", &mut c.request_bytes_max),
+            ("PEER_LINE_BYTES_MAX", &mut c.peer_line_bytes_max),
+            ("BATCH_BYTES_MAX", &mut c.batch_bytes_max),
+        ];
+        for (name, slot) in sizes {
+            let var = format!("ONCEKV_{name}");
+            if let Ok(text) = std::env::var(&var) {
+                *slot = text
+                    .parse()
+                    .map_err(|e| ConfigError(format!("{var}={text}: {e}")))?;
+            }
+        }
         c.validate()?;
         Ok(c)
     }
@@ -184,10 +231,12 @@ impl Config {
         if self.outbox_capacity == 0 || self.requests_in_flight_max == 0 {
             return fail("queue capacities must be positive");
         }
-        // One entry always fits a batch: the largest the log accepts.
-        if self.append_batch_bytes_max < ENTRY_BYTES_MAX {
+        self.validate_sizes()?;
+        // One entry always fits a batch: the largest a request makes.
+        if (self.append_batch_bytes_max as usize) < self.entry_bytes_max() + ENTRY_WRAP_BYTES {
             return fail(
-                "append_batch_bytes_max must be at least the largest entry (1 MiB + 64 KiB)",
+                "append_batch_bytes_max must be at least the largest entry \
+                 (request_bytes_max + ENTRY_SLACK_BYTES + ENTRY_WRAP_BYTES)",
             );
         }
         if self.peer_rpc_bytes_max() > PEER_RPC_BYTES_LIMIT {
@@ -214,6 +263,65 @@ impl Config {
         Ok(())
     }
 
+    /// The relations between the size limits and the log record.
+    fn validate_sizes(&self) -> Result<(), ConfigError> {
+        let record = crate::storage::wal::RECORD_BYTES_MAX;
+        let fail = |s: String| Err(ConfigError(s));
+        if self.request_bytes_max < REQUEST_BYTES_MIN {
+            return fail(format!(
+                "request_bytes_max ({}) must be at least {REQUEST_BYTES_MIN}",
+                self.request_bytes_max
+            ));
+        }
+        // The largest entry the node proposes: one request's op (a batch holds
+        // one entry per request), refused at parse time past this size.
+        let entry = self.entry_bytes_max() + ENTRY_WRAP_BYTES;
+        if entry > record {
+            return fail(format!(
+                "request_bytes_max ({}) is too large: its log entry (up to {entry} bytes) \
+                 must fit a log record ({record} bytes); at most {}",
+                self.request_bytes_max,
+                record - ENTRY_WRAP_BYTES - ENTRY_SLACK_BYTES
+            ));
+        }
+        // An append carries at most `append_batch_bytes_max` of entries (or one
+        // entry), a snapshot chunk `snapshot_chunk_bytes`; a forward one request.
+        let needed =
+            (self.peer_rpc_bytes_max() as usize).max(self.entry_bytes_max() + FORWARD_WRAP_BYTES);
+        if self.peer_line_bytes_max < needed {
+            return fail(format!(
+                "peer_line_bytes_max ({}) must be at least {needed}: an append batch \
+                 (append_batch_bytes_max), a snapshot chunk (snapshot_chunk_bytes), a \
+                 forwarded request",
+                self.peer_line_bytes_max
+            ));
+        }
+        if self.batch_bytes_max < self.request_bytes_max {
+            return fail(format!(
+                "batch_bytes_max ({}) must be at least request_bytes_max ({})",
+                self.batch_bytes_max, self.request_bytes_max
+            ));
+        }
+        Ok(())
+    }
+
+    /// The largest encoded command (`ts_ms` and op) the node proposes for one
+    /// request: [`Config::request_bytes_max`] plus [`ENTRY_SLACK_BYTES`].
+    pub fn entry_bytes_max(&self) -> usize {
+        self.request_bytes_max + ENTRY_SLACK_BYTES
+    }
+
+    /// The text of error 12 for a request line over [`Config::request_bytes_max`].
+    pub fn request_too_long_text(&self, bytes: usize) -> String {
+        format!(
+            "request of {bytes} bytes exceeds the limit of {} bytes (request_bytes_max); \
+             nothing was done. The limit is raised with ONCEKV_REQUEST_BYTES_MAX on every \
+             node (at most {})",
+            self.request_bytes_max,
+            crate::storage::wal::RECORD_BYTES_MAX - ENTRY_WRAP_BYTES - ENTRY_SLACK_BYTES
+        )
+    }
+
     /// The openraft configuration derived from this one.
     pub fn raft_config(&self) -> Result<openraft::Config, ConfigError> {
         let c = openraft::Config {
@@ -236,7 +344,8 @@ impl Config {
     /// doubles when escaped into a string), plus the envelope. A peer's line
     /// limit must be at least this.
     pub fn peer_rpc_bytes_max(&self) -> u64 {
-        let batch = self.append_batch_bytes_max.max(ENTRY_BYTES_MAX);
+        let entry = (self.entry_bytes_max() + ENTRY_WRAP_BYTES) as u64;
+        let batch = self.append_batch_bytes_max.max(entry);
         batch.max(2 * self.snapshot_chunk_bytes) + RPC_ENVELOPE_BYTES
     }
 
@@ -271,7 +380,7 @@ mod tests {
         let bad = |c: Config| assert!(c.validate().is_err(), "{c:?}");
         let d = Config::default;
         bad(Config {
-            append_batch_bytes_max: ENTRY_BYTES_MAX - 1,
+            append_batch_bytes_max: (d().entry_bytes_max() + ENTRY_WRAP_BYTES) as u64 - 1,
             ..d()
         });
         bad(Config {
@@ -292,5 +401,35 @@ mod tests {
         });
         // A peer's line limit must hold the largest RPC: 2 MiB + 64 KiB by default.
         assert_eq!(d().peer_rpc_bytes_max(), (2 << 20) + (64 << 10));
+    }
+
+    #[test]
+    fn size_limits_must_fit_a_log_record_and_each_other() {
+        let record = crate::storage::wal::RECORD_BYTES_MAX;
+        let largest = record - ENTRY_WRAP_BYTES - ENTRY_SLACK_BYTES;
+        let with = |request_bytes_max: usize, peer_line_bytes_max, batch_bytes_max| Config {
+            request_bytes_max,
+            peer_line_bytes_max,
+            batch_bytes_max,
+            // One entry always fits an append batch.
+            append_batch_bytes_max: ((request_bytes_max + ENTRY_SLACK_BYTES + ENTRY_WRAP_BYTES)
+                as u64)
+                .max(2 << 20),
+            ..Config::default()
+        };
+        assert_eq!(with(largest, 2 << 30, largest).validate(), Ok(()));
+        let e = with(largest + 1, 2 << 30, 8 << 20).validate().unwrap_err();
+        assert!(e.0.contains("must fit a log record"), "{e}");
+        assert!(with(100, 320 << 20, 4 << 20).validate().is_err());
+        let e = with(1 << 20, 2 << 20, 4 << 20).validate().unwrap_err();
+        assert!(e.0.contains("peer_line_bytes_max"), "{e}");
+        assert_eq!(with(64 << 10, 32 << 20, 4 << 20).validate(), Ok(()));
+        let e = with(1 << 20, 320 << 20, 1 << 19).validate().unwrap_err();
+        assert!(e.0.contains("batch_bytes_max"), "{e}");
+        let text = Config::default().request_too_long_text(5_000_000);
+        assert!(
+            text.contains("ONCEKV_REQUEST_BYTES_MAX") && text.contains("1048576"),
+            "{text}"
+        );
     }
 }

@@ -251,7 +251,20 @@ pub struct Message {
     pub in_reply_to: Option<u64>,
     /// The typed body.
     pub body: Body,
+    /// An upper bound of the bytes the body's contents take when the node
+    /// re-encodes them (a log entry, a forward): the line's length plus what
+    /// re-encoding can add ([`ENCODED_SLACK_BYTES`], and per number and string
+    /// in the line). Lets a node skip measuring an entry that cannot be too large.
+    pub encoded_bytes_max: usize,
 }
+
+/// What re-encoding a request's contents as a log entry or forward may add
+/// besides the growth [`parse_line`] counts per number and string: the entry's
+/// own field names and a timestamp, with room to spare.
+pub const ENCODED_SLACK_BYTES: usize = 512;
+
+/// The longest spelling serde_json gives a number (`-2.2250738585072014e-308`).
+const NUMBER_TEXT_BYTES_MAX: usize = 24;
 
 /// Why a line could not be turned into a message.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -269,6 +282,9 @@ pub enum ParseError {
         dest: Name,
         /// The request's `msg_id`, if one could be read.
         msg_id: Option<u64>,
+        /// The `in_reply_to`, if one could be read: the line is a reply, which is
+        /// never answered (its caller is told instead).
+        in_reply_to: Option<u64>,
         /// What was wrong.
         text: String,
     },
@@ -322,7 +338,7 @@ fn parse_fast(line: &str) -> Option<Message> {
     }
     let key = canonical_key(b.key.as_ref()?);
     let session = match (b.client_id, b.seq) {
-        (Some(c), Some(seq)) => Some(SessionRef {
+        (Some(c), Some(seq)) if c.len() <= CLIENT_ID_BYTES_MAX => Some(SessionRef {
             client_id: c.into_owned(),
             seq,
             first_outstanding: b.first_outstanding,
@@ -363,17 +379,24 @@ fn parse_fast(line: &str) -> Option<Message> {
         msg_id: Some(b.msg_id),
         in_reply_to: None,
         body: Body::Request(request),
+        encoded_bytes_max: usize::MAX,
     })
 }
 
 /// Parses one input line.
+///
+/// A line that serde_json cannot take as a whole (a number out of range such as
+/// `1e400`, nesting past its recursion limit, broken JSON) still gets its
+/// addressing read by [`Skeleton`], so a request with a readable `src` and
+/// `msg_id` is answered with error 12 instead of being dropped.
 pub fn parse_line(line: &str) -> Result<Message, ParseError> {
     if line.contains(r#""type":"raft_"#)
         && let Some(msg) = parse_peer_fast(line)
     {
         return Ok(msg);
     }
-    if let Some(wide) = wide_integer(line) {
+    let facts = scan_text(line);
+    if let Some(wide) = facts.wide_integer {
         // Refused, not rounded: kept as a double it would read back different.
         let text = format!(
             "the integer {wide} does not fit in 64 bits; integers are kept exactly only \
@@ -384,23 +407,124 @@ pub fn parse_line(line: &str) -> Result<Message, ParseError> {
                 src: m.src,
                 dest: m.dest,
                 msg_id: m.msg_id,
+                in_reply_to: m.in_reply_to,
                 text,
             },
             Err(ParseError::Body {
-                src, dest, msg_id, ..
+                src,
+                dest,
+                msg_id,
+                in_reply_to,
+                ..
             }) => ParseError::Body {
                 src,
                 dest,
                 msg_id,
+                in_reply_to,
                 text,
             },
             Err(e) => e,
         });
     }
-    if let Some(msg) = parse_fast(line) {
-        return Ok(msg);
+    let mut msg = if facts.depth <= LINE_DEPTH_PLAIN
+        && let Some(msg) = parse_fast(line)
+    {
+        msg
+    } else {
+        parse_general(line)?
+    };
+    if facts.depth > LINE_DEPTH_PLAIN {
+        check_value_depths(&msg)?;
     }
-    parse_general(line)
+    msg.encoded_bytes_max = line.len() + facts.growth + ENCODED_SLACK_BYTES;
+    Ok(msg)
+}
+
+/// The most levels of arrays and objects a value (`value`, `from`, `to`) may nest.
+/// A value is stored inside a log entry, which travels inside a `raft_append`
+/// (about ten more levels), and serde_json refuses anything deeper than
+/// [`JSON_DEPTH_MAX`] levels: a value that parses in a request but not inside
+/// an append would stop replication, so the bound is far below that limit.
+pub const VALUE_DEPTH_MAX: usize = 64;
+
+/// The longest `client_id`, in bytes. A session's name is kept in the session
+/// table, its index and, once closed or expired, its tombstone, and any client
+/// may name a new session: names as long as a request would multiply what a
+/// request costs the state. The node's own names (`open_session`) are short.
+pub const CLIENT_ID_BYTES_MAX: usize = 256;
+
+/// serde_json's fixed recursion limit (levels of arrays and objects it parses).
+pub const JSON_DEPTH_MAX: usize = 128;
+
+/// Levels a request line adds around its values (the envelope and the body).
+const REQUEST_WRAP_DEPTH: usize = 2;
+
+/// A line nesting no deeper than this cannot hold a value deeper than
+/// [`VALUE_DEPTH_MAX`], so its values need no check.
+const LINE_DEPTH_PLAIN: usize = VALUE_DEPTH_MAX + REQUEST_WRAP_DEPTH;
+
+/// The deepest a log entry nests around a value, as it travels in a
+/// `raft_append` (envelope, body, rpc, entries, entry, payload, command, op, kv:
+/// nine; one spare). A test encodes a real append and checks it.
+pub const APPEND_WRAP_DEPTH: usize = 10;
+
+const _: () = assert!(VALUE_DEPTH_MAX + APPEND_WRAP_DEPTH < JSON_DEPTH_MAX);
+
+/// How deep `v` nests (a scalar is 0, `[]` is 1), without recursion.
+pub fn value_depth(v: &Value) -> usize {
+    let mut deepest = 0;
+    let mut stack = vec![(v, 0usize)];
+    while let Some((v, d)) = stack.pop() {
+        let children: Box<dyn Iterator<Item = &Value>> = match v {
+            Value::Array(a) => Box::new(a.iter()),
+            Value::Object(o) => Box::new(o.values()),
+            _ => continue,
+        };
+        deepest = deepest.max(d + 1);
+        stack.extend(children.map(|c| (c, d + 1)));
+    }
+    deepest
+}
+
+/// Refuses a request whose value nests deeper than [`VALUE_DEPTH_MAX`].
+fn check_value_depths(msg: &Message) -> Result<(), ParseError> {
+    let values: Vec<(&str, &Value)> = match &msg.body {
+        Body::Request(Request::Mutate { op, .. }) => match op {
+            KvOp::Write { value, .. } => vec![("value", value)],
+            KvOp::Cas { from, to, .. } => vec![("from", from), ("to", to)],
+            KvOp::Add { .. } => vec![],
+        },
+        _ => vec![],
+    };
+    for (name, v) in values {
+        let depth = value_depth(v);
+        if depth > VALUE_DEPTH_MAX {
+            return Err(ParseError::Body {
+                src: msg.src.clone(),
+                dest: msg.dest.clone(),
+                msg_id: msg.msg_id,
+                in_reply_to: msg.in_reply_to,
+                text: format!(
+                    "{name} nests {depth} levels deep; values may nest at most \
+                     {VALUE_DEPTH_MAX} levels"
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// What one pass over a line's text found (outside strings).
+struct TextFacts<'a> {
+    /// The first integer that fits neither `i64` nor `u64`.
+    wide_integer: Option<&'a str>,
+    /// The deepest nesting of arrays and objects.
+    depth: usize,
+    /// The most re-encoding can add to the line's contents: a number may be
+    /// spelled out (`1e15` is `1000000000000000.0`), and a string within a key is
+    /// quoted again when the key is stored as text (its quotes and backslashes
+    /// escaped); string values never grow (serde_json's escapes are the shortest).
+    growth: usize,
 }
 
 /// The first integer literal in the JSON text `line` (outside strings) that does
@@ -409,16 +533,43 @@ pub fn parse_line(line: &str) -> Result<Message, ParseError> {
 /// Numbers with a fraction or an exponent are doubles by definition (RFC 8259
 /// section 6) and pass.
 pub fn wide_integer(line: &str) -> Option<&str> {
+    scan_text(line).wide_integer
+}
+
+/// One pass over `line`: wide integers and nesting depth.
+fn scan_text(line: &str) -> TextFacts<'_> {
     let bytes = line.as_bytes();
+    let mut facts = TextFacts {
+        wide_integer: None,
+        depth: 0,
+        growth: 2,
+    };
+    let mut depth = 0usize;
     let mut i = 0;
     while i < bytes.len() {
         match bytes[i] {
             b'"' => {
                 // Skip the string, escapes included.
                 i += 1;
+                let mut escapes = 0;
                 while i < bytes.len() && bytes[i] != b'"' {
-                    i += if bytes[i] == b'\\' { 2 } else { 1 };
+                    if bytes[i] == b'\\' {
+                        escapes += 1;
+                        i += 2;
+                    } else {
+                        i += 1;
+                    }
                 }
+                i += 1;
+                facts.growth += 2 + 2 * escapes;
+            }
+            b'[' | b'{' => {
+                depth += 1;
+                facts.depth = facts.depth.max(depth);
+                i += 1;
+            }
+            b']' | b'}' => {
+                depth = depth.saturating_sub(1);
                 i += 1;
             }
             b'-' | b'0'..=b'9' => {
@@ -434,19 +585,21 @@ pub fn wide_integer(line: &str) -> Option<&str> {
                     i += 1;
                 }
                 let token = &line[start..i];
+                facts.growth += NUMBER_TEXT_BYTES_MAX.saturating_sub(token.len());
                 // ("-" alone is not JSON: serde_json reports that itself.)
                 if integer
+                    && facts.wide_integer.is_none()
                     && token != "-"
                     && token.parse::<i64>().is_err()
                     && token.parse::<u64>().is_err()
                 {
-                    return Some(token);
+                    facts.wide_integer = Some(token);
                 }
             }
             _ => i += 1,
         }
     }
-    None
+    facts
 }
 
 #[derive(Deserialize)]
@@ -488,13 +641,13 @@ fn parse_peer_fast(line: &str) -> Option<Message> {
             raw,
             rpc: Some(b.rpc),
         },
+        encoded_bytes_max: usize::MAX,
     })
 }
 
 /// The general parser: every type, precise errors.
 fn parse_general(line: &str) -> Result<Message, ParseError> {
-    let env: RawEnvelope =
-        serde_json::from_str(line).map_err(|e| ParseError::Envelope(e.to_string()))?;
+    let env: RawEnvelope = serde_json::from_str(line).map_err(|e| unparsed(line, &e))?;
     let msg_id_field = env.body.get("msg_id");
     let msg_id = match msg_id_field {
         None => None,
@@ -502,21 +655,26 @@ fn parse_general(line: &str) -> Result<Message, ParseError> {
             src: env.src.clone(),
             dest: env.dest.clone(),
             msg_id: None,
+            in_reply_to: None,
             text: format!("msg_id must be a non-negative integer, got {v}"),
+        })?),
+    };
+    let in_reply_to = match env.body.get("in_reply_to") {
+        None => None,
+        Some(v) => Some(v.as_u64().ok_or_else(|| ParseError::Body {
+            src: env.src.clone(),
+            dest: env.dest.clone(),
+            msg_id,
+            in_reply_to: None,
+            text: format!("in_reply_to must be an integer, got {v}"),
         })?),
     };
     let bad = |text: String| ParseError::Body {
         src: env.src.clone(),
         dest: env.dest.clone(),
         msg_id,
+        in_reply_to,
         text,
-    };
-    let in_reply_to = match env.body.get("in_reply_to") {
-        None => None,
-        Some(v) => Some(
-            v.as_u64()
-                .ok_or_else(|| bad(format!("in_reply_to must be an integer, got {v}")))?,
-        ),
     };
     let kind = match env.body.get("type") {
         Some(Value::String(s)) => s.clone(),
@@ -530,7 +688,250 @@ fn parse_general(line: &str) -> Result<Message, ParseError> {
         msg_id,
         in_reply_to,
         body,
+        encoded_bytes_max: usize::MAX,
     })
+}
+
+/// The error for a line serde_json refused as a whole: a body error when
+/// [`Skeleton`] can still read who sent it (`src`) and a `msg_id` or
+/// `in_reply_to`, so the request is answered (or the reply's caller told);
+/// otherwise an envelope error (log and drop).
+fn unparsed(line: &str, e: &serde_json::Error) -> ParseError {
+    let mut sk = Skeleton::default();
+    sk.feed(line.as_bytes());
+    sk.finish();
+    let what = if e.to_string().starts_with("recursion limit exceeded") {
+        format!(
+            "JSON nested deeper than {JSON_DEPTH_MAX} levels; values may nest at most \
+             {VALUE_DEPTH_MAX} levels"
+        )
+    } else {
+        e.to_string()
+    };
+    match sk.src {
+        Some(src) if sk.msg_id.is_some() || sk.in_reply_to.is_some() => ParseError::Body {
+            src,
+            dest: sk.dest.unwrap_or_default(),
+            msg_id: sk.msg_id,
+            in_reply_to: sk.in_reply_to,
+            text: format!("not a valid message: {what}"),
+        },
+        _ => ParseError::Envelope(what),
+    }
+}
+
+/// The addressing of a JSON message read leniently, byte by byte, in constant
+/// memory and without recursion: the envelope's `src` and `dest` strings and the
+/// body's `msg_id` and `in_reply_to` integers, wherever they stand in the line.
+/// For lines that cannot or must not be parsed whole (too long, a number out of
+/// range, nested too deep, broken JSON), so their sender can still be answered.
+/// Fields it cannot read stay `None`; it never fails.
+#[derive(Debug, Default, Clone)]
+pub struct Skeleton {
+    /// The envelope's `src`, if it is a short string.
+    pub src: Option<String>,
+    /// The envelope's `dest`, if it is a short string.
+    pub dest: Option<String>,
+    /// The body's `msg_id`, if it is an unsigned integer.
+    pub msg_id: Option<u64>,
+    /// The body's `in_reply_to`, if it is an unsigned integer.
+    pub in_reply_to: Option<u64>,
+    /// Bytes fed so far.
+    pub bytes: usize,
+    /// Open arrays and objects.
+    depth: usize,
+    /// Whether the containers at depth 1 and 2 are objects.
+    objects: [bool; 2],
+    /// Whether the open depth-2 container is the envelope's `body` object.
+    in_body: bool,
+    /// Inside a string; the previous byte was an unescaped backslash.
+    in_string: bool,
+    escape: bool,
+    /// In an object, the next string is a key.
+    expect_key: bool,
+    /// The string being read is a key (at depth 1 or 2).
+    string_is_key: bool,
+    /// The last key read at depth 1 or 2 (`None` if long: not one we want).
+    key: Option<Vec<u8>>,
+    /// The field whose value comes next.
+    pending: Option<SkField>,
+    /// The value being captured, and for which field.
+    capture: Option<(SkField, Vec<u8>)>,
+}
+
+/// The fields a [`Skeleton`] reads.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum SkField {
+    Src,
+    Dest,
+    Body,
+    MsgId,
+    InReplyTo,
+}
+
+/// Longest `src`/`dest` a [`Skeleton`] keeps (names are short).
+const SKELETON_NAME_BYTES_MAX: usize = 256;
+
+impl Skeleton {
+    /// Reads more of the line.
+    pub fn feed(&mut self, bytes: &[u8]) {
+        self.bytes += bytes.len();
+        let mut i = 0;
+        while i < bytes.len() {
+            if self.in_string && !self.escape && !self.string_is_key && self.capture.is_none() {
+                // Inside a string nobody reads (most of a long line): skip to
+                // where it may end.
+                match bytes[i..].iter().position(|&b| b == b'"' || b == b'\\') {
+                    Some(k) => i += k,
+                    None => return,
+                }
+            }
+            self.byte(bytes[i]);
+            i += 1;
+        }
+    }
+
+    /// The line has ended (completes a number standing last).
+    pub fn finish(&mut self) {
+        self.end_number();
+    }
+
+    fn byte(&mut self, b: u8) {
+        if self.in_string {
+            if self.escape {
+                self.escape = false;
+            } else if b == b'\\' {
+                self.escape = true;
+            } else if b == b'"' {
+                self.in_string = false;
+                return self.end_string();
+            }
+            self.keep(b);
+            return;
+        }
+        match b {
+            b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E' => {
+                if let Some(f @ (SkField::MsgId | SkField::InReplyTo)) = self.pending.take() {
+                    self.capture = Some((f, Vec::new()));
+                }
+                self.keep(b);
+            }
+            _ => {
+                self.end_number();
+                match b {
+                    b'"' => {
+                        self.in_string = true;
+                        self.string_is_key = self.expect_key && self.depth <= 2;
+                        if self.string_is_key {
+                            self.key = Some(Vec::new());
+                        } else if let Some(f @ (SkField::Src | SkField::Dest)) = self.pending {
+                            self.capture = Some((f, Vec::new()));
+                        }
+                        self.pending = None;
+                        self.expect_key = false;
+                    }
+                    b':' => self.pending = self.field(),
+                    b'{' | b'[' => {
+                        let object = b == b'{';
+                        if self.depth == 1 && self.pending == Some(SkField::Body) && object {
+                            self.in_body = true;
+                        }
+                        self.pending = None;
+                        self.depth += 1;
+                        if let Some(slot) = self.objects.get_mut(self.depth - 1) {
+                            *slot = object;
+                        }
+                        self.expect_key = object;
+                    }
+                    b'}' | b']' => {
+                        if self.depth == 2 {
+                            self.in_body = false;
+                        }
+                        self.depth = self.depth.saturating_sub(1);
+                        self.pending = None;
+                        self.expect_key = false;
+                    }
+                    b',' => {
+                        self.pending = None;
+                        self.expect_key =
+                            self.objects.get(self.depth.wrapping_sub(1)) == Some(&true);
+                    }
+                    b' ' | b'\t' | b'\r' | b'\n' => {}
+                    // A literal (true, null...): not a value we read.
+                    _ => self.pending = None,
+                }
+            }
+        }
+    }
+
+    /// Appends to the key or value being read, within bounds.
+    fn keep(&mut self, b: u8) {
+        if self.string_is_key && self.in_string {
+            if let Some(k) = &mut self.key {
+                if k.len() < 16 {
+                    k.push(b);
+                } else {
+                    self.key = None;
+                }
+            }
+        } else if let Some((_, v)) = &mut self.capture
+            && v.len() <= SKELETON_NAME_BYTES_MAX
+        {
+            v.push(b);
+        }
+    }
+
+    /// Which field the key just read names, at this depth.
+    fn field(&self) -> Option<SkField> {
+        let key = self.key.as_deref()?;
+        match (self.depth, key) {
+            (1, b"src") if self.objects[0] => Some(SkField::Src),
+            (1, b"dest") if self.objects[0] => Some(SkField::Dest),
+            (1, b"body") if self.objects[0] => Some(SkField::Body),
+            (2, b"msg_id") if self.in_body => Some(SkField::MsgId),
+            (2, b"in_reply_to") if self.in_body => Some(SkField::InReplyTo),
+            _ => None,
+        }
+    }
+
+    fn end_string(&mut self) {
+        if self.string_is_key {
+            self.string_is_key = false;
+            return;
+        }
+        if let Some((f, raw)) = self.capture.take() {
+            if raw.len() > SKELETON_NAME_BYTES_MAX {
+                return;
+            }
+            let mut quoted = Vec::with_capacity(raw.len() + 2);
+            quoted.push(b'"');
+            quoted.extend_from_slice(&raw);
+            quoted.push(b'"');
+            if let Ok(s) = serde_json::from_slice::<String>(&quoted) {
+                match f {
+                    SkField::Src => self.src = Some(s),
+                    SkField::Dest => self.dest = Some(s),
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    fn end_number(&mut self) {
+        if let Some((f, digits)) = self
+            .capture
+            .take_if(|(f, _)| matches!(f, SkField::MsgId | SkField::InReplyTo))
+        {
+            let n = std::str::from_utf8(&digits)
+                .ok()
+                .and_then(|d| d.parse().ok());
+            match f {
+                SkField::MsgId => self.msg_id = n,
+                SkField::InReplyTo => self.in_reply_to = n,
+                _ => {}
+            }
+        }
+    }
 }
 
 /// Parses a body of a known client type; other types are returned raw.
@@ -567,7 +968,7 @@ pub fn parse_body(kind: &str, raw: Map<String, Value>) -> Result<Body, String> {
         }),
         "open_session" => Body::Request(Request::OpenSession),
         "close_session" => Body::Request(Request::CloseSession {
-            client_id: f.string("client_id")?,
+            client_id: f.client_id()?,
         }),
         _ => Body::Other {
             kind: kind.to_string(),
@@ -642,6 +1043,18 @@ impl Fields<'_> {
         }
     }
 
+    /// A session's name, of at most [`CLIENT_ID_BYTES_MAX`] bytes.
+    fn client_id(&self) -> Result<String, String> {
+        let id = self.string("client_id")?;
+        if id.len() > CLIENT_ID_BYTES_MAX {
+            return Err(format!(
+                "client_id of {} bytes; at most {CLIENT_ID_BYTES_MAX}",
+                id.len()
+            ));
+        }
+        Ok(id)
+    }
+
     /// `client_id` and `seq` come together or not at all.
     fn session(&self) -> Result<Option<SessionRef>, String> {
         let has_client = !matches!(self.0.get("client_id"), None | Some(Value::Null));
@@ -650,7 +1063,7 @@ impl Fields<'_> {
         match (has_client, seq) {
             (false, None) if first_outstanding.is_none() => Ok(None),
             (true, Some(seq)) => Ok(Some(SessionRef {
-                client_id: self.string("client_id")?,
+                client_id: self.client_id()?,
                 seq,
                 first_outstanding,
             })),
@@ -880,6 +1293,144 @@ mod tests {
         let missing = r#"{"src":"c1","dest":"n1","body":{"type":"write","msg_id":2,"key":"x"}}"#;
         assert!(parse_fast(missing).is_none());
         assert!(parse_general(missing).is_err());
+    }
+
+    /// Requests serde_json cannot take whole (numbers out of range, nesting past
+    /// its limit) are body errors with their sender and msg_id: answered with
+    /// error 12, not dropped.
+    #[test]
+    fn unparseable_requests_keep_their_sender_and_msg_id() {
+        let deep = |n: usize| format!("{}1{}", "[".repeat(n), "]".repeat(n));
+        let huge = "9".repeat(5000);
+        let cases = [
+            ("1e400".to_string(), "number out of range"),
+            ("-1e400".to_string(), "number out of range"),
+            (huge.clone(), "does not fit in 64 bits"),
+            (format!("-{huge}"), "does not fit in 64 bits"),
+            (format!("{huge}.5"), "number out of range"),
+            (deep(127), "nested"),
+            (deep(128), "nested"),
+            (deep(100_000), "nested"),
+            (format!("{{\"a\":{}}}", deep(200)), "nested"),
+            (deep(VALUE_DEPTH_MAX + 1), "nests 65 levels"),
+        ];
+        for (value, why) in cases {
+            for line in [
+                format!(
+                    r#"{{"src":"c1","dest":"n1","body":{{"type":"write","msg_id":7,"key":"k","value":{value}}}}}"#
+                ),
+                // msg_id last, after the value; the envelope's fields reordered.
+                format!(
+                    r#"{{"body":{{"type":"cas","key":1,"from":{value},"to":1,"msg_id":7}},"dest":"n1","src":"c1"}}"#
+                ),
+            ] {
+                match parse_line(&line) {
+                    Err(ParseError::Body {
+                        src,
+                        dest,
+                        msg_id,
+                        in_reply_to,
+                        text,
+                    }) => {
+                        assert_eq!(
+                            (src.as_str(), dest.as_str(), msg_id, in_reply_to),
+                            ("c1", "n1", Some(7), None),
+                            "{}",
+                            &line[..80]
+                        );
+                        assert!(text.contains(why), "{text} for {}", &line[..80]);
+                    }
+                    other => panic!("{}: {other:?}", &line[..80]),
+                }
+            }
+        }
+        // As deep as allowed: accepted.
+        let line = format!(
+            r#"{{"src":"c1","dest":"n1","body":{{"type":"write","msg_id":7,"key":"k","value":{}}}}}"#,
+            deep(VALUE_DEPTH_MAX)
+        );
+        assert!(parse_line(&line).is_ok());
+        // A reply that cannot be parsed keeps its in_reply_to (its caller is told).
+        let reply =
+            r#"{"src":"n2","dest":"n1","body":{"type":"forward_ok","in_reply_to":9,"rpc":1e999}}"#;
+        assert!(matches!(
+            parse_line(reply),
+            Err(ParseError::Body {
+                in_reply_to: Some(9),
+                msg_id: None,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn a_long_client_id_is_refused() {
+        let id = "s".repeat(CLIENT_ID_BYTES_MAX);
+        for (id, ok) in [(id.clone(), true), (id + "s", false)] {
+            for body in [
+                format!(r#""type":"write","key":1,"value":1,"client_id":"{id}","seq":1"#),
+                format!(r#""type":"close_session","client_id":"{id}""#),
+            ] {
+                let line = format!(r#"{{"src":"c1","dest":"n1","body":{{{body},"msg_id":3}}}}"#);
+                match parse_line(&line) {
+                    Ok(_) => assert!(ok, "{body}"),
+                    Err(ParseError::Body { msg_id, text, .. }) => {
+                        assert!(!ok, "{body}: {text}");
+                        assert_eq!(msg_id, Some(3));
+                        assert!(text.contains("client_id of 257 bytes"), "{text}");
+                    }
+                    Err(e) => panic!("{e:?}"),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_skeleton_reads_addressing_only_where_it_stands() {
+        let read = |line: &str| {
+            let mut sk = Skeleton::default();
+            // Fed in pieces of every size, as a reader would.
+            for piece in line.as_bytes().chunks(3) {
+                sk.feed(piece);
+            }
+            sk.finish();
+            (sk.src, sk.dest, sk.msg_id, sk.in_reply_to)
+        };
+        let s = |x: &str| Some(x.to_string());
+        assert_eq!(
+            read(r#"{"src":"c\"1","dest":"n1","body":{"msg_id":12,"in_reply_to":3}}"#),
+            (s("c\"1"), s("n1"), Some(12), Some(3))
+        );
+        // Fields of the same names deeper down, or outside the body, are not taken.
+        assert_eq!(
+            read(
+                r#"{"x":{"src":"no"},"msg_id":1,"body":{"value":{"msg_id":5},"k":["msg_id",6],"msg_id":7},"src":"c2"}"#
+            ),
+            (s("c2"), None, Some(7), None)
+        );
+        // Strings that look like fields, escapes and all, are skipped.
+        assert_eq!(
+            read(r#"{"body":{"key":"\",\"msg_id\":4","msg_id":8}}"#),
+            (None, None, Some(8), None)
+        );
+        // Not numbers or strings where expected; broken JSON; no envelope.
+        assert_eq!(
+            read(r#"{"src":5,"dest":null,"body":{"msg_id":-1}}"#),
+            (None, None, None, None)
+        );
+        assert_eq!(
+            read(r#"{"src":"c1","body":{"msg_id":3"#),
+            (s("c1"), None, Some(3), None)
+        );
+        assert_eq!(read(r#"["src","c1"]"#), (None, None, None, None));
+        assert_eq!(read(""), (None, None, None, None));
+        // Deep nesting costs no recursion.
+        let deep = format!(
+            r#"{{"src":"c1","body":{{"v":{}1{},"msg_id":2}}}}"#,
+            "[".repeat(1 << 20),
+            "]".repeat(1 << 20)
+        );
+        assert_eq!(read(&deep), (s("c1"), None, Some(2), None));
     }
 
     #[test]

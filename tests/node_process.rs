@@ -27,27 +27,20 @@ fn bodies(out: &str) -> Vec<Value> {
         .collect()
 }
 
+/// The reference exchange of the protocol: a one-node cluster's `init` and a
+/// `write`, answered byte for byte.
 #[test]
 fn seed_exchange_is_byte_for_byte() {
-    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/seed");
-    let (Ok(input), Ok(expected)) = (
-        std::fs::read_to_string(format!("{root}/sample.in")),
-        std::fs::read_to_string(format!("{root}/sample.out")),
-    ) else {
-        // The reference files live beside the checkout; the exchange is also inlined.
-        let input = format!(
-            "{INIT}\n{}\n",
-            r#"{"src":"c1","dest":"n1","body":{"type":"write","msg_id":2,"key":"x","value":1,"client_id":"c1","seq":1}}"#
-        );
-        let expected = concat!(
-            r#"{"src":"n1","dest":"c0","body":{"type":"init_ok","in_reply_to":1,"msg_id":0}}"#,
-            "\n",
-            r#"{"src":"n1","dest":"c1","body":{"type":"write_ok","in_reply_to":2,"msg_id":1}}"#,
-            "\n"
-        );
-        assert_eq!(run_script(&input), expected);
-        return;
-    };
+    let input = format!(
+        "{INIT}\n{}\n",
+        r#"{"src":"c1","dest":"n1","body":{"type":"write","msg_id":2,"key":"x","value":1,"client_id":"c1","seq":1}}"#
+    );
+    let expected = concat!(
+        r#"{"src":"n1","dest":"c0","body":{"type":"init_ok","in_reply_to":1,"msg_id":0}}"#,
+        "\n",
+        r#"{"src":"n1","dest":"c1","body":{"type":"write_ok","in_reply_to":2,"msg_id":1}}"#,
+        "\n"
+    );
     assert_eq!(run_script(&input), expected);
 }
 
@@ -423,4 +416,33 @@ fn a_malformed_request_before_init_is_answered_from_the_addressed_name() {
     assert_eq!(lines[0]["src"], "n3", "{out}");
     assert_eq!(lines[0]["body"]["code"], 12, "{out}");
     assert_eq!(lines[1]["body"]["type"], "init_ok", "{out}");
+}
+
+/// `seq = u64::MAX` executes once, and no lower seq of that session executes after
+/// it (a wrapping "next seq" once let seq 5 run again, and panicked debug builds).
+#[test]
+fn seq_u64_max_keeps_exactly_once() {
+    let s = |seq: u64| json!({"type":"add","key":"k","delta":1,"client_id":"c9","seq":seq});
+    let out = run_script(&script(&[
+        s(5),
+        s(u64::MAX),
+        s(5),
+        s(6),
+        s(u64::MAX),
+        json!({"type":"read","key":"k"}),
+    ]));
+    let got: Vec<Value> = bodies(&out).iter().map(|b| b["value"].clone()).collect();
+    assert_eq!(
+        got,
+        vec![
+            Value::Null, // init_ok
+            json!(1),
+            json!(2),
+            json!(1),
+            json!(2),
+            json!(2),
+            json!(2)
+        ],
+        "{out}"
+    );
 }

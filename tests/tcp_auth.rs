@@ -18,9 +18,19 @@ async fn exchange(
     body: Value,
     msg_id: u64,
 ) -> serde_json::Map<String, Value> {
+    exchange_as(conn, ("intruder", ""), body, msg_id).await
+}
+
+/// [`exchange`] with this envelope `src` and `dest`.
+async fn exchange_as(
+    conn: &mut BufReader<TcpStream>,
+    (src, dest): (&str, &str),
+    body: Value,
+    msg_id: u64,
+) -> serde_json::Map<String, Value> {
     let mut body = body;
     body["msg_id"] = json!(msg_id);
-    let line = json!({"src": "intruder", "dest": "", "body": body}).to_string() + "\n";
+    let line = json!({"src": src, "dest": dest, "body": body}).to_string() + "\n";
     conn.get_mut()
         .write_all(line.as_bytes())
         .await
@@ -83,11 +93,62 @@ async fn raft_rpcs_without_the_cluster_key_are_refused() {
     assert_eq!(cluster.wait_leader(Duration::from_secs(5)).await, leader);
 
     // With the key, the same connection gets past the gate (and the malformed
-    // append is then judged on its content, not refused for the key).
-    let b = exchange(&mut conn, json!({"type": "peer_hello", "key": key}), 6).await;
-    assert_eq!(b.get("type"), Some(&json!("peer_hello_ok")), "{b:?}");
+    // append is then judged on its content, not refused for the key). The
+    // hello must name a member as sender and this node as receiver.
+    let me = cluster.nodes[leader].name.clone();
+    let other = cluster.nodes[(leader + 1) % 3].name.clone();
+    let hello = json!({"type": "peer_hello", "key": key});
+    let b = exchange(&mut conn, hello.clone(), 6).await;
+    assert_eq!(b.get("code"), Some(&json!(12)), "no receiver named: {b:?}");
+    let b = exchange_as(&mut conn, ("c5", &me), hello.clone(), 6).await;
+    assert!(
+        b.get("text")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .contains("not a node"),
+        "a client's name: {b:?}"
+    );
+    let alias = format!("x0{}", &other[1..]);
+    let b = exchange_as(&mut conn, (&alias, &me), hello.clone(), 6).await;
+    assert!(
+        b.get("text")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .contains(&format!("is {other}, not")),
+        "another name for a member's id: {b:?}"
+    );
+    let b = exchange_as(&mut conn, (&me, &other), hello.clone(), 6).await;
+    assert!(
+        b.get("text")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .contains(&format!("this is node {me}")),
+        "the wrong receiver: {b:?}"
+    );
     let b = exchange(&mut conn, json!({"type": "raft_append", "rpc": {}}), 7).await;
+    assert!(refused(&b), "no hello was accepted yet: {b:?}");
+    let b = exchange_as(&mut conn, (&other, &me), hello, 6).await;
+    assert_eq!(b.get("type"), Some(&json!("peer_hello_ok")), "{b:?}");
+    let b = exchange_as(
+        &mut conn,
+        (&other, &me),
+        json!({"type": "raft_append", "rpc": {}}),
+        7,
+    )
+    .await;
     assert!(!refused(&b), "the key was presented: {b:?}");
+    // A peer message addressed to another node is not served.
+    let b = exchange_as(&mut conn, (&other, "n7"), vote.clone(), 8).await;
+    assert_eq!(b.get("code"), Some(&json!(12)), "{b:?}");
+    assert!(
+        b.get("text")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .contains("addressed to"),
+        "{b:?}"
+    );
+    let s = cluster.status(leader).await.expect("status");
+    assert_eq!(s.term, term, "the misaddressed vote moved the term: {s:?}");
     // Restarting a node keeps working: it presents the key again.
     cluster.kill(leader);
     cluster.restart(leader);
@@ -95,5 +156,93 @@ async fn raft_rpcs_without_the_cluster_key_are_refused() {
         .write(json!("k"), json!(2))
         .await
         .expect("write after restart");
+    assert_eq!(r, Reply::WriteOk);
+}
+
+/// A follower started without the cluster key forwards a write; the leader refuses
+/// the forward (error 10, the connection gave no key) before anything reaches its
+/// log, and the client is told so definitely, not "it may still take effect".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_definite_refusal_of_a_forward_stays_definite() {
+    let key = "auth-test-key-forward";
+    let mut cluster = TestCluster::start("auth-forward", 3, &[(oncekv::tcp::CLUSTER_KEY_VAR, key)]);
+    let leader = cluster.wait_leader(Duration::from_secs(10)).await;
+    let follower = (leader + 1) % 3;
+    cluster.kill(follower);
+    cluster.restart_with(follower, &[(oncekv::tcp::CLUSTER_KEY_VAR, "")]);
+    // The keyless follower still accepts the leader's appends (it checks no key),
+    // so it learns who leads; wait until it does.
+    let c = &cluster;
+    c.wait_for(
+        "the keyless follower knows the leader",
+        Duration::from_secs(10),
+        || async move { c.status(follower).await.and_then(|s| s.leader).is_some() },
+    )
+    .await;
+    let stream = TcpStream::connect(&cluster.nodes[follower].addr)
+        .await
+        .expect("connect");
+    let mut conn = BufReader::new(stream);
+    let write = json!({"type": "write", "key": "fw", "value": 1, "client_id": "cf", "seq": 1});
+    let b = exchange(&mut conn, write, 1).await;
+    let code = b.get("code").and_then(Value::as_u64).map(|c| c as u32);
+    let definite = code
+        .and_then(|c| oncekv::protocol::ErrorCode::try_from(c).ok())
+        .is_some_and(|c| c.is_definite());
+    assert!(definite, "a definite refusal: {b:?}");
+    let text = b.get("text").and_then(Value::as_str).unwrap_or("");
+    assert!(text.contains("key"), "the answer says why: {b:?}");
+    // Definite means it did not happen: the key is still missing at the leader.
+    let mut conn = BufReader::new(
+        TcpStream::connect(&cluster.nodes[leader].addr)
+            .await
+            .expect("connect"),
+    );
+    let b = exchange(&mut conn, json!({"type": "read", "key": "fw"}), 2).await;
+    assert_eq!(b.get("code"), Some(&json!(20)), "{b:?}");
+}
+
+/// A node whose `--peers` sends it to the wrong member (n2's and n3's addresses
+/// swapped in n1's list only, on a fresh data dir) is told so by the node it
+/// reaches, which refuses the hello naming another receiver: n1 never takes one
+/// node for another (its forward is not served by the wrong node), and the
+/// cluster keeps committing. Without a cluster key: peers say hello anyway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hello_to_the_wrong_member_is_refused() {
+    let mut cluster = TestCluster::start("hello-swap", 3, &[]);
+    cluster.wait_leader(Duration::from_secs(10)).await;
+    cluster.kill(0);
+    std::fs::remove_dir_all(&cluster.nodes[0].dir).expect("wipe n1");
+    let (n1, n2, n3) = (
+        cluster.nodes[0].addr.clone(),
+        cluster.nodes[1].addr.clone(),
+        cluster.nodes[2].addr.clone(),
+    );
+    // n1 starts from this list (its initial membership), so it routes to it.
+    cluster.spawn(0, &format!("n1={n1},n2={n3},n3={n2}"), false);
+    let mut only_n1 = oncekv::tcp::Client::new(oncekv::tcp::ClientOptions::new(vec![n1]));
+    let log = |i: usize| {
+        std::fs::read_to_string(cluster.nodes[i].dir.join("node.log")).unwrap_or_default()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        // A write at n1 makes it forward to the leader it believes in.
+        let write = json!({"type": "write", "key": "via-n1", "value": 1});
+        let _ = only_n1.call_node(0, write).await;
+        let told = log(0).contains("refused our hello: this is node n");
+        let refused = (log(1) + &log(2)).contains(": check --peers on n1");
+        if told && refused {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "n1 was not told it reached the wrong node (logs in {})",
+            cluster.dir.display()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut client = oncekv::tcp::Client::new(oncekv::tcp::ClientOptions::new(vec![n2, n3]));
+    client.open_session().await.expect("session");
+    let r = client.write(json!("k"), json!(1)).await.expect("write");
     assert_eq!(r, Reply::WriteOk);
 }

@@ -22,12 +22,13 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use serde::Serialize;
 use serde_json::{Map, Value};
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::config::Config;
-use crate::node::{Forwarded, Node, Started};
+use crate::node::{Forwarded, Node, Started, check_entry_bytes};
 use crate::state::Op;
+use crate::tcp::connection::{Line, LineReader, LongLine};
 
 /// Most proposals handed to Raft in one batch.
 const BATCH_MAX: usize = 256;
@@ -67,6 +68,15 @@ enum Out {
     /// stdin closed: exit once every accepted request is answered.
     Eof,
 }
+
+/// A body of another type than a client request: its `type`, fields, `rpc`
+/// kept as text, and [`crate::protocol::Message::encoded_bytes_max`].
+type OtherBody = (
+    String,
+    Map<String, Value>,
+    Option<Box<serde_json::value::RawValue>>,
+    usize,
+);
 
 /// RPCs awaiting a reply, by the `msg_id` we sent them with.
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<network::Body>>>>;
@@ -118,6 +128,7 @@ where
     W: AsyncWrite + Unpin + Send + 'static,
 {
     let (out_tx, out_rx) = mpsc::channel(config.outbox_capacity);
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel::<Arc<Node>>();
     let pending: Pending = Arc::default();
     let writer = tokio::spawn(write_loop(output, out_rx, pending.clone()));
     let mut reader = Reader {
@@ -125,13 +136,29 @@ where
         pending,
         node: None,
         batch: Vec::new(),
+        batch_bytes: 0,
         me: String::new(),
         members: BTreeSet::new(),
         next_ticket: 0,
         in_flight: Arc::new(Semaphore::new(config.requests_in_flight_max)),
         config,
+        started: Some(started_tx),
     };
-    let result = reader.read_all(input).await;
+    // Read until stdin closes, or until Raft fails (a storage error): then the
+    // process must end non-zero rather than linger as a node that cannot commit.
+    let fatal = async move {
+        match started_rx.await {
+            Ok(node) => node.fatal().await,
+            Err(_) => std::future::pending().await,
+        }
+    };
+    let result = tokio::select! {
+        r = reader.read_all(input) => r,
+        why = fatal => {
+            tracing::error!("fatal: {why}; stopping the node");
+            Err(std::io::Error::other(why))
+        }
+    };
     let _ = reader.out.send(Out::Eof).await;
     let written = writer
         .await
@@ -150,6 +177,9 @@ struct Reader {
     node: Option<Arc<Node>>,
     /// Proposals read back to back, not yet handed to Raft: (sender, msg_id, op).
     batch: Vec<(String, u64, Op)>,
+    /// The bytes of those proposals' lines (bounded by `batch_bytes_max`).
+    batch_bytes: usize,
+
     /// Our name: from `init`, or before it the `dest` of the message being answered.
     me: String,
     /// Node names from `init`: messages from these are peer traffic.
@@ -158,33 +188,63 @@ struct Reader {
     /// Bounds requests in flight; the reader waits when it is exhausted.
     in_flight: Arc<Semaphore>,
     config: Config,
+    /// Hands the node, once `init` started it, to `run`'s watch for a fatal error.
+    started: Option<tokio::sync::oneshot::Sender<Arc<Node>>>,
 }
 
 impl Reader {
     async fn read_all<R: AsyncRead + Unpin>(&mut self, input: R) -> std::io::Result<()> {
-        let mut input = BufReader::with_capacity(1 << 16, input);
-        let mut buf = Vec::with_capacity(1024);
+        let input = BufReader::with_capacity(1 << 16, input);
+        // A client's line may have request_bytes_max bytes; a member's (told by
+        // its `src`, read before the line is buffered past that) a peer's limit.
+        let mut lines = LineReader::new(input, self.config.request_bytes_max);
         loop {
-            buf.clear();
-            if input.read_until(b'\n', &mut buf).await? == 0 {
-                self.flush_batch().await;
-                return Ok(());
-            }
-            let line = String::from_utf8_lossy(&buf);
-            let line = line.trim();
-            if line.is_empty() {
-                continue;
-            }
-            let parsed = parse_line(line);
+            let peer_max = self.config.peer_line_bytes_max;
+            let members = &self.members;
+            let read = lines
+                .read_line_with(|sk| {
+                    sk.src
+                        .as_ref()
+                        .filter(|s| members.contains(*s))
+                        .map(|_| peer_max)
+                })
+                .await?;
+            let line = match read {
+                None => {
+                    self.flush_batch().await;
+                    return Ok(());
+                }
+                Some(Line::TooLong(long)) => {
+                    self.flush_batch().await;
+                    self.too_long(long).await;
+                    continue;
+                }
+                Some(Line::Full(line)) => line,
+            };
+            let parsed = parse_line(&line);
             if parsed.is_err() {
                 self.flush_batch().await;
             }
             match parsed {
+                Ok(msg) if self.misaddressed(&msg) => {
+                    self.flush_batch().await;
+                    self.refuse_misaddressed(msg).await;
+                }
                 Ok(msg) if self.batchable(&msg) => {
-                    if let (Body::Request(req), Some(id)) = (msg.body, msg.msg_id)
-                        && let Forwarded::Propose(op) = Forwarded::from_request(req)
-                    {
-                        self.batch.push((msg.src, id, op));
+                    if let (Body::Request(req), Some(id)) = (msg.body, msg.msg_id) {
+                        let fwd = Forwarded::from_request(req);
+                        let bound = Some(msg.encoded_bytes_max);
+                        let refused = check_entry_bytes(&self.config, &fwd, bound);
+                        if let Some(reply) = refused {
+                            self.flush_batch().await;
+                            self.answer_now(msg.src, id, reply).await;
+                        } else if let Forwarded::Propose(op) = fwd {
+                            if self.batch_bytes + line.len() > self.config.batch_bytes_max {
+                                self.flush_batch().await;
+                            }
+                            self.batch_bytes += line.len();
+                            self.batch.push((msg.src, id, op));
+                        }
                     }
                 }
                 Ok(msg) => {
@@ -192,31 +252,108 @@ impl Reader {
                     self.dispatch(msg).await;
                 }
                 Err(ParseError::Envelope(e)) => {
-                    tracing::warn!("dropping a line that is not a message ({e}): {line}");
+                    tracing::warn!(
+                        "dropping a line that is not a message ({e}): {}",
+                        truncated(&line)
+                    );
                 }
                 Err(ParseError::Body {
                     src,
                     dest,
                     msg_id,
+                    in_reply_to,
                     text,
                 }) => {
-                    tracing::warn!("malformed body from {src}: {text}");
-                    if self.node.is_none() {
-                        // Before init, as for a parsed message: the reply's `src`
-                        // is the name the sender addressed.
-                        self.me = dest;
-                    }
-                    if let Some(id) = msg_id {
+                    tracing::warn!("malformed message from {src}: {text}");
+                    if let Some(reply_to) = in_reply_to {
+                        self.fail_call(reply_to, &text);
+                    } else if let Some(id) = msg_id {
+                        if self.node.is_none() {
+                            // Before init, as for a parsed message: the reply's `src`
+                            // is the name the sender addressed.
+                            self.me = dest;
+                        }
                         self.answer_now(src, id, Reply::error(ErrorCode::MalformedRequest, text))
                             .await;
                     }
                 }
             }
             // Proposals that arrived back to back go to Raft together; a batch ends
-            // when no further complete line is already buffered, or at its bound.
-            if self.batch.len() >= BATCH_MAX || !input.buffer().contains(&b'\n') {
+            // when no further complete line is already buffered, or at its bounds.
+            if self.batch.len() >= BATCH_MAX
+                || self.batch_bytes >= self.config.batch_bytes_max
+                || !lines.get_ref().buffer().contains(&b'\n')
+            {
                 self.flush_batch().await;
             }
+        }
+    }
+
+    /// A line over its limit: error 12 naming the limit if its sender and
+    /// `msg_id` could be read (nothing was proposed), its caller told if it was a
+    /// reply, else a truncated log line.
+    async fn too_long(&mut self, long: LongLine) {
+        let sk = long.skeleton;
+        let text = if long.limit > self.config.request_bytes_max {
+            format!(
+                "line of {} bytes exceeds the peer line limit of {} bytes \
+                 (ONCEKV_PEER_LINE_BYTES_MAX)",
+                long.bytes, long.limit
+            )
+        } else {
+            self.config.request_too_long_text(long.bytes)
+        };
+        tracing::warn!(
+            "a line of {} bytes from {:?}: {text}: {:?}...",
+            long.bytes,
+            sk.src,
+            long.prefix
+        );
+        match (sk.src, sk.msg_id, sk.in_reply_to) {
+            (_, _, Some(reply_to)) => self.fail_call(reply_to, &text),
+            (Some(src), Some(id), None) => {
+                if self.node.is_none()
+                    && let Some(dest) = sk.dest
+                {
+                    self.me = dest;
+                }
+                let reply = Reply::error(ErrorCode::MalformedRequest, text);
+                self.answer_now(src, id, reply).await;
+            }
+            _ => {}
+        }
+    }
+
+    /// Whether `msg` is addressed to another node than this one (after init).
+    fn misaddressed(&self, msg: &Message) -> bool {
+        self.node.is_some() && msg.dest != self.me
+    }
+
+    /// A message for another node: not served. A request gets error 12, a reply
+    /// is dropped; both are logged.
+    async fn refuse_misaddressed(&mut self, msg: Message) {
+        let text = format!(
+            "message for {} delivered to {}; nothing was done",
+            msg.dest, self.me
+        );
+        tracing::warn!("{text} (from {})", msg.src);
+        if let (Some(id), None) = (msg.msg_id, msg.in_reply_to) {
+            self.answer_now(msg.src, id, Reply::error(ErrorCode::MalformedRequest, text))
+                .await;
+        }
+    }
+
+    /// Ends one of our pending RPCs whose reply could not be read, with an error
+    /// (the peer may have acted on it: its caller treats this as indefinite).
+    fn fail_call(&self, reply_to: u64, why: &str) {
+        let waiter = self
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&reply_to);
+        if let Some(tx) = waiter {
+            let text = format!("the reply could not be read ({why}); it may have been acted on");
+            drop(tx.send(crate::node::error_body(ErrorCode::Crash, &text)));
         }
     }
 
@@ -236,6 +373,7 @@ impl Reader {
             return;
         }
         let items = std::mem::take(&mut self.batch);
+        self.batch_bytes = 0;
         let Some(node) = self.node.clone() else {
             return;
         };
@@ -301,12 +439,6 @@ impl Reader {
     async fn dispatch(&mut self, msg: Message) {
         if self.node.is_none() {
             self.me = msg.dest.clone();
-        } else if msg.dest != self.me {
-            tracing::warn!(
-                "message for {} delivered to {}; handling it anyway",
-                msg.dest,
-                self.me
-            );
         }
         if let Some(reply_to) = msg.in_reply_to {
             return self.complete_call(msg, reply_to);
@@ -317,8 +449,14 @@ impl Reader {
         };
         match msg.body {
             Body::Init { node_id, node_ids } => self.init(msg.src, msg_id, node_id, node_ids).await,
-            Body::Request(req) => self.client_request(msg.src, msg_id, req).await,
-            Body::Other { kind, raw, rpc } => self.other(msg.src, msg_id, kind, raw, rpc).await,
+            Body::Request(req) => {
+                self.client_request(msg.src, msg_id, req, msg.encoded_bytes_max)
+                    .await
+            }
+            Body::Other { kind, raw, rpc } => {
+                let body = (kind, raw, rpc, msg.encoded_bytes_max);
+                self.other(msg.src, msg_id, body).await
+            }
         }
     }
 
@@ -365,6 +503,9 @@ impl Reader {
         {
             Ok(node) => {
                 tracing::info!("node {node_id} started, members {node_ids:?}");
+                if let Some(started) = self.started.take() {
+                    let _ = started.send(node.clone());
+                }
                 self.node = Some(node);
                 self.me = node_id.clone();
                 self.members = node_ids.into_iter().collect();
@@ -378,13 +519,22 @@ impl Reader {
         self.answer_now(src, msg_id, reply).await;
     }
 
-    async fn client_request(&mut self, src: String, msg_id: u64, req: Request) {
+    async fn client_request(
+        &mut self,
+        src: String,
+        msg_id: u64,
+        req: Request,
+        encoded_bytes_max: usize,
+    ) {
         if self.node.is_none() {
             let reply = Reply::error(ErrorCode::TemporarilyUnavailable, "not initialized yet");
             return self.answer_now(src, msg_id, reply).await;
         }
         let log_waiting = !matches!(req, Request::Read { .. });
         let fwd = Forwarded::from_request(req);
+        if let Some(refused) = check_entry_bytes(&self.config, &fwd, Some(encoded_bytes_max)) {
+            return self.answer_now(src, msg_id, refused).await;
+        }
         self.start_and_answer(src, msg_id, fwd, log_waiting).await;
     }
 
@@ -441,9 +591,7 @@ impl Reader {
         &mut self,
         src: String,
         msg_id: u64,
-        kind: String,
-        raw: Map<String, Value>,
-        rpc: Option<Box<serde_json::value::RawValue>>,
+        (kind, raw, rpc, encoded_bytes_max): OtherBody,
     ) {
         let from_member = self.members.contains(&src);
         let node = match (&self.node, from_member) {
@@ -464,8 +612,14 @@ impl Reader {
         };
         let out = self.out.clone();
         let me = self.me.clone();
+        let refused = (kind == "forward")
+            .then(|| node.refuse_oversized_forward(&raw, rpc.as_deref(), encoded_bytes_max))
+            .flatten();
         tokio::spawn(async move {
-            let body = node.handle_peer(&kind, &raw, rpc.as_deref()).await;
+            let body = match refused {
+                Some(body) => body,
+                None => node.handle_peer(&kind, &raw, rpc.as_deref()).await,
+            };
             let _ = out
                 .send(Out::Peer {
                     src: me,
@@ -503,6 +657,15 @@ impl Reader {
             })
             .await;
     }
+}
+
+/// At most the first 200 bytes of `line`, for a log line.
+fn truncated(line: &str) -> &str {
+    let mut end = line.len().min(200);
+    while !line.is_char_boundary(end) {
+        end -= 1;
+    }
+    &line[..end]
 }
 
 /// A node-to-node body with `type` first and the ids last.

@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::future::BoxFuture;
@@ -79,6 +79,66 @@ impl Forwarded {
     }
 }
 
+/// Counts the bytes of an encoding without keeping them.
+struct ByteCounter(usize);
+
+impl std::io::Write for ByteCounter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The size of `op`'s command as the log encodes it, with the largest timestamp.
+pub fn command_bytes(op: &Op) -> usize {
+    let mut counter = ByteCounter(0);
+    let cmd = Command {
+        ts_ms: u64::MAX,
+        op: op.clone(),
+    };
+    match serde_json::to_writer(&mut counter, &cmd) {
+        Ok(()) => counter.0,
+        Err(_) => usize::MAX,
+    }
+}
+
+/// Error 12 if `fwd` would propose a log entry larger than
+/// [`Config::entry_bytes_max`]: refused before anything is proposed, so no
+/// request can make an entry the log cannot hold. `encoded_bytes_max` is an
+/// upper bound of the entry's size when known ([`crate::protocol::Message`]
+/// carries one): an op within the bound is not measured.
+pub fn check_entry_bytes(
+    config: &Config,
+    fwd: &Forwarded,
+    encoded_bytes_max: Option<usize>,
+) -> Option<Reply> {
+    let Forwarded::Propose(op) = fwd else {
+        return None;
+    };
+    let bound = config.entry_bytes_max();
+    if encoded_bytes_max.is_some_and(|n| n <= bound) {
+        return None;
+    }
+    let bytes = command_bytes(op);
+    (bytes > bound).then(|| {
+        Reply::error(
+            ErrorCode::MalformedRequest,
+            format!(
+                "this request takes {bytes} bytes as a log entry (keys are stored as quoted \
+                 text, numbers such as 1e15 spelled out), above the limit of {bound} bytes \
+                 (request_bytes_max {} plus {}); nothing was done. The limit is raised with \
+                 ONCEKV_REQUEST_BYTES_MAX on every node",
+                config.request_bytes_max,
+                crate::config::ENTRY_SLACK_BYTES
+            ),
+        )
+    })
+}
+
 /// A batch handed to Raft: per op, its reply if it was answered at once; and the
 /// future yielding the other ops' replies, in order.
 pub struct BatchStarted {
@@ -131,6 +191,8 @@ pub struct Node {
     finished: tokio::sync::watch::Sender<u64>,
     /// Snapshots being received from a leader, chunk by chunk.
     snapshots_in: SnapshotReceiver,
+    /// Set by [`Node::shutdown`]: Raft stopping after this is not a failure.
+    stopping: AtomicBool,
 }
 
 /// A proposal submitted to Raft whose outcome is still to come.
@@ -227,6 +289,7 @@ impl Node {
             submitted: AtomicU64::new(0),
             finished: tokio::sync::watch::Sender::new(0),
             snapshots_in,
+            stopping: AtomicBool::new(false),
         });
         node.clone().spawn_leader_duties();
         node.clone().spawn_log_budget(storage.mirror);
@@ -624,11 +687,39 @@ impl Node {
             },
             // Never sent: nothing can have been proposed.
             Err(CallError::Unreachable { .. }) => Outcome::NotLeader(None, false),
+            // The leader refused the forward RPC itself (this node presented no
+            // cluster key, or the leader could not parse it): it never reached the
+            // leader's log, so a definite code stays definite for the client.
+            Err(CallError::Remote { peer, code, text }) if definite_code(code).is_some() => {
+                Outcome::Done(Reply::error(
+                    definite_code(code).expect("checked"),
+                    format!("the leader {peer} refused the forwarded request: {text}"),
+                ))
+            }
             Err(e) => Outcome::Done(Reply::error(
                 ErrorCode::Timeout,
                 format!("forwarded to the leader, no answer: {e}; it may still take effect"),
             )),
         }
+    }
+
+    /// The reply to a `forward` whose op would make a log entry larger than
+    /// [`Config::entry_bytes_max`] (error 12, nothing proposed), if it would;
+    /// `encoded_bytes_max` bounds its size as the message's
+    /// [`crate::protocol::Message::encoded_bytes_max`] does. A transport calls
+    /// it before [`Node::handle_peer`]: a forward comes from a node that checked
+    /// the request already, or from anyone when the cluster has no key.
+    pub fn refuse_oversized_forward(
+        &self,
+        body: &Body,
+        rpc: Option<&serde_json::value::RawValue>,
+        encoded_bytes_max: usize,
+    ) -> Option<Body> {
+        if encoded_bytes_max <= self.config.entry_bytes_max() {
+            return None;
+        }
+        let fwd: Forwarded = rpc_from(body, rpc).ok()?;
+        check_entry_bytes(&self.config, &fwd, None).map(|r| rpc_body("forward_ok", &r))
     }
 
     /// Handles a request body from a peer node; returns the reply body.
@@ -883,8 +974,43 @@ impl Node {
         Ok(())
     }
 
+    /// Resolves with the cause once Raft has stopped without being asked to: a
+    /// storage error (a failed log write or sync, a full disk), a panic in Raft's
+    /// core, or a stop from inside. A node in that state can no longer vote, append
+    /// or apply, yet would still answer `status`; its process must end (loudly,
+    /// non-zero) so a supervisor restarts it. Pending forever while Raft runs and
+    /// after [`Node::shutdown`].
+    pub async fn fatal(&self) -> String {
+        let mut metrics = self.raft.metrics();
+        loop {
+            let failed = {
+                let m = metrics.borrow_watched();
+                match &m.running_state {
+                    Err(e) => Some(format!("raft stopped: {e}")),
+                    Ok(()) if m.state == openraft::ServerState::Shutdown => {
+                        Some("raft shut down".to_string())
+                    }
+                    Ok(()) => None,
+                }
+            };
+            let asked = self.stopping.load(Ordering::Acquire);
+            match failed {
+                Some(why) if !asked => return why,
+                Some(_) => return std::future::pending().await,
+                None => {}
+            }
+            if metrics.changed().await.is_err() {
+                if self.stopping.load(Ordering::Acquire) {
+                    return std::future::pending().await;
+                }
+                return "raft stopped: its metrics channel closed".to_string();
+            }
+        }
+    }
+
     /// Stops Raft.
     pub async fn shutdown(&self) {
+        self.stopping.store(true, Ordering::Release);
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!("raft shutdown: {e}");
         }
@@ -919,6 +1045,13 @@ pub struct NodeStatus {
     pub voters: Vec<u64>,
     /// Learner ids of the current membership.
     pub learners: Vec<u64>,
+}
+
+/// The error code `code` if it is one of ours and definite (see
+/// [`ErrorCode::is_definite`]); `None` for indefinite or unknown codes.
+fn definite_code(code: u64) -> Option<ErrorCode> {
+    let code = ErrorCode::try_from(u32::try_from(code).ok()?).ok()?;
+    code.is_definite().then_some(code)
 }
 
 /// An error reply body `{type: error, code, text}` for peers.
@@ -995,6 +1128,10 @@ fn proposal_outcome(waited: Waited, has_session: bool) -> Outcome {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use crate::protocol::{KvOp, VALUE_DEPTH_MAX, parse_line};
+    use openraft::errors::ForwardToLeader;
+    use openraft::raft::AppendEntriesRequest;
 
     #[test]
     fn the_log_kept_behind_a_snapshot_is_bounded_in_bytes() {
@@ -1017,8 +1154,151 @@ mod tests {
         assert_eq!(purge_point(&m, 8, &c), Some(6));
         assert_eq!(purge_point(&m, 2, &c), None);
     }
-    use super::*;
-    use openraft::errors::ForwardToLeader;
+
+    fn write_op(key: Value, value: Value) -> Op {
+        Op::Kv {
+            kv: KvOp::Write {
+                key: crate::protocol::canonical_key(&key),
+                value,
+            },
+            session: Some(crate::protocol::SessionRef {
+                client_id: "c".repeat(64),
+                seq: u64::MAX,
+                first_outstanding: Some(u64::MAX),
+            }),
+        }
+    }
+
+    fn entry(op: Op) -> crate::raft::Entry {
+        crate::raft::Entry {
+            log_id: openraft::testing::log_id::<TypeConfig>(u64::MAX, u64::MAX, u64::MAX),
+            payload: openraft::EntryPayload::Normal(Command {
+                ts_ms: u64::MAX,
+                op,
+            }),
+        }
+    }
+
+    /// What openraft and the log add around a command stays within
+    /// ENTRY_WRAP_BYTES, so Config::validate's arithmetic holds.
+    #[test]
+    fn an_entry_adds_at_most_entry_wrap_bytes_to_its_command() {
+        let op = write_op(Value::from("k"), Value::from("v".repeat(1000)));
+        let entry_bytes = serde_json::to_vec(&entry(op.clone())).unwrap().len();
+        let record_framing = 8 + 9;
+        assert!(
+            entry_bytes + record_framing <= command_bytes(&op) + crate::config::ENTRY_WRAP_BYTES,
+            "{entry_bytes} vs {}",
+            command_bytes(&op)
+        );
+    }
+
+    /// A value as deep as a request may carry still parses inside every line
+    /// that carries it between nodes (an append, a forward): serde_json's depth
+    /// limit is not reached on the way.
+    #[test]
+    fn the_deepest_value_allowed_survives_an_append_and_a_forward() {
+        let mut value = Value::from(1);
+        for _ in 0..VALUE_DEPTH_MAX {
+            value = Value::Array(vec![Value::Object(Map::new()), value]);
+        }
+        let op = write_op(Value::from("k"), value);
+        let append = AppendEntriesRequest::<TypeConfig> {
+            vote: openraft::Vote::new_committed(1, 1),
+            prev_log_id: None,
+            leader_commit: None,
+            entries: vec![entry(op.clone())],
+        };
+        let line = RpcRequest::new("raft_append", &append)
+            .unwrap()
+            .line("n1", "n2", 1);
+        let parsed = parse_line(&line).expect("an append parses");
+        let crate::protocol::Body::Other { raw, rpc, .. } = parsed.body else {
+            panic!("not a peer message")
+        };
+        let decoded: AppendEntriesRequest<TypeConfig> = rpc_from(&raw, rpc.as_deref()).unwrap();
+        assert_eq!(decoded.entries.len(), 1);
+        let fwd = RpcRequest::new("forward", &Forwarded::Propose(op))
+            .unwrap()
+            .line("n1", "n2", 1);
+        let parsed = parse_line(&fwd).expect("a forward parses");
+        let crate::protocol::Body::Other { raw, rpc, .. } = parsed.body else {
+            panic!("not a peer message")
+        };
+        let _: Forwarded = rpc_from(&raw, rpc.as_deref()).expect("decodes");
+    }
+
+    /// The bound a parsed message carries holds for text built to grow the most
+    /// when re-encoded; and a request that grows past the entry bound is
+    /// refused with error 12.
+    #[test]
+    fn entries_grow_within_the_bound_and_oversized_ones_are_refused() {
+        let config = Config::default();
+        let cases = [
+            ("[1e15,1e15,1e15,1e15]", "[1e15,1e15]"),
+            ("1e15", "1e-5"),
+            (r#""\"\"\"\"\"\"""#, "-0"),
+            (r#"["\b\b\b\b",[-0,-0]]"#, r#"{"a":1E15,"b":1E15}"#),
+            (r#""\u0001\u0001\u0001""#, "[[],[],[],{}]"),
+            (r#"{"\"":["\\",0,"",""]}"#, r#""\u00e9\u0000\/""#),
+            ("[-1,-2,-3,1.5,2.25]", "-2.2250738585072014e-308"),
+        ];
+        for (key, value) in cases {
+            let line = format!(
+                r#"{{"src":"c","dest":"n","body":{{"type":"cas","msg_id":1,"key":{key},"from":{value},"to":{value},"client_id":"c","seq":1,"first_outstanding":1,"create_if_not_exists":true}}}}"#
+            );
+            let msg = parse_line(&line).expect(&line);
+            let bound = msg.encoded_bytes_max;
+            let crate::protocol::Body::Request(req) = msg.body else {
+                panic!()
+            };
+            let fwd = Forwarded::from_request(req);
+            let Forwarded::Propose(op) = &fwd else {
+                panic!()
+            };
+            assert!(
+                command_bytes(op) <= bound,
+                "{line}: {} > {bound}",
+                command_bytes(op)
+            );
+            // And the forward of it, parsed at the leader, carries a bound too.
+            let fwd_line = RpcRequest::new("forward", &fwd)
+                .unwrap()
+                .line("n1", "n2", 1);
+            let fwd_msg = parse_line(&fwd_line).unwrap();
+            assert!(command_bytes(op) <= fwd_msg.encoded_bytes_max, "{fwd_line}");
+        }
+        // Within the line limit, but 3.8 times that as an entry.
+        let n = (config.request_bytes_max - 200) / 5;
+        let value = format!("[{}1]", "1e15,".repeat(n));
+        let line = format!(
+            r#"{{"src":"c","dest":"n","body":{{"type":"write","msg_id":1,"key":"k","value":{value}}}}}"#
+        );
+        assert!(line.len() <= config.request_bytes_max);
+        let msg = parse_line(&line).unwrap();
+        let crate::protocol::Body::Request(req) = msg.body.clone() else {
+            panic!()
+        };
+        let fwd = Forwarded::from_request(req);
+        assert!(msg.encoded_bytes_max > config.entry_bytes_max());
+        let refused =
+            check_entry_bytes(&config, &fwd, Some(msg.encoded_bytes_max)).expect("refused");
+        assert_eq!(refused.error_code(), Some(ErrorCode::MalformedRequest));
+        assert!(
+            refused.to_string().contains("ONCEKV_REQUEST_BYTES_MAX"),
+            "{refused}"
+        );
+        // Unmeasured within the bound, measured (and fine) otherwise.
+        let small = Forwarded::Propose(write_op(Value::from("k"), Value::from(1)));
+        assert!(check_entry_bytes(&config, &small, Some(100)).is_none());
+        assert!(check_entry_bytes(&config, &small, None).is_none());
+        // A plain string value of about the limit needs no measuring.
+        let v = "v".repeat(config.request_bytes_max - 1024);
+        let line = format!(
+            r#"{{"src":"c","dest":"n","body":{{"type":"write","msg_id":1,"key":"k","value":"{v}"}}}}"#
+        );
+        assert!(parse_line(&line).unwrap().encoded_bytes_max <= config.entry_bytes_max());
+    }
 
     /// No path after a proposal gives a definite error; the only "not proposed"
     /// outcome is openraft's ForwardToLeader (rejected before append).

@@ -170,7 +170,7 @@ impl State {
                 }
                 Some(cur) => Reply::error(
                     ErrorCode::PreconditionFailed,
-                    format!("expected {from}, had {cur}"),
+                    format!("expected {}, had {}", shown(from), shown(cur)),
                 ),
                 None if *create => {
                     self.kv.insert(key.clone(), to.clone());
@@ -186,7 +186,7 @@ impl State {
                         None => {
                             return Reply::error(
                                 ErrorCode::PreconditionFailed,
-                                format!("add needs an integer value, had {v}"),
+                                format!("add needs an integer value, had {}", shown(v)),
                             );
                         }
                     },
@@ -238,4 +238,23 @@ impl std::fmt::Display for Command {
             Err(_) => write!(f, "{self:?}"),
         }
     }
+}
+
+/// Most bytes of a value quoted in an error text.
+pub const SHOWN_VALUE_BYTES_MAX: usize = 200;
+
+/// `v` as JSON for an error text, cut after [`SHOWN_VALUE_BYTES_MAX`] bytes:
+/// the text of a failed cas is cached in the session table and sent back, and
+/// must not grow with the values (two values of a megabyte each, escaped
+/// again inside the text, would make a reply larger than a client reads).
+fn shown(v: &Value) -> String {
+    let text = v.to_string();
+    if text.len() <= SHOWN_VALUE_BYTES_MAX {
+        return text;
+    }
+    let mut end = SHOWN_VALUE_BYTES_MAX;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}... ({} bytes)", &text[..end], text.len())
 }

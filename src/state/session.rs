@@ -38,12 +38,16 @@ impl Default for SessionLimits {
 
 /// One client's session.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(from = "SessionRecord")]
 pub struct Session {
     /// Cluster time (ms) of the last entry that touched the session; the LRU and
     /// expiry key.
     pub last_seen_ms: u64,
-    /// One more than the highest seq executed so far; 0 before any (so seq 0 works).
-    pub executed_through: u64,
+    /// The highest seq executed so far; `None` before any. Kept as the seq itself
+    /// (not "one more than it"), so every `u64` seq, `u64::MAX` included, is
+    /// representable and nothing here ever adds to a client's number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_executed: Option<u64>,
     /// Highest `first_outstanding` the client has sent; `None` for a simple client.
     /// Replies below it are gone, and seqs below it never execute.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -51,6 +55,35 @@ pub struct Session {
     /// Cached replies by seq, at most `replies_per_session_max`.
     #[serde(default, skip_serializing_if = "Replies::is_empty")]
     pub replies: Replies,
+}
+
+/// A session as stored in snapshots, old and new: snapshots written before
+/// `last_executed` held `executed_through` (one more than the highest executed
+/// seq, 0 for none), which is read here so existing data dirs keep their sessions.
+#[derive(Deserialize)]
+struct SessionRecord {
+    last_seen_ms: u64,
+    #[serde(default)]
+    last_executed: Option<u64>,
+    #[serde(default)]
+    executed_through: Option<u64>,
+    #[serde(default)]
+    first_outstanding: Option<u64>,
+    #[serde(default)]
+    replies: Replies,
+}
+
+impl From<SessionRecord> for Session {
+    fn from(r: SessionRecord) -> Session {
+        Session {
+            last_seen_ms: r.last_seen_ms,
+            last_executed: r
+                .last_executed
+                .or_else(|| r.executed_through.and_then(|n| n.checked_sub(1))),
+            first_outstanding: r.first_outstanding,
+            replies: r.replies,
+        }
+    }
 }
 
 /// A session's cached replies by seq. Boxed and absent when empty, so an idle
@@ -239,14 +272,17 @@ impl SessionTable {
             debug_assert!(false, "record without a live session");
             return;
         };
-        session.executed_through = session.executed_through.max(seq + 1);
+        session.last_executed = Some(session.last_executed.map_or(seq, |h| h.max(seq)));
         session.replies.insert(seq, reply);
         while session.replies.len() as u64 > limits.replies_per_session_max.max(1) {
             let oldest = session.replies.pop_first().expect("non-empty");
             // A pipelining client must never see a dropped seq executed again: move
-            // its window past the dropped reply, so a retry gets 1001 instead.
+            // its window past the dropped reply, so a retry gets 1001 instead. The
+            // loop runs only while two or more replies are held, so a larger seq
+            // exists and `oldest < u64::MAX`: the addition cannot saturate.
+            debug_assert!(oldest < u64::MAX);
             if session.first_outstanding.is_some() {
-                session.raise_first_outstanding(oldest + 1);
+                session.raise_first_outstanding(oldest.saturating_add(1));
             }
         }
     }
@@ -262,7 +298,7 @@ impl SessionTable {
         }
         let session = Session {
             last_seen_ms: now_ms,
-            executed_through: 0,
+            last_executed: None,
             first_outstanding: None,
             replies: Replies::default(),
         };
@@ -324,7 +360,19 @@ impl Session {
             Some(cur) => cur.max(fo),
             // Switching from simple to pipelined: seqs that ran before the oldest
             // reply still held have lost their replies; they must never run again.
-            None => fo.max(self.replies.first_seq().unwrap_or(self.executed_through)),
+            // A simple client always holds the reply of its highest executed seq
+            // (it is the newest, and eviction drops the oldest), so the floor is
+            // that oldest reply, or 0 when nothing ran.
+            None => {
+                debug_assert!(self.last_executed.is_none() || !self.replies.is_empty());
+                let floor = match (self.replies.first_seq(), self.last_executed) {
+                    (Some(first), _) => first,
+                    (None, None) => 0,
+                    // Unreachable (see above); never let a run seq run again.
+                    (None, Some(h)) => h.saturating_add(1),
+                };
+                fo.max(floor)
+            }
         };
         self.first_outstanding = Some(fo);
         self.replies.drop_below(fo);
@@ -343,7 +391,7 @@ impl Session {
                 format!("reply to seq {seq} was discarded (below first_outstanding)"),
             )),
             // Simple client: only a newer seq runs; an old one gets the latest reply.
-            None if seq >= self.executed_through => Admission::Execute,
+            None if self.last_executed.is_none_or(|h| seq > h) => Admission::Execute,
             None => Admission::Answer(match self.replies.last() {
                 Some(latest) => latest.clone(),
                 None => Reply::error(

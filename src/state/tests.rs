@@ -486,3 +486,191 @@ fn switching_to_pipelining_never_re_executes_dropped_seqs() {
     assert_eq!(code(&log.apply(7, add_fo("k", 1, "c", 2, 1))), Some(1001));
     assert_eq!(log.value("k"), Some(&json!(6)));
 }
+
+/// Rule 4 at the edge of the type: a simple client that ran `u64::MAX` never runs
+/// an older seq again (an overflowing "one more than the highest" once made seq 5
+/// execute a second time after `u64::MAX`, and panicked in a debug build).
+#[test]
+fn seq_at_u64_max_executes_once_and_older_seqs_never_again() {
+    let mut log = Log::new(SessionLimits::default());
+    assert_eq!(log.apply(1, add("k", 1, "c", 5)), Reply::AddOk { value: 1 });
+    assert_eq!(
+        log.apply(2, add("k", 1, "c", u64::MAX)),
+        Reply::AddOk { value: 2 }
+    );
+    // Retries of both, and a fresh-looking lower seq: none executes.
+    assert_eq!(
+        log.apply(3, add("k", 1, "c", u64::MAX)),
+        Reply::AddOk { value: 2 }
+    );
+    assert_eq!(log.apply(4, add("k", 1, "c", 5)), Reply::AddOk { value: 1 });
+    assert_eq!(log.apply(5, add("k", 1, "c", 6)), Reply::AddOk { value: 2 });
+    assert_eq!(log.value("k"), Some(&json!(2)));
+    // The same through a snapshot.
+    let restored = State::from_snapshot(&log.state.to_snapshot()).unwrap();
+    assert_eq!(restored, log.state);
+    // Pipelining at the top of the range: first_outstanding = u64::MAX.
+    assert_eq!(
+        log.apply(6, add_fo("k", 1, "p", u64::MAX, u64::MAX)),
+        Reply::AddOk { value: 3 }
+    );
+    assert_eq!(
+        log.apply(7, add_fo("k", 1, "p", u64::MAX, u64::MAX)),
+        Reply::AddOk { value: 3 }
+    );
+    assert_eq!(code(&log.apply(8, add_fo("k", 1, "p", 7, 0))), Some(1001));
+    assert_eq!(log.value("k"), Some(&json!(3)));
+}
+
+/// A snapshot written before `last_executed` (with `executed_through`, one more
+/// than the highest executed seq) restores to the same session.
+#[test]
+fn sessions_from_older_snapshots_keep_their_executed_seq() {
+    let old = json!({
+        "clock_ms": 10,
+        "limits": SessionLimits::default(),
+        "kv": {},
+        "sessions": {
+            "sessions": {
+                "a": {"last_seen_ms": 10, "executed_through": 8, "replies": {"7": {"type": "write_ok"}}},
+                "b": {"last_seen_ms": 10, "executed_through": 0}
+            },
+            "tombstones": {},
+            "tombstone_order": []
+        }
+    });
+    let state = State::from_snapshot(old.to_string().as_bytes()).unwrap();
+    assert_eq!(state.sessions.get("a").unwrap().last_executed, Some(7));
+    assert_eq!(state.sessions.get("b").unwrap().last_executed, None);
+}
+
+/// Property test over the whole `u64` range of `seq` and `first_outstanding`:
+/// whatever a client sends, no (client, seq) executes twice, nothing overflows
+/// (debug builds panic on overflow), and a snapshot taken at any point restores to
+/// an equal state. Values are drawn with a bias to the edges of the type.
+#[test]
+fn no_seq_or_first_outstanding_executes_twice_or_overflows() {
+    let seed = seed();
+    let mut rng = Rng(seed);
+    let edge = |rng: &mut Rng| -> u64 {
+        match rng.below(8) {
+            0 => rng.below(4),
+            1 => u64::MAX - rng.below(4),
+            2 => (1 << 63) + rng.below(3) - 1,
+            3 => rng.next(),
+            _ => 100 + rng.below(12),
+        }
+    };
+    for round in 0..40 {
+        let mut log = Log::new(small_limits());
+        let mut executed: BTreeMap<(String, u64), ()> = BTreeMap::new();
+        let mut total = 0i64;
+        for i in 0..300u64 {
+            let client = format!("c{}", rng.below(3));
+            let seq = edge(&mut rng);
+            let fo = (rng.below(3) == 0).then(|| edge(&mut rng));
+            let op = match fo {
+                Some(fo) => add_fo("k", 1, &client, seq, fo),
+                None => add("k", 1, &client, seq),
+            };
+            log.apply(i, op);
+            let now = log.value("k").and_then(|v| v.as_i64()).unwrap_or(0);
+            if now != total {
+                assert_eq!(now, total + 1, "seed {seed} round {round}: one add at most");
+                let first = executed.insert((client.clone(), seq), ()).is_none();
+                assert!(
+                    first,
+                    "seed {seed} round {round} step {i}: {client} seq {seq} executed twice"
+                );
+                total = now;
+            }
+            if rng.below(50) == 0 {
+                let restored = State::from_snapshot(&log.state.to_snapshot()).unwrap();
+                assert_eq!(restored, log.state, "seed {seed} round {round}");
+            }
+        }
+    }
+}
+
+/// A failed cas quotes the values in its text, cut short: the reply (cached
+/// and sent back) does not grow with them.
+#[test]
+fn error_texts_quote_large_values_cut_short() {
+    let mut st = State::default();
+    let big = json!("\"".repeat(100_000));
+    let write = Op::Kv {
+        kv: KvOp::Write {
+            key: key("k"),
+            value: big.clone(),
+        },
+        session: None,
+    };
+    st.apply(
+        1,
+        &Command {
+            ts_ms: 1,
+            op: write,
+        },
+    );
+    let cas = Op::Kv {
+        kv: KvOp::Cas {
+            key: key("k"),
+            from: big.clone(),
+            to: json!(1),
+            create: false,
+        },
+        session: None,
+    };
+    st.apply(
+        2,
+        &Command {
+            ts_ms: 2,
+            op: cas.clone(),
+        },
+    );
+    let mismatch = Op::Kv {
+        kv: KvOp::Cas {
+            key: key("k"),
+            from: json!(2),
+            to: big,
+            create: false,
+        },
+        session: None,
+    };
+    let reply = st.apply(
+        3,
+        &Command {
+            ts_ms: 3,
+            op: mismatch,
+        },
+    );
+    let Reply::Error { code, text } = reply else {
+        panic!("{reply:?}")
+    };
+    assert_eq!(code, ErrorCode::PreconditionFailed);
+    assert!(text.starts_with("expected 2, had 1"), "{text}");
+    let write_big = Op::Kv {
+        kv: KvOp::Write {
+            key: key("k"),
+            value: json!("x".repeat(100_000)),
+        },
+        session: None,
+    };
+    st.apply(
+        4,
+        &Command {
+            ts_ms: 4,
+            op: write_big,
+        },
+    );
+    let reply = st.apply(5, &Command { ts_ms: 5, op: cas });
+    let Reply::Error { text, .. } = reply else {
+        panic!("{reply:?}")
+    };
+    assert!(text.len() < 600, "{} bytes", text.len());
+    assert!(
+        text.contains("(200002 bytes)") && text.contains("(100002 bytes)"),
+        "{}",
+        &text[..100]
+    );
+}

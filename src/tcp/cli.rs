@@ -1,6 +1,8 @@
 //! `oncekv client`: one operation against a cluster, printed as the reply body's
 //! JSON on stdout. Exit status: 0 an ok reply, 1 a definite error reply (or a final
-//! one: 1000, 1001), 2 no definite answer before the deadline, 3 bad usage.
+//! one: 1000, 1001), 2 no definite answer before the deadline, 3 bad usage (a
+//! request longer than `ONCEKV_REQUEST_BYTES_MAX`, 1 MiB by default, is refused
+//! before sending).
 
 use std::time::Duration;
 
@@ -115,6 +117,14 @@ fn check_wide_integers(op: &ClientOp) -> Result<(), String> {
 pub async fn run(args: ClientArgs) -> i32 {
     let mut opts = ClientOptions::new(args.peers.clone());
     opts.cluster_key = super::cluster_key_from_env().map(|k| k.to_string());
+    // The same request limit as the nodes (ONCEKV_REQUEST_BYTES_MAX).
+    match crate::config::Config::from_env() {
+        Ok(c) => opts.request_bytes_max = c.request_bytes_max,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_USAGE;
+        }
+    }
     opts.deadline = Duration::from_secs_f64(args.deadline.max(0.0));
     if matches!(
         args.op,

@@ -19,7 +19,7 @@ use tokio::io::BufReader;
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
-use super::connection::{LineReader, write_line};
+use super::connection::{Line, LineReader, write_line};
 use crate::node::NodeStatus;
 use crate::protocol::{ErrorCode, Reply};
 
@@ -37,10 +37,13 @@ pub struct ClientOptions {
     pub connect_timeout: Duration,
     /// Pause between attempts (doubles per failed attempt, up to 8x).
     pub retry_backoff: Duration,
-    /// Longest reply line accepted.
-    pub line_bytes_max: usize,
-    /// The cluster key, presented on every new connection (`peer_hello`): needed
-    /// only for membership changes on a cluster that has one.
+    /// Longest request line sent, in bytes: the nodes' `request_bytes_max`
+    /// (`ONCEKV_REQUEST_BYTES_MAX`). A longer request is refused before sending
+    /// ([`ClientError::Usage`]). Replies are read up to this plus
+    /// [`REPLY_SLACK_BYTES`], so a read of the largest value comes back.
+    pub request_bytes_max: usize,
+    /// The cluster key, presented on every new connection (`client_hello`):
+    /// needed only for membership changes on a cluster that has one.
     pub cluster_key: Option<String>,
 }
 
@@ -53,11 +56,16 @@ impl ClientOptions {
             attempt_timeout: Duration::from_secs(2),
             connect_timeout: Duration::from_millis(300),
             retry_backoff: Duration::from_millis(25),
-            line_bytes_max: 1 << 20,
+            request_bytes_max: crate::config::Config::default().request_bytes_max,
             cluster_key: None,
         }
     }
 }
+
+/// How much longer than the request limit a reply line may be: a stored value
+/// takes at most `request_bytes_max` plus [`crate::config::ENTRY_SLACK_BYTES`]
+/// (the node refuses larger entries), and a reply adds its envelope.
+pub const REPLY_SLACK_BYTES: usize = crate::config::ENTRY_SLACK_BYTES + (4 << 10);
 
 /// Why an operation has no definite answer.
 #[derive(Debug, thiserror::Error)]
@@ -105,6 +113,8 @@ enum Attempt {
     NotSent(String),
     /// Sent, no reply (timeout, connection lost).
     Lost(String),
+    /// Not sent: the request line has this many bytes, over the limit.
+    Refused(usize),
 }
 
 /// A session-holding client of a oncekv cluster.
@@ -121,6 +131,9 @@ pub struct Client {
     next_msg_id: u64,
     /// The session: `client_id` and the next `seq`.
     session: Option<(String, u64)>,
+    /// The session has used seq `u64::MAX`: there is no next seq, so further
+    /// mutations are refused rather than wrapping to a seq that already ran.
+    seqs_exhausted: bool,
 }
 
 impl Client {
@@ -134,12 +147,14 @@ impl Client {
             target: 0,
             next_msg_id: 0,
             session: None,
+            seqs_exhausted: false,
         }
     }
 
     /// Uses session `client_id`, numbering the next mutation `next_seq`.
     pub fn set_session(&mut self, client_id: String, next_seq: u64) {
         self.session = Some((client_id, next_seq));
+        self.seqs_exhausted = false;
     }
 
     /// The session (`client_id`, next `seq`), if any.
@@ -156,7 +171,7 @@ impl Client {
     pub async fn open_session(&mut self) -> Result<String, ClientError> {
         match self.request(json!({"type": "open_session"})).await? {
             Reply::OpenSessionOk { client_id } => {
-                self.session = Some((client_id.clone(), 1));
+                self.set_session(client_id.clone(), 1);
                 Ok(client_id)
             }
             other => Err(ClientError::Usage(format!("open_session failed: {other}"))),
@@ -194,9 +209,18 @@ impl Client {
                 "a mutation needs a session: open_session or set_session".into(),
             ));
         };
+        if self.seqs_exhausted {
+            return Err(ClientError::Usage(format!(
+                "session {client_id} has used its last seq ({}); open a new session",
+                u64::MAX
+            )));
+        }
         body["client_id"] = Value::from(client_id.clone());
         body["seq"] = Value::from(*seq);
-        *seq += 1;
+        match seq.checked_add(1) {
+            Some(next) => *seq = next,
+            None => self.seqs_exhausted = true,
+        }
         self.request(body).await
     }
 
@@ -222,6 +246,7 @@ impl Client {
                         text
                     }
                 },
+                Attempt::Refused(bytes) => return Err(self.too_long(bytes)),
                 Attempt::NotSent(text) => text,
                 Attempt::Lost(text) => {
                     maybe_executed = true;
@@ -255,7 +280,18 @@ impl Client {
         match self.attempt(index, body, deadline).await {
             Attempt::Reply(body) => Ok(body),
             Attempt::NotSent(e) | Attempt::Lost(e) => Err(e),
+            Attempt::Refused(bytes) => Err(self.too_long(bytes).to_string()),
         }
+    }
+
+    /// The refusal of a request line of `bytes` bytes, over the limit.
+    fn too_long(&self, bytes: usize) -> ClientError {
+        ClientError::Usage(format!(
+            "the request is {bytes} bytes, above the limit of {} bytes; not sent. \
+             The nodes refuse longer requests unless started with a larger \
+             ONCEKV_REQUEST_BYTES_MAX (set the same for the client)",
+            self.opts.request_bytes_max
+        ))
     }
 
     /// Asks node `index` for its status.
@@ -288,6 +324,10 @@ impl Client {
         self.next_msg_id += 1;
         let msg_id = self.next_msg_id;
         body.insert("msg_id".into(), Value::from(msg_id));
+        let line = json!({"src": self.name, "dest": "", "body": body}).to_string();
+        if line.len() > self.opts.request_bytes_max {
+            return Attempt::Refused(line.len());
+        }
         let addr = self.opts.peers[i].clone();
         let wait = self
             .opts
@@ -304,13 +344,14 @@ impl Client {
                         if let Some(key) = &self.opts.cluster_key {
                             // Its reply is skipped like any line not for us.
                             self.next_msg_id += 1;
-                            let hello = super::hello_line(&self.name, key, self.next_msg_id);
+                            let hello = super::client_hello_line(&self.name, key, self.next_msg_id);
                             if let Err(e) = write_line(&mut w, &hello).await {
                                 return Attempt::NotSent(format!("hello to {addr}: {e}"));
                             }
                         }
+                        let max = self.opts.request_bytes_max + REPLY_SLACK_BYTES;
                         Conn {
-                            r: LineReader::new(BufReader::new(r), self.opts.line_bytes_max),
+                            r: LineReader::new(BufReader::new(r), max),
                             w,
                         }
                     }
@@ -319,7 +360,6 @@ impl Client {
                 }
             }
         };
-        let line = json!({"src": self.name, "dest": "", "body": body}).to_string();
         match tokio::time::timeout(wait, exchange(conn, &line, msg_id)).await {
             Ok(Ok((conn, reply))) => {
                 self.conns[i] = Some(conn);
@@ -341,10 +381,25 @@ async fn exchange(
         .await
         .map_err(|e| e.to_string())?;
     loop {
-        let Some(line) = conn.r.read_line().await.map_err(|e| e.to_string())? else {
-            return Err("connection closed".into());
+        let line = match conn.r.read_line().await.map_err(|e| e.to_string())? {
+            None => return Err("connection closed".into()),
+            Some(Line::Full(line)) => line,
+            Some(Line::TooLong(long)) if long.skeleton.in_reply_to == Some(msg_id) => {
+                return Err(format!(
+                    "the reply is {} bytes, above the limit of {} (request_bytes_max plus \
+                     {REPLY_SLACK_BYTES})",
+                    long.bytes, long.limit
+                ));
+            }
+            Some(Line::TooLong(_)) => continue,
         };
         let Ok(Value::Object(mut env)) = serde_json::from_str::<Value>(&line) else {
+            let mut sk = crate::protocol::Skeleton::default();
+            sk.feed(line.as_bytes());
+            sk.finish();
+            if sk.in_reply_to == Some(msg_id) {
+                return Err("the reply is not valid JSON".into());
+            }
             continue;
         };
         let Some(Value::Object(body)) = env.remove("body") else {

@@ -12,7 +12,10 @@
 //!
 //! Whoever connects may send client requests (`read`, `write`, `cas`, `add`,
 //! `open_session`, `close_session`), `status`, membership requests (`add_node`,
-//! `remove_node`, leader only) and peer RPCs (`raft_*`, `forward`).
+//! `remove_node`, leader only) and peer RPCs (`raft_*`, `forward`, each refused
+//! unless addressed to this node). A connection is a client's, its lines bounded
+//! by `request_bytes_max`, until a `peer_hello` naming a node as sender and
+//! this node as receiver is accepted; then its lines may be a peer's length.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,9 +27,9 @@ use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, mpsc};
 
 use super::TcpConfig;
-use super::connection::{LineReader, encode_raw, write_line};
+use super::connection::{Line, LineReader, LongLine, encode_raw, write_line};
 use crate::maelstrom::sequencer::Sequencer;
-use crate::node::{Node, Started};
+use crate::node::{Forwarded, Node, Started, check_entry_bytes};
 use crate::protocol::{Body, ErrorCode, ParseError, Reply, ReplyBody, Request, encode, parse_line};
 use crate::raft::Peer;
 
@@ -49,6 +52,15 @@ enum Out {
     },
 }
 
+/// A body of another type than a client request: its `type`, fields, `rpc`
+/// kept as text, and [`crate::protocol::Message::encoded_bytes_max`].
+type OtherBody = (
+    String,
+    Map<String, Value>,
+    Option<Box<serde_json::value::RawValue>>,
+    usize,
+);
+
 /// Per-connection state.
 pub struct Handler {
     /// The node served.
@@ -68,6 +80,12 @@ pub struct Handler {
     /// Whether this connection may send peer RPCs and membership changes: it
     /// presented the cluster key, or the node has none.
     trusted: bool,
+    /// Whether this connection may send membership changes: `trusted`, or a
+    /// client presented the cluster key (`client_hello`).
+    admin: bool,
+    /// Whether a peer node opened this connection (its `peer_hello` named a
+    /// member and this node): its lines may be as long as a peer's, not a client's.
+    peer: bool,
 }
 
 impl Handler {
@@ -88,6 +106,8 @@ impl Handler {
             _shutdown_complete: shutdown_complete,
             next_ticket: 0,
             trusted: config.cluster_key.is_none(),
+            admin: config.cluster_key.is_none(),
+            peer: false,
         }
     }
 
@@ -102,14 +122,20 @@ impl Handler {
             self.node.name.clone(),
             self.msg_ids.clone(),
         ));
-        let mut lines = LineReader::new(BufReader::new(r), self.config.line_bytes_max);
+        let mut lines = LineReader::new(BufReader::new(r), self.node.config.request_bytes_max);
         loop {
             let line = tokio::select! {
                 l = lines.read_line() => l,
                 _ = self.shutdown.recv() => break,
             };
             match line {
-                Ok(Some(line)) => self.dispatch(&line, &out).await,
+                Ok(Some(Line::Full(line))) => {
+                    self.dispatch(&line, &out).await;
+                    if self.peer {
+                        lines.set_max(self.node.config.peer_line_bytes_max);
+                    }
+                }
+                Ok(Some(Line::TooLong(long))) => self.too_long(long, &out).await,
                 Ok(None) => break,
                 Err(e) => {
                     tracing::warn!("closing connection from {peer_addr:?}: {e}");
@@ -122,6 +148,33 @@ impl Handler {
         let _ = writer.await;
     }
 
+    /// A line over the limit: error 12 naming the limit if its sender and
+    /// `msg_id` could be read, else a (truncated) log line. Nothing was proposed.
+    async fn too_long(&mut self, long: LongLine, out: &mpsc::Sender<Out>) {
+        let sk = long.skeleton;
+        let text = if self.peer {
+            format!(
+                "line of {} bytes exceeds the peer line limit of {} bytes \
+                 (peer_line_bytes_max, ONCEKV_PEER_LINE_BYTES_MAX)",
+                long.bytes, long.limit
+            )
+        } else {
+            self.node.config.request_too_long_text(long.bytes)
+        };
+        match (sk.src, sk.msg_id, sk.in_reply_to) {
+            (Some(src), Some(id), None) => {
+                tracing::warn!("refused a line of {} bytes from {src}: {text}", long.bytes);
+                let reply = Reply::error(ErrorCode::MalformedRequest, text);
+                self.answer_now(out, src, id, reply).await;
+            }
+            _ => tracing::warn!(
+                "dropping a line of {} bytes with no readable sender and msg_id: {:?}...",
+                long.bytes,
+                long.prefix
+            ),
+        }
+    }
+
     async fn dispatch(&mut self, line: &str, out: &mpsc::Sender<Out>) {
         let msg = match parse_line(line) {
             Ok(msg) => msg,
@@ -129,11 +182,18 @@ impl Handler {
                 return tracing::warn!("dropping a line that is not a message ({e})");
             }
             Err(ParseError::Body {
-                src, msg_id, text, ..
+                src,
+                msg_id,
+                in_reply_to,
+                text,
+                ..
             }) => {
-                if let Some(id) = msg_id {
-                    let reply = Reply::error(ErrorCode::MalformedRequest, text);
-                    self.answer_now(out, src, id, reply).await;
+                match (msg_id, in_reply_to) {
+                    (Some(id), None) => {
+                        let reply = Reply::error(ErrorCode::MalformedRequest, text);
+                        self.answer_now(out, src, id, reply).await;
+                    }
+                    _ => tracing::warn!("dropping a malformed message from {src}: {text}"),
                 }
                 return;
             }
@@ -145,6 +205,7 @@ impl Handler {
             return tracing::warn!("dropping a request without msg_id from {}", msg.src);
         };
         let src = msg.src;
+        let encoded_bytes_max = msg.encoded_bytes_max;
         match msg.body {
             Body::Init { node_id, .. } => {
                 // TCP nodes start from their flags; accept an init that agrees.
@@ -155,8 +216,15 @@ impl Handler {
                 };
                 self.answer_now(out, src, msg_id, reply).await;
             }
-            Body::Request(req) => self.client_request(out, src, msg_id, req).await,
-            Body::Other { kind, raw, rpc } => self.other(out, src, msg_id, kind, raw, rpc).await,
+            Body::Request(req) => {
+                self.client_request(out, src, msg_id, req, encoded_bytes_max)
+                    .await
+            }
+            Body::Other { kind, raw, rpc } => {
+                let addr = (src, msg.dest);
+                let body = (kind, raw, rpc, encoded_bytes_max);
+                self.other(out, addr, msg_id, body).await
+            }
         }
     }
 
@@ -170,12 +238,18 @@ impl Handler {
         src: String,
         msg_id: u64,
         req: Request,
+        encoded_bytes_max: usize,
     ) {
         let Some(permit) = self.permit().await else {
             return;
         };
         let log_waiting = !matches!(req, Request::Read { .. });
-        let finish = match self.node.start_request(req).await {
+        let fwd = Forwarded::from_request(req);
+        let bound = Some(encoded_bytes_max);
+        if let Some(refused) = check_entry_bytes(&self.node.config, &fwd, bound) {
+            return self.answer_now(out, src, msg_id, refused).await;
+        }
+        let finish = match self.node.start_forwarded(fwd).await {
             Started::Ready(reply) => return self.answer_now(out, src, msg_id, reply).await,
             Started::Pending(finish) => finish,
         };
@@ -205,43 +279,51 @@ impl Handler {
     async fn other(
         &mut self,
         out: &mpsc::Sender<Out>,
-        src: String,
+        (src, dest): (String, String),
         msg_id: u64,
-        kind: String,
-        raw: Map<String, Value>,
-        rpc: Option<Box<serde_json::value::RawValue>>,
+        (kind, raw, rpc, encoded_bytes_max): OtherBody,
     ) {
         let Some(permit) = self.permit().await else {
             return;
         };
         let node = self.node.clone();
         let config = self.config.clone();
-        let peer_only = matches!(kind.as_str(), "add_node" | "remove_node" | "forward")
-            || kind.starts_with("raft_");
+        let peer_rpc = kind.starts_with("raft_") || kind == "forward";
+        let admin_only = matches!(kind.as_str(), "add_node" | "remove_node");
         let body = match kind.as_str() {
             "status" => status_body(&node),
-            "peer_hello" => {
+            "peer_hello" | "client_hello" => {
                 let given = raw.get("key").and_then(Value::as_str).unwrap_or("");
                 match &config.cluster_key {
                     Some(key) if !super::keys_match(given, key) => {
                         tracing::warn!("refused a peer_hello from {src}: wrong cluster key");
                         crate::node::error_body(ErrorCode::MalformedRequest, "wrong cluster key")
                     }
-                    _ => {
-                        self.trusted = true;
-                        let mut b = Map::new();
-                        b.insert("type".into(), Value::from("peer_hello_ok"));
-                        b
-                    }
+                    _ => self.hello_accepted(&kind, &src, &dest),
                 }
             }
-            _ if peer_only && !self.trusted => {
+            _ if (peer_rpc && !self.trusted) || (admin_only && !self.admin) => {
                 tracing::warn!("refused {kind} from {src}: the connection gave no cluster key");
                 crate::node::error_body(
                     ErrorCode::NotSupported,
                     &format!(
-                        "{kind} needs the cluster key: send peer_hello {{key}} with the right key \
-                         first on this connection"
+                        "{kind} needs the cluster key: send peer_hello {{key}} (a node) or \
+                         client_hello {{key}} (add_node, remove_node) with the right key first \
+                         on this connection"
+                    ),
+                )
+            }
+            _ if peer_rpc && dest != node.name => {
+                tracing::warn!(
+                    "refused {kind} from {src} addressed to {dest:?}: this is {}",
+                    node.name
+                );
+                crate::node::error_body(
+                    ErrorCode::MalformedRequest,
+                    &format!(
+                        "{kind} is addressed to {dest:?} but this is node {}; nothing was done \
+                         (do two members share an address in --peers?)",
+                        node.name
                     ),
                 )
             }
@@ -253,6 +335,12 @@ impl Handler {
                     let _ = out.send(raw_reply(src, msg_id, body)).await;
                 });
                 return;
+            }
+            "forward"
+                if let Some(body) =
+                    node.refuse_oversized_forward(&raw, rpc.as_deref(), encoded_bytes_max) =>
+            {
+                body
             }
             k if k.starts_with("raft_") || k == "forward" => {
                 let out = out.clone();
@@ -269,6 +357,36 @@ impl Handler {
             ),
         };
         let _ = out.send(raw_reply(src, msg_id, body)).await;
+    }
+
+    /// A hello with the right key (or none needed). A `peer_hello` must name
+    /// this node as its receiver, and a node (not a client, not another name for
+    /// a member's id) as its sender: a node whose `--peers` points at the wrong
+    /// address learns it here instead of counting the wrong node's votes. It
+    /// makes the connection a peer's. A `client_hello` (the CLI
+    /// presenting the key) allows membership changes only.
+    fn hello_accepted(&mut self, kind: &str, src: &str, dest: &str) -> Map<String, Value> {
+        let refuse = |text: String| {
+            tracing::warn!("refused a {kind} from {src}: {text}");
+            crate::node::error_body(ErrorCode::MalformedRequest, &text)
+        };
+        if kind == "client_hello" {
+            self.admin = true;
+        } else if dest != self.node.name {
+            return refuse(format!(
+                "this is node {}, not {dest:?}: check --peers on {src}",
+                self.node.name
+            ));
+        } else if let Err(why) = sender_is_a_node(&self.node, src) {
+            return refuse(why);
+        } else {
+            self.trusted = true;
+            self.admin = true;
+            self.peer = true;
+        }
+        let mut b = Map::new();
+        b.insert("type".into(), Value::from(format!("{kind}_ok")));
+        b
     }
 
     fn ticket(&mut self) -> u64 {
@@ -291,6 +409,30 @@ impl Handler {
                 reply,
             };
             let _ = out.send(reply).await;
+        }
+    }
+}
+
+/// Whether `name` may open a peer connection: a node's name (not a client's),
+/// and, if this node knows a member with its id (in the current membership, or
+/// the list it started with), that member's name. A node name this node does not
+/// know is accepted with a warning: a node that missed a membership change (it
+/// was down when `add_node` ran) must still hear from the member that was added,
+/// which may lead by then, or it could never catch up.
+fn sender_is_a_node(node: &Node, name: &str) -> Result<(), String> {
+    let id = super::node_id(name).map_err(|e| format!("not a node: {e}"))?;
+    match node.peer(id) {
+        Some(p) if p.name == name => Ok(()),
+        Some(p) => Err(format!(
+            "member {id} of this cluster is {}, not {name:?}: check --id and --peers",
+            p.name
+        )),
+        None => {
+            tracing::warn!(
+                "accepted a peer_hello from {name}, not a member as far as this node knows \
+                 (it may not have applied a membership change yet)"
+            );
+            Ok(())
         }
     }
 }

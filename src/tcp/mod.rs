@@ -39,9 +39,6 @@ pub struct TcpConfig {
     /// Most connections a node serves at once; `accept` waits past it (peers and
     /// clients alike), so a flood of clients cannot exhaust file descriptors.
     pub connections_max: usize,
-    /// Longest line accepted, in bytes; a longer one closes the connection. Large,
-    /// because a snapshot for a lagging follower travels as one line.
-    pub line_bytes_max: usize,
     /// Requests one connection may have in flight; its reader stops reading past it
     /// (back-pressure onto the sender's socket).
     pub requests_per_connection_max: usize,
@@ -58,8 +55,11 @@ pub struct TcpConfig {
     /// How long a membership change may take before the node answers error 0.
     pub membership_timeout: Duration,
     /// The shared secret of the cluster ([`CLUSTER_KEY_VAR`]). When set, a
-    /// connection must present it (`peer_hello`) before its peer RPCs and
-    /// membership changes are served, and the node presents it to its peers.
+    /// connection must present it (`peer_hello` from a node, `client_hello`
+    /// from a client) before its peer RPCs (`peer_hello` only) and membership
+    /// changes are served, and the node presents it to its peers. Line limits
+    /// are the node's ([`crate::config::Config::request_bytes_max`] for a
+    /// client's connection, `peer_line_bytes_max` once a `peer_hello` is accepted).
     /// Client requests and `status` need no key.
     pub cluster_key: Option<Arc<str>>,
 }
@@ -82,12 +82,26 @@ pub fn keys_match(given: &str, expected: &str) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// The line that presents `key` on a new connection: `peer_hello {key}`.
-pub fn hello_line(src: &str, key: &str, msg_id: u64) -> String {
+/// The first line of every connection a node opens to a peer: `peer_hello
+/// {key}` from `src` (this node) to `dest` (the member it means to reach), with
+/// the cluster key if there is one. The receiver refuses it unless it is `dest`
+/// and `src` is a member, so a wrong address in `--peers` is found at once.
+pub fn hello_line(src: &str, dest: &str, key: Option<&str>, msg_id: u64) -> String {
+    serde_json::json!({
+        "src": src,
+        "dest": dest,
+        "body": {"type": "peer_hello", "key": key.unwrap_or(""), "msg_id": msg_id}
+    })
+    .to_string()
+}
+
+/// The line a client sends first to present the cluster key (`client_hello
+/// {key}`): it allows `add_node` and `remove_node` on that connection.
+pub fn client_hello_line(src: &str, key: &str, msg_id: u64) -> String {
     serde_json::json!({
         "src": src,
         "dest": "",
-        "body": {"type": "peer_hello", "key": key, "msg_id": msg_id}
+        "body": {"type": "client_hello", "key": key, "msg_id": msg_id}
     })
     .to_string()
 }
@@ -96,7 +110,6 @@ impl Default for TcpConfig {
     fn default() -> Self {
         TcpConfig {
             connections_max: 1_024,
-            line_bytes_max: 256 << 20,
             requests_per_connection_max: 4_096,
             queue_capacity: 4_096,
             connect_timeout: Duration::from_millis(500),
@@ -127,6 +140,9 @@ pub enum TcpError {
     /// The data dir could not be opened (damaged, foreign, or unreadable).
     #[error(transparent)]
     Storage(crate::storage::StorageError),
+    /// Raft stopped on its own while serving (a storage error such as a full disk).
+    #[error("{0}")]
+    Fatal(String),
 }
 
 /// A node's Raft id: the number its name ends with (`n1` is 1, `n12` is 12). The

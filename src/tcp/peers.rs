@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use super::TcpConfig;
-use super::connection::{LineReader, write_line};
+use super::connection::{Line, LineReader, write_line};
 use crate::raft::Peer;
 use crate::raft::network::{Body, CallError, RpcRequest, Transport};
 
@@ -45,6 +45,8 @@ pub struct TcpTransport {
     msg_ids: Arc<AtomicU64>,
     /// Bounds and timeouts.
     config: TcpConfig,
+    /// Longest reply line read from a peer.
+    line_bytes_max: usize,
 }
 
 /// One request for a link.
@@ -65,26 +67,39 @@ impl TcpTransport {
             links: Mutex::default(),
             msg_ids,
             config,
+            line_bytes_max: crate::config::Config::default().peer_line_bytes_max,
         }
     }
 
-    fn link(&self, addr: &str) -> mpsc::Sender<Call> {
+    /// Reads peers' replies up to `n` bytes a line (the node's
+    /// [`crate::config::Config::peer_line_bytes_max`]).
+    pub fn with_line_bytes_max(mut self, n: usize) -> TcpTransport {
+        self.line_bytes_max = n;
+        self
+    }
+
+    /// The link to `peer`: one per name and address, as its hello names both.
+    fn link(&self, peer: &Peer) -> mpsc::Sender<Call> {
+        let key = format!("{}={}", peer.name, peer.addr);
         let mut links = self.links.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(tx) = links.get(addr).filter(|tx| !tx.is_closed()) {
+        if let Some(tx) = links.get(&key).filter(|tx| !tx.is_closed()) {
             return tx.clone();
         }
         let (tx, rx) = mpsc::channel(self.config.queue_capacity);
         let link = Link {
-            addr: addr.to_string(),
+            addr: peer.addr.clone(),
+            name: peer.name.clone(),
+            line_bytes_max: self.line_bytes_max,
             me: self.me.clone(),
             msg_ids: self.msg_ids.clone(),
             config: self.config.clone(),
             conn: None,
             backoff: self.config.reconnect_backoff_min,
             retry_at: Instant::now(),
+            refused: None,
         };
         tokio::spawn(link.run(rx));
-        links.insert(addr.to_string(), tx.clone());
+        links.insert(key, tx.clone());
         tx
     }
 }
@@ -104,7 +119,7 @@ impl Transport for TcpTransport {
             let e = unreachable("no address");
             return Box::pin(async move { Err(e) });
         }
-        let link = self.link(&peer.addr);
+        let link = self.link(peer);
         let peer = peer.clone();
         Box::pin(async move {
             let deadline = tokio::time::Instant::now() + timeout;
@@ -155,6 +170,10 @@ impl Drop for Conn {
 struct Link {
     /// The peer's address.
     addr: String,
+    /// The peer's name, the receiver its hello names.
+    name: String,
+    /// Longest reply line read.
+    line_bytes_max: usize,
     /// This node's name.
     me: String,
     /// The node's message counter.
@@ -167,6 +186,9 @@ struct Link {
     backoff: Duration,
     /// No connect attempt before this.
     retry_at: Instant,
+    /// The peer's refusal of our last hello (code, why), while it stands: calls
+    /// fail with it until a connect gets further.
+    refused: Option<(u64, String)>,
 }
 
 impl Link {
@@ -176,10 +198,22 @@ impl Link {
                 continue; // the caller gave up while queued
             }
             if let Err(why) = self.connect().await {
-                let _ = call.reply.send(Err(CallError::Unreachable {
-                    peer: call.peer.to_string(),
-                    why,
-                }));
+                // A peer that refused our hello answered definitely (wrong cluster
+                // key, not the member we meant): its code travels with the call, so
+                // a forwarded request's client hears a definite refusal, not
+                // "no leader". Anything else is plain unreachability.
+                let error = match &self.refused {
+                    Some((code, text)) => CallError::Remote {
+                        peer: call.peer.to_string(),
+                        code: *code,
+                        text: text.clone(),
+                    },
+                    None => CallError::Unreachable {
+                        peer: call.peer.to_string(),
+                        why,
+                    },
+                };
+                let _ = call.reply.send(Err(error));
                 continue;
             }
             self.send(call).await;
@@ -202,20 +236,40 @@ impl Link {
             Ok(Ok(stream)) => {
                 let _ = stream.set_nodelay(true);
                 let (r, mut w) = stream.into_split();
-                if let Some(key) = &self.config.cluster_key {
-                    // First on the connection, so every call after it is served.
-                    let msg_id = self.msg_ids.fetch_add(1, Ordering::Relaxed);
-                    let hello = super::hello_line(&self.me, key, msg_id);
-                    let write = write_line(&mut w, &hello);
-                    match tokio::time::timeout(self.config.write_timeout, write).await {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => return self.backoff_after(e.to_string()),
-                        Err(_) => return self.backoff_after("hello write timed out".into()),
+                let mut lines = LineReader::new(BufReader::new(r), self.line_bytes_max);
+                // First on the connection, and answered before any call is sent:
+                // the receiver says whether it is the member we mean to reach.
+                let msg_id = self.msg_ids.fetch_add(1, Ordering::Relaxed);
+                let key = self.config.cluster_key.as_deref();
+                let hello = super::hello_line(&self.me, &self.name, key, msg_id);
+                let exchange = async {
+                    write_line(&mut w, &hello)
+                        .await
+                        .map_err(|e| HelloError::Failed(e.to_string()))?;
+                    hello_reply(&mut lines, msg_id).await
+                };
+                match tokio::time::timeout(self.config.write_timeout, exchange).await {
+                    Ok(Ok(())) => self.refused = None,
+                    Ok(Err(HelloError::Refused { code, text })) => {
+                        let why =
+                            format!("{} at {} refused our hello: {text}", self.name, self.addr);
+                        tracing::warn!("{why}");
+                        self.refused = Some((code, why.clone()));
+                        return self.backoff_after(why);
                     }
+                    Ok(Err(HelloError::Failed(e))) => {
+                        let why = format!(
+                            "{} at {}: no answer to our hello: {e}",
+                            self.name, self.addr
+                        );
+                        tracing::warn!("{why}");
+                        self.refused = None;
+                        return self.backoff_after(why);
+                    }
+                    Err(_) => return self.backoff_after("no answer to our hello in time".into()),
                 }
                 let pending = Pending::default();
-                let reader =
-                    tokio::spawn(read_replies(r, pending.clone(), self.config.line_bytes_max));
+                let reader = tokio::spawn(read_replies(lines, pending.clone()));
                 self.conn = Some(Conn {
                     w,
                     pending,
@@ -229,6 +283,7 @@ impl Link {
             Ok(Err(e)) => e.to_string(),
             Err(_) => "connect timed out".to_string(),
         };
+        self.refused = None;
         self.backoff_after(why)
     }
 
@@ -276,10 +331,94 @@ impl Link {
     }
 }
 
+/// Why a hello did not get `peer_hello_ok`.
+enum HelloError {
+    /// The peer answered with an error: it refuses this link.
+    Refused {
+        /// The error's code.
+        code: u64,
+        /// Its text.
+        text: String,
+    },
+    /// No answer (connection closed or broken).
+    Failed(String),
+}
+
+/// Waits for the answer to our hello (`msg_id`): `Ok` for `peer_hello_ok`, else
+/// why not.
+async fn hello_reply(lines: &mut Replies, msg_id: u64) -> Result<(), HelloError> {
+    loop {
+        let line = match lines.read_line().await {
+            Ok(Some(Line::Full(line))) => line,
+            Ok(Some(Line::TooLong(_))) => continue,
+            Ok(None) => return Err(HelloError::Failed("connection closed".into())),
+            Err(e) => return Err(HelloError::Failed(e.to_string())),
+        };
+        let Ok(Value::Object(mut env)) = serde_json::from_str::<Value>(&line) else {
+            continue;
+        };
+        let Some(Value::Object(body)) = env.remove("body") else {
+            continue;
+        };
+        if body.get("in_reply_to").and_then(Value::as_u64) != Some(msg_id) {
+            continue;
+        }
+        return match body.get("type").and_then(Value::as_str) {
+            Some("peer_hello_ok") => Ok(()),
+            _ => Err(HelloError::Refused {
+                // An answer without a known code is not a definite refusal.
+                code: body.get("code").and_then(Value::as_u64).unwrap_or(13),
+                text: body
+                    .get("text")
+                    .and_then(Value::as_str)
+                    .unwrap_or("unexpected answer")
+                    .to_string(),
+            }),
+        };
+    }
+}
+
+/// The reader of a peer connection.
+type Replies = LineReader<BufReader<OwnedReadHalf>>;
+
+/// Tells the caller of `in_reply_to` that its reply could not be read (it may
+/// have been acted on: an indefinite outcome, at once rather than at its deadline).
+fn unreadable(pending: &Pending, src: &str, in_reply_to: Option<u64>, why: String) {
+    tracing::warn!("dropping an unreadable reply from a peer: {why}");
+    let Some(id) = in_reply_to else { return };
+    let tx = pending
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(&id);
+    if let Some(tx) = tx {
+        let _ = tx.send(Err(CallError::Remote {
+            peer: src.to_string(),
+            code: 13,
+            text: format!("its reply could not be read ({why}); it may have been acted on"),
+        }));
+    }
+}
+
 /// Routes reply lines to their callers until the connection ends.
-async fn read_replies(r: OwnedReadHalf, pending: Pending, line_bytes_max: usize) {
-    let mut lines = LineReader::new(BufReader::new(r), line_bytes_max);
+async fn read_replies(mut lines: Replies, pending: Pending) {
     while let Ok(Some(line)) = lines.read_line().await {
+        let line = match line {
+            Line::Full(line) => line,
+            Line::TooLong(long) => {
+                let sk = long.skeleton;
+                let why = format!(
+                    "a line of {} bytes, over the limit of {}",
+                    long.bytes, long.limit
+                );
+                unreadable(
+                    &pending,
+                    sk.src.as_deref().unwrap_or("?"),
+                    sk.in_reply_to,
+                    why,
+                );
+                continue;
+            }
+        };
         // Let what is already runnable, and what the I/O driver finds ready next,
         // go first (`yield_now` re-queues behind both). A leader commits on the
         // first follower's ack; the second one tends to arrive together with the
@@ -288,9 +427,24 @@ async fn read_replies(r: OwnedReadHalf, pending: Pending, line_bytes_max: usize)
         // 3 of 3): +7% writes/s at 1 client, +8% at 64 (docs/benchmarks.md). Replies
         // on this connection keep their order: this task handles them one by one.
         tokio::task::yield_now().await;
-        let Ok(Value::Object(mut env)) = serde_json::from_str::<Value>(&line) else {
-            tracing::warn!("dropping a bad reply line from a peer");
-            continue;
+        let mut env = match serde_json::from_str::<Value>(&line) {
+            Ok(Value::Object(env)) => env,
+            Ok(_) => {
+                unreadable(&pending, "?", None, "not a JSON object".into());
+                continue;
+            }
+            Err(e) => {
+                let mut sk = crate::protocol::Skeleton::default();
+                sk.feed(line.as_bytes());
+                sk.finish();
+                unreadable(
+                    &pending,
+                    sk.src.as_deref().unwrap_or("?"),
+                    sk.in_reply_to,
+                    e.to_string(),
+                );
+                continue;
+            }
         };
         let src = env
             .get("src")

@@ -96,11 +96,10 @@ pub async fn run(args: &ServeArgs, shutdown: impl std::future::Future) -> Result
     // Bind before starting Raft, so peers' first connects wait in the backlog.
     let listener = TcpListener::bind(&args.listen).await?;
     let msg_ids = Arc::new(AtomicU64::new(0));
-    let transport = Arc::new(TcpTransport::new(
-        args.id.clone(),
-        msg_ids.clone(),
-        tcp.clone(),
-    ));
+    let transport = Arc::new(
+        TcpTransport::new(args.id.clone(), msg_ids.clone(), tcp.clone())
+            .with_line_bytes_max(config.peer_line_bytes_max),
+    );
     let initialize = (!args.join).then(|| members.clone());
     let node = Node::start_with(id, members, transport, config, storage, initialize).await?;
     tracing::info!(
@@ -109,9 +108,25 @@ pub async fn run(args: &ServeArgs, shutdown: impl std::future::Future) -> Result
         listener.local_addr()?,
         std::process::id()
     );
-    server::run(listener, node.clone(), msg_ids, tcp, shutdown).await;
+    // Stop serving on the signal, or when Raft fails (a storage error): a node
+    // whose Raft has stopped must not linger answering `status`.
+    let (fatal_tx, mut fatal_rx) = tokio::sync::oneshot::channel();
+    let watched = node.clone();
+    let stop = async move {
+        tokio::select! {
+            _ = shutdown => {}
+            why = watched.fatal() => {
+                tracing::error!("fatal: {why}; stopping the node");
+                let _ = fatal_tx.send(why);
+            }
+        }
+    };
+    server::run(listener, node.clone(), msg_ids, tcp, stop).await;
     node.shutdown().await;
-    Ok(())
+    match fatal_rx.try_recv() {
+        Ok(why) => Err(TcpError::Fatal(why)),
+        Err(_) => Ok(()),
+    }
 }
 
 /// Resolves on Ctrl-C or (on Unix) SIGTERM.

@@ -140,6 +140,11 @@ impl Cluster {
         (client.to_string(), msg_id)
     }
 
+    /// Writes `line` as it is to node `node`'s stdin (a newline is added).
+    pub fn send_line(&self, node: usize, line: &str) {
+        deliver(&self.shared, node, line);
+    }
+
     /// Waits for the reply to a request sent with [`Cluster::send_as`].
     pub fn wait_reply(&self, sent: &(String, u64), within: Duration) -> Value {
         wait_for("a reply", within, || {
