@@ -187,6 +187,8 @@ struct SegmentScan {
     version: u32,
     /// Where its valid records end.
     end: usize,
+    /// Whether it holds any record.
+    records: bool,
 }
 
 /// How a commit reaches the disk (`oncekv serve --wal-io`).
@@ -423,6 +425,7 @@ impl Wal {
             let this = SegmentScan {
                 version,
                 end: scanned.end,
+                records,
             };
             // A segment a roll made says where the previous one's records ended.
             if let Some(prev) = scans.last()
@@ -463,10 +466,12 @@ impl Wal {
         // damage, not records never written.
         let checkpoint = Checkpoint::read(dir)?;
         match &checkpoint {
-            None if scans.iter().any(|s| s.version >= 2) => {
+            // Records are written only after an open that created the checkpoint
+            // (a first open that a crash cut short leaves an empty segment).
+            None if scans.iter().any(|s| s.version >= 2 && s.records) => {
                 return Err(corrupt(
                     &dir.join(CHECKPOINT_FILE),
-                    "missing, though the log's segments are of a format that keeps one",
+                    "missing, though the log holds records of a format that keeps one",
                 ));
             }
             None => {}

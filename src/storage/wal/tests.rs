@@ -635,3 +635,17 @@ fn a_missing_or_garbled_checkpoint_is_refused_and_a_torn_slot_is_not() {
     fs::remove_file(&cp).expect("remove");
     assert_corrupt(&dir.0, &cp);
 }
+
+#[test]
+fn a_first_open_cut_short_before_the_checkpoint_opens_again() {
+    let dir = Dir::new("cp-first");
+    drop(open(&dir.0, SEGMENT_BYTES_DEFAULT).expect("create"));
+    // A crash between creating the first segment and the checkpoint.
+    fs::remove_file(dir.0.join(checkpoint::CHECKPOINT_FILE)).expect("remove");
+    let (mut wal, seen) = open(&dir.0, SEGMENT_BYTES_DEFAULT).expect("an empty log opens");
+    assert!(seen.is_empty());
+    write(&mut wal, &[entry(1)]);
+    drop(wal);
+    let (_, seen) = open(&dir.0, SEGMENT_BYTES_DEFAULT).expect("reopen");
+    assert_eq!(seen, vec![entry(1)]);
+}
