@@ -526,17 +526,26 @@ fn direct_writes_never_grow_a_segment_whose_size_is_not_whole_blocks() {
     assert_eq!(entries, expected);
 }
 
-/// Where the valid records of `seg` end (the first all-zero frame).
-fn records_end(seg: &Path) -> u64 {
+/// Where each record of `seg` starts, and where the last one ends.
+fn record_starts(seg: &Path) -> (Vec<u64>, u64) {
     let bytes = fs::read(seg).expect("read");
     let mut pos = HEADER_BYTES;
+    let mut starts = Vec::new();
     loop {
-        let len = u32::from_le_bytes(bytes[pos..pos + 4].try_into().unwrap()) as usize;
+        let len = bytes
+            .get(pos..pos + 4)
+            .map_or(0, |b| u32::from_le_bytes(b.try_into().unwrap()) as usize);
         if len == 0 {
-            return pos as u64;
+            return (starts, pos as u64);
         }
+        starts.push(pos as u64);
         pos += FRAME_BYTES + len;
     }
+}
+
+/// Where the valid records of `seg` end (the first all-zero frame).
+fn records_end(seg: &Path) -> u64 {
+    record_starts(seg).1
 }
 
 #[test]
@@ -582,10 +591,9 @@ fn zeroing_the_last_records_of_an_older_segment_is_refused() {
     drop(wal);
     // Its last two records, whole: the rest of the segment reads as a clean
     // end, but the next segment says where its records ended.
-    let end = records_end(&first);
-    let rec = entry(1);
-    let two = 2 * rec.as_record().framed_len() as u64;
-    write_at(&first, end - two, &vec![0; two as usize]);
+    let (starts, end) = record_starts(&first);
+    let from = starts[starts.len() - 2];
+    write_at(&first, from, &vec![0; (end - from) as usize]);
     assert_corrupt(&dir.0, &first);
 }
 
