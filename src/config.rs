@@ -7,6 +7,11 @@ use std::time::Duration;
 
 use crate::state::SessionLimits;
 
+/// Room for a peer RPC's envelope and fields around its entries or chunk.
+pub const RPC_ENVELOPE_BYTES: u64 = 64 << 10;
+/// The largest peer RPC line any valid config produces.
+pub const PEER_RPC_BYTES_LIMIT: u64 = 64 << 20;
+
 /// Node configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -53,10 +58,10 @@ pub struct Config {
     pub request_bytes_max: usize,
     /// Longest line from a peer node, in bytes (`ONCEKV_PEER_LINE_BYTES_MAX`): a TCP
     /// connection gets it once its `peer_hello` is accepted (before, it is a
-    /// client's), and Maelstrom mode gives it to lines from members. Large,
-    /// because an append carries up to openraft's `max_payload_entries` (300)
-    /// entries of up to [`Config::entry_bytes_max`] each, and a snapshot travels
-    /// as one line; `validate` checks the append and a forwarded request fit.
+    /// client's), and Maelstrom mode gives it to lines from members. An append
+    /// carries at most `append_batch_bytes_max` of entries (or one entry of the
+    /// largest size), a snapshot chunk at most `snapshot_chunk_bytes`: `validate`
+    /// checks it holds [`Config::peer_rpc_bytes_max`] and a forwarded request.
     pub peer_line_bytes_max: usize,
     /// Most bytes of requests (their lines) proposed to Raft as one batch
     /// (`ONCEKV_BATCH_BYTES_MAX`), besides the count bound: one batch is one append
@@ -72,6 +77,35 @@ pub struct Config {
     /// Longest such message, in bytes (the rest is cut, its length said): a
     /// 100 MB line must not become a 100 MB log line.
     pub rejected_log_excerpt_bytes: usize,
+    /// Most bytes of log entries (their JSON) in one append RPC to a follower.
+    /// openraft bounds a batch by count only (`max_payload_entries`, 300): with
+    /// 300 KB values that is a 90 MB line that cannot arrive within any sane
+    /// deadline, so a lagging follower never caught up. A batch always holds at
+    /// least one entry, so the largest entry (a request's size plus a little)
+    /// must fit too: see [`Config::peer_rpc_bytes_max`].
+    pub append_batch_bytes_max: u64,
+    /// Deadline of one append RPC that carries entries, and of one snapshot chunk.
+    /// openraft gives a replication RPC only its heartbeat interval (50 ms), which a
+    /// batch of large entries plus the follower's fsync can exceed on a busy
+    /// machine; bare heartbeats and votes keep openraft's deadline.
+    pub append_timeout_ms: u64,
+    /// Bytes of snapshot data per `raft_snapshot` chunk. A snapshot travels in
+    /// chunks, each its own RPC with its own deadline (`append_timeout_ms`), so a
+    /// large state needs neither one huge line nor one long deadline.
+    pub snapshot_chunk_bytes: u64,
+    /// Incoming snapshot transfers a follower keeps at once (each a partial file
+    /// in the data dir); a transfer beyond it replaces the least recently active.
+    pub snapshot_transfers_max: u64,
+    /// A partial incoming snapshot not extended for this long is deleted.
+    pub snapshot_transfer_idle_ms: u64,
+    /// Build a snapshot once the log after the last one holds this many bytes of
+    /// entries, even before `snapshot_every_entries` (large values).
+    pub snapshot_every_bytes: u64,
+    /// Bytes of entries kept behind a snapshot at most (`log_kept_behind_snapshot`
+    /// counts entries; with large values that count alone kept gigabytes). With
+    /// `snapshot_every_bytes` this bounds the in-memory log: about their sum plus
+    /// what arrived since the last check.
+    pub log_kept_behind_snapshot_bytes: u64,
 }
 
 /// How much larger than its request line a log entry may be (the leader's
@@ -106,11 +140,18 @@ impl Default for Config {
             outbox_capacity: 65_536,
             requests_in_flight_max: 65_536,
             request_bytes_max: 1 << 20,
-            peer_line_bytes_max: 320 << 20,
+            peer_line_bytes_max: 8 << 20,
             batch_bytes_max: 4 << 20,
             rejected_log_per_s: crate::reject_log::DEFAULT_PER_S,
             rejected_log_burst: crate::reject_log::DEFAULT_BURST,
             rejected_log_excerpt_bytes: crate::reject_log::DEFAULT_EXCERPT_BYTES,
+            append_batch_bytes_max: 2 << 20,
+            append_timeout_ms: 5_000,
+            snapshot_chunk_bytes: 1 << 20,
+            snapshot_transfers_max: 2,
+            snapshot_transfer_idle_ms: 30_000,
+            snapshot_every_bytes: 64 << 20,
+            log_kept_behind_snapshot_bytes: 16 << 20,
         }
     }
 }
@@ -124,7 +165,7 @@ impl Config {
     /// The defaults with `ONCEKV_*` environment overrides applied.
     pub fn from_env() -> Result<Config, ConfigError> {
         let mut c = Config::default();
-        let vars: [(&str, &mut u64); 12] = [
+        let vars: [(&str, &mut u64); 19] = [
             ("HEARTBEAT_INTERVAL_MS", &mut c.heartbeat_interval_ms),
             ("ELECTION_TIMEOUT_MIN_MS", &mut c.election_timeout_min_ms),
             ("ELECTION_TIMEOUT_MAX_MS", &mut c.election_timeout_max_ms),
@@ -140,6 +181,19 @@ impl Config {
             ("TOMBSTONES_MAX", &mut c.limits.tombstones_max),
             ("SNAPSHOT_EVERY_ENTRIES", &mut c.snapshot_every_entries),
             ("LOG_KEPT_BEHIND_SNAPSHOT", &mut c.log_kept_behind_snapshot),
+            ("APPEND_BATCH_BYTES_MAX", &mut c.append_batch_bytes_max),
+            ("APPEND_TIMEOUT_MS", &mut c.append_timeout_ms),
+            ("SNAPSHOT_CHUNK_BYTES", &mut c.snapshot_chunk_bytes),
+            ("SNAPSHOT_TRANSFERS_MAX", &mut c.snapshot_transfers_max),
+            (
+                "SNAPSHOT_TRANSFER_IDLE_MS",
+                &mut c.snapshot_transfer_idle_ms,
+            ),
+            ("SNAPSHOT_EVERY_BYTES", &mut c.snapshot_every_bytes),
+            (
+                "LOG_KEPT_BEHIND_SNAPSHOT_BYTES",
+                &mut c.log_kept_behind_snapshot_bytes,
+            ),
         ];
         for (name, slot) in vars {
             let var = format!("ONCEKV_{name}");
@@ -216,7 +270,36 @@ impl Config {
         if self.outbox_capacity == 0 || self.requests_in_flight_max == 0 {
             return fail("queue capacities must be positive");
         }
-        self.validate_sizes()
+        self.validate_sizes()?;
+        // One entry always fits a batch: the largest a request makes.
+        if (self.append_batch_bytes_max as usize) < self.entry_bytes_max() + ENTRY_WRAP_BYTES {
+            return fail(
+                "append_batch_bytes_max must be at least the largest entry \
+                 (request_bytes_max + ENTRY_SLACK_BYTES + ENTRY_WRAP_BYTES)",
+            );
+        }
+        if self.peer_rpc_bytes_max() > PEER_RPC_BYTES_LIMIT {
+            return fail(
+                "append_batch_bytes_max and snapshot_chunk_bytes must keep a peer RPC within 64 MiB",
+            );
+        }
+        if self.snapshot_chunk_bytes < 4096 {
+            return fail("snapshot_chunk_bytes must be at least 4096");
+        }
+        if self.append_timeout_ms == 0 || self.snapshot_transfer_idle_ms <= self.append_timeout_ms {
+            return fail(
+                "snapshot_transfer_idle_ms must exceed append_timeout_ms (a chunk in flight is not stale)",
+            );
+        }
+        if self.snapshot_transfers_max == 0 {
+            return fail("snapshot_transfers_max must be positive");
+        }
+        // A snapshot is triggered by bytes only past one batch, or every batch
+        // would build one.
+        if self.snapshot_every_bytes < self.append_batch_bytes_max {
+            return fail("snapshot_every_bytes must be at least append_batch_bytes_max");
+        }
+        Ok(())
     }
 
     /// The relations between the size limits and the log record.
@@ -240,15 +323,15 @@ impl Config {
                 record - ENTRY_WRAP_BYTES - ENTRY_SLACK_BYTES
             ));
         }
-        // An append carries up to openraft's `max_payload_entries` entries, each
-        // of at most one request's entry; and a forward carries one request.
-        let per_append = self.raft_config()?.max_payload_entries as usize;
-        let append = per_append * (self.entry_bytes_max() + ENTRY_WRAP_BYTES) + FORWARD_WRAP_BYTES;
-        let needed = append.max(self.entry_bytes_max() + FORWARD_WRAP_BYTES);
+        // An append carries at most `append_batch_bytes_max` of entries (or one
+        // entry), a snapshot chunk `snapshot_chunk_bytes`; a forward one request.
+        let needed =
+            (self.peer_rpc_bytes_max() as usize).max(self.entry_bytes_max() + FORWARD_WRAP_BYTES);
         if self.peer_line_bytes_max < needed {
             return fail(format!(
-                "peer_line_bytes_max ({}) must be at least {needed}: an append of \
-                 {per_append} entries of the largest size, and a forwarded request",
+                "peer_line_bytes_max ({}) must be at least {needed}: an append batch \
+                 (append_batch_bytes_max), a snapshot chunk (snapshot_chunk_bytes), a \
+                 forwarded request",
                 self.peer_line_bytes_max
             ));
         }
@@ -303,6 +386,21 @@ impl Config {
         c.validate().map_err(|e| ConfigError(e.to_string()))
     }
 
+    /// The longest peer RPC line this config makes a node send (an append batch or
+    /// one entry, whichever is larger; a snapshot chunk, whose JSON text at most
+    /// doubles when escaped into a string), plus the envelope. A peer's line
+    /// limit must be at least this.
+    pub fn peer_rpc_bytes_max(&self) -> u64 {
+        let entry = (self.entry_bytes_max() + ENTRY_WRAP_BYTES) as u64;
+        let batch = self.append_batch_bytes_max.max(entry);
+        batch.max(2 * self.snapshot_chunk_bytes) + RPC_ENVELOPE_BYTES
+    }
+
+    /// [`Config::append_timeout_ms`] as a duration.
+    pub fn append_timeout(&self) -> Duration {
+        Duration::from_millis(self.append_timeout_ms)
+    }
+
     /// [`Config::request_timeout_ms`] as a duration.
     pub fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.request_timeout_ms)
@@ -325,20 +423,52 @@ mod tests {
     }
 
     #[test]
+    fn byte_bounds_relate_to_the_largest_entry_and_each_other() {
+        let bad = |c: Config| assert!(c.validate().is_err(), "{c:?}");
+        let d = Config::default;
+        bad(Config {
+            append_batch_bytes_max: (d().entry_bytes_max() + ENTRY_WRAP_BYTES) as u64 - 1,
+            ..d()
+        });
+        bad(Config {
+            append_batch_bytes_max: PEER_RPC_BYTES_LIMIT,
+            ..d()
+        });
+        bad(Config {
+            snapshot_chunk_bytes: 100,
+            ..d()
+        });
+        bad(Config {
+            snapshot_transfer_idle_ms: d().append_timeout_ms,
+            ..d()
+        });
+        bad(Config {
+            snapshot_every_bytes: d().append_batch_bytes_max - 1,
+            ..d()
+        });
+        // A peer's line limit must hold the largest RPC: 2 MiB + 64 KiB by default.
+        assert_eq!(d().peer_rpc_bytes_max(), (2 << 20) + (64 << 10));
+    }
+
+    #[test]
     fn size_limits_must_fit_a_log_record_and_each_other() {
         let record = crate::storage::wal::RECORD_BYTES_MAX;
         let largest = record - ENTRY_WRAP_BYTES - ENTRY_SLACK_BYTES;
-        let with = |request_bytes_max, peer_line_bytes_max, batch_bytes_max| Config {
+        let with = |request_bytes_max: usize, peer_line_bytes_max, batch_bytes_max| Config {
             request_bytes_max,
             peer_line_bytes_max,
             batch_bytes_max,
+            // One entry always fits an append batch.
+            append_batch_bytes_max: ((request_bytes_max + ENTRY_SLACK_BYTES + ENTRY_WRAP_BYTES)
+                as u64)
+                .max(2 << 20),
             ..Config::default()
         };
         assert_eq!(with(largest, 2 << 30, largest).validate(), Ok(()));
         let e = with(largest + 1, 2 << 30, 8 << 20).validate().unwrap_err();
         assert!(e.0.contains("must fit a log record"), "{e}");
         assert!(with(100, 320 << 20, 4 << 20).validate().is_err());
-        let e = with(1 << 20, 256 << 20, 4 << 20).validate().unwrap_err();
+        let e = with(1 << 20, 2 << 20, 4 << 20).validate().unwrap_err();
         assert!(e.0.contains("peer_line_bytes_max"), "{e}");
         assert_eq!(with(64 << 10, 32 << 20, 4 << 20).validate(), Ok(()));
         let e = with(1 << 20, 320 << 20, 1 << 19).validate().unwrap_err();

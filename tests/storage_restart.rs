@@ -211,3 +211,32 @@ fn a_second_open_of_the_same_dir_is_refused() {
     assert!(err.to_string().contains(LOG_DIR), "{err}");
     assert!(err.to_string().contains("locked"), "{err}");
 }
+
+/// While the log is written and open (no close), the checkpoint follows how far
+/// it is synced within a moment, so records zeroed after a `kill -9` are refused.
+#[tokio::test]
+async fn the_checkpoint_follows_the_synced_log_while_it_is_open() {
+    use oncekv::storage::wal::checkpoint::Checkpoint;
+    let dir = TempDir::new("checkpoint");
+    let mut s = storage::open(dir.path()).expect("open");
+    let wal = dir.path().join(LOG_DIR);
+    let at_open = Checkpoint::read(&wal).expect("read").expect("one").point;
+    for i in 1..=20 {
+        append_durable(&mut s.log, vec![entry(1, i)])
+            .await
+            .expect("append");
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let p = Checkpoint::read(&wal).expect("read").expect("one").point;
+        // 20 entries of well over 20 bytes each.
+        if p.offset > at_open.offset + 20 * 20 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the checkpoint stays at {p:?} (at open {at_open:?})"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}

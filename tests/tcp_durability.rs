@@ -484,6 +484,19 @@ fn garble_at(file: &Path, at: u64, len: usize) {
     f.write_all(&vec![0xA5; len]).expect("write");
 }
 
+/// `len` bytes of `file` at `at` set to zero.
+fn zero_at(file: &Path, at: u64, len: u64) {
+    let mut f = OpenOptions::new().write(true).open(file).expect("open");
+    f.seek(SeekFrom::Start(at)).expect("seek");
+    f.write_all(&vec![0; len as usize]).expect("write");
+}
+
+/// The offset of the last nonzero byte of `file`.
+fn last_nonzero(file: &Path) -> u64 {
+    let bytes = fs::read(file).expect("read");
+    bytes.iter().rposition(|&b| b != 0).expect("not all zero") as u64
+}
+
 /// `file` cut to `keep` of its length.
 fn truncate(file: &Path, keep: f64) {
     let len = fs::metadata(file).expect("metadata").len();
@@ -564,7 +577,7 @@ fn newest_segment(log_dir: &Path) -> PathBuf {
     segs.last().cloned().expect("a segment")
 }
 
-/// 3. A node's log segment or snapshot file truncated or garbled while it is down:
+/// 3. A node's log segment or snapshot file truncated, garbled or zeroed while it is down:
 ///    `oncekv serve` exits non-zero promptly, its stderr naming the damaged file,
 ///    and does not start empty. The same dir undamaged starts fine.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -599,14 +612,45 @@ async fn a_damaged_log_or_snapshot_stops_serve_with_an_error_naming_the_file() {
         |s| s.snapshot_index.is_some() && s.applied_index >= last,
     )
     .await;
+    // The checkpoint records the synced end of the log within a moment (records
+    // zeroed before it are refused; in the moment after, they would read as a
+    // torn write).
+    let n1_wal = cluster.nodes[0].dir.join(oncekv::storage::LOG_DIR);
+    cluster
+        .wait_for(
+            "n1's checkpoint to cover its log",
+            Duration::from_secs(10),
+            || {
+                let wal = n1_wal.clone();
+                async move {
+                    let synced = oncekv::storage::wal::checkpoint::Checkpoint::read(&wal)
+                        .ok()
+                        .flatten()
+                        .map_or(0, |c| c.point.offset);
+                    synced > last_nonzero(&newest_segment(&wal))
+                }
+            },
+        )
+        .await;
     cluster.kill_together(&[0, 1, 2]);
     let n1 = cluster.nodes[0].dir.clone();
     let snapshot = single_snapshot(&n1);
     eprintln!("n1 {s:?}, snapshot {}", snapshot.display());
 
     type Damage = fn(&Path);
-    let cases: [(&str, &str, Damage); 5] = [
+    let cases: [(&str, &str, Damage); 7] = [
         ("log-truncated", "log", |f| truncate(f, 0.5)),
+        // Every record zeroed, vote included: it reads like a log never written,
+        // but the checkpoint knows how far it was synced.
+        ("log-records-zeroed", "log", |f| {
+            let end = last_nonzero(f) + 1;
+            zero_at(f, 32, end - 32);
+        }),
+        // Two sectors in the middle, valid records after them.
+        ("log-middle-zeroed", "log", |f| {
+            let at = last_nonzero(f) / 2 / 512 * 512;
+            zero_at(f, at, 1024);
+        }),
         ("log-header-garbled", "log", |f| garble_at(f, 0, 16)),
         ("log-entry-garbled", "log", |f| {
             // Every copy of the marker's bytes, so the live page is hit too.

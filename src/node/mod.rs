@@ -20,11 +20,13 @@ use serde_json::{Map, Value};
 
 use crate::config::Config;
 use crate::protocol::{ErrorCode, Reply, Request};
-use crate::raft::log_store::MemLogStore;
+use crate::raft::log_store::{MemLogStore, SharedMirror};
 use crate::raft::network::{
-    Body, CallError, Network, RpcRequest, SnapshotRpc, Transport, rpc_body, rpc_field, rpc_from,
+    Body, BulkLimits, CallError, ChunkReply, Network, RpcRequest, SnapshotChunk, Transport,
+    rpc_body, rpc_field, rpc_from,
 };
 use crate::raft::sm_store::{Snapshot, StateMachineStore};
+use crate::raft::snapshot_transfer::{Accepted, SnapshotReceiver};
 use crate::raft::{Peer, Raft, TypeConfig};
 use crate::state::{Command, Op};
 
@@ -34,6 +36,8 @@ pub struct Storage<L> {
     pub log: L,
     /// The state machine (and its snapshots).
     pub sm: StateMachineStore,
+    /// The log's in-memory copy, which the node keeps within its byte budget.
+    pub mirror: SharedMirror,
 }
 
 /// Why a node could not start.
@@ -188,6 +192,8 @@ pub struct Node {
     submitted: AtomicU64,
     /// How many of those have finished (applied, failed or timed out).
     finished: tokio::sync::watch::Sender<u64>,
+    /// Snapshots being received from a leader, chunk by chunk.
+    snapshots_in: SnapshotReceiver,
     /// Set by [`Node::shutdown`]: Raft stopping after this is not a failure.
     stopping: AtomicBool,
 }
@@ -225,8 +231,10 @@ impl Node {
             .find(|(_, p)| p.name == name)
             .map(|(id, _)| *id)
             .ok_or_else(|| StartError::NotAMember(name.to_string()))?;
+        let log = MemLogStore::default();
         let storage = Storage {
-            log: MemLogStore::default(),
+            mirror: log.mirror(),
+            log,
             sm: StateMachineStore::new(),
         };
         let init = bootstrap.then(|| members.clone());
@@ -253,10 +261,17 @@ impl Node {
             .map(|p| p.name.clone())
             .ok_or_else(|| StartError::NotAMember(id.to_string()))?;
         let sm = storage.sm;
+        crate::raft::log_store::lock(&storage.mirror).batch_bytes_max =
+            config.append_batch_bytes_max;
+        let snapshots_in = SnapshotReceiver::new(
+            sm.incoming_dir(),
+            config.snapshot_transfers_max as usize,
+            Duration::from_millis(config.snapshot_transfer_idle_ms),
+        );
         let raft = Raft::new(
             id,
             Arc::new(config.raft_config()?),
-            Network::new(transport.clone()),
+            Network::new(transport.clone(), BulkLimits::from_config(&config)),
             storage.log,
             sm.clone(),
         )
@@ -280,9 +295,11 @@ impl Node {
             last_ts_ms: AtomicU64::new(0),
             submitted: AtomicU64::new(0),
             finished: tokio::sync::watch::Sender::new(0),
+            snapshots_in,
             stopping: AtomicBool::new(false),
         });
         node.clone().spawn_leader_duties();
+        node.clone().spawn_log_budget(storage.mirror);
         if node.members.len() == 1 && node.leader().is_none() {
             // A lone node elects itself at once; answering init after that keeps
             // the first requests of a script in order without any waiting.
@@ -758,17 +775,28 @@ impl Node {
                 rpc_body("raft_pre_vote_ok", &r)
             }
             "raft_snapshot" => {
-                let rpc: SnapshotRpc = rpc_from(body, raw_rpc)?;
-                let snapshot = Snapshot {
-                    meta: rpc.meta,
-                    snapshot: rpc.data.into_bytes(),
-                };
-                let r = self
-                    .raft
-                    .install_full_snapshot(rpc.vote, snapshot)
-                    .await
-                    .map_err(|e| s(&e))?;
-                rpc_body("raft_snapshot_ok", &r)
+                let chunk: SnapshotChunk = rpc_from(body, raw_rpc)?;
+                match self.snapshots_in.accept(&chunk).await.map_err(|e| s(&e))? {
+                    Accepted::Next(next) => rpc_body("raft_snapshot_ok", &ChunkReply::Next(next)),
+                    Accepted::Complete(data) => {
+                        let snapshot = Snapshot {
+                            meta: chunk.meta.clone(),
+                            snapshot: data,
+                        };
+                        let r = self
+                            .raft
+                            .install_full_snapshot(chunk.vote, snapshot)
+                            .await
+                            .map_err(|e| s(&e))?;
+                        self.snapshots_in.installed(&chunk);
+                        rpc_body("raft_snapshot_ok", &ChunkReply::Done(r))
+                    }
+                    Accepted::Installed => {
+                        let vote = self.raft.metrics().borrow_watched().vote;
+                        let r = openraft::raft::SnapshotResponse { vote };
+                        rpc_body("raft_snapshot_ok", &ChunkReply::Done(r))
+                    }
+                }
             }
             "forward" => {
                 let fwd: Forwarded = rpc_from(body, raw_rpc)?;
@@ -803,6 +831,60 @@ impl Node {
         let ts = wall.max(log_time);
         let prev = self.last_ts_ms.fetch_max(ts, Ordering::SeqCst);
         ts.max(prev)
+    }
+
+    /// Keeps the in-memory log within its byte budget: builds a snapshot once the
+    /// applied entries after the last one pass `snapshot_every_bytes`, and purges
+    /// entries behind the snapshot beyond `log_kept_behind_snapshot_bytes`
+    /// (openraft's own policy counts entries only).
+    fn spawn_log_budget(self: Arc<Self>, mirror: SharedMirror) {
+        let weak = Arc::downgrade(&self);
+        let period = Duration::from_millis(self.config.heartbeat_interval_ms * 2);
+        drop(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            // The snapshot a build was last asked after, and when.
+            let mut asked: Option<(Option<u64>, Instant)> = None;
+            let mut purge_asked = 0u64;
+            loop {
+                tick.tick().await;
+                let Some(node) = weak.upgrade() else { return };
+                node.snapshots_in.sweep().await;
+                let (snapshot, applied) = {
+                    let m = node.raft.metrics();
+                    let m = m.borrow_watched();
+                    (m.snapshot.map(|l| l.index), m.last_applied.map(|l| l.index))
+                };
+                let c = &node.config;
+                let (after, purge_to) = {
+                    let m = crate::raft::log_store::lock(&mirror);
+                    let after = match (snapshot, applied) {
+                        (_, None) => 0,
+                        (None, Some(a)) => m.bytes_in(..=a),
+                        (Some(s), Some(a)) => m.bytes_in(s + 1..=a),
+                    };
+                    (after, snapshot.and_then(|s| purge_point(&m, s, c)))
+                };
+                let building = asked
+                    .is_some_and(|(s, at)| s == snapshot && at.elapsed() < Duration::from_secs(10));
+                if after > c.snapshot_every_bytes && !building {
+                    asked = Some((snapshot, Instant::now()));
+                    tracing::info!(
+                        "{after} bytes of entries since the last snapshot: building one"
+                    );
+                    if node.raft.trigger().snapshot().await.is_err() {
+                        return;
+                    }
+                }
+                if let Some(p) = purge_to.filter(|p| *p > purge_asked) {
+                    purge_asked = p;
+                    if node.raft.trigger().purge_log(p).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
     }
 
     /// While leader: append a GC entry when some session is idle past the timeout,
@@ -1195,6 +1277,19 @@ pub fn error_body(code: ErrorCode, text: &str) -> Body {
     b
 }
 
+/// The index to purge up to so that the entries kept behind snapshot `snapshot`
+/// hold at most `log_kept_behind_snapshot_bytes`; `None` if they already do.
+fn purge_point(m: &crate::raft::log_store::LogMirror, snapshot: u64, c: &Config) -> Option<u64> {
+    let mut kept = 0;
+    for (&index, (_, bytes)) in m.log.range(..=snapshot).rev() {
+        kept += bytes;
+        if kept > c.log_kept_behind_snapshot_bytes {
+            return Some(index);
+        }
+    }
+    None
+}
+
 fn has_session(op: &Op) -> bool {
     matches!(
         op,
@@ -1251,6 +1346,28 @@ mod tests {
     use crate::protocol::{KvOp, VALUE_DEPTH_MAX, parse_line};
     use openraft::errors::ForwardToLeader;
     use openraft::raft::AppendEntriesRequest;
+
+    #[test]
+    fn the_log_kept_behind_a_snapshot_is_bounded_in_bytes() {
+        use crate::raft::log_store::LogMirror;
+        let mut m = LogMirror::default();
+        for i in 1..=10 {
+            m.insert(
+                crate::raft::Entry {
+                    log_id: openraft::testing::log_id::<TypeConfig>(1, 1, i),
+                    payload: openraft::EntryPayload::Blank,
+                },
+                100,
+            );
+        }
+        let c = Config {
+            log_kept_behind_snapshot_bytes: 250,
+            ..Config::default()
+        };
+        // Snapshot at 8: entries 7 and 8 (200 bytes) may stay, 6 and before go.
+        assert_eq!(purge_point(&m, 8, &c), Some(6));
+        assert_eq!(purge_point(&m, 2, &c), None);
+    }
 
     fn write_op(key: Value, value: Value) -> Op {
         Op::Kv {

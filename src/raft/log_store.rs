@@ -16,68 +16,159 @@ use super::{Entry, LogId, TypeConfig, Vote};
 /// The log, vote and committed pointer, shared between the writer and readers.
 #[derive(Debug, Clone, Default)]
 pub struct MemLogStore {
-    inner: Arc<Mutex<Inner>>,
+    inner: SharedMirror,
 }
 
 type Inner = LogMirror;
 
 /// The Raft log as openraft sees it, in memory: the whole of [`MemLogStore`], and the
 /// readable copy the durable store (`crate::storage`) keeps beside its database.
-#[derive(Debug, Default)]
+/// Each entry is kept with its size (its JSON), so batches and the memory budget
+/// are counted in bytes.
+#[derive(Debug)]
 pub struct LogMirror {
     /// The last entry removed by a purge (behind a snapshot).
     pub last_purged: Option<LogId>,
-    /// Entries by index, contiguous.
-    pub log: BTreeMap<u64, Entry>,
+    /// Entries by index, contiguous, each with its size in bytes.
+    pub log: BTreeMap<u64, (Entry, u64)>,
+    /// Sum of the sizes in `log`.
+    pub bytes: u64,
     /// The committed pointer openraft asks us to keep.
     pub committed: Option<LogId>,
     /// The current vote.
     pub vote: Option<Vote>,
+    /// Most bytes [`LogMirror::limited`] hands out at once (one entry at least):
+    /// what bounds an append batch (`Config::append_batch_bytes_max`).
+    pub batch_bytes_max: u64,
+}
+
+impl Default for LogMirror {
+    fn default() -> Self {
+        LogMirror {
+            last_purged: None,
+            log: BTreeMap::new(),
+            bytes: 0,
+            committed: None,
+            vote: None,
+            batch_bytes_max: crate::config::Config::default().append_batch_bytes_max,
+        }
+    }
+}
+
+/// The mirror shared between a log store, its readers and the node's memory
+/// budget task.
+pub type SharedMirror = Arc<Mutex<LogMirror>>;
+
+/// Locks a shared mirror. A poisoned lock means a panic mid-update; every
+/// operation here is a single map edit and its byte count, so keep going.
+pub fn lock(m: &SharedMirror) -> std::sync::MutexGuard<'_, LogMirror> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The size of an entry's JSON, without building it.
+pub fn entry_bytes(e: &Entry) -> u64 {
+    struct Count(u64);
+    impl std::io::Write for Count {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0 += b.len() as u64;
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut c = Count(0);
+    let _ = serde_json::to_writer(&mut c, e);
+    c.0
 }
 
 impl LogMirror {
     /// The entries in `range`.
     pub fn entries(&self, range: impl RangeBounds<u64>) -> Vec<Entry> {
-        self.log.range(range).map(|(_, e)| e.clone()).collect()
+        self.log.range(range).map(|(_, (e, _))| e.clone()).collect()
+    }
+
+    /// The entries from `start` (before `end`) up to [`LogMirror::batch_bytes_max`]
+    /// bytes, at least one if `start` is present.
+    pub fn limited(&self, start: u64, end: u64) -> Vec<Entry> {
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        for (_, (e, size)) in self.log.range(start..end) {
+            if !out.is_empty() && bytes + size > self.batch_bytes_max {
+                break;
+            }
+            bytes += size;
+            out.push(e.clone());
+        }
+        out
+    }
+
+    /// Bytes of the entries in `range`.
+    pub fn bytes_in(&self, range: impl RangeBounds<u64>) -> u64 {
+        self.log.range(range).map(|(_, (_, b))| *b).sum()
     }
 
     /// Last purged and last present log ids.
     pub fn log_state(&self) -> LogState<TypeConfig> {
-        let last = self.log.values().next_back().map(|e| e.log_id());
+        let last = self.log.values().next_back().map(|(e, _)| e.log_id());
         LogState {
             last_purged_log_id: self.last_purged,
             last_log_id: last.or(self.last_purged),
         }
     }
 
-    /// Adds entries (replacing any at the same index).
+    /// Adds one entry of `size` bytes (replacing any at the same index).
+    pub fn insert(&mut self, e: Entry, size: u64) {
+        self.bytes += size;
+        if let Some((_, old)) = self.log.insert(e.index(), (e, size)) {
+            self.bytes -= old;
+        }
+    }
+
+    /// Adds entries (replacing any at the same index), measuring each.
     pub fn append(&mut self, entries: impl IntoIterator<Item = Entry>) {
         for e in entries {
-            self.log.insert(e.index(), e);
+            let size = entry_bytes(&e);
+            self.insert(e, size);
         }
     }
 
     /// Drops every entry after `last`; returns the first index dropped.
     pub fn truncate_after(&mut self, last: Option<LogId>) -> u64 {
         let from = last.map_or(0, |l| l.index() + 1);
-        drop(self.log.split_off(&from));
+        self.truncate_from(from);
         from
+    }
+
+    /// Drops every entry at `from` or later.
+    pub fn truncate_from(&mut self, from: u64) {
+        let cut = self.log.split_off(&from);
+        self.bytes -= cut.values().map(|(_, b)| *b).sum::<u64>();
     }
 
     /// Drops every entry up to `upto`, which becomes the last purged id.
     pub fn purge(&mut self, upto: LogId) {
         debug_assert!(self.last_purged.as_ref() <= Some(&upto));
-        self.log = self.log.split_off(&(upto.index() + 1));
+        self.drop_upto(upto.index());
         self.last_purged = Some(upto);
+    }
+
+    /// Drops every entry at `upto` or before.
+    pub fn drop_upto(&mut self, upto: u64) {
+        let kept = self.log.split_off(&(upto + 1));
+        let dropped = std::mem::replace(&mut self.log, kept);
+        self.bytes -= dropped.values().map(|(_, b)| *b).sum::<u64>();
     }
 }
 
 impl MemLogStore {
     fn with<T>(&self, f: impl FnOnce(&mut Inner) -> T) -> T {
-        // A poisoned lock means a panic mid-update; the data is still consistent
-        // for every operation here (each is a single map edit), so keep going.
-        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        f(&mut inner)
+        f(&mut lock(&self.inner))
+    }
+
+    /// The mirror, shared (for the node's memory budget).
+    pub fn mirror(&self) -> SharedMirror {
+        self.inner.clone()
     }
 }
 
@@ -91,6 +182,14 @@ impl RaftLogReader<TypeConfig> for MemLogStore {
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
         Ok(self.with(|i| i.vote))
+    }
+
+    async fn limited_get_log_entries(
+        &mut self,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<Entry>, io::Error> {
+        Ok(self.with(|i| i.limited(start, end)))
     }
 }
 
@@ -141,5 +240,45 @@ impl RaftLogStorage<TypeConfig> for MemLogStore {
     async fn purge(&mut self, upto: LogId) -> Result<(), io::Error> {
         self.with(|i| i.purge(upto));
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::EntryPayload;
+
+    use super::*;
+
+    fn entry(index: u64) -> Entry {
+        Entry {
+            log_id: openraft::testing::log_id::<TypeConfig>(1, 1, index),
+            payload: EntryPayload::Blank,
+        }
+    }
+
+    #[test]
+    fn batches_are_bounded_in_bytes_with_one_entry_at_least() {
+        let mut m = LogMirror {
+            batch_bytes_max: 250,
+            ..LogMirror::default()
+        };
+        for i in 1..=10 {
+            m.insert(entry(i), 100);
+        }
+        assert_eq!(m.bytes, 1_000);
+        let first = |v: Vec<Entry>| v.iter().map(|e| e.index()).collect::<Vec<_>>();
+        assert_eq!(first(m.limited(1, 11)), vec![1, 2]);
+        assert_eq!(first(m.limited(9, 11)), vec![9, 10]);
+        // An entry larger than the bound still goes, alone.
+        m.insert(entry(11), 1_000);
+        assert_eq!(first(m.limited(11, 12)), vec![11]);
+        assert_eq!(first(m.limited(10, 12)), vec![10]);
+        // Sizes follow truncation, replacement and purge.
+        m.truncate_from(11);
+        m.insert(entry(10), 50);
+        assert_eq!(m.bytes, 950);
+        m.purge(entry(4).log_id);
+        assert_eq!(m.bytes, 550);
+        assert_eq!(m.bytes_in(..=7), 300);
     }
 }

@@ -11,6 +11,7 @@
 pub mod log_store;
 pub mod network;
 pub mod sm_store;
+pub mod snapshot_transfer;
 
 use serde::{Deserialize, Serialize};
 

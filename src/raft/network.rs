@@ -18,7 +18,7 @@ use openraft::raft::{
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
 use super::sm_store::Snapshot;
 use super::{Peer, SnapshotMeta, TypeConfig, Vote};
@@ -146,16 +146,36 @@ pub fn rpc_from<T: DeserializeOwned>(body: &Body, raw: Option<&RawValue>) -> Res
     }
 }
 
+/// What bounds the bulk RPCs (appends with entries, snapshot chunks).
+#[derive(Debug, Clone, Copy)]
+pub struct BulkLimits {
+    /// Deadline of one append carrying entries, and of one snapshot chunk.
+    pub timeout: Duration,
+    /// Bytes of snapshot data per chunk.
+    pub chunk_bytes: usize,
+}
+
+impl BulkLimits {
+    /// The limits `config` sets.
+    pub fn from_config(config: &crate::config::Config) -> BulkLimits {
+        BulkLimits {
+            timeout: config.append_timeout(),
+            chunk_bytes: config.snapshot_chunk_bytes as usize,
+        }
+    }
+}
+
 /// The factory openraft asks for one client per peer.
 #[derive(Clone)]
 pub struct Network {
     transport: Arc<dyn Transport>,
+    limits: BulkLimits,
 }
 
 impl Network {
     /// A factory sending through `transport`.
-    pub fn new(transport: Arc<dyn Transport>) -> Self {
-        Network { transport }
+    pub fn new(transport: Arc<dyn Transport>, limits: BulkLimits) -> Self {
+        Network { transport, limits }
     }
 }
 
@@ -163,6 +183,7 @@ impl Network {
 pub struct PeerClient {
     transport: Arc<dyn Transport>,
     peer: Peer,
+    limits: BulkLimits,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -172,6 +193,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
         PeerClient {
             transport: self.transport.clone(),
             peer: node.clone(),
+            limits: self.limits,
         }
     }
 }
@@ -302,13 +324,17 @@ where
         let req = self.pull().await?;
         let prev = req.prev_log_id;
         let last = req.entries.last().map(|e| e.log_id).or(prev);
+        // openraft's deadline for a replication RPC is its heartbeat interval:
+        // enough for a commit update, not for a batch of large entries and the
+        // follower's fsync of them (`Config::append_timeout_ms`).
+        let timeout = if req.entries.is_empty() {
+            self.option.hard_ttl()
+        } else {
+            self.client.limits.timeout.max(self.option.hard_ttl())
+        };
         let resp = match self
             .client
-            .exchange::<_, AppendEntriesResponse<TypeConfig>>(
-                "raft_append",
-                &req,
-                self.option.hard_ttl(),
-            )
+            .exchange::<_, AppendEntriesResponse<TypeConfig>>("raft_append", &req, timeout)
             .await
         {
             Ok(resp) => resp,
@@ -373,6 +399,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
             client: PeerClient {
                 transport: self.transport.clone(),
                 peer: self.peer.clone(),
+                limits: self.limits,
             },
             option,
         };
@@ -391,7 +418,12 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.exchange("raft_append", &rpc, option.hard_ttl())
+        let timeout = if rpc.entries.is_empty() {
+            option.hard_ttl()
+        } else {
+            self.limits.timeout.max(option.hard_ttl())
+        };
+        self.exchange("raft_append", &rpc, timeout)
             .await
             .map_err(rpc_error)
     }
@@ -416,20 +448,72 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
             .map_err(rpc_error)
     }
 
+    /// Sends the snapshot in chunks of `Config::snapshot_chunk_bytes`, each its
+    /// own RPC with its own deadline. The follower answers each with the offset it
+    /// wants next, so a lost or repeated chunk costs one round trip, and a
+    /// transfer retried after a failure resumes where the follower's partial
+    /// copy ends.
     async fn full_snapshot(
         &mut self,
         vote: Vote,
         snapshot: Snapshot,
         cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
-        option: RPCOption,
+        _option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
         let data = String::from_utf8(snapshot.snapshot)
             .map_err(|e| StreamingError::Unreachable(Unreachable::new(&e)))?;
-        let rpc = json!({"vote": vote, "meta": snapshot.meta, "data": data});
-        let call = self.exchange("raft_snapshot", &rpc, option.hard_ttl());
+        let meta = snapshot.meta;
+        let send = async {
+            let total = data.len() as u64;
+            let mut offset = 0u64;
+            let mut reported = 0u64;
+            let started = std::time::Instant::now();
+            loop {
+                let chunk = chunk_at(&data, offset as usize, self.limits.chunk_bytes);
+                let rpc = SnapshotChunk {
+                    vote,
+                    meta: meta.clone(),
+                    total,
+                    offset,
+                    data: chunk.into(),
+                };
+                let reply: ChunkReply = self
+                    .exchange("raft_snapshot", &rpc, self.limits.timeout)
+                    .await?;
+                match reply {
+                    ChunkReply::Done(resp) => {
+                        tracing::info!(
+                            "snapshot {} to {}: {total} bytes sent in {:?}",
+                            meta.last_log_id.map_or(0, |l| l.index),
+                            self.peer,
+                            started.elapsed()
+                        );
+                        return Ok(resp);
+                    }
+                    ChunkReply::Next(next) if next <= total => {
+                        // Progress, logged at every tenth of the snapshot.
+                        if next >= reported + total / 10 || next < offset {
+                            tracing::info!(
+                                "snapshot {} to {}: {next} of {total} bytes",
+                                meta.last_log_id.map_or(0, |l| l.index),
+                                self.peer
+                            );
+                            reported = next;
+                        }
+                        offset = next;
+                    }
+                    ChunkReply::Next(next) => {
+                        return Err(CallError::Unreachable {
+                            peer: self.peer.name.clone(),
+                            why: format!("asked for offset {next} of a {total}-byte snapshot"),
+                        });
+                    }
+                }
+            }
+        };
         tokio::select! {
             closed = cancel => Err(StreamingError::Closed(closed)),
-            r = call => r.map_err(|e| match rpc_error(e) {
+            r = send => r.map_err(|e| match rpc_error(e) {
                 RPCError::Network(n) => StreamingError::Network(n),
                 RPCError::Unreachable(u) => StreamingError::Unreachable(u),
                 other => StreamingError::Unreachable(Unreachable::new(&other)),
@@ -438,15 +522,46 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
     }
 }
 
-/// The decoded `raft_snapshot` request.
-#[derive(serde::Deserialize)]
-pub struct SnapshotRpc {
+/// The piece of `data` from `offset` of at most `max` bytes, cut at a character
+/// boundary (at least one character, so a transfer always advances).
+fn chunk_at(data: &str, offset: usize, max: usize) -> &str {
+    let offset = offset.min(data.len());
+    let mut end = (offset + max).min(data.len());
+    while !data.is_char_boundary(end) {
+        end -= 1;
+    }
+    if end == offset && offset < data.len() {
+        end = offset + 1;
+        while !data.is_char_boundary(end) {
+            end += 1;
+        }
+    }
+    &data[offset..end]
+}
+
+/// One `raft_snapshot` request: a piece of the leader's snapshot.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct SnapshotChunk {
     /// The leader's vote.
     pub vote: Vote,
     /// The snapshot's metadata.
     pub meta: SnapshotMeta,
-    /// The state as JSON text.
+    /// The snapshot's whole size in bytes.
+    pub total: u64,
+    /// Where this piece starts.
+    pub offset: u64,
+    /// The piece: part of the state's JSON text.
     pub data: String,
+}
+
+/// The answer to a [`SnapshotChunk`].
+#[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChunkReply {
+    /// Send the piece starting here next (what the follower holds so far).
+    Next(u64),
+    /// The snapshot is complete and was installed.
+    Done(SnapshotResponse<TypeConfig>),
 }
 
 #[cfg(test)]
@@ -522,6 +637,7 @@ mod tests {
                 name: "n2".into(),
                 addr: String::new(),
             },
+            limits: BulkLimits::from_config(&crate::config::Config::default()),
         }
     }
 
@@ -617,5 +733,117 @@ mod tests {
         assert!(matches!(out.next().await, Some(Err(_))));
         assert!(out.next().await.is_none(), "nothing after an error");
         assert_eq!(t.sent.lock().unwrap().len(), 1);
+    }
+
+    /// A follower's side of `raft_snapshot` in memory: records each chunk's
+    /// size, and fails the call for the chunks at these positions in `lose`.
+    struct SnapshotPeer {
+        rx: crate::raft::snapshot_transfer::SnapshotReceiver,
+        chunks: Mutex<Vec<(u64, usize)>>,
+        lose: Mutex<Vec<usize>>,
+    }
+
+    impl Transport for SnapshotPeer {
+        fn call(
+            &self,
+            peer: &Peer,
+            req: RpcRequest,
+            _timeout: Duration,
+        ) -> BoxFuture<'static, Result<Body, CallError>> {
+            assert_eq!(req.kind, "raft_snapshot");
+            let chunk: SnapshotChunk = serde_json::from_str(req.rpc.get()).expect("a chunk");
+            let n = {
+                let mut c = self.chunks.lock().unwrap();
+                c.push((chunk.offset, chunk.data.len()));
+                c.len()
+            };
+            let lost = self.lose.lock().unwrap().contains(&n);
+            let accepted = if lost {
+                None
+            } else {
+                Some(futures::executor::block_on(self.rx.accept(&chunk)).expect("accepted"))
+            };
+            let peer = peer.to_string();
+            Box::pin(async move {
+                use crate::raft::snapshot_transfer::Accepted;
+                let reply = match accepted {
+                    None => return Err(CallError::Timeout(peer)),
+                    Some(Accepted::Next(n)) => ChunkReply::Next(n),
+                    Some(Accepted::Complete(data)) => {
+                        assert_eq!(data, snapshot_data().into_bytes(), "assembled whole");
+                        ChunkReply::Done(SnapshotResponse {
+                            vote: Vote::new_committed(1, 1),
+                        })
+                    }
+                    Some(Accepted::Installed) => unreachable!(),
+                };
+                Ok(rpc_body("raft_snapshot_ok", &reply))
+            })
+        }
+    }
+
+    /// A snapshot's text with multi-byte characters, so chunks cut at
+    /// character boundaries.
+    fn snapshot_data() -> String {
+        (0..2_000)
+            .map(|i| format!("{{\"k{i}\":\"é€{i}\"}}"))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_goes_in_bounded_chunks_and_a_retry_resumes() {
+        let t = Arc::new(SnapshotPeer {
+            rx: crate::raft::snapshot_transfer::SnapshotReceiver::new(
+                None,
+                2,
+                Duration::from_secs(60),
+            ),
+            chunks: Mutex::new(Vec::new()),
+            lose: Mutex::new(vec![5]),
+        });
+        let mut c = PeerClient {
+            transport: t.clone(),
+            peer: Peer {
+                name: "n2".into(),
+                addr: String::new(),
+            },
+            limits: BulkLimits {
+                timeout: Duration::from_secs(1),
+                chunk_bytes: 4096,
+            },
+        };
+        let snapshot = || Snapshot {
+            meta: SnapshotMeta {
+                last_log_id: log_id(9),
+                last_membership: Default::default(),
+            },
+            snapshot: snapshot_data().into_bytes(),
+        };
+        let total = snapshot_data().len();
+        let never = futures::future::pending::<ReplicationClosed>();
+        // The fifth chunk's answer is lost: this attempt fails.
+        let first = c
+            .full_snapshot(Vote::new_committed(1, 1), snapshot(), never, option())
+            .await;
+        assert!(first.is_err(), "a lost chunk fails the attempt");
+        let sent_first = t.chunks.lock().unwrap().len();
+        assert_eq!(sent_first, 5);
+        // The retry starts at 0, is told where the follower is, and resumes.
+        let never = futures::future::pending::<ReplicationClosed>();
+        let r = c
+            .full_snapshot(Vote::new_committed(1, 1), snapshot(), never, option())
+            .await
+            .expect("installed");
+        assert_eq!(r.vote, Vote::new_committed(1, 1));
+        let chunks = t.chunks.lock().unwrap().clone();
+        assert!(chunks.iter().all(|&(_, len)| len <= 4096), "{chunks:?}");
+        let resent: u64 = chunks[sent_first..].iter().map(|&(_, l)| l as u64).sum();
+        let first_four: u64 = chunks[..4].iter().map(|&(_, l)| l as u64).sum();
+        assert_eq!(chunks[sent_first].0, 0, "the retry starts at 0");
+        assert_eq!(chunks[sent_first + 1].0, first_four, "then resumes");
+        assert!(
+            resent < total as u64 + 4096,
+            "nothing but the first chunk twice"
+        );
     }
 }

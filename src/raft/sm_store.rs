@@ -39,6 +39,12 @@ type StoredSnapshot = (SnapshotMeta, Vec<u8>);
 pub trait SnapshotSink: Send + Sync + std::fmt::Debug + 'static {
     /// Makes this snapshot durable (returns once it is).
     fn save(&self, meta: &SnapshotMeta, data: &[u8]) -> io::Result<()>;
+
+    /// Where partial incoming snapshots are assembled (see
+    /// [`super::snapshot_transfer`]); `None` keeps them in memory.
+    fn incoming_dir(&self) -> Option<std::path::PathBuf> {
+        None
+    }
 }
 
 /// Shared handle: openraft applies through it, the node reads through it.
@@ -112,6 +118,11 @@ impl StateMachineStore {
         tokio::task::spawn_blocking(move || sink.save(&meta, &data))
             .await
             .map_err(io::Error::other)?
+    }
+
+    /// Where partial incoming snapshots go: the sink's directory, if any.
+    pub fn incoming_dir(&self) -> Option<std::path::PathBuf> {
+        self.sink.as_ref().and_then(|s| s.incoming_dir())
     }
 
     /// Read access for linearizable reads and cache look-ups. Hold it briefly.

@@ -3,8 +3,9 @@
 //! The write-ahead log ([`super::wal`]) holds the durable copy; an in-memory mirror of the live (unpurged) log
 //! serves readers, so an entry is readable as soon as `append` returns (openraft's
 //! contract) while it is still waiting for its group commit. The live log is
-//! bounded by the snapshot policy (`snapshot_every_entries` plus
-//! `log_kept_behind_snapshot`), so the mirror is too.
+//! bounded by the snapshot policy, in entries (`snapshot_every_entries` plus
+//! `log_kept_behind_snapshot`) and in bytes (`snapshot_every_bytes` plus
+//! `log_kept_behind_snapshot_bytes`, enforced by the node), so the mirror is too.
 //!
 //! | openraft's contract | here |
 //! |---|---|
@@ -35,7 +36,7 @@ use crate::raft::{Entry, LogId, TypeConfig, Vote};
 #[derive(Debug, Clone)]
 pub struct WalLogStore {
     /// What is durable plus what is queued, in call order.
-    mirror: Arc<Mutex<Mirror>>,
+    mirror: SharedMirror,
     /// The group-commit writer that owns the log files.
     writer: Arc<Writer>,
     /// The log directory, for error messages.
@@ -52,6 +53,7 @@ const INLINE_BYTES_MAX: usize = 256 << 10;
 
 /// The readable copy of the log beside the files (shared with `MemLogStore`).
 type Mirror = crate::raft::log_store::LogMirror;
+use crate::raft::log_store::SharedMirror;
 
 fn encode<T: Serialize>(value: &T) -> io::Result<Vec<u8>> {
     serde_json::to_vec(value).map_err(io::Error::other)
@@ -136,9 +138,12 @@ impl WalLogStore {
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut Mirror) -> T) -> T {
-        // Each mirror update is a single map edit: still consistent after a panic.
-        let mut m = self.mirror.lock().unwrap_or_else(|p| p.into_inner());
-        f(&mut m)
+        f(&mut crate::raft::log_store::lock(&self.mirror))
+    }
+
+    /// The mirror, shared (for the node's memory budget).
+    pub fn mirror(&self) -> SharedMirror {
+        self.mirror.clone()
     }
 }
 
@@ -153,19 +158,21 @@ fn replay(m: &mut Mirror, rec: Record<'_>) -> Result<(), String> {
                     entry.index()
                 ));
             }
-            m.log.insert(index, entry);
+            m.insert(entry, bytes.len() as u64);
         }
-        Record::TruncateFrom(from) => drop(m.log.split_off(&from)),
+        Record::TruncateFrom(from) => m.truncate_from(from),
         Record::Purge(upto, bytes) => {
             let id: LogId = decode("purged log id", bytes)?;
             if id.index() != upto {
                 return Err(format!("purge record for {upto} holds {id}"));
             }
-            m.log = m.log.split_off(&(upto + 1));
+            m.drop_upto(upto);
             m.last_purged = m.last_purged.max(Some(id));
         }
         Record::Vote(bytes) => m.vote = Some(decode("vote", bytes)?),
         Record::Committed(bytes) => m.committed = decode::<Option<LogId>>("committed", bytes)?,
+        // Checked by the WAL itself.
+        Record::Start(_) => {}
     }
     Ok(())
 }
@@ -198,6 +205,14 @@ impl RaftLogReader<TypeConfig> for WalLogStore {
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
         Ok(self.with(|m| m.vote))
+    }
+
+    async fn limited_get_log_entries(
+        &mut self,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<Entry>, io::Error> {
+        Ok(self.with(|m| m.limited(start, end)))
     }
 }
 
@@ -251,7 +266,11 @@ impl RaftLogStorage<TypeConfig> for WalLogStore {
             .me
             .is_some_and(|me| entries.iter().all(|e| e.log_id.leader_id.node_id != me))
             && encoded.iter().map(|(_, b)| b.len()).sum::<usize>() <= INLINE_BYTES_MAX;
-        self.with(|m| m.append(entries));
+        self.with(|m| {
+            for (e, (_, b)) in entries.into_iter().zip(&encoded) {
+                m.insert(e, b.len() as u64);
+            }
+        });
         let (op, done) = (Op::Put(encoded), Done::Flushed(callback));
         let (op, done) = if inline {
             match self.writer.try_inline(op, done) {

@@ -238,7 +238,8 @@ fn open_with(
             reason: format!("the snapshot's state does not load: {e}"),
         }
     })?;
-    Ok(Storage { log, sm })
+    let mirror = log.mirror();
+    Ok(Storage { log, sm, mirror })
 }
 
 /// True if `wal_dir` holds at least one segment file.

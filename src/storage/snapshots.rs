@@ -11,6 +11,10 @@
 //! ```
 //!
 //! so a truncated or garbled file is refused at start rather than half-loaded.
+//!
+//! A snapshot being received from the leader is assembled beside them in
+//! `incoming-<n>.part` (`crate::raft::snapshot_transfer`); such files a crash
+//! left are deleted at open, like temp files.
 
 use std::fs;
 use std::io;
@@ -66,8 +70,11 @@ impl SnapshotDir {
         for item in fs::read_dir(dir).map_err(io_err(dir))? {
             let path = item.map_err(io_err(dir))?.path();
             let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            if name.ends_with(TMP_SUFFIX) {
-                // Never renamed into place, so never acknowledged: safe to drop.
+            let partial = name.starts_with(crate::raft::snapshot_transfer::PART_PREFIX)
+                && name.ends_with(crate::raft::snapshot_transfer::PART_SUFFIX);
+            if name.ends_with(TMP_SUFFIX) || partial {
+                // A temp file, or a snapshot a leader was still sending: neither
+                // was ever installed or acknowledged, so both are safe to drop.
                 fs::remove_file(&path).map_err(io_err(&path))?;
                 continue;
             }
@@ -160,6 +167,10 @@ pub fn read(path: &Path) -> Result<Loaded, StorageError> {
 }
 
 impl SnapshotSink for SnapshotDir {
+    fn incoming_dir(&self) -> Option<PathBuf> {
+        Some(self.dir.clone())
+    }
+
     fn save(&self, meta: &SnapshotMeta, data: &[u8]) -> io::Result<()> {
         // A snapshot of nothing covers nothing; openraft purges nothing for it.
         let Some(last) = meta.last_log_id else {

@@ -21,7 +21,7 @@ use std::thread::JoinHandle;
 use openraft::storage::IOFlushed;
 use tokio::sync::{mpsc, oneshot};
 
-use super::wal::{Record, Wal};
+use super::wal::{CHECKPOINT_INTERVAL, Record, Wal};
 use crate::raft::TypeConfig;
 
 /// Operations waiting in the queue at most; `append` waits (backpressure) beyond.
@@ -109,6 +109,8 @@ pub struct Writer {
     wal: Arc<Mutex<Wal>>,
     /// Operations queued and not yet completed by the thread.
     outstanding: Arc<AtomicU64>,
+    /// The checkpoint ticker ([`checkpoint_ticker`]) and its stop flag.
+    ticker: Mutex<Option<(JoinHandle<()>, Arc<AtomicBool>)>>,
 }
 
 impl std::fmt::Debug for Writer {
@@ -149,6 +151,13 @@ impl Writer {
             let _ = ready_rx.recv();
             thread
         };
+        let stop = Arc::new(AtomicBool::new(false));
+        let ticker = {
+            let (wal, failed, stop) = (wal.clone(), failed.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name("oncekv-log-checkpoint".into())
+                .spawn(move || checkpoint_ticker(&wal, &failed, &stop))?
+        };
         Ok(Writer {
             tx: Some(tx),
             stats,
@@ -157,6 +166,7 @@ impl Writer {
             committed,
             wal,
             outstanding,
+            ticker: Mutex::new(Some((ticker, stop))),
         })
     }
 
@@ -242,6 +252,12 @@ impl Writer {
 
 impl Drop for Writer {
     fn drop(&mut self) {
+        let ticker = self.ticker.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some((t, stop)) = ticker {
+            stop.store(true, Ordering::Release);
+            t.thread().unpark();
+            let _ = t.join();
+        }
         // Closing the queue ends the thread after it commits what is queued.
         drop(self.tx.take());
         let thread = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
@@ -281,6 +297,23 @@ struct Shared {
     committed: Arc<Mutex<Option<Vec<u8>>>>,
     wal: Arc<Mutex<Wal>>,
     outstanding: Arc<AtomicU64>,
+}
+
+/// Records the synced position in the WAL's checkpoint every
+/// [`CHECKPOINT_INTERVAL`] while it moves (see `wal::checkpoint`), until `stop`.
+/// A failure is a failed log write: the writer refuses later operations.
+fn checkpoint_ticker(wal: &Mutex<Wal>, failed: &AtomicBool, stop: &AtomicBool) {
+    while !stop.load(Ordering::Acquire) {
+        std::thread::park_timeout(CHECKPOINT_INTERVAL);
+        if stop.load(Ordering::Acquire) || failed.load(Ordering::Acquire) {
+            continue;
+        }
+        let mut wal = wal.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(e) = wal.checkpoint_if_stale(false) {
+            tracing::error!("log checkpoint failed: {e}");
+            failed.store(true, Ordering::Release);
+        }
+    }
 }
 
 /// The thread: take one job (blocking), drain what else is queued, commit once.

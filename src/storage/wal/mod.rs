@@ -19,6 +19,10 @@
 //!   3 purge      arg = last index removed  bytes = the purged LogId's JSON
 //!   4 vote                               bytes = the Vote's JSON
 //!   5 committed                          bytes = the committed Option<LogId>'s JSON
+//!   6 start      arg = where the previous segment's records ended (first record
+//!                of every segment made by a roll, format 2)
+//!
+//! CHECKPOINT: how far the newest segment is known synced, and the vote (checkpoint.rs)
 //! ```
 //!
 //! Why a log of records rather than a B-tree: a Raft log is written at its end,
@@ -37,11 +41,22 @@
 //! *and* has an all-zero 512-byte sector inside it (JSON never contains a zero
 //! byte, and the binary fields are too short to fill a sector) is a torn write,
 //! provided that nothing nonzero lies further than one write beyond it. That tail
-//! was never acknowledged (its fsync had not returned); it is zeroed and writing
-//! resumes there. Anything else that fails a check (a garbled record, a record in
-//! an older segment, a file of the wrong size, a missing segment) is reported as
+//! lies past the last sync point the checkpoint recorded, so it is the write a crash
+//! interrupted (never acknowledged) or records synced since that point and then
+//! damaged; it is zeroed and writing resumes there. Anything else that fails a
+//! check (a garbled record, a record in an older segment, a file of the wrong
+//! size, a missing segment, valid records ending before the checkpoint's sync
+//! point or before where the next segment says they ended) is reported as
 //! corruption, naming the file: the node refuses to start rather than silently
 //! forgetting what it acknowledged.
+//!
+//! **Checkpoint.** Zeroed records look like records never written. So
+//! `wal/CHECKPOINT` ([`checkpoint`]) records the newest segment's synced
+//! offset and the vote: written at open, before a new vote is acknowledged,
+//! every [`CHECKPOINT_INTERVAL`] while the log is written (by the writer's
+//! ticker, see `Wal::checkpoint_if_stale`) and at close. And every segment a
+//! roll creates starts with a `start` record naming where the previous one's
+//! records ended. Records lost before either point are refused at open.
 //!
 //! **Segments.** When a record does not fit, the current segment is synced and a
 //! new one begins with the current vote, committed pointer and purge point, so an
@@ -57,6 +72,9 @@ use std::path::{Path, PathBuf};
 
 use super::StorageError;
 use super::file::{TMP_SUFFIX, crc32, sync_dir};
+
+pub mod checkpoint;
+use checkpoint::{CHECKPOINT_FILE, Checkpoint, Point};
 
 /// The WAL directory's name in the data dir.
 pub const WAL_DIR: &str = "wal";
@@ -80,7 +98,14 @@ const PAYLOAD_FIXED: usize = 9;
 /// The unit a torn write leaves either written or untouched.
 const SECTOR: usize = 512;
 const MAGIC: &[u8; 8] = b"oncekvWL";
-const VERSION: u32 = 1;
+/// The segment format this build writes: 2 adds the `start` record and the
+/// checkpoint. Format 1 segments (an older build's) are read, not checked
+/// against a `start` record.
+const VERSION: u32 = 2;
+/// How often, at most, the writer's ticker records the synced position in the
+/// checkpoint while records are written: records synced within this interval
+/// before a later damage are the only ones a zeroing can remove unnoticed.
+pub const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// One durable change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,6 +120,9 @@ pub enum Record<'a> {
     Vote(&'a [u8]),
     /// The committed pointer (JSON).
     Committed(&'a [u8]),
+    /// First in a segment a roll created: where the previous segment's records
+    /// ended (checked at open; not passed on to the reader of the log).
+    Start(u64),
 }
 
 impl<'a> Record<'a> {
@@ -105,6 +133,7 @@ impl<'a> Record<'a> {
             Record::Purge(i, b) => (3, i, b),
             Record::Vote(b) => (4, 0, b),
             Record::Committed(b) => (5, 0, b),
+            Record::Start(end) => (6, end, &[]),
         }
     }
 
@@ -118,6 +147,7 @@ impl<'a> Record<'a> {
             3 => Record::Purge(arg, bytes),
             4 => Record::Vote(bytes),
             5 => Record::Committed(bytes),
+            6 if bytes.is_empty() => Record::Start(arg),
             _ => return None,
         })
     }
@@ -149,6 +179,16 @@ struct Segment {
     path: PathBuf,
     /// The highest entry index written to it, if any.
     max_index: Option<u64>,
+}
+
+/// What the scan at open learned about a segment.
+#[derive(Debug, Default)]
+struct SegmentScan {
+    version: u32,
+    /// Where its valid records end.
+    end: usize,
+    /// Whether it holds any record.
+    records: bool,
 }
 
 /// How a commit reaches the disk (`oncekv serve --wal-io`).
@@ -281,6 +321,12 @@ pub struct Wal {
     vote: Option<Vec<u8>>,
     committed: Option<Vec<u8>>,
     purged: Option<(u64, Vec<u8>)>,
+    /// How far the newest segment is synced (what a checkpoint may claim).
+    synced_to: u64,
+    /// The checkpoint file.
+    checkpoint: Checkpoint,
+    /// When the checkpoint was last written.
+    checkpoint_at: std::time::Instant,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StorageError + '_ {
@@ -312,10 +358,11 @@ fn header(seq: u64, size: u64) -> [u8; HEADER_BYTES] {
     h
 }
 
-/// Where a segment's valid records end, and whether stale bytes follow.
+/// Where a segment's valid records end, and how many bytes of a torn write
+/// follow (0: zeros to the end).
 struct Scanned {
     end: usize,
-    dirty_tail: bool,
+    dropped: usize,
 }
 
 impl Wal {
@@ -349,28 +396,134 @@ impl Wal {
         let mut committed = None;
         let mut purged = None;
         let mut resume = None;
+        let mut scans: Vec<SegmentScan> = Vec::with_capacity(segments.len());
         let count = segments.len();
         for (i, seg) in segments.iter_mut().enumerate() {
             let newest = i + 1 == count;
             let bytes = fs::read(&seg.path).map_err(io_err(&seg.path))?;
-            check_header(&seg.path, &bytes, seg.seq)?;
+            let version = check_header(&seg.path, &bytes, seg.seq)?;
             let mut max_index = None;
+            let (mut records, mut start) = (false, None);
             let scanned = scan(&seg.path, &bytes, newest, |rec| {
+                let first = !records;
+                records = true;
                 match rec {
                     Record::Entry(i, _) => max_index = max_index.max(Some(i)),
                     Record::Vote(b) => vote = Some(b.to_vec()),
                     Record::Committed(b) => committed = Some(b.to_vec()),
                     Record::Purge(i, b) => purged = Some((i, b.to_vec())),
                     Record::TruncateFrom(_) => {}
+                    Record::Start(end) if first => {
+                        start = Some(end);
+                        return Ok(());
+                    }
+                    Record::Start(_) => return Err("a segment start record mid-segment".into()),
                 }
                 visit(rec)
             })?;
             seg.max_index = max_index;
+            let this = SegmentScan {
+                version,
+                end: scanned.end,
+                records,
+            };
+            // A segment a roll made says where the previous one's records ended.
+            if let Some(prev) = scans.last()
+                && version >= 2
+                && (records || !newest)
+            {
+                let prev_path = &segments_path(dir, seg.seq - 1);
+                match start {
+                    Some(e) if e == prev.end as u64 => {}
+                    Some(e) => {
+                        return Err(corrupt(
+                            prev_path,
+                            format!(
+                                "valid records end at offset {}, but the next segment records \
+                                 that they reached offset {e}: records at its end are lost \
+                                 (zeroed or cut)",
+                                prev.end
+                            ),
+                        ));
+                    }
+                    None => {
+                        return Err(corrupt(
+                            &seg.path,
+                            "does not begin with a segment start record: its first records \
+                             are lost (zeroed or garbled)",
+                        ));
+                    }
+                }
+            }
+            scans.push(this);
             if newest {
                 let block = scanned.end / DIRECT_ALIGN * DIRECT_ALIGN;
                 let tail = bytes[block..scanned.end].to_vec();
                 resume = Some((scanned, bytes.len() as u64, tail));
             }
+        }
+        // Records lost before the last recorded sync point, or a lost vote, are
+        // damage, not records never written.
+        let checkpoint = Checkpoint::read(dir)?;
+        match &checkpoint {
+            // Records are written only after an open that created the checkpoint
+            // (a first open that a crash cut short leaves an empty segment).
+            None if scans.iter().any(|s| s.version >= 2 && s.records) => {
+                return Err(corrupt(
+                    &dir.join(CHECKPOINT_FILE),
+                    "missing, though the log holds records of a format that keeps one",
+                ));
+            }
+            None => {}
+            Some(c) => {
+                let p = &c.point;
+                if let Some(at) = segments.iter().position(|s| s.seq == p.seq) {
+                    let end = scans[at].end as u64;
+                    if end < p.offset {
+                        return Err(corrupt(
+                            &segments[at].path,
+                            format!(
+                                "valid records end at offset {end}, but {} records that records \
+                                 up to offset {} were synced: records written and synced \
+                                 (possibly acknowledged) are lost (zeroed or cut)",
+                                c.path().display(),
+                                p.offset
+                            ),
+                        ));
+                    }
+                } else if segments.back().is_none_or(|s| s.seq < p.seq) {
+                    return Err(corrupt(
+                        &dir.join(segment_name(p.seq)),
+                        format!("missing: {} records writes to it", c.path().display()),
+                    ));
+                }
+                if p.vote.is_some() && vote.is_none() {
+                    return Err(corrupt(
+                        segments.back().map_or(dir, |s| &s.path),
+                        format!(
+                            "holds no vote, but {} records that one was saved",
+                            c.path().display()
+                        ),
+                    ));
+                }
+            }
+        }
+        if let (Some((scanned, _, _)), Some(last)) = (&resume, segments.back())
+            && scanned.dropped > 0
+        {
+            let since = match &checkpoint {
+                Some(c) if c.point.seq == last.seq => format!("offset {}", c.point.offset),
+                _ => "its start".to_string(),
+            };
+            tracing::warn!(
+                "{}: dropping {} bytes of invalid records at offset {} that look like a torn \
+                 write (a sector inside never written). They lie past the last recorded sync \
+                 point ({since}): either the write a crash interrupted, never acknowledged, or \
+                 records synced after that point and damaged since",
+                last.path.display(),
+                scanned.dropped,
+                scanned.end
+            );
         }
         // The newest segment and where writing resumes in it; a new dir gets one.
         let (file, file_bytes, offset, tail) = match (segments.back(), resume) {
@@ -380,10 +533,14 @@ impl Wal {
                     .write(true)
                     .open(&last.path)
                     .map_err(io_err(&last.path))?;
-                if scanned.dirty_tail {
+                if scanned.dropped > 0 {
                     // What a torn write left: never acknowledged, and it must not
                     // surface behind the records written next.
                     zero_from(&file, scanned.end as u64, size).map_err(io_err(&last.path))?;
+                } else {
+                    // What was read may be a killed process's unsynced write still
+                    // in the page cache: synced before a checkpoint claims it.
+                    file.sync_data().map_err(io_err(&last.path))?;
                 }
                 (file, size, scanned.end as u64, tail)
             }
@@ -393,6 +550,18 @@ impl Wal {
                 let tail = header(1, segment_bytes).to_vec();
                 (file, segment_bytes, HEADER_BYTES as u64, tail)
             }
+        };
+        let point = Point {
+            seq: segments.back().expect("never empty").seq,
+            offset,
+            vote: vote.clone(),
+        };
+        let checkpoint = match checkpoint {
+            Some(mut c) => {
+                c.write(point).map_err(io_err(c.path()))?;
+                c
+            }
+            None => Checkpoint::create(dir, point)?,
         };
         let newest = &segments.back().expect("never empty").path;
         let direct = match io {
@@ -421,6 +590,9 @@ impl Wal {
             vote,
             committed,
             purged,
+            synced_to: offset,
+            checkpoint,
+            checkpoint_at: std::time::Instant::now(),
         };
         wal.buf.reserve(64 << 10);
         Ok(wal)
@@ -459,7 +631,7 @@ impl Wal {
             Record::Vote(b) => self.vote = Some(b.to_vec()),
             Record::Committed(b) => self.committed = Some(b.to_vec()),
             Record::Purge(i, b) => self.purged = Some((i, b.to_vec())),
-            Record::TruncateFrom(_) => {}
+            Record::TruncateFrom(_) | Record::Start(_) => {}
         }
         rec.encode_into(&mut self.buf);
         Ok(())
@@ -469,7 +641,47 @@ impl Wal {
     /// the purge point.
     pub fn commit(&mut self) -> io::Result<()> {
         self.write_buf(true)?;
+        // A vote is acknowledged only once the checkpoint holds it too.
+        if self.vote != self.checkpoint.point.vote {
+            self.write_checkpoint()?;
+        }
         self.delete_purged()
+    }
+
+    /// Records the synced position in the checkpoint if it moved and the last
+    /// checkpoint is [`CHECKPOINT_INTERVAL`] old (or `now`).
+    pub fn checkpoint_if_stale(&mut self, now: bool) -> io::Result<()> {
+        let moved = self.point() != self.checkpoint.point;
+        if moved && (now || self.checkpoint_at.elapsed() >= CHECKPOINT_INTERVAL) {
+            self.write_checkpoint()?;
+        }
+        Ok(())
+    }
+
+    /// What a checkpoint taken now says: only what is synced.
+    fn point(&self) -> Point {
+        Point {
+            seq: self.segments.back().expect("never empty").seq,
+            offset: self.synced_to,
+            vote: self.synced_vote(),
+        }
+    }
+
+    /// The latest vote whose record is synced: the buffered one is not, until
+    /// the buffer is written and synced.
+    fn synced_vote(&self) -> Option<Vec<u8>> {
+        if self.buf.is_empty() && self.unsynced == 0 {
+            self.vote.clone()
+        } else {
+            self.checkpoint.point.vote.clone()
+        }
+    }
+
+    fn write_checkpoint(&mut self) -> io::Result<()> {
+        let point = self.point();
+        self.checkpoint.write(point)?;
+        self.checkpoint_at = std::time::Instant::now();
+        Ok(())
     }
 
     /// Writes everything pushed without waiting for the disk: the records are
@@ -498,6 +710,9 @@ impl Wal {
         if self.unsynced > 0 && (sync || self.unsynced > WRITE_BYTES_MAX) {
             self.file.sync_data()?;
             self.unsynced = 0;
+        }
+        if self.unsynced == 0 {
+            self.synced_to = self.offset;
         }
         Ok(())
     }
@@ -541,10 +756,13 @@ impl Wal {
             let tail = header(seq, self.segment_bytes);
             self.direct = Direct::open(&seg.path, &tail)?;
         }
+        let prev_end = self.offset;
         self.segments.push_back(seg);
         self.file = file;
         self.file_bytes = self.segment_bytes;
         self.offset = HEADER_BYTES as u64;
+        self.synced_to = self.offset;
+        Record::Start(prev_end).encode_into(&mut self.buf);
         let (vote, committed, purged) =
             (self.vote.take(), self.committed.take(), self.purged.take());
         if let Some(v) = &vote {
@@ -579,6 +797,20 @@ impl Wal {
     }
 }
 
+/// The path of segment `seq` in `dir`.
+fn segments_path(dir: &Path, seq: u64) -> PathBuf {
+    dir.join(segment_name(seq))
+}
+
+impl Drop for Wal {
+    fn drop(&mut self) {
+        // At close the checkpoint says exactly how far the log is synced.
+        if let Err(e) = self.checkpoint_if_stale(true) {
+            tracing::warn!("{}: checkpoint at close failed: {e}", self.dir.display());
+        }
+    }
+}
+
 /// The segment files in the log directory `dir`, oldest first (for tools and tests;
 /// the log itself must not be open for writing meanwhile to get a stable answer).
 pub fn segment_files(dir: &Path) -> io::Result<Vec<PathBuf>> {
@@ -598,7 +830,7 @@ fn list_segments(dir: &Path) -> Result<VecDeque<Segment>, StorageError> {
         let name = item.file_name();
         let name = name.to_string_lossy();
         let path = item.path();
-        if name == LOCK_FILE {
+        if name == LOCK_FILE || name == CHECKPOINT_FILE {
             continue;
         }
         if name.ends_with(TMP_SUFFIX) {
@@ -629,7 +861,7 @@ fn list_segments(dir: &Path) -> Result<VecDeque<Segment>, StorageError> {
     Ok(segments.into())
 }
 
-fn check_header(path: &Path, bytes: &[u8], seq: u64) -> Result<(), StorageError> {
+fn check_header(path: &Path, bytes: &[u8], seq: u64) -> Result<u32, StorageError> {
     let Some(h) = bytes.get(..HEADER_BYTES) else {
         return Err(corrupt(path, "shorter than a segment header (truncated)"));
     };
@@ -638,10 +870,10 @@ fn check_header(path: &Path, bytes: &[u8], seq: u64) -> Result<(), StorageError>
         return Err(corrupt(path, "not a log segment (bad header)"));
     }
     let version = u32::from_le_bytes(h[24..28].try_into().expect("4 bytes"));
-    if version != VERSION {
+    if !(1..=VERSION).contains(&version) {
         return Err(corrupt(
             path,
-            format!("segment format {version}, this build reads {VERSION}"),
+            format!("segment format {version}, this build reads 1 to {VERSION}"),
         ));
     }
     let found_seq = u64::from_le_bytes(h[8..16].try_into().expect("8 bytes"));
@@ -661,7 +893,7 @@ fn check_header(path: &Path, bytes: &[u8], seq: u64) -> Result<(), StorageError>
             ),
         ));
     }
-    Ok(())
+    Ok(version)
 }
 
 /// Walks the records of one segment. In the newest segment a torn last write is
@@ -713,7 +945,7 @@ fn tail(
         // Zeros to the end: a clean end of data.
         return Ok(Scanned {
             end: pos,
-            dirty_tail: false,
+            dropped: 0,
         });
     };
     let at_record = bytes
@@ -724,14 +956,10 @@ fn tail(
     // bytes stay within one write of where the valid records stop.
     let torn = (torn_record || !at_record) && last_nonzero < pos + TORN_WINDOW;
     if newest && torn {
-        tracing::warn!(
-            "{}: dropping an unacknowledged torn write at offset {pos} ({} bytes)",
-            path.display(),
-            last_nonzero + 1 - pos
-        );
+        // Logged once the checkpoint has been checked (Wal::open).
         return Ok(Scanned {
             end: pos,
-            dirty_tail: true,
+            dropped: last_nonzero + 1 - pos,
         });
     }
     Err(corrupt(

@@ -37,6 +37,7 @@ enum Owned {
     Purge(u64, Vec<u8>),
     Vote(Vec<u8>),
     Committed(Vec<u8>),
+    Start(u64),
 }
 
 impl Owned {
@@ -47,6 +48,7 @@ impl Owned {
             Record::Purge(i, b) => Owned::Purge(i, b.to_vec()),
             Record::Vote(b) => Owned::Vote(b.to_vec()),
             Record::Committed(b) => Owned::Committed(b.to_vec()),
+            Record::Start(e) => Owned::Start(e),
         }
     }
 
@@ -57,6 +59,7 @@ impl Owned {
             Owned::Purge(i, b) => Record::Purge(*i, b),
             Owned::Vote(b) => Record::Vote(b),
             Owned::Committed(b) => Record::Committed(b),
+            Owned::Start(e) => Record::Start(*e),
         }
     }
 }
@@ -521,4 +524,136 @@ fn direct_writes_never_grow_a_segment_whose_size_is_not_whole_blocks() {
         .filter(|r| matches!(r, Owned::Entry(..)))
         .collect();
     assert_eq!(entries, expected);
+}
+
+/// Where each record of `seg` starts, and where the last one ends.
+fn record_starts(seg: &Path) -> (Vec<u64>, u64) {
+    let bytes = fs::read(seg).expect("read");
+    let mut pos = HEADER_BYTES;
+    let mut starts = Vec::new();
+    loop {
+        let len = bytes
+            .get(pos..pos + 4)
+            .map_or(0, |b| u32::from_le_bytes(b.try_into().unwrap()) as usize);
+        if len == 0 {
+            return (starts, pos as u64);
+        }
+        starts.push(pos as u64);
+        pos += FRAME_BYTES + len;
+    }
+}
+
+/// Where the valid records of `seg` end (the first all-zero frame).
+fn records_end(seg: &Path) -> u64 {
+    record_starts(seg).1
+}
+
+#[test]
+fn zeroing_every_record_of_the_only_segment_is_refused() {
+    let dir = Dir::new("zero-all");
+    let (mut wal, _) = open(&dir.0, SEGMENT_BYTES_DEFAULT).expect("create");
+    write(&mut wal, &[Owned::Vote(b"{\"term\":7}".to_vec())]);
+    for i in 1..=50 {
+        write(&mut wal, &[entry(i)]);
+    }
+    let seg = wal.segment_paths().pop().expect("a segment");
+    drop(wal);
+    let end = records_end(&seg);
+    // Every record, vote included: what is left looks like a log never written.
+    write_at(
+        &seg,
+        HEADER_BYTES as u64,
+        &vec![0; end as usize - HEADER_BYTES],
+    );
+    assert_corrupt(&dir.0, &seg);
+}
+
+#[test]
+fn zeroed_records_followed_by_valid_ones_near_the_end_are_refused() {
+    let dir = Dir::new("zero-mid");
+    let seg = populated(&dir.0);
+    let end = records_end(&seg);
+    // Two sectors inside the log, the rest intact: within a torn write's reach
+    // of the end, so before the checkpoint this was dropped as a torn tail.
+    let at = (end / 2) / SECTOR as u64 * SECTOR as u64;
+    write_at(&seg, at, &[0; 2 * SECTOR]);
+    assert_corrupt(&dir.0, &seg);
+}
+
+#[test]
+fn zeroing_the_last_records_of_an_older_segment_is_refused() {
+    let dir = Dir::new("zero-older-end");
+    let (mut wal, _) = open(&dir.0, SMALL).expect("create");
+    for i in 1..=100 {
+        write(&mut wal, &[entry(i)]);
+    }
+    let first = wal.segment_paths()[0].clone();
+    drop(wal);
+    // Its last two records, whole: the rest of the segment reads as a clean
+    // end, but the next segment says where its records ended.
+    let (starts, end) = record_starts(&first);
+    let from = starts[starts.len() - 2];
+    write_at(&first, from, &vec![0; (end - from) as usize]);
+    assert_corrupt(&dir.0, &first);
+}
+
+#[test]
+fn the_vote_is_checkpointed_before_its_commit_returns_and_a_lost_one_is_refused() {
+    let dir = Dir::new("vote");
+    let (mut wal, _) = open(&dir.0, SEGMENT_BYTES_DEFAULT).expect("create");
+    let vote = b"{\"term\":9,\"node\":2}".to_vec();
+    write(&mut wal, &[Owned::Vote(vote.clone())]);
+    // Durable in the checkpoint as soon as the commit returned (no close yet).
+    let cp = checkpoint::Checkpoint::read(&dir.0)
+        .expect("read")
+        .expect("a checkpoint");
+    assert_eq!(cp.point.vote.as_deref(), Some(&vote[..]));
+    let seg = wal.segment_paths().pop().expect("a segment");
+    drop(cp);
+    drop(wal);
+    let (wal, seen) = open(&dir.0, SEGMENT_BYTES_DEFAULT).expect("reopen");
+    assert!(seen.contains(&Owned::Vote(vote)), "the vote survives");
+    drop(wal);
+    // The vote record zeroed: the log would read as never voted.
+    let end = records_end(&seg);
+    write_at(
+        &seg,
+        HEADER_BYTES as u64,
+        &vec![0; end as usize - HEADER_BYTES],
+    );
+    assert_corrupt(&dir.0, &seg);
+}
+
+#[test]
+fn a_missing_or_garbled_checkpoint_is_refused_and_a_torn_slot_is_not() {
+    let dir = Dir::new("cp");
+    populated(&dir.0);
+    let cp = dir.0.join(checkpoint::CHECKPOINT_FILE);
+    // One slot torn: the other one holds.
+    write_at(&cp, 100, &[0xA5; 64]);
+    write_at(&cp, 512 + 100, &[0xA5; 64]);
+    assert_corrupt(&dir.0, &cp);
+    let dir = Dir::new("cp-torn");
+    populated(&dir.0);
+    let cp = dir.0.join(checkpoint::CHECKPOINT_FILE);
+    write_at(&cp, 100, &[0xA5; 64]);
+    let (wal, seen) = open(&dir.0, SEGMENT_BYTES_DEFAULT).expect("one slot suffices");
+    assert_eq!(seen.len(), 50);
+    drop(wal);
+    fs::remove_file(&cp).expect("remove");
+    assert_corrupt(&dir.0, &cp);
+}
+
+#[test]
+fn a_first_open_cut_short_before_the_checkpoint_opens_again() {
+    let dir = Dir::new("cp-first");
+    drop(open(&dir.0, SEGMENT_BYTES_DEFAULT).expect("create"));
+    // A crash between creating the first segment and the checkpoint.
+    fs::remove_file(dir.0.join(checkpoint::CHECKPOINT_FILE)).expect("remove");
+    let (mut wal, seen) = open(&dir.0, SEGMENT_BYTES_DEFAULT).expect("an empty log opens");
+    assert!(seen.is_empty());
+    write(&mut wal, &[entry(1)]);
+    drop(wal);
+    let (_, seen) = open(&dir.0, SEGMENT_BYTES_DEFAULT).expect("reopen");
+    assert_eq!(seen, vec![entry(1)]);
 }
