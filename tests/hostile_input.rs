@@ -205,6 +205,59 @@ fn cases() -> Vec<Case> {
     ]
 }
 
+/// Cases for a TCP node of a cluster with a key, sent on a connection that has
+/// presented none: peer-only requests are refused definitely, a wrong key is
+/// refused and poisons the connection (no later hello on it is even checked),
+/// and client requests are still served on it.
+fn peer_cases() -> Vec<Case> {
+    let c = |what, line: String, expect| Case { what, line, expect };
+    let vote = r#"{"type":"raft_vote","msg_id":{ID},"rpc":{"vote":{"leader_id":{"term":999,"node_id":2},"committed":false},"last_log_id":null}}"#;
+    vec![
+        c("raft_vote without the key", req(vote), Expect::Code(10)),
+        c(
+            "raft_append without the key",
+            req(r#"{"type":"raft_append","msg_id":{ID},"rpc":{}}"#),
+            Expect::Code(10),
+        ),
+        c(
+            "raft_snapshot without the key",
+            req(r#"{"type":"raft_snapshot","msg_id":{ID},"rpc":{}}"#),
+            Expect::Code(10),
+        ),
+        c(
+            "forward without the key",
+            req(r#"{"type":"forward","msg_id":{ID},"rpc":{}}"#),
+            Expect::Code(10),
+        ),
+        c(
+            "add_node without the key",
+            req(r#"{"type":"add_node","msg_id":{ID},"name":"n9","addr":"127.0.0.1:1"}"#),
+            Expect::Code(10),
+        ),
+        c(
+            "remove_node without the key",
+            req(r#"{"type":"remove_node","msg_id":{ID},"name":"n1"}"#),
+            Expect::Code(10),
+        ),
+        c(
+            "a hello with a wrong key",
+            req(r#"{"type":"peer_hello","msg_id":{ID},"key":"guess"}"#),
+            Expect::Code(12),
+        ),
+        c(
+            "the right key after a wrong one, on the same connection",
+            req(r#"{"type":"peer_hello","msg_id":{ID},"key":"hostile-key"}"#),
+            Expect::Code(12),
+        ),
+        c("raft_vote after that", req(vote), Expect::Code(10)),
+        c(
+            "a client request on the same connection",
+            req(r#"{"type":"write","msg_id":{ID},"key":"after-hellos","value":1}"#),
+            Expect::Ok("write_ok"),
+        ),
+    ]
+}
+
 /// The line of `case` with its placeholders filled.
 fn fill(case: &Case, id: u64, src: &str, dest: &str) -> String {
     case.line
@@ -302,12 +355,14 @@ async fn send_cases(addr: &str, cases: &[Case], first_id: u64, dest: &str) -> Ve
     replies
 }
 
-/// The TCP transport: every case at the leader and at a follower, while a client
-/// adds to a counter; then the cluster still commits, and the counter holds every
-/// acknowledged add (and at most the adds whose outcome is unknown besides).
+/// The TCP transport, on a cluster with a key: every case at the leader and at a
+/// follower, and the peer-only requests of a connection without the key, while a
+/// client adds to a counter; then the cluster still commits, and the counter holds
+/// every acknowledged add (and at most the adds whose outcome is unknown besides).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_lines_over_tcp_get_their_answers_and_lose_nothing() {
-    let cluster = TestCluster::start("hostile", 3, &[]);
+    let key = "hostile-key";
+    let cluster = TestCluster::start("hostile", 3, &[(oncekv::tcp::CLUSTER_KEY_VAR, key)]);
     let leader = cluster.wait_leader(Duration::from_secs(10)).await;
     let follower = (leader + 1) % 3;
     let mut adder = cluster.client();
@@ -328,6 +383,17 @@ async fn hostile_lines_over_tcp_get_their_answers_and_lose_nothing() {
         let n = &cluster.nodes[node];
         let replies = send_cases(&n.addr, &cases, first_id, &n.name).await;
         check(&cases, first_id, &replies, &format!("tcp {}", n.name));
+    }
+    let peer_cases = peer_cases();
+    for (node, first_id) in [(leader, 2_000), (follower, 3_000)] {
+        let n = &cluster.nodes[node];
+        let replies = send_cases(&n.addr, &peer_cases, first_id, &n.name).await;
+        check(
+            &peer_cases,
+            first_id,
+            &replies,
+            &format!("tcp {} (peer-only)", n.name),
+        );
     }
     let (acked, unknown, mut client) = adds.await.expect("adder");
     assert_eq!(
