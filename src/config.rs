@@ -161,11 +161,28 @@ impl Default for Config {
 #[error("invalid config: {0}")]
 pub struct ConfigError(pub String);
 
+/// Sets `slot` from the environment variable `var`, if it is set; a value that
+/// does not parse is an error naming the variable.
+pub fn env_override<T>(var: &str, slot: &mut T) -> Result<(), ConfigError>
+where
+    T: std::str::FromStr,
+    T::Err: std::fmt::Display,
+{
+    if let Ok(text) = std::env::var(var) {
+        *slot = text
+            .parse()
+            .map_err(|e| ConfigError(format!("{var}={text}: {e}")))?;
+    }
+    Ok(())
+}
+
 impl Config {
     /// The defaults with `ONCEKV_*` environment overrides applied.
     pub fn from_env() -> Result<Config, ConfigError> {
         let mut c = Config::default();
-        let vars: [(&str, &mut u64); 19] = [
+        let vars: [(&str, &mut u64); 21] = [
+            ("REJECTED_LOG_PER_S", &mut c.rejected_log_per_s),
+            ("REJECTED_LOG_BURST", &mut c.rejected_log_burst),
             ("HEARTBEAT_INTERVAL_MS", &mut c.heartbeat_interval_ms),
             ("ELECTION_TIMEOUT_MIN_MS", &mut c.election_timeout_min_ms),
             ("ELECTION_TIMEOUT_MAX_MS", &mut c.election_timeout_max_ms),
@@ -196,12 +213,7 @@ impl Config {
             ),
         ];
         for (name, slot) in vars {
-            let var = format!("ONCEKV_{name}");
-            if let Ok(text) = std::env::var(&var) {
-                *slot = text
-                    .parse()
-                    .map_err(|e| ConfigError(format!("{var}={text}: {e}")))?;
-            }
+            env_override(&format!("ONCEKV_{name}"), slot)?;
         }
         let sizes: [(&str, &mut usize); 5] = [
             ("REQUEST_BYTES_MAX", &mut c.request_bytes_max),
@@ -214,24 +226,7 @@ impl Config {
             ("REQUESTS_IN_FLIGHT_MAX", &mut c.requests_in_flight_max),
         ];
         for (name, slot) in sizes {
-            let var = format!("ONCEKV_{name}");
-            if let Ok(text) = std::env::var(&var) {
-                *slot = text
-                    .parse()
-                    .map_err(|e| ConfigError(format!("{var}={text}: {e}")))?;
-            }
-        }
-        let rates: [(&str, &mut u64); 2] = [
-            ("REJECTED_LOG_PER_S", &mut c.rejected_log_per_s),
-            ("REJECTED_LOG_BURST", &mut c.rejected_log_burst),
-        ];
-        for (name, slot) in rates {
-            let var = format!("ONCEKV_{name}");
-            if let Ok(text) = std::env::var(&var) {
-                *slot = text
-                    .parse()
-                    .map_err(|e| ConfigError(format!("{var}={text}: {e}")))?;
-            }
+            env_override(&format!("ONCEKV_{name}"), slot)?;
         }
         c.validate()?;
         Ok(c)

@@ -125,34 +125,16 @@ impl TcpConfig {
             cluster_key: cluster_key_from_env(),
             ..TcpConfig::default()
         };
-        let parse = |var: &str| -> Result<Option<u64>, crate::config::ConfigError> {
-            match std::env::var(var) {
-                Ok(text) => text
-                    .parse()
-                    .map(Some)
-                    .map_err(|e| crate::config::ConfigError(format!("{var}={text}: {e}"))),
-                Err(_) => Ok(None),
-            }
-        };
-        let usize_of = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
-        if let Some(v) = parse(CLIENT_CONNECTIONS_MAX_VAR)? {
-            c.client_connections_max = usize_of(v);
-        }
-        if let Some(v) = parse(PEER_CONNECTIONS_MAX_VAR)? {
-            c.peer_connections_max = usize_of(v);
-        }
-        if let Some(v) = parse(UNCLASSIFIED_CONNECTIONS_MAX_VAR)? {
-            c.unclassified_connections_max = usize_of(v);
-        }
-        if let Some(v) = parse(FIRST_LINE_TIMEOUT_MS_VAR)? {
-            c.first_line_timeout_ms = v;
-        }
-        if let Some(v) = parse(IDLE_TIMEOUT_MS_VAR)? {
-            c.idle_timeout_ms = v;
-        }
-        if let Some(v) = parse(NODE_LOG_BYTES_MAX_VAR)? {
-            c.node_log_bytes_max = v;
-        }
+        use crate::config::env_override;
+        env_override(CLIENT_CONNECTIONS_MAX_VAR, &mut c.client_connections_max)?;
+        env_override(PEER_CONNECTIONS_MAX_VAR, &mut c.peer_connections_max)?;
+        env_override(
+            UNCLASSIFIED_CONNECTIONS_MAX_VAR,
+            &mut c.unclassified_connections_max,
+        )?;
+        env_override(FIRST_LINE_TIMEOUT_MS_VAR, &mut c.first_line_timeout_ms)?;
+        env_override(IDLE_TIMEOUT_MS_VAR, &mut c.idle_timeout_ms)?;
+        env_override(NODE_LOG_BYTES_MAX_VAR, &mut c.node_log_bytes_max)?;
         c.validate()?;
         Ok(c)
     }
