@@ -409,3 +409,42 @@ async fn hostile_lines_over_tcp_get_their_answers_and_lose_nothing() {
         "counter {total}: {acked} acknowledged, {unknown} unknown"
     );
 }
+
+/// A forged Raft message for term `u64::MAX` (Maelstrom mode has no key: any line
+/// may claim to come from a member) is refused. openraft adds 1 to a term when
+/// it stands for election, so a node that took that vote panicked at its next
+/// election timeout, and on every restart after.
+#[test]
+fn a_raft_term_at_the_edge_of_its_type_is_refused_and_nothing_panics() {
+    let init = r#"{"src":"c0","dest":"n1","body":{"type":"init","msg_id":1,"node_id":"n1","node_ids":["n1","n2","n3"]}}"#;
+    let vote = |term: u64| {
+        format!(
+            r#"{{"src":"n2","dest":"n1","body":{{"type":"raft_vote","msg_id":{term},"rpc":{{"vote":{{"leader_id":{{"term":{term},"node_id":1}},"committed":false}},"last_log_id":null}}}}}}"#
+        )
+    };
+    let append = r#"{"src":"n2","dest":"n1","body":{"type":"raft_append","msg_id":2,"rpc":{"vote":{"leader_id":{"term":18446744073709551615,"node_id":1},"committed":true},"prev_log_id":null,"entries":[],"leader_commit":null}}}"#;
+    // The read waits for a leader (none: the peers do not exist) for about a
+    // second, so election timeouts fire while the node still runs.
+    let read = r#"{"src":"c1","dest":"n1","body":{"type":"read","msg_id":3,"key":"k"}}"#;
+    let input = format!(
+        "{init}\n{append}\n{}\n{}\n{read}\n",
+        vote(u64::MAX),
+        vote((1 << 62) + 1)
+    );
+    // `run_script` asserts that the node exits 0 once stdin closes.
+    let out = support::run_script(&input);
+    let replies: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).expect("json")["body"].clone())
+        .collect();
+    for id in [2, u64::MAX, (1 << 62) + 1] {
+        let r = replies
+            .iter()
+            .find(|b| b["in_reply_to"] == id)
+            .unwrap_or_else(|| panic!("no reply to {id}: {out}"));
+        assert_eq!(r["type"], "error", "{r}");
+        assert!(r["text"].as_str().unwrap_or("").contains("term"), "{r}");
+    }
+    let read = replies.iter().find(|b| b["in_reply_to"] == 3);
+    assert_eq!(read.map(|b| b["code"].clone()), Some(json!(11)), "{out}");
+}

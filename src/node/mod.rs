@@ -15,6 +15,7 @@ use futures::future::BoxFuture;
 use openraft::ReadPolicy;
 use openraft::async_runtime::WatchReceiver;
 use openraft::errors::{ClientWriteError, LinearizableReadError, RaftError};
+use openraft::raft::{AppendEntriesRequest, VoteRequest};
 use openraft::storage::RaftLogStorage;
 use serde_json::{Map, Value};
 
@@ -23,7 +24,7 @@ use crate::protocol::{ErrorCode, Reply, Request};
 use crate::raft::log_store::{MemLogStore, SharedMirror};
 use crate::raft::network::{
     Body, BulkLimits, CallError, ChunkReply, Network, RpcRequest, SnapshotChunk, Transport,
-    rpc_body, rpc_field, rpc_from,
+    check_terms, rpc_body, rpc_field, rpc_from,
 };
 use crate::raft::sm_store::{Snapshot, StateMachineStore};
 use crate::raft::snapshot_transfer::{Accepted, SnapshotReceiver};
@@ -751,31 +752,29 @@ impl Node {
         let s = |e: &dyn std::fmt::Display| e.to_string();
         Ok(match kind {
             "raft_append" => {
-                let r = self
-                    .raft
-                    .append_entries(rpc_from(body, raw_rpc)?)
-                    .await
-                    .map_err(|e| s(&e))?;
+                let rpc: AppendEntriesRequest<TypeConfig> = rpc_from(body, raw_rpc)?;
+                check_terms(&(&rpc.vote, &rpc.prev_log_id, &rpc.leader_commit))?;
+                rpc.entries
+                    .iter()
+                    .try_for_each(|e| check_terms(&e.log_id))?;
+                let r = self.raft.append_entries(rpc).await.map_err(|e| s(&e))?;
                 rpc_body("raft_append_ok", &r)
             }
             "raft_vote" => {
-                let r = self
-                    .raft
-                    .vote(rpc_from(body, raw_rpc)?)
-                    .await
-                    .map_err(|e| s(&e))?;
+                let rpc: VoteRequest<TypeConfig> = rpc_from(body, raw_rpc)?;
+                check_terms(&rpc)?;
+                let r = self.raft.vote(rpc).await.map_err(|e| s(&e))?;
                 rpc_body("raft_vote_ok", &r)
             }
             "raft_pre_vote" => {
-                let r = self
-                    .raft
-                    .pre_vote(rpc_from(body, raw_rpc)?)
-                    .await
-                    .map_err(|e| s(&e))?;
+                let rpc: VoteRequest<TypeConfig> = rpc_from(body, raw_rpc)?;
+                check_terms(&rpc)?;
+                let r = self.raft.pre_vote(rpc).await.map_err(|e| s(&e))?;
                 rpc_body("raft_pre_vote_ok", &r)
             }
             "raft_snapshot" => {
                 let chunk: SnapshotChunk = rpc_from(body, raw_rpc)?;
+                check_terms(&(&chunk.vote, &chunk.meta))?;
                 match self.snapshots_in.accept(&chunk).await.map_err(|e| s(&e))? {
                     Accepted::Next(next) => rpc_body("raft_snapshot_ok", &ChunkReply::Next(next)),
                     Accepted::Complete(data) => {

@@ -137,6 +137,36 @@ pub fn rpc_field<T: DeserializeOwned>(body: &Body) -> Result<T, String> {
     T::deserialize(v).map_err(|e| format!("bad rpc field: {e}"))
 }
 
+/// The largest Raft term a peer's message may carry. openraft computes a
+/// candidate's next term as `term + 1` with plain addition, so a forged vote for
+/// term `u64::MAX` made a node panic at its next election, and the vote it had
+/// stored made it panic again at every start. No cluster comes near 2^62 terms
+/// (one a millisecond for a hundred million years).
+pub const TERM_MAX: u64 = 1 << 62;
+
+/// Refuses a part of a peer's RPC (a vote, a log id) whose serialized form holds
+/// a `term` above [`TERM_MAX`]. Call it on the Raft metadata only, never on
+/// entries' payloads, which are clients' data.
+pub fn check_terms(part: &impl Serialize) -> Result<(), String> {
+    fn walk(v: &Value) -> Result<(), String> {
+        match v {
+            Value::Object(m) => {
+                if let Some(t) = m.get("term")
+                    && t.as_u64().is_none_or(|t| t > TERM_MAX)
+                {
+                    return Err(format!(
+                        "term {t} is beyond the largest accepted ({TERM_MAX}); refused"
+                    ));
+                }
+                m.values().try_for_each(walk)
+            }
+            Value::Array(items) => items.iter().try_for_each(walk),
+            _ => Ok(()),
+        }
+    }
+    walk(&serde_json::to_value(part).map_err(|e| e.to_string())?)
+}
+
 /// Decodes a request's `rpc` field: from `raw` when the parser kept it as text
 /// (`raft_*` requests, see `protocol::parse_line`), else from the body.
 pub fn rpc_from<T: DeserializeOwned>(body: &Body, raw: Option<&RawValue>) -> Result<T, String> {
