@@ -121,6 +121,12 @@ pub const ENTRY_WRAP_BYTES: usize = 1 << 10;
 /// What a `forward` line adds around a forwarded op, with room to spare.
 pub const FORWARD_WRAP_BYTES: usize = 4 << 10;
 
+/// The longest timeout or interval accepted (one hour), in ms.
+pub const DURATION_MS_MAX: u64 = 3_600_000;
+
+/// The longest session timeout accepted (a year), in ms.
+pub const SESSION_TIMEOUT_MS_MAX: u64 = 365 * 86_400_000;
+
 /// The smallest `request_bytes_max` accepted: ordinary requests must fit.
 pub const REQUEST_BYTES_MIN: usize = 1 << 10;
 
@@ -261,6 +267,40 @@ impl Config {
         }
         if self.limits.sessions_max == 0 || self.limits.replies_per_session_max == 0 {
             return fail("sessions_max and replies_per_session_max must be positive");
+        }
+        // Without a tombstone, a retry from a session just removed would open a
+        // fresh session and run again (rule 2 of docs/sessions.md).
+        if self.limits.tombstones_max == 0 {
+            return fail(
+                "tombstones_max must be positive: a removed session's retries must be refused",
+            );
+        }
+        // 0 would snapshot after every applied entry, forever.
+        if self.snapshot_every_entries == 0 {
+            return fail("snapshot_every_entries must be positive");
+        }
+        // Every duration is a small multiple away from openraft's arithmetic
+        // (it multiplies the election timeout), so each is bounded, far above use.
+        let durations = [
+            ("heartbeat_interval_ms", self.heartbeat_interval_ms),
+            ("election_timeout_min_ms", self.election_timeout_min_ms),
+            ("election_timeout_max_ms", self.election_timeout_max_ms),
+            ("request_timeout_ms", self.request_timeout_ms),
+            ("rpc_timeout_ms", self.rpc_timeout_ms),
+            ("gc_interval_ms", self.gc_interval_ms),
+            ("append_timeout_ms", self.append_timeout_ms),
+            ("snapshot_transfer_idle_ms", self.snapshot_transfer_idle_ms),
+        ];
+        if let Some((name, ms)) = durations.iter().find(|(_, ms)| *ms > DURATION_MS_MAX) {
+            return Err(ConfigError(format!(
+                "{name} ({ms}) must be at most {DURATION_MS_MAX} ms (one hour)"
+            )));
+        }
+        if self.session_timeout_ms > SESSION_TIMEOUT_MS_MAX {
+            return Err(ConfigError(format!(
+                "session_timeout_ms ({}) must be at most {SESSION_TIMEOUT_MS_MAX} ms (a year)",
+                self.session_timeout_ms
+            )));
         }
         if self.outbox_capacity == 0 || self.requests_in_flight_max == 0 {
             return fail("queue capacities must be positive");
@@ -405,6 +445,39 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn settings_that_would_overflow_or_spin_are_refused() {
+        let d = Config::default;
+        let bad = |c: Config| assert!(c.validate().is_err(), "{c:?}");
+        bad(Config {
+            election_timeout_max_ms: u64::MAX,
+            ..d()
+        });
+        bad(Config {
+            heartbeat_interval_ms: 1 << 63,
+            election_timeout_min_ms: (1 << 63) + 1,
+            election_timeout_max_ms: (1 << 63) + 2,
+            ..d()
+        });
+        bad(Config {
+            session_timeout_ms: u64::MAX,
+            ..d()
+        });
+        bad(Config {
+            snapshot_every_entries: 0,
+            ..d()
+        });
+        let mut c = d();
+        c.limits.tombstones_max = 0;
+        bad(c);
+        let c = Config {
+            election_timeout_min_ms: DURATION_MS_MAX - 1,
+            election_timeout_max_ms: DURATION_MS_MAX,
+            ..d()
+        };
+        assert_eq!(c.validate(), Ok(()));
+    }
 
     #[test]
     fn defaults_validate_and_bad_relations_do_not() {
