@@ -280,3 +280,21 @@ async fn add_node_promotes_only_a_node_that_caught_up() {
     );
     eprintln!("{total} writes acknowledged during the membership changes");
 }
+
+/// Removing the last voter is refused by openraft before anything is proposed:
+/// the answer is definite (12), not "it may still take effect".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_the_last_voter_is_refused_definitely() {
+    let cluster = TestCluster::start("remove-last", 1, &[]);
+    cluster.wait_leader(Duration::from_secs(10)).await;
+    let mut client = cluster.client();
+    let b = client
+        .call_node(0, json!({"type": "remove_node", "name": "n1"}))
+        .await
+        .expect("an answer");
+    assert_eq!(b.get("code"), Some(&json!(12)), "{b:?}");
+    let s = cluster.status(0).await.expect("status");
+    assert_eq!(s.voters, vec![1], "{s:?}");
+    let r = client.open_session().await;
+    assert!(r.is_ok(), "still serving: {r:?}");
+}

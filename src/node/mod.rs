@@ -1142,6 +1142,12 @@ impl Node {
         };
         match self.raft.change_membership(change, false).await {
             Ok(_) => Ok(None),
+            // openraft checks the change before proposing it (an empty voter set,
+            // a change already in progress): nothing reached the log.
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => Err((
+                ErrorCode::MalformedRequest,
+                format!("removing it was refused ({e}); nothing was changed"),
+            )),
             Err(e) => Err((
                 ErrorCode::Crash,
                 format!("removing it failed ({e}); it may still take effect"),
