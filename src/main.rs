@@ -176,6 +176,12 @@ fn main() -> anyhow::Result<()> {
             let _ = e.print();
             std::process::exit(EXIT_TEST_ARGS);
         }
+        // `oncekv client` with a bad flag: its usage status, not clap's 2, which
+        // it uses for "no definite answer".
+        Err(e) if e.use_stderr() && std::env::args().nth(1).as_deref() == Some("client") => {
+            let _ = e.print();
+            std::process::exit(oncekv::tcp::cli::EXIT_USAGE);
+        }
         Err(e) => e.exit(),
     };
     if let Some(Command::Serve(args)) = &cli.command {

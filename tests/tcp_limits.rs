@@ -299,3 +299,50 @@ fn the_cli_refuses_a_request_over_the_limit_before_sending() {
         "{stderr}"
     );
 }
+
+/// A deadline that is not a finite number of seconds above 0 and at most a day
+/// (it used to panic on `inf` or `1e300`, and `nan` became 0) and a peer list that
+/// is empty or not HOST:PORT (it used to be retried until the deadline) are bad
+/// usage: exit status 3 with a message naming the flag, at once.
+#[test]
+fn the_cli_refuses_a_bad_deadline_or_peer_list_up_front() {
+    let dead = format!("127.0.0.1:{}", support_tcp::free_port());
+    let run = |peers: &str, deadline: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_oncekv"))
+            .args([
+                "client",
+                "--peers",
+                peers,
+                "--deadline",
+                deadline,
+                "read",
+                "k",
+            ])
+            .output()
+            .expect("run the client");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    for deadline in ["inf", "1e300", "nan", "-1", "0", "1e-12", "86401"] {
+        let (code, stderr) = run(&dead, deadline);
+        assert_eq!(code, Some(3), "--deadline {deadline}: {stderr}");
+        assert!(
+            stderr.contains("--deadline"),
+            "--deadline {deadline}: {stderr}"
+        );
+        assert!(
+            !stderr.contains("panicked"),
+            "--deadline {deadline}: {stderr}"
+        );
+    }
+    for peers in ["", ",", "localhost", "127.0.0.1:0", &format!("{dead},")] {
+        let (code, stderr) = run(peers, "5");
+        assert_eq!(code, Some(3), "--peers {peers:?}: {stderr}");
+        assert!(stderr.contains("--peers"), "--peers {peers:?}: {stderr}");
+    }
+    // A valid deadline still runs: no node answers, so no definite answer (2).
+    let (code, stderr) = run(&dead, "0.5");
+    assert_eq!(code, Some(2), "{stderr}");
+}

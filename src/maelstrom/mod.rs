@@ -28,7 +28,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use crate::config::Config;
 use crate::node::{Forwarded, Node, Started, check_entry_bytes};
 use crate::state::Op;
-use crate::tcp::connection::{Line, LineReader, LongLine};
+use crate::tcp::connection::{Line, LineReader};
 
 /// Most proposals handed to Raft in one batch.
 const BATCH_MAX: usize = 256;
@@ -217,9 +217,9 @@ impl Reader {
                     self.flush_batch().await;
                     return Ok(());
                 }
-                Some(Line::TooLong(long)) => {
+                Some(bad @ (Line::TooLong(_) | Line::NotUtf8(_))) => {
                     self.flush_batch().await;
-                    self.too_long(long).await;
+                    self.refuse_line(bad).await;
                     continue;
                 }
                 Some(Line::Full(line)) => line,
@@ -289,25 +289,34 @@ impl Reader {
         }
     }
 
-    /// A line over its limit: error 12 naming the limit if its sender and
-    /// `msg_id` could be read (nothing was proposed), its caller told if it was a
-    /// reply, else a truncated log line.
-    async fn too_long(&mut self, long: LongLine) {
-        let sk = long.skeleton;
-        let text = if long.limit > self.config.request_bytes_max {
-            format!(
-                "line of {} bytes exceeds the peer line limit of {} bytes \
-                 (ONCEKV_PEER_LINE_BYTES_MAX)",
-                long.bytes, long.limit
-            )
-        } else {
-            self.config.request_too_long_text(long.bytes)
+    /// A line over its limit (the error names the limit) or not valid UTF-8
+    /// (never converted lossily, which could make two keys or two client_ids
+    /// one): error 12 if its sender and `msg_id` could be read (nothing was
+    /// proposed), its caller told if it was a reply, else a truncated log line.
+    /// A full line is not refused.
+    async fn refuse_line(&mut self, line: Line) {
+        let (sk, bytes, prefix, text) = match line {
+            Line::Full(_) => return,
+            Line::TooLong(long) => {
+                let text = if long.limit > self.config.request_bytes_max {
+                    format!(
+                        "line of {} bytes exceeds the peer line limit of {} bytes \
+                         (ONCEKV_PEER_LINE_BYTES_MAX)",
+                        long.bytes, long.limit
+                    )
+                } else {
+                    self.config.request_too_long_text(long.bytes)
+                };
+                (long.skeleton, long.bytes, long.prefix, text)
+            }
+            Line::NotUtf8(bad) => {
+                let text = bad.text();
+                (bad.skeleton, bad.bytes, bad.prefix, text)
+            }
         };
         crate::reject!(
-            "a line of {} bytes from {:?}: {text}: {:?}...",
-            long.bytes,
-            sk.src,
-            long.prefix
+            "a line of {bytes} bytes from {:?}: {text}: {prefix:?}...",
+            sk.src
         );
         match (sk.src, sk.msg_id, sk.in_reply_to) {
             (_, _, Some(reply_to)) => self.fail_call(reply_to, &text),

@@ -23,8 +23,9 @@ pub struct ClientArgs {
     /// The seq of this request in --client-id's session (reuse it to retry).
     #[arg(long, requires = "client_id")]
     pub seq: Option<u64>,
-    /// Seconds to keep retrying before giving up without a definite answer.
-    #[arg(long, default_value_t = 10.0)]
+    /// Seconds to keep retrying before giving up without a definite answer
+    /// (above 0, at most a day).
+    #[arg(long, default_value_t = 10.0, allow_negative_numbers = true)]
     pub deadline: f64,
     /// The operation.
     #[command(subcommand)]
@@ -82,7 +83,52 @@ pub enum ClientOp {
 /// Exit status: no definite answer.
 const EXIT_INDEFINITE: i32 = 2;
 /// Exit status: bad usage.
-const EXIT_USAGE: i32 = 3;
+pub const EXIT_USAGE: i32 = 3;
+
+/// The longest `--deadline` accepted, in seconds: one day. A longer one is a
+/// slip (a unit, a digit), and not every float is a `Duration` (`inf`, `1e300`).
+pub const DEADLINE_MAX_S: f64 = 86_400.0;
+
+/// `--deadline` as a duration: a number of seconds above 0 (and not so small it
+/// rounds to nothing) and at most [`DEADLINE_MAX_S`]; NaN and infinities are refused.
+fn deadline(seconds: f64) -> Result<Duration, String> {
+    let refused = || {
+        format!(
+            "--deadline must be a number of seconds above 0 and at most {DEADLINE_MAX_S} \
+             (one day), got {seconds:?}"
+        )
+    };
+    // Written so that NaN fails it too.
+    if !(seconds > 0.0 && seconds <= DEADLINE_MAX_S) {
+        return Err(refused());
+    }
+    match Duration::try_from_secs_f64(seconds) {
+        Ok(d) if !d.is_zero() => Ok(d),
+        _ => Err(refused()),
+    }
+}
+
+/// Refuses an empty `--peers` (or an empty entry in it) and an entry that is
+/// not `HOST:PORT` with a port from 1 to 65535: otherwise the client would
+/// retry addresses that cannot be reached until its deadline.
+fn check_peers(peers: &[String]) -> Result<(), String> {
+    if peers.iter().all(|p| p.trim().is_empty()) {
+        return Err("--peers is empty: give at least one HOST:PORT".into());
+    }
+    for p in peers {
+        let port = p
+            .rsplit_once(':')
+            .filter(|(host, _)| !host.trim().is_empty())
+            .and_then(|(_, port)| port.parse::<u16>().ok())
+            .filter(|port| *port != 0);
+        if port.is_none() {
+            return Err(format!(
+                "--peers entry {p:?} is not HOST:PORT (a comma-separated list, no empty entries)"
+            ));
+        }
+    }
+    Ok(())
+}
 
 fn json_arg(text: &str) -> Value {
     serde_json::from_str(text).unwrap_or_else(|_| Value::from(text))
@@ -125,7 +171,17 @@ pub async fn run(args: ClientArgs) -> i32 {
             return EXIT_USAGE;
         }
     }
-    opts.deadline = Duration::from_secs_f64(args.deadline.max(0.0));
+    opts.deadline = match deadline(args.deadline) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_USAGE;
+        }
+    };
+    if let Err(e) = check_peers(&args.peers) {
+        eprintln!("error: {e}");
+        return EXIT_USAGE;
+    }
     if matches!(
         args.op,
         ClientOp::AddNode { .. } | ClientOp::RemoveNode { .. }
@@ -137,6 +193,7 @@ pub async fn run(args: ClientArgs) -> i32 {
         eprintln!("{e}");
         return EXIT_USAGE;
     }
+    let opts_deadline = opts.deadline;
     let mut client = Client::new(opts);
     let result = match args.op.clone() {
         ClientOp::Status => return status(&mut client, &args.peers).await,
@@ -148,14 +205,14 @@ pub async fn run(args: ClientArgs) -> i32 {
             // The leader waits this long for the node to catch up before making
             // it a voter, leaving the rest of the deadline for undoing the learner
             // and the reply.
-            let timeout_ms = (args.deadline.max(0.0) * 750.0) as u64;
+            let timeout_ms = (opts_deadline.as_secs_f64() * 750.0) as u64;
             let body =
                 json!({"type": "add_node", "name": name, "addr": addr, "timeout_ms": timeout_ms});
-            return admin(&mut client, body, args.deadline).await;
+            return admin(&mut client, body, opts_deadline).await;
         }
         ClientOp::RemoveNode { name } => {
             let body = json!({"type": "remove_node", "name": name});
-            return admin(&mut client, body, args.deadline).await;
+            return admin(&mut client, body, opts_deadline).await;
         }
         ClientOp::OpenSession => client.request(json!({"type": "open_session"})).await,
         ClientOp::Read { key } => client.read(json_arg(&key)).await,
@@ -226,8 +283,8 @@ async fn status(client: &mut Client, peers: &[String]) -> i32 {
 
 /// Sends a membership request to the leader, retrying until it answers or the deadline.
 #[allow(clippy::print_stdout)] // the CLI's output
-async fn admin(client: &mut Client, body: Value, deadline_s: f64) -> i32 {
-    let deadline = std::time::Instant::now() + Duration::from_secs_f64(deadline_s.max(0.0));
+async fn admin(client: &mut Client, body: Value, deadline: Duration) -> i32 {
+    let deadline = std::time::Instant::now() + deadline;
     let mut last = String::from("no leader found");
     while std::time::Instant::now() < deadline {
         if let Some(i) = client.find_leader().await {
@@ -285,5 +342,42 @@ mod tests {
             to: "{\"a\":99999999999999999999}".into(),
         };
         assert!(check_wide_integers(&cas).is_err());
+    }
+
+    #[test]
+    fn a_deadline_must_be_a_finite_positive_number_of_seconds_up_to_a_day() {
+        assert_eq!(deadline(10.0), Ok(Duration::from_secs(10)));
+        assert_eq!(deadline(DEADLINE_MAX_S), Ok(Duration::from_secs(86_400)));
+        for bad in [
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            f64::NAN,
+            1e300,
+            DEADLINE_MAX_S + 1.0,
+            -1.0,
+            0.0,
+            -0.0,
+            1e-12,
+        ] {
+            let e = deadline(bad).unwrap_err();
+            assert!(e.contains("--deadline"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn peers_must_be_host_port_entries() {
+        let peers = |s: &[&str]| s.iter().map(|p| p.to_string()).collect::<Vec<_>>();
+        assert!(check_peers(&peers(&["127.0.0.1:7001", "[::1]:7002", "db:1"])).is_ok());
+        for bad in [
+            &[""][..],
+            &["", ""],
+            &["127.0.0.1:7001", ""],
+            &["127.0.0.1"],
+            &["h:0"],
+            &["h:70000"],
+            &[":7001"],
+        ] {
+            assert!(check_peers(&peers(bad)).is_err(), "{bad:?}");
+        }
     }
 }

@@ -391,7 +391,13 @@ async fn exchange(
                     long.bytes, long.limit
                 ));
             }
-            Some(Line::TooLong(_)) => continue,
+            Some(Line::NotUtf8(bad)) if bad.skeleton.in_reply_to == Some(msg_id) => {
+                return Err(format!(
+                    "the reply is not valid UTF-8 (byte offset {})",
+                    bad.offset
+                ));
+            }
+            Some(Line::TooLong(_) | Line::NotUtf8(_)) => continue,
         };
         let Ok(Value::Object(mut env)) = serde_json::from_str::<Value>(&line) else {
             let mut sk = crate::protocol::Skeleton::default();

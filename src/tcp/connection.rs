@@ -3,8 +3,10 @@
 //! is not buffered: its first bytes are kept for the log, the rest is read and
 //! discarded up to its newline (so the stream stays in step and the connection
 //! stays open), and its addressing is read on the way by a [`Skeleton`] so the
-//! sender can be answered. An unterminated line at end of stream is discarded,
-//! so a writer that died mid-line never delivers half a message.
+//! sender can be answered. A line that is not valid UTF-8 is refused whole, never
+//! converted lossily: two different byte strings must not become the same key or
+//! client_id. An unterminated line at end of stream is discarded, so a writer
+//! that died mid-line never delivers half a message.
 
 use std::io;
 
@@ -24,6 +26,28 @@ pub enum Line {
     Full(String),
     /// A line over the limit, discarded but for what [`LongLine`] keeps.
     TooLong(LongLine),
+    /// A line within the limit that is not valid UTF-8, refused whole.
+    NotUtf8(BadLine),
+}
+
+/// What is kept of a line that is not valid UTF-8.
+#[derive(Debug)]
+pub struct BadLine {
+    /// The line's length in bytes (without its newline).
+    pub bytes: usize,
+    /// The offset in the line of the first byte that is not valid UTF-8.
+    pub offset: usize,
+    /// Its first [`LONG_LINE_PREFIX_BYTES`] bytes (lossy UTF-8), for the log.
+    pub prefix: String,
+    /// Its addressing, read from its bytes.
+    pub skeleton: Skeleton,
+}
+
+impl BadLine {
+    /// The error text its sender gets (with error 12).
+    pub fn text(&self) -> String {
+        format!("the line is not valid UTF-8 (byte offset {})", self.offset)
+    }
 }
 
 /// What is kept of a line over the limit.
@@ -145,8 +169,21 @@ impl<R: AsyncBufRead + Unpin> LineReader<R> {
                 self.buf = Vec::with_capacity(1024);
                 return Ok(Some(Line::TooLong(l)));
             }
-            let line = String::from_utf8_lossy(&self.buf);
-            let line = line.trim();
+            let line = match std::str::from_utf8(&self.buf) {
+                Ok(line) => line.trim(),
+                Err(e) => {
+                    let mut skeleton = Skeleton::default();
+                    skeleton.feed(&self.buf);
+                    skeleton.finish();
+                    let prefix = &self.buf[..self.buf.len().min(LONG_LINE_PREFIX_BYTES)];
+                    return Ok(Some(Line::NotUtf8(BadLine {
+                        bytes: self.buf.len(),
+                        offset: e.valid_up_to(),
+                        prefix: String::from_utf8_lossy(prefix).into_owned(),
+                        skeleton,
+                    })));
+                }
+            };
             if !line.is_empty() {
                 return Ok(Some(Line::Full(line.to_string())));
             }
@@ -252,6 +289,29 @@ mod tests {
         }
         // An unterminated long line at the end is dropped like any partial line.
         let mut r = LineReader::new(tokio::io::BufReader::new(big.as_bytes()), 10);
+        assert!(r.read_line().await.unwrap().is_none());
+    }
+
+    /// A line that is not valid UTF-8 is refused whole with its addressing and
+    /// the offset of its first bad byte (two different byte strings never read as
+    /// the same text), and the next line reads normally.
+    #[tokio::test]
+    async fn a_line_that_is_not_utf8_is_refused_not_converted() {
+        let mut data = br#"{"src":"c1","dest":"n1","body":{"type":"read","key":""#.to_vec();
+        let offset = data.len();
+        data.extend_from_slice(b"\xfe\xff\",\"msg_id\":7}}\n{\"ok\":1}\n");
+        let mut r = LineReader::new(tokio::io::BufReader::with_capacity(5, &data[..]), 1000);
+        match r.read_line().await.unwrap() {
+            Some(Line::NotUtf8(b)) => {
+                assert_eq!(b.offset, offset);
+                assert_eq!(b.bytes, data.iter().position(|&c| c == b'\n').unwrap());
+                assert_eq!(b.skeleton.src.as_deref(), Some("c1"));
+                assert_eq!(b.skeleton.msg_id, Some(7));
+                assert!(b.text().contains(&format!("byte offset {offset}")));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(full(r.read_line().await).as_deref(), Some("{\"ok\":1}"));
         assert!(r.read_line().await.unwrap().is_none());
     }
 

@@ -28,7 +28,7 @@ use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, mpsc};
 
 use super::TcpConfig;
-use super::connection::{Line, LineReader, LongLine, encode_raw, write_line};
+use super::connection::{Line, LineReader, encode_raw, write_line};
 use super::server::{Arrival, Class};
 use crate::maelstrom::sequencer::Sequencer;
 use crate::node::{Forwarded, Node, Started, check_entry_bytes};
@@ -234,7 +234,7 @@ impl Handler {
                         lines.set_max(self.node.config.peer_line_bytes_max);
                     }
                 }
-                Ok(Some(Line::TooLong(long))) => {
+                Ok(Some(bad @ (Line::TooLong(_) | Line::NotUtf8(_)))) => {
                     last_line = Instant::now();
                     if arrival.is_some() {
                         // A peer's first line is its (short) hello: this is a client.
@@ -247,7 +247,7 @@ impl Handler {
                         }
                         arrival = None;
                     }
-                    self.too_long(long, &out).await;
+                    self.refuse_line(bad, &out).await;
                 }
                 Ok(None) => break,
                 Err(e) => {
@@ -261,29 +261,39 @@ impl Handler {
         let _ = writer.await;
     }
 
-    /// A line over the limit: error 12 naming the limit if its sender and
-    /// `msg_id` could be read, else a (truncated) log line. Nothing was proposed.
-    async fn too_long(&mut self, long: LongLine, out: &mpsc::Sender<Out>) {
-        let sk = long.skeleton;
-        let text = if self.peer {
-            format!(
-                "line of {} bytes exceeds the peer line limit of {} bytes \
-                 (peer_line_bytes_max, ONCEKV_PEER_LINE_BYTES_MAX)",
-                long.bytes, long.limit
-            )
-        } else {
-            self.node.config.request_too_long_text(long.bytes)
+    /// A line over the limit (the error names the limit) or not valid UTF-8
+    /// (never converted lossily, which could make two keys or two client_ids
+    /// one): error 12 if its sender and `msg_id` could be read, else a
+    /// (truncated) log line. Nothing was proposed. A full line is not refused.
+    async fn refuse_line(&mut self, line: Line, out: &mpsc::Sender<Out>) {
+        let (sk, bytes, prefix, text) = match line {
+            Line::Full(_) => return,
+            Line::TooLong(long) => {
+                let text = if self.peer {
+                    format!(
+                        "line of {} bytes exceeds the peer line limit of {} bytes \
+                         (peer_line_bytes_max, ONCEKV_PEER_LINE_BYTES_MAX)",
+                        long.bytes, long.limit
+                    )
+                } else {
+                    self.node.config.request_too_long_text(long.bytes)
+                };
+                (long.skeleton, long.bytes, long.prefix, text)
+            }
+            Line::NotUtf8(bad) => {
+                let text = bad.text();
+                (bad.skeleton, bad.bytes, bad.prefix, text)
+            }
         };
         match (sk.src, sk.msg_id, sk.in_reply_to) {
             (Some(src), Some(id), None) => {
-                crate::reject!("refused a line of {} bytes from {src}: {text}", long.bytes);
+                crate::reject!("refused a line of {bytes} bytes from {src}: {text}");
                 let reply = Reply::error(ErrorCode::MalformedRequest, text);
                 self.answer_now(out, src, id, reply).await;
             }
             _ => crate::reject!(
-                "dropping a line of {} bytes with no readable sender and msg_id: {:?}...",
-                long.bytes,
-                long.prefix
+                "dropping a line of {bytes} bytes with no readable sender and msg_id \
+                 ({text}): {prefix:?}..."
             ),
         }
     }

@@ -350,7 +350,7 @@ async fn hello_reply(lines: &mut Replies, msg_id: u64) -> Result<(), HelloError>
     loop {
         let line = match lines.read_line().await {
             Ok(Some(Line::Full(line))) => line,
-            Ok(Some(Line::TooLong(_))) => continue,
+            Ok(Some(Line::TooLong(_) | Line::NotUtf8(_))) => continue,
             Ok(None) => return Err(HelloError::Failed("connection closed".into())),
             Err(e) => return Err(HelloError::Failed(e.to_string())),
         };
@@ -410,6 +410,17 @@ async fn read_replies(mut lines: Replies, pending: Pending) {
                     "a line of {} bytes, over the limit of {}",
                     long.bytes, long.limit
                 );
+                unreadable(
+                    &pending,
+                    sk.src.as_deref().unwrap_or("?"),
+                    sk.in_reply_to,
+                    why,
+                );
+                continue;
+            }
+            Line::NotUtf8(bad) => {
+                let sk = &bad.skeleton;
+                let why = format!("a line of {} bytes: {}", bad.bytes, bad.text());
                 unreadable(
                     &pending,
                     sk.src.as_deref().unwrap_or("?"),

@@ -20,6 +20,11 @@ pub fn bin() -> &'static str {
 
 /// Runs the binary on a whole input and returns its stdout (it must exit 0).
 pub fn run_script(input: &str) -> String {
+    run_script_bytes(input.as_bytes())
+}
+
+/// [`run_script`] on input that need not be UTF-8.
+pub fn run_script_bytes(input: &[u8]) -> String {
     let mut child = Command::new(bin())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -27,8 +32,8 @@ pub fn run_script(input: &str) -> String {
         .spawn()
         .expect("spawn oncekv");
     let mut stdin = child.stdin.take().expect("stdin");
-    let input = input.to_string();
-    let writer = thread::spawn(move || stdin.write_all(input.as_bytes()));
+    let input = input.to_vec();
+    let writer = thread::spawn(move || stdin.write_all(&input));
     let out = child.wait_with_output().expect("wait");
     writer.join().expect("writer").expect("write stdin");
     assert!(out.status.success(), "exit status {:?}", out.status);
