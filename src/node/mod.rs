@@ -202,6 +202,10 @@ pub struct Node {
 /// A proposal submitted to Raft whose outcome is still to come.
 type Proposal = tokio::sync::oneshot::Receiver<openraft::raft::ClientWriteResult<TypeConfig>>;
 
+/// How often [`Node::fatal`] looks at Raft's running state besides when its role
+/// changes: a failed node exits within about this.
+const FATAL_CHECK_PERIOD: Duration = Duration::from_millis(500);
+
 const NOT_LEADER_TEXT: &str = "not the leader; nothing was proposed";
 /// A forwarded session op whose entry was discarded on a leader change: indefinite,
 /// but safe for the forwarding node to re-propose elsewhere (dedup).
@@ -1161,8 +1165,14 @@ impl Node {
     /// or apply, yet would still answer `status`; its process must end (loudly,
     /// non-zero) so a supervisor restarts it. Pending forever while Raft runs and
     /// after [`Node::shutdown`].
+    ///
+    /// It wakes on changes of the server metrics (role, leader, membership: rare)
+    /// and once every [`FATAL_CHECK_PERIOD`], never per commit: the full metrics
+    /// change on every applied entry, and a watcher woken by each of them cost a
+    /// thread wake-up per write.
     pub async fn fatal(&self) -> String {
-        let mut metrics = self.raft.metrics();
+        let metrics = self.raft.metrics();
+        let mut server = self.raft.server_metrics();
         loop {
             let failed = {
                 let m = metrics.borrow_watched();
@@ -1180,7 +1190,11 @@ impl Node {
                 Some(_) => return std::future::pending().await,
                 None => {}
             }
-            if metrics.changed().await.is_err() {
+            let closed = tokio::select! {
+                r = server.changed() => r.is_err(),
+                () = tokio::time::sleep(FATAL_CHECK_PERIOD) => false,
+            };
+            if closed {
                 if self.stopping.load(Ordering::Acquire) {
                     return std::future::pending().await;
                 }
