@@ -1,6 +1,6 @@
 //! The history file format (`history.jsonl`), shared by the harness, the checker and
 //! any tool that reads a run. The shape is a contract: see `docs/testing.md` and
-//! `shared/spec/history.md`.
+//! `docs/history.md`.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;

@@ -117,7 +117,7 @@ async fn correct_node_is_valid_under_partitions() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The keys of `shared/spec/history.md`'s results.json, with the harness's own facts
+/// The keys of `docs/history.md`'s results.json, with the harness's own facts
 /// apart under `harness`.
 fn assert_spec_shape(r: &Value) {
     assert!(r["valid"].is_boolean() || r["valid"] == "unknown", "{r}");

@@ -1,5 +1,5 @@
 //! The checker's verdict types, shaped as the `linearizable` object of
-//! `results.json` (see `shared/spec/history.md`).
+//! `results.json` (see `docs/history.md`).
 
 use std::fmt::Write as _;
 

@@ -3,8 +3,7 @@
 //!
 //! - Each fault alternates start/stop (`gen/flip-flop`), staggered (`gen/stagger`): gaps
 //!   uniform in [0, 2 * interval). The first start comes one such gap after the run
-//!   begins, as `shared/spec/harness.md` says (Jepsen's `Stagger` would let it through
-//!   at once; see docs/testing.md).
+//!   begins (Jepsen's `Stagger` would let it through at once; see docs/testing.md).
 //! - A partition start picks uniformly among `one`, `minority-third`, `majority`,
 //!   `majorities-ring` and turns it into a grudge: receiver -> senders it drops.
 //! - Beyond Maelstrom, `kill` alternates SIGKILL of one random node and its restart

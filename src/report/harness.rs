@@ -1,7 +1,7 @@
 //! The `harness` object of `results.json`: what only the harness that ran the
 //! test knows (seed, its own CPU share, protocol violations, malformed replies,
 //! kills, network faults, which features go beyond Maelstrom). Not in
-//! `shared/spec/history.md`'s contract, so every field lives here, apart from
+//! `docs/history.md`'s contract, so every field lives here, apart from
 //! the spec'd keys.
 
 use std::fmt::Write as _;

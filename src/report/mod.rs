@@ -1,4 +1,4 @@
-//! The end-of-run report: `results.json` (shape in `shared/spec/history.md`), its
+//! The end-of-run report: `results.json` (shape in `docs/history.md`), its
 //! human summary, and `latency.svg`. Pure functions of the history plus the
 //! figures only the harness knows (message counts, partitions), so the harness
 //! and the standalone tools report alike.
