@@ -74,7 +74,12 @@ async fn silent_and_idle_connections_lock_out_neither_clients_nor_peers() {
         (oncekv::tcp::FIRST_LINE_TIMEOUT_MS_VAR, "120000"),
     ];
     let mut cluster = TestCluster::start("conn-budgets", 3, &env);
-    cluster.wait_leader(Duration::from_secs(20)).await;
+    // The follower `f` is left alone, and the old leader `p` comes back later to
+    // win its vote (a node that led before the kill would restart still counting
+    // itself leader of its term and refuse that vote for its whole, long, election
+    // timeout). `q` stays down.
+    let p = cluster.wait_leader(Duration::from_secs(20)).await;
+    let f = (p + 1) % 3;
     let mut client = cluster.client();
     client.open_session().await.expect("session");
     assert_eq!(
@@ -86,16 +91,16 @@ async fn silent_and_idle_connections_lock_out_neither_clients_nor_peers() {
     // commit again once n2, started later, reaches n1 as a peer.
     cluster.kill_together(&[0, 1, 2]);
     cluster.restart_with(
-        0,
+        f,
         &[
             ("ONCEKV_ELECTION_TIMEOUT_MIN_MS", "600000"),
             ("ONCEKV_ELECTION_TIMEOUT_MAX_MS", "900000"),
         ],
     );
-    let n1 = cluster.nodes[0].addr.clone();
+    let n1 = cluster.nodes[f].addr.clone();
     cluster
         .wait_for("n1 to serve", Duration::from_secs(20), || async {
-            cluster.status(0).await.is_some()
+            cluster.status(f).await.is_some()
         })
         .await;
 
@@ -107,7 +112,7 @@ async fn silent_and_idle_connections_lock_out_neither_clients_nor_peers() {
     // A new client is still served: its connection pushes out the oldest silent one.
     let mut c = Client::new(options(&n1));
     let s = c.status_of(0).await.expect("a new client is served");
-    assert_eq!(s.name, "n1");
+    assert_eq!(s.name, cluster.nodes[f].name);
     drop(c);
     // All but the newest 8 (the unclassified budget) were closed to make room.
     let mut open = 0;
@@ -154,13 +159,13 @@ async fn silent_and_idle_connections_lock_out_neither_clients_nor_peers() {
 
     // 3. A peer still gets in: n2 must win n1's vote and n1's acks (n3 is down),
     // both over n2's connection to n1.
-    cluster.restart(1);
-    let n2 = cluster.nodes[1].addr.clone();
+    cluster.restart(p);
+    let n2 = cluster.nodes[p].addr.clone();
     let mut c2 = Client::new(options(&n2));
     c2.open_session().await.expect("session through n2");
     let r = c2.write(json!("k"), json!(2)).await.expect("write");
     assert_eq!(r, Reply::WriteOk, "a write committed by n2 and n1");
-    let s = cluster.status(1).await.expect("n2 status");
+    let s = cluster.status(p).await.expect("n2 status");
     assert_eq!(s.role, "Leader");
 
     // 4. Idle clients gone, a new client is served again.
