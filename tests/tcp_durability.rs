@@ -32,7 +32,7 @@ use oncekv::protocol::Reply;
 use oncekv::tcp::{Client, ClientOptions};
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
-use support_tcp::{Recorder, TestCluster, seed};
+use support_tcp::{Recorder, TestCluster, seed, wait_status};
 
 /// One test at a time in this file (tokio's mutex: held across awaits, not poisoned
 /// by a failing test).
@@ -211,31 +211,6 @@ async fn check_after_load(cluster: &TestCluster, ops: &[Op], ends: &[WorkerEnd])
     assert_eq!(counters.valid, Validity::Valid, "{}", counters.render());
     let lin = check_linearizable(ops, &CheckOptions::default());
     assert_eq!(lin.valid, Validity::Valid, "{}", lin.render());
-}
-
-/// Waits until node `i` answers `status` with `check` true; returns that status.
-async fn wait_status(
-    cluster: &TestCluster,
-    i: usize,
-    what: &str,
-    timeout: Duration,
-    check: impl Fn(&oncekv::node::NodeStatus) -> bool,
-) -> oncekv::node::NodeStatus {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(s) = cluster.status(i).await
-            && check(&s)
-        {
-            return s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what} (last status {:?}; logs in {})",
-            cluster.status(i).await,
-            cluster.dir.display()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// 1. `kill -9` every node at once under load, restart all three from their data

@@ -10,39 +10,14 @@ mod support_tcp;
 
 use std::time::{Duration, Instant};
 
-use oncekv::node::NodeStatus;
 use oncekv::protocol::Reply;
 use serde_json::json;
-use support_tcp::TestCluster;
+use support_tcp::{TestCluster, wait_status};
 
 /// Size of each value written.
 const VALUE_BYTES: usize = 100_000;
 /// Distinct keys (the state holds at most this many values).
 const KEYS: usize = 12;
-
-async fn wait_status(
-    cluster: &TestCluster,
-    i: usize,
-    what: &str,
-    timeout: Duration,
-    check: impl Fn(&NodeStatus) -> bool,
-) -> NodeStatus {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(s) = cluster.status(i).await
-            && check(&s)
-        {
-            return s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what} (last status {:?}; logs in {})",
-            cluster.status(i).await,
-            cluster.dir.display()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 /// Writes values `from..to`, each 100 KB, to keys in turn.
 async fn write_values(cluster: &TestCluster, from: usize, to: usize) {

@@ -27,6 +27,7 @@ use tokio::task::JoinHandle;
 
 use super::TcpConfig;
 use super::connection::{Line, LineReader, write_line};
+use crate::protocol::Skeleton;
 use crate::raft::Peer;
 use crate::raft::network::{Body, CallError, RpcRequest, Transport};
 
@@ -381,11 +382,13 @@ async fn hello_reply(lines: &mut Replies, msg_id: u64) -> Result<(), HelloError>
 /// The reader of a peer connection.
 type Replies = LineReader<BufReader<OwnedReadHalf>>;
 
-/// Tells the caller of `in_reply_to` that its reply could not be read (it may
-/// have been acted on: an indefinite outcome, at once rather than at its deadline).
-fn unreadable(pending: &Pending, src: &str, in_reply_to: Option<u64>, why: String) {
+/// Tells the caller of the `in_reply_to` that `sk` read from an unreadable reply
+/// that it could not be read (it may have been acted on: an indefinite outcome,
+/// at once rather than at its deadline).
+fn unreadable(pending: &Pending, sk: &Skeleton, why: String) {
     crate::reject!("dropping an unreadable reply from a peer: {why}");
-    let Some(id) = in_reply_to else { return };
+    let src = sk.src.as_deref().unwrap_or("?");
+    let Some(id) = sk.in_reply_to else { return };
     let tx = pending
         .lock()
         .unwrap_or_else(|p| p.into_inner())
@@ -405,28 +408,16 @@ async fn read_replies(mut lines: Replies, pending: Pending) {
         let line = match line {
             Line::Full(line) => line,
             Line::TooLong(long) => {
-                let sk = long.skeleton;
                 let why = format!(
                     "a line of {} bytes, over the limit of {}",
                     long.bytes, long.limit
                 );
-                unreadable(
-                    &pending,
-                    sk.src.as_deref().unwrap_or("?"),
-                    sk.in_reply_to,
-                    why,
-                );
+                unreadable(&pending, &long.skeleton, why);
                 continue;
             }
             Line::NotUtf8(bad) => {
-                let sk = &bad.skeleton;
                 let why = format!("a line of {} bytes: {}", bad.bytes, bad.text());
-                unreadable(
-                    &pending,
-                    sk.src.as_deref().unwrap_or("?"),
-                    sk.in_reply_to,
-                    why,
-                );
+                unreadable(&pending, &bad.skeleton, why);
                 continue;
             }
         };
@@ -441,19 +432,14 @@ async fn read_replies(mut lines: Replies, pending: Pending) {
         let mut env = match serde_json::from_str::<Value>(&line) {
             Ok(Value::Object(env)) => env,
             Ok(_) => {
-                unreadable(&pending, "?", None, "not a JSON object".into());
+                unreadable(&pending, &Skeleton::default(), "not a JSON object".into());
                 continue;
             }
             Err(e) => {
-                let mut sk = crate::protocol::Skeleton::default();
+                let mut sk = Skeleton::default();
                 sk.feed(line.as_bytes());
                 sk.finish();
-                unreadable(
-                    &pending,
-                    sk.src.as_deref().unwrap_or("?"),
-                    sk.in_reply_to,
-                    e.to_string(),
-                );
+                unreadable(&pending, &sk, e.to_string());
                 continue;
             }
         };

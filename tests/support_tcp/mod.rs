@@ -357,3 +357,28 @@ impl Recorder {
         None
     }
 }
+
+/// Waits until node `i` answers `status` with `check` true; returns that status.
+pub async fn wait_status(
+    cluster: &TestCluster,
+    i: usize,
+    what: &str,
+    timeout: Duration,
+    check: impl Fn(&NodeStatus) -> bool,
+) -> NodeStatus {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(s) = cluster.status(i).await
+            && check(&s)
+        {
+            return s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what} (last status {:?}; logs in {})",
+            cluster.status(i).await,
+            cluster.dir.display()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
