@@ -1,7 +1,7 @@
 //! The `oncekv` binary: with no arguments, a Maelstrom node on stdin/stdout.
 use clap::{Parser, Subcommand};
-use oncekv::harness::demo::{DemoPreset, run_demo};
-use oncekv::harness::{TestArgs, default_out_dir, seed::fresh_seed};
+use oncekv::tools::harness::demo::{DemoPreset, run_demo};
+use oncekv::tools::harness::{TestArgs, default_out_dir, seed::fresh_seed};
 
 #[derive(Parser)]
 #[command(
@@ -19,10 +19,10 @@ enum Command {
     /// Run a Maelstrom node on stdin/stdout (the default with no arguments).
     Node,
     /// Measure single-node throughput over stdin against a no-consensus baseline.
-    Bench(oncekv::bench::BenchArgs),
+    Bench(oncekv::tools::bench::BenchArgs),
     /// Compare a 3-node TCP cluster with a 3-member etcd 3.4 on loopback: write
     /// throughput and latency, failover unavailability (docs/benchmarks.md).
-    BenchCluster(oncekv::bench::cluster::BenchClusterArgs),
+    BenchCluster(oncekv::tools::bench::cluster::BenchClusterArgs),
     /// Run a Maelstrom-style test against any Maelstrom node binary.
     Test(TestArgs),
     /// Test oncekv itself: exactly-once, then lin-kv, 3 nodes under partitions.
@@ -64,7 +64,7 @@ fn test(args: TestArgs) -> anyhow::Result<i32> {
         }
     };
     let rt = tokio::runtime::Runtime::new()?;
-    let outcome = match rt.block_on(oncekv::harness::run(cfg)) {
+    let outcome = match rt.block_on(oncekv::tools::harness::run(cfg)) {
         Ok(o) => o,
         Err(e) => {
             // No verdict (e.g. a node never answered init): not 1 (invalid) or 2.
@@ -191,11 +191,11 @@ fn main() -> anyhow::Result<()> {
     let code = match cli.command {
         None | Some(Command::Node) => node()?,
         Some(Command::Bench(args)) => {
-            oncekv::bench::run(&args)?;
+            oncekv::tools::bench::run(&args)?;
             0
         }
         Some(Command::BenchCluster(args)) => {
-            tokio_main(oncekv::bench::cluster::run(&args))??;
+            tokio_main(oncekv::tools::bench::cluster::run(&args))??;
             0
         }
         Some(Command::Test(args)) => test(args)?,
@@ -234,9 +234,9 @@ fn check_command(args: &CheckArgs) -> i32 {
         eprintln!("error: --time-limit must be a non-negative number of seconds");
         return EXIT_BAD_INPUT;
     };
-    let opts = oncekv::check::CheckOptions { time_limit };
+    let opts = oncekv::tools::check::CheckOptions { time_limit };
     let started = std::time::Instant::now();
-    match oncekv::check::check_file(&args.history, &opts) {
+    match oncekv::tools::check::check_file(&args.history, &opts) {
         Err(e) => {
             eprintln!("error: {e}");
             EXIT_BAD_INPUT

@@ -1,14 +1,14 @@
 //! The checker at scale, on histories from a seeded simulation of a linearizable
-//! store (`oncekv::check::sim`). Each test prints its seed; rerun one with
+//! store (`oncekv::tools::check::sim`). Each test prints its seed; rerun one with
 //! `ONCEKV_CHECK_SEED=<seed> cargo test --test check_generated`.
 //! Timings are printed, not asserted: see `docs/checker.md` for measured figures.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use oncekv::check::sim::{SimConfig, simulate};
-use oncekv::check::{CheckOptions, Validity, check_counters, check_linearizable};
-use oncekv::history::{Op, OpType, Process};
+use oncekv::tools::check::sim::{SimConfig, simulate};
+use oncekv::tools::check::{CheckOptions, Validity, check_counters, check_linearizable};
+use oncekv::tools::history::{Op, OpType, Process};
 use serde_json::{Value, json};
 
 fn seed() -> u64 {

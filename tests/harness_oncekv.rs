@@ -5,13 +5,13 @@
 
 use std::path::PathBuf;
 
-use oncekv::check::Validity;
-use oncekv::harness::cli::{TestArgs, Workload};
-use oncekv::harness::net::LatencyDist;
-use oncekv::harness::{Outcome, run};
+use oncekv::tools::check::Validity;
+use oncekv::tools::harness::cli::{TestArgs, Workload};
+use oncekv::tools::harness::net::LatencyDist;
+use oncekv::tools::harness::{Outcome, run};
 
 fn seed() -> u64 {
-    oncekv::harness::seed::test_seed()
+    oncekv::tools::harness::seed::test_seed()
 }
 
 async fn run_oncekv(

@@ -26,10 +26,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use oncekv::check::{CheckOptions, Validity, check_counters, check_linearizable};
-use oncekv::history::{Op, OpType};
 use oncekv::protocol::Reply;
 use oncekv::tcp::{Client, ClientOptions};
+use oncekv::tools::check::{CheckOptions, Validity, check_counters, check_linearizable};
+use oncekv::tools::history::{Op, OpType};
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 use support_tcp::{Recorder, TestCluster, seed, wait_status};

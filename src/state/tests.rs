@@ -390,7 +390,7 @@ fn small_limits() -> SessionLimits {
 }
 
 fn seed() -> u64 {
-    crate::harness::seed::test_seed()
+    crate::tools::harness::seed::test_seed()
 }
 
 /// Two replicas fed the same entries give byte-identical snapshots and replies.

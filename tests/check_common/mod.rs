@@ -1,7 +1,7 @@
 //! A small builder for hand-written histories, shared by the checker's tests.
 #![allow(dead_code)] // each test file uses a different part
 
-use oncekv::history::{Op, OpType, Process};
+use oncekv::tools::history::{Op, OpType, Process};
 use serde_json::{Value, json};
 
 /// Builds a history line by line; each line is 1 ms after the previous one.

@@ -8,9 +8,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use oncekv::history::{Op, OpType, Process};
 use oncekv::node::NodeStatus;
 use oncekv::tcp::{Client, ClientOptions};
+use oncekv::tools::history::{Op, OpType, Process};
 use serde_json::Value;
 
 /// One node process.
@@ -279,7 +279,7 @@ impl Drop for TestCluster {
 
 /// A seed from `ONCEKV_TEST_SEED` or the clock, printed so a run can be repeated.
 pub fn seed() -> u64 {
-    oncekv::harness::seed::test_seed()
+    oncekv::tools::harness::seed::test_seed()
 }
 
 /// The history all workers append to.

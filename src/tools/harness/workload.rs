@@ -11,7 +11,7 @@ use rand::Rng;
 use rand::rngs::StdRng;
 use serde_json::{Map, Value, json};
 
-use crate::history::OpType;
+use crate::tools::history::OpType;
 
 /// One operation for one worker to perform.
 #[derive(Debug, Clone, PartialEq)]
@@ -270,7 +270,7 @@ impl Generator for ExactlyOnce {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::harness::seed::derive_rng;
+    use crate::tools::harness::seed::derive_rng;
 
     fn drive(
         g: &mut dyn Generator,

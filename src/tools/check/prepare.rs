@@ -9,7 +9,7 @@ use serde_json::Value;
 use super::CheckError;
 use super::model::{Interner, Kind, ModelOp};
 use super::pairs::Pair;
-use crate::history::{Op, OpType};
+use crate::tools::history::{Op, OpType};
 
 /// One key's ops, ready for the search.
 #[derive(Debug)]

@@ -13,7 +13,7 @@
 //!   [`worker`]: doing it and recording the outcome.
 //! - [`nemesis`]: fault schedules and partition shapes.
 //! - [`recorder`]: the history as it happens; [`cpu`]: the harness's own CPU share.
-//!   `results.json`, the summary and `latency.svg` come from [`crate::report`], with
+//!   `results.json`, the summary and `latency.svg` come from [`crate::tools::report`], with
 //!   the harness's own facts in its `harness` object.
 //! - [`runner`]: one run, start to finish; [`demo`]: the README's first command.
 

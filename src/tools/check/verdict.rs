@@ -11,7 +11,7 @@ use super::model::ModelOp;
 use super::pairs::Pair;
 use super::prepare::KeyHistory;
 use super::window::Window;
-use crate::history::{Op, OpType, Process};
+use crate::tools::history::{Op, OpType, Process};
 
 /// A three-way verdict, as Jepsen's `:valid?`: serialises as `true`, `false` or
 /// `"unknown"` so that `results.json` reads like Maelstrom's.

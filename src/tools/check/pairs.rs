@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use crate::history::{Op, OpType, Process};
+use crate::tools::history::{Op, OpType, Process};
 
 /// One client operation: where its invoke and its completion sit in the history.
 ///

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use serde_json::Value;
 
-use crate::history::{Op, OpType, Process};
+use crate::tools::history::{Op, OpType, Process};
 
 /// Live tallies for the progress line.
 #[derive(Debug, Clone, Default)]

@@ -18,7 +18,7 @@ use super::client::{CallError, Client};
 use super::recorder::Recorder;
 use super::schema::{Reply, classify};
 use super::workload::OpSpec;
-use crate::history::{Op, OpType, Process};
+use crate::tools::history::{Op, OpType, Process};
 
 /// History error code for a reply that broke its schema (not a Maelstrom code).
 pub const MALFORMED_CODE: i64 = -1;
@@ -28,7 +28,7 @@ pub const REFUSED_CODE: i64 = -2;
 pub const TIMEOUT_CODE: i64 = 0;
 
 /// A reply that broke its schema, kept for `results.json`.
-pub use crate::report::harness::Malformed;
+pub use crate::tools::report::harness::Malformed;
 
 /// Malformed replies seen so far.
 pub struct MalformedLog {

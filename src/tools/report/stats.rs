@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::check::pairs::Pair;
-use crate::history::{Op, OpType};
+use crate::tools::check::pairs::Pair;
+use crate::tools::history::{Op, OpType};
 
 /// How many ops ended each way. An invoke the run never completed counts as
 /// `info` (its outcome is unknown), so `count == ok + fail + info` == invokes.

@@ -5,8 +5,8 @@
 use std::collections::HashSet;
 use std::fmt::Write as _;
 
-use crate::check::pairs::pair_ops;
-use crate::history::{Op, OpType};
+use crate::tools::check::pairs::pair_ops;
+use crate::tools::history::{Op, OpType};
 
 /// Canvas size and the plot area inside it, in pixels.
 const WIDTH: f64 = 960.0;

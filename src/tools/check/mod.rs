@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 pub use counter::{CounterReport, check_counters};
 pub use verdict::{KeyFailure, LinReport, Validity};
 
-use crate::history::Op;
+use crate::tools::history::Op;
 use prepare::KeyHistory;
 use search::{Outcome, search};
 
@@ -124,7 +124,7 @@ pub fn check_file(path: &std::path::Path, opts: &CheckOptions) -> Result<FileRep
         path: path.display().to_string(),
         source,
     })?;
-    let ops = crate::history::read_jsonl(&text).map_err(CheckError::Parse)?;
+    let ops = crate::tools::history::read_jsonl(&text).map_err(CheckError::Parse)?;
     let linearizable = try_check_linearizable(&ops, opts)?;
     let counters = check_counters(&ops, &Default::default());
     let exactly_once = (counters.keys_checked > 0).then_some(counters);

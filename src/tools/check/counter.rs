@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use super::Validity;
 use super::pairs::{Pair, pair_ops};
-use crate::history::{Op, OpType};
+use crate::tools::history::{Op, OpType};
 
 /// Most distinct subset sums tracked for one key before answering `unknown`;
 /// bounds memory when many info adds have varied deltas.

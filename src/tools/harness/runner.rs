@@ -25,9 +25,9 @@ use super::schema::{Reply, classify};
 use super::seed::derive_rng;
 use super::worker::{MalformedLog, RetryPolicy, Worker};
 use super::workload::{ExactlyOnce, Generator, LinKv};
-use crate::check::{CheckOptions, Validity, check_counters, check_linearizable};
-use crate::history::{Op, OpType, Process};
-use crate::report::{self, HarnessFacts, Results, fault_windows, nemesis_count};
+use crate::tools::check::{CheckOptions, Validity, check_counters, check_linearizable};
+use crate::tools::history::{Op, OpType, Process};
+use crate::tools::report::{self, HarnessFacts, Results, fault_windows, nemesis_count};
 
 /// A run that could not be carried out (as opposed to one whose verdict is invalid).
 #[derive(Debug, Error)]

@@ -18,9 +18,9 @@ use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
-use crate::check::pairs::pair_ops;
-use crate::check::{CounterReport, LinReport, Validity};
-use crate::history::Op;
+use crate::tools::check::pairs::pair_ops;
+use crate::tools::check::{CounterReport, LinReport, Validity};
+use crate::tools::history::Op;
 pub use harness::{HarnessFacts, fault_windows, nemesis_count};
 pub use stats::{Availability, Counts, Quantiles, Stats};
 pub use svg::latency_svg;

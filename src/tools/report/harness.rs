@@ -9,8 +9,8 @@ use std::fmt::Write as _;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::check::Validity;
-use crate::history::{Op, Process};
+use crate::tools::check::Validity;
+use crate::tools::history::{Op, Process};
 
 /// One offending stdout line of a node.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -189,7 +189,7 @@ pub fn nemesis_count(ops: &[Op], f: &str) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::history::OpType;
+    use crate::tools::history::OpType;
     use serde_json::json;
 
     fn nemesis(f: &str, value: Value, time: u64) -> Op {

@@ -145,7 +145,7 @@ fn sub_history(ops: &[ModelOp], i: usize, j: usize) -> (Vec<ModelOp>, Vec<usize>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::check::model::Kind;
+    use crate::tools::check::model::Kind;
 
     fn op(call: usize, ret: usize, kind: Kind) -> ModelOp {
         ModelOp {

@@ -51,7 +51,7 @@ pub enum ProcessError {
     },
 }
 
-pub use crate::report::harness::Violation;
+pub use crate::tools::report::harness::Violation;
 
 /// Protocol violations seen so far.
 #[derive(Default)]

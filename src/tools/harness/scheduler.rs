@@ -14,7 +14,7 @@ use tokio::time::Instant;
 
 use super::worker::Worker;
 use super::workload::{Generator, OpSpec};
-use crate::history::OpType;
+use crate::tools::history::OpType;
 
 /// When to issue.
 pub struct Pace {

@@ -23,8 +23,8 @@ use thiserror::Error;
 use tokio::sync::Notify;
 
 use super::client::Mailbox;
-use crate::report::harness::NetFaults;
-use crate::report::{NetCounts, NetInputs};
+use crate::tools::report::harness::NetFaults;
+use crate::tools::report::{NetCounts, NetInputs};
 
 /// Node-to-node latency distribution (Maelstrom's `latency-dist`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]

@@ -329,7 +329,7 @@ impl Search {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::check::model::Kind;
+    use crate::tools::check::model::Kind;
     use std::time::Duration;
 
     fn op(call: usize, ret: Option<usize>, kind: Kind) -> ModelOp {
