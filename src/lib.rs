@@ -7,7 +7,8 @@
 //! - [`storage`]: durable storage in `--data-dir`: the Raft log (a write-ahead log of segment files), snapshot files.
 //! - [`node`]: transport-agnostic node logic: serving, forwarding, reply ordering, GC ticks.
 //! - [`maelstrom`]: the stdin/stdout transport (Maelstrom node mode).
-//! - [`tcp`]: the TCP transport: `serve`, `cluster`, `client` and [`tcp::Client`].
+//! - [`tcp`]: the TCP transport: `serve` and [`tcp::Client`].
+//! - [`cli`]: the front ends that print: `oncekv client` and `oncekv cluster`.
 //! - [`reject_log`]: logging of rejected input, truncated and rate-limited ([`reject!`]).
 //! - [`log_file`]: the size-capped node log file of `oncekv serve`.
 //! - [`utc`]: UTC time as text (output folder names, run markers in logs).
@@ -15,6 +16,7 @@
 //!   benchmarks); it uses the modules above, and none of them uses it.
 #![deny(clippy::print_stdout)]
 
+pub mod cli;
 pub mod config;
 pub mod log_file;
 pub mod maelstrom;

@@ -40,9 +40,9 @@ enum Command {
     /// Run one node over TCP (see docs/cluster.md).
     Serve(oncekv::tcp::serve::ServeArgs),
     /// Run N `serve` processes on loopback until Ctrl-C.
-    Cluster(oncekv::tcp::cluster::ClusterArgs),
+    Cluster(oncekv::cli::cluster::ClusterArgs),
     /// One operation against a TCP cluster, retried until a definite answer.
-    Client(oncekv::tcp::cli::ClientArgs),
+    Client(oncekv::cli::client::ClientArgs),
 }
 
 /// `oncekv test` exit status for flags it refuses (Jepsen's CLI uses 254), so it is
@@ -180,7 +180,7 @@ fn main() -> anyhow::Result<()> {
         // it uses for "no definite answer".
         Err(e) if e.use_stderr() && std::env::args().nth(1).as_deref() == Some("client") => {
             let _ = e.print();
-            std::process::exit(oncekv::tcp::cli::EXIT_USAGE);
+            std::process::exit(oncekv::cli::client::EXIT_USAGE);
         }
         Err(e) => e.exit(),
     };
@@ -203,10 +203,10 @@ fn main() -> anyhow::Result<()> {
         Some(Command::Check(args)) => check_command(&args),
         Some(Command::Serve(_)) => unreachable!("served above"),
         Some(Command::Cluster(args)) => {
-            tokio_main(oncekv::tcp::cluster::run(&args))??;
+            tokio_main(oncekv::cli::cluster::run(&args))??;
             0
         }
-        Some(Command::Client(args)) => tokio_main(oncekv::tcp::cli::run(args))?,
+        Some(Command::Client(args)) => tokio_main(oncekv::cli::client::run(args))?,
     };
     std::process::exit(code)
 }

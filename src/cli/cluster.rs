@@ -19,7 +19,7 @@ use std::time::Duration;
 use tokio::process::Command;
 use tokio::sync::{mpsc, oneshot};
 
-use super::TcpError;
+use crate::tcp::{self, Client, ClientOptions, TcpError, serve};
 
 /// Arguments of `oncekv cluster`.
 #[derive(Debug, Clone, clap::Args)]
@@ -42,12 +42,12 @@ pub struct ClusterArgs {
     pub start_timeout_s: u64,
 }
 
-/// The cluster's key: [`super::CLUSTER_KEY_VAR`] if set, else the one kept in
+/// The cluster's key: [`tcp::CLUSTER_KEY_VAR`] if set, else the one kept in
 /// `DATA_DIR/cluster.key`, else a new random one written there (readable by the
 /// owner only). Returns it and the file.
 fn cluster_key(data_dir: &std::path::Path) -> Result<(String, PathBuf), TcpError> {
-    let file = data_dir.join(super::serve::CLUSTER_KEY_FILE);
-    if let Some(key) = super::cluster_key_from_env() {
+    let file = data_dir.join(serve::CLUSTER_KEY_FILE);
+    if let Some(key) = tcp::cluster_key_from_env() {
         return Ok((key.to_string(), file));
     }
     if let Ok(text) = std::fs::read_to_string(&file)
@@ -126,7 +126,7 @@ pub async fn run(args: &ClusterArgs) -> Result<(), TcpError> {
     check_free(args, &nodes)?;
     // Listening from before the first spawn (its first poll installs the
     // handlers), so a signal during start-up stops the nodes too.
-    let stop_signal = super::serve::stop_signal();
+    let stop_signal = serve::stop_signal();
     tokio::pin!(stop_signal);
     let _ = futures::poll!(stop_signal.as_mut());
     std::fs::create_dir_all(&args.data_dir)?;
@@ -135,7 +135,7 @@ pub async fn run(args: &ClusterArgs) -> Result<(), TcpError> {
     let (exits_tx, mut exits) = mpsc::unbounded_channel();
     let mut running: Vec<Running> = Vec::new();
     // The nodes share this machine's cores.
-    let workers = super::serve::workers_per_node(nodes.len()).to_string();
+    let workers = serve::workers_per_node(nodes.len()).to_string();
     for (name, addr, peer_addr) in &nodes {
         let dir = args.data_dir.join(name);
         std::fs::create_dir_all(&dir)?;
@@ -153,7 +153,7 @@ pub async fn run(args: &ClusterArgs) -> Result<(), TcpError> {
             .args(["--workers", &workers])
             .arg("--data-dir")
             .arg(&dir)
-            .env(super::CLUSTER_KEY_VAR, &key)
+            .env(tcp::CLUSTER_KEY_VAR, &key)
             // A start-up error's message, not its backtrace, is what the last
             // lines of stderr.log should show (panics keep RUST_BACKTRACE's).
             .env("RUST_LIB_BACKTRACE", "0")
@@ -217,7 +217,7 @@ pub async fn run(args: &ClusterArgs) -> Result<(), TcpError> {
         "peers: {peers}\ncluster key: in {} (membership changes need it: \
          {}=$(cat {}) oncekv client ... add-node ...)\nCtrl-C stops the cluster.",
         key_file.display(),
-        super::CLUSTER_KEY_VAR,
+        tcp::CLUSTER_KEY_VAR,
         key_file.display()
     );
     let result = supervise(&mut running, &mut exits, stop_signal).await;
@@ -236,7 +236,7 @@ fn check_free(args: &ClusterArgs, nodes: &[(String, String, String)]) -> Result<
             args.data_dir.display()
         )));
     }
-    if let Some(owner) = super::serve::enclosing_node_dir(&args.data_dir) {
+    if let Some(owner) = serve::enclosing_node_dir(&args.data_dir) {
         return Err(TcpError::Args(format!(
             "--data-dir {} is inside the data dir of a node ({})",
             args.data_dir.display(),
@@ -325,11 +325,11 @@ async fn wait_serving(
 }
 
 /// A client for `status` polls: short timeouts, so a dead node costs little.
-fn status_client(running: &[Running]) -> super::Client {
-    let mut opts = super::ClientOptions::new(running.iter().map(|n| n.addr.clone()).collect());
+fn status_client(running: &[Running]) -> Client {
+    let mut opts = ClientOptions::new(running.iter().map(|n| n.addr.clone()).collect());
     opts.connect_timeout = Duration::from_millis(200);
     opts.attempt_timeout = Duration::from_millis(500);
-    super::Client::new(opts)
+    Client::new(opts)
 }
 
 /// Until Ctrl-C/SIGTERM: reports node exits and leader changes as they happen.

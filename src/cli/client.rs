@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use super::client::{Client, ClientError, ClientOptions};
+use crate::tcp::{Client, ClientError, ClientOptions};
 use crate::protocol::{ErrorCode, Reply};
 
 /// Arguments of `oncekv client`.
@@ -162,7 +162,7 @@ fn check_wide_integers(op: &ClientOp) -> Result<(), String> {
 #[allow(clippy::print_stdout)] // the CLI's output
 pub async fn run(args: ClientArgs) -> i32 {
     let mut opts = ClientOptions::new(args.peers.clone());
-    opts.cluster_key = super::cluster_key_from_env().map(|k| k.to_string());
+    opts.cluster_key = crate::tcp::cluster_key_from_env().map(|k| k.to_string());
     // The same request limit as the nodes (ONCEKV_REQUEST_BYTES_MAX).
     match crate::config::Config::from_env() {
         Ok(c) => opts.request_bytes_max = c.request_bytes_max,
