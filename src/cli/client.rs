@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::tcp::{Client, ClientError, ClientOptions};
 use crate::protocol::{ErrorCode, Reply};
+use crate::tcp::{Client, ClientError, ClientOptions};
 
 /// Arguments of `oncekv client`.
 #[derive(Debug, Clone, clap::Args)]
