@@ -4,6 +4,8 @@
 //! request longer than `ONCEKV_REQUEST_BYTES_MAX`, 1 MiB by default, is refused
 //! before sending).
 
+use std::fmt::Display;
+use std::io::{self, Write};
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -158,9 +160,26 @@ fn check_wide_integers(op: &ClientOp) -> Result<(), String> {
     Ok(())
 }
 
-/// Runs one client command; returns the exit status.
-#[allow(clippy::print_stdout)] // the CLI's output
-pub async fn run(args: ClientArgs) -> i32 {
+/// Writes `line` and a newline to `out`, flushed so that a reader sees it at once.
+fn write_line(out: &mut dyn Write, line: impl Display) -> io::Result<()> {
+    writeln!(out, "{line}")?;
+    out.flush()
+}
+
+/// The exit status when the output could not be written: the command's own
+/// `status` if the reader went away (a closed pipe, `| head -1`), which is no
+/// error; otherwise the error is reported and the status says that no answer was
+/// delivered.
+fn output_failed(e: io::Error, status: i32) -> i32 {
+    if e.kind() == io::ErrorKind::BrokenPipe {
+        return status;
+    }
+    eprintln!("error: cannot write the output: {e}");
+    EXIT_INDEFINITE
+}
+
+/// Runs one client command, writing its answer to `out`; returns the exit status.
+pub async fn run(args: ClientArgs, out: &mut dyn Write) -> i32 {
     let mut opts = ClientOptions::new(args.peers.clone());
     opts.cluster_key = crate::tcp::cluster_key_from_env().map(|k| k.to_string());
     // The same request limit as the nodes (ONCEKV_REQUEST_BYTES_MAX).
@@ -196,7 +215,7 @@ pub async fn run(args: ClientArgs) -> i32 {
     let opts_deadline = opts.deadline;
     let mut client = Client::new(opts);
     let result = match args.op.clone() {
-        ClientOp::Status => return status(&mut client, &args.peers).await,
+        ClientOp::Status => return status(&mut client, &args.peers, out).await,
         ClientOp::AddNode { node } => {
             let Some((name, addr)) = node.split_once('=') else {
                 eprintln!("add-node wants NAME=HOST:PORT");
@@ -208,11 +227,11 @@ pub async fn run(args: ClientArgs) -> i32 {
             let timeout_ms = (opts_deadline.as_secs_f64() * 750.0) as u64;
             let body =
                 json!({"type": "add_node", "name": name, "addr": addr, "timeout_ms": timeout_ms});
-            return admin(&mut client, body, opts_deadline).await;
+            return admin(&mut client, body, opts_deadline, out).await;
         }
         ClientOp::RemoveNode { name } => {
             let body = json!({"type": "remove_node", "name": name});
-            return admin(&mut client, body, opts_deadline).await;
+            return admin(&mut client, body, opts_deadline, out).await;
         }
         ClientOp::OpenSession => client.request(json!({"type": "open_session"})).await,
         ClientOp::Read { key } => client.read(json_arg(&key)).await,
@@ -234,8 +253,11 @@ pub async fn run(args: ClientArgs) -> i32 {
     };
     match result {
         Ok(reply) => {
-            println!("{reply}");
-            i32::from(matches!(reply, Reply::Error { .. }))
+            let status = i32::from(matches!(reply, Reply::Error { .. }));
+            match write_line(out, &reply) {
+                Ok(()) => status,
+                Err(e) => output_failed(e, status),
+            }
         }
         Err(e @ ClientError::Usage(_)) => {
             eprintln!("error: {e}");
@@ -263,8 +285,8 @@ async fn session(client: &mut Client, args: &ClientArgs) -> Result<(), ClientErr
     Ok(())
 }
 
-#[allow(clippy::print_stdout)] // the CLI's output
-async fn status(client: &mut Client, peers: &[String]) -> i32 {
+/// Writes one line per node: its status, or why it did not answer.
+async fn status(client: &mut Client, peers: &[String], out: &mut dyn Write) -> i32 {
     let mut answered = 0;
     for (i, addr) in peers.iter().enumerate() {
         let line = match client.status_of(i).await {
@@ -276,14 +298,20 @@ async fn status(client: &mut Client, peers: &[String]) -> i32 {
             }
             Err(e) => json!({"addr": addr, "error": e}),
         };
-        println!("{line}");
+        if let Err(e) = write_line(out, &line) {
+            return output_failed(e, status_of(answered));
+        }
     }
+    status_of(answered)
+}
+
+/// The exit status of `status`: 0 if any node answered.
+fn status_of(answered: usize) -> i32 {
     if answered == 0 { EXIT_INDEFINITE } else { 0 }
 }
 
 /// Sends a membership request to the leader, retrying until it answers or the deadline.
-#[allow(clippy::print_stdout)] // the CLI's output
-async fn admin(client: &mut Client, body: Value, deadline: Duration) -> i32 {
+async fn admin(client: &mut Client, body: Value, deadline: Duration, out: &mut dyn Write) -> i32 {
     let deadline = std::time::Instant::now() + deadline;
     let mut last = String::from("no leader found");
     while std::time::Instant::now() < deadline {
@@ -292,8 +320,10 @@ async fn admin(client: &mut Client, body: Value, deadline: Duration) -> i32 {
                 Ok(mut reply) if reply.get("type") != Some(&Value::from("error")) => {
                     reply.remove("in_reply_to");
                     reply.remove("msg_id");
-                    println!("{}", Value::Object(reply));
-                    return 0;
+                    return match write_line(out, Value::Object(reply)) {
+                        Ok(()) => 0,
+                        Err(e) => output_failed(e, 0),
+                    };
                 }
                 Ok(reply) => {
                     let code = (reply.get("code").and_then(Value::as_u64))

@@ -12,6 +12,7 @@
 //! SIGTERM, and whatever is left after a grace period is killed. The nodes share
 //! a cluster key (`docs/cluster.md`), kept in `DATA_DIR/cluster.key`.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
@@ -85,12 +86,13 @@ struct Running {
     kill: Option<oneshot::Sender<()>>,
 }
 
-/// Starts the nodes, waits until each serves, prints the banner; then reports
-/// each node's exit at once (status and the end of its logs) and each leader
-/// change, until Ctrl-C/SIGTERM stops them. Fails (after stopping the others) if
-/// a node dies or does not serve during start-up, or every node has exited.
-#[allow(clippy::print_stdout)] // the CLI's output
-pub async fn run(args: &ClusterArgs) -> Result<(), TcpError> {
+/// Starts the nodes, waits until each serves, writes the banner to `out`; then
+/// reports each node's exit at once (status and the end of its logs) and each
+/// leader change, until Ctrl-C/SIGTERM stops them. Fails (after stopping the
+/// others) if a node dies or does not serve during start-up, or every node has
+/// exited. Output that cannot be written (the reader went away) stops the nodes
+/// too, and the write's error is returned.
+pub async fn run(args: &ClusterArgs, out: &mut dyn Write) -> Result<(), TcpError> {
     if args.nodes == 0 {
         return Err(TcpError::Args("--nodes must be at least 1".into()));
     }
@@ -165,7 +167,7 @@ pub async fn run(args: &ClusterArgs) -> Result<(), TcpError> {
         let mut child = match spawned {
             Ok(c) => c,
             Err(e) => {
-                stop(&mut running, &mut exits).await;
+                stop(&mut running, &mut exits, out).await;
                 return Err(e.into());
             }
         };
@@ -197,32 +199,50 @@ pub async fn run(args: &ClusterArgs) -> Result<(), TcpError> {
         r = wait_serving(&mut running, &mut exits, start_timeout) => r,
         _ = &mut stop_signal => Err("stopped by a signal during start-up".to_string()),
     };
-    if let Err(e) = started {
-        println!("{}", e.trim_end());
-        stop(&mut running, &mut exits).await;
-        return Err(TcpError::Args(
-            "the cluster did not start (the reason is above); its other nodes were stopped".into(),
-        ));
-    }
-    for node in &running {
-        println!(
+    let result = match started {
+        Err(e) => {
+            // Best effort: an unwritable reason is still summed up by the error.
+            let _ = writeln!(out, "{}", e.trim_end());
+            Err(TcpError::Args(
+                "the cluster did not start (the reason is above); its other nodes were stopped"
+                    .into(),
+            ))
+        }
+        Ok(()) => match banner(out, &running, &peers, &key_file) {
+            Ok(()) => supervise(&mut running, &mut exits, stop_signal, out).await,
+            Err(e) => Err(e.into()),
+        },
+    };
+    stop(&mut running, &mut exits, out).await;
+    result
+}
+
+/// Once every node serves: one line per node, the peer list and where the key is.
+fn banner(
+    out: &mut dyn Write,
+    running: &[Running],
+    peers: &str,
+    key_file: &Path,
+) -> std::io::Result<()> {
+    for node in running {
+        writeln!(
+            out,
             "{} {} pid {} log {}",
             node.name,
             node.addr,
             node.pid,
             node.dir.join("node.log").display()
-        );
+        )?;
     }
-    println!(
+    writeln!(
+        out,
         "peers: {peers}\ncluster key: in {} (membership changes need it: \
          {}=$(cat {}) oncekv client ... add-node ...)\nCtrl-C stops the cluster.",
         key_file.display(),
         tcp::CLUSTER_KEY_VAR,
         key_file.display()
-    );
-    let result = supervise(&mut running, &mut exits, stop_signal).await;
-    stop(&mut running, &mut exits).await;
-    result
+    )?;
+    out.flush()
 }
 
 /// Refuses before starting anything: a data dir inside a node's data dir, a
@@ -332,13 +352,13 @@ fn status_client(running: &[Running]) -> Client {
     Client::new(opts)
 }
 
-/// Until Ctrl-C/SIGTERM: reports node exits and leader changes as they happen.
-/// An error once every node has exited.
-#[allow(clippy::print_stdout)] // the CLI's output
+/// Until Ctrl-C/SIGTERM: reports node exits and leader changes to `out` as they
+/// happen. An error once every node has exited, or when `out` cannot be written.
 async fn supervise(
     running: &mut [Running],
     exits: &mut Exits,
     mut stop_signal: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+    out: &mut dyn Write,
 ) -> Result<(), TcpError> {
     let mut client = status_client(running);
     let mut alive = vec![true; running.len()];
@@ -353,7 +373,8 @@ async fn supervise(
                     return Err(TcpError::Args("every node has exited".into()));
                 };
                 let i = running.iter().position(|n| n.name == name);
-                print!("{}", exit_report(&name, i.map(|i| &running[i]), "", &status));
+                write!(out, "{}", exit_report(&name, i.map(|i| &running[i]), "", &status))?;
+                out.flush()?;
                 if let Some(i) = i {
                     alive[i] = false;
                     running[i].kill = None;
@@ -375,7 +396,8 @@ async fn supervise(
                 if let Some((id, term)) = now
                     && leader != now
                 {
-                    println!("leader is now n{id} (term {term})");
+                    writeln!(out, "leader is now n{id} (term {term})")?;
+                    out.flush()?;
                     leader = now;
                 }
             }
@@ -384,16 +406,17 @@ async fn supervise(
 }
 
 /// Stops the nodes still running: SIGTERM (a graceful stop), then a kill for
-/// whatever has not exited within [`STOP_GRACE`]; prints each exit.
-#[allow(clippy::print_stdout)] // the CLI's output
-async fn stop(running: &mut [Running], exits: &mut Exits) {
+/// whatever has not exited within [`STOP_GRACE`]; writes each exit to `out`.
+/// Output is best effort here: the nodes are stopped whether or not it can be
+/// written (it cannot once the reader has gone away).
+async fn stop(running: &mut [Running], exits: &mut Exits, out: &mut dyn Write) {
     let live: Vec<usize> = (0..running.len())
         .filter(|i| running[*i].kill.is_some())
         .collect();
     if live.is_empty() {
         return;
     }
-    println!("stopping {} nodes", live.len());
+    let _ = writeln!(out, "stopping {} nodes", live.len());
     for &i in &live {
         // Ctrl-C reached them already through the process group; SIGTERM did not.
         let _ = std::process::Command::new("kill")
@@ -410,10 +433,10 @@ async fn stop(running: &mut [Running], exits: &mut Exits) {
                 if let Some(n) = running.iter_mut().find(|n| n.name == name && n.kill.is_some()) {
                     n.kill = None;
                     left -= 1;
-                    match status {
-                        Ok(s) => println!("{name} exited: {s}"),
-                        Err(e) => println!("{name}: {e}"),
-                    }
+                    let _ = match status {
+                        Ok(s) => writeln!(out, "{name} exited: {s}"),
+                        Err(e) => writeln!(out, "{name}: {e}"),
+                    };
                 }
             }
             _ = &mut grace => break,
@@ -422,7 +445,7 @@ async fn stop(running: &mut [Running], exits: &mut Exits) {
     for n in running.iter_mut() {
         if let Some(kill) = n.kill.take() {
             let _ = kill.send(());
-            println!("{} killed", n.name);
+            let _ = writeln!(out, "{} killed", n.name);
         }
     }
 }

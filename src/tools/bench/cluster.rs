@@ -13,9 +13,9 @@
 //!
 //! Figures are ratios against the peer in the same run (the machine is shared and
 //! noisy); absolute numbers are printed for context.
-#![allow(clippy::print_stdout)] // a CLI report
 
-use std::path::PathBuf;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -128,13 +128,13 @@ impl Clusters {
         }
     }
 
-    /// A connected writer for `system` sending to node `leader` first.
-    async fn writer(
+    /// A connected client for `system` sending to node `leader` first.
+    async fn client(
         &self,
         system: System,
         leader: usize,
         tight: Option<Tight>,
-    ) -> anyhow::Result<Writer> {
+    ) -> anyhow::Result<BenchClient> {
         match system {
             System::Oncekv => {
                 let mut opts = self.oncekv.client_options();
@@ -146,7 +146,7 @@ impl Clusters {
                 c.open_session().await?;
                 let found = c.find_leader().await;
                 anyhow::ensure!(found == Some(leader), "oncekv leader moved: {found:?}");
-                Ok(Writer::Oncekv(Box::new(c)))
+                Ok(BenchClient::Oncekv(Box::new(c)))
             }
             System::Etcd => {
                 let mut c = EtcdClient::new(self.etcd()?.endpoints());
@@ -155,7 +155,7 @@ impl Clusters {
                     c.attempt_timeout = t.attempt_timeout.unwrap_or(c.attempt_timeout);
                 }
                 c.set_target(leader);
-                Ok(Writer::Etcd(c))
+                Ok(BenchClient::Etcd(c))
             }
         }
     }
@@ -206,21 +206,21 @@ struct Tight {
 }
 
 /// One client connection of either system.
-enum Writer {
+enum BenchClient {
     Oncekv(Box<Client>),
     Etcd(EtcdClient),
 }
 
-impl Writer {
+impl BenchClient {
     /// Writes `value` at `key` until a definite answer or the client's deadline.
     async fn put(&mut self, key: &str, value: &str) -> Result<(), String> {
         match self {
-            Writer::Oncekv(c) => match c.write(json!(key), json!(value)).await {
+            BenchClient::Oncekv(c) => match c.write(json!(key), json!(value)).await {
                 Ok(Reply::WriteOk) => Ok(()),
                 Ok(other) => Err(other.to_string()),
                 Err(e) => Err(e.to_string()),
             },
-            Writer::Etcd(c) => c.put(key.as_bytes(), value.as_bytes()).await,
+            BenchClient::Etcd(c) => c.put(key.as_bytes(), value.as_bytes()).await,
         }
     }
 }
@@ -237,13 +237,13 @@ async fn throughput(
     window: Duration,
 ) -> anyhow::Result<(Summary, u64, f64)> {
     let leader = clusters.settle(system).await?;
-    let mut writers = Vec::with_capacity(clients);
+    let mut conns = Vec::with_capacity(clients);
     for _ in 0..clients {
-        writers.push(clusters.writer(system, leader, None).await?);
+        conns.push(clusters.client(system, leader, None).await?);
     }
     let start = Instant::now() + warmup;
     let end = start + window;
-    let tasks: Vec<_> = writers
+    let tasks: Vec<_> = conns
         .into_iter()
         .enumerate()
         .map(|(c, mut w)| {
@@ -307,7 +307,7 @@ async fn failover_once(
         backoff: FAILOVER_BACKOFF,
         attempt_timeout,
     };
-    let mut w = clusters.writer(system, leader, Some(tight)).await?;
+    let mut w = clusters.client(system, leader, Some(tight)).await?;
     // (sent, acknowledged) of every successful write.
     let acks: Arc<Mutex<Vec<Ack>>> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
@@ -410,8 +410,8 @@ fn free_port() -> std::io::Result<u16> {
         .port())
 }
 
-/// Runs the benchmark and prints the report.
-pub async fn run(args: &BenchClusterArgs) -> anyhow::Result<()> {
+/// Runs the benchmark and writes the report to `out`.
+pub async fn run(args: &BenchClusterArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     let etcd_version = if args.oncekv_only {
         "not run".to_string()
     } else {
@@ -435,20 +435,47 @@ pub async fn run(args: &BenchClusterArgs) -> anyhow::Result<()> {
         ),
     };
     std::fs::create_dir_all(&root)?;
-    let result = run_in(args, &root, &etcd_version, window, warmup).await;
+    let result = run_in(args, &root, &etcd_version, window, warmup, out).await;
     if temporary {
         let _ = std::fs::remove_dir_all(&root);
     }
     result
 }
 
+/// The whole benchmark with its data under `root`: start both clusters, the
+/// header, the throughput part, the failover part.
 async fn run_in(
     args: &BenchClusterArgs,
-    root: &std::path::Path,
+    root: &Path,
     etcd_version: &str,
     window: Duration,
     warmup: Duration,
+    out: &mut dyn Write,
 ) -> anyhow::Result<()> {
+    let mut clusters = start_clusters(args, root)?;
+    let systems: &[System] = if args.oncekv_only {
+        &[System::Oncekv]
+    } else {
+        &[System::Oncekv, System::Etcd]
+    };
+    write_header(out, args, root, etcd_version, window, warmup)?;
+    for &system in systems {
+        clusters.settle(system).await?;
+    }
+    if !args.no_throughput {
+        throughput_part(out, args, &clusters, systems, window, warmup).await?;
+    }
+    if args.kills > 0 {
+        failover_part(out, args, &mut clusters).await?;
+    }
+    writeln!(out, "\nload average at end: {}", loadavg())?;
+    out.flush()?;
+    Ok(())
+}
+
+/// Starts the oncekv cluster and (unless `--oncekv-only`) the etcd cluster on free
+/// loopback ports, with their data under `root`.
+fn start_clusters(args: &BenchClusterArgs, root: &Path) -> anyhow::Result<Clusters> {
     let oncekv_ports = [free_port()?, free_port()?, free_port()?];
     let etcd_ports = [
         (free_port()?, free_port()?),
@@ -456,7 +483,7 @@ async fn run_in(
         (free_port()?, free_port()?),
     ];
     let exe = std::env::current_exe()?;
-    let mut clusters = Clusters {
+    Ok(Clusters {
         oncekv: OncekvCluster::start(&exe, &root.join("oncekv"), &oncekv_ports)?,
         etcd: if args.oncekv_only {
             None
@@ -468,28 +495,37 @@ async fn run_in(
                 &etcd_timing_args(args),
             )?)
         },
-    };
-    let systems: &[System] = if args.oncekv_only {
-        &[System::Oncekv]
-    } else {
-        &[System::Oncekv, System::Etcd]
-    };
-    println!(
+    })
+}
+
+/// The report's first lines: what runs against what, the load, the timing settings.
+fn write_header(
+    out: &mut dyn Write,
+    args: &BenchClusterArgs,
+    root: &Path,
+    etcd_version: &str,
+    window: Duration,
+    warmup: Duration,
+) -> anyhow::Result<()> {
+    writeln!(
+        out,
         "oncekv bench-cluster: 3 oncekv nodes vs 3 etcd members ({etcd_version}), loopback, \
          fsync on, data in {}",
         root.display()
-    );
-    println!(
+    )?;
+    writeln!(
+        out,
         "load average at start: {}; writes of {} B values, {:?} windows after {:?} warm-up",
         loadavg(),
         args.value_bytes,
         window,
         warmup
-    );
+    )?;
     let etcd_flags = etcd_timing_args(args);
     // The nodes inherit this environment, so its ONCEKV_* overrides are theirs.
     let cfg = crate::config::Config::from_env()?;
-    println!(
+    writeln!(
+        out,
         "timing: oncekv heartbeat {} ms, election timeout {}..{} ms; etcd {}",
         cfg.heartbeat_interval_ms,
         cfg.election_timeout_min_ms,
@@ -499,21 +535,36 @@ async fn run_in(
         } else {
             etcd_flags.join(" ")
         }
-    );
-    for &system in systems {
-        clusters.settle(system).await?;
-    }
+    )?;
+    out.flush()?;
+    Ok(())
+}
 
+/// One throughput run's result: the system, its summary, server CPU us per write.
+type Run = (System, Summary, f64);
+
+/// The throughput table: per client count, `--rounds` runs of each system (the
+/// order alternating by round), then the ratios.
+async fn throughput_part(
+    out: &mut dyn Write,
+    args: &BenchClusterArgs,
+    clusters: &Clusters,
+    systems: &[System],
+    window: Duration,
+    warmup: Duration,
+) -> anyhow::Result<()> {
     let value: Arc<str> = "v".repeat(args.value_bytes).into();
-    let client_counts: &[usize] = if args.no_throughput {
-        &[]
-    } else {
-        println!("\n## throughput (oncekv: tcp::Client write with session; etcd: /v3/kv/put)");
-        println!("round clients system      ops/s   p50 ms   p99 ms  errors  server CPU us/op");
-        &args.clients
-    };
-    for &clients in client_counts {
-        let mut runs: Vec<(System, Summary, f64)> = Vec::new();
+    writeln!(
+        out,
+        "\n## throughput (oncekv: tcp::Client write with session; etcd: /v3/kv/put)"
+    )?;
+    writeln!(
+        out,
+        "round clients system      ops/s   p50 ms   p99 ms  errors  server CPU us/op"
+    )?;
+    out.flush()?;
+    for &clients in &args.clients {
+        let mut runs: Vec<Run> = Vec::new();
         for round in 0..args.rounds {
             let mut order = systems.to_vec();
             if round % 2 == 1 {
@@ -521,105 +572,145 @@ async fn run_in(
             }
             for system in order {
                 let (s, errors, cpu) =
-                    throughput(&clusters, system, clients, &value, warmup, window).await?;
-                println!(
+                    throughput(clusters, system, clients, &value, warmup, window).await?;
+                writeln!(
+                    out,
                     "{:>5} {clients:>7} {:<7} {:>9.0} {:>8} {:>8} {errors:>7} {cpu:>17.0}",
                     round + 1,
                     system.name(),
                     s.ops_per_s,
                     ms(s.p50_us),
                     ms(s.p99_us)
-                );
+                )?;
+                out.flush()?;
                 runs.push((system, s, cpu));
             }
         }
-        let pick = |sys: System| -> Vec<Summary> {
-            runs.iter()
-                .filter(|(s, _, _)| *s == sys)
-                .map(|(_, s, _)| *s)
-                .collect()
-        };
-        let cpu_mean = |sys: System| -> f64 {
-            let v: Vec<f64> = (runs.iter().filter(|(s, _, _)| *s == sys))
-                .map(|(_, _, c)| *c)
-                .collect();
-            v.iter().sum::<f64>() / v.len() as f64
-        };
-        let (o, e) = (pick(System::Oncekv), pick(System::Etcd));
-        if e.is_empty() {
-            continue;
-        }
-        let mean =
-            |v: &[Summary], f: fn(&Summary) -> f64| v.iter().map(f).sum::<f64>() / v.len() as f64;
-        let tput = mean(&o, |s| s.ops_per_s) / mean(&e, |s| s.ops_per_s);
-        let p50 = mean(&o, |s| s.p50_us as f64) / mean(&e, |s| s.p50_us as f64);
-        let p99 = mean(&o, |s| s.p99_us as f64) / mean(&e, |s| s.p99_us as f64);
-        let cpu = cpu_mean(System::Oncekv) / cpu_mean(System::Etcd);
-        println!(
-            "ratio oncekv/etcd at {clients} clients: throughput {tput:.2}x, p50 {p50:.2}x, p99 {p99:.2}x, \
-             server CPU per write {cpu:.2}x (mean over {} round(s); load average now {})",
-            args.rounds,
-            loadavg()
-        );
-        let per_round = round_ratios(&o, &e);
-        if per_round.len() > 1 {
-            let shown: Vec<String> = per_round.iter().map(|r| format!("{r:.2}x")).collect();
-            println!(
-                "  throughput ratio per round (each round's two runs back to back), lowest first: {}",
-                shown.join(", ")
-            );
-        }
+        write_throughput_ratios(out, args, clients, &runs)?;
     }
+    Ok(())
+}
 
-    if args.kills > 0 {
-        println!(
-            "\n## failover: SIGKILL the leader, time to the first acknowledged write sent after it \
-             (writer: back-off {FAILOVER_BACKOFF:?} doubling to 8x, attempt timeout {})",
-            args.failover_attempt_ms
-                .map_or("2000 ms (client default)".to_string(), |ms| format!(
-                    "{ms} ms"
-                ))
-        );
-        let mut systems = vec![System::Oncekv];
-        if !args.no_etcd_failover && !args.oncekv_only {
-            systems.push(System::Etcd);
-        }
-        let mut times: Vec<Vec<Duration>> = vec![Vec::new(); systems.len()];
-        for k in 0..args.kills {
-            for (j, &system) in systems.iter().enumerate() {
-                let attempt = args.failover_attempt_ms.map(Duration::from_millis);
-                let t = failover_once(&mut clusters, system, attempt).await?;
-                println!(
-                    "kill {:>2} {:<7} {:>7.1} ms",
-                    k + 1,
-                    system.name(),
-                    t.as_secs_f64() * 1e3
-                );
-                times[j].push(t);
-            }
-        }
-        for (j, &system) in systems.iter().enumerate() {
-            let v = &times[j];
-            let (lo, hi) = (v.iter().min(), v.iter().max());
-            println!(
-                "{}: median {:.0} ms over {} kills (min {:.0}, max {:.0})",
-                system.name(),
-                median(v).unwrap_or_default().as_secs_f64() * 1e3,
-                v.len(),
-                lo.copied().unwrap_or_default().as_secs_f64() * 1e3,
-                hi.copied().unwrap_or_default().as_secs_f64() * 1e3,
-            );
-        }
-        if systems.len() == 2
-            && let (Some(o), Some(e)) = (median(&times[0]), median(&times[1]))
-        {
-            println!(
-                "ratio oncekv/etcd median unavailability: {:.2}x",
-                o.as_secs_f64() / e.as_secs_f64()
-            );
-        }
-        clusters.settle(System::Oncekv).await?;
+/// oncekv over etcd at one client count, as means over the rounds, and the
+/// throughput ratio of each round; nothing without etcd runs.
+fn write_throughput_ratios(
+    out: &mut dyn Write,
+    args: &BenchClusterArgs,
+    clients: usize,
+    runs: &[Run],
+) -> anyhow::Result<()> {
+    let pick = |sys: System| -> Vec<Summary> {
+        runs.iter()
+            .filter(|(s, _, _)| *s == sys)
+            .map(|(_, s, _)| *s)
+            .collect()
+    };
+    let cpu_mean = |sys: System| -> f64 {
+        let v: Vec<f64> = (runs.iter().filter(|(s, _, _)| *s == sys))
+            .map(|(_, _, c)| *c)
+            .collect();
+        v.iter().sum::<f64>() / v.len() as f64
+    };
+    let (o, e) = (pick(System::Oncekv), pick(System::Etcd));
+    if e.is_empty() {
+        return Ok(());
     }
-    println!("\nload average at end: {}", loadavg());
+    let mean =
+        |v: &[Summary], f: fn(&Summary) -> f64| v.iter().map(f).sum::<f64>() / v.len() as f64;
+    let tput = mean(&o, |s| s.ops_per_s) / mean(&e, |s| s.ops_per_s);
+    let p50 = mean(&o, |s| s.p50_us as f64) / mean(&e, |s| s.p50_us as f64);
+    let p99 = mean(&o, |s| s.p99_us as f64) / mean(&e, |s| s.p99_us as f64);
+    let cpu = cpu_mean(System::Oncekv) / cpu_mean(System::Etcd);
+    writeln!(
+        out,
+        "ratio oncekv/etcd at {clients} clients: throughput {tput:.2}x, p50 {p50:.2}x, p99 {p99:.2}x, \
+         server CPU per write {cpu:.2}x (mean over {} round(s); load average now {})",
+        args.rounds,
+        loadavg()
+    )?;
+    let per_round = round_ratios(&o, &e);
+    if per_round.len() > 1 {
+        let shown: Vec<String> = per_round.iter().map(|r| format!("{r:.2}x")).collect();
+        writeln!(
+            out,
+            "  throughput ratio per round (each round's two runs back to back), lowest first: {}",
+            shown.join(", ")
+        )?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// The failover part: `--kills` leader kills per system (etcd's unless
+/// `--no-etcd-failover` or `--oncekv-only`), then the medians; leaves oncekv settled.
+async fn failover_part(
+    out: &mut dyn Write,
+    args: &BenchClusterArgs,
+    clusters: &mut Clusters,
+) -> anyhow::Result<()> {
+    writeln!(
+        out,
+        "\n## failover: SIGKILL the leader, time to the first acknowledged write sent after it \
+         (writer: back-off {FAILOVER_BACKOFF:?} doubling to 8x, attempt timeout {})",
+        args.failover_attempt_ms
+            .map_or("2000 ms (client default)".to_string(), |ms| format!(
+                "{ms} ms"
+            ))
+    )?;
+    out.flush()?;
+    let mut systems = vec![System::Oncekv];
+    if !args.no_etcd_failover && !args.oncekv_only {
+        systems.push(System::Etcd);
+    }
+    let mut times: Vec<Vec<Duration>> = vec![Vec::new(); systems.len()];
+    for k in 0..args.kills {
+        for (j, &system) in systems.iter().enumerate() {
+            let attempt = args.failover_attempt_ms.map(Duration::from_millis);
+            let t = failover_once(clusters, system, attempt).await?;
+            writeln!(
+                out,
+                "kill {:>2} {:<7} {:>7.1} ms",
+                k + 1,
+                system.name(),
+                t.as_secs_f64() * 1e3
+            )?;
+            out.flush()?;
+            times[j].push(t);
+        }
+    }
+    write_failover_summary(out, &systems, &times)?;
+    clusters.settle(System::Oncekv).await?;
+    Ok(())
+}
+
+/// Per system the median, min and max time to recover, and the ratio of medians.
+fn write_failover_summary(
+    out: &mut dyn Write,
+    systems: &[System],
+    times: &[Vec<Duration>],
+) -> anyhow::Result<()> {
+    for (j, &system) in systems.iter().enumerate() {
+        let v = &times[j];
+        let (lo, hi) = (v.iter().min(), v.iter().max());
+        writeln!(
+            out,
+            "{}: median {:.0} ms over {} kills (min {:.0}, max {:.0})",
+            system.name(),
+            median(v).unwrap_or_default().as_secs_f64() * 1e3,
+            v.len(),
+            lo.copied().unwrap_or_default().as_secs_f64() * 1e3,
+            hi.copied().unwrap_or_default().as_secs_f64() * 1e3,
+        )?;
+    }
+    if systems.len() == 2
+        && let (Some(o), Some(e)) = (median(&times[0]), median(&times[1]))
+    {
+        writeln!(
+            out,
+            "ratio oncekv/etcd median unavailability: {:.2}x",
+            o.as_secs_f64() / e.as_secs_f64()
+        )?;
+    }
+    out.flush()?;
     Ok(())
 }

@@ -3,7 +3,6 @@
 //!
 //! Figures are ratios against the peer run in the same invocation (these machines
 //! are noisy); absolute numbers are printed for context only.
-#![allow(clippy::print_stdout)] // a CLI report
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command as Process, Stdio};
@@ -157,24 +156,29 @@ pub fn bytes_per_session(n: usize) -> Option<f64> {
     Some((after.saturating_sub(before)) as f64 / n as f64)
 }
 
-/// Runs the benchmark and prints the report.
-pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
+/// Runs the benchmark and writes the report to `out`.
+pub fn run(args: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     // Memory first, in a fresh heap: freed pages from later runs would hide growth.
     let memory = bytes_per_session(args.sessions);
     let bin = std::env::current_exe()?;
     match memory {
-        Some(bytes) => println!(
+        Some(bytes) => writeln!(
+            out,
             "  memory per idle session at {} sessions: {bytes:.0} bytes (RSS delta)",
             args.sessions
-        ),
-        None => println!("  memory per idle session: unavailable (no /proc/self/statm)"),
+        )?,
+        None => writeln!(
+            out,
+            "  memory per idle session: unavailable (no /proc/self/statm)"
+        )?,
     }
 
     let lines = workload(args.requests, args.clients);
-    println!(
+    writeln!(
+        out,
         "oncekv bench: {} session-carrying requests (add/write) from {} clients",
         args.requests, args.clients
-    );
+    )?;
     // Interleave runs so drift in machine load hits both sides alike.
     let mut node = Vec::new();
     let mut base = Vec::new();
@@ -187,8 +191,15 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         v[v.len() / 2]
     };
     let (n, b) = (median(&mut node), median(&mut base));
-    println!("  single-node cluster over stdin: {n:>10.0} req/s (median of 3)");
-    println!("  baseline (parse+apply+serialize, no consensus): {b:>10.0} req/s (median of 3)");
-    println!("  ratio node/baseline: {:.3}", n / b);
+    writeln!(
+        out,
+        "  single-node cluster over stdin: {n:>10.0} req/s (median of 3)"
+    )?;
+    writeln!(
+        out,
+        "  baseline (parse+apply+serialize, no consensus): {b:>10.0} req/s (median of 3)"
+    )?;
+    writeln!(out, "  ratio node/baseline: {:.3}", n / b)?;
+    out.flush()?;
     Ok(())
 }
