@@ -1,12 +1,14 @@
 //! The checker at scale, on histories from a seeded simulation of a linearizable
-//! store (`oncekv::tools::check::sim`). Each test prints its seed; rerun one with
+//! store (`check_common/sim.rs`). Each test prints its seed; rerun one with
 //! `ONCEKV_CHECK_SEED=<seed> cargo test --test check_generated`.
 //! Timings are printed, not asserted: see `docs/checker.md` for measured figures.
+
+mod check_common;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use oncekv::tools::check::sim::{SimConfig, simulate};
+use check_common::sim::{SimConfig, simulate};
 use oncekv::tools::check::{CheckOptions, Validity, check_counters, check_linearizable};
 use oncekv::tools::history::{Op, OpType, Process};
 use serde_json::{Value, json};

@@ -5,7 +5,7 @@ mod check_common;
 use std::time::Duration;
 
 use check_common::H;
-use oncekv::tools::check::sim::{SimConfig, simulate};
+use check_common::sim::{SimConfig, simulate};
 use oncekv::tools::check::{CheckOptions, Validity, check_counters, check_linearizable};
 use oncekv::tools::report::harness::{HarnessFacts, NetFaults, Violation};
 use oncekv::tools::report::{NetCounts, NetInputs, Results, build_results, latency_svg, summary};

@@ -1,5 +1,8 @@
-//! A small builder for hand-written histories, shared by the checker's tests.
+//! Histories for the checker's tests: a small builder for hand-written ones, and
+//! [`sim`], a seeded simulation that generates large linearizable ones.
 #![allow(dead_code)] // each test file uses a different part
+
+pub mod sim;
 
 use oncekv::tools::history::{Op, OpType, Process};
 use serde_json::{Value, json};

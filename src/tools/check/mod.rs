@@ -9,7 +9,6 @@
 //! - `search`: Wing & Gong / Lowe depth-first search with memoisation.
 //! - `window`: the shortest failing window of a key, for the report.
 //! - [`counter`]: the exactly-once counter check.
-//! - [`sim`]: seeded linearizable histories, for testing the checker.
 //! - `verdict`: the serialisable verdict types ([`LinReport`], [`Validity`]).
 //!
 //! `docs/checker.md` explains the algorithm and its limits.
@@ -19,7 +18,6 @@ mod model;
 pub mod pairs;
 mod prepare;
 mod search;
-pub mod sim;
 
 mod verdict;
 mod window;

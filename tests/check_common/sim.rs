@@ -17,7 +17,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 
-use crate::tools::history::{Op, OpType, Process};
+use oncekv::tools::history::{Op, OpType, Process};
 
 /// What to simulate.
 #[derive(Debug, Clone, PartialEq)]
