@@ -28,18 +28,8 @@ use crate::raft::network::{
 };
 use crate::raft::sm_store::{Snapshot, StateMachineStore};
 use crate::raft::snapshot_transfer::{Accepted, SnapshotReceiver};
-use crate::raft::{Peer, Raft, TypeConfig};
+use crate::raft::{Peer, Raft, Storage, TypeConfig};
 use crate::state::{Command, Op};
-
-/// The two stores a node runs on: Raft's log and the state machine.
-pub struct Storage<L> {
-    /// The log, vote and committed pointer.
-    pub log: L,
-    /// The state machine (and its snapshots).
-    pub sm: StateMachineStore,
-    /// The log's in-memory copy, which the node keeps within its byte budget.
-    pub mirror: SharedMirror,
-}
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
