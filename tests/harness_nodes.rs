@@ -6,10 +6,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use oncekv::tools::check::Validity;
-use oncekv::tools::harness::cli::{TestArgs, Workload};
 use oncekv::tools::harness::nemesis::{Action, NemesisConfig, schedule};
 use oncekv::tools::harness::net::LatencyDist;
-use oncekv::tools::harness::{Outcome, run};
+use oncekv::tools::harness::{RunOutcome, run};
+use oncekv::tools::harness::{TestArgs, Workload};
 use serde_json::Value;
 
 /// A test node built by cargo as an example, next to this test's binary.
@@ -44,7 +44,7 @@ impl Case {
         }
     }
 
-    async fn run(self) -> anyhow::Result<Outcome> {
+    async fn run(self) -> anyhow::Result<RunOutcome> {
         let out = std::env::temp_dir().join(format!(
             "oncekv-harness-{}-{}",
             self.name,
@@ -81,7 +81,7 @@ impl Case {
     }
 }
 
-fn nemesis_events(o: &Outcome) -> Vec<(String, Value)> {
+fn nemesis_events(o: &RunOutcome) -> Vec<(String, Value)> {
     let text = std::fs::read_to_string(o.out_dir.join("history.jsonl")).expect("history");
     oncekv::tools::history::read_jsonl(&text)
         .expect("history parses")

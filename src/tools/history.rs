@@ -54,7 +54,7 @@ pub enum OpType {
 
 /// One line of `history.jsonl`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Op {
+pub struct HistoryOp {
     /// The client process, or the nemesis.
     pub process: Process,
     /// Invoke or outcome.
@@ -83,7 +83,7 @@ pub struct Op {
 }
 
 /// Reads a history file, one op per non-empty line; the error names the bad line.
-pub fn read_jsonl(text: &str) -> Result<Vec<Op>, String> {
+pub fn read_jsonl(text: &str) -> Result<Vec<HistoryOp>, String> {
     text.lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())

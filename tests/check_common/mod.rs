@@ -4,13 +4,13 @@
 
 pub mod sim;
 
-use oncekv::tools::history::{Op, OpType, Process};
+use oncekv::tools::history::{HistoryOp, OpType, Process};
 use serde_json::{Value, json};
 
 /// Builds a history line by line; each line is 1 ms after the previous one.
 #[derive(Default)]
 pub struct H {
-    pub ops: Vec<Op>,
+    pub ops: Vec<HistoryOp>,
 }
 
 impl H {
@@ -19,7 +19,7 @@ impl H {
         let error = matches!(kind, OpType::Fail | OpType::Info).then(|| (0, "test".to_string()));
         let (process, f, key) = (Process::Client(p), f.to_string(), Some(key));
         let (client_id, seq) = (None, None);
-        self.ops.push(Op {
+        self.ops.push(HistoryOp {
             process,
             kind,
             f,

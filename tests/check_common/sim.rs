@@ -17,7 +17,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 
-use oncekv::tools::history::{Op, OpType, Process};
+use oncekv::tools::history::{HistoryOp, OpType, Process};
 
 /// What to simulate.
 #[derive(Debug, Clone, PartialEq)]
@@ -42,7 +42,7 @@ pub struct SimConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub struct SimRun {
     /// The history, in real-time order.
-    pub history: Vec<Op>,
+    pub history: Vec<HistoryOp>,
     /// Each counter key's final value, keyed by the key's JSON text (the shape
     /// [`super::check_counters`] takes).
     pub final_counters: BTreeMap<String, Value>,
@@ -111,7 +111,7 @@ struct Sim<'a> {
     next_process: u64,
     invoked: usize,
     registers: Vec<Value>,
-    history: Vec<Op>,
+    history: Vec<HistoryOp>,
 }
 
 impl<'a> Sim<'a> {
@@ -272,7 +272,7 @@ impl<'a> Sim<'a> {
         let process = Process::Client(self.workers[w].process);
         let (key, f) = (Some(json!(key)), f.to_string());
         let (error, client_id, seq) = (None, None, None);
-        self.history.push(Op {
+        self.history.push(HistoryOp {
             process,
             kind,
             f,

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use oncekv::node::NodeStatus;
 use oncekv::tcp::{Client, ClientOptions};
-use oncekv::tools::history::{Op, OpType, Process};
+use oncekv::tools::history::{HistoryOp, OpType, Process};
 use serde_json::Value;
 
 /// One node process.
@@ -284,10 +284,10 @@ pub fn seed() -> u64 {
 
 /// The history all workers append to.
 pub struct Recorder {
-    /// Time zero of `Op::time`.
+    /// Time zero of `HistoryOp::time`.
     pub start: Instant,
     /// Invokes and outcomes, in real-time order.
-    pub ops: Mutex<Vec<Op>>,
+    pub ops: Mutex<Vec<HistoryOp>>,
 }
 
 impl Recorder {
@@ -317,7 +317,7 @@ impl Recorder {
         value: Value,
         error: Option<(i64, String)>,
     ) {
-        let op = Op {
+        let op = HistoryOp {
             process: Process::Client(process),
             kind,
             f: f.into(),

@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use super::Validity;
 use super::pairs::{Pair, pair_ops};
-use crate::tools::history::{Op, OpType};
+use crate::tools::history::{HistoryOp, OpType};
 
 /// Most distinct subset sums tracked for one key before answering `unknown`;
 /// bounds memory when many info adds have varied deltas.
@@ -76,7 +76,7 @@ pub struct CounterKey {
 /// `"\"x\""` for a string key) to a value read after the run quiesced; a key
 /// without one is judged by the last ok read or add that began after every other
 /// ok add on it finished.
-pub fn check_counters(ops: &[Op], final_reads: &BTreeMap<String, Value>) -> CounterReport {
+pub fn check_counters(ops: &[HistoryOp], final_reads: &BTreeMap<String, Value>) -> CounterReport {
     let pairing = pair_ops(ops);
     if let Some(problem) = pairing.problems.first() {
         let (valid, keys_checked, keys) = (Validity::Unknown, 0, Vec::new());
@@ -114,7 +114,7 @@ fn validity(v: CounterVerdict) -> Validity {
 }
 
 /// Keys with at least one add and no write or cas, with their ops.
-fn counter_keys<'a>(ops: &'a [Op], pairs: &[Pair]) -> Vec<(&'a Value, Vec<Pair>)> {
+fn counter_keys<'a>(ops: &'a [HistoryOp], pairs: &[Pair]) -> Vec<(&'a Value, Vec<Pair>)> {
     let mut slot: HashMap<String, usize> = HashMap::new();
     let mut keys: Vec<(&Value, Vec<Pair>)> = Vec::new();
     for pair in pairs {
@@ -145,7 +145,12 @@ struct Final {
     horizon: usize,
 }
 
-fn judge(ops: &[Op], key: &Value, pairs: &[Pair], reads: &BTreeMap<String, Value>) -> CounterKey {
+fn judge(
+    ops: &[HistoryOp],
+    key: &Value,
+    pairs: &[Pair],
+    reads: &BTreeMap<String, Value>,
+) -> CounterKey {
     let mut out = CounterKey {
         key: key.clone(),
         verdict: CounterVerdict::Unobserved,
@@ -173,7 +178,7 @@ fn judge(ops: &[Op], key: &Value, pairs: &[Pair], reads: &BTreeMap<String, Value
 
 /// The ok read or add that completed last among those invoked after every other
 /// ok add completed: its value includes every ok add.
-fn last_observation(ops: &[Op], pairs: &[Pair]) -> Option<Final> {
+fn last_observation(ops: &[HistoryOp], pairs: &[Pair]) -> Option<Final> {
     let ok = |p: &&Pair| p.outcome(ops) == OpType::Ok;
     let ok_add_ends: Vec<(usize, usize)> = pairs
         .iter()
@@ -201,7 +206,12 @@ fn last_observation(ops: &[Op], pairs: &[Pair]) -> Option<Final> {
 }
 
 /// Fills the sums; the verdict, or `None` if undecidable.
-fn tally(ops: &[Op], pairs: &[Pair], fin: &Final, out: &mut CounterKey) -> Option<CounterVerdict> {
+fn tally(
+    ops: &[HistoryOp],
+    pairs: &[Pair],
+    fin: &Final,
+    out: &mut CounterKey,
+) -> Option<CounterVerdict> {
     let final_value = if fin.value.is_null() {
         0
     } else {

@@ -29,9 +29,9 @@ use std::time::{Duration, Instant};
 pub use counter::{CounterReport, check_counters};
 pub use verdict::{KeyFailure, LinReport, Validity};
 
-use crate::tools::history::Op;
+use crate::tools::history::HistoryOp;
 use prepare::KeyHistory;
-use search::{Outcome, search};
+use search::{SearchOutcome, search};
 
 /// Knobs for [`check_linearizable`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,12 +100,15 @@ pub enum CheckError {
 /// Checks every key of `ops` for linearizability, in parallel, within
 /// `opts.time_limit`. A malformed history yields `Unknown` with
 /// [`LinReport::error`] set; use [`try_check_linearizable`] to get the error.
-pub fn check_linearizable(ops: &[Op], opts: &CheckOptions) -> LinReport {
+pub fn check_linearizable(ops: &[HistoryOp], opts: &CheckOptions) -> LinReport {
     try_check_linearizable(ops, opts).unwrap_or_else(|e| LinReport::unjudged(e.to_string()))
 }
 
 /// As [`check_linearizable`], but a malformed history is an error.
-pub fn try_check_linearizable(ops: &[Op], opts: &CheckOptions) -> Result<LinReport, CheckError> {
+pub fn try_check_linearizable(
+    ops: &[HistoryOp],
+    opts: &CheckOptions,
+) -> Result<LinReport, CheckError> {
     let deadline = Instant::now() + opts.time_limit;
     let pairing = pairs::pair_ops(ops);
     if let Some(problem) = pairing.problems.first() {
@@ -206,9 +209,9 @@ const WINDOW_FLOOR: Duration = Duration::from_secs(1);
 
 fn check_key(key: &KeyHistory, deadline: Instant) -> KeyVerdict {
     match search(&key.ops, model::State::Nil, deadline) {
-        Outcome::Linearizable => KeyVerdict::Valid,
-        Outcome::TimedOut => KeyVerdict::Unknown,
-        Outcome::NotLinearizable { reach } => {
+        SearchOutcome::Linearizable => KeyVerdict::Valid,
+        SearchOutcome::TimedOut => KeyVerdict::Unknown,
+        SearchOutcome::NotLinearizable { reach } => {
             let window_deadline = deadline.max(Instant::now() + WINDOW_FLOOR);
             KeyVerdict::Invalid(window::find(&key.ops, reach, window_deadline))
         }

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use crate::tools::history::{Op, OpType, Process};
+use crate::tools::history::{HistoryOp, OpType, Process};
 
 /// One client operation: where its invoke and its completion sit in the history.
 ///
@@ -20,7 +20,7 @@ pub struct Pair {
 impl Pair {
     /// The outcome as the checker sees it: a missing completion counts as `info`
     /// (it may or may not have happened), Jepsen's rule.
-    pub fn outcome(&self, ops: &[Op]) -> OpType {
+    pub fn outcome(&self, ops: &[HistoryOp]) -> OpType {
         self.completion.map_or(OpType::Info, |c| ops[c].kind)
     }
 }
@@ -75,7 +75,7 @@ pub struct Pairing {
 /// Lenient by design: it keeps going past problems (the report still wants its
 /// counts) and lists them in [`Pairing::problems`]; the checker refuses to judge a
 /// history with problems.
-pub fn pair_ops(ops: &[Op]) -> Pairing {
+pub fn pair_ops(ops: &[HistoryOp]) -> Pairing {
     let mut out = Pairing::default();
     let mut open: HashMap<u64, usize> = HashMap::new(); // process -> index in out.pairs
     for (i, op) in ops.iter().enumerate() {
@@ -102,7 +102,13 @@ pub fn pair_ops(ops: &[Op]) -> Pairing {
     out
 }
 
-fn complete(ops: &[Op], out: &mut Pairing, open: &mut HashMap<u64, usize>, i: usize, p: u64) {
+fn complete(
+    ops: &[HistoryOp],
+    out: &mut Pairing,
+    open: &mut HashMap<u64, usize>,
+    i: usize,
+    p: u64,
+) {
     let Some(slot) = open.remove(&p) else {
         out.problems.push(PairError::Orphan {
             entry: i + 1,

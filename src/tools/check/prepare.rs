@@ -9,7 +9,7 @@ use serde_json::Value;
 use super::CheckError;
 use super::model::{Interner, Kind, ModelOp};
 use super::pairs::Pair;
-use crate::tools::history::{Op, OpType};
+use crate::tools::history::{HistoryOp, OpType};
 
 /// One key's ops, ready for the search.
 #[derive(Debug)]
@@ -21,7 +21,7 @@ pub(crate) struct KeyHistory {
 }
 
 /// Splits paired client ops by key, keys in order of first appearance.
-pub(crate) fn per_key(ops: &[Op], pairs: &[Pair]) -> Result<Vec<KeyHistory>, CheckError> {
+pub(crate) fn per_key(ops: &[HistoryOp], pairs: &[Pair]) -> Result<Vec<KeyHistory>, CheckError> {
     let mut slot_of: HashMap<String, usize> = HashMap::new();
     let mut keys: Vec<(KeyHistory, Interner)> = Vec::new();
     for (index, pair) in pairs.iter().enumerate() {
@@ -50,7 +50,7 @@ pub(crate) fn per_key(ops: &[Op], pairs: &[Pair]) -> Result<Vec<KeyHistory>, Che
 /// The model op for one pair, or `None` if it constrains nothing (a `fail`, or a
 /// read without an ok).
 fn model_op(
-    ops: &[Op],
+    ops: &[HistoryOp],
     pair: Pair,
     index: usize,
     interner: &mut Interner,
@@ -87,21 +87,21 @@ fn model_op(
     }))
 }
 
-fn cas(invoke: &Op, entry: usize, interner: &mut Interner) -> Result<Kind, CheckError> {
+fn cas(invoke: &HistoryOp, entry: usize, interner: &mut Interner) -> Result<Kind, CheckError> {
     match invoke.value.as_array().map(Vec::as_slice) {
         Some([from, to]) => Ok(Kind::Cas(interner.state(from), interner.state(to))),
         _ => Err(bad_value(invoke, entry, "[from, to]")),
     }
 }
 
-fn delta(invoke: &Op, entry: usize) -> Result<i64, CheckError> {
+fn delta(invoke: &HistoryOp, entry: usize) -> Result<i64, CheckError> {
     invoke
         .value
         .as_i64()
         .ok_or_else(|| bad_value(invoke, entry, "an integer delta"))
 }
 
-fn bad_value(op: &Op, entry: usize, expected: &'static str) -> CheckError {
+fn bad_value(op: &HistoryOp, entry: usize, expected: &'static str) -> CheckError {
     let (f, value) = (op.f.clone(), op.value.to_string());
     CheckError::BadValue {
         entry,

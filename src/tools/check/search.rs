@@ -27,7 +27,7 @@ use super::model::{ModelOp, State, step};
 
 /// How a search ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Outcome {
+pub(crate) enum SearchOutcome {
     /// Some order of the ops respects real time and the register's rules.
     Linearizable,
     /// No such order exists. `reach` is the furthest history position the search
@@ -55,7 +55,7 @@ struct Frame {
 }
 
 /// Decides whether `ops` can be linearized, starting from `init`.
-pub(crate) fn search(ops: &[ModelOp], init: State, deadline: Instant) -> Outcome {
+pub(crate) fn search(ops: &[ModelOp], init: State, deadline: Instant) -> SearchOutcome {
     let mut s = Search::new(ops);
     let mut state = init;
     let mut frames = vec![Frame {
@@ -64,10 +64,10 @@ pub(crate) fn search(ops: &[ModelOp], init: State, deadline: Instant) -> Outcome
     }];
     for steps in 1u64.. {
         if steps % CLOCK_EVERY_STEPS == 1 && Instant::now() >= deadline {
-            return Outcome::TimedOut;
+            return SearchOutcome::TimedOut;
         }
         if s.must_remaining == 0 {
-            return Outcome::Linearizable;
+            return SearchOutcome::Linearizable;
         }
         let Some(top) = frames.last_mut() else { break };
         if let Some(op) = top.untried.pop() {
@@ -91,7 +91,7 @@ pub(crate) fn search(ops: &[ModelOp], init: State, deadline: Instant) -> Outcome
             state = before;
         }
     }
-    Outcome::NotLinearizable { reach: s.reach }
+    SearchOutcome::NotLinearizable { reach: s.reach }
 }
 
 /// Head sentinel of the entry list.
@@ -341,7 +341,7 @@ mod tests {
         }
     }
 
-    fn run(ops: &[ModelOp]) -> Outcome {
+    fn run(ops: &[ModelOp]) -> SearchOutcome {
         search(ops, State::Nil, Instant::now() + Duration::from_secs(5))
     }
 
@@ -349,9 +349,12 @@ mod tests {
     fn sequential_write_then_read() {
         let w = op(0, Some(1), Kind::Write(State::Int(1)));
         let r = op(2, Some(3), Kind::Read(State::Int(1)));
-        assert_eq!(run(&[w.clone(), r]), Outcome::Linearizable);
+        assert_eq!(run(&[w.clone(), r]), SearchOutcome::Linearizable);
         let stale = op(2, Some(3), Kind::Read(State::Nil));
-        assert_eq!(run(&[w, stale]), Outcome::NotLinearizable { reach: 3 });
+        assert_eq!(
+            run(&[w, stale]),
+            SearchOutcome::NotLinearizable { reach: 3 }
+        );
     }
 
     #[test]
@@ -359,19 +362,19 @@ mod tests {
         let w = op(0, Some(3), Kind::Write(State::Int(1)));
         let old = op(1, Some(2), Kind::Read(State::Nil));
         let new = op(4, Some(5), Kind::Read(State::Int(1)));
-        assert_eq!(run(&[w, old, new]), Outcome::Linearizable);
+        assert_eq!(run(&[w, old, new]), SearchOutcome::Linearizable);
     }
 
     #[test]
     fn optional_write_may_never_happen() {
         let w = op(0, None, Kind::Write(State::Int(1)));
         let r = op(1, Some(2), Kind::Read(State::Nil));
-        assert_eq!(run(&[w.clone(), r]), Outcome::Linearizable);
+        assert_eq!(run(&[w.clone(), r]), SearchOutcome::Linearizable);
         let seen = op(3, Some(4), Kind::Read(State::Int(1)));
         let unseen = op(5, Some(6), Kind::Read(State::Nil));
         assert_eq!(
             run(&[w, seen, unseen]),
-            Outcome::NotLinearizable { reach: 6 }
+            SearchOutcome::NotLinearizable { reach: 6 }
         );
     }
 }

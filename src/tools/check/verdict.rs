@@ -11,7 +11,7 @@ use super::model::ModelOp;
 use super::pairs::Pair;
 use super::prepare::KeyHistory;
 use super::window::Window;
-use crate::tools::history::{Op, OpType, Process};
+use crate::tools::history::{HistoryOp, OpType, Process};
 
 /// A three-way verdict, as Jepsen's `:valid?`: serialises as `true`, `false` or
 /// `"unknown"` so that `results.json` reads like Maelstrom's.
@@ -90,10 +90,10 @@ pub struct KeyFailure {
     pub key: Value,
     /// History lines (invokes and completions) of a window of this key's ops that
     /// cannot be linearized, in history order.
-    pub ops: Vec<Op>,
+    pub ops: Vec<HistoryOp>,
     /// Lines of other ops overlapping the window, which the check let take effect
     /// at any point or not at all (as `info`); their effects may explain a read.
-    pub overlapping: Vec<Op>,
+    pub overlapping: Vec<HistoryOp>,
     /// True if the window starts at the key's first op, so from nil; otherwise it
     /// fails from every starting value.
     pub from_nil: bool,
@@ -141,7 +141,7 @@ impl LinReport {
     }
 
     pub(crate) fn from_keys(
-        ops: &[Op],
+        ops: &[HistoryOp],
         pairs: &[Pair],
         keys: &[KeyHistory],
         verdicts: Vec<KeyVerdict>,
@@ -213,7 +213,7 @@ impl KeyFailure {
     }
 }
 
-fn render_line(op: &Op) -> String {
+fn render_line(op: &HistoryOp) -> String {
     let process = match op.process {
         Process::Client(p) => p.to_string(),
         Process::Nemesis => "nemesis".to_string(),
@@ -228,7 +228,7 @@ fn render_line(op: &Op) -> String {
     )
 }
 
-fn failure(ops: &[Op], pairs: &[Pair], key: &KeyHistory, w: &Window) -> KeyFailure {
+fn failure(ops: &[HistoryOp], pairs: &[Pair], key: &KeyHistory, w: &Window) -> KeyFailure {
     let window: Vec<&ModelOp> = key.ops[w.start..=w.end].iter().collect();
     let others: Vec<&ModelOp> = w.overlapping.iter().map(|&k| &key.ops[k]).collect();
     let omitted =
@@ -244,7 +244,7 @@ fn failure(ops: &[Op], pairs: &[Pair], key: &KeyHistory, w: &Window) -> KeyFailu
 }
 
 /// The history lines of (at most [`MAX_QUOTED_OPS`] of) `chosen`, in order.
-fn lines(ops: &[Op], pairs: &[Pair], chosen: &[&ModelOp]) -> Vec<Op> {
+fn lines(ops: &[HistoryOp], pairs: &[Pair], chosen: &[&ModelOp]) -> Vec<HistoryOp> {
     let mut at: Vec<usize> = chosen
         .iter()
         .rev() // the latest ops: a window fails at its end

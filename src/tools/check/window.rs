@@ -19,7 +19,7 @@
 use std::time::{Duration, Instant};
 
 use super::model::{ModelOp, State};
-use super::search::{Outcome, search};
+use super::search::{SearchOutcome, search};
 
 /// A failing window of one key's ops.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -110,9 +110,9 @@ fn fails(ops: &[ModelOp], i: usize, j: usize, deadline: Instant) -> Option<bool>
     let init = if i == 0 { State::Nil } else { State::Any };
     let deadline = deadline.min(Instant::now() + PROBE_TIME_MAX);
     match search(&sub, init, deadline) {
-        Outcome::NotLinearizable { .. } => Some(true),
-        Outcome::Linearizable => Some(false),
-        Outcome::TimedOut => None,
+        SearchOutcome::NotLinearizable { .. } => Some(true),
+        SearchOutcome::Linearizable => Some(false),
+        SearchOutcome::TimedOut => None,
     }
 }
 

@@ -10,33 +10,12 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, ValueEnum};
+use clap::Args;
 use thiserror::Error;
 
-use super::config::{Limits, RunConfig};
+use super::config::{Limits, RunConfig, Workload};
 use super::nemesis::{Fault, NemesisConfig};
 use super::net::{LatencyDist, NetConfig};
-
-/// Which workload to run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Workload {
-    /// Maelstrom's linearizable key-value workload (Jepsen's linearizable register).
-    #[value(name = "lin-kv")]
-    LinKv,
-    /// Beyond Maelstrom: session clients (`client_id`/`seq`) that retry, `add` on counters.
-    #[value(name = "exactly-once")]
-    ExactlyOnce,
-}
-
-impl Workload {
-    /// The name used on the command line and in `results.json`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Workload::LinKv => "lin-kv",
-            Workload::ExactlyOnce => "exactly-once",
-        }
-    }
-}
 
 /// `oncekv test` flags.
 #[derive(Debug, Clone, Args)]

@@ -1,55 +1,13 @@
 //! A Maelstrom client: an id `cN`, its own `msg_id` counter from 1, and a mailbox that
 //! routes each reply to the call waiting on its `in_reply_to`.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
-use tokio::sync::oneshot;
 
+use super::mailbox::Mailbox;
 use super::net::{Net, SendError};
-
-/// Replies awaited by one client, keyed by the request's `msg_id`. Bounded by the
-/// client's outstanding calls (one per worker, Jepsen's rule).
-#[derive(Default)]
-pub struct Mailbox {
-    waiting: Mutex<HashMap<u64, oneshot::Sender<Value>>>,
-}
-
-impl Mailbox {
-    /// Hands a reply body to the call awaiting its `in_reply_to`; a late or unsolicited
-    /// reply (the call timed out) is dropped, as Maelstrom's client does.
-    pub fn deliver(&self, body: &Value) {
-        let Some(to) = body.get("in_reply_to").and_then(Value::as_u64) else {
-            return;
-        };
-        let tx = self
-            .waiting
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&to);
-        if let Some(tx) = tx {
-            let _ = tx.send(body.clone());
-        }
-    }
-
-    fn expect(&self, msg_id: u64) -> oneshot::Receiver<Value> {
-        let (tx, rx) = oneshot::channel();
-        self.waiting
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(msg_id, tx);
-        rx
-    }
-
-    fn forget(&self, msg_id: u64) {
-        self.waiting
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&msg_id);
-    }
-}
 
 /// Why a call got no reply.
 #[derive(Debug, Clone, PartialEq)]

@@ -4,11 +4,32 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use clap::ValueEnum;
 use thiserror::Error;
 
-use super::cli::Workload;
 use super::nemesis::NemesisConfig;
 use super::net::NetConfig;
+
+/// Which workload to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Workload {
+    /// Maelstrom's linearizable key-value workload (Jepsen's linearizable register).
+    #[value(name = "lin-kv")]
+    LinKv,
+    /// Beyond Maelstrom: session clients (`client_id`/`seq`) that retry, `add` on counters.
+    #[value(name = "exactly-once")]
+    ExactlyOnce,
+}
+
+impl Workload {
+    /// The name used on the command line and in `results.json`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Workload::LinKv => "lin-kv",
+            Workload::ExactlyOnce => "exactly-once",
+        }
+    }
+}
 
 /// One test run, fully resolved from the command line.
 #[derive(Debug, Clone)]

@@ -5,9 +5,10 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::cli::{TestArgs, Workload};
+use super::cli::TestArgs;
+use super::config::Workload;
 use super::net::LatencyDist;
-use super::runner::{HarnessError, Outcome, run};
+use super::runner::{HarnessError, RunOutcome, run};
 use super::seed::fresh_seed;
 
 /// The demo's preset.
@@ -50,7 +51,7 @@ impl DemoPreset {
 }
 
 /// Runs both workloads; returns their outcomes in order (exactly-once, lin-kv).
-pub async fn run_demo(preset: &DemoPreset) -> anyhow::Result<Vec<(Workload, Outcome)>> {
+pub async fn run_demo(preset: &DemoPreset) -> anyhow::Result<Vec<(Workload, RunOutcome)>> {
     let seed = preset.seed.unwrap_or_else(fresh_seed);
     let mut out = Vec::new();
     for workload in [Workload::ExactlyOnce, Workload::LinKv] {

@@ -7,8 +7,9 @@
 //! - [`seed`]: named random streams derived from the run's seed.
 //! - [`net`]: the simulated network (queues by deadline, latency, partitions, loss, dup).
 //! - [`process`]: node processes (spawn, init, stdin/stdout, kill, restart, stop).
-//! - [`client`]: a Maelstrom client (ids, msg_ids, reply routing); [`schema`]: closed
-//!   reply schemas and the error registry.
+//! - [`client`]: a Maelstrom client (ids, msg_ids); [`mailbox`]: its replies awaited
+//!   by `msg_id`, filled by the network; [`schema`]: closed reply schemas and the
+//!   error registry.
 //! - [`workload`]: what to do next (lin-kv, exactly-once); [`scheduler`]: when;
 //!   [`worker`]: doing it and recording the outcome.
 //! - [`nemesis`]: fault schedules and partition shapes.
@@ -22,6 +23,7 @@ pub mod client;
 pub mod config;
 pub mod cpu;
 pub mod demo;
+pub mod mailbox;
 pub mod nemesis;
 pub mod net;
 pub mod process;
@@ -33,8 +35,9 @@ pub mod seed;
 pub mod worker;
 pub mod workload;
 
-pub use cli::{TestArgs, Workload};
-pub use runner::{HarnessError, Outcome, run};
+pub use cli::TestArgs;
+pub use config::Workload;
+pub use runner::{HarnessError, RunOutcome, run};
 
 /// The default output folder: `store/<UTC timestamp>/`, like Maelstrom's.
 pub fn default_out_dir() -> std::path::PathBuf {

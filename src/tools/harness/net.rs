@@ -22,7 +22,7 @@ use serde_json::Value;
 use thiserror::Error;
 use tokio::sync::Notify;
 
-use super::client::Mailbox;
+use super::mailbox::Mailbox;
 use crate::tools::report::harness::NetFaults;
 use crate::tools::report::{NetCounts, NetInputs};
 

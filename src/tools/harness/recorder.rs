@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use serde_json::Value;
 
-use crate::tools::history::{Op, OpType, Process};
+use crate::tools::history::{HistoryOp, OpType, Process};
 
 /// Live tallies for the progress line.
 #[derive(Debug, Clone, Default)]
@@ -24,7 +24,7 @@ pub struct Tally {
 }
 
 struct Inner {
-    ops: Vec<Op>,
+    ops: Vec<HistoryOp>,
     tally: Tally,
 }
 
@@ -54,7 +54,7 @@ impl Recorder {
     }
 
     /// Appends `op`, stamping its time now (under the lock, so times never go backwards).
-    pub fn record(&self, mut op: Op) {
+    pub fn record(&self, mut op: HistoryOp) {
         let mut g = self.lock();
         op.time = self.start.elapsed().as_nanos() as u64;
         if op.process != Process::Nemesis {
@@ -70,7 +70,7 @@ impl Recorder {
 
     /// Records a nemesis event and what humans should see while it lasts.
     pub fn nemesis(&self, f: &str, value: Value, fault: String) {
-        let op = Op {
+        let op = HistoryOp {
             process: Process::Nemesis,
             kind: OpType::Info,
             f: f.to_string(),
@@ -96,7 +96,7 @@ impl Recorder {
     }
 
     /// The history so far.
-    pub fn ops(&self) -> Vec<Op> {
+    pub fn ops(&self) -> Vec<HistoryOp> {
         self.lock().ops.clone()
     }
 }

@@ -12,9 +12,8 @@ use serde_json::{Map, Value};
 use thiserror::Error;
 use tokio::time::Instant;
 
-use super::cli::Workload;
 use super::client::Client;
-use super::config::{ConfigError, RunConfig};
+use super::config::{ConfigError, RunConfig, Workload};
 use super::cpu::CpuMeter;
 use super::nemesis::{Action, Fault, schedule};
 use super::net::Net;
@@ -26,7 +25,7 @@ use super::seed::derive_rng;
 use super::worker::{MalformedLog, RetryPolicy, Worker};
 use super::workload::{ExactlyOnce, Generator, LinKv};
 use crate::tools::check::{CheckOptions, Validity, check_counters, check_linearizable};
-use crate::tools::history::{Op, OpType, Process};
+use crate::tools::history::{HistoryOp, OpType, Process};
 use crate::tools::report::{self, HarnessFacts, Results, fault_windows, nemesis_count};
 
 /// A run that could not be carried out (as opposed to one whose verdict is invalid).
@@ -50,7 +49,7 @@ pub enum HarnessError {
 
 /// What a finished run produced.
 #[derive(Debug)]
-pub struct Outcome {
+pub struct RunOutcome {
     /// The verdict.
     pub valid: Validity,
     /// The human summary.
@@ -153,7 +152,7 @@ async fn final_reads(
     let mut out = BTreeMap::new();
     let mut attempt = 0usize;
     for key in keys {
-        let mk = |kind, value, error| Op {
+        let mk = |kind, value, error| HistoryOp {
             process: Process::Client(process),
             kind,
             f: "read".into(),
@@ -206,7 +205,7 @@ async fn final_reads(
 }
 
 /// Runs one test and writes its outputs.
-pub async fn run(cfg: RunConfig) -> Result<Outcome, HarnessError> {
+pub async fn run(cfg: RunConfig) -> Result<RunOutcome, HarnessError> {
     cfg.validate()?;
     let logs = cfg.out_dir.join("node-logs");
     std::fs::create_dir_all(&logs).map_err(|source| HarnessError::Output {
@@ -407,7 +406,7 @@ pub async fn run(cfg: RunConfig) -> Result<Outcome, HarnessError> {
         cfg.out_dir.join("latency.svg"),
         report::latency_svg(&ops, &fault_windows(&ops)).as_bytes(),
     )?;
-    Ok(Outcome {
+    Ok(RunOutcome {
         valid: results.valid,
         summary: report::summary(&results),
         out_dir: cfg.out_dir.clone(),

@@ -18,7 +18,7 @@ use super::client::{CallError, Client};
 use super::recorder::Recorder;
 use super::schema::{Reply, classify};
 use super::workload::OpSpec;
-use crate::tools::history::{Op, OpType, Process};
+use crate::tools::history::{HistoryOp, OpType, Process};
 
 /// History error code for a reply that broke its schema (not a Maelstrom code).
 pub const MALFORMED_CODE: i64 = -1;
@@ -95,8 +95,8 @@ pub struct Worker {
     pub retry: Option<RetryPolicy>,
 }
 
-fn op_line(spec: &OpSpec, kind: OpType, value: Value, error: Option<(i64, String)>) -> Op {
-    Op {
+fn op_line(spec: &OpSpec, kind: OpType, value: Value, error: Option<(i64, String)>) -> HistoryOp {
+    HistoryOp {
         process: Process::Client(spec.process),
         kind,
         f: spec.f.to_string(),

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::tools::check::Validity;
-use crate::tools::history::{Op, Process};
+use crate::tools::history::{HistoryOp, Process};
 
 /// One offending stdout line of a node.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -144,7 +144,7 @@ impl HarnessFacts {
 /// Nemesis fault windows from a history: (start ns, end ns if it ended,
 /// description), for [`super::latency_svg`]. A partition ends at the next
 /// `stop-partition`, a kill of a node at its next `start`.
-pub fn fault_windows(ops: &[Op]) -> Vec<(u64, Option<u64>, String)> {
+pub fn fault_windows(ops: &[HistoryOp]) -> Vec<(u64, Option<u64>, String)> {
     let mut out: Vec<(u64, Option<u64>, String)> = Vec::new();
     let mut open: Vec<(usize, &str, String)> = Vec::new();
     for op in ops.iter().filter(|o| o.process == Process::Nemesis) {
@@ -180,7 +180,7 @@ pub fn fault_windows(ops: &[Op]) -> Vec<(u64, Option<u64>, String)> {
 }
 
 /// How many times the nemesis performed `f` (`start-partition`, `kill`).
-pub fn nemesis_count(ops: &[Op], f: &str) -> usize {
+pub fn nemesis_count(ops: &[HistoryOp], f: &str) -> usize {
     ops.iter()
         .filter(|o| o.process == Process::Nemesis && o.f == f)
         .count()
@@ -192,8 +192,8 @@ mod tests {
     use crate::tools::history::OpType;
     use serde_json::json;
 
-    fn nemesis(f: &str, value: Value, time: u64) -> Op {
-        Op {
+    fn nemesis(f: &str, value: Value, time: u64) -> HistoryOp {
+        HistoryOp {
             process: Process::Nemesis,
             kind: OpType::Info,
             f: f.into(),

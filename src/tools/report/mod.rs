@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::tools::check::pairs::pair_ops;
 use crate::tools::check::{CounterReport, LinReport, Validity};
-use crate::tools::history::Op;
+use crate::tools::history::HistoryOp;
 pub use harness::{HarnessFacts, fault_windows, nemesis_count};
 pub use stats::{Availability, Counts, Quantiles, Stats};
 pub use svg::latency_svg;
@@ -112,7 +112,7 @@ pub struct Results {
 /// harness's own counts.
 pub fn build_results(
     workload: &str,
-    ops: &[Op],
+    ops: &[HistoryOp],
     lin: LinReport,
     net: NetInputs,
     partitions: usize,

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::tools::check::pairs::Pair;
-use crate::tools::history::{Op, OpType};
+use crate::tools::history::{HistoryOp, OpType};
 
 /// How many ops ended each way. An invoke the run never completed counts as
 /// `info` (its outcome is unknown), so `count == ok + fail + info` == invokes.
@@ -52,7 +52,7 @@ pub struct Stats {
 }
 
 /// Counts client ops in total and per `f`.
-pub fn stats(ops: &[Op], pairs: &[Pair]) -> Stats {
+pub fn stats(ops: &[HistoryOp], pairs: &[Pair]) -> Stats {
     let mut total = Counts::default();
     let mut by_f: BTreeMap<String, Counts> = BTreeMap::new();
     for p in pairs {
@@ -122,7 +122,7 @@ pub struct Quantiles {
 /// Per `f`, the latency quantiles of its ok ops (completion time minus invoke
 /// time). An `f` with no ok op has no entry: a failed or timed-out op's latency
 /// says how long the client waited, not how long the system took.
-pub fn latency_ms(ops: &[Op], pairs: &[Pair]) -> BTreeMap<String, Quantiles> {
+pub fn latency_ms(ops: &[HistoryOp], pairs: &[Pair]) -> BTreeMap<String, Quantiles> {
     let mut by_f: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     for p in pairs.iter().filter(|p| p.outcome(ops) == OpType::Ok) {
         let Some(done) = p.completion else { continue };

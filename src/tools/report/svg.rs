@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::fmt::Write as _;
 
 use crate::tools::check::pairs::pair_ops;
-use crate::tools::history::{Op, OpType};
+use crate::tools::history::{HistoryOp, OpType};
 
 /// Canvas size and the plot area inside it, in pixels.
 const WIDTH: f64 = 960.0;
@@ -38,7 +38,7 @@ struct Dot {
 /// Renders the plot. `partitions` are (start ns, end ns or `None` if never
 /// healed, description); ops that never completed have no latency and are not
 /// drawn.
-pub fn latency_svg(ops: &[Op], partitions: &[(u64, Option<u64>, String)]) -> String {
+pub fn latency_svg(ops: &[HistoryOp], partitions: &[(u64, Option<u64>, String)]) -> String {
     let dots = dots(ops);
     let end_ns = ops
         .iter()
@@ -60,7 +60,7 @@ pub fn latency_svg(ops: &[Op], partitions: &[(u64, Option<u64>, String)]) -> Str
     svg
 }
 
-fn dots(ops: &[Op]) -> Vec<Dot> {
+fn dots(ops: &[HistoryOp]) -> Vec<Dot> {
     let pairing = pair_ops(ops);
     pairing
         .pairs
