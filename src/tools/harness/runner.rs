@@ -139,16 +139,15 @@ fn progress_line(recorder: &Recorder, elapsed: Duration) -> String {
 /// Reads each counter key until a node answers (exactly-once final reads), recording the
 /// reads in the history. A missing key counts as 0.
 async fn final_reads(
-    net: Arc<Net>,
-    client_id: String,
+    rig: &Rig,
     keys: &[Value],
     process: u64,
     recorder: &Recorder,
     timeout: Duration,
     deadline: Instant,
 ) -> BTreeMap<String, Value> {
-    let mut client = Client::open(net.clone(), client_id);
-    let nodes = net.nodes().to_vec();
+    let mut client = Client::open(rig.net.clone(), rig.client_ids.next());
+    let nodes = rig.net.nodes().to_vec();
     let mut out = BTreeMap::new();
     let mut attempt = 0usize;
     for key in keys {
@@ -207,11 +206,115 @@ async fn final_reads(
 /// Runs one test and writes its outputs.
 pub async fn run(cfg: RunConfig) -> Result<RunOutcome, HarnessError> {
     cfg.validate()?;
+    let logs = create_log_dir(&cfg)?;
+    announce(&cfg);
+    let cpu = CpuMeter::start();
+    let rig = start_nodes(&cfg, logs).await?;
+
+    let start = Instant::now();
+    let end = start + cfg.time_limit;
+    let recorder = Arc::new(Recorder::new(start.into_std()));
+    let malformed = Arc::new(MalformedLog::new(cfg.limits.malformed_kept));
+    let final_values = drive(&cfg, &rig, &recorder, &malformed, start, end).await;
+    let issue_wall = start.elapsed();
+    let cpu_share = cpu.share();
+    let (net, violations) = stop_nodes(rig).await;
+
+    let ops = recorder.ops();
+    let measured = Measured {
+        issue_wall,
+        cpu_share,
+        violations: &violations,
+        malformed: &malformed,
+    };
+    let results = build_results(&cfg, &ops, &net, &measured, &final_values);
+    write_outputs(&cfg, &ops, &results)?;
+    Ok(RunOutcome {
+        valid: results.valid,
+        summary: report::summary(&results),
+        out_dir: cfg.out_dir.clone(),
+        results: serde_json::to_value(&results).unwrap_or_default(),
+        report: results,
+    })
+}
+
+/// The run proper: workers issue the workload's ops at the configured rate while
+/// the nemesis injects faults, until the time limit; then (exactly-once) the final
+/// counter reads, whose values it returns.
+async fn drive(
+    cfg: &RunConfig,
+    rig: &Rig,
+    recorder: &Arc<Recorder>,
+    malformed: &Arc<MalformedLog>,
+    start: Instant,
+    end: Instant,
+) -> BTreeMap<String, Value> {
+    let workers = make_workers(cfg, rig, recorder, malformed, end);
+    let mut generator = make_generator(cfg);
+    let nemesis = spawn_nemesis(cfg, rig, recorder, start, end);
+    let progress = spawn_progress(recorder, cfg.limits.progress_period, start);
+    let pace = Pace {
+        rate: cfg.rate,
+        end,
+        rng: derive_rng(cfg.seed, "schedule"),
+    };
+    scheduler::run(generator.as_mut(), workers, pace).await;
+    let _ = nemesis.await;
+    let final_values = if cfg.workload == Workload::ExactlyOnce {
+        let keys = ExactlyOnce::counter_keys(cfg.limits.counter_keys);
+        let process = generator.spare_process();
+        let deadline = end + cfg.limits.final_phase;
+        final_reads(
+            rig,
+            &keys,
+            process,
+            recorder,
+            cfg.client_timeout(),
+            deadline,
+        )
+        .await
+    } else {
+        BTreeMap::new()
+    };
+    progress.abort();
+    eprintln!("\n{}", progress_line(recorder, start.elapsed()));
+    final_values
+}
+
+/// Stops the node processes; returns what the report still needs of the rig.
+async fn stop_nodes(rig: Rig) -> (Arc<Net>, Arc<Violations>) {
+    let Rig {
+        net,
+        cluster,
+        violations,
+        ..
+    } = rig;
+    if let Ok(c) = Arc::try_unwrap(cluster) {
+        c.stop().await;
+    }
+    (net, violations)
+}
+
+/// The simulated network, the node processes on it, and what they share.
+struct Rig {
+    net: Arc<Net>,
+    cluster: Arc<Cluster>,
+    violations: Arc<Violations>,
+    client_ids: Arc<ClientIds>,
+}
+
+/// Creates the output folder and its `node-logs` folder; returns the latter.
+fn create_log_dir(cfg: &RunConfig) -> Result<PathBuf, HarnessError> {
     let logs = cfg.out_dir.join("node-logs");
     std::fs::create_dir_all(&logs).map_err(|source| HarnessError::Output {
         path: logs.clone(),
         source,
     })?;
+    Ok(logs)
+}
+
+/// The run's first line on stderr: what runs, with which seed, where the output goes.
+fn announce(cfg: &RunConfig) {
     eprintln!(
         "oncekv test: workload {} | seed {} | {} nodes, concurrency {}, rate {}/s, {} s | nemesis {:?} every ~{} s | output {}",
         cfg.workload.name(),
@@ -224,7 +327,11 @@ pub async fn run(cfg: RunConfig) -> Result<RunOutcome, HarnessError> {
         cfg.nemesis.interval.as_secs_f64(),
         cfg.out_dir.display()
     );
-    let cpu = CpuMeter::start();
+}
+
+/// Starts the network and the node processes (spawned and initialised), their
+/// logs in `logs`.
+async fn start_nodes(cfg: &RunConfig, logs: PathBuf) -> Result<Rig, HarnessError> {
     let net = Arc::new(Net::new(
         &cfg.nodes,
         cfg.net.clone(),
@@ -241,16 +348,28 @@ pub async fn run(cfg: RunConfig) -> Result<RunOutcome, HarnessError> {
     };
     let cluster =
         Arc::new(Cluster::start(pcfg, net.clone(), violations.clone(), client_ids.clone()).await?);
+    Ok(Rig {
+        net,
+        cluster,
+        violations,
+        client_ids,
+    })
+}
 
-    let start = Instant::now();
-    let end = start + cfg.time_limit;
-    let recorder = Arc::new(Recorder::new(start.into_std()));
-    let malformed = Arc::new(MalformedLog::new(cfg.limits.malformed_kept));
+/// One worker per unit of concurrency, worker `w` bound to node `w mod n`
+/// (Maelstrom's rule); exactly-once workers retry until the final phase ends.
+fn make_workers(
+    cfg: &RunConfig,
+    rig: &Rig,
+    recorder: &Arc<Recorder>,
+    malformed: &Arc<MalformedLog>,
+    end: Instant,
+) -> Vec<Worker> {
     let nodes = Arc::new(cfg.nodes.clone());
     let eo = cfg.workload == Workload::ExactlyOnce;
-    let workers: Vec<Worker> = (0..cfg.concurrency)
+    (0..cfg.concurrency)
         .map(|w| Worker {
-            client: Client::open(net.clone(), client_ids.next()),
+            client: Client::open(rig.net.clone(), rig.client_ids.next()),
             node: w % cfg.nodes.len(),
             nodes: nodes.clone(),
             timeout: cfg.client_timeout(),
@@ -261,9 +380,13 @@ pub async fn run(cfg: RunConfig) -> Result<RunOutcome, HarnessError> {
                 backoff: cfg.limits.retry_backoff,
             }),
         })
-        .collect();
+        .collect()
+}
+
+/// The workload's op generator, seeded from the run's "ops" stream.
+fn make_generator(cfg: &RunConfig) -> Box<dyn Generator> {
     let ops_rng = derive_rng(cfg.seed, "ops");
-    let mut generator: Box<dyn Generator> = match cfg.workload {
+    match cfg.workload {
         Workload::LinKv => Box::new(LinKv::new(
             cfg.nodes.len(),
             cfg.concurrency,
@@ -276,89 +399,94 @@ pub async fn run(cfg: RunConfig) -> Result<RunOutcome, HarnessError> {
             cfg.limits.counter_keys,
             ops_rng,
         )),
-    };
+    }
+}
 
+/// The nemesis task: applies the fault schedule; under exactly-once it heals
+/// every partition and restarts every killed node at `end`.
+fn spawn_nemesis(
+    cfg: &RunConfig,
+    rig: &Rig,
+    recorder: &Arc<Recorder>,
+    start: Instant,
+    end: Instant,
+) -> tokio::task::JoinHandle<()> {
     let events = schedule(&cfg.nemesis, &cfg.nodes, cfg.time_limit, cfg.seed);
-    let nemesis = {
-        let (net, cluster, recorder) = (net.clone(), cluster.clone(), recorder.clone());
-        tokio::spawn(async move {
-            let mut partitioned = false;
-            let mut down: Vec<String> = Vec::new();
-            for e in events {
-                tokio::time::sleep_until(start + e.at).await;
-                match &e.action {
-                    Action::StartPartition(..) => partitioned = true,
-                    Action::StopPartition => partitioned = false,
-                    Action::Kill(n) => down.push(n.clone()),
-                    Action::Start(n) => down.retain(|d| d != n),
-                }
-                apply(&e.action, &net, &cluster, &recorder).await;
+    let eo = cfg.workload == Workload::ExactlyOnce;
+    let (net, cluster, recorder) = (rig.net.clone(), rig.cluster.clone(), recorder.clone());
+    tokio::spawn(async move {
+        let mut partitioned = false;
+        let mut down: Vec<String> = Vec::new();
+        for e in events {
+            tokio::time::sleep_until(start + e.at).await;
+            match &e.action {
+                Action::StartPartition(..) => partitioned = true,
+                Action::StopPartition => partitioned = false,
+                Action::Kill(n) => down.push(n.clone()),
+                Action::Start(n) => down.retain(|d| d != n),
             }
-            // Exactly-once heals at the end so retries and final reads can finish;
-            // lin-kv, like Maelstrom, does not.
-            if eo {
-                tokio::time::sleep_until(end).await;
-                if partitioned {
-                    apply(&Action::StopPartition, &net, &cluster, &recorder).await;
-                }
-                for n in down {
-                    apply(&Action::Start(n), &net, &cluster, &recorder).await;
-                }
+            apply(&e.action, &net, &cluster, &recorder).await;
+        }
+        // Exactly-once heals at the end so retries and final reads can finish;
+        // lin-kv, like Maelstrom, does not.
+        if eo {
+            tokio::time::sleep_until(end).await;
+            if partitioned {
+                apply(&Action::StopPartition, &net, &cluster, &recorder).await;
             }
-        })
-    };
-    let progress = {
-        let recorder = recorder.clone();
-        let period = cfg.limits.progress_period;
-        tokio::spawn(async move {
-            let tty = std::io::stderr().is_terminal();
-            let mut ticks = 0u64;
-            loop {
-                tokio::time::sleep(period).await;
-                ticks += 1;
-                let line = progress_line(&recorder, start.elapsed());
-                if tty {
-                    eprint!("\r{line}");
-                    let _ = std::io::stderr().flush();
-                } else if ticks.is_multiple_of(5) {
-                    eprintln!("{line}");
-                }
+            for n in down {
+                apply(&Action::Start(n), &net, &cluster, &recorder).await;
             }
-        })
-    };
+        }
+    })
+}
 
-    let pace = Pace {
-        rate: cfg.rate,
-        end,
-        rng: derive_rng(cfg.seed, "schedule"),
-    };
-    scheduler::run(generator.as_mut(), workers, pace).await;
-    let _ = nemesis.await;
-    let mut final_values = BTreeMap::new();
-    if eo {
-        let keys = ExactlyOnce::counter_keys(cfg.limits.counter_keys);
-        final_values = final_reads(
-            net.clone(),
-            client_ids.next(),
-            &keys,
-            generator.spare_process(),
-            &recorder,
-            cfg.client_timeout(),
-            end + cfg.limits.final_phase,
-        )
-        .await;
-    }
-    progress.abort();
-    eprintln!("\n{}", progress_line(&recorder, start.elapsed()));
-    let issue_wall = start.elapsed();
-    let cpu_share = cpu.share();
-    if let Ok(c) = Arc::try_unwrap(cluster) {
-        c.stop().await;
-    }
+/// The progress task: a line on stderr every `period` (redrawn in place on a
+/// terminal), every fifth one otherwise.
+fn spawn_progress(
+    recorder: &Arc<Recorder>,
+    period: Duration,
+    start: Instant,
+) -> tokio::task::JoinHandle<()> {
+    let recorder = recorder.clone();
+    tokio::spawn(async move {
+        let tty = std::io::stderr().is_terminal();
+        let mut ticks = 0u64;
+        loop {
+            tokio::time::sleep(period).await;
+            ticks += 1;
+            let line = progress_line(&recorder, start.elapsed());
+            if tty {
+                eprint!("\r{line}");
+                let _ = std::io::stderr().flush();
+            } else if ticks.is_multiple_of(5) {
+                eprintln!("{line}");
+            }
+        }
+    })
+}
 
-    let ops = recorder.ops();
+/// What the run measured of itself, for the `harness` object.
+struct Measured<'a> {
+    /// From the first op to the end of the final reads.
+    issue_wall: Duration,
+    /// The harness's own CPU share over that time (`None` where it cannot be read).
+    cpu_share: Option<f64>,
+    violations: &'a Violations,
+    malformed: &'a MalformedLog,
+}
+
+/// Checks the history and assembles `results.json`: the verdicts, the network's
+/// counts, and the harness's own facts.
+fn build_results(
+    cfg: &RunConfig,
+    ops: &[HistoryOp],
+    net: &Net,
+    measured: &Measured<'_>,
+    final_values: &BTreeMap<String, Value>,
+) -> Results {
     let lin = check_linearizable(
-        &ops,
+        ops,
         &CheckOptions {
             time_limit: cfg.limits.check_time_limit,
         },
@@ -373,46 +501,48 @@ pub async fn run(cfg: RunConfig) -> Result<RunOutcome, HarnessError> {
         node_count: cfg.nodes.len(),
         concurrency: cfg.concurrency,
         time_limit_s: cfg.time_limit.as_secs_f64(),
-        cpu_share,
-        ops_per_s: completed as f64 / issue_wall.as_secs_f64().max(1e-9),
-        protocol_violations: violations.snapshot(),
-        malformed_replies: malformed.snapshot(),
-        kills: nemesis_count(&ops, "kill"),
+        cpu_share: measured.cpu_share,
+        ops_per_s: completed as f64 / measured.issue_wall.as_secs_f64().max(1e-9),
+        protocol_violations: measured.violations.snapshot(),
+        malformed_replies: measured.malformed.snapshot(),
+        kills: nemesis_count(ops, "kill"),
         net_faults: net_stats.faults,
-        beyond_maelstrom: beyond_maelstrom(&cfg),
+        beyond_maelstrom: beyond_maelstrom(cfg),
     };
-    let mut results = report::build_results(
+    let results = report::build_results(
         cfg.workload.name(),
-        &ops,
+        ops,
         lin,
         net_stats.counts,
-        nemesis_count(&ops, "start-partition"),
+        nemesis_count(ops, "start-partition"),
     )
     .with_harness(facts);
-    if eo {
-        results = results.with_exactly_once(check_counters(&ops, &final_values));
+    if cfg.workload == Workload::ExactlyOnce {
+        results.with_exactly_once(check_counters(ops, final_values))
+    } else {
+        results
     }
+}
+
+/// Writes `history.jsonl`, `results.json` and `latency.svg` into the output folder.
+fn write_outputs(
+    cfg: &RunConfig,
+    ops: &[HistoryOp],
+    results: &Results,
+) -> Result<(), HarnessError> {
     let mut history = String::new();
-    for op in &ops {
+    for op in ops {
         history.push_str(&serde_json::to_string(op).unwrap_or_default());
         history.push('\n');
     }
     write_file(cfg.out_dir.join("history.jsonl"), history.as_bytes())?;
     // Written from the struct, so keys keep the spec's order (`valid` first).
-    let pretty = serde_json::to_string_pretty(&results).unwrap_or_default();
-    let json = serde_json::to_value(&results).unwrap_or_default();
+    let pretty = serde_json::to_string_pretty(results).unwrap_or_default();
     write_file(cfg.out_dir.join("results.json"), pretty.as_bytes())?;
     write_file(
         cfg.out_dir.join("latency.svg"),
-        report::latency_svg(&ops, &fault_windows(&ops)).as_bytes(),
-    )?;
-    Ok(RunOutcome {
-        valid: results.valid,
-        summary: report::summary(&results),
-        out_dir: cfg.out_dir.clone(),
-        results: json,
-        report: results,
-    })
+        report::latency_svg(ops, &fault_windows(ops)).as_bytes(),
+    )
 }
 
 fn derive_rng_seed(seed: u64, purpose: &str) -> u64 {
