@@ -1,0 +1,157 @@
+//! The node's background duties: while leader, a GC entry when some session is
+//! idle past the timeout and the replicated limits kept equal to this node's
+//! config; on every node, the in-memory log kept within its byte budget
+//! (snapshot, then purge). It may not serve clients' requests.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use openraft::async_runtime::WatchReceiver;
+
+use super::Node;
+use crate::config::Config;
+use crate::raft::log_store::SharedMirror;
+use crate::state::{Command, Op};
+
+impl Node {
+    /// Keeps the in-memory log within its byte budget: builds a snapshot once the
+    /// applied entries after the last one pass `snapshot_every_bytes`, and purges
+    /// entries behind the snapshot beyond `log_kept_behind_snapshot_bytes`
+    /// (openraft's own policy counts entries only).
+    pub(super) fn spawn_log_budget(self: Arc<Self>, mirror: SharedMirror) {
+        let weak = Arc::downgrade(&self);
+        let period = Duration::from_millis(self.config.heartbeat_interval_ms * 2);
+        drop(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            // The snapshot a build was last asked after, and when.
+            let mut asked: Option<(Option<u64>, Instant)> = None;
+            let mut purge_asked = 0u64;
+            loop {
+                tick.tick().await;
+                let Some(node) = weak.upgrade() else { return };
+                node.snapshots_in.sweep().await;
+                let (snapshot, applied) = {
+                    let m = node.raft.metrics();
+                    let m = m.borrow_watched();
+                    (m.snapshot.map(|l| l.index), m.last_applied.map(|l| l.index))
+                };
+                let c = &node.config;
+                let (after, purge_to) = {
+                    let m = crate::raft::log_store::lock(&mirror);
+                    let after = match (snapshot, applied) {
+                        (_, None) => 0,
+                        (None, Some(a)) => m.bytes_in(..=a),
+                        (Some(s), Some(a)) => m.bytes_in(s + 1..=a),
+                    };
+                    (after, snapshot.and_then(|s| purge_point(&m, s, c)))
+                };
+                let building = asked
+                    .is_some_and(|(s, at)| s == snapshot && at.elapsed() < Duration::from_secs(10));
+                if after > c.snapshot_every_bytes && !building {
+                    asked = Some((snapshot, Instant::now()));
+                    tracing::info!(
+                        "{after} bytes of entries since the last snapshot: building one"
+                    );
+                    if node.raft.trigger().snapshot().await.is_err() {
+                        return;
+                    }
+                }
+                if let Some(p) = purge_to.filter(|p| *p > purge_asked) {
+                    purge_asked = p;
+                    if node.raft.trigger().purge_log(p).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+    }
+
+    /// While leader: append a GC entry when some session is idle past the timeout,
+    /// and make the replicated limits match this node's config.
+    pub(super) fn spawn_leader_duties(self: Arc<Self>) {
+        let weak = Arc::downgrade(&self);
+        drop(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(
+                weak.upgrade().map_or(1_000, |n| n.config.gc_interval_ms),
+            ));
+            loop {
+                tick.tick().await;
+                let Some(node) = weak.upgrade() else { return };
+                if node.leader() == Some(node.id) {
+                    node.leader_tick().await;
+                }
+            }
+        });
+    }
+
+    async fn leader_tick(&self) {
+        let (limits, oldest) = {
+            let a = self.sm.read();
+            (a.state.limits, a.state.sessions.oldest_last_seen_ms())
+        };
+        let deadline = Instant::now() + self.config.request_timeout();
+        if limits != self.config.limits {
+            let _ = self
+                .propose_local(Op::SetLimits(self.config.limits), deadline)
+                .await;
+        }
+        let ts = self.next_ts_ms();
+        let cutoff_ms = ts.saturating_sub(self.config.session_timeout_ms);
+        if oldest.is_some_and(|o| o < cutoff_ms) {
+            let cmd = Command {
+                ts_ms: ts,
+                op: Op::Gc { cutoff_ms },
+            };
+            if let Err(e) =
+                tokio::time::timeout(self.config.request_timeout(), self.raft.client_write(cmd))
+                    .await
+            {
+                tracing::debug!("gc entry not committed in time: {e}");
+            }
+        }
+    }
+}
+
+/// The index to purge up to so that the entries kept behind snapshot `snapshot`
+/// hold at most `log_kept_behind_snapshot_bytes`; `None` if they already do.
+fn purge_point(m: &crate::raft::log_store::LogMirror, snapshot: u64, c: &Config) -> Option<u64> {
+    let mut kept = 0;
+    for (&index, (_, bytes)) in m.log.range(..=snapshot).rev() {
+        kept += bytes;
+        if kept > c.log_kept_behind_snapshot_bytes {
+            return Some(index);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft::TypeConfig;
+
+    #[test]
+    fn the_log_kept_behind_a_snapshot_is_bounded_in_bytes() {
+        use crate::raft::log_store::LogMirror;
+        let mut m = LogMirror::default();
+        for i in 1..=10 {
+            m.insert(
+                crate::raft::Entry {
+                    log_id: openraft::testing::log_id::<TypeConfig>(1, 1, i),
+                    payload: openraft::EntryPayload::Blank,
+                },
+                100,
+            );
+        }
+        let c = Config {
+            log_kept_behind_snapshot_bytes: 250,
+            ..Config::default()
+        };
+        // Snapshot at 8: entries 7 and 8 (200 bytes) may stay, 6 and before go.
+        assert_eq!(purge_point(&m, 8, &c), Some(6));
+        assert_eq!(purge_point(&m, 2, &c), None);
+    }
+}

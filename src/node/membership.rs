@@ -1,0 +1,238 @@
+//! Changing the membership (leader only): adding a member as a learner, waiting
+//! for it to catch up, making it a voter; removing a member. Each failure is
+//! definite only when openraft refused the step before appending anything. It
+//! may not serve clients' requests.
+
+use std::time::{Duration, Instant};
+
+use openraft::async_runtime::WatchReceiver;
+use openraft::errors::{ClientWriteError, RaftError};
+
+use super::Node;
+use crate::protocol::ErrorCode;
+use crate::raft::{Peer, TypeConfig};
+
+impl Node {
+    /// The current membership: every node with its address and whether it votes.
+    pub fn membership_nodes(&self) -> Vec<(u64, Peer, bool)> {
+        let m = self.raft.metrics();
+        let m = m.borrow_watched();
+        let membership = m.membership_config.membership();
+        let voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
+        membership
+            .nodes()
+            .map(|(id, p)| (*id, p.clone(), voters.contains(id)))
+            .collect()
+    }
+
+    /// Adds member `id` at `peer` (leader only): as a learner, then, once its log
+    /// has reached the leader's last index at the time it was added, as a voter.
+    /// If it has not caught up within `catch_up` (not running, say), it is removed
+    /// as a learner again and the answer is a definite error: the voter change
+    /// was never proposed and the membership is as before. Each membership step
+    /// may take `step`. Ok carries a note when there was nothing to do.
+    pub async fn add_member(
+        &self,
+        id: u64,
+        peer: Peer,
+        catch_up: Duration,
+        step: Duration,
+    ) -> Result<Option<String>, (ErrorCode, String)> {
+        let current = self
+            .membership_nodes()
+            .into_iter()
+            .find(|(i, _, _)| *i == id);
+        match current {
+            Some((_, old, true)) if old == peer => {
+                return Ok(Some(format!("{peer} is a voter already")));
+            }
+            Some((_, old, true)) => {
+                return Err((
+                    ErrorCode::MalformedRequest,
+                    format!("node id {id} is a voter already, as {old}; nothing was changed"),
+                ));
+            }
+            Some((_, old, false)) if old != peer => {
+                return Err((
+                    ErrorCode::MalformedRequest,
+                    format!(
+                        "node id {id} is a learner already, as {old}; remove-node {} first",
+                        old.name
+                    ),
+                ));
+            }
+            // A learner left by an earlier attempt: wait for it as below.
+            Some(_) => {}
+            None => {
+                match tokio::time::timeout(step, self.raft.add_learner(id, peer.clone(), false))
+                    .await
+                {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => return Err(refused_or_unknown("adding it as a learner", e)),
+                    Err(_) => {
+                        return Err((
+                            ErrorCode::Timeout,
+                            format!(
+                                "adding {peer} as a learner not done within {step:?}; it may still \
+                             become a learner (not a voter)"
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+        let target = self.raft.metrics().borrow_watched().last_log_index;
+        if let Err((matched, leading)) = self.wait_caught_up(id, target, catch_up).await {
+            let index = |i: Option<u64>| i.map_or("nothing".to_string(), |i| format!("index {i}"));
+            let why = format!(
+                "{peer} did not catch up within {catch_up:?} (replicated to it: {} of {}{})",
+                index(matched),
+                index(target),
+                if leading {
+                    ""
+                } else {
+                    "; this node lost the lead"
+                }
+            );
+            let ids = std::collections::BTreeSet::from([id]);
+            let removed = tokio::time::timeout(
+                step,
+                self.raft
+                    .change_membership(openraft::ChangeMembers::RemoveNodes(ids), false),
+            )
+            .await;
+            return Err(match removed {
+                Ok(Ok(_)) => (
+                    ErrorCode::TemporarilyUnavailable,
+                    format!(
+                        "{why}: not made a voter, and removed as a learner again, so the \
+                         membership is unchanged. Start it first (`oncekv serve --join`) and retry"
+                    ),
+                ),
+                Ok(Err(e)) => (
+                    ErrorCode::Crash,
+                    format!(
+                        "{why}: not made a voter, but removing it as a learner failed ({e}); \
+                         it may remain a learner: remove-node {}",
+                        peer.name
+                    ),
+                ),
+                Err(_) => (
+                    ErrorCode::Timeout,
+                    format!(
+                        "{why}: not made a voter; removing it as a learner not done within \
+                         {step:?}; it may remain a learner: remove-node {}",
+                        peer.name
+                    ),
+                ),
+            });
+        }
+        let voters = std::collections::BTreeSet::from([id]);
+        let promoted = tokio::time::timeout(
+            step,
+            self.raft
+                .change_membership(openraft::ChangeMembers::AddVoterIds(voters), false),
+        )
+        .await;
+        match promoted {
+            Ok(Ok(_)) => Ok(None),
+            // A voter change takes two entries (joint, then final): an error may
+            // come after the first was appended.
+            Ok(Err(e)) => Err((
+                ErrorCode::Crash,
+                format!("making {peer} a voter failed ({e}); it may still take effect"),
+            )),
+            Err(_) => Err((
+                ErrorCode::Timeout,
+                format!("making {peer} a voter not done within {step:?}; it may still take effect"),
+            )),
+        }
+    }
+
+    /// Waits until the leader has replicated to `id` up to `target`, for at most
+    /// `within`. On failure: how far it got, and whether this node still leads.
+    async fn wait_caught_up(
+        &self,
+        id: u64,
+        target: Option<u64>,
+        within: Duration,
+    ) -> Result<(), (Option<u64>, bool)> {
+        let deadline = Instant::now() + within;
+        let mut rx = self.raft.metrics();
+        loop {
+            let matched = {
+                let m = rx.borrow_watched();
+                match &m.replication {
+                    None => return Err((None, false)),
+                    Some(r) => r.get(&id).cloned().flatten().map(|l| l.index()),
+                }
+            };
+            if matched >= target {
+                return Ok(());
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err((matched, true));
+            }
+            let _ = tokio::time::timeout(deadline - now, rx.changed()).await;
+        }
+    }
+
+    /// Removes member `id` (leader only): a voter from the voters and the
+    /// membership, a learner from the membership. Ok carries a note when there
+    /// was nothing to do.
+    pub async fn remove_member(&self, id: u64) -> Result<Option<String>, (ErrorCode, String)> {
+        let ids = std::collections::BTreeSet::from([id]);
+        let change = match self
+            .membership_nodes()
+            .into_iter()
+            .find(|(i, _, _)| *i == id)
+        {
+            None => return Ok(Some(format!("node id {id} is not a member"))),
+            Some((_, _, true)) => openraft::ChangeMembers::RemoveVoters(ids),
+            Some((_, _, false)) => openraft::ChangeMembers::RemoveNodes(ids),
+        };
+        match self.raft.change_membership(change, false).await {
+            Ok(_) => Ok(None),
+            // openraft checks the change before proposing it (an empty voter set,
+            // a change already in progress): nothing reached the log.
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => Err((
+                ErrorCode::MalformedRequest,
+                format!("removing it was refused ({e}); nothing was changed"),
+            )),
+            Err(e) => Err((
+                ErrorCode::Crash,
+                format!("removing it failed ({e}); it may still take effect"),
+            )),
+        }
+    }
+}
+
+/// The start of the text of error 11 when a membership request reached a node
+/// that does not lead (the CLI retries those at the leader; other refusals are final).
+pub const MEMBERSHIP_NOT_LEADER: &str = "not the leader";
+
+/// A membership step that failed: definite if openraft refused it before
+/// appending anything (not the leader, another change in progress), else not.
+fn refused_or_unknown(
+    what: &str,
+    e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>,
+) -> (ErrorCode, String) {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => (
+            ErrorCode::TemporarilyUnavailable,
+            format!(
+                "{MEMBERSHIP_NOT_LEADER} (leader {:?}) for {what}; nothing was changed",
+                f.leader_id
+            ),
+        ),
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => (
+            ErrorCode::TemporarilyUnavailable,
+            format!("{what}: refused ({e}); nothing was changed"),
+        ),
+        e => (
+            ErrorCode::Crash,
+            format!("{what}: {e}; it may still take effect"),
+        ),
+    }
+}
