@@ -7,7 +7,7 @@
 use std::time::Instant;
 
 use super::Node;
-use super::serve::Outcome;
+use super::serve::Served;
 use crate::protocol::{ErrorCode, Reply, Request};
 use crate::raft::network::{CallError, RpcRequest, rpc_field};
 use crate::state::Op;
@@ -44,46 +44,46 @@ pub(super) const DISCARDED_TEXT: &str =
     "entry discarded on a leader change; retry with the same seq";
 
 impl Node {
-    pub(super) async fn forward(&self, leader: u64, fwd: &Forwarded, deadline: Instant) -> Outcome {
+    pub(super) async fn forward(&self, leader: u64, fwd: &Forwarded, deadline: Instant) -> Served {
         let Some(peer) = self.peer(leader) else {
-            return Outcome::NotLeader(None, false);
+            return Served::NotLeader { leader: None };
         };
         let peer = &peer;
         let wait = deadline.saturating_duration_since(Instant::now());
         let req = match RpcRequest::new("forward", fwd) {
             Ok(req) => req,
-            Err(e) => return Outcome::Done(Reply::error(ErrorCode::Crash, e)),
+            Err(e) => return Served::Answered(Reply::error(ErrorCode::Crash, e)),
         };
         match self.transport.call(peer, req, wait).await {
             Ok(reply) => match rpc_field::<Reply>(&reply) {
                 Ok(Reply::Error { code, text })
                     if code == ErrorCode::TemporarilyUnavailable && text == NOT_LEADER_TEXT =>
                 {
-                    Outcome::NotLeader(None, false)
+                    Served::NotLeader { leader: None }
                 }
                 Ok(Reply::Error { code, text })
                     if code == ErrorCode::Crash && text == DISCARDED_TEXT =>
                 {
-                    Outcome::NotLeader(None, true)
+                    Served::Discarded { leader: None }
                 }
-                Ok(r) => Outcome::Done(r),
-                Err(e) => Outcome::Done(Reply::error(
+                Ok(r) => Served::Answered(r),
+                Err(e) => Served::Answered(Reply::error(
                     ErrorCode::Crash,
                     format!("bad reply from leader: {e}"),
                 )),
             },
             // Never sent: nothing can have been proposed.
-            Err(CallError::Unreachable { .. }) => Outcome::NotLeader(None, false),
+            Err(CallError::Unreachable { .. }) => Served::NotLeader { leader: None },
             // The leader refused the forward RPC itself (this node presented no
             // cluster key, or the leader could not parse it): it never reached the
             // leader's log, so a definite code stays definite for the client.
             Err(CallError::Remote { peer, code, text }) if definite_code(code).is_some() => {
-                Outcome::Done(Reply::error(
+                Served::Answered(Reply::error(
                     definite_code(code).expect("checked"),
                     format!("the leader {peer} refused the forwarded request: {text}"),
                 ))
             }
-            Err(e) => Outcome::Done(Reply::error(
+            Err(e) => Served::Answered(Reply::error(
                 ErrorCode::Timeout,
                 format!("forwarded to the leader, no answer: {e}; it may still take effect"),
             )),

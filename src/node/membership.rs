@@ -12,7 +12,40 @@ use super::Node;
 use crate::protocol::ErrorCode;
 use crate::raft::{Peer, TypeConfig};
 
+/// openraft's `blocking` for `add_learner`: return once the learner is in the
+/// membership. [`Node::add_member`] then waits for it to catch up itself, within
+/// its own deadline, and can undo the step if it does not.
+const ADD_LEARNER_BLOCKING: bool = false;
+
+/// openraft's `retain` for `change_membership`: a voter removed by a change
+/// leaves the membership rather than staying on as a learner.
+const RETAIN_REMOVED: bool = false;
+
+/// How far a new member got when it did not catch up in time.
+struct NotCaughtUp {
+    /// The last index the leader has confirmed replicated to it (none: null).
+    matched: Option<u64>,
+    /// Whether this node still leads (it knows the replication state only then).
+    leading: bool,
+}
+
+/// A member as the current membership holds it.
+struct Member {
+    /// Its name and address.
+    peer: Peer,
+    /// Whether it votes (else it is a learner).
+    voter: bool,
+}
+
 impl Node {
+    /// Member `id` in the current membership, if it is one.
+    fn member(&self, id: u64) -> Option<Member> {
+        self.membership_nodes()
+            .into_iter()
+            .find(|(i, _, _)| *i == id)
+            .map(|(_, peer, voter)| Member { peer, voter })
+    }
+
     /// The current membership: every node with its address and whether it votes.
     pub fn membership_nodes(&self) -> Vec<(u64, Peer, bool)> {
         let m = self.raft.metrics();
@@ -38,21 +71,26 @@ impl Node {
         catch_up: Duration,
         step: Duration,
     ) -> Result<Option<String>, (ErrorCode, String)> {
-        let current = self
-            .membership_nodes()
-            .into_iter()
-            .find(|(i, _, _)| *i == id);
-        match current {
-            Some((_, old, true)) if old == peer => {
+        match self.member(id) {
+            Some(Member {
+                peer: old,
+                voter: true,
+            }) if old == peer => {
                 return Ok(Some(format!("{peer} is a voter already")));
             }
-            Some((_, old, true)) => {
+            Some(Member {
+                peer: old,
+                voter: true,
+            }) => {
                 return Err((
                     ErrorCode::MalformedRequest,
                     format!("node id {id} is a voter already, as {old}; nothing was changed"),
                 ));
             }
-            Some((_, old, false)) if old != peer => {
+            Some(Member {
+                peer: old,
+                voter: false,
+            }) if old != peer => {
                 return Err((
                     ErrorCode::MalformedRequest,
                     format!(
@@ -64,8 +102,12 @@ impl Node {
             // A learner left by an earlier attempt: wait for it as below.
             Some(_) => {}
             None => {
-                match tokio::time::timeout(step, self.raft.add_learner(id, peer.clone(), false))
-                    .await
+                match tokio::time::timeout(
+                    step,
+                    self.raft
+                        .add_learner(id, peer.clone(), ADD_LEARNER_BLOCKING),
+                )
+                .await
                 {
                     Ok(Ok(_)) => {}
                     Ok(Err(e)) => return Err(refused_or_unknown("adding it as a learner", e)),
@@ -82,7 +124,9 @@ impl Node {
             }
         }
         let target = self.raft.metrics().borrow_watched().last_log_index;
-        if let Err((matched, leading)) = self.wait_caught_up(id, target, catch_up).await {
+        if let Err(NotCaughtUp { matched, leading }) =
+            self.wait_caught_up(id, target, catch_up).await
+        {
             let index = |i: Option<u64>| i.map_or("nothing".to_string(), |i| format!("index {i}"));
             let why = format!(
                 "{peer} did not catch up within {catch_up:?} (replicated to it: {} of {}{})",
@@ -98,7 +142,7 @@ impl Node {
             let removed = tokio::time::timeout(
                 step,
                 self.raft
-                    .change_membership(openraft::ChangeMembers::RemoveNodes(ids), false),
+                    .change_membership(openraft::ChangeMembers::RemoveNodes(ids), RETAIN_REMOVED),
             )
             .await;
             return Err(match removed {
@@ -131,7 +175,7 @@ impl Node {
         let promoted = tokio::time::timeout(
             step,
             self.raft
-                .change_membership(openraft::ChangeMembers::AddVoterIds(voters), false),
+                .change_membership(openraft::ChangeMembers::AddVoterIds(voters), RETAIN_REMOVED),
         )
         .await;
         match promoted {
@@ -150,20 +194,25 @@ impl Node {
     }
 
     /// Waits until the leader has replicated to `id` up to `target`, for at most
-    /// `within`. On failure: how far it got, and whether this node still leads.
+    /// `within`.
     async fn wait_caught_up(
         &self,
         id: u64,
         target: Option<u64>,
         within: Duration,
-    ) -> Result<(), (Option<u64>, bool)> {
+    ) -> Result<(), NotCaughtUp> {
         let deadline = Instant::now() + within;
         let mut rx = self.raft.metrics();
         loop {
             let matched = {
                 let m = rx.borrow_watched();
                 match &m.replication {
-                    None => return Err((None, false)),
+                    None => {
+                        return Err(NotCaughtUp {
+                            matched: None,
+                            leading: false,
+                        });
+                    }
                     Some(r) => r.get(&id).cloned().flatten().map(|l| l.index()),
                 }
             };
@@ -172,7 +221,10 @@ impl Node {
             }
             let now = Instant::now();
             if now >= deadline {
-                return Err((matched, true));
+                return Err(NotCaughtUp {
+                    matched,
+                    leading: true,
+                });
             }
             let _ = tokio::time::timeout(deadline - now, rx.changed()).await;
         }
@@ -183,16 +235,12 @@ impl Node {
     /// was nothing to do.
     pub async fn remove_member(&self, id: u64) -> Result<Option<String>, (ErrorCode, String)> {
         let ids = std::collections::BTreeSet::from([id]);
-        let change = match self
-            .membership_nodes()
-            .into_iter()
-            .find(|(i, _, _)| *i == id)
-        {
+        let change = match self.member(id) {
             None => return Ok(Some(format!("node id {id} is not a member"))),
-            Some((_, _, true)) => openraft::ChangeMembers::RemoveVoters(ids),
-            Some((_, _, false)) => openraft::ChangeMembers::RemoveNodes(ids),
+            Some(Member { voter: true, .. }) => openraft::ChangeMembers::RemoveVoters(ids),
+            Some(Member { voter: false, .. }) => openraft::ChangeMembers::RemoveNodes(ids),
         };
-        match self.raft.change_membership(change, false).await {
+        match self.raft.change_membership(change, RETAIN_REMOVED).await {
             Ok(_) => Ok(None),
             // openraft checks the change before proposing it (an empty voter set,
             // a change already in progress): nothing reached the log.

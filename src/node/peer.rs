@@ -9,7 +9,7 @@ use openraft::raft::{AppendEntriesRequest, VoteRequest};
 use serde_json::{Map, Value};
 
 use super::forward::{DISCARDED_TEXT, NOT_LEADER_TEXT};
-use super::serve::{Outcome, check_entry_bytes};
+use super::serve::{Served, check_entry_bytes};
 use super::{Forwarded, Node};
 use crate::protocol::{ErrorCode, Reply};
 use crate::raft::TypeConfig;
@@ -108,11 +108,11 @@ impl Node {
                 let fwd: Forwarded = rpc_from(body, raw_rpc)?;
                 let deadline = Instant::now() + self.config.request_timeout();
                 let reply = match self.serve_local(&fwd, deadline).await {
-                    Outcome::Done(r) => r,
-                    Outcome::NotLeader(_, false) => {
+                    Served::Answered(r) => r,
+                    Served::NotLeader { .. } => {
                         Reply::error(ErrorCode::TemporarilyUnavailable, NOT_LEADER_TEXT)
                     }
-                    Outcome::NotLeader(_, true) => Reply::error(ErrorCode::Crash, DISCARDED_TEXT),
+                    Served::Discarded { .. } => Reply::error(ErrorCode::Crash, DISCARDED_TEXT),
                 };
                 rpc_body("forward_ok", &reply)
             }

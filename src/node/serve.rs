@@ -98,15 +98,59 @@ pub enum Started {
     Pending(BoxFuture<'static, Reply>),
 }
 
-/// What serving a request locally gave.
-#[derive(Debug)]
-pub(super) enum Outcome {
+/// How one attempt at serving a request ended, here or at the leader it was
+/// forwarded to.
+#[derive(Debug, PartialEq)]
+pub(super) enum Served {
     /// The answer for the client.
-    Done(Reply),
-    /// Not served here; retry at this leader. `proposed` when an entry was appended
-    /// and discarded (possible only for session ops, which dedup makes safe to retry):
-    /// the final answer must then be indefinite.
-    NotLeader(Option<u64>, bool),
+    Answered(Reply),
+    /// Not served: this node (or the one forwarded to) does not lead, and nothing
+    /// was proposed. Retry at `leader` (a hint) or whoever leads next.
+    NotLeader {
+        /// The leader the refusing node believes in, if any.
+        leader: Option<u64>,
+    },
+    /// Proposed, then the entry was discarded on a leader change. Only a session
+    /// op ends so (its re-proposal is deduplicated by the session table), so it
+    /// may be retried at `leader`; but if no retry answers, the final answer must
+    /// be indefinite: the discarded entry may still commit elsewhere.
+    Discarded {
+        /// The leader the discarding node believes in, if any.
+        leader: Option<u64>,
+    },
+}
+
+/// Whether an earlier attempt at a request proposed it: decides how a request
+/// that finds no leader in time is answered (error 11 is definite, so only when
+/// nothing was proposed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Proposed {
+    /// No attempt put an entry in any log.
+    Never,
+    /// An attempt's entry was discarded on a leader change; it may still commit.
+    Discarded,
+}
+
+/// Whether proposing an op a second time is safe: the session table answers a
+/// second copy of a session op from its cache, any other op would run twice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Repropose {
+    /// A session op: deduplicated.
+    Safe,
+    /// No session: a second copy would take effect again.
+    Unsafe,
+}
+
+impl Repropose {
+    /// Whether `op` may be proposed again.
+    fn of(op: &Op) -> Repropose {
+        match op {
+            Op::Kv {
+                session: Some(_), ..
+            } => Repropose::Safe,
+            _ => Repropose::Unsafe,
+        }
+    }
 }
 
 /// A proposal submitted to Raft whose outcome is still to come.
@@ -117,8 +161,13 @@ impl Node {
     /// `request_timeout_ms`.
     pub async fn serve(&self, req: Request) -> Reply {
         let deadline = Instant::now() + self.config.request_timeout();
-        self.serve_from(Forwarded::from_request(req), deadline, self.leader(), false)
-            .await
+        self.serve_from(
+            Forwarded::from_request(req),
+            deadline,
+            self.leader(),
+            Proposed::Never,
+        )
+        .await
     }
 
     /// The ordered half of serving, for a transport's reader to call in arrival order:
@@ -143,40 +192,29 @@ impl Node {
         let node = self.clone();
         match fwd {
             Forwarded::Read(key) if leader == Some(self.id) && self.single_voter() => {
-                let reply = match self.read_in_order(&key, deadline).await {
-                    Outcome::Done(r) => r,
-                    Outcome::NotLeader(hint, _) => {
-                        return Started::Pending(Box::pin(async move {
-                            node.serve_from(Forwarded::Read(key), deadline, hint, false)
-                                .await
-                        }));
-                    }
-                };
-                Started::Ready(reply)
+                match self.read_in_order(&key, deadline).await {
+                    Served::Answered(r) => Started::Ready(r),
+                    served => Started::Pending(Box::pin(async move {
+                        node.finish(Forwarded::Read(key), deadline, served).await
+                    })),
+                }
             }
             Forwarded::Propose(op) if leader == Some(self.id) => {
-                let has_session = has_session(&op);
+                let repropose = Repropose::of(&op);
                 match self.submit_local(op.clone()).await {
                     Ok(proposal) => Started::Pending(Box::pin(async move {
-                        match node.await_proposal(proposal, has_session, deadline).await {
-                            Outcome::Done(r) => r,
-                            Outcome::NotLeader(hint, proposed) => {
-                                node.serve_from(Forwarded::Propose(op), deadline, hint, proposed)
-                                    .await
-                            }
-                        }
+                        let served = node.await_proposal(proposal, repropose, deadline).await;
+                        node.finish(Forwarded::Propose(op), deadline, served).await
                     })),
-                    Err(Outcome::Done(r)) => Started::Ready(r),
-                    Err(Outcome::NotLeader(hint, proposed)) => {
-                        Started::Pending(Box::pin(async move {
-                            node.serve_from(Forwarded::Propose(op), deadline, hint, proposed)
-                                .await
-                        }))
-                    }
+                    Err(Served::Answered(r)) => Started::Ready(r),
+                    Err(served) => Started::Pending(Box::pin(async move {
+                        node.finish(Forwarded::Propose(op), deadline, served).await
+                    })),
                 }
             }
             fwd => Started::Pending(Box::pin(async move {
-                node.serve_from(fwd, deadline, leader, false).await
+                node.serve_from(fwd, deadline, leader, Proposed::Never)
+                    .await
             })),
         }
     }
@@ -240,15 +278,8 @@ impl Node {
                     }
                 };
                 node.finished.send_modify(|n| *n += 1);
-                let has_session = has_session(&op);
-                let reply = match proposal_outcome(waited, has_session) {
-                    Outcome::Done(r) => r,
-                    Outcome::NotLeader(hint, discarded) => {
-                        node.serve_from(Forwarded::Propose(op), deadline, hint, discarded)
-                            .await
-                    }
-                };
-                replies.push(reply);
+                let served = proposal_outcome(waited, Repropose::of(&op));
+                replies.push(node.finish(Forwarded::Propose(op), deadline, served).await);
             }
             replies
         });
@@ -275,43 +306,64 @@ impl Node {
         self.sm.try_read().and_then(|a| a.state.cached_reply(s))
     }
 
+    /// Finishes a request whose first attempt ended as `served`: its answer, or
+    /// the retries starting at the leader the attempt named.
+    async fn finish(&self, fwd: Forwarded, deadline: Instant, served: Served) -> Reply {
+        match served {
+            Served::Answered(reply) => reply,
+            Served::NotLeader { leader } => {
+                self.serve_from(fwd, deadline, leader, Proposed::Never)
+                    .await
+            }
+            Served::Discarded { leader } => {
+                self.serve_from(fwd, deadline, leader, Proposed::Discarded)
+                    .await
+            }
+        }
+    }
+
+    /// Serves `fwd` at `leader` (here or by forwarding), and while an attempt
+    /// ends without an answer and time remains, at the next leader. `proposed`
+    /// says whether an earlier attempt proposed it.
     pub(super) async fn serve_from(
         &self,
         fwd: Forwarded,
         deadline: Instant,
         mut leader: Option<u64>,
-        mut proposed: bool,
+        mut proposed: Proposed,
     ) -> Reply {
         loop {
-            let outcome = match leader {
+            let served = match leader {
                 Some(l) if l == self.id => self.serve_local(&fwd, deadline).await,
                 Some(l) => self.forward(l, &fwd, deadline).await,
-                None => Outcome::NotLeader(None, false),
+                None => Served::NotLeader { leader: None },
             };
-            match outcome {
-                Outcome::Done(reply) => return reply,
-                Outcome::NotLeader(hint, discarded) => {
-                    // Nothing was proposed, or a session op whose re-proposal the
-                    // session table deduplicates: trying again is safe. Wait for a
-                    // (different) leader while time remains.
-                    proposed |= discarded;
-                    match self.wait_for_leader(hint, leader, deadline).await {
-                        Some(next) => leader = Some(next),
-                        None if proposed => {
-                            return Reply::error(
-                                ErrorCode::Crash,
-                                "proposed, then the leader changed; it may still take effect",
-                            );
-                        }
-                        None => {
-                            return Reply::error(
-                                ErrorCode::TemporarilyUnavailable,
-                                "no leader known; the request was not proposed",
-                            );
-                        }
-                    }
+            // Nothing was proposed, or a session op whose re-proposal the session
+            // table deduplicates: trying again is safe. Wait for a (different)
+            // leader while time remains.
+            let hint = match served {
+                Served::Answered(reply) => return reply,
+                Served::NotLeader { leader } => leader,
+                Served::Discarded { leader } => {
+                    proposed = Proposed::Discarded;
+                    leader
                 }
-            }
+            };
+            leader = Some(match self.wait_for_leader(hint, leader, deadline).await {
+                Some(next) => next,
+                None if proposed == Proposed::Discarded => {
+                    return Reply::error(
+                        ErrorCode::Crash,
+                        "proposed, then the leader changed; it may still take effect",
+                    );
+                }
+                None => {
+                    return Reply::error(
+                        ErrorCode::TemporarilyUnavailable,
+                        "no leader known; the request was not proposed",
+                    );
+                }
+            });
         }
     }
 
@@ -324,7 +376,7 @@ impl Node {
     }
 
     /// A read placed between the proposals submitted before it and those after it.
-    async fn read_in_order(&self, key: &str, deadline: Instant) -> Outcome {
+    async fn read_in_order(&self, key: &str, deadline: Instant) -> Served {
         let earlier = self.submitted.load(Ordering::SeqCst);
         let mut done = self.finished.subscribe();
         let wait = deadline.saturating_duration_since(Instant::now());
@@ -334,7 +386,7 @@ impl Node {
             .await
             .map(|r| r.map(|_| ()));
         if caught_up.is_err() {
-            return Outcome::Done(Reply::error(
+            return Served::Answered(Reply::error(
                 ErrorCode::Timeout,
                 "earlier writes not applied in time",
             ));
@@ -342,46 +394,48 @@ impl Node {
         self.read_local(key, deadline).await
     }
 
-    pub(super) async fn serve_local(&self, fwd: &Forwarded, deadline: Instant) -> Outcome {
+    pub(super) async fn serve_local(&self, fwd: &Forwarded, deadline: Instant) -> Served {
         match fwd {
             Forwarded::Read(key) => self.read_local(key, deadline).await,
             Forwarded::Propose(op) => self.propose_local(op.clone(), deadline).await,
         }
     }
 
-    async fn read_local(&self, key: &str, deadline: Instant) -> Outcome {
+    async fn read_local(&self, key: &str, deadline: Instant) -> Served {
         let wait = deadline.saturating_duration_since(Instant::now());
         let r =
             tokio::time::timeout(wait, self.raft.ensure_linearizable(ReadPolicy::ReadIndex)).await;
         match r {
-            Ok(Ok(_)) => Outcome::Done(self.sm.read().state.read(key)),
+            Ok(Ok(_)) => Served::Answered(self.sm.read().state.read(key)),
             Ok(Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f)))) => {
-                Outcome::NotLeader(f.leader_id, false)
+                Served::NotLeader {
+                    leader: f.leader_id,
+                }
             }
-            Ok(Err(e)) => Outcome::Done(Reply::error(
+            Ok(Err(e)) => Served::Answered(Reply::error(
                 ErrorCode::TemporarilyUnavailable,
                 format!("read not served: {e}"),
             )),
-            Err(_) => Outcome::Done(Reply::error(
+            Err(_) => Served::Answered(Reply::error(
                 ErrorCode::Timeout,
                 "read could not confirm leadership in time",
             )),
         }
     }
 
-    pub(super) async fn propose_local(&self, op: Op, deadline: Instant) -> Outcome {
-        let has_session = has_session(&op);
+    pub(super) async fn propose_local(&self, op: Op, deadline: Instant) -> Served {
+        let repropose = Repropose::of(&op);
         match self.submit_local(op).await {
-            Ok(proposal) => self.await_proposal(proposal, has_session, deadline).await,
+            Ok(proposal) => self.await_proposal(proposal, repropose, deadline).await,
             Err(outcome) => outcome,
         }
     }
 
     /// Hands a proposal to Raft (or answers a cached retry without one).
-    async fn submit_local(&self, op: Op) -> Result<Proposal, Outcome> {
+    async fn submit_local(&self, op: Op) -> Result<Proposal, Served> {
         // A retry whose reply is cached: answer it without a new entry.
         if let Some(reply) = self.cached(&op) {
-            return Err(Outcome::Done(reply));
+            return Err(Served::Answered(reply));
         }
         let cmd = Command {
             ts_ms: self.next_ts_ms(),
@@ -393,7 +447,7 @@ impl Node {
                 self.submitted.fetch_add(1, Ordering::SeqCst);
                 Ok(rx)
             }
-            Err(e) => Err(Outcome::Done(Reply::error(
+            Err(e) => Err(Served::Answered(Reply::error(
                 ErrorCode::Crash,
                 format!("raft stopped: {e}"),
             ))),
@@ -404,9 +458,9 @@ impl Node {
     async fn await_proposal(
         &self,
         proposal: Proposal,
-        has_session: bool,
+        repropose: Repropose,
         deadline: Instant,
-    ) -> Outcome {
+    ) -> Served {
         let wait = deadline.saturating_duration_since(Instant::now());
         let waited = match tokio::time::timeout(wait, proposal).await {
             Ok(Ok(result)) => Waited::Answered(result.map(|r| r.data)),
@@ -414,18 +468,8 @@ impl Node {
             Err(_) => Waited::TimedOut,
         };
         self.finished.send_modify(|n| *n += 1);
-        proposal_outcome(waited, has_session)
+        proposal_outcome(waited, repropose)
     }
-}
-
-fn has_session(op: &Op) -> bool {
-    matches!(
-        op,
-        Op::Kv {
-            session: Some(_),
-            ..
-        }
-    )
 }
 
 /// How waiting on a submitted proposal ended.
@@ -441,27 +485,33 @@ enum Waited {
 /// The error rule after a proposal, in one place: only `ForwardToLeader` (rejected
 /// before append) may lead to a definite answer; everything else is the applied reply
 /// or an indefinite error, or a retry that the session table makes safe.
-fn proposal_outcome(waited: Waited, has_session: bool) -> Outcome {
+fn proposal_outcome(waited: Waited, repropose: Repropose) -> Served {
     match waited {
-        Waited::Answered(Ok(reply)) => Outcome::Done(reply),
+        Waited::Answered(Ok(reply)) => Served::Answered(reply),
         Waited::Answered(Err(ClientWriteError::ForwardToLeader(f))) => {
             // openraft rejected it before appending: definitely not proposed.
-            Outcome::NotLeader(f.leader_id, false)
+            Served::NotLeader {
+                leader: f.leader_id,
+            }
         }
-        Waited::Answered(Err(ClientWriteError::LogEntryDiscarded(f))) if has_session => {
+        Waited::Answered(Err(ClientWriteError::LogEntryDiscarded(f)))
+            if repropose == Repropose::Safe =>
+        {
             // The entry may still commit elsewhere, but the session table will
             // deduplicate a re-proposal: retrying is safe.
-            Outcome::NotLeader(f.leader_id, true)
+            Served::Discarded {
+                leader: f.leader_id,
+            }
         }
-        Waited::Answered(Err(e)) => Outcome::Done(Reply::error(
+        Waited::Answered(Err(e)) => Served::Answered(Reply::error(
             ErrorCode::Crash,
             format!("proposal outcome unknown: {e}"),
         )),
-        Waited::Dropped => Outcome::Done(Reply::error(
+        Waited::Dropped => Served::Answered(Reply::error(
             ErrorCode::Crash,
             "raft dropped the proposal; it may still take effect",
         )),
-        Waited::TimedOut => Outcome::Done(Reply::error(
+        Waited::TimedOut => Served::Answered(Reply::error(
             ErrorCode::Timeout,
             "proposed but not committed in time; it may still take effect",
         )),
@@ -591,29 +641,30 @@ pub(super) mod tests {
     #[test]
     fn no_failure_after_a_proposal_is_definite() {
         let discarded = || ClientWriteError::LogEntryDiscarded(ForwardToLeader::empty());
-        for has_session in [false, true] {
+        for repropose in [Repropose::Unsafe, Repropose::Safe] {
             let cases = [
                 Waited::Answered(Err(discarded())),
                 Waited::Dropped,
                 Waited::TimedOut,
             ];
             for waited in cases {
-                match proposal_outcome(waited, has_session) {
-                    Outcome::Done(reply) => {
+                match proposal_outcome(waited, repropose) {
+                    Served::Answered(reply) => {
                         let code = reply.error_code().expect("an error");
                         assert!(!code.is_definite(), "{code:?}");
                     }
-                    Outcome::NotLeader(_, proposed) => {
-                        assert!(has_session && proposed, "only a deduplicated retry");
+                    Served::Discarded { .. } => {
+                        assert_eq!(repropose, Repropose::Safe, "only a deduplicated retry");
                     }
+                    Served::NotLeader { .. } => panic!("a proposal that may be in a log"),
                 }
             }
             let rejected = Waited::Answered(Err(ClientWriteError::ForwardToLeader(
                 ForwardToLeader::empty(),
             )));
             assert!(matches!(
-                proposal_outcome(rejected, has_session),
-                Outcome::NotLeader(_, false)
+                proposal_outcome(rejected, repropose),
+                Served::NotLeader { .. }
             ));
         }
     }
