@@ -19,7 +19,7 @@ mod peer;
 mod serve;
 mod status;
 
-pub use forward::Forwarded;
+pub use forward::{ForwardReply, Forwarded};
 pub use membership::MEMBERSHIP_NOT_LEADER;
 pub use peer::error_body;
 pub use serve::{BatchStarted, Started, check_entry_bytes, command_bytes};

@@ -8,9 +8,8 @@ use openraft::async_runtime::WatchReceiver;
 use openraft::raft::{AppendEntriesRequest, VoteRequest};
 use serde_json::{Map, Value};
 
-use super::forward::{DISCARDED_TEXT, NOT_LEADER_TEXT};
-use super::serve::{Served, check_entry_bytes};
-use super::{Forwarded, Node};
+use super::serve::check_entry_bytes;
+use super::{ForwardReply, Forwarded, Node};
 use crate::protocol::{ErrorCode, Reply};
 use crate::raft::TypeConfig;
 use crate::raft::network::{Body, ChunkReply, SnapshotChunk, check_terms, rpc_body, rpc_from};
@@ -34,7 +33,11 @@ impl Node {
             return None;
         }
         let fwd: Forwarded = rpc_from(body, rpc).ok()?;
-        check_entry_bytes(&self.config, &fwd, None).map(|r| rpc_body("forward_ok", &r))
+        let refused = match check_entry_bytes(&self.config, &fwd, None)? {
+            Reply::Error { code, text } => ForwardReply::Refused { code, text },
+            reply => ForwardReply::Answered { reply },
+        };
+        Some(rpc_body("forward_ok", &refused))
     }
 
     /// Handles a request body from a peer node; returns the reply body.
@@ -107,14 +110,8 @@ impl Node {
             "forward" => {
                 let fwd: Forwarded = rpc_from(body, raw_rpc)?;
                 let deadline = Instant::now() + self.config.request_timeout();
-                let reply = match self.serve_local(&fwd, deadline).await {
-                    Served::Answered(r) => r,
-                    Served::NotLeader { .. } => {
-                        Reply::error(ErrorCode::TemporarilyUnavailable, NOT_LEADER_TEXT)
-                    }
-                    Served::Discarded { .. } => Reply::error(ErrorCode::Crash, DISCARDED_TEXT),
-                };
-                rpc_body("forward_ok", &reply)
+                let served = self.serve_local(&fwd, deadline).await;
+                rpc_body("forward_ok", &ForwardReply::from(served))
             }
             other => {
                 return Ok(error_body(
