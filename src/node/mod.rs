@@ -23,7 +23,7 @@ pub use forward::{ForwardReply, Forwarded};
 pub use membership::MEMBERSHIP_NOT_LEADER;
 pub use peer::error_body;
 pub use serve::{BatchStarted, Started, check_entry_bytes, command_bytes};
-pub use status::NodeStatus;
+pub use status::{NodeStatus, Role};
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -19,7 +19,7 @@ impl Node {
         NodeStatus {
             id: self.id,
             name: self.name.clone(),
-            role: format!("{:?}", m.state),
+            role: Role::from(m.state),
             term: m.current_term,
             leader: m.current_leader,
             last_log_index: m.last_log_index,
@@ -46,8 +46,8 @@ pub struct NodeStatus {
     pub id: u64,
     /// Name (`n1`).
     pub name: String,
-    /// `Leader`, `Follower`, `Candidate` or `Learner`.
-    pub role: String,
+    /// Its Raft role (`"Leader"`, `"Follower"`, ... on the wire).
+    pub role: Role,
     /// Current term.
     pub term: u64,
     /// The leader this node believes in.
@@ -76,4 +76,64 @@ pub struct NodeStatus {
     /// leader has replicated to its id ran before and lost its data.
     #[serde(default)]
     pub replicated: Option<BTreeMap<u64, Option<u64>>>,
+}
+
+/// A node's Raft role, as [`NodeStatus`] reports it: on the wire its variant's
+/// name (`"Leader"`, `"Follower"`, `"Candidate"`, `"Learner"`, `"Shutdown"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Role {
+    /// Leads the cluster: serves reads and proposals.
+    Leader,
+    /// Replicates the leader's log and votes.
+    Follower,
+    /// Campaigning to become leader.
+    Candidate,
+    /// Replicates the log without voting.
+    Learner,
+    /// Raft is shutting down.
+    Shutdown,
+}
+
+impl From<openraft::ServerState> for Role {
+    fn from(state: openraft::ServerState) -> Role {
+        use openraft::ServerState as S;
+        match state {
+            S::Leader => Role::Leader,
+            S::Follower => Role::Follower,
+            S::Candidate => Role::Candidate,
+            S::Learner => Role::Learner,
+            S::Shutdown => Role::Shutdown,
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self, f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::ServerState;
+
+    /// The role goes on the wire spelled as before it was typed (openraft's
+    /// state names), so a status reply reads the same.
+    #[test]
+    fn a_role_is_spelled_as_openraft_names_the_state() {
+        for state in [
+            ServerState::Leader,
+            ServerState::Follower,
+            ServerState::Candidate,
+            ServerState::Learner,
+            ServerState::Shutdown,
+        ] {
+            let role = Role::from(state);
+            let wire = format!("\"{state:?}\"");
+            assert_eq!(serde_json::to_string(&role).unwrap(), wire);
+            assert_eq!(serde_json::from_str::<Role>(&wire).unwrap(), role);
+            assert_eq!(role.to_string(), format!("{state:?}"));
+        }
+    }
 }
