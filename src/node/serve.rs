@@ -157,19 +157,6 @@ impl Repropose {
 type Proposal = tokio::sync::oneshot::Receiver<openraft::raft::ClientWriteResult<TypeConfig>>;
 
 impl Node {
-    /// Serves a client request wherever the leader is, answering within about
-    /// `request_timeout_ms`.
-    pub async fn serve(&self, req: Request) -> Reply {
-        let deadline = Instant::now() + self.config.request_timeout();
-        self.serve_from(
-            Forwarded::from_request(req),
-            deadline,
-            self.leader(),
-            Proposed::Never,
-        )
-        .await
-    }
-
     /// The ordered half of serving, for a transport's reader to call in arrival order:
     /// a leader submits a proposal to Raft now, so writes enter the log in the order
     /// this node received them, and in a single-voter cluster a read is evaluated
