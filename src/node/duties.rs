@@ -13,6 +13,14 @@ use crate::config::Config;
 use crate::raft::log_store::SharedMirror;
 use crate::state::{Command, Op};
 
+/// How often the log's byte budget is checked, in heartbeats.
+const LOG_BUDGET_PERIOD_HEARTBEATS: u64 = 2;
+
+/// How long a snapshot build asked for may take before, the snapshot not having
+/// moved, it is asked for again (the build may have failed). Asking at every
+/// check would ask again while a build of a large state still runs.
+const SNAPSHOT_BUILD_WAIT: Duration = Duration::from_secs(10);
+
 impl Node {
     /// Keeps the in-memory log within its byte budget: builds a snapshot once the
     /// applied entries after the last one pass `snapshot_every_bytes`, and purges
@@ -20,7 +28,8 @@ impl Node {
     /// (openraft's own policy counts entries only).
     pub(super) fn spawn_log_budget(self: Arc<Self>, mirror: SharedMirror) {
         let weak = Arc::downgrade(&self);
-        let period = Duration::from_millis(self.config.heartbeat_interval_ms * 2);
+        let period =
+            Duration::from_millis(self.config.heartbeat_interval_ms * LOG_BUDGET_PERIOD_HEARTBEATS);
         drop(self);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(period);
@@ -48,7 +57,7 @@ impl Node {
                     (after, snapshot.and_then(|s| purge_point(&m, s, c)))
                 };
                 let building = asked
-                    .is_some_and(|(s, at)| s == snapshot && at.elapsed() < Duration::from_secs(10));
+                    .is_some_and(|(s, at)| s == snapshot && at.elapsed() < SNAPSHOT_BUILD_WAIT);
                 if after > c.snapshot_every_bytes && !building {
                     asked = Some((snapshot, Instant::now()));
                     tracing::info!(
@@ -72,11 +81,10 @@ impl Node {
     /// and make the replicated limits match this node's config.
     pub(super) fn spawn_leader_duties(self: Arc<Self>) {
         let weak = Arc::downgrade(&self);
+        let period = Duration::from_millis(self.config.gc_interval_ms);
         drop(self);
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(
-                weak.upgrade().map_or(1_000, |n| n.config.gc_interval_ms),
-            ));
+            let mut tick = tokio::time::interval(period);
             loop {
                 tick.tick().await;
                 let Some(node) = weak.upgrade() else { return };

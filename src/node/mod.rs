@@ -99,6 +99,24 @@ pub struct Node {
 /// changes: a failed node exits within about this.
 const FATAL_CHECK_PERIOD: Duration = Duration::from_millis(500);
 
+/// How long a lone node's start waits for it to elect itself, in election
+/// timeouts: it needs one; the rest is room for a slow start.
+const LONE_ELECTION_WAIT_TIMEOUTS: u64 = 4;
+const _: () = assert!(LONE_ELECTION_WAIT_TIMEOUTS >= 1);
+
+/// How long a retry keeps away from the leader that just failed it, in
+/// heartbeats: a new leader may refuse writes until the old leader's lease
+/// ends, so the same leader is taken again only after this.
+const FAILED_LEADER_BACKOFF_HEARTBEATS: u64 = 2;
+
+/// The time kept back before a request's deadline, in heartbeats, so a retried
+/// request still has time to commit: with less left, no attempt is made.
+const RETRY_MARGIN_HEARTBEATS: u64 = 1;
+
+/// The longest wait between looks at the leader while waiting for one: a leader
+/// change wakes the wait at once; this also catches the end of the back-off.
+const LEADER_POLL_MAX: Duration = Duration::from_millis(20);
+
 impl Node {
     /// Starts a Raft member `name` of `members` (ids are positions in the list, the
     /// same on every node) on in-memory storage, bootstrapping the cluster from the
@@ -196,8 +214,8 @@ impl Node {
         if node.members.len() == 1 && node.leader().is_none() {
             // A lone node elects itself at once; answering init after that keeps
             // the first requests of a script in order without any waiting.
-            let deadline =
-                Instant::now() + Duration::from_millis(node.config.election_timeout_max_ms * 4);
+            let wait_ms = node.config.election_timeout_max_ms * LONE_ELECTION_WAIT_TIMEOUTS;
+            let deadline = Instant::now() + Duration::from_millis(wait_ms);
             node.wait_for_leader(None, None, deadline).await;
         }
         Ok(node)
@@ -235,10 +253,10 @@ impl Node {
             return Some(h);
         }
         let mut rx = self.raft.metrics();
+        let heartbeat_ms = self.config.heartbeat_interval_ms;
         let backoff_until =
-            Instant::now() + Duration::from_millis(self.config.heartbeat_interval_ms * 2);
-        // Keep a margin so a retried request still has time to commit.
-        let margin = Duration::from_millis(self.config.heartbeat_interval_ms);
+            Instant::now() + Duration::from_millis(heartbeat_ms * FAILED_LEADER_BACKOFF_HEARTBEATS);
+        let margin = Duration::from_millis(heartbeat_ms * RETRY_MARGIN_HEARTBEATS);
         loop {
             let now = Instant::now();
             if now + margin >= deadline {
@@ -248,7 +266,7 @@ impl Node {
             if current.is_some() && (current != failed || now >= backoff_until) {
                 return current;
             }
-            let step = (deadline - margin - now).min(Duration::from_millis(20));
+            let step = (deadline - margin - now).min(LEADER_POLL_MAX);
             let _ = tokio::time::timeout(step, rx.changed()).await;
         }
     }
