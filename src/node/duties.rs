@@ -109,10 +109,7 @@ impl Node {
         let ts = self.next_ts_ms();
         let cutoff_ms = ts.saturating_sub(self.config.session_timeout_ms);
         if oldest.is_some_and(|o| o < cutoff_ms) {
-            let cmd = Command {
-                ts_ms: ts,
-                op: Op::Gc { cutoff_ms },
-            };
+            let cmd = Command::new(ts, Op::Gc { cutoff_ms });
             if let Err(e) =
                 tokio::time::timeout(self.config.request_timeout(), self.raft.client_write(cmd))
                     .await

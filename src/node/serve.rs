@@ -38,10 +38,7 @@ impl std::io::Write for ByteCounter {
 /// The size of `op`'s command as the log encodes it, with the largest timestamp.
 pub fn command_bytes(op: &Op) -> usize {
     let mut counter = ByteCounter(0);
-    let cmd = Command {
-        ts_ms: u64::MAX,
-        op: op.clone(),
-    };
+    let cmd = Command::new(u64::MAX, op.clone());
     match serde_json::to_writer(&mut counter, &cmd) {
         Ok(()) => counter.0,
         Err(_) => usize::MAX,
@@ -227,10 +224,7 @@ impl Node {
                 continue;
             }
             immediate.push(None);
-            cmds.push(Command {
-                ts_ms: self.next_ts_ms(),
-                op: op.clone(),
-            });
+            cmds.push(Command::new(self.next_ts_ms(), op.clone()));
             proposed.push(op);
         }
         if cmds.is_empty() {
@@ -258,7 +252,9 @@ impl Node {
                     Some(st) => {
                         let wait = deadline.saturating_duration_since(Instant::now());
                         match tokio::time::timeout(wait, futures::StreamExt::next(st)).await {
-                            Ok(Some(Ok(result))) => Waited::Answered(result.map(|w| w.response)),
+                            Ok(Some(Ok(result))) => {
+                                Waited::Answered(result.map(|w| w.response.into()))
+                            }
                             Ok(Some(Err(_)) | None) => Waited::Dropped,
                             Err(_) => Waited::TimedOut,
                         }
@@ -290,7 +286,10 @@ impl Node {
         if self.submitted.load(Ordering::SeqCst) != *self.finished.borrow() {
             return None;
         }
-        self.sm.try_read().and_then(|a| a.state.cached_reply(s))
+        self.sm
+            .try_read()
+            .and_then(|a| a.state.cached_reply(s))
+            .map(Reply::from)
     }
 
     /// Finishes a request whose first attempt ended as `served`: its answer, or
@@ -393,7 +392,7 @@ impl Node {
         let r =
             tokio::time::timeout(wait, self.raft.ensure_linearizable(ReadPolicy::ReadIndex)).await;
         match r {
-            Ok(Ok(_)) => Served::Answered(self.sm.read().state.read(key)),
+            Ok(Ok(_)) => Served::Answered(self.sm.read().state.read(key).into()),
             Ok(Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f)))) => {
                 Served::NotLeader {
                     leader: f.leader_id,
@@ -424,10 +423,7 @@ impl Node {
         if let Some(reply) = self.cached(&op) {
             return Err(Served::Answered(reply));
         }
-        let cmd = Command {
-            ts_ms: self.next_ts_ms(),
-            op,
-        };
+        let cmd = Command::new(self.next_ts_ms(), op);
         let (responder, rx) = openraft::impls::ProgressResponder::complete_only();
         match self.raft.client_write_ff(cmd, Some(responder)).await {
             Ok(()) => {
@@ -450,7 +446,7 @@ impl Node {
     ) -> Served {
         let wait = deadline.saturating_duration_since(Instant::now());
         let waited = match tokio::time::timeout(wait, proposal).await {
-            Ok(Ok(result)) => Waited::Answered(result.map(|r| r.data)),
+            Ok(Ok(result)) => Waited::Answered(result.map(|r| r.data.into())),
             Ok(Err(_)) => Waited::Dropped,
             Err(_) => Waited::TimedOut,
         };
@@ -530,10 +526,7 @@ pub(super) mod tests {
     pub(in crate::node) fn entry(op: Op) -> crate::raft::Entry {
         crate::raft::Entry {
             log_id: openraft::testing::log_id::<TypeConfig>(u64::MAX, u64::MAX, u64::MAX),
-            payload: openraft::EntryPayload::Normal(Command {
-                ts_ms: u64::MAX,
-                op,
-            }),
+            payload: openraft::EntryPayload::Normal(Command::new(u64::MAX, op)),
         }
     }
 
