@@ -7,9 +7,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use openraft::async_runtime::WatchReceiver;
+use openraft::errors::Fatal;
 
 use super::Node;
 use crate::config::Config;
+use crate::raft::TypeConfig;
 use crate::raft::log_store::SharedMirror;
 use crate::state::{Command, Op};
 
@@ -34,44 +36,17 @@ impl Node {
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(period);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            // The snapshot a build was last asked after, and when.
-            let mut asked: Option<(Option<u64>, Instant)> = None;
-            let mut purge_asked = 0u64;
+            let mut budget = LogBudget {
+                mirror,
+                asked: None,
+                purge_asked: 0,
+            };
             loop {
                 tick.tick().await;
                 let Some(node) = weak.upgrade() else { return };
                 node.snapshots_in.sweep().await;
-                let (snapshot, applied) = {
-                    let m = node.raft.metrics();
-                    let m = m.borrow_watched();
-                    (m.snapshot.map(|l| l.index), m.last_applied.map(|l| l.index))
-                };
-                let c = &node.config;
-                let (after, purge_to) = {
-                    let m = crate::raft::log_store::lock(&mirror);
-                    let after = match (snapshot, applied) {
-                        (_, None) => 0,
-                        (None, Some(a)) => m.bytes_in(..=a),
-                        (Some(s), Some(a)) => m.bytes_in(s + 1..=a),
-                    };
-                    (after, snapshot.and_then(|s| purge_point(&m, s, c)))
-                };
-                let building = asked
-                    .is_some_and(|(s, at)| s == snapshot && at.elapsed() < SNAPSHOT_BUILD_WAIT);
-                if after > c.snapshot_every_bytes && !building {
-                    asked = Some((snapshot, Instant::now()));
-                    tracing::info!(
-                        "{after} bytes of entries since the last snapshot: building one"
-                    );
-                    if node.raft.trigger().snapshot().await.is_err() {
-                        return;
-                    }
-                }
-                if let Some(p) = purge_to.filter(|p| *p > purge_asked) {
-                    purge_asked = p;
-                    if node.raft.trigger().purge_log(p).await.is_err() {
-                        return;
-                    }
+                if budget.check(&node).await.is_err() {
+                    return;
                 }
             }
         });
@@ -120,6 +95,53 @@ impl Node {
     }
 }
 
+/// What the log budget task remembers between checks.
+struct LogBudget {
+    /// The log's in-memory copy, with each entry's size.
+    mirror: SharedMirror,
+    /// The snapshot a build was last asked after, and when.
+    asked: Option<(Option<u64>, Instant)>,
+    /// The index a purge was last asked up to.
+    purge_asked: u64,
+}
+
+impl LogBudget {
+    /// One check: asks for a snapshot once the applied entries after the last
+    /// one pass `snapshot_every_bytes` (again only if a build asked for is
+    /// overdue), and for a purge once the entries kept behind the snapshot pass
+    /// `log_kept_behind_snapshot_bytes`. Err once Raft has stopped.
+    async fn check(&mut self, node: &Node) -> Result<(), Fatal<TypeConfig>> {
+        let (snapshot, applied) = {
+            let m = node.raft.metrics();
+            let m = m.borrow_watched();
+            (m.snapshot.map(|l| l.index), m.last_applied.map(|l| l.index))
+        };
+        let c = &node.config;
+        let (after, purge_to) = {
+            let m = crate::raft::log_store::lock(&self.mirror);
+            let after = match (snapshot, applied) {
+                (_, None) => 0,
+                (None, Some(a)) => m.bytes_in(..=a),
+                (Some(s), Some(a)) => m.bytes_in(s + 1..=a),
+            };
+            (after, snapshot.and_then(|s| purge_point(&m, s, c)))
+        };
+        let building = self
+            .asked
+            .is_some_and(|(s, at)| s == snapshot && at.elapsed() < SNAPSHOT_BUILD_WAIT);
+        if after > c.snapshot_every_bytes && !building {
+            self.asked = Some((snapshot, Instant::now()));
+            tracing::info!("{after} bytes of entries since the last snapshot: building one");
+            node.raft.trigger().snapshot().await?;
+        }
+        if let Some(p) = purge_to.filter(|p| *p > self.purge_asked) {
+            self.purge_asked = p;
+            node.raft.trigger().purge_log(p).await?;
+        }
+        Ok(())
+    }
+}
+
 /// The index to purge up to so that the entries kept behind snapshot `snapshot`
 /// hold at most `log_kept_behind_snapshot_bytes`; `None` if they already do.
 fn purge_point(m: &crate::raft::log_store::LogMirror, snapshot: u64, c: &Config) -> Option<u64> {
@@ -136,7 +158,6 @@ fn purge_point(m: &crate::raft::log_store::LogMirror, snapshot: u64, c: &Config)
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::raft::TypeConfig;
 
     #[test]
     fn the_log_kept_behind_a_snapshot_is_bounded_in_bytes() {

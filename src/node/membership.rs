@@ -29,6 +29,27 @@ struct NotCaughtUp {
     leading: bool,
 }
 
+impl NotCaughtUp {
+    /// How far it got of `target`, for an error text.
+    fn describe(&self, target: Option<u64>) -> String {
+        let index = |i: Option<u64>| i.map_or("nothing".to_string(), |i| format!("index {i}"));
+        format!(
+            "replicated to it: {} of {}{}",
+            index(self.matched),
+            index(target),
+            if self.leading {
+                ""
+            } else {
+                "; this node lost the lead"
+            }
+        )
+    }
+}
+
+/// A failed membership step: its error code (definite only if nothing changed)
+/// and text.
+type StepError = (ErrorCode, String);
+
 /// A member as the current membership holds it.
 struct Member {
     /// Its name and address.
@@ -70,7 +91,7 @@ impl Node {
         peer: Peer,
         catch_up: Duration,
         step: Duration,
-    ) -> Result<Option<String>, (ErrorCode, String)> {
+    ) -> Result<Option<String>, StepError> {
         match self.member(id) {
             Some(Member {
                 peer: old,
@@ -101,76 +122,81 @@ impl Node {
             }
             // A learner left by an earlier attempt: wait for it as below.
             Some(_) => {}
-            None => {
-                match tokio::time::timeout(
-                    step,
-                    self.raft
-                        .add_learner(id, peer.clone(), ADD_LEARNER_BLOCKING),
-                )
-                .await
-                {
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) => return Err(refused_or_unknown("adding it as a learner", e)),
-                    Err(_) => {
-                        return Err((
-                            ErrorCode::Timeout,
-                            format!(
-                                "adding {peer} as a learner not done within {step:?}; it may still \
-                             become a learner (not a voter)"
-                            ),
-                        ));
-                    }
-                }
-            }
+            None => self.add_learner(id, &peer, step).await?,
         }
         let target = self.raft.metrics().borrow_watched().last_log_index;
-        if let Err(NotCaughtUp { matched, leading }) =
-            self.wait_caught_up(id, target, catch_up).await
-        {
-            let index = |i: Option<u64>| i.map_or("nothing".to_string(), |i| format!("index {i}"));
+        if let Err(behind) = self.wait_caught_up(id, target, catch_up).await {
             let why = format!(
-                "{peer} did not catch up within {catch_up:?} (replicated to it: {} of {}{})",
-                index(matched),
-                index(target),
-                if leading {
-                    ""
-                } else {
-                    "; this node lost the lead"
-                }
+                "{peer} did not catch up within {catch_up:?} ({})",
+                behind.describe(target)
             );
-            let ids = std::collections::BTreeSet::from([id]);
-            let removed = tokio::time::timeout(
-                step,
-                self.raft
-                    .change_membership(openraft::ChangeMembers::RemoveNodes(ids), RETAIN_REMOVED),
-            )
-            .await;
-            return Err(match removed {
-                Ok(Ok(_)) => (
-                    ErrorCode::TemporarilyUnavailable,
-                    format!(
-                        "{why}: not made a voter, and removed as a learner again, so the \
-                         membership is unchanged. Start it first (`oncekv serve --join`) and retry"
-                    ),
-                ),
-                Ok(Err(e)) => (
-                    ErrorCode::Crash,
-                    format!(
-                        "{why}: not made a voter, but removing it as a learner failed ({e}); \
-                         it may remain a learner: remove-node {}",
-                        peer.name
-                    ),
-                ),
-                Err(_) => (
-                    ErrorCode::Timeout,
-                    format!(
-                        "{why}: not made a voter; removing it as a learner not done within \
-                         {step:?}; it may remain a learner: remove-node {}",
-                        peer.name
-                    ),
-                ),
-            });
+            return Err(self.undo_learner(id, &peer, &why, step).await);
         }
+        self.promote(id, &peer, step).await.map(|()| None)
+    }
+
+    /// The first step of adding a member: `id` at `peer` as a learner, within `step`.
+    async fn add_learner(&self, id: u64, peer: &Peer, step: Duration) -> Result<(), StepError> {
+        let added = tokio::time::timeout(
+            step,
+            self.raft
+                .add_learner(id, peer.clone(), ADD_LEARNER_BLOCKING),
+        )
+        .await;
+        match added {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(refused_or_unknown("adding it as a learner", e)),
+            Err(_) => Err((
+                ErrorCode::Timeout,
+                format!(
+                    "adding {peer} as a learner not done within {step:?}; it may still \
+                     become a learner (not a voter)"
+                ),
+            )),
+        }
+    }
+
+    /// After a learner did not catch up (`why`): removes it again, within `step`,
+    /// so the membership is as before. The error to answer: definite only if the
+    /// removal is known to be done.
+    async fn undo_learner(&self, id: u64, peer: &Peer, why: &str, step: Duration) -> StepError {
+        let ids = std::collections::BTreeSet::from([id]);
+        let removed = tokio::time::timeout(
+            step,
+            self.raft
+                .change_membership(openraft::ChangeMembers::RemoveNodes(ids), RETAIN_REMOVED),
+        )
+        .await;
+        match removed {
+            Ok(Ok(_)) => (
+                ErrorCode::TemporarilyUnavailable,
+                format!(
+                    "{why}: not made a voter, and removed as a learner again, so the \
+                     membership is unchanged. Start it first (`oncekv serve --join`) and retry"
+                ),
+            ),
+            Ok(Err(e)) => (
+                ErrorCode::Crash,
+                format!(
+                    "{why}: not made a voter, but removing it as a learner failed ({e}); \
+                     it may remain a learner: remove-node {}",
+                    peer.name
+                ),
+            ),
+            Err(_) => (
+                ErrorCode::Timeout,
+                format!(
+                    "{why}: not made a voter; removing it as a learner not done within \
+                     {step:?}; it may remain a learner: remove-node {}",
+                    peer.name
+                ),
+            ),
+        }
+    }
+
+    /// The last step of adding a member: the caught-up learner `id` made a
+    /// voter, within `step`.
+    async fn promote(&self, id: u64, peer: &Peer, step: Duration) -> Result<(), StepError> {
         let voters = std::collections::BTreeSet::from([id]);
         let promoted = tokio::time::timeout(
             step,
@@ -179,7 +205,7 @@ impl Node {
         )
         .await;
         match promoted {
-            Ok(Ok(_)) => Ok(None),
+            Ok(Ok(_)) => Ok(()),
             // A voter change takes two entries (joint, then final): an error may
             // come after the first was appended.
             Ok(Err(e)) => Err((
@@ -233,7 +259,7 @@ impl Node {
     /// Removes member `id` (leader only): a voter from the voters and the
     /// membership, a learner from the membership. Ok carries a note when there
     /// was nothing to do.
-    pub async fn remove_member(&self, id: u64) -> Result<Option<String>, (ErrorCode, String)> {
+    pub async fn remove_member(&self, id: u64) -> Result<Option<String>, StepError> {
         let ids = std::collections::BTreeSet::from([id]);
         let change = match self.member(id) {
             None => return Ok(Some(format!("node id {id} is not a member"))),
@@ -265,7 +291,7 @@ pub const MEMBERSHIP_NOT_LEADER: &str = "not the leader";
 fn refused_or_unknown(
     what: &str,
     e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>,
-) -> (ErrorCode, String) {
+) -> StepError {
     match e {
         RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => (
             ErrorCode::TemporarilyUnavailable,

@@ -85,27 +85,8 @@ impl Node {
             "raft_snapshot" => {
                 let chunk: SnapshotChunk = rpc_from(body, raw_rpc)?;
                 check_terms(&(&chunk.vote, &chunk.meta))?;
-                match self.snapshots_in.accept(&chunk).await.map_err(|e| s(&e))? {
-                    Accepted::Next(next) => rpc_body("raft_snapshot_ok", &ChunkReply::Next(next)),
-                    Accepted::Complete(data) => {
-                        let snapshot = Snapshot {
-                            meta: chunk.meta.clone(),
-                            snapshot: data,
-                        };
-                        let r = self
-                            .raft
-                            .install_full_snapshot(chunk.vote, snapshot)
-                            .await
-                            .map_err(|e| s(&e))?;
-                        self.snapshots_in.installed(&chunk);
-                        rpc_body("raft_snapshot_ok", &ChunkReply::Done(r))
-                    }
-                    Accepted::Installed => {
-                        let vote = self.raft.metrics().borrow_watched().vote;
-                        let r = openraft::raft::SnapshotResponse { vote };
-                        rpc_body("raft_snapshot_ok", &ChunkReply::Done(r))
-                    }
-                }
+                let r = self.snapshot_chunk(chunk).await?;
+                rpc_body("raft_snapshot_ok", &r)
             }
             "forward" => {
                 let fwd: Forwarded = rpc_from(body, raw_rpc)?;
@@ -120,6 +101,34 @@ impl Node {
                 ));
             }
         })
+    }
+
+    /// Takes one chunk of a snapshot a leader sends: the next offset it wants,
+    /// or, once the last chunk is in, the snapshot installed.
+    async fn snapshot_chunk(&self, chunk: SnapshotChunk) -> Result<ChunkReply, String> {
+        let s = |e: &dyn std::fmt::Display| e.to_string();
+        Ok(
+            match self.snapshots_in.accept(&chunk).await.map_err(|e| s(&e))? {
+                Accepted::Next(next) => ChunkReply::Next(next),
+                Accepted::Complete(data) => {
+                    let snapshot = Snapshot {
+                        meta: chunk.meta.clone(),
+                        snapshot: data,
+                    };
+                    let r = self
+                        .raft
+                        .install_full_snapshot(chunk.vote, snapshot)
+                        .await
+                        .map_err(|e| s(&e))?;
+                    self.snapshots_in.installed(&chunk);
+                    ChunkReply::Done(r)
+                }
+                Accepted::Installed => {
+                    let vote = self.raft.metrics().borrow_watched().vote;
+                    ChunkReply::Done(openraft::raft::SnapshotResponse { vote })
+                }
+            },
+        )
     }
 }
 

@@ -153,6 +153,12 @@ impl Repropose {
 /// A proposal submitted to Raft whose outcome is still to come.
 type Proposal = tokio::sync::oneshot::Receiver<openraft::raft::ClientWriteResult<TypeConfig>>;
 
+/// The outcomes of a batch submitted to Raft, one per proposal in order.
+type BatchOutcomes = futures::stream::BoxStream<
+    'static,
+    Result<openraft::raft::WriteResult<TypeConfig>, openraft::errors::Fatal<TypeConfig>>,
+>;
+
 impl Node {
     /// The ordered half of serving, for a transport's reader to call in arrival order:
     /// a leader submits a proposal to Raft now, so writes enter the log in the order
@@ -236,37 +242,40 @@ impl Node {
         let count = cmds.len() as u64;
         let stream = self.raft.client_write_many(cmds).await;
         self.submitted.fetch_add(count, Ordering::SeqCst);
-        let node = self.clone();
-        let rest = Box::pin(async move {
-            let mut stream = match stream {
-                Ok(s) => Some(s),
-                Err(e) => {
-                    tracing::warn!("raft stopped: {e}");
-                    None
+        let stream = stream
+            .inspect_err(|e| tracing::warn!("raft stopped: {e}"))
+            .ok();
+        let rest = Box::pin(self.clone().finish_batch(stream, proposed, deadline));
+        Ok(BatchStarted { immediate, rest })
+    }
+
+    /// The replies of a submitted batch's proposals, in order: each one's outcome
+    /// taken from `outcomes` (none: Raft stopped) until `deadline`, then finished
+    /// per the error rule.
+    async fn finish_batch(
+        self: Arc<Self>,
+        mut outcomes: Option<BatchOutcomes>,
+        proposed: Vec<Op>,
+        deadline: Instant,
+    ) -> Vec<Reply> {
+        let mut replies = Vec::with_capacity(proposed.len());
+        for op in proposed {
+            let waited = match outcomes.as_mut() {
+                None => Waited::Dropped,
+                Some(st) => {
+                    let wait = deadline.saturating_duration_since(Instant::now());
+                    match tokio::time::timeout(wait, futures::StreamExt::next(st)).await {
+                        Ok(Some(Ok(result))) => Waited::Answered(result.map(|w| w.response.into())),
+                        Ok(Some(Err(_)) | None) => Waited::Dropped,
+                        Err(_) => Waited::TimedOut,
+                    }
                 }
             };
-            let mut replies = Vec::with_capacity(proposed.len());
-            for op in proposed {
-                let waited = match stream.as_mut() {
-                    None => Waited::Dropped,
-                    Some(st) => {
-                        let wait = deadline.saturating_duration_since(Instant::now());
-                        match tokio::time::timeout(wait, futures::StreamExt::next(st)).await {
-                            Ok(Some(Ok(result))) => {
-                                Waited::Answered(result.map(|w| w.response.into()))
-                            }
-                            Ok(Some(Err(_)) | None) => Waited::Dropped,
-                            Err(_) => Waited::TimedOut,
-                        }
-                    }
-                };
-                node.finished.send_modify(|n| *n += 1);
-                let served = proposal_outcome(waited, Repropose::of(&op));
-                replies.push(node.finish(Forwarded::Propose(op), deadline, served).await);
-            }
-            replies
-        });
-        Ok(BatchStarted { immediate, rest })
+            self.finished.send_modify(|n| *n += 1);
+            let served = proposal_outcome(waited, Repropose::of(&op));
+            replies.push(self.finish(Forwarded::Propose(op), deadline, served).await);
+        }
+        replies
     }
 
     /// The cached reply of a session op that already ran, answered without a log
