@@ -5,8 +5,8 @@
 //! [`Node::shutdown`]). Each duty lives in its own file: `serve` (local reads and
 //! proposals, the error rule), `forward` (to the leader), `peer` (peers' RPCs),
 //! `duties` (the leader's GC and limits, the log's byte budget), `membership`,
-//! `status`. Transports use the names re-exported here; they may not reach into
-//! the files.
+//! `status`. This file holds no serving, forwarding or RPC logic itself; code
+//! outside `node/` uses the names re-exported here, never the files' own paths.
 //!
 //! The error rule: a definite error is only produced on paths where nothing was
 //! proposed; once a proposal may have reached the log, every failure becomes
