@@ -39,6 +39,7 @@ pub use writer::WriterStats;
 
 use crate::raft::Storage;
 use crate::raft::sm_store::StateMachineStore;
+use crate::state::SnapshotError;
 
 /// The log directory's name in the data dir.
 pub const LOG_DIR: &str = wal::WAL_DIR;
@@ -217,11 +218,16 @@ fn open_with(
         }
         .write(dir)?;
     }
-    let sm = StateMachineStore::restored(snapshot, Arc::new(snapshots)).map_err(|e| {
-        StorageError::Corrupt {
+    let sm = StateMachineStore::restored(snapshot, Arc::new(snapshots)).map_err(|e| match e {
+        SnapshotError::Version(v) => StorageError::Incompatible {
+            path: dir.join(SNAPSHOT_DIR),
+            found: format!("snapshot format version {}", v.found),
+            expected: format!("snapshot format version {}", v.known),
+        },
+        SnapshotError::Decode(e) => StorageError::Corrupt {
             path: dir.join(SNAPSHOT_DIR),
             reason: format!("the snapshot's state does not load: {e}"),
-        }
+        },
     })?;
     let mirror = log.mirror();
     Ok(Storage { log, sm, mirror })
