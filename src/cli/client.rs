@@ -180,39 +180,14 @@ fn output_failed(e: io::Error, status: i32) -> i32 {
 
 /// Runs one client command, writing its answer to `out`; returns the exit status.
 pub async fn run(args: ClientArgs, out: &mut dyn Write) -> i32 {
-    let mut opts = ClientOptions::new(args.peers.clone());
-    opts.cluster_key = crate::tcp::cluster_key_from_env().map(|k| k.to_string());
-    // The same request limit as the nodes (ONCEKV_REQUEST_BYTES_MAX).
-    match crate::config::Config::from_env() {
-        Ok(c) => opts.request_bytes_max = c.request_bytes_max,
+    let opts = match options(&args) {
+        Ok(opts) => opts,
         Err(e) => {
-            eprintln!("error: {e}");
-            return EXIT_USAGE;
-        }
-    }
-    opts.deadline = match deadline(args.deadline) {
-        Ok(d) => d,
-        Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("{e}");
             return EXIT_USAGE;
         }
     };
-    if let Err(e) = check_peers(&args.peers) {
-        eprintln!("error: {e}");
-        return EXIT_USAGE;
-    }
-    if matches!(
-        args.op,
-        ClientOp::AddNode { .. } | ClientOp::RemoveNode { .. }
-    ) {
-        // The leader answers add_node once the learner has caught up.
-        opts.attempt_timeout = opts.deadline;
-    }
-    if let Err(e) = check_wide_integers(&args.op) {
-        eprintln!("{e}");
-        return EXIT_USAGE;
-    }
-    let opts_deadline = opts.deadline;
+    let deadline = opts.deadline;
     let mut client = Client::new(opts);
     let result = match args.op.clone() {
         ClientOp::Status => return status(&mut client, &args.peers, out).await,
@@ -224,31 +199,20 @@ pub async fn run(args: ClientArgs, out: &mut dyn Write) -> i32 {
             // The leader waits this long for the node to catch up before making
             // it a voter, leaving the rest of the deadline for undoing the learner
             // and the reply.
-            let timeout_ms = (opts_deadline.as_secs_f64() * 750.0) as u64;
+            let timeout_ms = (deadline.as_secs_f64() * 750.0) as u64;
             let body =
                 json!({"type": "add_node", "name": name, "addr": addr, "timeout_ms": timeout_ms});
-            return admin(&mut client, body, opts_deadline, out).await;
+            return admin(&mut client, body, deadline, out).await;
         }
         ClientOp::RemoveNode { name } => {
             let body = json!({"type": "remove_node", "name": name});
-            return admin(&mut client, body, opts_deadline, out).await;
+            return admin(&mut client, body, deadline, out).await;
         }
         ClientOp::OpenSession => client.request(json!({"type": "open_session"})).await,
         ClientOp::Read { key } => client.read(json_arg(&key)).await,
         op => match session(&mut client, &args).await {
             Err(e) => Err(e),
-            Ok(()) => match op {
-                ClientOp::Write { key, value } => {
-                    client.write(json_arg(&key), json_arg(&value)).await
-                }
-                ClientOp::Cas { key, from, to } => {
-                    client
-                        .cas(json_arg(&key), json_arg(&from), json_arg(&to))
-                        .await
-                }
-                ClientOp::Add { key, delta } => client.add(json_arg(&key), delta).await,
-                _ => unreachable!("handled above"),
-            },
+            Ok(()) => mutate(&mut client, op).await,
         },
     };
     match result {
@@ -267,6 +231,41 @@ pub async fn run(args: ClientArgs, out: &mut dyn Write) -> i32 {
             eprintln!("error: {e}");
             EXIT_INDEFINITE
         }
+    }
+}
+
+/// The client's options from the flags and the environment (the cluster key, the
+/// nodes' request limit), or why the command is refused before sending anything.
+fn options(args: &ClientArgs) -> Result<ClientOptions, String> {
+    let mut opts = ClientOptions::new(args.peers.clone());
+    opts.cluster_key = crate::tcp::cluster_key_from_env().map(|k| k.to_string());
+    // The same request limit as the nodes (ONCEKV_REQUEST_BYTES_MAX).
+    let config = crate::config::Config::from_env().map_err(|e| format!("error: {e}"))?;
+    opts.request_bytes_max = config.request_bytes_max;
+    opts.deadline = deadline(args.deadline).map_err(|e| format!("error: {e}"))?;
+    check_peers(&args.peers).map_err(|e| format!("error: {e}"))?;
+    if matches!(
+        args.op,
+        ClientOp::AddNode { .. } | ClientOp::RemoveNode { .. }
+    ) {
+        // The leader answers add_node once the learner has caught up.
+        opts.attempt_timeout = opts.deadline;
+    }
+    check_wide_integers(&args.op)?;
+    Ok(opts)
+}
+
+/// A write, cas or add in the client's session.
+async fn mutate(client: &mut Client, op: ClientOp) -> Result<Reply, ClientError> {
+    match op {
+        ClientOp::Write { key, value } => client.write(json_arg(&key), json_arg(&value)).await,
+        ClientOp::Cas { key, from, to } => {
+            client
+                .cas(json_arg(&key), json_arg(&from), json_arg(&to))
+                .await
+        }
+        ClientOp::Add { key, delta } => client.add(json_arg(&key), delta).await,
+        _ => unreachable!("only mutations reach here"),
     }
 }
 

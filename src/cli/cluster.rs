@@ -93,36 +93,11 @@ struct Running {
 /// exited. Output that cannot be written (the reader went away) stops the nodes
 /// too, and the write's error is returned.
 pub async fn run(args: &ClusterArgs, out: &mut dyn Write) -> Result<(), TcpError> {
-    if args.nodes == 0 {
-        return Err(TcpError::Args("--nodes must be at least 1".into()));
-    }
+    let nodes = plan(args)?;
     let exe = std::env::current_exe()?;
-    if u32::from(args.base_port) + args.nodes - 1 > u32::from(u16::MAX) {
-        return Err(TcpError::Args(format!(
-            "--base-port {} leaves no port for n{}",
-            args.base_port, args.nodes
-        )));
-    }
-    // Peers reach a node listening on a wildcard at loopback.
-    let listen_host = args.host.as_str();
-    let peer_host = match listen_host.trim_start_matches('[').trim_end_matches(']') {
-        "0.0.0.0" => "127.0.0.1",
-        "::" => "[::1]",
-        _ => listen_host,
-    };
-    let nodes: Vec<(String, String, String)> = (1..=args.nodes)
-        .map(|i| {
-            let port = u32::from(args.base_port) + i - 1;
-            (
-                format!("n{i}"),
-                format!("{listen_host}:{port}"),
-                format!("{peer_host}:{port}"),
-            )
-        })
-        .collect();
     let peers = nodes
         .iter()
-        .map(|(n, _, a)| format!("{n}={a}"))
+        .map(|n| format!("{}={}", n.name, n.addr))
         .collect::<Vec<_>>()
         .join(",");
     check_free(args, &nodes)?;
@@ -133,67 +108,27 @@ pub async fn run(args: &ClusterArgs, out: &mut dyn Write) -> Result<(), TcpError
     let _ = futures::poll!(stop_signal.as_mut());
     std::fs::create_dir_all(&args.data_dir)?;
     let (key, key_file) = cluster_key(&args.data_dir)?;
-    let started = utc_now();
     let (exits_tx, mut exits) = mpsc::unbounded_channel();
+    let launch = Launch {
+        exe,
+        peers: peers.clone(),
+        key,
+        // The nodes share this machine's cores.
+        workers: serve::workers_per_node(nodes.len()).to_string(),
+        started: utc_now(),
+        exits: exits_tx,
+    };
     let mut running: Vec<Running> = Vec::new();
-    // The nodes share this machine's cores.
-    let workers = serve::workers_per_node(nodes.len()).to_string();
-    for (name, addr, peer_addr) in &nodes {
-        let dir = args.data_dir.join(name);
-        std::fs::create_dir_all(&dir)?;
-        // Appended: the previous run's reasons stay readable.
-        let mut stderr = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join("stderr.log"))?;
-        std::io::Write::write_all(
-            &mut stderr,
-            format!("==== oncekv cluster starting {name} at {started} ====\n").as_bytes(),
-        )?;
-        let spawned = Command::new(&exe)
-            .args(["serve", "--id", name, "--listen", addr, "--peers", &peers])
-            .args(["--workers", &workers])
-            .arg("--data-dir")
-            .arg(&dir)
-            .env(tcp::CLUSTER_KEY_VAR, &key)
-            // A start-up error's message, not its backtrace, is what the last
-            // lines of stderr.log should show (panics keep RUST_BACKTRACE's).
-            .env("RUST_LIB_BACKTRACE", "0")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .kill_on_drop(true)
-            .spawn();
-        let mut child = match spawned {
-            Ok(c) => c,
+    for node in &nodes {
+        match launch.spawn(&args.data_dir, node) {
+            Ok(r) => running.push(r),
             Err(e) => {
                 stop(&mut running, &mut exits, out).await;
-                return Err(e.into());
+                return Err(e);
             }
-        };
-        let pid = child.id().unwrap_or(0);
-        let (kill, killed) = oneshot::channel::<()>();
-        let tx = exits_tx.clone();
-        let task_name = name.clone();
-        tokio::spawn(async move {
-            let status = tokio::select! {
-                s = child.wait() => s,
-                _ = killed => {
-                    let _ = child.start_kill();
-                    child.wait().await
-                }
-            };
-            let _ = tx.send((task_name, status));
-        });
-        running.push(Running {
-            name: name.clone(),
-            addr: peer_addr.clone(),
-            dir,
-            pid,
-            kill: Some(kill),
-        });
+        }
     }
-    drop(exits_tx);
+    drop(launch);
     let start_timeout = Duration::from_secs(args.start_timeout_s);
     let started = tokio::select! {
         r = wait_serving(&mut running, &mut exits, start_timeout) => r,
@@ -215,6 +150,118 @@ pub async fn run(args: &ClusterArgs, out: &mut dyn Write) -> Result<(), TcpError
     };
     stop(&mut running, &mut exits, out).await;
     result
+}
+
+/// A node to start: `nI`, the address it listens on, the address peers use.
+struct Planned {
+    name: String,
+    listen: String,
+    addr: String,
+}
+
+/// The nodes `--nodes`, `--base-port` and `--host` ask for; refuses a count of 0
+/// and ports past 65535.
+fn plan(args: &ClusterArgs) -> Result<Vec<Planned>, TcpError> {
+    if args.nodes == 0 {
+        return Err(TcpError::Args("--nodes must be at least 1".into()));
+    }
+    if u32::from(args.base_port) + args.nodes - 1 > u32::from(u16::MAX) {
+        return Err(TcpError::Args(format!(
+            "--base-port {} leaves no port for n{}",
+            args.base_port, args.nodes
+        )));
+    }
+    // Peers reach a node listening on a wildcard at loopback.
+    let listen_host = args.host.as_str();
+    let peer_host = match listen_host.trim_start_matches('[').trim_end_matches(']') {
+        "0.0.0.0" => "127.0.0.1",
+        "::" => "[::1]",
+        _ => listen_host,
+    };
+    Ok((1..=args.nodes)
+        .map(|i| {
+            let port = u32::from(args.base_port) + i - 1;
+            Planned {
+                name: format!("n{i}"),
+                listen: format!("{listen_host}:{port}"),
+                addr: format!("{peer_host}:{port}"),
+            }
+        })
+        .collect())
+}
+
+/// What every node's `serve` process is started with.
+struct Launch {
+    exe: PathBuf,
+    /// The `--peers` value.
+    peers: String,
+    /// The cluster key, handed over in [`tcp::CLUSTER_KEY_VAR`].
+    key: String,
+    /// The `--workers` value.
+    workers: String,
+    /// When this cluster started, for the line opening each `stderr.log`.
+    started: String,
+    /// Where each node's waiting task reports its exit.
+    exits: mpsc::UnboundedSender<(String, std::io::Result<ExitStatus>)>,
+}
+
+impl Launch {
+    /// Starts `node` in `data_dir/nI` (its stderr appended to `stderr.log` after
+    /// a line naming the start), with a task that reports its exit and kills it
+    /// on request.
+    fn spawn(&self, data_dir: &Path, node: &Planned) -> Result<Running, TcpError> {
+        let name = &node.name;
+        let dir = data_dir.join(name);
+        std::fs::create_dir_all(&dir)?;
+        // Appended: the previous run's reasons stay readable.
+        let mut stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("stderr.log"))?;
+        std::io::Write::write_all(
+            &mut stderr,
+            format!(
+                "==== oncekv cluster starting {name} at {} ====\n",
+                self.started
+            )
+            .as_bytes(),
+        )?;
+        let mut child = Command::new(&self.exe)
+            .args(["serve", "--id", name, "--listen", &node.listen])
+            .args(["--peers", &self.peers, "--workers", &self.workers])
+            .arg("--data-dir")
+            .arg(&dir)
+            .env(tcp::CLUSTER_KEY_VAR, &self.key)
+            // A start-up error's message, not its backtrace, is what the last
+            // lines of stderr.log should show (panics keep RUST_BACKTRACE's).
+            .env("RUST_LIB_BACKTRACE", "0")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .kill_on_drop(true)
+            .spawn()?;
+        let pid = child.id().unwrap_or(0);
+        let (kill, killed) = oneshot::channel::<()>();
+        let tx = self.exits.clone();
+        let task_name = name.clone();
+        tokio::spawn(async move {
+            let status = tokio::select! {
+                s = child.wait() => s,
+                _ = killed => {
+                    let _ = child.start_kill();
+                    child.wait().await
+                }
+            };
+            let _ = tx.send((task_name, status));
+        });
+        Ok(Running {
+            name: name.clone(),
+            addr: node.addr.clone(),
+            dir,
+            pid,
+            kill: Some(kill),
+        })
+    }
 }
 
 /// Once every node serves: one line per node, the peer list and where the key is.
@@ -247,7 +294,7 @@ fn banner(
 
 /// Refuses before starting anything: a data dir inside a node's data dir, a
 /// node's dir in use by another process (its log lock is held), a port in use.
-fn check_free(args: &ClusterArgs, nodes: &[(String, String, String)]) -> Result<(), TcpError> {
+fn check_free(args: &ClusterArgs, nodes: &[Planned]) -> Result<(), TcpError> {
     let marker = crate::storage::marker::MARKER_FILE;
     if args.data_dir.join(marker).exists() {
         return Err(TcpError::Args(format!(
@@ -263,7 +310,7 @@ fn check_free(args: &ClusterArgs, nodes: &[(String, String, String)]) -> Result<
             owner.display()
         )));
     }
-    for (name, addr, _) in nodes {
+    for Planned { name, listen, .. } in nodes {
         let lock = args
             .data_dir
             .join(name)
@@ -280,9 +327,9 @@ fn check_free(args: &ClusterArgs, nodes: &[(String, String, String)]) -> Result<
                 args.data_dir.display()
             )));
         }
-        if let Err(e) = std::net::TcpListener::bind(addr) {
+        if let Err(e) = std::net::TcpListener::bind(listen) {
             return Err(TcpError::Args(format!(
-                "{name}'s address {addr} is not free ({e}): another cluster or program \
+                "{name}'s address {listen} is not free ({e}): another cluster or program \
                  listens there; choose another --base-port"
             )));
         }
