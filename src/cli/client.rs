@@ -87,6 +87,13 @@ const EXIT_INDEFINITE: i32 = 2;
 /// Exit status: bad usage.
 pub const EXIT_USAGE: i32 = 3;
 
+/// The share of `--deadline` the leader may spend waiting for an added node to
+/// catch up before making it a voter; the rest is left for undoing the learner
+/// and for the reply.
+const ADD_NODE_CATCH_UP_SHARE: f64 = 0.75;
+/// Pause between a membership request's attempts (finding the leader again).
+const ADMIN_RETRY_PAUSE: Duration = Duration::from_millis(200);
+
 /// The longest `--deadline` accepted, in seconds: one day. A longer one is a
 /// slip (a unit, a digit), and not every float is a `Duration` (`inf`, `1e300`).
 pub const DEADLINE_MAX_S: f64 = 86_400.0;
@@ -196,10 +203,7 @@ pub async fn run(args: ClientArgs, out: &mut dyn Write) -> i32 {
                 eprintln!("add-node wants NAME=HOST:PORT");
                 return EXIT_USAGE;
             };
-            // The leader waits this long for the node to catch up before making
-            // it a voter, leaving the rest of the deadline for undoing the learner
-            // and the reply.
-            let timeout_ms = (deadline.as_secs_f64() * 750.0) as u64;
+            let timeout_ms = (deadline.as_secs_f64() * (ADD_NODE_CATCH_UP_SHARE * 1e3)) as u64;
             let body =
                 json!({"type": "add_node", "name": name, "addr": addr, "timeout_ms": timeout_ms});
             return admin(&mut client, body, deadline, out).await;
@@ -342,7 +346,7 @@ async fn admin(client: &mut Client, body: Value, deadline: Duration, out: &mut d
                 Err(e) => last = e,
             }
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(ADMIN_RETRY_PAUSE).await;
     }
     eprintln!("error: {last}");
     EXIT_INDEFINITE

@@ -75,6 +75,14 @@ const POLL_INTERVAL: Duration = Duration::from_millis(250);
 const TAIL_LINES: usize = 12;
 /// Bytes read from the end of a log for its tail (bounds the work on a big log).
 const TAIL_BYTES: u64 = 16 << 10;
+/// Characters shown of each tail line (a long line is cut, not wrapped).
+const TAIL_LINE_CHARS: usize = 300;
+/// How often start-up checks whether every node serves yet.
+const SERVING_POLL: Duration = Duration::from_millis(50);
+/// Connect timeout of the supervisor's `status` client: a dead node costs little.
+const STATUS_CONNECT_TIMEOUT: Duration = Duration::from_millis(200);
+/// Per-attempt timeout of the supervisor's `status` client.
+const STATUS_ATTEMPT_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// A node process under supervision.
 struct Running {
@@ -386,7 +394,7 @@ async fn wait_serving(
                 }
                 return Err(report);
             }
-            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+            _ = tokio::time::sleep(SERVING_POLL) => {}
         }
     }
 }
@@ -394,8 +402,8 @@ async fn wait_serving(
 /// A client for `status` polls: short timeouts, so a dead node costs little.
 fn status_client(running: &[Running]) -> Client {
     let mut opts = ClientOptions::new(running.iter().map(|n| n.addr.clone()).collect());
-    opts.connect_timeout = Duration::from_millis(200);
-    opts.attempt_timeout = Duration::from_millis(500);
+    opts.connect_timeout = STATUS_CONNECT_TIMEOUT;
+    opts.attempt_timeout = STATUS_ATTEMPT_TIMEOUT;
     Client::new(opts)
 }
 
@@ -531,7 +539,7 @@ fn exit_report(
 }
 
 /// The last `lines` lines of the file (from at most its last [`TAIL_BYTES`]),
-/// each cut to 300 characters.
+/// each cut to [`TAIL_LINE_CHARS`] characters.
 fn log_tail(path: &Path, lines: usize) -> Vec<String> {
     use std::io::{Read, Seek, SeekFrom};
     let Ok(mut file) = std::fs::File::open(path) else {
@@ -545,7 +553,7 @@ fn log_tail(path: &Path, lines: usize) -> Vec<String> {
     let all: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
     all[all.len().saturating_sub(lines)..]
         .iter()
-        .map(|l| l.chars().take(300).collect())
+        .map(|l| l.chars().take(TAIL_LINE_CHARS).collect())
         .collect()
 }
 

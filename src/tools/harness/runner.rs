@@ -136,6 +136,9 @@ fn progress_line(recorder: &Recorder, elapsed: Duration) -> String {
     )
 }
 
+/// Pause between attempts of a final read (the next attempt goes to the next node).
+const FINAL_READ_RETRY_PAUSE: Duration = Duration::from_millis(50);
+
 /// Reads each counter key until a node answers (exactly-once final reads), recording the
 /// reads in the history. A missing key counts as 0.
 async fn final_reads(
@@ -181,7 +184,7 @@ async fn final_reads(
             if Instant::now() >= deadline {
                 break None;
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(FINAL_READ_RETRY_PAUSE).await;
         };
         match result {
             Some(op) => {
