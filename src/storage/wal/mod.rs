@@ -390,6 +390,7 @@ impl Wal {
         {
             warn_torn_tail(last, &resume.scanned, checkpoint.as_ref());
         }
+        let unbegun_after = unbegun_segment(&replayed);
         let Replayed {
             vote,
             committed,
@@ -444,6 +445,12 @@ impl Wal {
             checkpoint_at: std::time::Instant::now(),
         };
         wal.buf.reserve(64 << 10);
+        if let Some(prev_end) = unbegun_after {
+            // A roll made this segment and the process died before its first
+            // records were written: begin it now, as the roll would have, or a
+            // later open finds records that do not follow the previous segment.
+            wal.begin_segment(prev_end);
+        }
         Ok(wal)
     }
 
@@ -611,6 +618,16 @@ impl Wal {
         self.file_bytes = self.segment_bytes;
         self.offset = HEADER_BYTES as u64;
         self.synced_to = self.offset;
+        self.begin_segment(prev_end);
+        Ok(())
+    }
+
+    /// Buffers what every segment a roll makes begins with: the start record
+    /// naming where the previous segment's records end, then the vote, the
+    /// committed pointer and the purge point again, so the older segments can
+    /// be deleted without losing them.
+    fn begin_segment(&mut self, prev_end: u64) {
+        debug_assert!(self.buf.is_empty() && self.offset == HEADER_BYTES as u64);
         Record::Start(prev_end).encode_into(&mut self.buf);
         let (vote, committed, purged) =
             (self.vote.take(), self.committed.take(), self.purged.take());
@@ -624,7 +641,6 @@ impl Wal {
             Record::Purge(*i, p).encode_into(&mut self.buf);
         }
         (self.vote, self.committed, self.purged) = (vote, committed, purged);
-        Ok(())
     }
 
     /// Deletes, oldest first, every segment but the newest whose entries are all
@@ -696,6 +712,15 @@ struct Newest {
     file_bytes: u64,
     offset: u64,
     tail: Vec<u8>,
+}
+
+/// Where the previous segment's records end, if the newest segment follows one
+/// but holds no record yet (not even its start record).
+fn unbegun_segment(replayed: &Replayed) -> Option<u64> {
+    match replayed.scans.as_slice() {
+        [.., prev, newest] if newest.version >= 2 && !newest.records => Some(prev.end as u64),
+        _ => None,
+    }
 }
 
 /// Takes the dir's lock file, so two processes never write one log.

@@ -657,3 +657,45 @@ fn a_first_open_cut_short_before_the_checkpoint_opens_again() {
     let (_, seen) = open(&dir.0, SEGMENT_BYTES_DEFAULT).expect("reopen");
     assert_eq!(seen, vec![entry(1)]);
 }
+
+/// A kill right after a roll created the next segment (before its first
+/// records were written) leaves an empty newest segment. The reopened log
+/// writes into it: it must begin it as the roll would have (start record, then
+/// the vote again), or the next open finds records that do not follow the
+/// previous segment, and deleting the older segments loses the vote.
+#[test]
+fn a_segment_a_kill_left_empty_after_a_roll_is_begun_on_reopen() {
+    let dir = Dir::new("unbegun");
+    let vote = Owned::Vote(b"\"v1\"".to_vec());
+    let next_seq = {
+        let (mut wal, _) = open(&dir.0, SMALL).expect("create");
+        write(&mut wal, std::slice::from_ref(&vote));
+        for chunk in (1..=40).map(entry).collect::<Vec<_>>().chunks(7) {
+            write(&mut wal, chunk);
+        }
+        wal.segments.back().expect("never empty").seq + 1
+    };
+    // What the roll did before the kill: the next segment, header only.
+    create_segment(&dir.0, next_seq, SMALL).expect("empty next segment");
+    {
+        let (mut wal, seen) = open(&dir.0, SMALL).expect("reopen with an empty newest segment");
+        assert_eq!(seen.last(), Some(&entry(40)));
+        for chunk in (41..=120).map(entry).collect::<Vec<_>>().chunks(7) {
+            write(&mut wal, chunk);
+        }
+    }
+    {
+        let (mut wal, seen) = open(&dir.0, SMALL).expect("reopen after writing into it");
+        assert_eq!(seen.last(), Some(&entry(120)));
+        // Purge far enough that the segment holding the original vote goes.
+        write(&mut wal, &[Owned::Purge(100, b"\"p100\"".to_vec())]);
+    }
+    let (_, seen) = open(&dir.0, SMALL).expect("reopen after the purge");
+    assert!(
+        seen.contains(&vote),
+        "the vote was lost with the older segments"
+    );
+    for i in 101..=120 {
+        assert!(seen.contains(&entry(i)), "entry {i} lost");
+    }
+}
