@@ -5,8 +5,10 @@
 //! drop) instead of crashing. Emitted bodies keep the byte-stable key order of
 //! `protocol.md` section 1: `type`, payload, `in_reply_to`, `msg_id`.
 
+use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::value::RawValue;
+use serde_json::{Map, Number, Value};
 
 /// A node or client name, as `init` and Maelstrom spell it (`n0`, `c12`).
 pub type Name = String;
@@ -231,10 +233,9 @@ pub enum Body {
         kind: String,
         /// The whole body (without `rpc` when that is in `rpc`).
         raw: Map<String, Value>,
-        /// A peer request's `rpc` field as text, not yet parsed: the hot path of
-        /// `raft_*` requests decodes it straight into openraft's type (see
-        /// [`parse_peer_fast`]).
-        rpc: Option<Box<serde_json::value::RawValue>>,
+        /// A `raft_*` request's `rpc` field as text, not yet parsed: it is decoded
+        /// straight into openraft's type. In every other message `rpc` is in `raw`.
+        rpc: Option<Box<RawValue>>,
     },
 }
 
@@ -253,14 +254,16 @@ pub struct Message {
     pub body: Body,
     /// An upper bound of the bytes the body's contents take when the node
     /// re-encodes them (a log entry, a forward): the line's length plus what
-    /// re-encoding can add ([`ENCODED_SLACK_BYTES`], and per number and string
-    /// in the line). Lets a node skip measuring an entry that cannot be too large.
+    /// re-encoding can add ([`ENCODED_SLACK_BYTES`], per double in the body,
+    /// and the quoting of a request's key, stored as text). Lets a node skip
+    /// measuring an entry that cannot be too large. `usize::MAX` for a `raft_*`
+    /// request, which is never measured.
     pub encoded_bytes_max: usize,
 }
 
 /// What re-encoding a request's contents as a log entry or forward may add
-/// besides the growth [`parse_line`] counts per number and string: the entry's
-/// own field names and a timestamp, with room to spare.
+/// besides the growth [`parse_line`] counts per double and for the key: the
+/// entry's own field names and a timestamp, with room to spare.
 pub const ENCODED_SLACK_BYTES: usize = 512;
 
 /// The longest spelling serde_json gives a number (`-2.2250738585072014e-308`).
@@ -290,154 +293,21 @@ pub enum ParseError {
     },
 }
 
-#[derive(Deserialize)]
-struct RawEnvelope {
-    src: Name,
-    dest: Name,
-    body: Map<String, Value>,
-}
-
-/// The common client requests, typed, for the fast path of [`parse_line`]. Any
-/// field with an unexpected type fails this parse and the general path then gives
-/// the precise error.
-#[derive(Deserialize)]
-struct FastEnvelope<'a> {
-    #[serde(borrow)]
-    src: std::borrow::Cow<'a, str>,
-    #[serde(borrow)]
-    dest: std::borrow::Cow<'a, str>,
-    #[serde(borrow)]
-    body: FastBody<'a>,
-}
-
-#[derive(Deserialize)]
-struct FastBody<'a> {
-    #[serde(rename = "type", borrow)]
-    kind: std::borrow::Cow<'a, str>,
-    msg_id: u64,
-    key: Option<Value>,
-    value: Option<Value>,
-    from: Option<Value>,
-    to: Option<Value>,
-    delta: Option<i64>,
-    #[serde(borrow)]
-    client_id: Option<std::borrow::Cow<'a, str>>,
-    seq: Option<u64>,
-    first_outstanding: Option<u64>,
-    create_if_not_exists: Option<bool>,
-    in_reply_to: Option<Value>,
-}
-
-/// Parses `read`/`write`/`cas`/`add` without building a generic JSON map; `None`
-/// sends the line down the general path (other types, or anything unusual).
-fn parse_fast(line: &str) -> Option<Message> {
-    let env: FastEnvelope = serde_json::from_str(line).ok()?;
-    let b = env.body;
-    if b.in_reply_to.is_some() {
-        return None;
-    }
-    let key = canonical_key(b.key.as_ref()?);
-    let session = match (b.client_id, b.seq) {
-        (Some(c), Some(seq)) if c.len() <= CLIENT_ID_BYTES_MAX => Some(SessionRef {
-            client_id: c.into_owned(),
-            seq,
-            first_outstanding: b.first_outstanding,
-        }),
-        (None, None) if b.first_outstanding.is_none() => None,
-        _ => return None,
-    };
-    let request = match &*b.kind {
-        "read" if session.is_none() => Request::Read { key },
-        "write" => Request::Mutate {
-            op: KvOp::Write {
-                key,
-                value: b.value?,
-            },
-            session,
-        },
-        "cas" => Request::Mutate {
-            op: KvOp::Cas {
-                key,
-                from: b.from?,
-                to: b.to?,
-                create: b.create_if_not_exists.unwrap_or(false),
-            },
-            session,
-        },
-        "add" => Request::Mutate {
-            op: KvOp::Add {
-                key,
-                delta: b.delta?,
-            },
-            session,
-        },
-        _ => return None,
-    };
-    Some(Message {
-        src: env.src.into_owned(),
-        dest: env.dest.into_owned(),
-        msg_id: Some(b.msg_id),
-        in_reply_to: None,
-        body: Body::Request(request),
-        encoded_bytes_max: usize::MAX,
-    })
-}
-
 /// Parses one input line.
 ///
-/// A line that serde_json cannot take as a whole (a number out of range such as
-/// `1e400`, nesting past its recursion limit, broken JSON) still gets its
+/// One pass of serde_json over the line, into typed slots: the envelope is a
+/// derived struct, the body is read field by field into [`BodyFields`] (every
+/// value a [`Value`], so a field of the wrong type is reported by name instead
+/// of failing the whole line), then checked and turned into a [`Body`] by its
+/// `type`. A line serde_json cannot take as a whole (a number out of range such
+/// as `1e400`, nesting past its recursion limit, broken JSON) still gets its
 /// addressing read by [`Skeleton`], so a request with a readable `src` and
 /// `msg_id` is answered with error 12 instead of being dropped.
 pub fn parse_line(line: &str) -> Result<Message, ParseError> {
-    if line.contains(r#""type":"raft_"#)
-        && let Some(msg) = parse_peer_fast(line)
-    {
-        return Ok(msg);
+    match serde_json::from_str::<WireEnvelope>(line) {
+        Ok(env) => env.into_message(line),
+        Err(e) => Err(unparsed(line, &e)),
     }
-    let facts = scan_text(line);
-    if let Some(wide) = facts.wide_integer {
-        // Refused, not rounded: kept as a double it would read back different.
-        let text = format!(
-            "the integer {wide} does not fit in 64 bits; integers are kept exactly only \
-             from -9223372036854775808 to 18446744073709551615"
-        );
-        return Err(match parse_general(line) {
-            Ok(m) => ParseError::Body {
-                src: m.src,
-                dest: m.dest,
-                msg_id: m.msg_id,
-                in_reply_to: m.in_reply_to,
-                text,
-            },
-            Err(ParseError::Body {
-                src,
-                dest,
-                msg_id,
-                in_reply_to,
-                ..
-            }) => ParseError::Body {
-                src,
-                dest,
-                msg_id,
-                in_reply_to,
-                text,
-            },
-            Err(e) => e,
-        });
-    }
-    let mut msg = if facts.depth <= LINE_DEPTH_PLAIN
-        && let Some(msg) = parse_fast(line)
-    {
-        msg
-    } else {
-        parse_general(line)?
-    };
-    if facts.depth > LINE_DEPTH_PLAIN {
-        check_value_depths(&msg)?;
-    }
-    msg.encoded_bytes_max = line.len() + facts.growth + ENCODED_SLACK_BYTES;
-    Ok(msg)
 }
 
 /// The most levels of arrays and objects a value (`value`, `from`, `to`) may nest.
@@ -456,13 +326,6 @@ pub const CLIENT_ID_BYTES_MAX: usize = 256;
 /// serde_json's fixed recursion limit (levels of arrays and objects it parses).
 pub const JSON_DEPTH_MAX: usize = 128;
 
-/// Levels a request line adds around its values (the envelope and the body).
-const REQUEST_WRAP_DEPTH: usize = 2;
-
-/// A line nesting no deeper than this cannot hold a value deeper than
-/// [`VALUE_DEPTH_MAX`], so its values need no check.
-const LINE_DEPTH_PLAIN: usize = VALUE_DEPTH_MAX + REQUEST_WRAP_DEPTH;
-
 /// The deepest a log entry nests around a value, as it travels in a
 /// `raft_append` (envelope, body, rpc, entries, entry, payload, command, op, kv:
 /// nine; one spare). A test encodes a real append and checks it.
@@ -470,106 +333,27 @@ pub const APPEND_WRAP_DEPTH: usize = 10;
 
 const _: () = assert!(VALUE_DEPTH_MAX + APPEND_WRAP_DEPTH < JSON_DEPTH_MAX);
 
-/// How deep `v` nests (a scalar is 0, `[]` is 1), without recursion.
-pub fn value_depth(v: &Value) -> usize {
-    let mut deepest = 0;
-    let mut stack = vec![(v, 0usize)];
-    while let Some((v, d)) = stack.pop() {
-        let children: Box<dyn Iterator<Item = &Value>> = match v {
-            Value::Array(a) => Box::new(a.iter()),
-            Value::Object(o) => Box::new(o.values()),
-            _ => continue,
-        };
-        deepest = deepest.max(d + 1);
-        stack.extend(children.map(|c| (c, d + 1)));
-    }
-    deepest
-}
-
-/// Refuses a request whose value nests deeper than [`VALUE_DEPTH_MAX`].
-fn check_value_depths(msg: &Message) -> Result<(), ParseError> {
-    let values: Vec<(&str, &Value)> = match &msg.body {
-        Body::Request(Request::Mutate { op, .. }) => match op {
-            KvOp::Write { value, .. } => vec![("value", value)],
-            KvOp::Cas { from, to, .. } => vec![("from", from), ("to", to)],
-            KvOp::Add { .. } => vec![],
-        },
-        _ => vec![],
-    };
-    for (name, v) in values {
-        let depth = value_depth(v);
-        if depth > VALUE_DEPTH_MAX {
-            return Err(ParseError::Body {
-                src: msg.src.clone(),
-                dest: msg.dest.clone(),
-                msg_id: msg.msg_id,
-                in_reply_to: msg.in_reply_to,
-                text: format!(
-                    "{name} nests {depth} levels deep; values may nest at most \
-                     {VALUE_DEPTH_MAX} levels"
-                ),
-            });
-        }
-    }
-    Ok(())
-}
-
-/// What one pass over a line's text found (outside strings).
-struct TextFacts<'a> {
-    /// The first integer that fits neither `i64` nor `u64`.
-    wide_integer: Option<&'a str>,
-    /// The deepest nesting of arrays and objects.
-    depth: usize,
-    /// The most re-encoding can add to the line's contents: a number may be
-    /// spelled out (`1e15` is `1000000000000000.0`), and a string within a key is
-    /// quoted again when the key is stored as text (its quotes and backslashes
-    /// escaped); string values never grow (serde_json's escapes are the shortest).
-    growth: usize,
-}
+/// The smallest magnitude of an integer literal that fits neither `i64` nor
+/// `u64` (serde_json hands such a literal over as the nearest double): 2^63.
+const WIDE_INTEGER_MAGNITUDE_MIN: f64 = 9_223_372_036_854_775_808.0;
 
 /// The first integer literal in the JSON text `line` (outside strings) that does
 /// not fit in an `i64` or a `u64`, if any. serde_json would turn it into the
 /// nearest double, so a value written with it would read back different.
 /// Numbers with a fraction or an exponent are doubles by definition (RFC 8259
-/// section 6) and pass.
+/// section 6) and pass. The parser looks only when a double it read could have
+/// been such a literal, or when serde_json refused a number.
 pub fn wide_integer(line: &str) -> Option<&str> {
-    scan_text(line).wide_integer
-}
-
-/// One pass over `line`: wide integers and nesting depth.
-fn scan_text(line: &str) -> TextFacts<'_> {
     let bytes = line.as_bytes();
-    let mut facts = TextFacts {
-        wide_integer: None,
-        depth: 0,
-        growth: 2,
-    };
-    let mut depth = 0usize;
     let mut i = 0;
     while i < bytes.len() {
         match bytes[i] {
             b'"' => {
                 // Skip the string, escapes included.
                 i += 1;
-                let mut escapes = 0;
                 while i < bytes.len() && bytes[i] != b'"' {
-                    if bytes[i] == b'\\' {
-                        escapes += 1;
-                        i += 2;
-                    } else {
-                        i += 1;
-                    }
+                    i += if bytes[i] == b'\\' { 2 } else { 1 };
                 }
-                i += 1;
-                facts.growth += 2 + 2 * escapes;
-            }
-            b'[' | b'{' => {
-                depth += 1;
-                facts.depth = facts.depth.max(depth);
-                i += 1;
-            }
-            b']' | b'}' => {
-                depth = depth.saturating_sub(1);
                 i += 1;
             }
             b'-' | b'0'..=b'9' => {
@@ -585,111 +369,530 @@ fn scan_text(line: &str) -> TextFacts<'_> {
                     i += 1;
                 }
                 let token = &line[start..i];
-                facts.growth += NUMBER_TEXT_BYTES_MAX.saturating_sub(token.len());
                 // ("-" alone is not JSON: serde_json reports that itself.)
                 if integer
-                    && facts.wide_integer.is_none()
                     && token != "-"
                     && token.parse::<i64>().is_err()
                     && token.parse::<u64>().is_err()
                 {
-                    facts.wide_integer = Some(token);
+                    return Some(token);
                 }
             }
             _ => i += 1,
         }
     }
-    facts
+    None
 }
 
+/// The text of error 12 for an integer literal beyond 64 bits.
+fn wide_integer_text(wide: &str) -> String {
+    // Refused, not rounded: kept as a double it would read back different.
+    format!(
+        "the integer {wide} does not fit in 64 bits; integers are kept exactly only \
+         from -9223372036854775808 to 18446744073709551615"
+    )
+}
+
+/// The envelope as it arrives. Other top-level fields (Maelstrom's `id`) are
+/// skipped unread.
 #[derive(Deserialize)]
-struct PeerEnvelope {
+struct WireEnvelope<'a> {
     src: Name,
     dest: Name,
-    body: PeerBody,
+    #[serde(borrow)]
+    body: BodyFields<'a>,
 }
 
-/// Exactly the fields of a `raft_*` request; anything else takes the general path.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PeerBody {
-    #[serde(rename = "type")]
-    kind: String,
-    msg_id: u64,
-    rpc: Box<serde_json::value::RawValue>,
+/// The body fields the parser knows, by name; [`BodyFields`] keeps one slot each.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Field {
+    Type,
+    MsgId,
+    InReplyTo,
+    Key,
+    Value,
+    From,
+    To,
+    Delta,
+    ClientId,
+    Seq,
+    FirstOutstanding,
+    CreateIfNotExists,
+    NodeId,
+    NodeIds,
 }
 
-/// Parses a `raft_*` request keeping its `rpc` as text: building a generic JSON
-/// tree of an append and then decoding it took ~5 µs against ~1 µs straight into
-/// the type. `None` sends the line down the general path.
-fn parse_peer_fast(line: &str) -> Option<Message> {
-    let env: PeerEnvelope = serde_json::from_str(line).ok()?;
-    let b = env.body;
-    if !b.kind.starts_with("raft_") {
-        return None;
+/// Every [`Field`] with its name on the wire, in slot order.
+const FIELDS: [(Field, &str); 14] = [
+    (Field::Type, "type"),
+    (Field::MsgId, "msg_id"),
+    (Field::InReplyTo, "in_reply_to"),
+    (Field::Key, "key"),
+    (Field::Value, "value"),
+    (Field::From, "from"),
+    (Field::To, "to"),
+    (Field::Delta, "delta"),
+    (Field::ClientId, "client_id"),
+    (Field::Seq, "seq"),
+    (Field::FirstOutstanding, "first_outstanding"),
+    (Field::CreateIfNotExists, "create_if_not_exists"),
+    (Field::NodeId, "node_id"),
+    (Field::NodeIds, "node_ids"),
+];
+
+impl Field {
+    fn named(name: &str) -> Option<Field> {
+        FIELDS.iter().find(|(_, n)| *n == name).map(|(f, _)| *f)
     }
-    let mut raw = Map::new();
-    raw.insert("type".into(), Value::from(b.kind.as_str()));
-    raw.insert("msg_id".into(), Value::from(b.msg_id));
-    Some(Message {
-        src: env.src,
-        dest: env.dest,
-        msg_id: Some(b.msg_id),
-        in_reply_to: None,
-        body: Body::Other {
-            kind: b.kind,
-            raw,
-            rpc: Some(b.rpc),
-        },
-        encoded_bytes_max: usize::MAX,
-    })
+
+    fn name(self) -> &'static str {
+        FIELDS[self as usize].1
+    }
 }
 
-/// The general parser: every type, precise errors.
-fn parse_general(line: &str) -> Result<Message, ParseError> {
-    let env: RawEnvelope = serde_json::from_str(line).map_err(|e| unparsed(line, &e))?;
-    let msg_id_field = env.body.get("msg_id");
-    let msg_id = match msg_id_field {
-        None => None,
-        Some(v) => Some(v.as_u64().ok_or_else(|| ParseError::Body {
-            src: env.src.clone(),
-            dest: env.dest.clone(),
-            msg_id: None,
-            in_reply_to: None,
-            text: format!("msg_id must be a non-negative integer, got {v}"),
-        })?),
-    };
-    let in_reply_to = match env.body.get("in_reply_to") {
-        None => None,
-        Some(v) => Some(v.as_u64().ok_or_else(|| ParseError::Body {
-            src: env.src.clone(),
-            dest: env.dest.clone(),
+/// A body's `rpc` field: as text for a `raft_*` request (decoded later straight
+/// into openraft's type: building a generic JSON tree of an append and then
+/// decoding it took ~5 µs against ~1 µs straight into the type), as a value in
+/// any other message.
+enum Rpc<'a> {
+    Text(&'a RawValue),
+    Value(Value),
+}
+
+/// One body as read: a slot per known field (the last occurrence wins, as in a
+/// JSON object), the other fields, and what reading the values found.
+struct BodyFields<'a> {
+    slots: [Option<Value>; FIELDS.len()],
+    /// How deep the values of `value`, `from` and `to` nest.
+    depths: [usize; FIELDS.len()],
+    rpc: Option<Rpc<'a>>,
+    /// Fields of no slot: part of a peer message's raw body, ignored in a request.
+    rest: Map<String, Value>,
+    facts: ValueFacts,
+}
+
+/// What reading a body's values found.
+#[derive(Default)]
+struct ValueFacts {
+    /// Numbers read as doubles: each may be spelled longer when re-encoded
+    /// (`1e15` is `1000000000000000.0`); integers are re-encoded as they came.
+    doubles: usize,
+    /// A double that may have been written as an integer beyond 64 bits.
+    maybe_wide: bool,
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for BodyFields<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_map(BodyVisitor(std::marker::PhantomData))
+    }
+}
+
+struct BodyVisitor<'a>(std::marker::PhantomData<&'a ()>);
+
+impl<'de: 'a, 'a> Visitor<'de> for BodyVisitor<'a> {
+    type Value = BodyFields<'a>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a map")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<BodyFields<'a>, A::Error> {
+        let mut b = BodyFields {
+            slots: Default::default(),
+            depths: [0; FIELDS.len()],
+            rpc: None,
+            rest: Map::new(),
+            facts: ValueFacts::default(),
+        };
+        while let Some(FieldName(name)) = map.next_key()? {
+            if name == "rpc" {
+                // Kept as text when the type read so far says a raft request;
+                // `BodyFields::rpc` settles the rare other orders.
+                b.rpc = Some(if b.raft_request() {
+                    Rpc::Text(map.next_value()?)
+                } else {
+                    Rpc::Value(map.next_value_seed(Tracked(&mut b.facts))?.0)
+                });
+            } else if let Some(f) = Field::named(&name) {
+                let (v, depth) = map.next_value_seed(Tracked(&mut b.facts))?;
+                b.slots[f as usize] = Some(v);
+                b.depths[f as usize] = depth;
+            } else {
+                let (v, _) = map.next_value_seed(Tracked(&mut b.facts))?;
+                b.rest.insert(name.into_owned(), v);
+            }
+        }
+        Ok(b)
+    }
+}
+
+/// A field name, borrowed from the line when it has no escapes.
+struct FieldName<'de>(std::borrow::Cow<'de, str>);
+
+impl<'de> Deserialize<'de> for FieldName<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = FieldName<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a field name")
+            }
+            fn visit_borrowed_str<E>(self, s: &'de str) -> Result<FieldName<'de>, E> {
+                Ok(FieldName(s.into()))
+            }
+            fn visit_str<E>(self, s: &str) -> Result<FieldName<'de>, E> {
+                Ok(FieldName(s.to_owned().into()))
+            }
+            fn visit_string<E>(self, s: String) -> Result<FieldName<'de>, E> {
+                Ok(FieldName(s.into()))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// Reads any JSON value as serde_json's own [`Value`] does, and also returns how
+/// deep it nests (a scalar is 0, `[]` is 1) and counts its doubles in
+/// [`ValueFacts`]: no second walk over the value and no second pass over the line.
+struct Tracked<'f>(&'f mut ValueFacts);
+
+impl<'de> DeserializeSeed<'de> for Tracked<'_> {
+    type Value = (Value, usize);
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(Value, usize), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Tracked<'_> {
+    type Value = (Value, usize);
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any valid JSON value")
+    }
+
+    fn visit_bool<E>(self, b: bool) -> Result<(Value, usize), E> {
+        Ok((Value::Bool(b), 0))
+    }
+
+    fn visit_i64<E>(self, n: i64) -> Result<(Value, usize), E> {
+        Ok((Value::from(n), 0))
+    }
+
+    fn visit_u64<E>(self, n: u64) -> Result<(Value, usize), E> {
+        Ok((Value::from(n), 0))
+    }
+
+    fn visit_f64<E>(self, x: f64) -> Result<(Value, usize), E> {
+        self.0.doubles += 1;
+        if x.fract() == 0.0 && x.abs() >= WIDE_INTEGER_MAGNITUDE_MIN {
+            self.0.maybe_wide = true;
+        }
+        Ok((Number::from_f64(x).map_or(Value::Null, Value::Number), 0))
+    }
+
+    fn visit_str<E>(self, s: &str) -> Result<(Value, usize), E> {
+        Ok((Value::String(s.to_owned()), 0))
+    }
+
+    fn visit_string<E>(self, s: String) -> Result<(Value, usize), E> {
+        Ok((Value::String(s), 0))
+    }
+
+    fn visit_unit<E>(self) -> Result<(Value, usize), E> {
+        Ok((Value::Null, 0))
+    }
+
+    fn visit_none<E>(self) -> Result<(Value, usize), E> {
+        Ok((Value::Null, 0))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(Value, usize), A::Error> {
+        let mut items = Vec::new();
+        let mut deepest = 0;
+        while let Some((v, depth)) = seq.next_element_seed(Tracked(&mut *self.0))? {
+            deepest = deepest.max(depth);
+            items.push(v);
+        }
+        Ok((Value::Array(items), deepest + 1))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(Value, usize), A::Error> {
+        let mut m = Map::new();
+        let mut deepest = 0;
+        while let Some(k) = map.next_key::<String>()? {
+            let (v, depth) = map.next_value_seed(Tracked(&mut *self.0))?;
+            deepest = deepest.max(depth);
+            m.insert(k, v);
+        }
+        Ok((Value::Object(m), deepest + 1))
+    }
+}
+
+impl WireEnvelope<'_> {
+    /// Checks the body's fields and types it; `line` is the text it came from.
+    fn into_message(self, line: &str) -> Result<Message, ParseError> {
+        let WireEnvelope { src, dest, body } = self;
+        let msg_id = body.u64_field(Field::MsgId, "msg_id must be a non-negative integer");
+        let in_reply_to = body.u64_field(Field::InReplyTo, "in_reply_to must be an integer");
+        let error = |msg_id: Option<u64>, in_reply_to: Option<u64>, text: String| ParseError::Body {
+            src: src.clone(),
+            dest: dest.clone(),
             msg_id,
-            in_reply_to: None,
-            text: format!("in_reply_to must be an integer, got {v}"),
-        })?),
-    };
-    let bad = |text: String| ParseError::Body {
-        src: env.src.clone(),
-        dest: env.dest.clone(),
-        msg_id,
-        in_reply_to,
-        text,
-    };
-    let kind = match env.body.get("type") {
-        Some(Value::String(s)) => s.clone(),
-        Some(v) => return Err(bad(format!("type must be a string, got {v}"))),
-        None => return Err(bad("body has no type".into())),
-    };
-    let body = parse_body(&kind, env.body).map_err(bad)?;
-    Ok(Message {
-        src: env.src,
-        dest: env.dest,
-        msg_id,
-        in_reply_to,
-        body,
-        encoded_bytes_max: usize::MAX,
-    })
+            in_reply_to,
+            text,
+        };
+        // An integer beyond 64 bits became a double: refused, whatever else is wrong.
+        if body.facts.maybe_wide
+            && let Some(wide) = wide_integer(line)
+        {
+            let (msg_id, in_reply_to) = match msg_id {
+                Ok(m) => (m, in_reply_to.unwrap_or(None)),
+                Err(_) => (None, None),
+            };
+            return Err(error(msg_id, in_reply_to, wide_integer_text(wide)));
+        }
+        let msg_id = msg_id.map_err(|text| error(None, None, text))?;
+        let in_reply_to = in_reply_to.map_err(|text| error(msg_id, None, text))?;
+        let bad = |text: String| error(msg_id, in_reply_to, text);
+        let (body, encoded_bytes_max) = body.into_body(line.len()).map_err(bad)?;
+        Ok(Message {
+            src,
+            dest,
+            msg_id,
+            in_reply_to,
+            body,
+            encoded_bytes_max,
+        })
+    }
+}
+
+/// Typed field access with error texts that name the field.
+impl BodyFields<'_> {
+    fn get(&self, f: Field) -> Option<&Value> {
+        self.slots[f as usize].as_ref()
+    }
+
+    /// Whether the body read so far is a `raft_*` request (not a reply).
+    fn raft_request(&self) -> bool {
+        matches!(self.get(Field::Type), Some(Value::String(k)) if k.starts_with("raft_"))
+            && self.get(Field::InReplyTo).is_none()
+    }
+
+    /// `msg_id`, `in_reply_to`: absent, or an unsigned integer.
+    fn u64_field(&self, f: Field, must: &str) -> Result<Option<u64>, String> {
+        match self.get(f) {
+            None => Ok(None),
+            Some(v) => v.as_u64().map(Some).ok_or_else(|| format!("{must}, got {v}")),
+        }
+    }
+
+    fn any(&mut self, f: Field) -> Result<Value, String> {
+        self.slots[f as usize]
+            .take()
+            .ok_or_else(|| format!("missing field {}", f.name()))
+    }
+
+    fn key(&mut self) -> Result<String, String> {
+        Ok(canonical_key(&self.any(Field::Key)?))
+    }
+
+    /// A value that is stored (`value`, `from`, `to`): at most [`VALUE_DEPTH_MAX`] deep.
+    fn stored(&mut self, f: Field) -> Result<Value, String> {
+        let v = self.any(f)?;
+        let depth = self.depths[f as usize];
+        if depth > VALUE_DEPTH_MAX {
+            return Err(format!(
+                "{} nests {depth} levels deep; values may nest at most {VALUE_DEPTH_MAX} levels",
+                f.name()
+            ));
+        }
+        Ok(v)
+    }
+
+    fn string(&mut self, f: Field) -> Result<String, String> {
+        match self.slots[f as usize].take() {
+            Some(Value::String(s)) => Ok(s),
+            Some(v) => Err(format!("{} must be a string, got {v}", f.name())),
+            None => Err(format!("missing field {}", f.name())),
+        }
+    }
+
+    fn string_list(&mut self, f: Field) -> Result<Vec<String>, String> {
+        let name = f.name();
+        let Some(Value::Array(items)) = self.slots[f as usize].take() else {
+            return Err(format!("{name} must be a list of strings"));
+        };
+        let list: Vec<String> = items
+            .into_iter()
+            .map(|v| match v {
+                Value::String(s) => Some(s),
+                _ => None,
+            })
+            .collect::<Option<_>>()
+            .ok_or_else(|| format!("{name} must be a list of strings"))?;
+        if list.is_empty() {
+            return Err(format!("{name} must not be empty"));
+        }
+        Ok(list)
+    }
+
+    fn int(&self, f: Field) -> Result<i64, String> {
+        match self.get(f) {
+            Some(v) => v
+                .as_i64()
+                .ok_or_else(|| format!("{} must be a 64-bit integer, got {v}", f.name())),
+            None => Err(format!("missing field {}", f.name())),
+        }
+    }
+
+    fn opt_u64(&self, f: Field) -> Result<Option<u64>, String> {
+        match self.get(f) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => v.as_u64().map(Some).ok_or_else(|| {
+                format!("{} must be a non-negative integer, got {v}", f.name())
+            }),
+        }
+    }
+
+    fn opt_bool(&self, f: Field) -> Result<bool, String> {
+        match self.get(f) {
+            None | Some(Value::Null) => Ok(false),
+            Some(Value::Bool(b)) => Ok(*b),
+            Some(v) => Err(format!("{} must be a boolean, got {v}", f.name())),
+        }
+    }
+
+    /// A session's name, of at most [`CLIENT_ID_BYTES_MAX`] bytes.
+    fn client_id(&mut self) -> Result<String, String> {
+        let id = self.string(Field::ClientId)?;
+        if id.len() > CLIENT_ID_BYTES_MAX {
+            return Err(format!(
+                "client_id of {} bytes; at most {CLIENT_ID_BYTES_MAX}",
+                id.len()
+            ));
+        }
+        Ok(id)
+    }
+
+    /// `client_id` and `seq` come together or not at all.
+    fn session(&mut self) -> Result<Option<SessionRef>, String> {
+        let has_client = !matches!(self.get(Field::ClientId), None | Some(Value::Null));
+        let seq = self.opt_u64(Field::Seq)?;
+        let first_outstanding = self.opt_u64(Field::FirstOutstanding)?;
+        match (has_client, seq) {
+            (false, None) if first_outstanding.is_none() => Ok(None),
+            (true, Some(seq)) => Ok(Some(SessionRef {
+                client_id: self.client_id()?,
+                seq,
+                first_outstanding,
+            })),
+            (true, None) => Err("client_id without seq".into()),
+            _ => Err("seq or first_outstanding without client_id".into()),
+        }
+    }
+
+    /// The body by its type, and the bound of
+    /// [`Message::encoded_bytes_max`] for a line of `line_bytes`.
+    fn into_body(mut self, line_bytes: usize) -> Result<(Body, usize), String> {
+        let kind = match self.slots[Field::Type as usize].take() {
+            Some(Value::String(s)) => s,
+            Some(v) => return Err(format!("type must be a string, got {v}")),
+            None => return Err("body has no type".into()),
+        };
+        // Doubles may be spelled out longer; integers and strings never grow
+        // (serde_json writes the shortest escapes), structure only shrinks.
+        let grown = line_bytes + ENCODED_SLACK_BYTES + NUMBER_TEXT_BYTES_MAX * self.facts.doubles;
+        let request = match kind.as_str() {
+            "init" => {
+                let body = Body::Init {
+                    node_id: self.string(Field::NodeId)?,
+                    node_ids: self.string_list(Field::NodeIds)?,
+                };
+                return Ok((body, grown));
+            }
+            "read" => Request::Read { key: self.key()? },
+            "write" => Request::Mutate {
+                op: KvOp::Write {
+                    key: self.key()?,
+                    value: self.stored(Field::Value)?,
+                },
+                session: self.session()?,
+            },
+            "cas" => Request::Mutate {
+                op: KvOp::Cas {
+                    key: self.key()?,
+                    from: self.stored(Field::From)?,
+                    to: self.stored(Field::To)?,
+                    create: self.opt_bool(Field::CreateIfNotExists)?,
+                },
+                session: self.session()?,
+            },
+            "add" => Request::Mutate {
+                op: KvOp::Add {
+                    key: self.key()?,
+                    delta: self.int(Field::Delta)?,
+                },
+                session: self.session()?,
+            },
+            "open_session" => Request::OpenSession,
+            "close_session" => Request::CloseSession {
+                client_id: self.client_id()?,
+            },
+            _ => return Ok(self.into_other(kind, line_bytes)),
+        };
+        let key_growth = match &request {
+            Request::Read { key }
+            | Request::Mutate {
+                op: KvOp::Write { key, .. } | KvOp::Cas { key, .. } | KvOp::Add { key, .. },
+                ..
+            } => quoting_growth(key),
+            _ => 0,
+        };
+        Ok((Body::Request(request), grown + key_growth))
+    }
+
+    /// A body of any other type, raw, with its bound as a request's (without
+    /// the key's quoting); a `raft_*` request keeps its `rpc` as text (and gets
+    /// no bound: it is never measured).
+    fn into_other(mut self, kind: String, line_bytes: usize) -> (Body, usize) {
+        let raft_request = kind.starts_with("raft_") && self.get(Field::InReplyTo).is_none();
+        let mut raw = std::mem::take(&mut self.rest);
+        for (f, name) in FIELDS {
+            if let Some(v) = self.slots[f as usize].take() {
+                raw.insert(name.to_owned(), v);
+            }
+        }
+        raw.insert("type".to_owned(), Value::String(kind.clone()));
+        let rpc = match self.rpc.take() {
+            None => None,
+            Some(Rpc::Text(text)) if raft_request => Some(text.to_owned()),
+            Some(Rpc::Value(v)) if raft_request => serde_json::value::to_raw_value(&v).ok(),
+            // Read as text before an `in_reply_to` showed a reply.
+            Some(Rpc::Text(text)) => {
+                let mut d = serde_json::Deserializer::from_str(text.get());
+                if let Ok((v, _)) = Tracked(&mut self.facts).deserialize(&mut d) {
+                    raw.insert("rpc".to_owned(), v);
+                }
+                None
+            }
+            Some(Rpc::Value(v)) => {
+                raw.insert("rpc".to_owned(), v);
+                None
+            }
+        };
+        let bound = match rpc {
+            Some(_) => usize::MAX,
+            None => line_bytes + ENCODED_SLACK_BYTES + NUMBER_TEXT_BYTES_MAX * self.facts.doubles,
+        };
+        (Body::Other { kind, raw, rpc }, bound)
+    }
+}
+
+/// What storing `key` (a key's canonical text) as a JSON string adds to it:
+/// its quotes, and a backslash before each quote and backslash in it.
+fn quoting_growth(key: &str) -> usize {
+    2 + key.bytes().filter(|b| matches!(b, b'"' | b'\\')).count()
 }
 
 /// The error for a line serde_json refused as a whole: a body error when
@@ -714,7 +917,11 @@ fn unparsed(line: &str, e: &serde_json::Error) -> ParseError {
             dest: sk.dest.unwrap_or_default(),
             msg_id: sk.msg_id,
             in_reply_to: sk.in_reply_to,
-            text: format!("not a valid message: {what}"),
+            // An integer too long even for a double is named as such.
+            text: match wide_integer(line) {
+                Some(wide) => wide_integer_text(wide),
+                None => format!("not a valid message: {what}"),
+            },
         },
         _ => ParseError::Envelope(what),
     }
@@ -934,145 +1141,6 @@ impl Skeleton {
     }
 }
 
-/// Parses a body of a known client type; other types are returned raw.
-pub fn parse_body(kind: &str, raw: Map<String, Value>) -> Result<Body, String> {
-    let f = Fields(&raw);
-    Ok(match kind {
-        "init" => Body::Init {
-            node_id: f.string("node_id")?,
-            node_ids: f.string_list("node_ids")?,
-        },
-        "read" => Body::Request(Request::Read { key: f.key()? }),
-        "write" => Body::Request(Request::Mutate {
-            op: KvOp::Write {
-                key: f.key()?,
-                value: f.any("value")?,
-            },
-            session: f.session()?,
-        }),
-        "cas" => Body::Request(Request::Mutate {
-            op: KvOp::Cas {
-                key: f.key()?,
-                from: f.any("from")?,
-                to: f.any("to")?,
-                create: f.opt_bool("create_if_not_exists")?,
-            },
-            session: f.session()?,
-        }),
-        "add" => Body::Request(Request::Mutate {
-            op: KvOp::Add {
-                key: f.key()?,
-                delta: f.int("delta")?,
-            },
-            session: f.session()?,
-        }),
-        "open_session" => Body::Request(Request::OpenSession),
-        "close_session" => Body::Request(Request::CloseSession {
-            client_id: f.client_id()?,
-        }),
-        _ => Body::Other {
-            kind: kind.to_string(),
-            raw,
-            rpc: None,
-        },
-    })
-}
-
-/// Typed field access with error texts that name the field.
-struct Fields<'a>(&'a Map<String, Value>);
-
-impl Fields<'_> {
-    fn any(&self, name: &str) -> Result<Value, String> {
-        self.0
-            .get(name)
-            .cloned()
-            .ok_or_else(|| format!("missing field {name}"))
-    }
-
-    fn key(&self) -> Result<String, String> {
-        Ok(canonical_key(&self.any("key")?))
-    }
-
-    fn string(&self, name: &str) -> Result<String, String> {
-        match self.0.get(name) {
-            Some(Value::String(s)) => Ok(s.clone()),
-            Some(v) => Err(format!("{name} must be a string, got {v}")),
-            None => Err(format!("missing field {name}")),
-        }
-    }
-
-    fn string_list(&self, name: &str) -> Result<Vec<String>, String> {
-        let Some(Value::Array(items)) = self.0.get(name) else {
-            return Err(format!("{name} must be a list of strings"));
-        };
-        let list: Vec<String> = items
-            .iter()
-            .map(|v| v.as_str().map(str::to_string))
-            .collect::<Option<_>>()
-            .ok_or_else(|| format!("{name} must be a list of strings"))?;
-        if list.is_empty() {
-            return Err(format!("{name} must not be empty"));
-        }
-        Ok(list)
-    }
-
-    fn int(&self, name: &str) -> Result<i64, String> {
-        match self.0.get(name) {
-            Some(v) => v
-                .as_i64()
-                .ok_or_else(|| format!("{name} must be a 64-bit integer, got {v}")),
-            None => Err(format!("missing field {name}")),
-        }
-    }
-
-    fn opt_u64(&self, name: &str) -> Result<Option<u64>, String> {
-        match self.0.get(name) {
-            None | Some(Value::Null) => Ok(None),
-            Some(v) => v
-                .as_u64()
-                .map(Some)
-                .ok_or_else(|| format!("{name} must be a non-negative integer, got {v}")),
-        }
-    }
-
-    fn opt_bool(&self, name: &str) -> Result<bool, String> {
-        match self.0.get(name) {
-            None | Some(Value::Null) => Ok(false),
-            Some(Value::Bool(b)) => Ok(*b),
-            Some(v) => Err(format!("{name} must be a boolean, got {v}")),
-        }
-    }
-
-    /// A session's name, of at most [`CLIENT_ID_BYTES_MAX`] bytes.
-    fn client_id(&self) -> Result<String, String> {
-        let id = self.string("client_id")?;
-        if id.len() > CLIENT_ID_BYTES_MAX {
-            return Err(format!(
-                "client_id of {} bytes; at most {CLIENT_ID_BYTES_MAX}",
-                id.len()
-            ));
-        }
-        Ok(id)
-    }
-
-    /// `client_id` and `seq` come together or not at all.
-    fn session(&self) -> Result<Option<SessionRef>, String> {
-        let has_client = !matches!(self.0.get("client_id"), None | Some(Value::Null));
-        let seq = self.opt_u64("seq")?;
-        let first_outstanding = self.opt_u64("first_outstanding")?;
-        match (has_client, seq) {
-            (false, None) if first_outstanding.is_none() => Ok(None),
-            (true, Some(seq)) => Ok(Some(SessionRef {
-                client_id: self.client_id()?,
-                seq,
-                first_outstanding,
-            })),
-            (true, None) => Err("client_id without seq".into()),
-            _ => Err("seq or first_outstanding without client_id".into()),
-        }
-    }
-}
-
 /// The canonical text of a JSON key: serde_json's compact form (object keys sorted,
 /// as `serde_json::Map` is a `BTreeMap`), so equal keys map to one entry.
 pub fn canonical_key(key: &Value) -> String {
@@ -1173,7 +1241,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn raft_requests_keep_their_rpc_as_text_and_anything_unusual_goes_the_general_way() {
+    fn raft_requests_keep_their_rpc_as_text_and_other_messages_in_the_body() {
         let line = r#"{"src":"n1","dest":"n2","body":{"type":"raft_append","rpc":{"a":[1,2]},"msg_id":7}}"#;
         let m = parse_line(line).expect("parses");
         assert_eq!(
@@ -1188,10 +1256,22 @@ mod tests {
         assert_eq!(raw.get("msg_id"), Some(&Value::from(7)));
         assert!(!raw.contains_key("rpc"));
 
-        // An extra field, a reply, or another type: parsed as before, `rpc` in `raw`.
+        // In any order, with more fields: still a raft request.
         for line in [
-            r#"{"src":"n1","dest":"n2","body":{"type":"raft_append","rpc":{},"msg_id":7,"x":1}}"#,
+            r#"{"src":"n1","dest":"n2","body":{"rpc":{"a":1},"msg_id":7,"type":"raft_vote"}}"#,
+            r#"{"src":"n1","dest":"n2","body":{"type":"raft_vote","rpc":{"a":1},"msg_id":7,"x":1}}"#,
+        ] {
+            let m = parse_line(line).expect("parses");
+            let Body::Other { raw, rpc, .. } = m.body else {
+                panic!("not Other: {line}")
+            };
+            assert_eq!(rpc.expect("kept as text").get(), r#"{"a":1}"#, "{line}");
+            assert!(!raw.contains_key("rpc"), "{line}");
+        }
+        // A reply (its in_reply_to before or after the rpc) or another type: `rpc` in `raw`.
+        for line in [
             r#"{"src":"n1","dest":"n2","body":{"type":"raft_append_ok","rpc":{},"msg_id":8,"in_reply_to":7}}"#,
+            r#"{"src":"n1","dest":"n2","body":{"type":"raft_append_ok","in_reply_to":7,"rpc":{},"msg_id":8}}"#,
             r#"{"src":"n1","dest":"n2","body":{"type":"forward","rpc":{},"msg_id":7}}"#,
         ] {
             let m = parse_line(line).expect("parses");
@@ -1199,7 +1279,7 @@ mod tests {
                 panic!("not Other: {line}")
             };
             assert!(rpc.is_none(), "{line}");
-            assert!(raw.contains_key("rpc"), "{line}");
+            assert_eq!(raw.get("rpc"), Some(&Value::Object(Map::new())), "{line}");
         }
     }
 
@@ -1267,32 +1347,6 @@ mod tests {
                 other => panic!("{bad}: {other:?}"),
             }
         }
-    }
-
-    /// The fast path and the general path agree on every request they both accept.
-    #[test]
-    fn fast_and_general_parsers_agree() {
-        let lines = [
-            r#"{"src":"c1","dest":"n1","id":3,"body":{"type":"read","msg_id":2,"key":[1,{"b":1,"a":2}]}}"#,
-            r#"{"src":"c1","dest":"n1","body":{"type":"cas","msg_id":2,"key":1,"from":1.0,"to":2,"create_if_not_exists":true}}"#,
-            r#"{"src":"c1","dest":"n1","body":{"type":"add","msg_id":2,"key":1,"delta":-4,"client_id":"a","seq":0,"first_outstanding":0}}"#,
-            r#"{"src":"c1","dest":"n1","body":{"type":"write","msg_id":2,"key":"x","value":{"z":[1]},"client_id":"c","seq":9}}"#,
-        ];
-        for line in lines {
-            let fast = parse_fast(line).expect("fast path takes it");
-            let general = parse_general(line).expect("general path takes it");
-            assert_eq!(format!("{fast:?}"), format!("{general:?}"), "{line}");
-        }
-        // An explicit null value is a value: the fast path declines (serde reads null
-        // as an absent Option) and the general path accepts it; a missing value is an
-        // error there.
-        let null =
-            r#"{"src":"c1","dest":"n1","body":{"type":"write","msg_id":2,"key":"x","value":null}}"#;
-        assert!(parse_fast(null).is_none());
-        assert!(parse_general(null).is_ok());
-        let missing = r#"{"src":"c1","dest":"n1","body":{"type":"write","msg_id":2,"key":"x"}}"#;
-        assert!(parse_fast(missing).is_none());
-        assert!(parse_general(missing).is_err());
     }
 
     /// Requests serde_json cannot take whole (numbers out of range, nesting past
