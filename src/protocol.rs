@@ -697,17 +697,30 @@ impl BodyFields<'_> {
         Ok(canonical_key(&self.any(Field::Key)?))
     }
 
-    /// A value that is stored (`value`, `from`, `to`): at most [`VALUE_DEPTH_MAX`] deep.
-    fn stored(&mut self, f: Field) -> Result<Value, String> {
-        let v = self.any(f)?;
-        let depth = self.depths[f as usize];
-        if depth > VALUE_DEPTH_MAX {
-            return Err(format!(
-                "{} nests {depth} levels deep; values may nest at most {VALUE_DEPTH_MAX} levels",
-                f.name()
-            ));
+    /// Refuses a stored value (`value`, `from`, `to`) deeper than [`VALUE_DEPTH_MAX`],
+    /// once every field has been checked.
+    fn check_depths(&self, request: &Request) -> Result<(), String> {
+        let stored: &[Field] = match request {
+            Request::Mutate {
+                op: KvOp::Write { .. },
+                ..
+            } => &[Field::Value],
+            Request::Mutate {
+                op: KvOp::Cas { .. },
+                ..
+            } => &[Field::From, Field::To],
+            _ => &[],
+        };
+        for &f in stored {
+            let depth = self.depths[f as usize];
+            if depth > VALUE_DEPTH_MAX {
+                return Err(format!(
+                    "{} nests {depth} levels deep; values may nest at most {VALUE_DEPTH_MAX} levels",
+                    f.name()
+                ));
+            }
         }
-        Ok(v)
+        Ok(())
     }
 
     fn string(&mut self, f: Field) -> Result<String, String> {
@@ -815,15 +828,15 @@ impl BodyFields<'_> {
             "write" => Request::Mutate {
                 op: KvOp::Write {
                     key: self.key()?,
-                    value: self.stored(Field::Value)?,
+                    value: self.any(Field::Value)?,
                 },
                 session: self.session()?,
             },
             "cas" => Request::Mutate {
                 op: KvOp::Cas {
                     key: self.key()?,
-                    from: self.stored(Field::From)?,
-                    to: self.stored(Field::To)?,
+                    from: self.any(Field::From)?,
+                    to: self.any(Field::To)?,
                     create: self.opt_bool(Field::CreateIfNotExists)?,
                 },
                 session: self.session()?,
@@ -841,6 +854,7 @@ impl BodyFields<'_> {
             },
             _ => return Ok(self.into_other(kind, line_bytes)),
         };
+        self.check_depths(&request)?;
         let key_growth = match &request {
             Request::Read { key }
             | Request::Mutate {
@@ -1514,3 +1528,11 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "protocol_legacy.rs"]
+mod legacy;
+
+#[cfg(test)]
+#[path = "protocol_props.rs"]
+mod props;
