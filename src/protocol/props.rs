@@ -78,7 +78,8 @@ fn value_with(number: BoxedStrategy<String>) -> impl Strategy<Value = String> {
         prop_oneof![
             prop::collection::vec(inner.clone(), 0..4).prop_map(|v| format!("[{}]", v.join(","))),
             prop::collection::vec((string(), inner), 0..4).prop_map(|kv| {
-                let members: Vec<String> = kv.into_iter().map(|(k, v)| format!("{k}:{v}")).collect();
+                let members: Vec<String> =
+                    kv.into_iter().map(|(k, v)| format!("{k}:{v}")).collect();
                 format!("{{{}}}", members.join(","))
             }),
         ]
@@ -87,7 +88,10 @@ fn value_with(number: BoxedStrategy<String>) -> impl Strategy<Value = String> {
 
 /// A value nested about as deep as the limits (64 for a value, 128 for a line).
 fn deep() -> impl Strategy<Value = String> {
-    (prop::sample::select(vec![1usize, 63, 64, 65, 66, 100, 125, 126, 127, 130]), any::<bool>())
+    (
+        prop::sample::select(vec![1usize, 63, 64, 65, 66, 100, 125, 126, 127, 130]),
+        any::<bool>(),
+    )
         .prop_map(|(n, arrays)| {
             if arrays {
                 format!("{}1{}", "[".repeat(n), "]".repeat(n))
@@ -146,8 +150,22 @@ fn good(field: &'static str) -> BoxedStrategy<String> {
 
 /// The body fields a generated body draws from.
 const BODY_FIELDS: [&str; 16] = [
-    "type", "msg_id", "in_reply_to", "key", "value", "from", "to", "delta", "client_id", "seq",
-    "first_outstanding", "create_if_not_exists", "node_id", "node_ids", "rpc", "extra",
+    "type",
+    "msg_id",
+    "in_reply_to",
+    "key",
+    "value",
+    "from",
+    "to",
+    "delta",
+    "client_id",
+    "seq",
+    "first_outstanding",
+    "create_if_not_exists",
+    "node_id",
+    "node_ids",
+    "rpc",
+    "extra",
 ];
 
 /// How likely each field is present.
@@ -164,19 +182,29 @@ fn presence(field: &str) -> f64 {
 fn member(field: &'static str) -> impl Strategy<Value = Option<String>> {
     // A `raft_*` request's `rpc` is kept as text, unread (as before, on the path
     // most of them took): no numbers out of range in it.
-    let odd = if matches!(field, "rpc" | "extra") { 0 } else { 1 };
+    let odd = if matches!(field, "rpc" | "extra") {
+        0
+    } else {
+        1
+    };
     let value = prop_oneof![
         8 => good(field),
         odd => value(),
         1 => Just("null".to_string()),
     ];
-    prop::option::weighted(presence(field), value.prop_map(move |v| format!("\"{field}\":{v}")))
+    prop::option::weighted(
+        presence(field),
+        value.prop_map(move |v| format!("\"{field}\":{v}")),
+    )
 }
 
 /// A body: its members in any order, some duplicated, maybe an odd type.
 fn body() -> impl Strategy<Value = String> {
     let members: Vec<_> = BODY_FIELDS.iter().map(|f| member(f)).collect();
-    (members, prop::option::weighted(0.1, (good("type"), value())))
+    (
+        members,
+        prop::option::weighted(0.1, (good("type"), value())),
+    )
         .prop_flat_map(|(members, twice)| {
             let mut members: Vec<String> = members.into_iter().flatten().collect();
             if let Some((a, b)) = twice {
@@ -232,9 +260,15 @@ fn normalized(m: &Message) -> String {
             if let Some(rpc) = rpc {
                 raw.insert("rpc".into(), serde_json::from_str(rpc.get()).unwrap());
             }
-            format!("{:?} {:?} {:?} {:?} {kind} {raw:?}", m.src, m.dest, m.msg_id, m.in_reply_to)
+            format!(
+                "{:?} {:?} {:?} {:?} {kind} {raw:?}",
+                m.src, m.dest, m.msg_id, m.in_reply_to
+            )
         }
-        body => format!("{:?} {:?} {:?} {:?} {body:?}", m.src, m.dest, m.msg_id, m.in_reply_to),
+        body => format!(
+            "{:?} {:?} {:?} {:?} {body:?}",
+            m.src, m.dest, m.msg_id, m.in_reply_to
+        ),
     }
 }
 

@@ -167,17 +167,12 @@ pub(super) fn parse_line(line: &str) -> Result<Message, ParseError> {
     Ok(msg)
 }
 
-
-
-
 /// Levels a request line adds around its values (the envelope and the body).
 const REQUEST_WRAP_DEPTH: usize = 2;
 
 /// A line nesting no deeper than this cannot hold a value deeper than
 /// [`VALUE_DEPTH_MAX`], so its values need no check.
 const LINE_DEPTH_PLAIN: usize = VALUE_DEPTH_MAX + REQUEST_WRAP_DEPTH;
-
-
 
 /// How deep `v` nests (a scalar is 0, `[]` is 1), without recursion.
 fn value_depth(v: &Value) -> usize {
@@ -428,7 +423,6 @@ fn unparsed(line: &str, e: &serde_json::Error) -> ParseError {
         _ => ParseError::Envelope(what),
     }
 }
-
 
 /// Parses a body of a known client type; other types are returned raw.
 fn parse_body(kind: &str, raw: Map<String, Value>) -> Result<Body, String> {
