@@ -1,7 +1,9 @@
 //! The `oncekv` binary: with no arguments, a Maelstrom node on stdin/stdout.
+use std::io::{self, Write};
+
 use clap::{Parser, Subcommand};
-use oncekv::harness::demo::{DemoPreset, run_demo};
-use oncekv::harness::{TestArgs, default_out_dir, seed::fresh_seed};
+use oncekv::tools::harness::demo::{DemoPreset, run_demo};
+use oncekv::tools::harness::{TestArgs, default_out_dir, seed::fresh_seed};
 
 #[derive(Parser)]
 #[command(
@@ -19,10 +21,10 @@ enum Command {
     /// Run a Maelstrom node on stdin/stdout (the default with no arguments).
     Node,
     /// Measure single-node throughput over stdin against a no-consensus baseline.
-    Bench(oncekv::bench::BenchArgs),
+    Bench(oncekv::tools::bench::BenchArgs),
     /// Compare a 3-node TCP cluster with a 3-member etcd 3.4 on loopback: write
     /// throughput and latency, failover unavailability (docs/benchmarks.md).
-    BenchCluster(oncekv::bench::cluster::BenchClusterArgs),
+    BenchCluster(oncekv::tools::bench::cluster::BenchClusterArgs),
     /// Run a Maelstrom-style test against any Maelstrom node binary.
     Test(TestArgs),
     /// Test oncekv itself: exactly-once, then lin-kv, 3 nodes under partitions.
@@ -40,9 +42,9 @@ enum Command {
     /// Run one node over TCP (see docs/cluster.md).
     Serve(oncekv::tcp::serve::ServeArgs),
     /// Run N `serve` processes on loopback until Ctrl-C.
-    Cluster(oncekv::tcp::cluster::ClusterArgs),
+    Cluster(oncekv::cli::cluster::ClusterArgs),
     /// One operation against a TCP cluster, retried until a definite answer.
-    Client(oncekv::tcp::cli::ClientArgs),
+    Client(oncekv::cli::client::ClientArgs),
 }
 
 /// `oncekv test` exit status for flags it refuses (Jepsen's CLI uses 254), so it is
@@ -51,12 +53,11 @@ const EXIT_TEST_ARGS: i32 = 254;
 /// `oncekv test` exit status when the run ends without a verdict (Jepsen: 255).
 const EXIT_TEST_CRASHED: i32 = 255;
 
-/// Runs `oncekv test` and prints its summary; the exit status is the verdict's.
-#[allow(clippy::print_stdout)] // CLI-only: the human summary goes to stdout.
-fn test(args: TestArgs) -> anyhow::Result<i32> {
+/// Runs `oncekv test` and writes its summary to `out`; the exit status is the verdict's.
+fn test(args: TestArgs, out: &mut dyn Write) -> anyhow::Result<i32> {
     let seed = args.seed.unwrap_or_else(fresh_seed);
-    let out = args.out.clone().unwrap_or_else(default_out_dir);
-    let cfg = match args.into_config(seed, out) {
+    let out_dir = args.out.clone().unwrap_or_else(default_out_dir);
+    let cfg = match args.into_config(seed, out_dir) {
         Ok(cfg) => cfg,
         Err(e) => {
             eprintln!("{e}");
@@ -64,7 +65,7 @@ fn test(args: TestArgs) -> anyhow::Result<i32> {
         }
     };
     let rt = tokio::runtime::Runtime::new()?;
-    let outcome = match rt.block_on(oncekv::harness::run(cfg)) {
+    let outcome = match rt.block_on(oncekv::tools::harness::run(cfg)) {
         Ok(o) => o,
         Err(e) => {
             // No verdict (e.g. a node never answered init): not 1 (invalid) or 2.
@@ -72,14 +73,18 @@ fn test(args: TestArgs) -> anyhow::Result<i32> {
             return Ok(EXIT_TEST_CRASHED);
         }
     };
-    println!("{}", outcome.summary);
-    println!("output: {}", outcome.out_dir.display());
+    let written = writeln!(
+        out,
+        "{}\noutput: {}",
+        outcome.summary,
+        outcome.out_dir.display()
+    );
+    unread_is_fine(written.and_then(|()| out.flush()))?;
     Ok(outcome.valid.exit_code())
 }
 
-/// Runs the demo and prints both summaries.
-#[allow(clippy::print_stdout)] // CLI-only: the human summary goes to stdout.
-fn demo(time_limit: f64, seed: Option<u64>) -> anyhow::Result<i32> {
+/// Runs the demo and writes both summaries to `out`.
+fn demo(time_limit: f64, seed: Option<u64>, out: &mut dyn Write) -> anyhow::Result<i32> {
     let preset = DemoPreset {
         bin: std::env::current_exe()?,
         time_limit_s: time_limit,
@@ -88,25 +93,32 @@ fn demo(time_limit: f64, seed: Option<u64>) -> anyhow::Result<i32> {
         seed,
         out: default_out_dir(),
     };
-    println!(
+    writeln!(
+        out,
         "oncekv demo: 3 oncekv nodes, 12 clients, random network partitions every ~{} s.\n\
          1) exactly-once (beyond Maelstrom): clients retry timed-out requests with the same\n   \
          client_id/seq on another node; every counter must equal the sum of its adds.\n\
          2) lin-kv: Maelstrom's linearizable key-value workload, checked by this harness.\n",
         preset.nemesis_interval_s
-    );
+    )?;
+    out.flush()?;
     let rt = tokio::runtime::Runtime::new()?;
     let outcomes = rt.block_on(run_demo(&preset))?;
     let mut worst = 0;
+    let mut written = Ok(());
     for (workload, o) in &outcomes {
-        println!(
-            "\n--- {} ---\n{}\noutput: {}",
-            workload.name(),
-            o.summary,
-            o.out_dir.display()
-        );
+        written = written.and_then(|()| {
+            writeln!(
+                out,
+                "\n--- {} ---\n{}\noutput: {}",
+                workload.name(),
+                o.summary,
+                o.out_dir.display()
+            )
+        });
         worst = worst.max(o.valid.exit_code());
     }
+    unread_is_fine(written.and_then(|()| out.flush()))?;
     Ok(worst)
 }
 
@@ -180,7 +192,7 @@ fn main() -> anyhow::Result<()> {
         // it uses for "no definite answer".
         Err(e) if e.use_stderr() && std::env::args().nth(1).as_deref() == Some("client") => {
             let _ = e.print();
-            std::process::exit(oncekv::tcp::cli::EXIT_USAGE);
+            std::process::exit(oncekv::cli::client::EXIT_USAGE);
         }
         Err(e) => e.exit(),
     };
@@ -188,27 +200,66 @@ fn main() -> anyhow::Result<()> {
         std::process::exit(serve(args)?);
     }
     init_logging(None);
-    let code = match cli.command {
-        None | Some(Command::Node) => node()?,
+    if matches!(cli.command, None | Some(Command::Node)) {
+        // It writes its protocol lines to stdout itself (tokio's, from other
+        // threads), so stdout must not be locked here.
+        std::process::exit(node()?);
+    }
+    // The one place the other commands' output goes: each command that prints is
+    // handed this.
+    let mut out = io::stdout().lock();
+    let code = match run(cli.command, &mut out) {
+        Ok(code) => code,
+        // The reader of the output went away (`oncekv ... | head -1`): a quiet end.
+        Err(e) if is_broken_pipe(&e) => 0,
+        Err(e) => return Err(e),
+    };
+    std::process::exit(code)
+}
+
+/// Runs a command other than `serve` and the node; returns its exit status.
+fn run(command: Option<Command>, out: &mut dyn Write) -> anyhow::Result<i32> {
+    Ok(match command {
+        None | Some(Command::Node) | Some(Command::Serve(_)) => unreachable!("run before"),
         Some(Command::Bench(args)) => {
-            oncekv::bench::run(&args)?;
+            oncekv::tools::bench::run(&args, out)?;
             0
         }
         Some(Command::BenchCluster(args)) => {
-            tokio_main(oncekv::bench::cluster::run(&args))??;
+            tokio_main(oncekv::tools::bench::cluster::run(&args, out))??;
             0
         }
-        Some(Command::Test(args)) => test(args)?,
-        Some(Command::Demo { time_limit, seed }) => demo(time_limit, seed)?,
-        Some(Command::Check(args)) => check_command(&args),
-        Some(Command::Serve(_)) => unreachable!("served above"),
+        Some(Command::Test(args)) => test(args, out)?,
+        Some(Command::Demo { time_limit, seed }) => demo(time_limit, seed, out)?,
+        Some(Command::Check(args)) => check_command(&args, out)?,
         Some(Command::Cluster(args)) => {
-            tokio_main(oncekv::tcp::cluster::run(&args))??;
+            tokio_main(oncekv::cli::cluster::run(&args, out))??;
             0
         }
-        Some(Command::Client(args)) => tokio_main(oncekv::tcp::cli::run(args))?,
-    };
-    std::process::exit(code)
+        Some(Command::Client(args)) => tokio_main(oncekv::cli::client::run(args, out))?,
+    })
+}
+
+/// Output nobody reads any more (a closed pipe) is not an error for a command
+/// whose exit status is a verdict: the verdict stands.
+fn unread_is_fine(written: io::Result<()>) -> io::Result<()> {
+    match written {
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+        other => other,
+    }
+}
+
+/// Whether `e` comes from writing to a closed pipe.
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        let io = cause.downcast_ref::<io::Error>().or_else(|| {
+            match cause.downcast_ref::<oncekv::tcp::TcpError>() {
+                Some(oncekv::tcp::TcpError::Io(e)) => Some(e),
+                _ => None,
+            }
+        });
+        io.is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe)
+    })
 }
 
 /// Arguments of `oncekv check`.
@@ -228,34 +279,38 @@ struct CheckArgs {
 /// Exit status of `oncekv check` for an unreadable or malformed history.
 const EXIT_BAD_INPUT: i32 = 3;
 
-#[allow(clippy::print_stdout)] // the CLI's output
-fn check_command(args: &CheckArgs) -> i32 {
+/// `oncekv check`: the verdict on `out`, as text or JSON; returns its exit status.
+fn check_command(args: &CheckArgs, out: &mut dyn Write) -> io::Result<i32> {
     let Ok(time_limit) = std::time::Duration::try_from_secs_f64(args.time_limit) else {
         eprintln!("error: --time-limit must be a non-negative number of seconds");
-        return EXIT_BAD_INPUT;
+        return Ok(EXIT_BAD_INPUT);
     };
-    let opts = oncekv::check::CheckOptions { time_limit };
+    let opts = oncekv::tools::check::CheckOptions { time_limit };
     let started = std::time::Instant::now();
-    match oncekv::check::check_file(&args.history, &opts) {
+    match oncekv::tools::check::check_file(&args.history, &opts) {
         Err(e) => {
             eprintln!("error: {e}");
-            EXIT_BAD_INPUT
+            Ok(EXIT_BAD_INPUT)
         }
         Ok(report) => {
-            if args.json {
-                println!(
+            let written = if args.json {
+                writeln!(
+                    out,
                     "{}",
                     serde_json::to_string_pretty(&report).unwrap_or_default()
-                );
+                )
             } else {
-                print!("{}", report.render());
-                println!(
-                    "{} in {:.3} s",
-                    report.valid().word(),
-                    started.elapsed().as_secs_f64()
-                );
-            }
-            report.valid().exit_code()
+                write!(out, "{}", report.render()).and_then(|()| {
+                    writeln!(
+                        out,
+                        "{} in {:.3} s",
+                        report.valid().word(),
+                        started.elapsed().as_secs_f64()
+                    )
+                })
+            };
+            unread_is_fine(written.and_then(|()| out.flush()))?;
+            Ok(report.valid().exit_code())
         }
     }
 }

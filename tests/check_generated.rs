@@ -1,14 +1,16 @@
 //! The checker at scale, on histories from a seeded simulation of a linearizable
-//! store (`oncekv::check::sim`). Each test prints its seed; rerun one with
+//! store (`check_common/sim.rs`). Each test prints its seed; rerun one with
 //! `ONCEKV_CHECK_SEED=<seed> cargo test --test check_generated`.
 //! Timings are printed, not asserted: see `docs/checker.md` for measured figures.
+
+mod check_common;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use oncekv::check::sim::{SimConfig, simulate};
-use oncekv::check::{CheckOptions, Validity, check_counters, check_linearizable};
-use oncekv::history::{Op, OpType, Process};
+use check_common::sim::{SimConfig, simulate};
+use oncekv::tools::check::{CheckOptions, Validity, check_counters, check_linearizable};
+use oncekv::tools::history::{HistoryOp, OpType, Process};
 use serde_json::{Value, json};
 
 fn seed() -> u64 {
@@ -76,7 +78,7 @@ fn a_large_linearizable_history_checks_valid() {
 /// invoked after some write on its key completed, early in that key's life (so
 /// that refuting it is quick even in a debug build: the search must exhaust every
 /// way of linearizing the key's ops before the read).
-fn early_read_after_a_write(history: &[Op], counter_keys_from: i64) -> usize {
+fn early_read_after_a_write(history: &[HistoryOp], counter_keys_from: i64) -> usize {
     let mut first_write_done: HashMap<i64, usize> = HashMap::new();
     let mut invoked_at: HashMap<Process, usize> = HashMap::new();
     let mut seen: HashMap<i64, usize> = HashMap::new();

@@ -6,10 +6,10 @@ mod check_common;
 use std::time::Duration;
 
 use check_common::H;
-use oncekv::check::{
+use oncekv::tools::check::{
     CheckOptions, LinReport, Validity, check_linearizable, try_check_linearizable,
 };
-use oncekv::history::OpType;
+use oncekv::tools::history::OpType;
 use serde_json::{Value, json};
 
 fn check(h: &H) -> LinReport {
@@ -203,7 +203,7 @@ fn nemesis_lines_are_ignored() {
     let mut h = H::default();
     h.write(1, 0, json!(1));
     let mut nemesis = h.ops[0].clone();
-    nemesis.process = oncekv::history::Process::Nemesis;
+    nemesis.process = oncekv::tools::history::Process::Nemesis;
     nemesis.kind = OpType::Info;
     nemesis.f = "start-partition".into();
     nemesis.key = None;

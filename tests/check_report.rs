@@ -5,10 +5,10 @@ mod check_common;
 use std::time::Duration;
 
 use check_common::H;
-use oncekv::check::sim::{SimConfig, simulate};
-use oncekv::check::{CheckOptions, Validity, check_counters, check_linearizable};
-use oncekv::report::harness::{HarnessFacts, NetFaults, Violation};
-use oncekv::report::{NetCounts, NetInputs, Results, build_results, latency_svg, summary};
+use check_common::sim::{SimConfig, simulate};
+use oncekv::tools::check::{CheckOptions, Validity, check_counters, check_linearizable};
+use oncekv::tools::report::harness::{HarnessFacts, NetFaults, Violation};
+use oncekv::tools::report::{NetCounts, NetInputs, Results, build_results, latency_svg, summary};
 use serde_json::{Value, json};
 
 fn results_for(h: &H) -> Results {
@@ -252,7 +252,7 @@ fn the_svg_of_a_large_history_stays_small() {
     let svg = latency_svg(&run.history, &[]);
     let dots = count(&svg, "<circle") - 3;
     eprintln!("{} bytes, {dots} dots", svg.len());
-    assert!(dots <= oncekv::report::svg::MAX_DOTS);
+    assert!(dots <= oncekv::tools::report::svg::MAX_DOTS);
     assert!(svg.len() < 4_000_000, "{} bytes", svg.len());
     assert!(svg.trim_end().ends_with("</svg>"));
 }

@@ -5,11 +5,11 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use oncekv::check::Validity;
-use oncekv::harness::cli::{TestArgs, Workload};
-use oncekv::harness::nemesis::{Action, NemesisConfig, schedule};
-use oncekv::harness::net::LatencyDist;
-use oncekv::harness::{Outcome, run};
+use oncekv::tools::check::Validity;
+use oncekv::tools::harness::nemesis::{Action, NemesisConfig, schedule};
+use oncekv::tools::harness::net::LatencyDist;
+use oncekv::tools::harness::{RunOutcome, run};
+use oncekv::tools::harness::{TestArgs, Workload};
 use serde_json::Value;
 
 /// A test node built by cargo as an example, next to this test's binary.
@@ -44,7 +44,7 @@ impl Case {
         }
     }
 
-    async fn run(self) -> anyhow::Result<Outcome> {
+    async fn run(self) -> anyhow::Result<RunOutcome> {
         let out = std::env::temp_dir().join(format!(
             "oncekv-harness-{}-{}",
             self.name,
@@ -81,12 +81,12 @@ impl Case {
     }
 }
 
-fn nemesis_events(o: &Outcome) -> Vec<(String, Value)> {
+fn nemesis_events(o: &RunOutcome) -> Vec<(String, Value)> {
     let text = std::fs::read_to_string(o.out_dir.join("history.jsonl")).expect("history");
-    oncekv::history::read_jsonl(&text)
+    oncekv::tools::history::read_jsonl(&text)
         .expect("history parses")
         .into_iter()
-        .filter(|op| op.process == oncekv::history::Process::Nemesis)
+        .filter(|op| op.process == oncekv::tools::history::Process::Nemesis)
         .map(|op| (op.f, op.value))
         .collect()
 }
@@ -226,7 +226,7 @@ async fn killing_the_only_copy_loses_counts_and_restart_reinits() -> anyhow::Res
     // late enough (3-7 s) that acknowledged adds exist to be lost, even on a loaded
     // machine, with time left to see the loss.
     let cfg = NemesisConfig {
-        faults: [oncekv::harness::nemesis::Fault::Kill].into(),
+        faults: [oncekv::tools::harness::nemesis::Fault::Kill].into(),
         interval: Duration::from_secs(2),
     };
     let nodes: Vec<String> = (0..3).map(|i| format!("n{i}")).collect();

@@ -5,13 +5,13 @@
 
 use std::path::PathBuf;
 
-use oncekv::check::Validity;
-use oncekv::harness::cli::{TestArgs, Workload};
-use oncekv::harness::net::LatencyDist;
-use oncekv::harness::{Outcome, run};
+use oncekv::tools::check::Validity;
+use oncekv::tools::harness::net::LatencyDist;
+use oncekv::tools::harness::{RunOutcome, run};
+use oncekv::tools::harness::{TestArgs, Workload};
 
 fn seed() -> u64 {
-    oncekv::harness::seed::test_seed()
+    oncekv::tools::harness::seed::test_seed()
 }
 
 async fn run_oncekv(
@@ -19,7 +19,7 @@ async fn run_oncekv(
     workload: Workload,
     nodes: usize,
     secs: f64,
-) -> anyhow::Result<Outcome> {
+) -> anyhow::Result<RunOutcome> {
     run_oncekv_under(name, workload, nodes, secs, "partition").await
 }
 
@@ -29,7 +29,7 @@ async fn run_oncekv_under(
     nodes: usize,
     secs: f64,
     nemesis: &str,
-) -> anyhow::Result<Outcome> {
+) -> anyhow::Result<RunOutcome> {
     let seed = seed();
     let out = std::env::temp_dir().join(format!("oncekv-self-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&out);
@@ -55,7 +55,7 @@ async fn run_oncekv_under(
     Ok(outcome)
 }
 
-fn assert_valid_and_busy(o: &Outcome) {
+fn assert_valid_and_busy(o: &RunOutcome) {
     assert_eq!(o.valid, Validity::Valid, "{}", o.summary);
     let ok = o.results["stats"]["ok"].as_u64().unwrap_or(0);
     assert!(ok > 100, "too few ok ops to mean anything: {}", o.summary);

@@ -16,7 +16,7 @@ use storage_common::{TempDir, append_durable, entry, log_id, membership_entry, v
 /// A data dir with 300 entries, a vote and a snapshot at index 100; returns the
 /// snapshot file.
 async fn populated(dir: &Path) -> PathBuf {
-    let mut s = storage::open(dir).expect("open new");
+    let mut s = storage_common::open(dir).expect("open new");
     let mut entries = vec![membership_entry(1, 0)];
     entries.extend((1..=300).map(|i| entry(1, i)));
     append_durable(&mut s.log, entries.clone())
@@ -36,7 +36,7 @@ async fn apply(sm: &mut StateMachineStore, entries: Vec<oncekv::raft::Entry>) {
 
 /// `open` must fail, naming `file`.
 fn assert_refused(dir: &Path, file: &Path) -> StorageError {
-    let Err(err) = storage::open(dir) else {
+    let Err(err) = storage_common::open(dir) else {
         panic!(
             "open accepted a damaged dir ({} was damaged)",
             file.display()
@@ -135,7 +135,7 @@ async fn missing_snapshot_behind_a_purged_log_is_refused() {
     let dir = TempDir::new("missing-snap");
     let snap = populated(dir.path()).await;
     {
-        let mut s = storage::open(dir.path()).expect("reopen");
+        let mut s = storage_common::open(dir.path()).expect("reopen");
         s.log.purge(log_id(1, 100)).await.expect("purge");
         append_durable(&mut s.log, vec![entry(1, 301)])
             .await
@@ -160,7 +160,7 @@ async fn a_deleted_log_file_is_refused() {
 #[test]
 fn other_format_version_is_refused() {
     let dir = TempDir::new("version");
-    drop(storage::open(dir.path()).expect("open new"));
+    drop(storage_common::open(dir.path()).expect("open new"));
     let marker = dir.path().join("oncekv.meta");
     fs::write(
         &marker,
@@ -189,7 +189,7 @@ fn a_foreign_dir_is_refused() {
     let dir = TempDir::new("foreign");
     fs::create_dir_all(dir.path()).expect("mkdir");
     fs::write(dir.path().join("notes.txt"), "not ours").expect("write");
-    let Err(err) = storage::open(dir.path()) else {
+    let Err(err) = storage_common::open(dir.path()) else {
         panic!("opened a dir that is not a data dir");
     };
     assert!(matches!(err, StorageError::NotADataDir { .. }), "{err}");
@@ -200,7 +200,7 @@ async fn a_dir_that_lost_its_marker_is_refused() {
     let dir = TempDir::new("no-marker");
     populated(dir.path()).await;
     fs::remove_file(dir.path().join("oncekv.meta")).expect("remove marker");
-    let Err(err) = storage::open(dir.path()) else {
+    let Err(err) = storage_common::open(dir.path()) else {
         panic!("a dir with data but no marker must not be taken as new");
     };
     assert!(matches!(err, StorageError::NotADataDir { .. }), "{err}");

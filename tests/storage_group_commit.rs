@@ -7,7 +7,6 @@ mod storage_common;
 use std::time::Instant;
 
 use oncekv::raft::TypeConfig;
-use oncekv::storage;
 use openraft::storage::{IOFlushed, RaftLogStorage};
 use openraft::type_config::TypeConfigExt;
 use storage_common::{TempDir, append_durable, entry};
@@ -20,7 +19,7 @@ const SEQUENTIAL_APPENDS: u64 = 100;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn back_to_back_appends_share_commits() {
     let dir = TempDir::new("group-commit");
-    let mut s = storage::open(dir.path()).expect("open");
+    let mut s = storage_common::open(dir.path()).expect("open");
 
     let before = s.log.stats();
     let start = Instant::now();
@@ -72,7 +71,7 @@ async fn back_to_back_appends_share_commits() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_followers_appends_are_synced_inline() {
     let dir = TempDir::new("inline");
-    let mut s = storage::open(dir.path()).expect("open");
+    let mut s = storage_common::open(dir.path()).expect("open");
     s.log.set_node_id(Some(1)); // the entries' proposer is node 0
     let before = s.log.stats();
     for i in 1..=20 {
@@ -86,7 +85,7 @@ async fn a_followers_appends_are_synced_inline() {
     }
     assert_eq!(s.log.stats().commits - before.commits, 20);
     drop(s);
-    let mut s = storage::open(dir.path()).expect("reopen");
+    let mut s = storage_common::open(dir.path()).expect("reopen");
     let state = s.log.get_log_state().await.expect("state");
     assert_eq!(state.last_log_id.map(|l| l.index), Some(20));
 
@@ -121,7 +120,7 @@ fn writer_threads() -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_writer_thread_does_not_preempt_who_wakes_it() {
     let dir = TempDir::new("writer-policy");
-    let s = storage::open(dir.path()).expect("open");
+    let s = storage_common::open(dir.path()).expect("open");
     // Other tests in this binary may be starting writers of their own meanwhile
     // (named before their policy is set): wait until every one is set up.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);

@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 
 use oncekv::raft::TypeConfig;
 use oncekv::raft::sm_store::StateMachineStore;
-use oncekv::storage;
 use openraft::storage::{IOFlushed, RaftLogStorage, RaftStateMachine};
 use openraft::type_config::TypeConfigExt;
 use openraft::{RaftLogReader, RaftSnapshotBuilder};
@@ -122,8 +121,8 @@ fn field(line: &str, word: &str) -> Option<u64> {
 fn check(dir: &Path, acked: u64, voted: Option<u64>) {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
-        let mut s =
-            storage::open_with_segment_bytes(dir, SEGMENT_BYTES).expect("reopen after SIGKILL");
+        let mut s = storage_common::open_with_segment_bytes(dir, SEGMENT_BYTES)
+            .expect("reopen after SIGKILL");
         let state = s.log.get_log_state().await.expect("log state");
         let purged = state.last_purged_log_id.map_or(0, |p| p.index);
         let entries = s.log.try_get_log_entries(..).await.expect("read");
@@ -173,7 +172,7 @@ fn child_writer() {
 }
 
 async fn child_loop(dir: &Path, term: u64) {
-    let mut s = storage::open_with_segment_bytes(dir, SEGMENT_BYTES).expect("child open");
+    let mut s = storage_common::open_with_segment_bytes(dir, SEGMENT_BYTES).expect("child open");
     if term % 2 == 1 {
         // As a follower (the entries' proposer, node 0, is someone else): appends
         // are synced inline when nothing is queued, and queued otherwise.

@@ -28,7 +28,7 @@ fn snapshot_files(dir: &std::path::Path) -> Vec<String> {
 async fn log_vote_and_committed_survive_reopen() {
     let dir = TempDir::new("restart");
     {
-        let mut s = storage::open(dir.path()).expect("open new");
+        let mut s = storage_common::open(dir.path()).expect("open new");
         let mut batch = vec![membership_entry(1, 0)];
         batch.extend((1..=20).map(|i| entry(1, i)));
         append_durable(&mut s.log, batch).await.expect("append");
@@ -50,7 +50,7 @@ async fn log_vote_and_committed_survive_reopen() {
             .await
             .expect("append");
     }
-    let mut s = storage::open(dir.path()).expect("reopen");
+    let mut s = storage_common::open(dir.path()).expect("reopen");
     assert_eq!(s.log.read_vote().await.expect("vote"), Some(vote(2, 0)));
     assert_eq!(
         s.log.read_committed().await.expect("committed"),
@@ -83,7 +83,7 @@ fn segment_count(dir: &std::path::Path) -> usize {
 async fn a_log_over_many_segments_survives_purge_and_reopen() {
     let dir = TempDir::new("segments");
     {
-        let mut s = storage::open_with_segment_bytes(dir.path(), 4096).expect("open new");
+        let mut s = storage_common::open_with_segment_bytes(dir.path(), 4096).expect("open new");
         s.log.save_vote(&vote(1, 0)).await.expect("vote");
         let mut entries = vec![membership_entry(1, 0)];
         entries.extend((1..=400).map(|i| entry(1, i)));
@@ -112,7 +112,7 @@ async fn a_log_over_many_segments_survives_purge_and_reopen() {
         );
         eprintln!("segments: {before} before the purge, {after} after");
     }
-    let mut s = storage::open_with_segment_bytes(dir.path(), 4096).expect("reopen");
+    let mut s = storage_common::open_with_segment_bytes(dir.path(), 4096).expect("reopen");
     assert_eq!(s.log.read_vote().await.expect("vote"), Some(vote(1, 0)));
     let state = s.log.get_log_state().await.expect("state");
     assert_eq!(state.last_purged_log_id, Some(log_id(1, 300)));
@@ -127,7 +127,7 @@ async fn snapshot_is_durable_and_restores_the_state_machine() {
     let dir = TempDir::new("snapshot");
     let first_meta;
     {
-        let mut s = storage::open(dir.path()).expect("open new");
+        let mut s = storage_common::open(dir.path()).expect("open new");
         let mut entries = vec![membership_entry(1, 0)];
         entries.extend((1..=10).map(|i| entry(1, i)));
         append_durable(&mut s.log, entries.clone())
@@ -154,7 +154,7 @@ async fn snapshot_is_durable_and_restores_the_state_machine() {
             "the older snapshot is removed once the newer is durable"
         );
     }
-    let mut s = storage::open(dir.path()).expect("reopen");
+    let mut s = storage_common::open(dir.path()).expect("reopen");
     let (applied, membership) = s.sm.applied_state().await.expect("applied");
     assert_eq!(applied, Some(log_id(1, 10)), "restored from the snapshot");
     assert_eq!(membership.log_id(), &Some(log_id(1, 0)));
@@ -184,19 +184,19 @@ async fn snapshot_is_durable_and_restores_the_state_machine() {
 async fn installed_snapshot_is_durable() {
     let (src, dst) = (TempDir::new("install-src"), TempDir::new("install-dst"));
     let snapshot = {
-        let mut s = storage::open(src.path()).expect("open");
+        let mut s = storage_common::open(src.path()).expect("open");
         let mut entries = vec![membership_entry(1, 0)];
         entries.extend((1..=4).map(|i| entry(1, i)));
         apply(&mut s.sm, entries).await;
         s.sm.build_snapshot().await.expect("build")
     };
     {
-        let mut s = storage::open(dst.path()).expect("open");
+        let mut s = storage_common::open(dst.path()).expect("open");
         s.sm.install_snapshot(&snapshot.meta, snapshot.snapshot.clone())
             .await
             .expect("install");
     }
-    let mut s = storage::open(dst.path()).expect("reopen");
+    let mut s = storage_common::open(dst.path()).expect("reopen");
     let (applied, _) = s.sm.applied_state().await.expect("applied");
     assert_eq!(applied, Some(log_id(1, 4)));
 }
@@ -204,8 +204,8 @@ async fn installed_snapshot_is_durable() {
 #[test]
 fn a_second_open_of_the_same_dir_is_refused() {
     let dir = TempDir::new("lock");
-    let _first = storage::open(dir.path()).expect("open");
-    let Err(err) = storage::open(dir.path()) else {
+    let _first = storage_common::open(dir.path()).expect("open");
+    let Err(err) = storage_common::open(dir.path()) else {
         panic!("the log is locked, a second open must fail");
     };
     assert!(err.to_string().contains(LOG_DIR), "{err}");
@@ -218,7 +218,7 @@ fn a_second_open_of_the_same_dir_is_refused() {
 async fn the_checkpoint_follows_the_synced_log_while_it_is_open() {
     use oncekv::storage::wal::checkpoint::Checkpoint;
     let dir = TempDir::new("checkpoint");
-    let mut s = storage::open(dir.path()).expect("open");
+    let mut s = storage_common::open(dir.path()).expect("open");
     let wal = dir.path().join(LOG_DIR);
     let at_open = Checkpoint::read(&wal).expect("read").expect("one").point;
     for i in 1..=20 {

@@ -26,10 +26,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use oncekv::check::{CheckOptions, Validity, check_counters, check_linearizable};
-use oncekv::history::{Op, OpType};
 use oncekv::protocol::Reply;
 use oncekv::tcp::{Client, ClientOptions};
+use oncekv::tools::check::{CheckOptions, Validity, check_counters, check_linearizable};
+use oncekv::tools::history::{HistoryOp, OpType};
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 use support_tcp::{Recorder, TestCluster, seed, wait_status};
@@ -139,7 +139,7 @@ impl Load {
     }
 
     /// Stops the workers (each finishes its op in progress).
-    async fn stop(self) -> (Vec<Op>, Vec<WorkerEnd>) {
+    async fn stop(self) -> (Vec<HistoryOp>, Vec<WorkerEnd>) {
         self.stop.store(true, Ordering::Relaxed);
         let mut ends = Vec::new();
         for w in self.workers {
@@ -154,7 +154,7 @@ impl Load {
 /// was left without a definite answer, every counter equals its acknowledged adds,
 /// every write key holds its worker's last acknowledged write, and the history is
 /// linearizable.
-async fn check_after_load(cluster: &TestCluster, ops: &[Op], ends: &[WorkerEnd]) {
+async fn check_after_load(cluster: &TestCluster, ops: &[HistoryOp], ends: &[WorkerEnd]) {
     let path = cluster.dir.join("history.jsonl");
     let text: String = ops
         .iter()

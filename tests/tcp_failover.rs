@@ -10,9 +10,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use oncekv::check::{CheckOptions, Validity, check_counters, check_linearizable};
-use oncekv::history::OpType;
 use oncekv::protocol::Reply;
+use oncekv::tools::check::{CheckOptions, Validity, check_counters, check_linearizable};
+use oncekv::tools::history::OpType;
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 use support_tcp::{Recorder, TestCluster, seed};

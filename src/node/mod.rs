@@ -34,21 +34,11 @@ use openraft::async_runtime::WatchReceiver;
 use openraft::storage::RaftLogStorage;
 
 use crate::config::Config;
-use crate::raft::log_store::{MemLogStore, SharedMirror};
+use crate::raft::log_store::MemLogStore;
 use crate::raft::network::{BulkLimits, Network, Transport};
 use crate::raft::sm_store::StateMachineStore;
 use crate::raft::snapshot_transfer::SnapshotReceiver;
-use crate::raft::{Peer, Raft, TypeConfig};
-
-/// The two stores a node runs on: Raft's log and the state machine.
-pub struct Storage<L> {
-    /// The log, vote and committed pointer.
-    pub log: L,
-    /// The state machine (and its snapshots).
-    pub sm: StateMachineStore,
-    /// The log's in-memory copy, which the node keeps within its byte budget.
-    pub mirror: SharedMirror,
-}
+use crate::raft::{Peer, Raft, Storage, TypeConfig};
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]

@@ -46,6 +46,17 @@ openraft::declare_raft_types!(
         Node = Peer,
 );
 
+/// The two stores a node runs on, as opened by [`crate::storage`] (durable) or
+/// made in memory (Maelstrom mode): Raft's log and the state machine.
+pub struct Storage<L> {
+    /// The log, vote and committed pointer.
+    pub log: L,
+    /// The state machine (and its snapshots).
+    pub sm: sm_store::StateMachineStore,
+    /// The log's in-memory copy, which the node keeps within its byte budget.
+    pub mirror: log_store::SharedMirror,
+}
+
 /// The Raft handle.
 pub type Raft = openraft::Raft<TypeConfig, sm_store::StateMachineStore>;
 /// A log id.

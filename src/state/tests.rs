@@ -388,8 +388,21 @@ fn small_limits() -> SessionLimits {
     }
 }
 
+/// The seed of a randomized test: `ONCEKV_TEST_SEED` if set (the variable every
+/// randomized test of the project reads), else the clock's nanoseconds; printed with
+/// the command that repeats the run. Kept here so the product's tests need nothing
+/// from the tooling wing.
 fn seed() -> u64 {
-    crate::harness::seed::test_seed()
+    let seed = std::env::var("ONCEKV_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64)
+        });
+    eprintln!("seed {seed} (rerun with ONCEKV_TEST_SEED={seed})");
+    seed
 }
 
 /// Two replicas fed the same entries give byte-identical snapshots and replies.

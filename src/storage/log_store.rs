@@ -27,7 +27,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::StorageError;
-use super::wal::{Record, SEGMENT_BYTES_DEFAULT, Wal, WalOptions};
+use super::wal::{Record, Wal, WalOptions};
 use super::writer::{Change, Done, Writer, WriterStats};
 use crate::raft::{Entry, LogId, TypeConfig, Vote};
 
@@ -64,26 +64,8 @@ fn decode<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, String> {
 }
 
 impl WalLogStore {
-    /// Opens (creating if absent) the log in the directory `path`, replays it and
-    /// checks the result.
-    pub fn open(path: &Path) -> Result<WalLogStore, StorageError> {
-        WalLogStore::open_with_segment_bytes(path, SEGMENT_BYTES_DEFAULT)
-    }
-
-    /// [`WalLogStore::open`], creating segments of `segment_bytes` (tests use
-    /// small ones to exercise rolling and deletion).
-    pub fn open_with_segment_bytes(
-        path: &Path,
-        segment_bytes: u64,
-    ) -> Result<WalLogStore, StorageError> {
-        let options = WalOptions {
-            segment_bytes,
-            ..WalOptions::default()
-        };
-        WalLogStore::open_with(path, options)
-    }
-
-    /// [`WalLogStore::open`] with these segment and write options.
+    /// Opens (creating if absent) the log in the directory `path` with these
+    /// segment and write options, replays it and checks the result.
     pub fn open_with(path: &Path, options: WalOptions) -> Result<WalLogStore, StorageError> {
         let mut mirror = Mirror::default();
         let wal = Wal::open(path, options, |rec| replay(&mut mirror, rec))?;

@@ -12,7 +12,8 @@
 //! The state machine stays in memory: at start it is the newest snapshot, and
 //! openraft re-applies the committed log after it.
 //!
-//! - [`open`] / [`open_node`]: check the marker, load the snapshot, open the log.
+//! - [`open_node_named`] / [`open_node`] / [`open_with_options`]: check the marker,
+//!   load the snapshot, open the log.
 //! - [`log_store::WalLogStore`]: the `RaftLogStorage` on the write-ahead log.
 //! - [`writer`]: the group-commit writer thread behind it.
 //! - [`wal`]: the segment files, their records, torn-write recovery.
@@ -36,7 +37,7 @@ use snapshots::SnapshotDir;
 pub use wal::{WalIo, WalOptions};
 pub use writer::WriterStats;
 
-use crate::node::Storage;
+use crate::raft::Storage;
 use crate::raft::sm_store::StateMachineStore;
 use crate::state::SnapshotError;
 
@@ -105,25 +106,9 @@ pub enum StorageError {
     },
 }
 
-/// Opens (creating on first use) the data dir, whoever owns it.
-pub fn open(data_dir: &Path) -> Result<Storage<WalLogStore>, StorageError> {
-    open_with(data_dir, None, WalOptions::default())
-}
-
-/// [`open`], creating log segments of `segment_bytes` instead of the default
-/// (tests use small ones, so segments roll and are deleted often).
-pub fn open_with_segment_bytes(
-    data_dir: &Path,
-    segment_bytes: u64,
-) -> Result<Storage<WalLogStore>, StorageError> {
-    let options = WalOptions {
-        segment_bytes,
-        ..WalOptions::default()
-    };
-    open_with(data_dir, None, options)
-}
-
-/// [`open`] with these log options.
+/// Opens (creating on first use) the data dir, whoever owns it, with these log
+/// options. A node opens its dir with [`open_node_named`]; this one is for
+/// looking at a dir apart from any node (the storage tests open dirs so).
 pub fn open_with_options(
     data_dir: &Path,
     options: WalOptions,

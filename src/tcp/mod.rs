@@ -11,14 +11,12 @@
 //!   per peer address, reconnect with back-off, a deadline on every call.
 //! - [`client`]: [`Client`], the retrying exactly-once client (library type).
 //! - [`serve`]: `oncekv serve`: one node process.
-//! - [`cluster`]: `oncekv cluster`: N `serve` processes on loopback.
-//! - [`cli`]: `oncekv client`: the command-line client.
+//!
+//! The front ends `oncekv cluster` and `oncekv client` live in [`crate::cli`].
 //!
 //! `docs/cluster.md` is the user's guide.
 
-pub mod cli;
 pub mod client;
-pub mod cluster;
 pub mod connection;
 pub mod handler;
 pub mod peers;

@@ -15,8 +15,8 @@ use tokio::net::TcpListener;
 use super::peers::TcpTransport;
 use super::{TcpConfig, TcpError, parse_peers, server};
 use crate::config::Config;
-use crate::node::{Node, Storage};
-use crate::raft::Peer;
+use crate::node::Node;
+use crate::raft::{Peer, Storage};
 use crate::storage::{WalIo, WalLogStore, WalOptions};
 
 /// Arguments of `oncekv serve`.

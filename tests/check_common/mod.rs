@@ -1,13 +1,16 @@
-//! A small builder for hand-written histories, shared by the checker's tests.
+//! Histories for the checker's tests: a small builder for hand-written ones, and
+//! [`sim`], a seeded simulation that generates large linearizable ones.
 #![allow(dead_code)] // each test file uses a different part
 
-use oncekv::history::{Op, OpType, Process};
+pub mod sim;
+
+use oncekv::tools::history::{HistoryOp, OpType, Process};
 use serde_json::{Value, json};
 
 /// Builds a history line by line; each line is 1 ms after the previous one.
 #[derive(Default)]
 pub struct H {
-    pub ops: Vec<Op>,
+    pub ops: Vec<HistoryOp>,
 }
 
 impl H {
@@ -16,7 +19,7 @@ impl H {
         let error = matches!(kind, OpType::Fail | OpType::Info).then(|| (0, "test".to_string()));
         let (process, f, key) = (Process::Client(p), f.to_string(), Some(key));
         let (client_id, seq) = (None, None);
-        self.ops.push(Op {
+        self.ops.push(HistoryOp {
             process,
             kind,
             f,

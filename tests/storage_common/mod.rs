@@ -7,12 +7,32 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use oncekv::protocol::KvOp;
+use oncekv::raft::Storage;
 use oncekv::raft::{Entry, LogId, TypeConfig, Vote};
 use oncekv::state::{Command, Op};
-use oncekv::storage::WalLogStore;
+use oncekv::storage::{StorageError, WalLogStore, WalOptions};
 use openraft::storage::{IOFlushed, RaftLogStorage};
 use openraft::type_config::TypeConfigExt;
 use openraft::{EntryPayload, Membership};
+
+/// Opens (creating on first use) a data dir that records no owner, with the
+/// default log options.
+pub fn open(dir: &Path) -> Result<Storage<WalLogStore>, StorageError> {
+    oncekv::storage::open_with_options(dir, WalOptions::default())
+}
+
+/// [`open`], creating log segments of `segment_bytes` instead of the default, so
+/// that segments roll and are deleted often.
+pub fn open_with_segment_bytes(
+    dir: &Path,
+    segment_bytes: u64,
+) -> Result<Storage<WalLogStore>, StorageError> {
+    let options = WalOptions {
+        segment_bytes,
+        ..WalOptions::default()
+    };
+    oncekv::storage::open_with_options(dir, options)
+}
 
 /// A directory under the system temp dir, removed on drop.
 #[derive(Debug)]

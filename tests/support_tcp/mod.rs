@@ -8,9 +8,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use oncekv::history::{Op, OpType, Process};
 use oncekv::node::NodeStatus;
 use oncekv::tcp::{Client, ClientOptions};
+use oncekv::tools::history::{HistoryOp, OpType, Process};
 use serde_json::Value;
 
 /// One node process.
@@ -279,15 +279,15 @@ impl Drop for TestCluster {
 
 /// A seed from `ONCEKV_TEST_SEED` or the clock, printed so a run can be repeated.
 pub fn seed() -> u64 {
-    oncekv::harness::seed::test_seed()
+    oncekv::tools::harness::seed::test_seed()
 }
 
 /// The history all workers append to.
 pub struct Recorder {
-    /// Time zero of `Op::time`.
+    /// Time zero of `HistoryOp::time`.
     pub start: Instant,
     /// Invokes and outcomes, in real-time order.
-    pub ops: Mutex<Vec<Op>>,
+    pub ops: Mutex<Vec<HistoryOp>>,
 }
 
 impl Recorder {
@@ -317,7 +317,7 @@ impl Recorder {
         value: Value,
         error: Option<(i64, String)>,
     ) {
-        let op = Op {
+        let op = HistoryOp {
             process: Process::Client(process),
             kind,
             f: f.into(),

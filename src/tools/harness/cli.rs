@@ -1,0 +1,318 @@
+//! The `oncekv test` command line: Maelstrom's flag names and defaults, parsed into a
+//! [`RunConfig`](super::config::RunConfig).
+//!
+//! Maelstrom (`src/maelstrom/core.clj`) and Jepsen (`jepsen/cli.clj`) are the
+//! reference: `--rate 5`, `--time-limit 60`, `--latency 0`, `--latency-dist constant`,
+//! no nemesis, `--nemesis-interval 10`, `--concurrency 1n`. Flags marked "beyond
+//! Maelstrom" do not exist there.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use thiserror::Error;
+
+use super::config::{Limits, RunConfig, Workload};
+use super::nemesis::{Fault, NemesisConfig};
+use super::net::{LatencyDist, NetConfig};
+
+/// `oncekv test` flags.
+#[derive(Debug, Clone, Args)]
+pub struct TestArgs {
+    /// Workload to run: lin-kv (Maelstrom's) or exactly-once (beyond Maelstrom).
+    #[arg(short = 'w', long, value_enum, default_value = "lin-kv")]
+    pub workload: Workload,
+    /// Path to the binary that runs a node (any Maelstrom node). Its arguments follow
+    /// it (`--bin python3 node.py --node-count 3`), as in Maelstrom; arguments that
+    /// start with `-` go after `--` at the end.
+    #[arg(long)]
+    pub bin: PathBuf,
+    /// How many nodes to run (ids n0..n(N-1)). Without it, Jepsen's default nodes n1..n5.
+    #[arg(long)]
+    pub node_count: Option<usize>,
+    /// How many workers: an integer, optionally followed by n to multiply by the node count.
+    #[arg(long, default_value = "1n")]
+    pub concurrency: String,
+    /// Approximate number of requests per second, across all workers.
+    #[arg(long, default_value_t = 5.0)]
+    pub rate: f64,
+    /// Seconds to issue operations for.
+    #[arg(long, default_value_t = 60.0)]
+    pub time_limit: f64,
+    /// Mean node-to-node latency, in ms (client messages have none).
+    #[arg(long, default_value_t = 0)]
+    pub latency: u64,
+    /// Latency distribution.
+    #[arg(long, value_enum, default_value = "constant")]
+    pub latency_dist: LatencyDist,
+    /// Comma-separated faults: partition (Maelstrom's); kill (beyond Maelstrom).
+    #[arg(long, default_value = "")]
+    pub nemesis: String,
+    /// Seconds between nemesis operations, on average.
+    #[arg(long, default_value_t = 10.0)]
+    pub nemesis_interval: f64,
+    /// Beyond Maelstrom: probability that a node-to-node message is lost.
+    #[arg(long, default_value_t = 0.0)]
+    pub p_loss: f64,
+    /// Beyond Maelstrom: probability that a node-to-node message is delivered twice.
+    #[arg(long, default_value_t = 0.0)]
+    pub p_dup: f64,
+    /// Output folder (default `store/<timestamp>/`).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Seed for every random choice (printed at start; random if absent).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Arguments passed to every node process.
+    #[arg(value_name = "ARGS")]
+    pub args: Vec<String>,
+}
+
+/// A flag value the harness refuses, with the message Maelstrom/Jepsen would print.
+#[derive(Debug, Error, PartialEq)]
+pub enum CliError {
+    /// `--concurrency` is not `\d+n?`.
+    #[error("--concurrency {0} should be an integer optionally followed by n")]
+    ConcurrencySyntax(String),
+    /// Fewer workers than one key group needs.
+    #[error(
+        "With {threads} worker threads, this jepsen.concurrent/concurrent-generator cannot run a key with {group} threads concurrently. Consider raising your test's :concurrency to at least {group}."
+    )]
+    ConcurrencyTooLow {
+        /// Worker count.
+        threads: usize,
+        /// Group size (2n).
+        group: usize,
+    },
+    /// Not a multiple of the group size (Jepsen's `independent.clj` assertion).
+    #[error(
+        "This jepsen.independent/concurrent-generator has {threads} threads to work with, but can only use {usable} of those threads to run {groups} concurrent keys with {group} threads apiece. Consider raising or lowering the test's :concurrency to a multiple of {group}."
+    )]
+    ConcurrencyNotMultiple {
+        /// Worker count.
+        threads: usize,
+        /// Threads that fit in whole groups.
+        usable: usize,
+        /// Whole groups.
+        groups: usize,
+        /// Group size (2n).
+        group: usize,
+    },
+    /// An unknown fault name.
+    #[error("--nemesis: unknown fault {0:?}; expected partition, partition-one-way or kill")]
+    UnknownFault(String),
+    /// A numeric flag out of range.
+    #[error("{flag} {value}: {why}")]
+    OutOfRange {
+        /// The flag.
+        flag: &'static str,
+        /// Its value.
+        value: String,
+        /// What is wrong.
+        why: &'static str,
+    },
+}
+
+/// Parses `--concurrency` as Jepsen does: an integer, optionally followed by `n`
+/// (multiplied by the node count).
+pub fn parse_concurrency(spec: &str, node_count: usize) -> Result<usize, CliError> {
+    let (digits, unit) = match spec.strip_suffix('n') {
+        Some(d) => (d, node_count),
+        None => (spec, 1),
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(CliError::ConcurrencySyntax(spec.to_string()));
+    }
+    let k: usize = digits
+        .parse()
+        .map_err(|_| CliError::ConcurrencySyntax(spec.to_string()))?;
+    Ok(k * unit)
+}
+
+/// Checks that `threads` splits into whole groups of `group` (Jepsen's
+/// `independent/group-threads` assertions, same wording).
+pub fn check_groups(threads: usize, group: usize) -> Result<(), CliError> {
+    if threads < group {
+        return Err(CliError::ConcurrencyTooLow { threads, group });
+    }
+    let groups = threads / group;
+    if threads != groups * group {
+        return Err(CliError::ConcurrencyNotMultiple {
+            threads,
+            usable: groups * group,
+            groups,
+            group,
+        });
+    }
+    Ok(())
+}
+
+/// Parses `--nemesis` (comma-separated, blanks allowed as in Maelstrom).
+pub fn parse_faults(spec: &str) -> Result<BTreeSet<Fault>, CliError> {
+    spec.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| match s {
+            "partition" => Ok(Fault::Partition),
+            "kill" => Ok(Fault::Kill),
+            "partition-one-way" => Ok(Fault::PartitionOneWay),
+            other => Err(CliError::UnknownFault(other.to_string())),
+        })
+        .collect()
+}
+
+fn positive_secs(flag: &'static str, v: f64) -> Result<Duration, CliError> {
+    if v.is_finite() && v > 0.0 {
+        Ok(Duration::from_secs_f64(v))
+    } else {
+        Err(CliError::OutOfRange {
+            flag,
+            value: v.to_string(),
+            why: "must be positive",
+        })
+    }
+}
+
+fn probability(flag: &'static str, p: f64) -> Result<f64, CliError> {
+    if (0.0..=1.0).contains(&p) {
+        Ok(p)
+    } else {
+        Err(CliError::OutOfRange {
+            flag,
+            value: p.to_string(),
+            why: "must be between 0 and 1",
+        })
+    }
+}
+
+impl TestArgs {
+    /// Turns flags into a run configuration. `seed` and `out` must already be
+    /// resolved by the caller (they depend on the clock).
+    pub fn into_config(self, seed: u64, out_dir: PathBuf) -> Result<RunConfig, CliError> {
+        let nodes: Vec<String> = match self.node_count {
+            Some(0) => {
+                return Err(CliError::OutOfRange {
+                    flag: "--node-count",
+                    value: "0".into(),
+                    why: "Must be positive.",
+                });
+            }
+            Some(n) => (0..n).map(|i| format!("n{i}")).collect(),
+            None => (1..=5).map(|i| format!("n{i}")).collect(),
+        };
+        let concurrency = parse_concurrency(&self.concurrency, nodes.len())?;
+        check_groups(concurrency, 2 * nodes.len())?;
+        if !(self.rate.is_finite() && self.rate >= 0.0) {
+            return Err(CliError::OutOfRange {
+                flag: "--rate",
+                value: self.rate.to_string(),
+                why: "Can't be negative",
+            });
+        }
+        Ok(RunConfig {
+            workload: self.workload,
+            bin: self.bin,
+            args: self.args,
+            nodes,
+            concurrency,
+            rate: self.rate,
+            time_limit: positive_secs("--time-limit", self.time_limit)?,
+            net: NetConfig {
+                latency_mean_ms: self.latency,
+                latency_dist: self.latency_dist,
+                p_loss: probability("--p-loss", self.p_loss)?,
+                p_dup: probability("--p-dup", self.p_dup)?,
+                ..NetConfig::default()
+            },
+            nemesis: NemesisConfig {
+                faults: parse_faults(&self.nemesis)?,
+                interval: positive_secs("--nemesis-interval", self.nemesis_interval)?,
+            },
+            out_dir,
+            seed,
+            limits: Limits::default(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Wrapper {
+        #[command(flatten)]
+        args: TestArgs,
+    }
+
+    fn parse(line: &[&str]) -> TestArgs {
+        let mut argv = vec!["test"];
+        argv.extend_from_slice(line);
+        Wrapper::try_parse_from(argv).expect("parses").args
+    }
+
+    #[test]
+    fn node_arguments_follow_bin_as_in_maelstrom_or_come_after_dashes() {
+        let a = parse(&[
+            "-w",
+            "lin-kv",
+            "--bin",
+            "python3",
+            "node.py",
+            "--node-count",
+            "3",
+        ]);
+        assert_eq!(a.bin, PathBuf::from("python3"));
+        assert_eq!(a.args, ["node.py"]);
+        assert_eq!(a.node_count, Some(3));
+        let a = parse(&["--bin", "node", "--rate", "10", "--", "--port", "5"]);
+        assert_eq!(a.args, ["--port", "5"]);
+        assert_eq!(a.rate, 10.0);
+        let a = parse(&["--bin", "target/release/oncekv", "--node-count", "3"]);
+        assert!(a.args.is_empty());
+    }
+
+    #[test]
+    fn concurrency_accepts_plain_and_n_suffixed_counts() {
+        assert_eq!(parse_concurrency("4n", 3), Ok(12));
+        assert_eq!(parse_concurrency("10", 3), Ok(10));
+        assert_eq!(
+            parse_concurrency("n", 3).unwrap_err(),
+            CliError::ConcurrencySyntax("n".into())
+        );
+        assert!(parse_concurrency("2x", 3).is_err());
+        assert!(parse_concurrency("-1", 3).is_err());
+    }
+
+    #[test]
+    fn default_concurrency_1n_is_rejected_with_jepsens_message() {
+        let threads = parse_concurrency("1n", 3).unwrap();
+        let err = check_groups(threads, 6).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "With 3 worker threads, this jepsen.concurrent/concurrent-generator cannot run a key \
+             with 6 threads concurrently. Consider raising your test's :concurrency to at least 6."
+        );
+        let err = check_groups(parse_concurrency("3n", 3).unwrap(), 6).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "This jepsen.independent/concurrent-generator has 9 threads to work with, but can only \
+             use 6 of those threads to run 1 concurrent keys with 6 threads apiece. Consider raising \
+             or lowering the test's :concurrency to a multiple of 6."
+        );
+        assert_eq!(check_groups(12, 6), Ok(()));
+    }
+
+    #[test]
+    fn faults_parse_like_maelstrom() {
+        assert!(parse_faults("").unwrap().is_empty());
+        let both = parse_faults("partition, kill").unwrap();
+        assert!(both.contains(&Fault::Partition) && both.contains(&Fault::Kill));
+        assert_eq!(
+            parse_faults("clock"),
+            Err(CliError::UnknownFault("clock".into()))
+        );
+    }
+}

@@ -1,0 +1,229 @@
+//! The `harness` object of `results.json`: what only the harness that ran the
+//! test knows (seed, its own CPU share, protocol violations, malformed replies,
+//! kills, network faults, which features go beyond Maelstrom). Not in
+//! `docs/history.md`'s contract, so every field lives here, apart from
+//! the spec'd keys.
+
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::tools::check::Validity;
+use crate::tools::history::{HistoryOp, Process};
+
+/// One offending stdout line of a node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Violation {
+    /// The node that wrote it.
+    pub node: String,
+    /// What is wrong.
+    pub reason: String,
+    /// The line, verbatim (lossily decoded).
+    pub line: String,
+}
+
+/// A reply that broke its schema (the op is recorded as `info`, as Maelstrom does).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Malformed {
+    /// The node that sent it.
+    pub node: String,
+    /// The request type.
+    pub request: String,
+    /// The reply body.
+    pub reply: Value,
+    /// What is wrong.
+    pub reason: String,
+}
+
+/// Messages the simulated network did not deliver as sent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetFaults {
+    /// Node-to-node messages dropped by partitions (at dequeue).
+    pub dropped_partition: u64,
+    /// Node-to-node messages lost by `--p-loss`.
+    pub dropped_loss: u64,
+    /// Extra copies delivered by `--p-dup`.
+    pub duplicated: u64,
+    /// Messages to a node that was down when they came due.
+    pub dropped_down: u64,
+    /// Sends refused because a queue was full.
+    pub refused_full: u64,
+}
+
+/// The `harness` object.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HarnessFacts {
+    /// The run's seed.
+    pub seed: u64,
+    /// Nodes.
+    pub node_count: usize,
+    /// Workers.
+    pub concurrency: usize,
+    /// Seconds of op issuing.
+    pub time_limit_s: f64,
+    /// Harness CPU seconds per wall second over the run (1.0 = one core).
+    pub cpu_share: Option<f64>,
+    /// Completed client ops per second of the run.
+    pub ops_per_s: f64,
+    /// Protocol violations: total and the first few. Any makes the run invalid.
+    pub protocol_violations: (u64, Vec<Violation>),
+    /// Malformed replies: total and the first few.
+    pub malformed_replies: (u64, Vec<Malformed>),
+    /// Nodes killed by the nemesis (beyond Maelstrom).
+    pub kills: usize,
+    /// Messages dropped or duplicated by the network.
+    pub net_faults: NetFaults,
+    /// Features of this run that Maelstrom does not have.
+    pub beyond_maelstrom: Vec<String>,
+}
+
+impl HarnessFacts {
+    /// Invalid if a node broke the envelope protocol (Maelstrom would stop reading
+    /// it), else valid.
+    pub fn validity(&self) -> Validity {
+        if self.protocol_violations.0 > 0 {
+            Validity::Invalid
+        } else {
+            Validity::Valid
+        }
+    }
+
+    /// The run's header line for the summary.
+    pub fn render_header(&self) -> String {
+        format!(
+            "seed {} | {} nodes, {} workers, {} s | {:.1} ops/s\n",
+            self.seed, self.node_count, self.concurrency, self.time_limit_s, self.ops_per_s
+        )
+    }
+
+    /// The harness's lines for the summary.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if !self.beyond_maelstrom.is_empty() {
+            let _ = writeln!(
+                out,
+                "BEYOND MAELSTROM: {}",
+                self.beyond_maelstrom.join("; ")
+            );
+        }
+        if self.kills > 0 {
+            let _ = writeln!(out, "kills: {}", self.kills);
+        }
+        let f = &self.net_faults;
+        let _ = writeln!(
+            out,
+            "network: {} dropped by partitions, {} lost, {} duplicated, {} to down nodes",
+            f.dropped_partition, f.dropped_loss, f.duplicated, f.dropped_down
+        );
+        let cpu = self
+            .cpu_share
+            .map_or("n/a".into(), |c| format!("{:.0}% of one core", 100.0 * c));
+        let _ = writeln!(out, "harness cpu: {cpu}");
+        let pv = self.protocol_violations.0;
+        if pv > 0 {
+            let _ = writeln!(
+                out,
+                "PROTOCOL VIOLATIONS: {pv} (see results.json harness.protocol_violations)"
+            );
+            for v in &self.protocol_violations.1 {
+                let _ = writeln!(out, "  {}: {}: {}", v.node, v.reason, v.line);
+            }
+        }
+        let mr = self.malformed_replies.0;
+        if mr > 0 {
+            let _ = writeln!(
+                out,
+                "MALFORMED REPLIES: {mr} (recorded as info, as Maelstrom does)"
+            );
+        }
+        out
+    }
+}
+
+/// Nemesis fault windows from a history: (start ns, end ns if it ended,
+/// description), for [`super::latency_svg`]. A partition ends at the next
+/// `stop-partition`, a kill of a node at its next `start`.
+pub fn fault_windows(ops: &[HistoryOp]) -> Vec<(u64, Option<u64>, String)> {
+    let mut out: Vec<(u64, Option<u64>, String)> = Vec::new();
+    let mut open: Vec<(usize, &str, String)> = Vec::new();
+    for op in ops.iter().filter(|o| o.process == Process::Nemesis) {
+        let node = op.value.as_str().unwrap_or("").to_string();
+        match op.f.as_str() {
+            "start-partition" | "kill" => {
+                let description = if op.f == "kill" {
+                    format!("kill {node}")
+                } else {
+                    format!("partition {}", op.value)
+                };
+                open.push((out.len(), op.f.as_str(), node));
+                out.push((op.time, None, description));
+            }
+            "stop-partition" | "start" => {
+                let (opened_by, node) = if op.f == "start" {
+                    ("kill", node)
+                } else {
+                    ("start-partition", String::new())
+                };
+                if let Some(i) = open
+                    .iter()
+                    .position(|(_, f, n)| *f == opened_by && (opened_by != "kill" || *n == node))
+                {
+                    let (w, ..) = open.remove(i);
+                    out[w].1 = Some(op.time);
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// How many times the nemesis performed `f` (`start-partition`, `kill`).
+pub fn nemesis_count(ops: &[HistoryOp], f: &str) -> usize {
+    ops.iter()
+        .filter(|o| o.process == Process::Nemesis && o.f == f)
+        .count()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tools::history::OpType;
+    use serde_json::json;
+
+    fn nemesis(f: &str, value: Value, time: u64) -> HistoryOp {
+        HistoryOp {
+            process: Process::Nemesis,
+            kind: OpType::Info,
+            f: f.into(),
+            key: None,
+            value,
+            time,
+            error: None,
+            client_id: None,
+            seq: None,
+        }
+    }
+
+    #[test]
+    fn windows_pair_starts_with_their_ends() {
+        let ops = [
+            nemesis("start-partition", json!({"n0": ["n1"]}), 1),
+            nemesis("kill", json!("n2"), 2),
+            nemesis("stop-partition", Value::Null, 3),
+            nemesis("kill", json!("n1"), 4),
+            nemesis("start", json!("n2"), 5),
+            nemesis("start-partition", json!({}), 6),
+        ];
+        let w = fault_windows(&ops);
+        assert_eq!(
+            w.iter().map(|w| (w.0, w.1)).collect::<Vec<_>>(),
+            vec![(1, Some(3)), (2, Some(5)), (4, None), (6, None)]
+        );
+        assert_eq!(w[1].2, "kill n2");
+        assert!(w[0].2.starts_with("partition {"));
+        assert_eq!(nemesis_count(&ops, "kill"), 2);
+        assert_eq!(nemesis_count(&ops, "start-partition"), 2);
+    }
+}

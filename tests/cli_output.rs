@@ -1,0 +1,111 @@
+//! The commands that print (`check`, `client`, `cluster`) with stdout a pipe whose
+//! reader has gone away (`oncekv ... | head -1` once `head` is done): they end
+//! quietly, with their usual exit status, instead of panicking on the write.
+
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+mod support_tcp;
+use support_tcp::{free_port, test_dir};
+
+/// The write end of a pipe whose read end is already closed: every write to it
+/// fails with `EPIPE` (Rust ignores `SIGPIPE`, so the process sees the error).
+fn closed_pipe() -> Stdio {
+    let mut fds = [0; 2];
+    // SAFETY: `pipe` fills both descriptors on success; each is owned once below.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0, "pipe");
+    // SAFETY: the read end is ours and is closed exactly once, here.
+    drop(unsafe { OwnedFd::from_raw_fd(fds[0]) });
+    // SAFETY: the write end is ours; the `Stdio` now owns it.
+    Stdio::from(unsafe { OwnedFd::from_raw_fd(fds[1]) })
+}
+
+/// Runs `oncekv ARGS` with stdout a closed pipe, waiting up to `within`.
+fn run_unread(args: &[&str], within: Duration) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_oncekv"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(closed_pipe())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn oncekv");
+    let deadline = Instant::now() + within;
+    while child.try_wait().expect("try_wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("oncekv {args:?} did not end within {within:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().expect("wait")
+}
+
+fn assert_quiet(out: &Output) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(!stderr.contains("Broken pipe"), "{stderr}");
+}
+
+/// A history with one write and one read of it: linearizable.
+const HISTORY: &str = r#"{"process":0,"type":"invoke","f":"write","key":0,"value":1,"time":1000}
+{"process":0,"type":"ok","f":"write","key":0,"value":1,"time":2000}
+{"process":1,"type":"invoke","f":"read","key":0,"value":null,"time":3000}
+{"process":1,"type":"ok","f":"read","key":0,"value":1,"time":4000}
+"#;
+
+#[test]
+fn check_keeps_its_verdict_when_nobody_reads_it() {
+    let dir = test_dir("cli-output-check");
+    let history = dir.join("history.jsonl");
+    std::fs::write(&history, HISTORY).unwrap();
+    let path = history.to_str().unwrap();
+    // Read, the verdict is there; unread, the exit status still gives it.
+    let read = Command::new(env!("CARGO_BIN_EXE_oncekv"))
+        .args(["check", path])
+        .output()
+        .unwrap();
+    assert_eq!(read.status.code(), Some(0), "{read:?}");
+    assert!(String::from_utf8_lossy(&read.stdout).contains("VALID in "));
+    for args in [&["check", path][..], &["check", "--json", path]] {
+        let out = run_unread(args, Duration::from_secs(30));
+        assert_quiet(&out);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {out:?}");
+    }
+}
+
+#[test]
+fn client_keeps_its_exit_status_when_nobody_reads_it() {
+    // Nothing listens there: every node's status line says why, exit 2 (no answer).
+    let addr = format!("127.0.0.1:{}", free_port());
+    let out = run_unread(
+        &["client", "--peers", &addr, "--deadline", "1", "status"],
+        Duration::from_secs(30),
+    );
+    assert_quiet(&out);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+}
+
+#[test]
+fn a_cluster_nobody_watches_stops_its_nodes_and_exits() {
+    let dir = test_dir("cli-output-cluster");
+    let port = free_port();
+    let out = run_unread(
+        &[
+            "cluster",
+            "--nodes",
+            "1",
+            "--base-port",
+            &port.to_string(),
+            "--data-dir",
+            dir.to_str().unwrap(),
+        ],
+        Duration::from_secs(90),
+    );
+    assert_quiet(&out);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    // Its node was stopped before it exited: the port is free again.
+    std::net::TcpListener::bind(("127.0.0.1", port)).expect("the node's port is free");
+    let log = std::fs::read_to_string(dir.join("n1").join("stderr.log")).unwrap();
+    assert!(log.contains("==== oncekv cluster starting n1 at "), "{log}");
+}
