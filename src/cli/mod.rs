@@ -1,8 +1,70 @@
-//! Command-line front ends that print their results: `oncekv client` ([`client`]) and
-//! `oncekv cluster` ([`cluster`]). They use the TCP transport's public API
-//! ([`crate::tcp::Client`], `tcp::serve`) and write to an output handed in by the
-//! binary (`&mut dyn Write`), never to stdout themselves; nothing else in the
-//! library imports them.
+//! Command-line front ends, one file per command family: [`node`] (`oncekv node`,
+//! the default, and `oncekv serve`: a node process's start-up), [`client`]
+//! (`oncekv client`), [`cluster`] (`oncekv cluster`), [`test`] (`oncekv test` and
+//! `oncekv demo`) and [`check`] (`oncekv check`). A front end parses what clap
+//! has not (durations, seeds, output folders), calls the product (`tcp`,
+//! `maelstrom`) or the tools, and writes its results to the output the binary
+//! hands in (`&mut dyn Write`), never to stdout itself; errors and notes go to
+//! stderr. No product logic lives here, and nothing else in the library imports
+//! `cli`: it is the binary's, split out of `main.rs` so that `main.rs` only
+//! dispatches.
+//!
+//! This file holds what the front ends share: logging set-up, a runtime for the
+//! async commands, and the handling of a reader that went away (`| head -1`).
 
+pub mod check;
 pub mod client;
 pub mod cluster;
+pub mod node;
+pub mod test;
+
+use std::error::Error;
+use std::io;
+
+use crate::log_file::CappedLog;
+
+/// Sets up `tracing` for the process: to stderr (stdout carries only protocol
+/// lines or a command's output), or to a TCP node's log file. The filter is
+/// `ONCEKV_LOG` (`EnvFilter` syntax), `warn,oncekv=info` if unset or invalid.
+pub fn init_logging(file: Option<CappedLog>) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("ONCEKV_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,oncekv=info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(false);
+    match file {
+        Some(f) => builder.with_writer(std::sync::Arc::new(f)).init(),
+        None => builder.with_writer(std::io::stderr).init(),
+    }
+}
+
+/// Runs `f` to completion on a new multi-threaded runtime (the async commands:
+/// `client`, `cluster`, `bench-cluster`).
+pub fn block_on<F: std::future::Future>(f: F) -> io::Result<F::Output> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(f))
+}
+
+/// Output nobody reads any more (a closed pipe) is not an error for a command
+/// whose exit status is a verdict: the verdict stands.
+pub(crate) fn unread_is_fine(written: io::Result<()>) -> io::Result<()> {
+    match written {
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+        other => other,
+    }
+}
+
+/// Whether `e`, or an error it was caused by, comes from writing to a closed pipe.
+pub fn is_broken_pipe(e: &(dyn Error + 'static)) -> bool {
+    std::iter::successors(Some(e), |&cause| cause.source()).any(|cause| {
+        let io = cause.downcast_ref::<io::Error>().or_else(|| {
+            match cause.downcast_ref::<crate::tcp::TcpError>() {
+                Some(crate::tcp::TcpError::Io(e)) => Some(e),
+                _ => None,
+            }
+        });
+        io.is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe)
+    })
+}

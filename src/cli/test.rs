@@ -1,0 +1,108 @@
+//! `oncekv test` and `oncekv demo`: the test harness's front ends. `test` turns its
+//! flags into a run ([`TestArgs::into_config`]), runs it with
+//! [`crate::tools::harness::run`] and writes the summary and output folder to the
+//! output handed in; `demo` does the same for the demo's preset (oncekv itself, 3
+//! nodes under partitions, exactly-once then lin-kv). The exit status is the
+//! verdict's (0 valid, 1 invalid, 2 unknown), or [`EXIT_TEST_ARGS`] /
+//! [`EXIT_TEST_CRASHED`] when there is none. Running, nemeses and checking are the
+//! harness's; this file only parses arguments and prints.
+
+use std::io::{self, Write};
+
+use super::unread_is_fine;
+use crate::tools::harness::demo::{DemoPreset, run_demo};
+use crate::tools::harness::{TestArgs, default_out_dir, seed::fresh_seed};
+
+/// `oncekv test` exit status for flags it refuses (Jepsen's CLI uses 254), so it is
+/// not read as a verdict (0 valid, 1 invalid, 2 unknown).
+pub const EXIT_TEST_ARGS: i32 = 254;
+/// `oncekv test` exit status when the run ends without a verdict (Jepsen: 255).
+pub const EXIT_TEST_CRASHED: i32 = 255;
+
+/// The demo's request rate: approximate requests per second across all clients
+/// (`oncekv test --rate`; its default is 5).
+const DEMO_RATE: f64 = 50.0;
+/// The demo's mean seconds between partition changes (`oncekv test
+/// --nemesis-interval`; its default is 10): short, so a short run sees several.
+const DEMO_NEMESIS_INTERVAL_S: f64 = 4.0;
+
+/// Arguments of `oncekv demo`.
+#[derive(clap::Args)]
+pub struct DemoArgs {
+    /// Seconds per workload.
+    #[arg(long, default_value_t = 25.0)]
+    pub time_limit: f64,
+    /// Seed (random if absent; printed).
+    #[arg(long)]
+    pub seed: Option<u64>,
+}
+
+/// Runs `oncekv test` and writes its summary to `out`; the exit status is the verdict's.
+pub fn test(args: TestArgs, out: &mut dyn Write) -> io::Result<i32> {
+    let seed = args.seed.unwrap_or_else(fresh_seed);
+    let out_dir = args.out.clone().unwrap_or_else(default_out_dir);
+    let cfg = match args.into_config(seed, out_dir) {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            eprintln!("{e}");
+            return Ok(EXIT_TEST_ARGS);
+        }
+    };
+    let rt = tokio::runtime::Runtime::new()?;
+    let outcome = match rt.block_on(crate::tools::harness::run(cfg)) {
+        Ok(o) => o,
+        Err(e) => {
+            // No verdict (e.g. a node never answered init): not 1 (invalid) or 2.
+            eprintln!("error: the test did not run to a verdict: {e:#}");
+            return Ok(EXIT_TEST_CRASHED);
+        }
+    };
+    let written = writeln!(
+        out,
+        "{}\noutput: {}",
+        outcome.summary,
+        outcome.out_dir.display()
+    );
+    unread_is_fine(written.and_then(|()| out.flush()))?;
+    Ok(outcome.valid.exit_code())
+}
+
+/// Runs the demo and writes both summaries to `out`; the exit status is the worse
+/// verdict's.
+pub fn demo(args: &DemoArgs, out: &mut dyn Write) -> anyhow::Result<i32> {
+    let preset = DemoPreset {
+        bin: std::env::current_exe()?,
+        time_limit_s: args.time_limit,
+        rate: DEMO_RATE,
+        nemesis_interval_s: DEMO_NEMESIS_INTERVAL_S,
+        seed: args.seed,
+        out: default_out_dir(),
+    };
+    writeln!(
+        out,
+        "oncekv demo: 3 oncekv nodes, 12 clients, random network partitions every ~{} s.\n\
+         1) exactly-once (beyond Maelstrom): clients retry timed-out requests with the same\n   \
+         client_id/seq on another node; every counter must equal the sum of its adds.\n\
+         2) lin-kv: Maelstrom's linearizable key-value workload, checked by this harness.\n",
+        preset.nemesis_interval_s
+    )?;
+    out.flush()?;
+    let rt = tokio::runtime::Runtime::new()?;
+    let outcomes = rt.block_on(run_demo(&preset))?;
+    let mut worst = 0;
+    let mut written = Ok(());
+    for (workload, o) in &outcomes {
+        written = written.and_then(|()| {
+            writeln!(
+                out,
+                "\n--- {} ---\n{}\noutput: {}",
+                workload.name(),
+                o.summary,
+                o.out_dir.display()
+            )
+        });
+        worst = worst.max(o.valid.exit_code());
+    }
+    unread_is_fine(written.and_then(|()| out.flush()))?;
+    Ok(worst)
+}
