@@ -8,12 +8,14 @@
 //! - [`node`]: transport-agnostic node logic: serving, forwarding, reply ordering, GC ticks.
 //! - [`maelstrom`]: the stdin/stdout transport (Maelstrom node mode).
 //! - [`tcp`]: the TCP transport: `serve` and [`tcp::Client`].
-//! - [`cli`]: the front ends that print: `oncekv client` and `oncekv cluster`.
+//! - [`cli`]: the commands' front ends (`node`/`serve` start-up, `client`, `cluster`,
+//!   `test`/`demo`, `check`); `main.rs` only dispatches to them.
 //! - [`reject_log`]: logging of rejected input, truncated and rate-limited ([`reject!`]).
 //! - [`log_file`]: the size-capped node log file of `oncekv serve`.
 //! - [`utc`]: UTC time as text (output folder names, run markers in logs).
 //! - [`tools`]: the tooling wing (test harness, checker, reports, history format,
-//!   benchmarks); it uses the modules above, and none of them uses it.
+//!   benchmarks); it uses the product modules above, none of which uses it; only the
+//!   front ends in [`cli`] (`test`, `demo`, `check`) call into it.
 #![deny(clippy::print_stdout)]
 
 pub mod cli;

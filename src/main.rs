@@ -71,7 +71,7 @@ fn main() -> anyhow::Result<()> {
             cli::block_on(bench::cluster::run(&args, out))??;
             Ok(0)
         })?,
-        Some(Command::Test(args)) => printing(|out| Ok(cli::test::test(args, out)?))?,
+        Some(Command::Test(args)) => printing(|out| Ok(cli::test::run(args, out)?))?,
         Some(Command::Demo(args)) => printing(|out| cli::test::demo(&args, out))?,
         Some(Command::Check(args)) => printing(|out| Ok(cli::check::run(&args, out)?))?,
         Some(Command::Cluster(args)) => printing(|out| {

@@ -38,7 +38,7 @@ pub struct DemoArgs {
 }
 
 /// Runs `oncekv test` and writes its summary to `out`; the exit status is the verdict's.
-pub fn test(args: TestArgs, out: &mut dyn Write) -> io::Result<i32> {
+pub fn run(args: TestArgs, out: &mut dyn Write) -> io::Result<i32> {
     let seed = args.seed.unwrap_or_else(fresh_seed);
     let out_dir = args.out.clone().unwrap_or_else(default_out_dir);
     let cfg = match args.into_config(seed, out_dir) {
