@@ -68,3 +68,37 @@ pub fn is_broken_pipe(e: &(dyn Error + 'static)) -> bool {
         io.is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe)
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::is_broken_pipe;
+    use crate::tcp::TcpError;
+    use anyhow::Context;
+    use std::io;
+
+    fn pipe() -> io::Error {
+        io::Error::from(io::ErrorKind::BrokenPipe)
+    }
+
+    #[test]
+    fn a_closed_pipe_is_found_however_it_is_wrapped() {
+        let plain = anyhow::Error::from(pipe());
+        assert!(is_broken_pipe(&*plain));
+        let tcp = anyhow::Error::from(TcpError::Io(pipe()));
+        assert!(is_broken_pipe(&*tcp));
+        let in_context: anyhow::Result<()> = Err(pipe()).context("writing the banner");
+        assert!(is_broken_pipe(&*in_context.unwrap_err()));
+        let tcp_in_context: anyhow::Result<()> =
+            Err(TcpError::Io(pipe())).context("writing the banner");
+        assert!(is_broken_pipe(&*tcp_in_context.unwrap_err()));
+    }
+
+    #[test]
+    fn other_errors_are_not_a_closed_pipe() {
+        let refused = anyhow::Error::from(io::Error::from(io::ErrorKind::ConnectionRefused));
+        assert!(!is_broken_pipe(&*refused));
+        let args = anyhow::Error::from(TcpError::Args("bad --peers".into()));
+        assert!(!is_broken_pipe(&*args));
+        assert!(!is_broken_pipe(&*anyhow::anyhow!("Broken pipe")));
+    }
+}
