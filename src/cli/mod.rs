@@ -1,6 +1,6 @@
 //! Command-line front ends, one file per command family: [`node`] (`oncekv node`,
 //! the default, and `oncekv serve`: a node process's start-up), [`client`]
-//! (`oncekv client`), [`cluster`] (`oncekv cluster`), [`test`] (`oncekv test` and
+//! (`oncekv client`), [`cluster`] (`oncekv cluster`), [`test`](mod@test) (`oncekv test` and
 //! `oncekv demo`) and [`check`] (`oncekv check`). A front end parses what clap
 //! has not (durations, seeds, output folders), calls the product (`tcp`,
 //! `maelstrom`) or the tools, and writes its results to the output the binary
