@@ -6,6 +6,9 @@
 //! where nothing was proposed; once a proposal may have reached the log, every
 //! failure becomes error 0 (timeout) or 13 (crash).
 
+pub mod driver;
+mod sequencer;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
