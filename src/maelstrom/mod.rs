@@ -10,7 +10,7 @@
 //! Owns what is Maelstrom's: `init` (it starts the node and names it; before it
 //! a node answers as the name it was addressed by), the envelope rules (a
 //! message for another node is refused; lines from members may be a peer's
-//! length), answering peers' RPCs, and [`MaelstromTransport`]: our RPCs leave on
+//! length), answering peers' RPCs, and `MaelstromTransport`: our RPCs leave on
 //! the same stdout as every reply (one counter numbers them all, from 0) and
 //! their replies arrive on stdin among the requests. May not touch: reading
 //! order, tickets, batching, permits or the writer (the driver's), nor the

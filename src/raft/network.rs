@@ -2,6 +2,10 @@
 //! (`raft_append`, `raft_vote`, `raft_pre_vote`, `raft_snapshot`) holding openraft's
 //! message as JSON, answered by one reply body. Maelstrom mode carries these as
 //! node-to-node messages on stdout/stdin; TCP mode on peer connections.
+//!
+//! Owns: the RPC vocabulary ([`Transport`], [`CallError`] and its delivery rule,
+//! [`RpcRequest`], reply bodies) and openraft's network traits over it. May not
+//! touch: how bytes travel (the transports') or the node's serving logic.
 
 use std::future::Future;
 use std::sync::Arc;

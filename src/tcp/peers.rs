@@ -11,6 +11,11 @@
 //! Reconnection: a failed connect starts a back-off (doubling from
 //! [`TcpConfig::reconnect_backoff_min`] to `..._max`) during which calls fail fast
 //! as `Unreachable`, so openraft's own retry loop paces the attempts.
+//!
+//! Owns: outgoing peer connections, our `peer_hello`, the links' queues and
+//! back-off. Calls awaiting replies live in the shared
+//! [`PendingCalls`](crate::raft::pending::PendingCalls) table. May not touch:
+//! the served side of connections ([`super::handler`]) or the node.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};

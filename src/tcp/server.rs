@@ -15,6 +15,9 @@
 //! Shutdown: `shutdown` resolves, the loop stops accepting, a broadcast tells
 //! every handler to stop reading, handlers finish the requests they accepted, and
 //! `run` returns once every handler has dropped its completion sender.
+//!
+//! Owns: the listener, the accept loop, shutdown, the open-files check. May not
+//! touch: what a connection says (its [`super::handler`]) or the node.
 
 use std::future::Future;
 use std::sync::Arc;
