@@ -822,3 +822,27 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
         self.out.write_all(b"\n").await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The default bounds hold a whole batch; smaller ones cut it (a batch holds
+    /// a place per proposal, and asking for more than exist would wait for ever).
+    #[test]
+    fn a_batch_fits_the_in_flight_bounds() {
+        let config = Config::default();
+        let tcp = crate::tcp::TcpConfig::default();
+        assert!(config.requests_in_flight_max >= BATCH_MAX);
+        assert!(tcp.requests_per_connection_max >= BATCH_MAX);
+        let mut permits = Permits::node_only(&config);
+        assert_eq!(permits.batch_max(), BATCH_MAX);
+        permits.connection = Some((Arc::new(Semaphore::new(3)), 3));
+        assert_eq!(permits.batch_max(), 3);
+        let small = Config {
+            requests_in_flight_max: 2,
+            ..Config::default()
+        };
+        assert_eq!(Permits::node_only(&small).batch_max(), 2);
+    }
+}
