@@ -493,15 +493,16 @@ impl Driver {
         if self.batch.is_empty() {
             return;
         }
-        let mut items = std::mem::take(&mut self.batch);
         self.batch_bytes = 0;
-        if items.len() == 1 {
-            if let Some((src, msg_id, op)) = items.pop() {
+        if self.batch.len() == 1 {
+            // (Popped, not taken: the batch keeps its buffer for the next one.)
+            if let Some((src, msg_id, op)) = self.batch.pop() {
                 self.start_and_answer(src, msg_id, Forwarded::Propose(op), true)
                     .await;
             }
             return;
         }
+        let items = std::mem::take(&mut self.batch);
         let Some(node) = self.node.clone() else {
             return;
         };
