@@ -422,6 +422,8 @@ impl Hooks for Handler {
         d.answer_now(src, msg_id, reply).await;
     }
 
+    /// `status`, a hello, or a request that needs the cluster key (membership,
+    /// peer RPCs): checked here ([`Handler::gate`]), then served.
     async fn other(&mut self, d: &mut Driver, msg: Other) {
         let Other {
             src,
@@ -436,58 +438,11 @@ impl Hooks for Handler {
             return;
         };
         let node = self.node.clone();
-        let config = self.config.clone();
-        let peer_rpc = kind.starts_with("raft_") || kind == "forward";
-        let admin_only = matches!(kind.as_str(), "add_node" | "remove_node");
         let body = match kind.as_str() {
             "status" => status_body(&node),
-            "peer_hello" | "client_hello" => {
-                let given = raw.get("key").and_then(Value::as_str).unwrap_or("");
-                match &config.cluster_key {
-                    Some(_) if self.hello_refused => {
-                        crate::reject!("refused a peer_hello from {src}: a wrong key came first");
-                        crate::node::error_body(
-                            ErrorCode::MalformedRequest,
-                            "wrong cluster key earlier on this connection: keys are checked \
-                             once per connection",
-                        )
-                    }
-                    Some(key) if !super::keys_match(given, key) => {
-                        crate::reject!("refused a peer_hello from {src}: wrong cluster key");
-                        // Each guess costs a new connection (and a place
-                        // among the unclassified first).
-                        self.hello_refused = true;
-                        crate::node::error_body(ErrorCode::MalformedRequest, "wrong cluster key")
-                    }
-                    _ => self.hello_accepted(&kind, &src, &dest),
-                }
-            }
-            _ if (peer_rpc && !self.trusted) || (admin_only && !self.admin) => {
-                crate::reject!("refused {kind} from {src}: the connection gave no cluster key");
-                crate::node::error_body(
-                    ErrorCode::NotSupported,
-                    &format!(
-                        "{kind} needs the cluster key: send peer_hello {{key}} (a node) or \
-                         client_hello {{key}} (add_node, remove_node) with the right key first \
-                         on this connection"
-                    ),
-                )
-            }
-            _ if peer_rpc && dest != node.name => {
-                crate::reject!(
-                    "refused {kind} from {src} addressed to {dest:?}: this is {}",
-                    node.name
-                );
-                crate::node::error_body(
-                    ErrorCode::MalformedRequest,
-                    &format!(
-                        "{kind} is addressed to {dest:?} but this is node {}; nothing was done \
-                         (do two members share an address in --peers?)",
-                        node.name
-                    ),
-                )
-            }
+            _ if let Some(answer) = self.gate(&kind, &src, &dest, &raw) => answer,
             "add_node" | "remove_node" => {
+                let config = self.config.clone();
                 let work = async move { membership(&node, &kind, &raw, &config).await };
                 return d.answer_raw_later(src, msg_id, Some(permit), work);
             }
@@ -508,6 +463,73 @@ impl Hooks for Handler {
         };
         d.answer_raw(src, msg_id, body).await;
         drop(permit);
+    }
+}
+
+impl Handler {
+    /// The answer to a hello (its key checked once per connection), or the
+    /// refusal of a request this connection may not send (a peer RPC or a
+    /// membership change without the cluster key, a peer RPC for another
+    /// node); `None` to serve the request.
+    fn gate(
+        &mut self,
+        kind: &str,
+        src: &str,
+        dest: &str,
+        raw: &Map<String, Value>,
+    ) -> Option<Map<String, Value>> {
+        let peer_rpc = kind.starts_with("raft_") || kind == "forward";
+        let admin_only = matches!(kind, "add_node" | "remove_node");
+        let body = match kind {
+            "peer_hello" | "client_hello" => {
+                let given = raw.get("key").and_then(Value::as_str).unwrap_or("");
+                match &self.config.cluster_key {
+                    Some(_) if self.hello_refused => {
+                        crate::reject!("refused a peer_hello from {src}: a wrong key came first");
+                        crate::node::error_body(
+                            ErrorCode::MalformedRequest,
+                            "wrong cluster key earlier on this connection: keys are checked \
+                             once per connection",
+                        )
+                    }
+                    Some(key) if !super::keys_match(given, key) => {
+                        crate::reject!("refused a peer_hello from {src}: wrong cluster key");
+                        // Each guess costs a new connection (and a place
+                        // among the unclassified first).
+                        self.hello_refused = true;
+                        crate::node::error_body(ErrorCode::MalformedRequest, "wrong cluster key")
+                    }
+                    _ => self.hello_accepted(kind, src, dest),
+                }
+            }
+            _ if (peer_rpc && !self.trusted) || (admin_only && !self.admin) => {
+                crate::reject!("refused {kind} from {src}: the connection gave no cluster key");
+                crate::node::error_body(
+                    ErrorCode::NotSupported,
+                    &format!(
+                        "{kind} needs the cluster key: send peer_hello {{key}} (a node) or \
+                         client_hello {{key}} (add_node, remove_node) with the right key first \
+                         on this connection"
+                    ),
+                )
+            }
+            _ if peer_rpc && dest != self.node.name => {
+                crate::reject!(
+                    "refused {kind} from {src} addressed to {dest:?}: this is {}",
+                    self.node.name
+                );
+                crate::node::error_body(
+                    ErrorCode::MalformedRequest,
+                    &format!(
+                        "{kind} is addressed to {dest:?} but this is node {}; nothing was done \
+                         (do two members share an address in --peers?)",
+                        self.node.name
+                    ),
+                )
+            }
+            _ => return None,
+        };
+        Some(body)
     }
 }
 
