@@ -459,11 +459,12 @@ impl Driver {
     /// Whether this is a client proposal this node can add to the current batch
     /// (it leads).
     fn batchable(&self, msg: &Message) -> bool {
-        let leads = self.node.as_ref().is_some_and(|n| n.leader() == Some(n.id));
-        leads
-            && msg.in_reply_to.is_none()
+        // The message first: every peer RPC passes here, and asking who leads
+        // reads openraft's metrics.
+        msg.in_reply_to.is_none()
             && msg.msg_id.is_some()
             && matches!(&msg.body, Body::Request(r) if !matches!(r, Request::Read { .. }))
+            && self.node.as_ref().is_some_and(|n| n.leader() == Some(n.id))
     }
 
     /// Adds a proposal (see [`Driver::batchable`]) to the batch, or refuses it if
