@@ -29,8 +29,6 @@ pub struct Config {
     /// with an indefinite error. Below Maelstrom's 1 s client timeout would be
     /// pointless (it records info either way); above it keeps late commits answerable.
     pub request_timeout_ms: u64,
-    /// Deadline of one Raft RPC to a peer (openraft passes its own TTL; this caps it).
-    pub rpc_timeout_ms: u64,
     /// Sessions idle this long (in cluster time) are removed by the next GC entry.
     pub session_timeout_ms: u64,
     /// How often the leader appends a GC entry.
@@ -149,7 +147,6 @@ impl Default for Config {
             election_timeout_min_ms: 150,
             election_timeout_max_ms: 300,
             request_timeout_ms: 1_000,
-            rpc_timeout_ms: 1_000,
             session_timeout_ms: 300_000,
             gc_interval_ms: 1_000,
             limits: SessionLimits::default(),
@@ -198,14 +195,13 @@ impl Config {
     /// The defaults with `ONCEKV_*` environment overrides applied.
     pub fn from_env() -> Result<Config, ConfigError> {
         let mut c = Config::default();
-        let vars: [(&str, &mut u64); 21] = [
+        let vars: [(&str, &mut u64); 20] = [
             ("REJECTED_LOG_PER_S", &mut c.rejected_log_per_s),
             ("REJECTED_LOG_BURST", &mut c.rejected_log_burst),
             ("HEARTBEAT_INTERVAL_MS", &mut c.heartbeat_interval_ms),
             ("ELECTION_TIMEOUT_MIN_MS", &mut c.election_timeout_min_ms),
             ("ELECTION_TIMEOUT_MAX_MS", &mut c.election_timeout_max_ms),
             ("REQUEST_TIMEOUT_MS", &mut c.request_timeout_ms),
-            ("RPC_TIMEOUT_MS", &mut c.rpc_timeout_ms),
             ("SESSION_TIMEOUT_MS", &mut c.session_timeout_ms),
             ("GC_INTERVAL_MS", &mut c.gc_interval_ms),
             ("SESSIONS_MAX", &mut c.limits.sessions_max),
@@ -271,7 +267,7 @@ impl Config {
         if self.election_timeout_max_ms <= self.election_timeout_min_ms {
             return fail("election_timeout_max_ms must exceed election_timeout_min_ms");
         }
-        if self.request_timeout_ms == 0 || self.rpc_timeout_ms == 0 {
+        if self.request_timeout_ms == 0 {
             return fail("timeouts must be positive");
         }
         if self.gc_interval_ms == 0 || self.session_timeout_ms == 0 {
@@ -298,7 +294,6 @@ impl Config {
             ("election_timeout_min_ms", self.election_timeout_min_ms),
             ("election_timeout_max_ms", self.election_timeout_max_ms),
             ("request_timeout_ms", self.request_timeout_ms),
-            ("rpc_timeout_ms", self.rpc_timeout_ms),
             ("gc_interval_ms", self.gc_interval_ms),
             ("append_timeout_ms", self.append_timeout_ms),
             ("snapshot_transfer_idle_ms", self.snapshot_transfer_idle_ms),
@@ -423,7 +418,10 @@ impl Config {
             heartbeat_interval: self.heartbeat_interval_ms,
             election_timeout_min: self.election_timeout_min_ms,
             election_timeout_max: self.election_timeout_max_ms,
-            install_snapshot_timeout: self.rpc_timeout_ms.max(1_000),
+            // openraft hands this to `full_snapshot` as its TTL; the chunked
+            // transfer gives each chunk `append_timeout_ms` instead, so it only
+            // has to be the same bound.
+            install_snapshot_timeout: self.append_timeout_ms,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_every_entries),
             max_in_snapshot_log_to_keep: self.log_kept_behind_snapshot,
             // A node partitioned away and back must not disrupt a healthy leader.

@@ -8,6 +8,9 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::state::{Failure, Outcome};
+pub use crate::state::{KvOp, SessionRef};
+
 /// A node or client name, as `init` and Maelstrom spell it (`n0`, `c12`).
 pub type Name = String;
 
@@ -144,48 +147,31 @@ impl Reply {
     }
 }
 
-/// Session fields a mutating request may carry (`protocol.md` section 4).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SessionRef {
-    /// The client's session name.
-    pub client_id: String,
-    /// The request's number within the session.
-    pub seq: u64,
-    /// The lowest seq the client still awaits; replies below it may be forgotten.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub first_outstanding: Option<u64>,
+impl From<Failure> for ErrorCode {
+    fn from(f: Failure) -> ErrorCode {
+        match f {
+            Failure::KeyDoesNotExist => ErrorCode::KeyDoesNotExist,
+            Failure::PreconditionFailed => ErrorCode::PreconditionFailed,
+            Failure::SessionExpired => ErrorCode::SessionExpired,
+            Failure::StaleRequest => ErrorCode::StaleRequest,
+        }
+    }
 }
 
-/// A mutation of the key-value map.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "f", rename_all = "snake_case")]
-pub enum KvOp {
-    /// Set `key` to `value`.
-    Write {
-        /// Canonical JSON text of the key.
-        key: String,
-        /// The new value.
-        value: Value,
-    },
-    /// Set `key` to `to` if it currently equals `from`.
-    Cas {
-        /// Canonical JSON text of the key.
-        key: String,
-        /// The expected value.
-        from: Value,
-        /// The new value.
-        to: Value,
-        /// Create a missing key with `to` instead of failing.
-        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-        create: bool,
-    },
-    /// Add `delta` to an integer counter (missing counts as 0).
-    Add {
-        /// Canonical JSON text of the key.
-        key: String,
-        /// The increment.
-        delta: i64,
-    },
+impl From<Outcome> for Reply {
+    /// The wire reply for a state machine outcome. [`Outcome::Applied`] (an
+    /// entry no client asked for) has no reply of its own and reads as `write_ok`.
+    fn from(o: Outcome) -> Reply {
+        match o {
+            Outcome::Read { value } => Reply::ReadOk { value },
+            Outcome::Written | Outcome::Applied => Reply::WriteOk,
+            Outcome::Swapped => Reply::CasOk,
+            Outcome::Added { value } => Reply::AddOk { value },
+            Outcome::SessionOpened { client_id } => Reply::OpenSessionOk { client_id },
+            Outcome::SessionClosed => Reply::CloseSessionOk,
+            Outcome::Failed { failure, text } => Reply::error(failure.into(), text),
+        }
+    }
 }
 
 /// A client request, parsed and validated.

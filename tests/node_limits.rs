@@ -23,7 +23,6 @@ const SLOW: &[(&str, &str)] = &[
     ("ONCEKV_ELECTION_TIMEOUT_MIN_MS", "2000"),
     ("ONCEKV_ELECTION_TIMEOUT_MAX_MS", "4000"),
     ("ONCEKV_REQUEST_TIMEOUT_MS", "5000"),
-    ("ONCEKV_RPC_TIMEOUT_MS", "5000"),
 ];
 
 #[test]

@@ -160,7 +160,7 @@ async fn snapshot_is_durable_and_restores_the_state_machine() {
     assert_eq!(membership.log_id(), &Some(log_id(1, 0)));
     assert_eq!(
         s.sm.read().state.read("\"k10\""),
-        oncekv::protocol::Reply::ReadOk {
+        oncekv::state::Outcome::Read {
             value: serde_json::json!(10)
         }
     );

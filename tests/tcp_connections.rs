@@ -166,7 +166,7 @@ async fn silent_and_idle_connections_lock_out_neither_clients_nor_peers() {
     let r = c2.write(json!("k"), json!(2)).await.expect("write");
     assert_eq!(r, Reply::WriteOk, "a write committed by n2 and n1");
     let s = cluster.status(p).await.expect("n2 status");
-    assert_eq!(s.role, "Leader");
+    assert_eq!(s.role, oncekv::node::Role::Leader);
 
     // 4. Idle clients gone, a new client is served again.
     drop(idle);

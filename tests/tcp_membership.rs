@@ -238,7 +238,11 @@ async fn add_node_promotes_only_a_node_that_caught_up() {
     let mut only_n5 =
         oncekv::tcp::Client::new(oncekv::tcp::ClientOptions::new(vec![n5_addr.clone()]));
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while !only_n5.status_of(0).await.is_ok_and(|s| s.role == "Leader") {
+    while !only_n5
+        .status_of(0)
+        .await
+        .is_ok_and(|s| s.role == oncekv::node::Role::Leader)
+    {
         assert!(std::time::Instant::now() < deadline, "n5 never led alone");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

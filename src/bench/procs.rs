@@ -132,7 +132,9 @@ impl OncekvCluster {
                         && s.term == first.term
                         && s.applied_index == first.applied_index
                 });
-                let leader = views.iter().find(|(_, s)| s.role == "Leader");
+                let leader = views
+                    .iter()
+                    .find(|(_, s)| s.role == crate::node::Role::Leader);
                 if let (true, Some((i, _))) = (agree, leader) {
                     return Ok(*i);
                 }
@@ -140,7 +142,7 @@ impl OncekvCluster {
                     "views differ: {:?}",
                     views
                         .iter()
-                        .map(|(_, s)| (s.role.clone(), s.term, s.leader, s.applied_index))
+                        .map(|(_, s)| (s.role, s.term, s.leader, s.applied_index))
                         .collect::<Vec<_>>()
                 );
             }

@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use serde_json::json;
 
-use crate::protocol::{Body, ReplyBody, Request, encode, parse_line};
+use crate::protocol::{Body, Reply, ReplyBody, Request, encode, parse_line};
 use crate::state::{ClientId, Command, Op, SessionLimits, State};
 
 /// What to run.
@@ -57,11 +57,8 @@ pub fn baseline(lines: &[String]) -> f64 {
         let Body::Request(Request::Mutate { op, session }) = msg.body else {
             continue;
         };
-        let cmd = Command {
-            ts_ms: i as u64,
-            op: Op::Kv { kv: op, session },
-        };
-        let reply = state.apply(i as u64, &cmd);
+        let cmd = Command::new(i as u64, Op::Kv { kv: op, session });
+        let reply = Reply::from(state.apply(i as u64, &cmd));
         let out = encode(
             "n0",
             &msg.src,

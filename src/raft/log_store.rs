@@ -22,7 +22,7 @@ pub struct MemLogStore {
 type Inner = LogMirror;
 
 /// The Raft log as openraft sees it, in memory: the whole of [`MemLogStore`], and the
-/// readable copy the durable store (`crate::storage`) keeps beside its database.
+/// readable copy the durable store (`crate::storage`) keeps beside its log files.
 /// Each entry is kept with its size (its JSON), so batches and the memory budget
 /// are counted in bytes.
 #[derive(Debug)]

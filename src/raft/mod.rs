@@ -4,7 +4,7 @@
 //!
 //! | openraft's contract | our implementation |
 //! |---|---|
-//! | `RaftTypeConfig` | [`TypeConfig`]: `D` = [`Command`], `R` = [`Reply`], `NodeId` = `u64`, `Node` = [`Peer`] |
+//! | `RaftTypeConfig` | [`TypeConfig`]: `D` = [`Command`], `R` = [`Outcome`], `NodeId` = `u64`, `Node` = [`Peer`] |
 //! | `RaftLogStorage` | [`log_store::MemLogStore`] (Maelstrom mode keeps nothing across restarts) |
 //! | `RaftStateMachine` | [`sm_store::StateMachineStore`], a lock around the pure [`crate::state::State`] |
 //! | `RaftNetworkFactory` / `RaftNetworkV2` | [`network::Network`], RPCs as JSON bodies over any [`network::Transport`] |
@@ -17,8 +17,7 @@ pub mod snapshot_transfer;
 
 use serde::{Deserialize, Serialize};
 
-use crate::protocol::Reply;
-use crate::state::Command;
+use crate::state::{Command, Outcome};
 
 /// A cluster member as Raft's membership records it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,7 +43,7 @@ openraft::declare_raft_types!(
     /// oncekv's Raft types.
     pub TypeConfig:
         D = Command,
-        R = Reply,
+        R = Outcome,
         NodeId = u64,
         Node = Peer,
 );

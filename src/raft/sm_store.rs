@@ -10,8 +10,7 @@ use openraft::storage::{EntryResponder, RaftStateMachine};
 use openraft::{EntryPayload, RaftSnapshotBuilder};
 
 use super::{LogId, SnapshotMeta, TypeConfig};
-use crate::protocol::Reply;
-use crate::state::{SessionLimits, State};
+use crate::state::{Outcome, SessionLimits, SnapshotError, State};
 
 /// openraft's stored-membership type for our config.
 pub type StoredMembership = openraft::alias::StoredMembershipOf<TypeConfig>;
@@ -92,11 +91,11 @@ impl StateMachineStore {
     pub fn restored(
         snapshot: Option<(SnapshotMeta, Vec<u8>)>,
         sink: Arc<dyn SnapshotSink>,
-    ) -> Result<Self, io::Error> {
+    ) -> Result<Self, SnapshotError> {
         let mut sm = StateMachineStore::new();
         sm.sink = Some(sink);
         if let Some((meta, data)) = snapshot {
-            let state = State::from_snapshot(&data).map_err(invalid)?;
+            let state = State::from_snapshot(&data)?;
             sm.clock_ms
                 .store(state.clock_ms, std::sync::atomic::Ordering::Release);
             *sm.write() = Applied {
@@ -196,7 +195,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 let mut a = self.write();
                 a.last_applied = Some(entry.log_id);
                 match entry.payload {
-                    EntryPayload::Blank => Reply::WriteOk,
+                    EntryPayload::Blank => Outcome::Applied,
                     EntryPayload::Normal(ref cmd) => {
                         let reply = a.state.apply(entry.log_id.index(), cmd);
                         self.clock_ms
@@ -205,7 +204,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     }
                     EntryPayload::Membership(ref m) => {
                         a.membership = StoredMembership::new(Some(entry.log_id), m.clone());
-                        Reply::WriteOk
+                        Outcome::Applied
                     }
                 }
             };

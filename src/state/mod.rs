@@ -5,7 +5,25 @@
 //! So every replica that applies the same log holds byte-identical state, and the
 //! snapshot ([`State::to_snapshot`]) holds all of it: the KV map, the sessions with
 //! their cached replies, the tombstones, the limits and the cluster clock.
+//!
+//! Owns the types it stores and returns: [`Command`] (what the log carries),
+//! [`Outcome`] (what applying answers, cached per session) and [`SessionRef`],
+//! each with a versioned, pinned encoding ([`format`]). It may not import any
+//! other module of the crate: the wire format (`crate::protocol`) maps requests to
+//! commands and outcomes to replies, openraft (`crate::raft`) drives it, and
+//! neither can change what it stores.
+//!
+//! ```text
+//! command.rs  Command { v, ts_ms, op: Op { Kv { KvOp, SessionRef }, OpenSession, .. } }
+//! mod.rs      State::apply(index, &Command) -> Outcome     State::read(key) -> Outcome
+//! session.rs  SessionTable: admit / record / expire_before / evict (the dedup rules)
+//! outcome.rs  Outcome { Read, Written, .., Failed { Failure, text } }
+//! format.rs   ENTRY_FORMAT, SNAPSHOT_FORMAT; snapshot = {"format":1,"state":{..}}
+//! ```
 
+pub mod command;
+pub mod format;
+pub mod outcome;
 pub mod session;
 
 use std::collections::BTreeMap;
@@ -13,46 +31,10 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::protocol::{ErrorCode, KvOp, Reply, SessionRef};
+pub use command::{Command, KvOp, Op, SessionRef};
+pub use format::SnapshotError;
+pub use outcome::{Failure, Outcome};
 pub use session::{Admission, ClientId, Removal, SessionLimits, SessionTable};
-
-/// One log entry's payload: what to do, and the leader's clock when it proposed it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Command {
-    /// The proposing leader's clock (ms). The cluster clock is the max of these.
-    pub ts_ms: u64,
-    /// The operation.
-    pub op: Op,
-}
-
-/// The operations the log carries.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
-pub enum Op {
-    /// A KV mutation, deduplicated when it carries a session.
-    Kv {
-        /// The mutation.
-        kv: KvOp,
-        /// Session fields, if the client uses a session.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        session: Option<SessionRef>,
-    },
-    /// Register a session; its id is derived from the log index.
-    OpenSession,
-    /// Free a session at once (it leaves a tombstone).
-    CloseSession {
-        /// The session.
-        client_id: String,
-    },
-    /// Expire sessions idle since before `cutoff_ms` (the leader's clock minus the
-    /// timeout, decided by the leader and carried here so replicas agree).
-    Gc {
-        /// Sessions last seen before this cluster time are removed.
-        cutoff_ms: u64,
-    },
-    /// Set the replicated session limits (proposed by a leader whose config differs).
-    SetLimits(SessionLimits),
-}
 
 /// All replicated state.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -78,7 +60,7 @@ impl State {
 
     /// Applies entry `index` and returns its reply. Pure: same state and entry, same
     /// result, on every replica.
-    pub fn apply(&mut self, index: u64, cmd: &Command) -> Reply {
+    pub fn apply(&mut self, index: u64, cmd: &Command) -> Outcome {
         self.clock_ms = self.clock_ms.max(cmd.ts_ms);
         let now = self.clock_ms;
         match &cmd.op {
@@ -90,7 +72,7 @@ impl State {
             Op::OpenSession => {
                 let id = self.fresh_session_id(index);
                 self.sessions.open(id.clone(), now, &self.limits);
-                Reply::OpenSessionOk {
+                Outcome::SessionOpened {
                     client_id: id.to_string(),
                 }
             }
@@ -99,37 +81,37 @@ impl State {
                     .sessions
                     .remove(client_id, Removal::Closed, &self.limits)
                 {
-                    Reply::CloseSessionOk
+                    Outcome::SessionClosed
                 } else if self.sessions.tombstone(client_id).is_some() {
                     // Closing twice (a retried close) is fine; report success.
-                    Reply::CloseSessionOk
+                    Outcome::SessionClosed
                 } else {
-                    Reply::error(ErrorCode::KeyDoesNotExist, "no such session")
+                    Outcome::failed(Failure::KeyDoesNotExist, "no such session")
                 }
             }
             Op::Gc { cutoff_ms } => {
                 let removed = self.sessions.expire_before(*cutoff_ms, &self.limits);
                 tracing::debug!(removed, cutoff_ms, "gc applied");
-                Reply::WriteOk
+                Outcome::Applied
             }
             Op::SetLimits(limits) => {
                 self.limits = *limits;
-                Reply::WriteOk
+                Outcome::Applied
             }
         }
     }
 
     /// A linearizable read's answer, from the applied state (no log entry).
-    pub fn read(&self, key: &str) -> Reply {
+    pub fn read(&self, key: &str) -> Outcome {
         match self.kv.get(key) {
-            Some(v) => Reply::ReadOk { value: v.clone() },
-            None => Reply::error(ErrorCode::KeyDoesNotExist, "key does not exist"),
+            Some(v) => Outcome::Read { value: v.clone() },
+            None => Outcome::failed(Failure::KeyDoesNotExist, "key does not exist"),
         }
     }
 
     /// A cached answer for (client, seq) if it executed and the reply is held, without
     /// touching anything: lets a leader answer a retry without a new entry.
-    pub fn cached_reply(&self, s: &SessionRef) -> Option<Reply> {
+    pub fn cached_reply(&self, s: &SessionRef) -> Option<Outcome> {
         self.sessions
             .get(&s.client_id)?
             .replies
@@ -137,7 +119,7 @@ impl State {
             .cloned()
     }
 
-    fn apply_with_session(&mut self, kv: &KvOp, s: &SessionRef, now: u64) -> Reply {
+    fn apply_with_session(&mut self, kv: &KvOp, s: &SessionRef, now: u64) -> Outcome {
         let admission =
             self.sessions
                 .admit(&s.client_id, s.seq, s.first_outstanding, now, &self.limits);
@@ -152,11 +134,11 @@ impl State {
         }
     }
 
-    fn execute(&mut self, kv: &KvOp) -> Reply {
+    fn execute(&mut self, kv: &KvOp) -> Outcome {
         match kv {
             KvOp::Write { key, value } => {
                 self.kv.insert(key.clone(), value.clone());
-                Reply::WriteOk
+                Outcome::Written
             }
             KvOp::Cas {
                 key,
@@ -166,17 +148,17 @@ impl State {
             } => match self.kv.get_mut(key) {
                 Some(cur) if cur == from => {
                     *cur = to.clone();
-                    Reply::CasOk
+                    Outcome::Swapped
                 }
-                Some(cur) => Reply::error(
-                    ErrorCode::PreconditionFailed,
+                Some(cur) => Outcome::failed(
+                    Failure::PreconditionFailed,
                     format!("expected {}, had {}", shown(from), shown(cur)),
                 ),
                 None if *create => {
                     self.kv.insert(key.clone(), to.clone());
-                    Reply::CasOk
+                    Outcome::Swapped
                 }
-                None => Reply::error(ErrorCode::KeyDoesNotExist, "key does not exist"),
+                None => Outcome::failed(Failure::KeyDoesNotExist, "key does not exist"),
             },
             KvOp::Add { key, delta } => {
                 let cur = match self.kv.get(key) {
@@ -184,8 +166,8 @@ impl State {
                     Some(v) => match v.as_i64() {
                         Some(n) => n,
                         None => {
-                            return Reply::error(
-                                ErrorCode::PreconditionFailed,
+                            return Outcome::failed(
+                                Failure::PreconditionFailed,
                                 format!("add needs an integer value, had {}", shown(v)),
                             );
                         }
@@ -194,9 +176,9 @@ impl State {
                 match cur.checked_add(*delta) {
                     Some(total) => {
                         self.kv.insert(key.clone(), Value::from(total));
-                        Reply::AddOk { value: total }
+                        Outcome::Added { value: total }
                     }
-                    None => Reply::error(ErrorCode::PreconditionFailed, "add would overflow"),
+                    None => Outcome::failed(Failure::PreconditionFailed, "add would overflow"),
                 }
             }
         }
@@ -214,14 +196,16 @@ impl State {
         id
     }
 
-    /// The snapshot: the whole state as JSON. Deterministic (ordered maps only).
+    /// The snapshot: the whole state, versioned ([`format`]). Deterministic
+    /// (ordered maps only).
     pub fn to_snapshot(&self) -> Vec<u8> {
-        serde_json::to_vec(self).expect("state serializes")
+        format::encode_snapshot(self)
     }
 
     /// Restores from [`State::to_snapshot`] bytes, rebuilding derived indexes.
-    pub fn from_snapshot(bytes: &[u8]) -> Result<State, serde_json::Error> {
-        let mut state: State = serde_json::from_slice(bytes)?;
+    /// A format version this build does not know is refused, named.
+    pub fn from_snapshot(bytes: &[u8]) -> Result<State, SnapshotError> {
+        let mut state = format::decode_snapshot(bytes)?;
         state.sessions.rebuild_index();
         Ok(state)
     }
@@ -229,16 +213,6 @@ impl State {
 
 #[cfg(test)]
 mod tests;
-
-impl std::fmt::Display for Command {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Compact JSON: what a log line or openraft's debug output should show.
-        match serde_json::to_string(self) {
-            Ok(s) => f.write_str(&s),
-            Err(_) => write!(f, "{self:?}"),
-        }
-    }
-}
 
 /// Most bytes of a value quoted in an error text.
 pub const SHOWN_VALUE_BYTES_MAX: usize = 200;

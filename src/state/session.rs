@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 
-use crate::protocol::Reply;
+use super::outcome::{Failure, Outcome};
 
 /// A session name. Inline up to 24 bytes, so a typical id costs no heap allocation.
 pub type ClientId = CompactString;
@@ -90,17 +90,17 @@ impl From<SessionRecord> for Session {
 /// session without replies costs 8 bytes here instead of a map header (memory per
 /// session is what bounds the table at a million sessions).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(from = "BTreeMap<u64, Reply>", into = "BTreeMap<u64, Reply>")]
+#[serde(from = "BTreeMap<u64, Outcome>", into = "BTreeMap<u64, Outcome>")]
 #[allow(clippy::box_collection)] // deliberate: 8 bytes per idle session instead of 24
-pub struct Replies(Option<Box<BTreeMap<u64, Reply>>>);
+pub struct Replies(Option<Box<BTreeMap<u64, Outcome>>>);
 
-impl From<BTreeMap<u64, Reply>> for Replies {
-    fn from(map: BTreeMap<u64, Reply>) -> Self {
+impl From<BTreeMap<u64, Outcome>> for Replies {
+    fn from(map: BTreeMap<u64, Outcome>) -> Self {
         Replies((!map.is_empty()).then(|| Box::new(map)))
     }
 }
 
-impl From<Replies> for BTreeMap<u64, Reply> {
+impl From<Replies> for BTreeMap<u64, Outcome> {
     fn from(r: Replies) -> Self {
         r.0.map(|b| *b).unwrap_or_default()
     }
@@ -118,7 +118,7 @@ impl Replies {
     }
 
     /// The reply cached for `seq`.
-    pub fn get(&self, seq: &u64) -> Option<&Reply> {
+    pub fn get(&self, seq: &u64) -> Option<&Outcome> {
         self.0.as_ref()?.get(seq)
     }
 
@@ -128,11 +128,11 @@ impl Replies {
     }
 
     /// The reply of the highest seq held.
-    pub fn last(&self) -> Option<&Reply> {
+    pub fn last(&self) -> Option<&Outcome> {
         self.0.as_ref()?.last_key_value().map(|(_, r)| r)
     }
 
-    fn insert(&mut self, seq: u64, reply: Reply) {
+    fn insert(&mut self, seq: u64, reply: Outcome) {
         self.0.get_or_insert_with(Box::default).insert(seq, reply);
     }
 
@@ -178,7 +178,7 @@ pub enum Admission {
     /// Execute it, then call [`SessionTable::record`].
     Execute,
     /// Do not execute; answer this (a cached reply or a session error).
-    Answer(Reply),
+    Answer(Outcome),
 }
 
 /// The replicated session table with its indexes.
@@ -267,7 +267,7 @@ impl SessionTable {
     }
 
     /// Caches the reply of an executed request (after `admit` said `Execute`).
-    pub fn record(&mut self, id: &str, seq: u64, reply: Reply, limits: &SessionLimits) {
+    pub fn record(&mut self, id: &str, seq: u64, reply: Outcome, limits: &SessionLimits) {
         let Some(session) = self.sessions.get_mut(id) else {
             debug_assert!(false, "record without a live session");
             return;
@@ -386,16 +386,16 @@ impl Session {
         match self.first_outstanding {
             // Pipelining: anything at or above the window that has not run, runs.
             Some(fo) if seq >= fo => Admission::Execute,
-            Some(_) => Admission::Answer(Reply::error(
-                crate::protocol::ErrorCode::StaleRequest,
+            Some(_) => Admission::Answer(Outcome::failed(
+                Failure::StaleRequest,
                 format!("reply to seq {seq} was discarded (below first_outstanding)"),
             )),
             // Simple client: only a newer seq runs; an old one gets the latest reply.
             None if self.last_executed.is_none_or(|h| seq > h) => Admission::Execute,
             None => Admission::Answer(match self.replies.last() {
                 Some(latest) => latest.clone(),
-                None => Reply::error(
-                    crate::protocol::ErrorCode::StaleRequest,
+                None => Outcome::failed(
+                    Failure::StaleRequest,
                     format!("seq {seq} already executed and no reply is held"),
                 ),
             }),
@@ -403,14 +403,14 @@ impl Session {
     }
 }
 
-fn session_expired(why: Removal) -> Reply {
+fn session_expired(why: Removal) -> Outcome {
     let how = match why {
         Removal::Expired => "expired",
         Removal::Evicted => "was evicted",
         Removal::Closed => "was closed",
     };
-    Reply::error(
-        crate::protocol::ErrorCode::SessionExpired,
+    Outcome::failed(
+        Failure::SessionExpired,
         format!("session {how}; the request may have run: open a new session"),
     )
 }

@@ -2,11 +2,10 @@
 //! determinism, snapshots, expiry by log time only, deterministic eviction.
 
 use super::*;
-use crate::protocol::{ErrorCode, KvOp, Reply, SessionRef};
 use serde_json::json;
 
 fn key(k: &str) -> String {
-    crate::protocol::canonical_key(&json!(k))
+    json!(k).to_string()
 }
 
 fn add(k: &str, delta: i64, client: &str, seq: u64) -> Op {
@@ -44,17 +43,17 @@ impl Log {
             index: 0,
         }
     }
-    fn apply(&mut self, ts_ms: u64, op: Op) -> Reply {
+    fn apply(&mut self, ts_ms: u64, op: Op) -> Outcome {
         self.index += 1;
-        self.state.apply(self.index, &Command { ts_ms, op })
+        self.state.apply(self.index, &Command::new(ts_ms, op))
     }
     fn value(&self, k: &str) -> Option<&serde_json::Value> {
         self.state.kv.get(&key(k))
     }
 }
 
-fn code(r: &Reply) -> Option<u32> {
-    r.error_code().map(|c| c.code())
+fn code(r: &Outcome) -> Option<u32> {
+    r.failure().map(u32::from)
 }
 
 #[test]
@@ -71,13 +70,13 @@ fn kv_semantics_match_lin_kv() {
         session: None,
     };
     assert_eq!(code(&log.apply(1, cas(json!(1), 2, false))), Some(20));
-    assert_eq!(log.apply(2, cas(json!(1), 2, true)), Reply::CasOk);
+    assert_eq!(log.apply(2, cas(json!(1), 2, true)), Outcome::Swapped);
     assert_eq!(log.value("x"), Some(&json!(2)));
     assert_eq!(code(&log.apply(3, cas(json!(1), 3, false))), Some(22));
     // 2.0 is not 2: values compare exactly as JSON.
     assert_eq!(code(&log.apply(4, cas(json!(2.0), 3, false))), Some(22));
-    assert_eq!(log.apply(5, cas(json!(2), 3, false)), Reply::CasOk);
-    assert_eq!(log.state.read(&key("x")), Reply::ReadOk { value: json!(3) });
+    assert_eq!(log.apply(5, cas(json!(2), 3, false)), Outcome::Swapped);
+    assert_eq!(log.state.read(&key("x")), Outcome::Read { value: json!(3) });
 }
 
 #[test]
@@ -90,8 +89,8 @@ fn add_counts_missing_as_zero_and_rejects_non_integers() {
         },
         session: None,
     };
-    assert_eq!(log.apply(1, plain(5)), Reply::AddOk { value: 5 });
-    assert_eq!(log.apply(1, plain(-7)), Reply::AddOk { value: -2 });
+    assert_eq!(log.apply(1, plain(5)), Outcome::Added { value: 5 });
+    assert_eq!(log.apply(1, plain(-7)), Outcome::Added { value: -2 });
     log.state.kv.insert(key("k"), json!("text"));
     assert_eq!(code(&log.apply(1, plain(1))), Some(22));
     log.state.kv.insert(key("k"), json!(i64::MAX));
@@ -105,20 +104,20 @@ fn retry_returns_cached_reply_and_executes_once() {
     let mut log = Log::new(SessionLimits::default());
     assert_eq!(
         log.apply(10, add("k", 5, "c1", 1)),
-        Reply::AddOk { value: 5 }
+        Outcome::Added { value: 5 }
     );
     assert_eq!(
         log.apply(11, add("k", 5, "c1", 1)),
-        Reply::AddOk { value: 5 }
+        Outcome::Added { value: 5 }
     );
     assert_eq!(
         log.apply(12, add("k", 5, "c1", 1)),
-        Reply::AddOk { value: 5 }
+        Outcome::Added { value: 5 }
     );
     assert_eq!(log.value("k"), Some(&json!(5)));
     assert_eq!(
         log.apply(13, add("k", 5, "c1", 2)),
-        Reply::AddOk { value: 10 }
+        Outcome::Added { value: 10 }
     );
 }
 
@@ -130,7 +129,7 @@ fn retry_body_is_not_compared() {
     log.apply(1, add("k", 1, "c1", 1));
     assert_eq!(
         log.apply(2, add("other", 9, "c1", 1)),
-        Reply::AddOk { value: 1 }
+        Outcome::Added { value: 1 }
     );
     assert_eq!(log.value("other"), None);
 }
@@ -151,11 +150,11 @@ fn simple_client_old_seq_never_executes() {
     // seq 3 is still held; seq 1 is not: the latest reply (seq 4) comes back.
     assert_eq!(
         log.apply(9, add("k", 1, "c1", 3)),
-        Reply::AddOk { value: 3 }
+        Outcome::Added { value: 3 }
     );
     assert_eq!(
         log.apply(9, add("k", 1, "c1", 1)),
-        Reply::AddOk { value: 4 }
+        Outcome::Added { value: 4 }
     );
     assert_eq!(log.value("k"), Some(&json!(4)));
 }
@@ -167,31 +166,31 @@ fn pipelined_out_of_order_and_window() {
     let mut log = Log::new(SessionLimits::default());
     assert_eq!(
         log.apply(1, add_fo("k", 1, "p", 3, 1)),
-        Reply::AddOk { value: 1 }
+        Outcome::Added { value: 1 }
     );
     assert_eq!(
         log.apply(2, add_fo("k", 10, "p", 1, 1)),
-        Reply::AddOk { value: 11 }
+        Outcome::Added { value: 11 }
     );
     assert_eq!(
         log.apply(3, add_fo("k", 100, "p", 2, 1)),
-        Reply::AddOk { value: 111 }
+        Outcome::Added { value: 111 }
     );
     // Retries of each, still in the window: cached.
     assert_eq!(
         log.apply(4, add_fo("k", 10, "p", 1, 1)),
-        Reply::AddOk { value: 11 }
+        Outcome::Added { value: 11 }
     );
     // The client moves its window to 3: replies 1 and 2 are discarded.
     assert_eq!(
         log.apply(5, add_fo("k", 1000, "p", 4, 3)),
-        Reply::AddOk { value: 1111 }
+        Outcome::Added { value: 1111 }
     );
     assert_eq!(code(&log.apply(6, add_fo("k", 10, "p", 1, 3))), Some(1001));
     assert_eq!(code(&log.apply(6, add_fo("k", 10, "p", 2, 3))), Some(1001));
     assert_eq!(
         log.apply(7, add_fo("k", 1, "p", 3, 3)),
-        Reply::AddOk { value: 1 }
+        Outcome::Added { value: 1 }
     );
     assert_eq!(log.value("k"), Some(&json!(1111)));
 }
@@ -222,7 +221,7 @@ fn gc_expires_idle_sessions_and_leaves_tombstones() {
     assert!(log.state.sessions.get("old").is_none());
     assert!(log.state.sessions.get("new").is_some());
     let r = log.apply(7_000, add("k", 1, "old", 1));
-    assert_eq!(r.error_code(), Some(ErrorCode::SessionExpired));
+    assert_eq!(r.failure(), Some(Failure::SessionExpired));
     assert_eq!(log.value("k"), Some(&json!(2)));
 }
 
@@ -297,25 +296,25 @@ fn tombstones_are_bounded_oldest_first() {
 #[test]
 fn open_and_close_session() {
     let mut log = Log::new(SessionLimits::default());
-    let Reply::OpenSessionOk { client_id } = log.apply(1, Op::OpenSession) else {
+    let Outcome::SessionOpened { client_id } = log.apply(1, Op::OpenSession) else {
         panic!("open failed");
     };
     assert_eq!(client_id, "s1");
     // A client that chose "s2" itself does not collide with the next opened id.
     log.apply(2, add("k", 1, "s3", 1));
-    let Reply::OpenSessionOk { client_id: second } = log.apply(3, Op::OpenSession) else {
+    let Outcome::SessionOpened { client_id: second } = log.apply(3, Op::OpenSession) else {
         panic!("open failed");
     };
     assert_eq!(second, "s3-1");
     assert_eq!(
         log.apply(4, add("k", 1, &client_id, 1)),
-        Reply::AddOk { value: 2 }
+        Outcome::Added { value: 2 }
     );
     let close = Op::CloseSession {
         client_id: client_id.clone(),
     };
-    assert_eq!(log.apply(5, close.clone()), Reply::CloseSessionOk);
-    assert_eq!(log.apply(6, close), Reply::CloseSessionOk);
+    assert_eq!(log.apply(5, close.clone()), Outcome::SessionClosed);
+    assert_eq!(log.apply(6, close), Outcome::SessionClosed);
     assert_eq!(code(&log.apply(7, add("k", 1, &client_id, 1))), Some(1000));
     let missing = Op::CloseSession {
         client_id: "never".into(),
@@ -376,7 +375,7 @@ fn random_log(seed: u64, len: usize) -> Vec<Command> {
                     }),
                 },
             };
-            Command { ts_ms, op }
+            Command::new(ts_ms, op)
         })
         .collect()
 }
@@ -443,17 +442,11 @@ fn snapshot_holds_every_part_of_the_state() {
             seq: 1,
             first_outstanding: None
         }),
-        Some(Reply::AddOk { value: 8 })
+        Some(Outcome::Added { value: 8 })
     );
     // The derived index was rebuilt: GC still finds c2.
     let mut restored = restored;
-    restored.apply(
-        9,
-        &Command {
-            ts_ms: 400,
-            op: Op::Gc { cutoff_ms: 250 },
-        },
-    );
+    restored.apply(9, &Command::new(400, Op::Gc { cutoff_ms: 250 }));
     assert!(restored.sessions.is_empty());
 }
 
@@ -461,8 +454,14 @@ fn snapshot_holds_every_part_of_the_state() {
 #[test]
 fn seq_zero_executes_once() {
     let mut log = Log::new(SessionLimits::default());
-    assert_eq!(log.apply(1, add("k", 1, "z", 0)), Reply::AddOk { value: 1 });
-    assert_eq!(log.apply(2, add("k", 1, "z", 0)), Reply::AddOk { value: 1 });
+    assert_eq!(
+        log.apply(1, add("k", 1, "z", 0)),
+        Outcome::Added { value: 1 }
+    );
+    assert_eq!(
+        log.apply(2, add("k", 1, "z", 0)),
+        Outcome::Added { value: 1 }
+    );
     assert_eq!(log.value("k"), Some(&json!(1)));
 }
 
@@ -481,7 +480,7 @@ fn switching_to_pipelining_never_re_executes_dropped_seqs() {
     // Replies for 4 and 5 are held; 1..3 were dropped.
     assert_eq!(
         log.apply(6, add_fo("k", 1, "c", 6, 1)),
-        Reply::AddOk { value: 6 }
+        Outcome::Added { value: 6 }
     );
     assert_eq!(code(&log.apply(7, add_fo("k", 1, "c", 2, 1))), Some(1001));
     assert_eq!(log.value("k"), Some(&json!(6)));
@@ -493,18 +492,27 @@ fn switching_to_pipelining_never_re_executes_dropped_seqs() {
 #[test]
 fn seq_at_u64_max_executes_once_and_older_seqs_never_again() {
     let mut log = Log::new(SessionLimits::default());
-    assert_eq!(log.apply(1, add("k", 1, "c", 5)), Reply::AddOk { value: 1 });
+    assert_eq!(
+        log.apply(1, add("k", 1, "c", 5)),
+        Outcome::Added { value: 1 }
+    );
     assert_eq!(
         log.apply(2, add("k", 1, "c", u64::MAX)),
-        Reply::AddOk { value: 2 }
+        Outcome::Added { value: 2 }
     );
     // Retries of both, and a fresh-looking lower seq: none executes.
     assert_eq!(
         log.apply(3, add("k", 1, "c", u64::MAX)),
-        Reply::AddOk { value: 2 }
+        Outcome::Added { value: 2 }
     );
-    assert_eq!(log.apply(4, add("k", 1, "c", 5)), Reply::AddOk { value: 1 });
-    assert_eq!(log.apply(5, add("k", 1, "c", 6)), Reply::AddOk { value: 2 });
+    assert_eq!(
+        log.apply(4, add("k", 1, "c", 5)),
+        Outcome::Added { value: 1 }
+    );
+    assert_eq!(
+        log.apply(5, add("k", 1, "c", 6)),
+        Outcome::Added { value: 2 }
+    );
     assert_eq!(log.value("k"), Some(&json!(2)));
     // The same through a snapshot.
     let restored = State::from_snapshot(&log.state.to_snapshot()).unwrap();
@@ -512,11 +520,11 @@ fn seq_at_u64_max_executes_once_and_older_seqs_never_again() {
     // Pipelining at the top of the range: first_outstanding = u64::MAX.
     assert_eq!(
         log.apply(6, add_fo("k", 1, "p", u64::MAX, u64::MAX)),
-        Reply::AddOk { value: 3 }
+        Outcome::Added { value: 3 }
     );
     assert_eq!(
         log.apply(7, add_fo("k", 1, "p", u64::MAX, u64::MAX)),
-        Reply::AddOk { value: 3 }
+        Outcome::Added { value: 3 }
     );
     assert_eq!(code(&log.apply(8, add_fo("k", 1, "p", 7, 0))), Some(1001));
     assert_eq!(log.value("k"), Some(&json!(3)));
@@ -605,13 +613,7 @@ fn error_texts_quote_large_values_cut_short() {
         },
         session: None,
     };
-    st.apply(
-        1,
-        &Command {
-            ts_ms: 1,
-            op: write,
-        },
-    );
+    st.apply(1, &Command::new(1, write));
     let cas = Op::Kv {
         kv: KvOp::Cas {
             key: key("k"),
@@ -621,13 +623,7 @@ fn error_texts_quote_large_values_cut_short() {
         },
         session: None,
     };
-    st.apply(
-        2,
-        &Command {
-            ts_ms: 2,
-            op: cas.clone(),
-        },
-    );
+    st.apply(2, &Command::new(2, cas.clone()));
     let mismatch = Op::Kv {
         kv: KvOp::Cas {
             key: key("k"),
@@ -637,17 +633,15 @@ fn error_texts_quote_large_values_cut_short() {
         },
         session: None,
     };
-    let reply = st.apply(
-        3,
-        &Command {
-            ts_ms: 3,
-            op: mismatch,
-        },
-    );
-    let Reply::Error { code, text } = reply else {
+    let reply = st.apply(3, &Command::new(3, mismatch));
+    let Outcome::Failed {
+        failure: code,
+        text,
+    } = reply
+    else {
         panic!("{reply:?}")
     };
-    assert_eq!(code, ErrorCode::PreconditionFailed);
+    assert_eq!(code, Failure::PreconditionFailed);
     assert!(text.starts_with("expected 2, had 1"), "{text}");
     let write_big = Op::Kv {
         kv: KvOp::Write {
@@ -656,15 +650,9 @@ fn error_texts_quote_large_values_cut_short() {
         },
         session: None,
     };
-    st.apply(
-        4,
-        &Command {
-            ts_ms: 4,
-            op: write_big,
-        },
-    );
-    let reply = st.apply(5, &Command { ts_ms: 5, op: cas });
-    let Reply::Error { text, .. } = reply else {
+    st.apply(4, &Command::new(4, write_big));
+    let reply = st.apply(5, &Command::new(5, cas));
+    let Outcome::Failed { text, .. } = reply else {
         panic!("{reply:?}")
     };
     assert!(text.len() < 600, "{} bytes", text.len());

@@ -28,7 +28,7 @@ use serde::de::DeserializeOwned;
 
 use super::StorageError;
 use super::wal::{Record, SEGMENT_BYTES_DEFAULT, Wal, WalOptions};
-use super::writer::{Done, Op, Writer, WriterStats};
+use super::writer::{Change, Done, Writer, WriterStats};
 use crate::raft::{Entry, LogId, TypeConfig, Vote};
 
 /// The durable log store; clones share the mirror and the writer (openraft's
@@ -228,7 +228,9 @@ impl RaftLogStorage<TypeConfig> for WalLogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
-        self.writer.submit_and_wait(Op::Vote(encode(vote)?)).await?;
+        self.writer
+            .submit_and_wait(Change::Vote(encode(vote)?))
+            .await?;
         // Visible only once durable: nobody acts on a vote a crash could forget.
         self.with(|m| m.vote = Some(*vote));
         Ok(())
@@ -271,7 +273,7 @@ impl RaftLogStorage<TypeConfig> for WalLogStore {
                 m.insert(e, b.len() as u64);
             }
         });
-        let (op, done) = (Op::Put(encoded), Done::Flushed(callback));
+        let (op, done) = (Change::Put(encoded), Done::Flushed(callback));
         let (op, done) = if inline {
             match self.writer.try_inline(op, done) {
                 Ok(()) => return Ok(()),
@@ -286,7 +288,7 @@ impl RaftLogStorage<TypeConfig> for WalLogStore {
     async fn truncate_after(&mut self, last: Option<LogId>) -> Result<(), io::Error> {
         let from = self.with(|m| m.truncate_after(last));
         self.writer
-            .submit(Op::TruncateFrom(from), Done::Nothing)
+            .submit(Change::TruncateFrom(from), Done::Nothing)
             .await
     }
 
@@ -294,7 +296,7 @@ impl RaftLogStorage<TypeConfig> for WalLogStore {
         let bytes = encode(&upto)?;
         self.with(|m| m.purge(upto));
         self.writer
-            .submit(Op::PurgeUpto(upto.index(), bytes), Done::Nothing)
+            .submit(Change::PurgeUpto(upto.index(), bytes), Done::Nothing)
             .await
     }
 }

@@ -38,6 +38,7 @@ pub use writer::WriterStats;
 
 use crate::node::Storage;
 use crate::raft::sm_store::StateMachineStore;
+use crate::state::SnapshotError;
 
 /// The log directory's name in the data dir.
 pub const LOG_DIR: &str = wal::WAL_DIR;
@@ -232,11 +233,16 @@ fn open_with(
         }
         .write(dir)?;
     }
-    let sm = StateMachineStore::restored(snapshot, Arc::new(snapshots)).map_err(|e| {
-        StorageError::Corrupt {
+    let sm = StateMachineStore::restored(snapshot, Arc::new(snapshots)).map_err(|e| match e {
+        SnapshotError::Version(v) => StorageError::Incompatible {
+            path: dir.join(SNAPSHOT_DIR),
+            found: format!("snapshot format version {}", v.found),
+            expected: format!("snapshot format version {}", v.known),
+        },
+        SnapshotError::Decode(e) => StorageError::Corrupt {
             path: dir.join(SNAPSHOT_DIR),
             reason: format!("the snapshot's state does not load: {e}"),
-        }
+        },
     })?;
     let mirror = log.mirror();
     Ok(Storage { log, sm, mirror })

@@ -31,7 +31,7 @@ pub const BATCH_JOBS_MAX: usize = 1024;
 
 /// One durable change.
 #[derive(Debug)]
-pub enum Op {
+pub enum Change {
     /// Insert these (index, encoded entry) pairs.
     Put(Vec<(u64, Vec<u8>)>),
     /// Remove every entry at this index or later.
@@ -90,10 +90,10 @@ pub struct WriterStats {
 }
 
 /// The sending side, shared by the store and its readers; the thread stops (and the
-/// database closes cleanly) when the last handle drops.
+/// log files close cleanly) when the last handle drops.
 pub struct Writer {
     /// The queue; `None` once shutting down.
-    tx: Option<mpsc::Sender<(Op, Done)>>,
+    tx: Option<mpsc::Sender<(Change, Done)>>,
     /// Counters, also updated by the thread.
     stats: Arc<Stats>,
     /// Set after a failed commit: later operations fail too, since the in-memory
@@ -180,14 +180,14 @@ impl Writer {
     }
 
     /// Queues `op`; `done` is completed once it is durable. Waits while the queue is full.
-    pub async fn submit(&self, op: Op, done: Done) -> io::Result<()> {
+    pub async fn submit(&self, op: Change, done: Done) -> io::Result<()> {
         if self.failed.load(Ordering::Acquire) {
             return Err(io::Error::other(
                 "log writer failed earlier; refusing writes",
             ));
         }
         self.stats.jobs.fetch_add(1, Ordering::Relaxed);
-        if matches!(op, Op::Put(_)) {
+        if matches!(op, Change::Put(_)) {
             self.stats.appends.fetch_add(1, Ordering::Relaxed);
         }
         let tx = self.tx.as_ref().expect("writer running until dropped");
@@ -206,7 +206,7 @@ impl Writer {
     ///
     /// Order: every operation comes from openraft's one core task, one call at a
     /// time, so none can be queued between the check and the write.
-    pub fn try_inline(&self, op: Op, done: Done) -> Result<(), (Op, Done)> {
+    pub fn try_inline(&self, op: Change, done: Done) -> Result<(), (Change, Done)> {
         if self.failed.load(Ordering::Acquire) || self.outstanding.load(Ordering::Acquire) != 0 {
             return Err((op, done));
         }
@@ -217,7 +217,7 @@ impl Writer {
             return Err((op, done));
         }
         self.stats.jobs.fetch_add(1, Ordering::Relaxed);
-        if matches!(op, Op::Put(_)) {
+        if matches!(op, Change::Put(_)) {
             self.stats.appends.fetch_add(1, Ordering::Relaxed);
         }
         let pending = self
@@ -233,7 +233,7 @@ impl Writer {
     }
 
     /// Queues `op` and waits until it is durable.
-    pub async fn submit_and_wait(&self, op: Op) -> io::Result<()> {
+    pub async fn submit_and_wait(&self, op: Change) -> io::Result<()> {
         let (tx, rx) = oneshot::channel();
         self.submit(op, Done::Reply(tx)).await?;
         rx.await
@@ -317,7 +317,7 @@ fn checkpoint_ticker(wal: &Mutex<Wal>, failed: &AtomicBool, stop: &AtomicBool) {
 }
 
 /// The thread: take one job (blocking), drain what else is queued, commit once.
-fn run(mut rx: mpsc::Receiver<(Op, Done)>, shared: &Shared) {
+fn run(mut rx: mpsc::Receiver<(Change, Done)>, shared: &Shared) {
     let Shared {
         stats,
         failed,
@@ -326,7 +326,7 @@ fn run(mut rx: mpsc::Receiver<(Op, Done)>, shared: &Shared) {
         outstanding,
     } = shared;
     let take_committed = || committed.lock().unwrap_or_else(|p| p.into_inner()).take();
-    let mut batch: Vec<(Op, Done)> = Vec::with_capacity(BATCH_JOBS_MAX);
+    let mut batch: Vec<(Change, Done)> = Vec::with_capacity(BATCH_JOBS_MAX);
     while let Some(first) = rx.blocking_recv() {
         let mut wal = wal.lock().unwrap_or_else(|p| p.into_inner());
         // Taken before draining: the entries a committed pointer covers were
@@ -380,7 +380,7 @@ fn run(mut rx: mpsc::Receiver<(Op, Done)>, shared: &Shared) {
 /// the writer failed (the in-memory log is then ahead of the disk).
 fn commit<'a>(
     wal: &mut Wal,
-    ops: impl Iterator<Item = &'a Op>,
+    ops: impl Iterator<Item = &'a Change>,
     committed: Option<Vec<u8>>,
     sync: bool,
     stats: &Stats,
@@ -403,7 +403,7 @@ fn commit<'a>(
 /// Writes `ops`, then the committed pointer if one is pending, and syncs if `sync`.
 fn write_batch<'a>(
     wal: &mut Wal,
-    ops: impl Iterator<Item = &'a Op>,
+    ops: impl Iterator<Item = &'a Change>,
     committed: Option<Vec<u8>>,
     sync: bool,
 ) -> Result<(), String> {
@@ -421,16 +421,16 @@ fn write_batch<'a>(
     .map_err(|e| e.to_string())
 }
 
-fn push(wal: &mut Wal, op: &Op) -> io::Result<()> {
+fn push(wal: &mut Wal, op: &Change) -> io::Result<()> {
     match op {
-        Op::Put(entries) => {
+        Change::Put(entries) => {
             for (index, bytes) in entries {
                 wal.push(Record::Entry(*index, bytes))?;
             }
             Ok(())
         }
-        Op::TruncateFrom(from) => wal.push(Record::TruncateFrom(*from)),
-        Op::PurgeUpto(upto, id) => wal.push(Record::Purge(*upto, id)),
-        Op::Vote(bytes) => wal.push(Record::Vote(bytes)),
+        Change::TruncateFrom(from) => wal.push(Record::TruncateFrom(*from)),
+        Change::PurgeUpto(upto, id) => wal.push(Record::Purge(*upto, id)),
+        Change::Vote(bytes) => wal.push(Record::Vote(bytes)),
     }
 }

@@ -20,7 +20,7 @@ use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 use super::connection::{Line, LineReader, write_line};
-use crate::node::NodeStatus;
+use crate::node::{NodeStatus, Role};
 use crate::protocol::{ErrorCode, Reply};
 
 /// How a [`Client`] reaches the cluster and how long it keeps trying.
@@ -305,7 +305,7 @@ impl Client {
     pub async fn find_leader(&mut self) -> Option<usize> {
         for i in 0..self.opts.peers.len() {
             if let Ok(s) = self.status_of(i).await
-                && s.role == "Leader"
+                && s.role == Role::Leader
             {
                 self.target = i;
                 return Some(i);

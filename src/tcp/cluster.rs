@@ -366,7 +366,7 @@ async fn supervise(
                 let mut now: Option<(u64, u64)> = None;
                 for i in (0..running.len()).filter(|i| alive[*i]) {
                     if let Ok(s) = client.status_of(i).await
-                        && s.role == "Leader"
+                        && s.role == crate::node::Role::Leader
                         && now.is_none_or(|(_, term)| s.term > term)
                     {
                         now = Some((s.id, s.term));

@@ -664,7 +664,7 @@ async fn foreign_node(peer: &Peer, timeout: Duration) -> Option<String> {
             peer.addr, status.name, peer.name
         ));
     }
-    (status.role == "Leader").then(|| {
+    (status.role == crate::node::Role::Leader).then(|| {
         format!(
             "{peer} leads a cluster of its own (term {}, voters {:?}, last log index {:?}): \
              adding it would discard what it acknowledged. Start it on an empty data dir \

@@ -57,16 +57,16 @@ pub fn vote(term: u64, node: u64) -> Vote {
 
 /// A normal entry writing key `k<index>`.
 pub fn entry(term: u64, index: u64) -> Entry {
-    let cmd = Command {
-        ts_ms: index,
-        op: Op::Kv {
+    let cmd = Command::new(
+        index,
+        Op::Kv {
             kv: KvOp::Write {
                 key: format!("\"k{index}\""),
                 value: serde_json::json!(index),
             },
             session: None,
         },
-    };
+    );
     Entry {
         log_id: log_id(term, index),
         payload: EntryPayload::Normal(cmd),

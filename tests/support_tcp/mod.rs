@@ -265,7 +265,7 @@ impl TestCluster {
         let i = self.nodes.iter().position(|n| n.name == format!("n{id}"))?;
         self.nodes[i].child.as_ref()?;
         let s = self.status(i).await?;
-        (s.role == "Leader").then_some(i)
+        (s.role == oncekv::node::Role::Leader).then_some(i)
     }
 }
 

@@ -369,191 +369,38 @@ impl Wal {
     /// Opens the WAL in `dir` (creating it with one empty segment if absent),
     /// feeding every record, oldest first, to `visit`. An error from `visit` is
     /// reported as corruption of the segment holding that record.
+    ///
+    /// The phases: lock the dir, replay every segment (checking that each
+    /// follows the one before), hold the result against the checkpoint, then
+    /// reopen the newest segment where its valid records end.
     pub fn open(
         dir: &Path,
         options: WalOptions,
-        mut visit: impl FnMut(Record<'_>) -> Result<(), String>,
+        visit: impl FnMut(Record<'_>) -> Result<(), String>,
     ) -> Result<Wal, StorageError> {
         let WalOptions { segment_bytes, io } = options;
         fs::create_dir_all(dir).map_err(io_err(dir))?;
-        let lock_path = dir.join(LOCK_FILE);
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(io_err(&lock_path))?;
-        if let Err(e) = lock.try_lock() {
-            return Err(StorageError::Io {
-                path: lock_path,
-                source: io::Error::other(format!(
-                    "the log is locked by another process (is a node already running on this dir?): {e}"
-                )),
-            });
-        }
+        let lock = lock_dir(dir)?;
         let mut segments = list_segments(dir)?;
-        let mut vote = None;
-        let mut committed = None;
-        let mut purged = None;
-        let mut resume = None;
-        let mut scans: Vec<SegmentScan> = Vec::with_capacity(segments.len());
-        let count = segments.len();
-        for (i, seg) in segments.iter_mut().enumerate() {
-            let newest = i + 1 == count;
-            let bytes = fs::read(&seg.path).map_err(io_err(&seg.path))?;
-            let version = check_header(&seg.path, &bytes, seg.seq)?;
-            let mut max_index = None;
-            let (mut records, mut start) = (false, None);
-            let scanned = scan(&seg.path, &bytes, newest, |rec| {
-                let first = !records;
-                records = true;
-                match rec {
-                    Record::Entry(i, _) => max_index = max_index.max(Some(i)),
-                    Record::Vote(b) => vote = Some(b.to_vec()),
-                    Record::Committed(b) => committed = Some(b.to_vec()),
-                    Record::Purge(i, b) => purged = Some((i, b.to_vec())),
-                    Record::TruncateFrom(_) => {}
-                    Record::Start(end) if first => {
-                        start = Some(end);
-                        return Ok(());
-                    }
-                    Record::Start(_) => return Err("a segment start record mid-segment".into()),
-                }
-                visit(rec)
-            })?;
-            seg.max_index = max_index;
-            let this = SegmentScan {
-                version,
-                end: scanned.end,
-                records,
-            };
-            // A segment a roll made says where the previous one's records ended.
-            if let Some(prev) = scans.last()
-                && version >= 2
-                && (records || !newest)
-            {
-                let prev_path = &segments_path(dir, seg.seq - 1);
-                match start {
-                    Some(e) if e == prev.end as u64 => {}
-                    Some(e) => {
-                        return Err(corrupt(
-                            prev_path,
-                            format!(
-                                "valid records end at offset {}, but the next segment records \
-                                 that they reached offset {e}: records at its end are lost \
-                                 (zeroed or cut)",
-                                prev.end
-                            ),
-                        ));
-                    }
-                    None => {
-                        return Err(corrupt(
-                            &seg.path,
-                            "does not begin with a segment start record: its first records \
-                             are lost (zeroed or garbled)",
-                        ));
-                    }
-                }
-            }
-            scans.push(this);
-            if newest {
-                let block = scanned.end / DIRECT_ALIGN * DIRECT_ALIGN;
-                let tail = bytes[block..scanned.end].to_vec();
-                resume = Some((scanned, bytes.len() as u64, tail));
-            }
-        }
-        // Records lost before the last recorded sync point, or a lost vote, are
-        // damage, not records never written.
+        let replayed = replay(dir, &mut segments, visit)?;
         let checkpoint = Checkpoint::read(dir)?;
-        match &checkpoint {
-            // Records are written only after an open that created the checkpoint
-            // (a first open that a crash cut short leaves an empty segment).
-            None if scans.iter().any(|s| s.version >= 2 && s.records) => {
-                return Err(corrupt(
-                    &dir.join(CHECKPOINT_FILE),
-                    "missing, though the log holds records of a format that keeps one",
-                ));
-            }
-            None => {}
-            Some(c) => {
-                let p = &c.point;
-                if let Some(at) = segments.iter().position(|s| s.seq == p.seq) {
-                    let end = scans[at].end as u64;
-                    if end < p.offset {
-                        return Err(corrupt(
-                            &segments[at].path,
-                            format!(
-                                "valid records end at offset {end}, but {} records that records \
-                                 up to offset {} were synced: records written and synced \
-                                 (possibly acknowledged) are lost (zeroed or cut)",
-                                c.path().display(),
-                                p.offset
-                            ),
-                        ));
-                    }
-                } else if segments.back().is_none_or(|s| s.seq < p.seq) {
-                    return Err(corrupt(
-                        &dir.join(segment_name(p.seq)),
-                        format!("missing: {} records writes to it", c.path().display()),
-                    ));
-                }
-                if p.vote.is_some() && vote.is_none() {
-                    return Err(corrupt(
-                        segments.back().map_or(dir, |s| &s.path),
-                        format!(
-                            "holds no vote, but {} records that one was saved",
-                            c.path().display()
-                        ),
-                    ));
-                }
-            }
-        }
-        if let (Some((scanned, _, _)), Some(last)) = (&resume, segments.back())
-            && scanned.dropped > 0
+        check_against_checkpoint(dir, checkpoint.as_ref(), &segments, &replayed)?;
+        if let (Some(resume), Some(last)) = (&replayed.resume, segments.back())
+            && resume.scanned.dropped > 0
         {
-            let since = match &checkpoint {
-                Some(c) if c.point.seq == last.seq => format!("offset {}", c.point.offset),
-                _ => "its start".to_string(),
-            };
-            tracing::warn!(
-                "{}: dropping {} bytes of invalid records at offset {} that look like a torn \
-                 write (a sector inside never written). They lie past the last recorded sync \
-                 point ({since}): either the write a crash interrupted, never acknowledged, or \
-                 records synced after that point and damaged since",
-                last.path.display(),
-                scanned.dropped,
-                scanned.end
-            );
+            warn_torn_tail(last, &resume.scanned, checkpoint.as_ref());
         }
-        // The newest segment and where writing resumes in it; a new dir gets one.
-        let (file, file_bytes, offset, tail) = match (segments.back(), resume) {
-            (Some(last), Some((scanned, size, tail))) => {
-                let file = OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .open(&last.path)
-                    .map_err(io_err(&last.path))?;
-                if scanned.dropped > 0 {
-                    // What a torn write left: never acknowledged, and it must not
-                    // surface behind the records written next.
-                    zero_from(&file, scanned.end as u64, size).map_err(io_err(&last.path))?;
-                } else {
-                    // What was read may be a killed process's unsynced write still
-                    // in the page cache: synced before a checkpoint claims it.
-                    file.sync_data().map_err(io_err(&last.path))?;
-                }
-                (file, size, scanned.end as u64, tail)
-            }
-            _ => {
-                let (file, seg) = create_segment(dir, 1, segment_bytes)?;
-                segments.push_back(seg);
-                let tail = header(1, segment_bytes).to_vec();
-                (file, segment_bytes, HEADER_BYTES as u64, tail)
-            }
-        };
+        let Replayed {
+            vote,
+            committed,
+            purged,
+            resume,
+            ..
+        } = replayed;
+        let newest = reopen_newest(dir, &mut segments, resume, segment_bytes)?;
         let point = Point {
             seq: segments.back().expect("never empty").seq,
-            offset,
+            offset: newest.offset,
             vote: vote.clone(),
         };
         let checkpoint = match checkpoint {
@@ -563,9 +410,11 @@ impl Wal {
             }
             None => Checkpoint::create(dir, point)?,
         };
-        let newest = &segments.back().expect("never empty").path;
+        let newest_path = &segments.back().expect("never empty").path;
         let direct = match io {
-            WalIo::Direct => Direct::open(newest, &tail).map_err(io_err(newest))?,
+            WalIo::Direct => {
+                Direct::open(newest_path, &newest.tail).map_err(io_err(newest_path))?
+            }
             WalIo::Buffered => None,
         };
         if io == WalIo::Direct && direct.is_none() {
@@ -579,18 +428,18 @@ impl Wal {
             segment_bytes,
             _lock: lock,
             segments,
-            file,
+            file: newest.file,
             direct_wanted: direct.is_some(),
             direct,
-            file_bytes,
-            offset,
+            file_bytes: newest.file_bytes,
+            offset: newest.offset,
             buf: Vec::new(),
             unsynced: 0,
             buf_max_index: None,
             vote,
             committed,
             purged,
-            synced_to: offset,
+            synced_to: newest.offset,
             checkpoint,
             checkpoint_at: std::time::Instant::now(),
         };
@@ -820,6 +669,259 @@ pub fn segment_files(dir: &Path) -> io::Result<Vec<PathBuf>> {
         .collect();
     files.sort();
     Ok(files)
+}
+
+/// What replaying every segment found.
+struct Replayed {
+    vote: Option<Vec<u8>>,
+    committed: Option<Vec<u8>>,
+    purged: Option<(u64, Vec<u8>)>,
+    /// Per segment, oldest first.
+    scans: Vec<SegmentScan>,
+    /// Where writing resumes in the newest segment, if there is one.
+    resume: Option<Resume>,
+}
+
+/// The newest segment as scanned: where its records end, its size, and the
+/// bytes of its last partial block (what a direct write must rewrite).
+struct Resume {
+    scanned: Scanned,
+    size: u64,
+    tail: Vec<u8>,
+}
+
+/// The newest segment opened for writing.
+struct Newest {
+    file: File,
+    file_bytes: u64,
+    offset: u64,
+    tail: Vec<u8>,
+}
+
+/// Takes the dir's lock file, so two processes never write one log.
+fn lock_dir(dir: &Path) -> Result<File, StorageError> {
+    let lock_path = dir.join(LOCK_FILE);
+    let lock = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(io_err(&lock_path))?;
+    if let Err(e) = lock.try_lock() {
+        return Err(StorageError::Io {
+            path: lock_path,
+            source: io::Error::other(format!(
+                "the log is locked by another process (is a node already running on this dir?): {e}"
+            )),
+        });
+    }
+    Ok(lock)
+}
+
+/// Feeds every record of every segment, oldest first, to `visit`, checking each
+/// segment's header and that each segment a roll made starts where the one
+/// before it ended.
+fn replay(
+    dir: &Path,
+    segments: &mut VecDeque<Segment>,
+    mut visit: impl FnMut(Record<'_>) -> Result<(), String>,
+) -> Result<Replayed, StorageError> {
+    let mut out = Replayed {
+        vote: None,
+        committed: None,
+        purged: None,
+        scans: Vec::with_capacity(segments.len()),
+        resume: None,
+    };
+    let count = segments.len();
+    for (i, seg) in segments.iter_mut().enumerate() {
+        let newest = i + 1 == count;
+        let bytes = fs::read(&seg.path).map_err(io_err(&seg.path))?;
+        let version = check_header(&seg.path, &bytes, seg.seq)?;
+        let mut max_index = None;
+        let (mut records, mut start) = (false, None);
+        let scanned = scan(&seg.path, &bytes, newest, |rec| {
+            let first = !records;
+            records = true;
+            match rec {
+                Record::Entry(i, _) => max_index = max_index.max(Some(i)),
+                Record::Vote(b) => out.vote = Some(b.to_vec()),
+                Record::Committed(b) => out.committed = Some(b.to_vec()),
+                Record::Purge(i, b) => out.purged = Some((i, b.to_vec())),
+                Record::TruncateFrom(_) => {}
+                Record::Start(end) if first => {
+                    start = Some(end);
+                    return Ok(());
+                }
+                Record::Start(_) => return Err("a segment start record mid-segment".into()),
+            }
+            visit(rec)
+        })?;
+        seg.max_index = max_index;
+        let this = SegmentScan {
+            version,
+            end: scanned.end,
+            records,
+        };
+        // A segment a roll made says where the previous one's records ended.
+        if let Some(prev) = out.scans.last()
+            && version >= 2
+            && (records || !newest)
+        {
+            check_chain(dir, seg, prev, start)?;
+        }
+        out.scans.push(this);
+        if newest {
+            let block = scanned.end / DIRECT_ALIGN * DIRECT_ALIGN;
+            let tail = bytes[block..scanned.end].to_vec();
+            out.resume = Some(Resume {
+                scanned,
+                size: bytes.len() as u64,
+                tail,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// `seg` must begin with a start record naming where `prev`'s records end.
+fn check_chain(
+    dir: &Path,
+    seg: &Segment,
+    prev: &SegmentScan,
+    start: Option<u64>,
+) -> Result<(), StorageError> {
+    let prev_path = &segments_path(dir, seg.seq - 1);
+    match start {
+        Some(e) if e == prev.end as u64 => Ok(()),
+        Some(e) => Err(corrupt(
+            prev_path,
+            format!(
+                "valid records end at offset {}, but the next segment records \
+                 that they reached offset {e}: records at its end are lost \
+                 (zeroed or cut)",
+                prev.end
+            ),
+        )),
+        None => Err(corrupt(
+            &seg.path,
+            "does not begin with a segment start record: its first records \
+             are lost (zeroed or garbled)",
+        )),
+    }
+}
+
+/// Records lost before the last recorded sync point, or a lost vote, are
+/// damage, not records never written.
+fn check_against_checkpoint(
+    dir: &Path,
+    checkpoint: Option<&Checkpoint>,
+    segments: &VecDeque<Segment>,
+    replayed: &Replayed,
+) -> Result<(), StorageError> {
+    let scans = &replayed.scans;
+    let Some(c) = checkpoint else {
+        // Records are written only after an open that created the checkpoint
+        // (a first open that a crash cut short leaves an empty segment).
+        if scans.iter().any(|s| s.version >= 2 && s.records) {
+            return Err(corrupt(
+                &dir.join(CHECKPOINT_FILE),
+                "missing, though the log holds records of a format that keeps one",
+            ));
+        }
+        return Ok(());
+    };
+    let p = &c.point;
+    if let Some(at) = segments.iter().position(|s| s.seq == p.seq) {
+        let end = scans[at].end as u64;
+        if end < p.offset {
+            return Err(corrupt(
+                &segments[at].path,
+                format!(
+                    "valid records end at offset {end}, but {} records that records \
+                     up to offset {} were synced: records written and synced \
+                     (possibly acknowledged) are lost (zeroed or cut)",
+                    c.path().display(),
+                    p.offset
+                ),
+            ));
+        }
+    } else if segments.back().is_none_or(|s| s.seq < p.seq) {
+        return Err(corrupt(
+            &dir.join(segment_name(p.seq)),
+            format!("missing: {} records writes to it", c.path().display()),
+        ));
+    }
+    if p.vote.is_some() && replayed.vote.is_none() {
+        return Err(corrupt(
+            segments.back().map_or(dir, |s| &s.path),
+            format!(
+                "holds no vote, but {} records that one was saved",
+                c.path().display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Says what is dropped at the end of the newest segment, and why that is safe.
+fn warn_torn_tail(last: &Segment, scanned: &Scanned, checkpoint: Option<&Checkpoint>) {
+    let since = match checkpoint {
+        Some(c) if c.point.seq == last.seq => format!("offset {}", c.point.offset),
+        _ => "its start".to_string(),
+    };
+    tracing::warn!(
+        "{}: dropping {} bytes of invalid records at offset {} that look like a torn \
+         write (a sector inside never written). They lie past the last recorded sync \
+         point ({since}): either the write a crash interrupted, never acknowledged, or \
+         records synced after that point and damaged since",
+        last.path.display(),
+        scanned.dropped,
+        scanned.end
+    );
+}
+
+/// The newest segment and where writing resumes in it; a new dir gets one.
+fn reopen_newest(
+    dir: &Path,
+    segments: &mut VecDeque<Segment>,
+    resume: Option<Resume>,
+    segment_bytes: u64,
+) -> Result<Newest, StorageError> {
+    match (segments.back(), resume) {
+        (Some(last), Some(r)) => {
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&last.path)
+                .map_err(io_err(&last.path))?;
+            if r.scanned.dropped > 0 {
+                // What a torn write left: never acknowledged, and it must not
+                // surface behind the records written next.
+                zero_from(&file, r.scanned.end as u64, r.size).map_err(io_err(&last.path))?;
+            } else {
+                // What was read may be a killed process's unsynced write still
+                // in the page cache: synced before a checkpoint claims it.
+                file.sync_data().map_err(io_err(&last.path))?;
+            }
+            Ok(Newest {
+                file,
+                file_bytes: r.size,
+                offset: r.scanned.end as u64,
+                tail: r.tail,
+            })
+        }
+        _ => {
+            let (file, seg) = create_segment(dir, 1, segment_bytes)?;
+            segments.push_back(seg);
+            Ok(Newest {
+                file,
+                file_bytes: segment_bytes,
+                offset: HEADER_BYTES as u64,
+                tail: header(1, segment_bytes).to_vec(),
+            })
+        }
+    }
 }
 
 /// The segments in `dir` by sequence number; leftover temp files are removed.

@@ -1,0 +1,183 @@
+//! The node's background duties: while leader, a GC entry when some session is
+//! idle past the timeout and the replicated limits kept equal to this node's
+//! config; on every node, the in-memory log kept within its byte budget
+//! (snapshot, then purge). It may not serve clients' requests.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use openraft::async_runtime::WatchReceiver;
+use openraft::errors::Fatal;
+
+use super::Node;
+use crate::config::Config;
+use crate::raft::TypeConfig;
+use crate::raft::log_store::SharedMirror;
+use crate::state::{Command, Op};
+
+/// How often the log's byte budget is checked, in heartbeats.
+const LOG_BUDGET_PERIOD_HEARTBEATS: u64 = 2;
+
+/// How long a snapshot build asked for may take before, the snapshot not having
+/// moved, it is asked for again (the build may have failed). Asking at every
+/// check would ask again while a build of a large state still runs.
+const SNAPSHOT_BUILD_WAIT: Duration = Duration::from_secs(10);
+
+impl Node {
+    /// Keeps the in-memory log within its byte budget: builds a snapshot once the
+    /// applied entries after the last one pass `snapshot_every_bytes`, and purges
+    /// entries behind the snapshot beyond `log_kept_behind_snapshot_bytes`
+    /// (openraft's own policy counts entries only).
+    pub(super) fn spawn_log_budget(self: Arc<Self>, mirror: SharedMirror) {
+        let weak = Arc::downgrade(&self);
+        let period =
+            Duration::from_millis(self.config.heartbeat_interval_ms * LOG_BUDGET_PERIOD_HEARTBEATS);
+        drop(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut budget = LogBudget {
+                mirror,
+                asked: None,
+                purge_asked: 0,
+            };
+            loop {
+                tick.tick().await;
+                let Some(node) = weak.upgrade() else { return };
+                node.snapshots_in.sweep().await;
+                if budget.check(&node).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+
+    /// While leader: append a GC entry when some session is idle past the timeout,
+    /// and make the replicated limits match this node's config.
+    pub(super) fn spawn_leader_duties(self: Arc<Self>) {
+        let weak = Arc::downgrade(&self);
+        let period = Duration::from_millis(self.config.gc_interval_ms);
+        drop(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(period);
+            loop {
+                tick.tick().await;
+                let Some(node) = weak.upgrade() else { return };
+                if node.leader() == Some(node.id) {
+                    node.leader_tick().await;
+                }
+            }
+        });
+    }
+
+    async fn leader_tick(&self) {
+        let (limits, oldest) = {
+            let a = self.sm.read();
+            (a.state.limits, a.state.sessions.oldest_last_seen_ms())
+        };
+        let deadline = Instant::now() + self.config.request_timeout();
+        if limits != self.config.limits {
+            let _ = self
+                .propose_local(Op::SetLimits(self.config.limits), deadline)
+                .await;
+        }
+        let ts = self.next_ts_ms();
+        let cutoff_ms = ts.saturating_sub(self.config.session_timeout_ms);
+        if oldest.is_some_and(|o| o < cutoff_ms) {
+            let cmd = Command::new(ts, Op::Gc { cutoff_ms });
+            if let Err(e) =
+                tokio::time::timeout(self.config.request_timeout(), self.raft.client_write(cmd))
+                    .await
+            {
+                tracing::debug!("gc entry not committed in time: {e}");
+            }
+        }
+    }
+}
+
+/// What the log budget task remembers between checks.
+struct LogBudget {
+    /// The log's in-memory copy, with each entry's size.
+    mirror: SharedMirror,
+    /// The snapshot a build was last asked after, and when.
+    asked: Option<(Option<u64>, Instant)>,
+    /// The index a purge was last asked up to.
+    purge_asked: u64,
+}
+
+impl LogBudget {
+    /// One check: asks for a snapshot once the applied entries after the last
+    /// one pass `snapshot_every_bytes` (again only if a build asked for is
+    /// overdue), and for a purge once the entries kept behind the snapshot pass
+    /// `log_kept_behind_snapshot_bytes`. Err once Raft has stopped.
+    async fn check(&mut self, node: &Node) -> Result<(), Fatal<TypeConfig>> {
+        let (snapshot, applied) = {
+            let m = node.raft.metrics();
+            let m = m.borrow_watched();
+            (m.snapshot.map(|l| l.index), m.last_applied.map(|l| l.index))
+        };
+        let c = &node.config;
+        let (after, purge_to) = {
+            let m = crate::raft::log_store::lock(&self.mirror);
+            let after = match (snapshot, applied) {
+                (_, None) => 0,
+                (None, Some(a)) => m.bytes_in(..=a),
+                (Some(s), Some(a)) => m.bytes_in(s + 1..=a),
+            };
+            (after, snapshot.and_then(|s| purge_point(&m, s, c)))
+        };
+        let building = self
+            .asked
+            .is_some_and(|(s, at)| s == snapshot && at.elapsed() < SNAPSHOT_BUILD_WAIT);
+        if after > c.snapshot_every_bytes && !building {
+            self.asked = Some((snapshot, Instant::now()));
+            tracing::info!("{after} bytes of entries since the last snapshot: building one");
+            node.raft.trigger().snapshot().await?;
+        }
+        if let Some(p) = purge_to.filter(|p| *p > self.purge_asked) {
+            self.purge_asked = p;
+            node.raft.trigger().purge_log(p).await?;
+        }
+        Ok(())
+    }
+}
+
+/// The index to purge up to so that the entries kept behind snapshot `snapshot`
+/// hold at most `log_kept_behind_snapshot_bytes`; `None` if they already do.
+fn purge_point(m: &crate::raft::log_store::LogMirror, snapshot: u64, c: &Config) -> Option<u64> {
+    let mut kept = 0;
+    for (&index, (_, bytes)) in m.log.range(..=snapshot).rev() {
+        kept += bytes;
+        if kept > c.log_kept_behind_snapshot_bytes {
+            return Some(index);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_log_kept_behind_a_snapshot_is_bounded_in_bytes() {
+        use crate::raft::log_store::LogMirror;
+        let mut m = LogMirror::default();
+        for i in 1..=10 {
+            m.insert(
+                crate::raft::Entry {
+                    log_id: openraft::testing::log_id::<TypeConfig>(1, 1, i),
+                    payload: openraft::EntryPayload::Blank,
+                },
+                100,
+            );
+        }
+        let c = Config {
+            log_kept_behind_snapshot_bytes: 250,
+            ..Config::default()
+        };
+        // Snapshot at 8: entries 7 and 8 (200 bytes) may stay, 6 and before go.
+        assert_eq!(purge_point(&m, 8, &c), Some(6));
+        assert_eq!(purge_point(&m, 2, &c), None);
+    }
+}

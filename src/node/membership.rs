@@ -1,0 +1,312 @@
+//! Changing the membership (leader only): adding a member as a learner, waiting
+//! for it to catch up, making it a voter; removing a member. Each failure is
+//! definite only when openraft refused the step before appending anything. It
+//! may not serve clients' requests.
+
+use std::time::{Duration, Instant};
+
+use openraft::async_runtime::WatchReceiver;
+use openraft::errors::{ClientWriteError, RaftError};
+
+use super::Node;
+use crate::protocol::ErrorCode;
+use crate::raft::{Peer, TypeConfig};
+
+/// openraft's `blocking` for `add_learner`: return once the learner is in the
+/// membership. [`Node::add_member`] then waits for it to catch up itself, within
+/// its own deadline, and can undo the step if it does not.
+const ADD_LEARNER_BLOCKING: bool = false;
+
+/// openraft's `retain` for `change_membership`: a voter removed by a change
+/// leaves the membership rather than staying on as a learner.
+const RETAIN_REMOVED: bool = false;
+
+/// How far a new member got when it did not catch up in time.
+struct NotCaughtUp {
+    /// The last index the leader has confirmed replicated to it (none: null).
+    matched: Option<u64>,
+    /// Whether this node still leads (it knows the replication state only then).
+    leading: bool,
+}
+
+impl NotCaughtUp {
+    /// How far it got of `target`, for an error text.
+    fn describe(&self, target: Option<u64>) -> String {
+        let index = |i: Option<u64>| i.map_or("nothing".to_string(), |i| format!("index {i}"));
+        format!(
+            "replicated to it: {} of {}{}",
+            index(self.matched),
+            index(target),
+            if self.leading {
+                ""
+            } else {
+                "; this node lost the lead"
+            }
+        )
+    }
+}
+
+/// A failed membership step: its error code (definite only if nothing changed)
+/// and text.
+type StepError = (ErrorCode, String);
+
+/// A member as the current membership holds it.
+struct Member {
+    /// Its name and address.
+    peer: Peer,
+    /// Whether it votes (else it is a learner).
+    voter: bool,
+}
+
+impl Node {
+    /// Member `id` in the current membership, if it is one.
+    fn member(&self, id: u64) -> Option<Member> {
+        self.membership_nodes()
+            .into_iter()
+            .find(|(i, _, _)| *i == id)
+            .map(|(_, peer, voter)| Member { peer, voter })
+    }
+
+    /// The current membership: every node with its address and whether it votes.
+    pub fn membership_nodes(&self) -> Vec<(u64, Peer, bool)> {
+        let m = self.raft.metrics();
+        let m = m.borrow_watched();
+        let membership = m.membership_config.membership();
+        let voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
+        membership
+            .nodes()
+            .map(|(id, p)| (*id, p.clone(), voters.contains(id)))
+            .collect()
+    }
+
+    /// Adds member `id` at `peer` (leader only): as a learner, then, once its log
+    /// has reached the leader's last index at the time it was added, as a voter.
+    /// If it has not caught up within `catch_up` (not running, say), it is removed
+    /// as a learner again and the answer is a definite error: the voter change
+    /// was never proposed and the membership is as before. Each membership step
+    /// may take `step`. Ok carries a note when there was nothing to do.
+    pub async fn add_member(
+        &self,
+        id: u64,
+        peer: Peer,
+        catch_up: Duration,
+        step: Duration,
+    ) -> Result<Option<String>, StepError> {
+        match self.member(id) {
+            Some(Member {
+                peer: old,
+                voter: true,
+            }) if old == peer => {
+                return Ok(Some(format!("{peer} is a voter already")));
+            }
+            Some(Member {
+                peer: old,
+                voter: true,
+            }) => {
+                return Err((
+                    ErrorCode::MalformedRequest,
+                    format!("node id {id} is a voter already, as {old}; nothing was changed"),
+                ));
+            }
+            Some(Member {
+                peer: old,
+                voter: false,
+            }) if old != peer => {
+                return Err((
+                    ErrorCode::MalformedRequest,
+                    format!(
+                        "node id {id} is a learner already, as {old}; remove-node {} first",
+                        old.name
+                    ),
+                ));
+            }
+            // A learner left by an earlier attempt: wait for it as below.
+            Some(_) => {}
+            None => self.add_learner(id, &peer, step).await?,
+        }
+        let target = self.raft.metrics().borrow_watched().last_log_index;
+        if let Err(behind) = self.wait_caught_up(id, target, catch_up).await {
+            let why = format!(
+                "{peer} did not catch up within {catch_up:?} ({})",
+                behind.describe(target)
+            );
+            return Err(self.undo_learner(id, &peer, &why, step).await);
+        }
+        self.promote(id, &peer, step).await.map(|()| None)
+    }
+
+    /// The first step of adding a member: `id` at `peer` as a learner, within `step`.
+    async fn add_learner(&self, id: u64, peer: &Peer, step: Duration) -> Result<(), StepError> {
+        let added = tokio::time::timeout(
+            step,
+            self.raft
+                .add_learner(id, peer.clone(), ADD_LEARNER_BLOCKING),
+        )
+        .await;
+        match added {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(refused_or_unknown("adding it as a learner", e)),
+            Err(_) => Err((
+                ErrorCode::Timeout,
+                format!(
+                    "adding {peer} as a learner not done within {step:?}; it may still \
+                     become a learner (not a voter)"
+                ),
+            )),
+        }
+    }
+
+    /// After a learner did not catch up (`why`): removes it again, within `step`,
+    /// so the membership is as before. The error to answer: definite only if the
+    /// removal is known to be done.
+    async fn undo_learner(&self, id: u64, peer: &Peer, why: &str, step: Duration) -> StepError {
+        let ids = std::collections::BTreeSet::from([id]);
+        let removed = tokio::time::timeout(
+            step,
+            self.raft
+                .change_membership(openraft::ChangeMembers::RemoveNodes(ids), RETAIN_REMOVED),
+        )
+        .await;
+        match removed {
+            Ok(Ok(_)) => (
+                ErrorCode::TemporarilyUnavailable,
+                format!(
+                    "{why}: not made a voter, and removed as a learner again, so the \
+                     membership is unchanged. Start it first (`oncekv serve --join`) and retry"
+                ),
+            ),
+            Ok(Err(e)) => (
+                ErrorCode::Crash,
+                format!(
+                    "{why}: not made a voter, but removing it as a learner failed ({e}); \
+                     it may remain a learner: remove-node {}",
+                    peer.name
+                ),
+            ),
+            Err(_) => (
+                ErrorCode::Timeout,
+                format!(
+                    "{why}: not made a voter; removing it as a learner not done within \
+                     {step:?}; it may remain a learner: remove-node {}",
+                    peer.name
+                ),
+            ),
+        }
+    }
+
+    /// The last step of adding a member: the caught-up learner `id` made a
+    /// voter, within `step`.
+    async fn promote(&self, id: u64, peer: &Peer, step: Duration) -> Result<(), StepError> {
+        let voters = std::collections::BTreeSet::from([id]);
+        let promoted = tokio::time::timeout(
+            step,
+            self.raft
+                .change_membership(openraft::ChangeMembers::AddVoterIds(voters), RETAIN_REMOVED),
+        )
+        .await;
+        match promoted {
+            Ok(Ok(_)) => Ok(()),
+            // A voter change takes two entries (joint, then final): an error may
+            // come after the first was appended.
+            Ok(Err(e)) => Err((
+                ErrorCode::Crash,
+                format!("making {peer} a voter failed ({e}); it may still take effect"),
+            )),
+            Err(_) => Err((
+                ErrorCode::Timeout,
+                format!("making {peer} a voter not done within {step:?}; it may still take effect"),
+            )),
+        }
+    }
+
+    /// Waits until the leader has replicated to `id` up to `target`, for at most
+    /// `within`.
+    async fn wait_caught_up(
+        &self,
+        id: u64,
+        target: Option<u64>,
+        within: Duration,
+    ) -> Result<(), NotCaughtUp> {
+        let deadline = Instant::now() + within;
+        let mut rx = self.raft.metrics();
+        loop {
+            let matched = {
+                let m = rx.borrow_watched();
+                match &m.replication {
+                    None => {
+                        return Err(NotCaughtUp {
+                            matched: None,
+                            leading: false,
+                        });
+                    }
+                    Some(r) => r.get(&id).cloned().flatten().map(|l| l.index()),
+                }
+            };
+            if matched >= target {
+                return Ok(());
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(NotCaughtUp {
+                    matched,
+                    leading: true,
+                });
+            }
+            let _ = tokio::time::timeout(deadline - now, rx.changed()).await;
+        }
+    }
+
+    /// Removes member `id` (leader only): a voter from the voters and the
+    /// membership, a learner from the membership. Ok carries a note when there
+    /// was nothing to do.
+    pub async fn remove_member(&self, id: u64) -> Result<Option<String>, StepError> {
+        let ids = std::collections::BTreeSet::from([id]);
+        let change = match self.member(id) {
+            None => return Ok(Some(format!("node id {id} is not a member"))),
+            Some(Member { voter: true, .. }) => openraft::ChangeMembers::RemoveVoters(ids),
+            Some(Member { voter: false, .. }) => openraft::ChangeMembers::RemoveNodes(ids),
+        };
+        match self.raft.change_membership(change, RETAIN_REMOVED).await {
+            Ok(_) => Ok(None),
+            // openraft checks the change before proposing it (an empty voter set,
+            // a change already in progress): nothing reached the log.
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => Err((
+                ErrorCode::MalformedRequest,
+                format!("removing it was refused ({e}); nothing was changed"),
+            )),
+            Err(e) => Err((
+                ErrorCode::Crash,
+                format!("removing it failed ({e}); it may still take effect"),
+            )),
+        }
+    }
+}
+
+/// The start of the text of error 11 when a membership request reached a node
+/// that does not lead (the CLI retries those at the leader; other refusals are final).
+pub const MEMBERSHIP_NOT_LEADER: &str = "not the leader";
+
+/// A membership step that failed: definite if openraft refused it before
+/// appending anything (not the leader, another change in progress), else not.
+fn refused_or_unknown(
+    what: &str,
+    e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>,
+) -> StepError {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => (
+            ErrorCode::TemporarilyUnavailable,
+            format!(
+                "{MEMBERSHIP_NOT_LEADER} (leader {:?}) for {what}; nothing was changed",
+                f.leader_id
+            ),
+        ),
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => (
+            ErrorCode::TemporarilyUnavailable,
+            format!("{what}: refused ({e}); nothing was changed"),
+        ),
+        e => (
+            ErrorCode::Crash,
+            format!("{what}: {e}; it may still take effect"),
+        ),
+    }
+}

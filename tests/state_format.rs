@@ -1,0 +1,229 @@
+//! The state machine's durable encodings, pinned byte for byte.
+//!
+//! A log entry's command and a snapshot outlive the process that wrote them, so
+//! renaming a stored type (here or in the wire format) must not silently change
+//! them. These tests compare both encodings with golden files in
+//! `tests/fixtures/`; a deliberate change bumps the format version in
+//! `src/state/format.rs` and rewrites the files with `ONCEKV_BLESS=1 cargo test
+//! --test state_format`. Data written before versions existed (no `v`, no
+//! `format`) is read as version 1; an unknown version is refused, named.
+
+use std::path::PathBuf;
+
+use oncekv::state::format::{ENTRY_FORMAT, SNAPSHOT_FORMAT};
+use oncekv::state::{Command, KvOp, Op, SessionLimits, SessionRef, State};
+use serde_json::json;
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+/// Compares `actual` with the golden file, or rewrites it under `ONCEKV_BLESS=1`.
+fn golden(name: &str, actual: &str) {
+    let path = fixture(name);
+    if std::env::var_os("ONCEKV_BLESS").is_some() {
+        std::fs::write(&path, actual).expect("write golden file");
+        return;
+    }
+    let expected = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (create it with ONCEKV_BLESS=1)", path.display()));
+    assert!(
+        expected == actual,
+        "{name} changed: a stored encoding differs from the golden file.\n\
+         If the change is deliberate, bump the format version in src/state/format.rs, keep \
+         reading the old one, and rewrite the file with ONCEKV_BLESS=1.\n\
+         expected:\n{expected}\nactual:\n{actual}"
+    );
+}
+
+fn key(k: &str) -> String {
+    json!(k).to_string()
+}
+
+fn session(client: &str, seq: u64, first_outstanding: Option<u64>) -> Option<SessionRef> {
+    Some(SessionRef {
+        client_id: client.into(),
+        seq,
+        first_outstanding,
+    })
+}
+
+/// One command of every kind the log carries, each field used at least once,
+/// making every kind of outcome and every kind of removal (eviction of alice,
+/// close of s9, expiry of s8) so the snapshot holds each.
+fn every_command() -> Vec<Command> {
+    let ops = vec![
+        Op::SetLimits(SessionLimits {
+            sessions_max: 4,
+            replies_per_session_max: 2,
+            tombstones_max: 3,
+        }),
+        Op::Kv {
+            kv: KvOp::Write {
+                key: key("w"),
+                value: json!({"nested": [1, "two", null, 3.5, true]}),
+            },
+            session: None,
+        },
+        Op::Kv {
+            kv: KvOp::Add {
+                key: key("counter"),
+                delta: -7,
+            },
+            session: session("alice", 1, None),
+        },
+        Op::Kv {
+            kv: KvOp::Cas {
+                key: key("w"),
+                from: json!(1),
+                to: json!(2),
+                create: false,
+            },
+            session: session("alice", 2, None),
+        },
+        Op::Kv {
+            kv: KvOp::Cas {
+                key: key("fresh"),
+                from: json!(0),
+                to: json!("made"),
+                create: true,
+            },
+            session: session("bob", 5, Some(5)),
+        },
+        Op::Kv {
+            kv: KvOp::Add {
+                key: key("counter"),
+                delta: 10,
+            },
+            session: session("bob", 6, Some(5)),
+        },
+        Op::Kv {
+            kv: KvOp::Cas {
+                key: key("missing"),
+                from: json!(1),
+                to: json!(2),
+                create: false,
+            },
+            session: session("bob", 7, Some(5)),
+        },
+        Op::OpenSession,
+        Op::OpenSession,
+        Op::Kv {
+            kv: KvOp::Write {
+                key: key("w"),
+                value: json!(1),
+            },
+            session: session("carol", 1, None),
+        },
+        Op::CloseSession {
+            client_id: "s9".into(),
+        },
+        Op::Kv {
+            kv: KvOp::Add {
+                key: key("counter"),
+                delta: 1,
+            },
+            session: session("bob", 4, Some(5)),
+        },
+        Op::Gc { cutoff_ms: 9_500 },
+        Op::Kv {
+            kv: KvOp::Add {
+                key: key("counter"),
+                delta: 1,
+            },
+            session: session("alice", 3, None),
+        },
+    ];
+    ops.into_iter()
+        .enumerate()
+        .map(|(i, op)| Command::new(1_000 * (i as u64 + 1), op))
+        .collect()
+}
+
+/// The state after applying [`every_command`], and each command's outcome.
+fn applied() -> (State, Vec<String>) {
+    let mut state = State::new(SessionLimits::default());
+    let outcomes = every_command()
+        .iter()
+        .enumerate()
+        .map(|(i, cmd)| {
+            let outcome = state.apply(i as u64 + 1, cmd);
+            serde_json::to_string(&outcome).expect("outcome serializes")
+        })
+        .collect();
+    (state, outcomes)
+}
+
+#[test]
+fn log_entry_encoding_is_pinned() {
+    let lines: Vec<String> = every_command()
+        .iter()
+        .map(|c| serde_json::to_string(c).expect("command serializes"))
+        .collect();
+    golden("entry.v1.jsonl", &(lines.join("\n") + "\n"));
+    for line in &lines {
+        let back: Command = serde_json::from_str(line).expect("decodes");
+        assert_eq!(serde_json::to_string(&back).unwrap(), *line);
+        assert_eq!(back.format, ENTRY_FORMAT);
+    }
+}
+
+#[test]
+fn snapshot_encoding_and_cached_outcomes_are_pinned() {
+    let (state, outcomes) = applied();
+    golden("outcomes.v1.jsonl", &(outcomes.join("\n") + "\n"));
+    let bytes = state.to_snapshot();
+    let text = String::from_utf8(bytes.clone()).expect("snapshot is UTF-8");
+    golden("snapshot.v1.json", &(text + "\n"));
+    let restored = State::from_snapshot(&bytes).expect("restores");
+    assert_eq!(restored, state);
+    assert_eq!(restored.to_snapshot(), bytes);
+    let head = format!("{{\"format\":{SNAPSHOT_FORMAT},\"state\":");
+    assert!(bytes.starts_with(head.as_bytes()));
+}
+
+/// What the build before format versions wrote: the bare state, and commands
+/// without `v`. Both are read, as version 1.
+#[test]
+fn data_written_before_format_versions_is_read_as_version_1() {
+    let legacy_snapshot =
+        std::fs::read(fixture("snapshot.unversioned.json")).expect("legacy snapshot fixture");
+    let restored = State::from_snapshot(&legacy_snapshot).expect("legacy snapshot restores");
+    let (state, _) = applied();
+    assert_eq!(restored, state);
+
+    let legacy_entries =
+        std::fs::read_to_string(fixture("entry.unversioned.jsonl")).expect("legacy entries");
+    let commands: Vec<Command> = legacy_entries
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("legacy entry decodes"))
+        .collect();
+    assert_eq!(commands, every_command());
+}
+
+#[test]
+fn an_unknown_format_version_is_refused_by_name() {
+    let (state, _) = applied();
+    let bytes = state.to_snapshot();
+    let head = format!("{{\"format\":{SNAPSHOT_FORMAT},");
+    let future = [b"{\"format\":2,".as_slice(), &bytes[head.len()..]].concat();
+    let err = State::from_snapshot(&future).expect_err("version 2 is refused");
+    let text = err.to_string();
+    assert!(
+        text.contains("snapshot format version 2 is not supported")
+            && text.contains("reads version 1"),
+        "{text}"
+    );
+    let garbled = b"{\"format\":x,\"state\":{}}";
+    assert!(State::from_snapshot(garbled).is_err());
+
+    let entry = r#"{"v":7,"ts_ms":1,"op":{"op":"open_session"}}"#;
+    let err = serde_json::from_str::<Command>(entry).expect_err("version 7 is refused");
+    assert!(
+        err.to_string()
+            .contains("log entry format version 7 is not supported"),
+        "{err}"
+    );
+}
