@@ -356,7 +356,11 @@ impl Driver {
                     if let Some(text) = hooks.misaddressed(self, &msg) {
                         self.flush_batch().await;
                         self.refuse_misaddressed(msg, text).await;
-                    } else if self.batchable(&msg) {
+                    } else if (!self.batch.is_empty() || source.line_ready())
+                        && self.batchable(&msg)
+                    {
+                        // (A proposal with nothing behind it and no batch to
+                        // join is served alone at once, below.)
                         self.add_to_batch(msg, line.len()).await;
                     } else {
                         self.flush_batch().await;
