@@ -119,6 +119,18 @@ pub const ENTRY_WRAP_BYTES: usize = 1 << 10;
 /// What a `forward` line adds around a forwarded op, with room to spare.
 pub const FORWARD_WRAP_BYTES: usize = 4 << 10;
 
+/// Most proposals handed to Raft as one batch (`client_write_many`): requests read
+/// back to back while this node leads go to openraft's core as one message,
+/// with one task awaiting their results, instead of one message, task and timer
+/// each; that doubled single-node throughput (docs/benchmarks.md). The bound
+/// keeps one batch (one append, one burst of replication, replies held until
+/// its entries apply) short beside a request's deadline, next to
+/// [`Config::batch_bytes_max`]. A batch holds one in-flight place per proposal,
+/// so the driver never makes one larger than a place bound
+/// ([`Config::requests_in_flight_max`], TCP's `requests_per_connection_max`):
+/// asking for more places than exist would wait for ever.
+pub const BATCH_MAX: usize = 256;
+
 /// The longest timeout or interval accepted (one hour), in ms.
 pub const DURATION_MS_MAX: u64 = 3_600_000;
 

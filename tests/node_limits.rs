@@ -2,7 +2,8 @@
 //! line over `request_bytes_max` is refused with error 12 without being held in
 //! memory, requests serde_json cannot take whole get error 12 with their
 //! msg_id, a message for another node is refused, and the cluster keeps
-//! committing; a request just under the limit is written and read back.
+//! committing; a request just under the limit is written and read back; a
+//! batch of proposals is never larger than the in-flight bound.
 
 mod support;
 
@@ -178,5 +179,62 @@ fn a_huge_client_line_is_not_held_in_memory() {
         "{before} -> {after} KiB"
     );
     drop(stdin);
+    let _ = child.wait();
+}
+
+/// Proposals that arrive back to back go to Raft as one batch, which holds one
+/// in-flight place per proposal: with fewer places than a batch's length
+/// (`ONCEKV_REQUESTS_IN_FLIGHT_MAX=2`) the batch is cut to fit, and every write
+/// is answered (a batch asking for more places than exist waited for ever).
+#[test]
+fn a_batch_never_asks_for_more_places_than_exist() {
+    let writes = 40;
+    let mut input = String::from(
+        r#"{"src":"c0","dest":"n1","body":{"type":"init","msg_id":1,"node_id":"n1","node_ids":["n1"]}}"#,
+    );
+    input.push('\n');
+    for i in 0..writes {
+        let body = json!({"type":"write","key":i % 3,"value":i,"msg_id":i + 2});
+        input.push_str(&json!({"src":"c1","dest":"n1","body":body}).to_string());
+        input.push('\n');
+    }
+    let mut child = Command::new(support::bin())
+        .env("ONCEKV_REQUESTS_IN_FLIGHT_MAX", "2")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(input.as_bytes()).expect("write");
+    drop(stdin);
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            let _ = tx.send(serde_json::from_str::<Value>(&line).expect("json")["body"].clone());
+        }
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut answered = Vec::new();
+    while answered.len() < writes + 1 {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(body) => answered.push(body),
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "{} of {} answered: {answered:?}",
+                    answered.len(),
+                    writes + 1
+                );
+            }
+        }
+    }
+    for (i, body) in answered.iter().enumerate().skip(1) {
+        assert_eq!(body["type"], "write_ok", "{body}");
+        assert_eq!(body["in_reply_to"], json!(i + 1), "in order: {body}");
+    }
     let _ = child.wait();
 }

@@ -3,7 +3,7 @@
 //! unclassified until its first line, then counted as a client or a peer, each
 //! with its own budget), a silent connection is closed after the first-line
 //! deadline, an idle one after the idle timeout, and never one with a request in
-//! flight.
+//! flight. Requests pipelined on one connection are answered in order.
 
 mod support_tcp;
 
@@ -460,4 +460,49 @@ async fn client_requests_in_flight_are_bounded_on_the_whole_node() {
     }
     answered.sort_by_key(|v| v.as_u64());
     assert_eq!(answered, vec![json!(1), json!(2)]);
+}
+
+/// Requests sent back to back on one connection (more than one batch of
+/// proposals) are all answered, in the order sent, and a read among them sees
+/// the write before it: the connection driver batches proposals on TCP as on
+/// stdin without reordering anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_requests_are_batched_and_answered_in_order() {
+    let cluster = TestCluster::start("conn-pipelined", 1, &[]);
+    let leader = cluster.wait_leader(Duration::from_secs(20)).await;
+    let mut conn = BufReader::new(
+        TcpStream::connect(&cluster.nodes[leader].addr)
+            .await
+            .expect("connect"),
+    );
+    let requests = 600u64;
+    let mut lines = String::new();
+    for i in 1..=requests {
+        let body = if i % 50 == 0 {
+            json!({"type": "read", "key": (i - 1) % 5, "msg_id": i})
+        } else {
+            json!({"type": "write", "key": i % 5, "value": i, "msg_id": i})
+        };
+        lines += &json!({"src": "c9", "dest": "n1", "body": body}).to_string();
+        lines.push('\n');
+    }
+    conn.get_mut()
+        .write_all(lines.as_bytes())
+        .await
+        .expect("write");
+    for i in 1..=requests {
+        let b = next_body(&mut conn, Duration::from_secs(30))
+            .await
+            .expect("an answer");
+        assert_eq!(b["in_reply_to"], json!(i), "in order: {b}");
+        if i % 50 == 0 {
+            assert_eq!(
+                b["value"],
+                json!(i - 1),
+                "the read sees the write before it: {b}"
+            );
+        } else {
+            assert_eq!(b["type"], "write_ok", "{b}");
+        }
+    }
 }

@@ -25,6 +25,9 @@ pub use peer::error_body;
 pub use serve::{BatchStarted, Started, check_entry_bytes, command_bytes};
 pub use status::{NodeStatus, Role};
 
+pub mod driver;
+mod sequencer;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -1,5 +1,6 @@
 //! The openraft adapter: type config, stores and network. Thin by design: the
-//! state machine logic lives in [`crate::state`], the transport in [`crate::maelstrom`].
+//! state machine logic lives in [`crate::state`], the transports in [`crate::maelstrom`]
+//! and [`crate::tcp`] (both register their calls in one [`pending::PendingCalls`] table).
 //!
 //! | openraft's contract | our implementation |
 //! |---|---|
@@ -10,6 +11,7 @@
 
 pub mod log_store;
 pub mod network;
+pub mod pending;
 pub mod sm_store;
 pub mod snapshot_transfer;
 

@@ -2,6 +2,10 @@
 //! (`raft_append`, `raft_vote`, `raft_pre_vote`, `raft_snapshot`) holding openraft's
 //! message as JSON, answered by one reply body. Maelstrom mode carries these as
 //! node-to-node messages on stdout/stdin; TCP mode on peer connections.
+//!
+//! Owns: the RPC vocabulary ([`Transport`], [`CallError`] and its delivery rule,
+//! [`RpcRequest`], reply bodies) and openraft's network traits over it. May not
+//! touch: how bytes travel (the transports') or the node's serving logic.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -259,11 +263,12 @@ fn rpc_error(e: CallError) -> RPCError<TypeConfig> {
 /// the next entries to carry it instead (see [`PeerClient::stream_append`]).
 pub const COMMIT_UPDATE_HOLD: Duration = Duration::from_millis(2);
 
-/// The state of one [`PeerClient::stream_append`] session: openraft's sequential
-/// stream (one request in flight, responses in order), except that a bare
-/// commit update is held back for up to [`COMMIT_UPDATE_HOLD`].
-struct Session<S> {
-    /// openraft's requests; `None` once exhausted or once a response ended the session.
+/// One [`PeerClient::stream_append`] call's stream of appends to a follower:
+/// openraft's sequential stream (one request in flight, responses in order),
+/// except that a bare commit update is held back for up to [`COMMIT_UPDATE_HOLD`].
+/// (Not a client session: those live in [`crate::state`].)
+struct AppendStream<S> {
+    /// openraft's requests; `None` once exhausted or once a response ended the stream.
     input: Option<S>,
     /// A bare commit update not sent yet, and since when it waits.
     held: Option<(AppendEntriesRequest<TypeConfig>, tokio::time::Instant)>,
@@ -282,7 +287,7 @@ struct Session<S> {
     option: RPCOption,
 }
 
-impl<S> Session<S>
+impl<S> AppendStream<S>
 where
     S: futures::Stream<Item = AppendEntriesRequest<TypeConfig>> + Send + Unpin + 'static,
 {
@@ -347,7 +352,7 @@ where
         }
     }
 
-    /// Sends the next request and yields its outcome; `None` when the session is over.
+    /// Sends the next request and yields its outcome; `None` when the stream is over.
     async fn next(
         &mut self,
     ) -> Option<Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>> {
@@ -421,7 +426,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
             + Unpin
             + 'static,
     {
-        let session = Session {
+        let appends = AppendStream {
             input: Some(input),
             held: None,
             timer: Box::pin(tokio::time::sleep_until(tokio::time::Instant::now())),
@@ -433,9 +438,9 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
             },
             option,
         };
-        let stream = futures::stream::unfold(session, |mut session| async move {
-            let item = session.next().await?;
-            Some((item, session))
+        let stream = futures::stream::unfold(appends, |mut appends| async move {
+            let item = appends.next().await?;
+            Some((item, appends))
         });
         Box::pin(async move {
             let stream: openraft::base::BoxStream<'s, _> = Box::pin(stream);

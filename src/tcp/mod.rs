@@ -4,9 +4,12 @@
 //! Layout (one noun per file, after tokio-rs/mini-redis):
 //! - [`connection`]: framing: newline-delimited JSON envelopes with a maximum line length.
 //! - [`server`]: `server::run(listener, node, config, shutdown)`: the accept loop,
-//!   connection budgets (clients, peers, not yet classified), graceful shutdown.
-//! - [`handler`]: one accepted connection: client requests, peer RPCs, `status`,
-//!   membership requests; replies through a bounded queue to the connection's writer.
+//!   graceful shutdown.
+//! - [`budgets`]: connection budgets (clients, peers, not yet classified).
+//! - [`handler`]: one accepted connection, served by the node's connection driver
+//!   ([`crate::node::driver`]) with what is TCP's: first-line and idle timeouts,
+//!   classification into a budget, hellos and the cluster key, `status`,
+//!   membership requests, which peer RPCs a connection may send.
 //! - [`peers`]: [`peers::TcpTransport`], the node's way to reach peers: one connection
 //!   per peer address, reconnect with back-off, a deadline on every call.
 //! - [`client`]: [`Client`], the retrying exactly-once client (library type).
@@ -16,6 +19,7 @@
 //!
 //! `docs/cluster.md` is the user's guide.
 
+pub mod budgets;
 pub mod client;
 pub mod connection;
 pub mod handler;

@@ -11,6 +11,11 @@
 //! Reconnection: a failed connect starts a back-off (doubling from
 //! [`TcpConfig::reconnect_backoff_min`] to `..._max`) during which calls fail fast
 //! as `Unreachable`, so openraft's own retry loop paces the attempts.
+//!
+//! Owns: outgoing peer connections, our `peer_hello`, the links' queues and
+//! back-off. Calls awaiting replies live in the shared
+//! [`PendingCalls`](crate::raft::pending::PendingCalls) table. May not touch:
+//! the served side of connections ([`super::handler`]) or the node.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,11 +35,10 @@ use super::connection::{Line, LineReader, write_line};
 use crate::protocol::Skeleton;
 use crate::raft::Peer;
 use crate::raft::network::{Body, CallError, RpcRequest, Transport};
+use crate::raft::pending::{PendingCalls, ReplyTx};
 
-/// The outcome a caller waits for.
-type ReplyTx = oneshot::Sender<Result<Body, CallError>>;
 /// Calls written on a connection and awaiting their reply, by `msg_id`.
-type Pending = Arc<Mutex<HashMap<u64, ReplyTx>>>;
+type Pending = Arc<PendingCalls>;
 
 /// [`Transport`] over TCP connections to the peers' addresses.
 pub struct TcpTransport {
@@ -156,8 +160,6 @@ struct Conn {
     pending: Pending,
     /// Routes replies; finished when the connection is gone.
     reader: JoinHandle<()>,
-    /// Inserts since the last sweep of abandoned calls.
-    inserts: u32,
 }
 
 impl Drop for Conn {
@@ -271,12 +273,7 @@ impl Link {
                 }
                 let pending = Pending::default();
                 let reader = tokio::spawn(read_replies(lines, pending.clone()));
-                self.conn = Some(Conn {
-                    w,
-                    pending,
-                    reader,
-                    inserts: 0,
-                });
+                self.conn = Some(Conn { w, pending, reader });
                 self.backoff = self.config.reconnect_backoff_min;
                 tracing::debug!("connected to {}", self.addr);
                 return Ok(());
@@ -301,15 +298,7 @@ impl Link {
         };
         let msg_id = self.msg_ids.fetch_add(1, Ordering::Relaxed);
         let line = call.req.line(&self.me, &call.peer.name, msg_id);
-        {
-            let mut pending = conn.pending.lock().unwrap_or_else(|p| p.into_inner());
-            pending.insert(msg_id, call.reply);
-            conn.inserts += 1;
-            if conn.inserts >= 1024 {
-                pending.retain(|_, tx| !tx.is_closed());
-                conn.inserts = 0;
-            }
-        }
+        conn.pending.insert(msg_id, call.reply);
         let write = write_line(&mut conn.w, &line);
         let failed = match tokio::time::timeout(self.config.write_timeout, write).await {
             Ok(Ok(())) => return,
@@ -317,12 +306,7 @@ impl Link {
             Err(_) => "write timed out".to_string(),
         };
         // The line was not fully written, so it cannot be acted on: Unreachable.
-        let tx = conn
-            .pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&msg_id);
-        if let Some(tx) = tx {
+        if let Some(tx) = conn.pending.take(msg_id) {
             let _ = tx.send(Err(CallError::Unreachable {
                 peer: call.peer.to_string(),
                 why: failed,
@@ -388,17 +372,8 @@ type Replies = LineReader<BufReader<OwnedReadHalf>>;
 fn unreadable(pending: &Pending, sk: &Skeleton, why: String) {
     crate::reject!("dropping an unreadable reply from a peer: {why}");
     let src = sk.src.as_deref().unwrap_or("?");
-    let Some(id) = sk.in_reply_to else { return };
-    let tx = pending
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .remove(&id);
-    if let Some(tx) = tx {
-        let _ = tx.send(Err(CallError::Remote {
-            peer: src.to_string(),
-            code: 13,
-            text: format!("its reply could not be read ({why}); it may have been acted on"),
-        }));
+    if let Some(id) = sk.in_reply_to {
+        pending.unreadable(id, src, &why);
     }
 }
 
@@ -454,16 +429,10 @@ async fn read_replies(mut lines: Replies, pending: Pending) {
         let Some(id) = body.get("in_reply_to").and_then(Value::as_u64) else {
             continue;
         };
-        let tx = pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&id);
-        if let Some(tx) = tx {
-            let _ = tx.send(crate::raft::network::reply_or_remote_error(&src, body));
-        }
+        pending.complete(id, crate::raft::network::reply_or_remote_error(&src, body));
     }
     // Dropping the remaining senders tells their callers: maybe delivered.
-    pending.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    pending.clear();
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
 //! The accept loop: `server::run(listener, node, config, shutdown)`, after
-//! mini-redis, with three connection budgets ([`Budgets`]):
+//! mini-redis, with three connection budgets ([`Budgets`], in [`super::budgets`]):
 //!
 //! - a new connection is *unclassified* until its first line, which must come
 //!   within [`TcpConfig::first_line_timeout_ms`]; at most
@@ -15,16 +15,19 @@
 //! Shutdown: `shutdown` resolves, the loop stops accepting, a broadcast tells
 //! every handler to stop reading, handlers finish the requests they accepted, and
 //! `run` returns once every handler has dropped its completion sender.
+//!
+//! Owns: the listener, the accept loop, shutdown, the open-files check. May not
+//! touch: what a connection says (its [`super::handler`]) or the node.
 
-use std::collections::BTreeMap;
 use std::future::Future;
+use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, mpsc, oneshot};
+use tokio::sync::{Semaphore, broadcast, mpsc};
 
+use super::budgets::Budgets;
 use super::handler::Handler;
 use super::{TcpConfig, TcpError};
 use crate::node::Node;
@@ -153,116 +156,6 @@ fn is_connection_error(e: &std::io::Error) -> bool {
     )
 }
 
-/// The connection budgets of one server (see the module docs).
-pub struct Budgets {
-    /// One permit per client connection.
-    clients: Arc<Semaphore>,
-    /// One permit per peer connection.
-    peers: Arc<Semaphore>,
-    /// Connections that have not sent their first line, oldest first.
-    unclassified: Mutex<Unclassified>,
-    /// The bounds, for the refusals' text.
-    client_max: usize,
-    peer_max: usize,
-    unclassified_max: usize,
-}
-
-/// The unclassified connections.
-#[derive(Default)]
-struct Unclassified {
-    /// Number of the next arrival.
-    next: u64,
-    /// By arrival number: dropping the sender closes that connection.
-    open: BTreeMap<u64, oneshot::Sender<()>>,
-}
-
-/// A new connection's place among the unclassified. `evicted` resolves when the
-/// server closes it to make room; dropping the `Arrival` gives the place back.
-pub struct Arrival {
-    /// The server's budgets.
-    pub budgets: Arc<Budgets>,
-    /// Its number.
-    id: u64,
-    /// Resolves (with an error) when this connection is evicted.
-    pub evicted: oneshot::Receiver<()>,
-}
-
-impl Drop for Arrival {
-    fn drop(&mut self) {
-        let mut u = self
-            .budgets
-            .unclassified
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        u.open.remove(&self.id);
-    }
-}
-
-/// Which budget a connection counts against.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Class {
-    /// A member of the cluster (or the client CLI with the cluster key).
-    Peer,
-    /// Anyone else.
-    Client,
-}
-
-impl Budgets {
-    /// The budgets of `config`.
-    pub fn new(config: &TcpConfig) -> Budgets {
-        Budgets {
-            clients: Arc::new(Semaphore::new(config.client_connections_max)),
-            peers: Arc::new(Semaphore::new(config.peer_connections_max)),
-            unclassified: Mutex::default(),
-            client_max: config.client_connections_max,
-            peer_max: config.peer_connections_max,
-            unclassified_max: config.unclassified_connections_max,
-        }
-    }
-
-    /// Registers a new connection as unclassified, closing the oldest one if
-    /// the budget is full.
-    pub fn arrive(self: &Arc<Self>) -> Arrival {
-        let (tx, rx) = oneshot::channel();
-        let mut u = self.unclassified.lock().unwrap_or_else(|p| p.into_inner());
-        while u.open.len() >= self.unclassified_max {
-            // Dropping its sender wakes the oldest one's handler, which closes.
-            if u.open.pop_first().is_none() {
-                break;
-            }
-        }
-        let id = u.next;
-        u.next += 1;
-        u.open.insert(id, tx);
-        Arrival {
-            budgets: self.clone(),
-            id,
-            evicted: rx,
-        }
-    }
-
-    /// A place in the budget of `class`, or the text of the refusal.
-    pub fn admit(&self, class: Class) -> Result<OwnedSemaphorePermit, String> {
-        let (sem, max, what, var) = match class {
-            Class::Client => (
-                &self.clients,
-                self.client_max,
-                "client",
-                super::CLIENT_CONNECTIONS_MAX_VAR,
-            ),
-            Class::Peer => (
-                &self.peers,
-                self.peer_max,
-                "peer",
-                super::PEER_CONNECTIONS_MAX_VAR,
-            ),
-        };
-        sem.clone()
-            .try_acquire_owned()
-            .map_err(|_| format!("too many {what} connections (limit {max}, setting {var})"))
-    }
-}
-
 /// Raises the soft open-files limit to the hard one and checks that the
 /// connection budgets, plus [`TcpConfig::fds_reserved`], fit under it; returns the
 /// limit. Running out of descriptors would fail a log or snapshot file open,
@@ -314,52 +207,4 @@ fn raise_fd_limit() -> std::io::Result<u64> {
 #[cfg(not(unix))]
 fn raise_fd_limit() -> std::io::Result<u64> {
     Ok(u64::MAX)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_full_unclassified_budget_evicts_the_oldest() {
-        let config = TcpConfig {
-            unclassified_connections_max: 2,
-            client_connections_max: 1,
-            ..TcpConfig::default()
-        };
-        let b = Arc::new(Budgets::new(&config));
-        let mut first = b.arrive();
-        let mut second = b.arrive();
-        let mut third = b.arrive();
-        assert!(
-            first
-                .evicted
-                .try_recv()
-                .is_err_and(|e| e == oneshot::error::TryRecvError::Closed)
-        );
-        assert_eq!(
-            second.evicted.try_recv(),
-            Err(oneshot::error::TryRecvError::Empty)
-        );
-        assert_eq!(
-            third.evicted.try_recv(),
-            Err(oneshot::error::TryRecvError::Empty)
-        );
-        drop(second);
-        let mut fourth = b.arrive();
-        assert_eq!(
-            third.evicted.try_recv(),
-            Err(oneshot::error::TryRecvError::Empty)
-        );
-        assert_eq!(
-            fourth.evicted.try_recv(),
-            Err(oneshot::error::TryRecvError::Empty)
-        );
-        let held = b.admit(Class::Client).expect("one client fits");
-        let refused = b.admit(Class::Client).expect_err("the second does not");
-        assert!(refused.contains("limit 1, setting ONCEKV_CLIENT_CONNECTIONS_MAX"));
-        assert!(b.admit(Class::Peer).is_ok(), "peers have their own budget");
-        drop(held);
-        assert!(b.admit(Class::Client).is_ok());
-    }
 }

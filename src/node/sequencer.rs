@@ -5,6 +5,9 @@
 //! pending request with an earlier ticket remains; otherwise it is held. So a read,
 //! a cached retry or a parse error never overtakes an earlier write on the same node,
 //! and a single-node cluster fed a script answers exactly like a sequential store.
+//!
+//! Owns: the order of one output stream's client replies. Touches nothing else:
+//! no I/O, no node, no message format (the [`super::driver`]'s writer uses it).
 
 use std::collections::{BTreeMap, BTreeSet};
 
