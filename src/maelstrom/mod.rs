@@ -32,7 +32,7 @@ use crate::protocol::{ErrorCode, Message, Reply, Skeleton};
 use crate::raft::Peer;
 use crate::raft::network::{self, CallError, Transport};
 use crate::raft::pending::PendingCalls;
-use crate::tcp::connection::LineReader;
+use crate::protocol::framing::LineReader;
 
 /// [`Transport`] over Maelstrom messages.
 struct MaelstromTransport {

@@ -53,7 +53,7 @@ use crate::protocol::{
 use crate::raft::network::{self, RpcRequest};
 use crate::raft::pending::{PendingCalls, ReplyTx};
 use crate::state::Op;
-use crate::tcp::connection::{Line, LineReader, encode_raw};
+use crate::protocol::framing::{Line, LineReader, encode_raw};
 
 /// Where a reply goes: the envelope's `src` and `dest` and the request answered.
 #[derive(Debug, Clone)]

@@ -11,10 +11,13 @@
 //! - [`parse`]: one line in, one [`Message`] or [`ParseError`] out.
 //! - [`skeleton`]: the addressing of a line that is never parsed whole.
 //! - [`encode`]: lines out.
+//! - [`framing`]: newline-delimited lines on any async stream, with a maximum
+//!   line length (stdin/stdout and TCP connections alike).
 //!
 //! It maps the wire to the state machine's types ([`KvOp`], [`SessionRef`],
-//! `Outcome`) and back; it may not hold node, transport or storage logic, and
-//! nothing here does I/O.
+//! `Outcome`) and back; it may not hold node, transport or storage logic. The
+//! only I/O here is [`framing`]'s reading and writing of lines on a stream it is
+//! handed.
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -24,6 +27,7 @@ use crate::state::{Failure, Outcome};
 pub use crate::state::{KvOp, SessionRef};
 
 pub mod encode;
+pub mod framing;
 pub mod parse;
 pub mod skeleton;
 

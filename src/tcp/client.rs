@@ -19,7 +19,7 @@ use tokio::io::BufReader;
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
-use super::connection::{Line, LineReader, write_line};
+use crate::protocol::framing::{Line, LineReader, write_line};
 use crate::node::{NodeStatus, Role};
 use crate::protocol::{ErrorCode, Reply};
 

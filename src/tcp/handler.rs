@@ -35,7 +35,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, mpsc};
 
 use super::TcpConfig;
 use super::budgets::{Arrival, Budgets, Class};
-use super::connection::{Line, LineReader};
+use crate::protocol::framing::{Line, LineReader};
 use crate::node::Node;
 use crate::node::driver::{
     Driver, Hooks, LineSource, Other, Out, Permits, Sink, To, Written, write_loop,

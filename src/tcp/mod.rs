@@ -2,7 +2,6 @@
 //! as Maelstrom mode, over loopback or a real network.
 //!
 //! Layout (one noun per file, after tokio-rs/mini-redis):
-//! - [`connection`]: framing: newline-delimited JSON envelopes with a maximum line length.
 //! - [`server`]: `server::run(listener, node, config, shutdown)`: the accept loop,
 //!   graceful shutdown.
 //! - [`budgets`]: connection budgets (clients, peers, not yet classified).
@@ -21,7 +20,6 @@
 
 pub mod budgets;
 pub mod client;
-pub mod connection;
 pub mod handler;
 pub mod peers;
 pub mod serve;

@@ -31,7 +31,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use super::TcpConfig;
-use super::connection::{Line, LineReader, write_line};
+use crate::protocol::framing::{Line, LineReader, write_line};
 use crate::protocol::Skeleton;
 use crate::raft::Peer;
 use crate::raft::network::{Body, CallError, RpcRequest, Transport};
@@ -437,7 +437,7 @@ async fn read_replies(mut lines: Replies, pending: Pending) {
 
 #[cfg(test)]
 mod tests {
-    use super::super::connection::encode_raw;
+    use crate::protocol::framing::encode_raw;
     use super::*;
 
     #[test]
