@@ -51,7 +51,7 @@ pub struct Config {
     /// either transport. A longer line is refused with error 12 before anything is
     /// proposed, and is never held whole in memory. Also bounds what the log keeps
     /// of one request: its entry may take at most [`ENTRY_SLACK_BYTES`] more, so
-    /// every entry fits a log record (`storage::wal::RECORD_BYTES_MAX`, 4 MiB;
+    /// every entry fits a log record ([`LOG_RECORD_BYTES_MAX`], 4 MiB;
     /// checked by `validate`), and a read reply stays within the client's limit.
     pub request_bytes_max: usize,
     /// Longest line from a peer node, in bytes (`ONCEKV_PEER_LINE_BYTES_MAX`): a TCP
@@ -105,6 +105,12 @@ pub struct Config {
     /// what arrived since the last check.
     pub log_kept_behind_snapshot_bytes: u64,
 }
+
+/// The largest record the durable log accepts (4 MiB). It lives here, not in
+/// `storage`, because the limits on requests are built from it: `validate`
+/// checks that the largest entry a config allows fits one record, and the log
+/// (`storage::wal::RECORD_BYTES_MAX`) takes its bound from here.
+pub const LOG_RECORD_BYTES_MAX: usize = 4 << 20;
 
 /// How much larger than its request line a log entry may be (the leader's
 /// timestamp, session fields, a key quoted as text). An op whose entry would be
@@ -346,7 +352,7 @@ impl Config {
 
     /// The relations between the size limits and the log record.
     fn validate_sizes(&self) -> Result<(), ConfigError> {
-        let record = crate::storage::wal::RECORD_BYTES_MAX;
+        let record = LOG_RECORD_BYTES_MAX;
         let fail = |s: String| Err(ConfigError(s));
         if self.request_bytes_max < REQUEST_BYTES_MIN {
             return fail(format!(
@@ -407,7 +413,7 @@ impl Config {
              nothing was done. The limit is raised with ONCEKV_REQUEST_BYTES_MAX on every \
              node (at most {})",
             self.request_bytes_max,
-            crate::storage::wal::RECORD_BYTES_MAX - ENTRY_WRAP_BYTES - ENTRY_SLACK_BYTES
+            LOG_RECORD_BYTES_MAX - ENTRY_WRAP_BYTES - ENTRY_SLACK_BYTES
         )
     }
 
@@ -530,7 +536,7 @@ mod tests {
 
     #[test]
     fn size_limits_must_fit_a_log_record_and_each_other() {
-        let record = crate::storage::wal::RECORD_BYTES_MAX;
+        let record = LOG_RECORD_BYTES_MAX;
         let largest = record - ENTRY_WRAP_BYTES - ENTRY_SLACK_BYTES;
         let with = |request_bytes_max: usize, peer_line_bytes_max, batch_bytes_max| Config {
             request_bytes_max,

@@ -85,8 +85,9 @@ pub const SEGMENT_BYTES_DEFAULT: u64 = 16 << 20;
 /// A commit's buffered records are written (and synced) in pieces of at most
 /// this many bytes, unless one record alone is larger: this bounds a torn write.
 pub const WRITE_BYTES_MAX: usize = 1 << 20;
-/// The largest record accepted (a TCP request line is at most 1 MiB).
-pub const RECORD_BYTES_MAX: usize = 4 << 20;
+/// The largest record accepted: the configuration's bound, which every log
+/// entry a valid `Config` allows fits in (`Config::validate`).
+pub const RECORD_BYTES_MAX: usize = crate::config::LOG_RECORD_BYTES_MAX;
 /// How far beyond a torn record nonzero bytes may lie (one write).
 const TORN_WINDOW: usize = WRITE_BYTES_MAX + RECORD_BYTES_MAX;
 /// The segment header's size.
