@@ -2,6 +2,12 @@
 //!
 //! Maelstrom runs the binary with no arguments, so overrides come from environment
 //! variables named after the fields (`ONCEKV_SESSION_TIMEOUT_MS=5000`).
+//!
+//! Owns every [`Config`] field (its default, its override, its doc comment saying
+//! why), `validate()` with the relations between limits, and the constants the
+//! limits are built from ([`LOG_RECORD_BYTES_MAX`], [`BATCH_MAX`]). Every layer
+//! but the state machine imports it, so it may import nothing above that: only
+//! the state machine's [`SessionLimits`] and `reject_log`'s defaults.
 
 use std::time::Duration;
 

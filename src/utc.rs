@@ -1,6 +1,8 @@
 //! UTC wall-clock time as text, for file names and log separators (the harness's
 //! `store/<time>/` folders, `oncekv cluster`'s run markers). Written out here
 //! rather than pulling in a date crate: one conversion, tested below.
+//!
+//! It imports nothing from the crate and knows nothing of what its text is for.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

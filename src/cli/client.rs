@@ -3,6 +3,10 @@
 //! one: 1000, 1001), 2 no definite answer before the deadline, 3 bad usage (a
 //! request longer than `ONCEKV_REQUEST_BYTES_MAX`, 1 MiB by default, is refused
 //! before sending).
+//!
+//! Owns the command's arguments, the request it builds and its exit status; the
+//! retrying is [`crate::tcp::Client`]'s. May not touch: a node's internals (it
+//! reaches the cluster over TCP only), nor stdout other than the output handed in.
 
 use std::fmt::Display;
 use std::io::{self, Write};

@@ -11,6 +11,11 @@
 //! all: each gets SIGINT's graceful stop via the terminal's process group, or
 //! SIGTERM, and whatever is left after a grace period is killed. The nodes share
 //! a cluster key (`docs/cluster.md`), kept in `DATA_DIR/cluster.key`.
+//!
+//! Owns the child processes' supervision and what is printed about them. May not
+//! touch: serving (the children are separate `oncekv serve` processes, reached only
+//! by signals, their files and `status` over TCP), nor stdout other than the output
+//! handed in.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

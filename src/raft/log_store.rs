@@ -1,5 +1,9 @@
 //! An in-memory Raft log (Maelstrom mode: a killed node restarts empty and rejoins
 //! by catching up from the leader, as Maelstrom expects).
+//!
+//! Owns [`MemLogStore`] and [`LogMirror`], the readable in-memory copy of the live
+//! log that the durable store (`crate::storage::log_store`) keeps too. May not
+//! touch: files, the state machine, the network or the node.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;

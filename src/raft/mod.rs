@@ -8,6 +8,12 @@
 //! | `RaftLogStorage` | [`log_store::MemLogStore`] (Maelstrom mode keeps nothing across restarts) |
 //! | `RaftStateMachine` | [`sm_store::StateMachineStore`], a lock around the pure [`crate::state::State`] |
 //! | `RaftNetworkFactory` / `RaftNetworkV2` | [`network::Network`], RPCs as JSON bodies over any [`network::Transport`] |
+//!
+//! May not touch: serving logic (the node's), how bytes travel (the transports'),
+//! or the durable log and snapshot files (`crate::storage` builds on the types
+//! here, not the other way round; only a snapshot being received is assembled
+//! in a partial file, [`snapshot_transfer`]). It imports only `config`,
+//! `protocol` and `state`.
 
 pub mod log_store;
 pub mod network;

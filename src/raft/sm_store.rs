@@ -1,6 +1,11 @@
 //! The `RaftStateMachine` adapter: feeds committed entries to the pure
 //! [`State::apply`], answers openraft's responders, and builds/installs snapshots
 //! (the whole [`State`] as JSON, sessions included).
+//!
+//! Owns [`StateMachineStore`] (the lock around the applied state, what openraft's
+//! responders are answered with) and the snapshot a node serves. May not decide
+//! what an entry does (that is [`State::apply`]'s), nor write files: a durable
+//! copy of a snapshot goes through a [`SnapshotSink`] that `crate::storage` hands in.
 
 use std::io;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};

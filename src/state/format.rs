@@ -10,6 +10,10 @@
 //! A snapshot is `{"format":1,"state":{...}}`. The golden files in
 //! `tests/fixtures/` pin both encodings byte for byte: a rename of any stored
 //! type fails a test, and a deliberate change must bump the version here.
+//!
+//! Owns the version numbers, the snapshot's envelope and the refusal of unknown
+//! versions ([`VersionError`]). Like the rest of `state`, it may not import any
+//! other module of the crate.
 
 use serde::{Deserialize, Serialize};
 

@@ -1,5 +1,7 @@
 //! Crash-safe file primitives: atomic replace (temp file, fsync, rename, fsync the
 //! directory) and a CRC-32 to tell a garbled file from a valid one.
+//!
+//! It may not know what the files it writes hold.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};

@@ -13,6 +13,9 @@
 //! | `append`: readable on return, callback once durable | mirrored at once; callback after the group commit's sync |
 //! | `truncate_after`, `purge`: no hole | one ordered record each, in the same queue, so nothing reorders them |
 //! | `save_committed` | written lazily at the end of the next batch, after the entries it covers (see `Writer::set_committed`) |
+//!
+//! May not touch: the state machine, the network or the node; the bytes on disk are
+//! [`super::wal`]'s, their ordering and syncing [`super::writer`]'s.
 
 use std::fmt::Debug;
 use std::io;

@@ -1,6 +1,8 @@
 //! [`Marker`]: `DATA_DIR/oncekv.meta`, which says "this is an oncekv data dir, in
 //! this format, for this node", so a dir from an incompatible version or another
 //! node is refused instead of misread.
+//!
+//! It may not touch the log or the snapshots.
 
 use std::fs;
 use std::io;

@@ -19,6 +19,11 @@
 //! - [`wal`]: the segment files, their records, torn-write recovery.
 //! - [`snapshots::SnapshotDir`]: atomic snapshot files.
 //! - [`file`]: atomic replace, directory fsync, CRC-32.
+//!
+//! May not touch: serving, the network or the state machine's rules: it stores what
+//! openraft hands it (entries, votes, committed pointers, snapshots of
+//! [`crate::state::State`]) and gives it back. It builds on `crate::raft`'s types;
+//! nothing below it (`raft`, `protocol`, `state`) imports it.
 
 pub mod file;
 pub mod log_store;

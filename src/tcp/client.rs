@@ -11,6 +11,10 @@
 //!
 //! One request at a time (the simple-client rule of protocol.md section 4): the
 //! client waits for each reply before the next request.
+//!
+//! Owns the client's connections, attempts and retry rule. May not touch a node's
+//! internals: it speaks the protocol over TCP like any client, using only the node's
+//! public status types ([`crate::node::NodeStatus`]).
 
 use std::time::{Duration, Instant};
 

@@ -17,6 +17,10 @@
 //! The front ends `oncekv cluster` and `oncekv client` live in [`crate::cli`].
 //!
 //! `docs/cluster.md` is the user's guide.
+//!
+//! Owns [`TcpConfig`] (every socket limit and timeout, with `validate()`), TCP
+//! mode's errors and node names. May not touch: reading order, tickets, batching or
+//! reply order (the node's driver, [`crate::node::driver`]), nor the node's internals.
 
 pub mod budgets;
 pub mod client;

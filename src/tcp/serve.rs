@@ -3,6 +3,10 @@
 //! openraft's `initialize` with the same list; openraft ignores it once a log
 //! exists, so a restarted node rejoins with no extra step). A node added later is
 //! started with `--join`: it waits, empty, for the leader's `add_node`.
+//!
+//! Owns the wiring of a node process: data dir, storage, transport, server,
+//! shutdown. May not touch: serving (the node's) or what a connection says
+//! ([`super::handler`]'s).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

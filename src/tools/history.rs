@@ -1,6 +1,9 @@
 //! The history file format (`history.jsonl`), shared by the harness, the checker and
 //! any tool that reads a run. The shape is a contract: see `docs/testing.md` and
 //! `docs/history.md`.
+//!
+//! It may not import the product: the history is about a run of any Maelstrom
+//! node, written by the harness and read by the checker and the report.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;

@@ -13,6 +13,9 @@
 //!
 //! Figures are ratios against the peer in the same run (the machine is shared and
 //! noisy); absolute numbers are printed for context.
+//!
+//! May not touch a node's internals: it measures `oncekv serve` processes from
+//! outside, over [`crate::tcp::Client`], as etcd is measured over its gateway.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

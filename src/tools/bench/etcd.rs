@@ -2,6 +2,8 @@
 //! loopback with their data in temporary directories, and [`EtcdClient`], a minimal
 //! HTTP/1.1 keep-alive client for etcd 3.4's JSON gateway (`POST /v3/kv/put`,
 //! `POST /v3/maintenance/status`). Install etcd with `apt-get install -y etcd-server`.
+//!
+//! It may not touch oncekv's side of the benchmark.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

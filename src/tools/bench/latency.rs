@@ -1,4 +1,6 @@
 //! [`Samples`]: latencies of one measured run, and the figures reported from them.
+//!
+//! Pure figures: no I/O, no clock, no product type.
 
 use std::time::Duration;
 

@@ -1,5 +1,8 @@
 //! [`OncekvCluster`]: `oncekv serve` processes on loopback for `bench-cluster`, each
 //! with its own data directory, killable with SIGKILL and restartable on it.
+//!
+//! May not touch a node's internals: the nodes are separate processes, reached by
+//! signals and over TCP ([`crate::tcp::Client`]).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

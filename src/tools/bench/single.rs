@@ -3,6 +3,10 @@
 //!
 //! Figures are ratios against the peer run in the same invocation (these machines
 //! are noisy); absolute numbers are printed for context only.
+//!
+//! It drives the real binary over stdin/stdout; the baseline uses the product's
+//! [`crate::protocol`] and [`crate::state`] directly. It may not touch the node's
+//! internals.
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command as Process, Stdio};

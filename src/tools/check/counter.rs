@@ -3,6 +3,8 @@
 //! that took effect. `ok` adds took effect; `info` (or unfinished) adds may have;
 //! so the final value must be `sum(ok deltas) + sum(some subset of info deltas)`.
 //! Too high means an add was applied twice; too low means one was lost.
+//!
+//! It reads only the history; it may not touch the linearizability search.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;

@@ -12,6 +12,9 @@
 //! - `verdict`: the serialisable verdict types ([`LinReport`], [`Validity`]).
 //!
 //! `docs/checker.md` explains the algorithm and its limits.
+//!
+//! The checker reads a history only ([`crate::tools::history`]): it may not import
+//! the product, so it judges any Maelstrom node's run.
 
 pub mod counter;
 mod model;

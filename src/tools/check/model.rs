@@ -1,6 +1,8 @@
 //! The register model the checker linearizes against: a JSON value that starts as
 //! nil and supports `read`, `write`, `cas` and `add`. Values are kept compact
 //! ([`State`]) so that search configurations hash and compare cheaply.
+//!
+//! It may not read histories or search; it only says what each op does to a state.
 
 use std::collections::HashMap;
 

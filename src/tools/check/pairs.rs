@@ -1,5 +1,7 @@
 //! Pairing each client invoke with its completion. Both the checker and the report
 //! need it, and both must agree on what an "op" is, so it lives in one place.
+//!
+//! It may not judge the ops it pairs.
 
 use std::collections::HashMap;
 

@@ -1,6 +1,8 @@
 //! From history lines to one list of model ops per key (P-compositionality: a
 //! history is linearizable iff each key's sub-history is, so keys are checked
 //! apart). This is where `fail` ops and `info` reads are dropped.
+//!
+//! It may not search or judge.
 
 use std::collections::HashMap;
 

@@ -1,5 +1,7 @@
 //! The checker's verdict types, shaped as the `linearizable` object of
 //! `results.json` (see `docs/history.md`).
+//!
+//! It may not search: it only holds, merges and renders what the search found.
 
 use std::fmt::Write as _;
 

@@ -5,6 +5,8 @@
 //! reference: `--rate 5`, `--time-limit 60`, `--latency 0`, `--latency-dist constant`,
 //! no nemesis, `--nemesis-interval 10`, `--concurrency 1n`. Flags marked "beyond
 //! Maelstrom" do not exist there.
+//!
+//! It may not run anything: it only turns flags into a run's configuration.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;

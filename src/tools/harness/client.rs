@@ -1,5 +1,7 @@
 //! A Maelstrom client: an id `cN`, its own `msg_id` counter from 1, and a mailbox that
 //! routes each reply to the call waiting on its `in_reply_to`.
+//!
+//! It may not touch the network's queues: it sends through [`super::net`] and awaits its mailbox.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

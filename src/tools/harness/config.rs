@@ -1,5 +1,7 @@
 //! Everything a run depends on: the flags ([`RunConfig`]) and every bound and timeout
 //! the harness itself uses ([`Limits`]), each with the reason for its value.
+//!
+//! It may not run anything: values and their reasons only.
 
 use std::path::PathBuf;
 use std::time::Duration;

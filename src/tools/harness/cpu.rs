@@ -1,5 +1,7 @@
 //! The harness's own CPU use, from `/proc/self/stat` (utime + stime), so a run can show
 //! that the harness was not the bottleneck.
+//!
+//! It may not touch the run: it only reads this process's counters.
 
 use std::time::Instant;
 

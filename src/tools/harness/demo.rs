@@ -1,6 +1,8 @@
 //! `oncekv demo`: `oncekv test` on oncekv itself, with a preset that shows the point of
 //! the project: 3 nodes, 12 workers, partitions every few seconds; first the
 //! exactly-once workload (beyond Maelstrom), then Maelstrom's lin-kv.
+//!
+//! It may not change how a run works: only the preset is here.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -1,6 +1,8 @@
 //! A client's mailbox: the calls awaiting replies, keyed by `msg_id`. The network
 //! ([`super::net`]) delivers replies into it; the client ([`super::client`])
 //! registers and awaits them.
+//!
+//! It may not send: delivery is the network's, sending the client's.
 
 use std::collections::HashMap;
 use std::sync::Mutex;

@@ -10,6 +10,8 @@
 //!   (fresh process, fresh `init`), as Jepsen's db package does.
 //!
 //! The whole schedule is computed up front from the seed, so a seed fixes it exactly.
+//!
+//! It may not touch processes or queues itself: the runner applies the schedule.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;

@@ -8,6 +8,8 @@
 //! - Beyond Maelstrom: node-to-node loss (`p_loss`) and duplication (`p_dup`).
 //!
 //! Time is passed in (`now`), so the queue logic is testable without a clock.
+//!
+//! It may not touch processes: it queues and delivers messages only.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};

@@ -4,6 +4,9 @@
 //! per incarnation, a stdout task (stdout -> network). Stdout lines are checked against
 //! the envelope rules; a violation is printed at once with the offending line and kept
 //! for `results.json` (Maelstrom would silently stop reading that node).
+//!
+//! It may not import the product: a node is any Maelstrom binary, reached only
+//! through its stdin, stdout and signals.
 
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};

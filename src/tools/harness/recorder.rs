@@ -1,5 +1,7 @@
 //! The history as it happens: every client op and nemesis event, stamped under one lock
 //! so that file order is real-time order, plus live counters for the progress line.
+//!
+//! It may not judge what it records: checking is [`crate::tools::check`]'s.
 
 use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;

@@ -1,6 +1,9 @@
 //! One test run, start to finish:
 //! spawn + init -> workers, nemesis, progress line -> time limit -> (exactly-once: heal,
 //! drain retries, final counter reads) -> stop nodes -> check -> write outputs.
+//!
+//! The only file that wires the others together. Like the whole harness, it may not
+//! import the product: it tests any Maelstrom node binary.
 
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write as _};

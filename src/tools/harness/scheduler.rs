@@ -3,6 +3,8 @@
 //! worker is free when it comes due, it goes out as soon as one is, and the next gap
 //! counts from then. A free worker is picked at random; each worker has at most one
 //! op outstanding.
+//!
+//! It decides when, never what: the operations are the workload's.
 
 use std::collections::BTreeSet;
 use std::time::Duration;

@@ -4,6 +4,8 @@
 //! An `*_ok` body may carry exactly its payload keys plus `type`, `in_reply_to`
 //! (required integer) and `msg_id` (optional integer). Anything else is malformed: under
 //! Maelstrom the client throws, the op crashes and Jepsen records it as `info`.
+//!
+//! It may not touch a run: it only says whether a reply is well formed.
 
 use serde_json::{Map, Value};
 

@@ -1,5 +1,7 @@
 //! Seeds: one run seed, and independent random streams derived from it by name, so
 //! adding a consumer of randomness does not shift the others.
+//!
+//! It may not hold any other state of a run.
 
 use rand::SeedableRng;
 use rand::rngs::StdRng;

@@ -7,6 +7,8 @@
 //! - exactly-once (beyond Maelstrom): a timeout, an indefinite error, or error 11 is retried
 //!   with the same `client_id`/`seq` on the next node, until a definite answer; 1000
 //!   session-expired and 1001 stale-request are final `info` results.
+//!
+//! It may not choose operations (the workload's) nor when they go out (the scheduler's).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -4,6 +4,8 @@
 //! - [`LinKv`]: Jepsen's `tests/linearizable_register.clj` under `independent.clj`'s
 //!   `concurrent-generator`, as Maelstrom's lin-kv runs it.
 //! - [`ExactlyOnce`]: beyond Maelstrom; session clients with `client_id`/`seq` and `add`.
+//!
+//! It may not send or wait: workers do that with what it generates.
 
 use std::collections::BTreeSet;
 

@@ -1,5 +1,7 @@
 //! Op counts, availability and latency quantiles: the figures Maelstrom prints
 //! beside the verdict.
+//!
+//! Pure functions of the history: no I/O.
 
 use std::collections::BTreeMap;
 

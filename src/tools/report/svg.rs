@@ -1,6 +1,8 @@
 //! `latency.svg`: each op a dot at (invoke time, latency), latency on a log
 //! scale, coloured by outcome, with nemesis periods (partitions, kills) shaded. Hand-written SVG:
 //! no crate, and a file any browser opens.
+//!
+//! It only draws: a pure function of the ops and the nemesis windows, no I/O.
 
 use std::collections::HashSet;
 use std::fmt::Write as _;
