@@ -35,11 +35,11 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, mpsc};
 
 use super::TcpConfig;
 use super::budgets::{Arrival, Budgets, Class};
-use crate::protocol::framing::{Line, LineReader};
 use crate::node::Node;
 use crate::node::driver::{
     Driver, Hooks, LineSource, Other, Out, Permits, Sink, To, Written, write_loop,
 };
+use crate::protocol::framing::{Line, LineReader};
 use crate::protocol::{Body, ErrorCode, Message, ParseError, Reply, Skeleton, parse_line};
 use crate::raft::Peer;
 
