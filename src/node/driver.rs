@@ -20,7 +20,7 @@
 //! RPCs, `raft_*`, `forward`, hellos, `status`, membership) goes to the
 //! transport's [`Hooks`]. The *writer* ([`write_loop`]) is the only thing that
 //! writes the output: it numbers every message from one counter, holds client
-//! replies back per the order rule ([`Sequencer`]), and registers our own RPCs
+//! replies back per the order rule (`Sequencer`, `node/sequencer.rs`), and registers our own RPCs
 //! written on the same output ([`Out::Call`], Maelstrom mode).
 //!
 //! What differs between transports is a parameter, not a copy: the line source

@@ -286,7 +286,7 @@ impl Node {
     /// after [`Node::shutdown`].
     ///
     /// It wakes on changes of the server metrics (role, leader, membership: rare)
-    /// and once every [`FATAL_CHECK_PERIOD`], never per commit: the full metrics
+    /// and once every `FATAL_CHECK_PERIOD`, never per commit: the full metrics
     /// change on every applied entry, and a watcher woken by each of them cost a
     /// thread wake-up per write.
     pub async fn fatal(&self) -> String {

@@ -10,7 +10,7 @@
 //!
 //! - [`parse`]: one line in, one [`Message`] or [`ParseError`] out.
 //! - [`skeleton`]: the addressing of a line that is never parsed whole.
-//! - [`encode`]: lines out.
+//! - [`encode`](mod@encode): lines out.
 //! - [`framing`]: newline-delimited lines on any async stream, with a maximum
 //!   line length (stdin/stdout and TCP connections alike).
 //!

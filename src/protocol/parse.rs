@@ -23,7 +23,7 @@ use super::{
 /// Parses one input line.
 ///
 /// One pass of serde_json over the line, into typed slots: the envelope is a
-/// derived struct, the body is read field by field into [`BodyFields`] (every
+/// derived struct, the body is read field by field into `BodyFields` (every
 /// value a [`Value`], so a field of the wrong type is reported by name instead
 /// of failing the whole line), then checked and turned into a [`Body`] by its
 /// `type`. A line serde_json cannot take as a whole (a number out of range such

@@ -8,7 +8,7 @@
 //!
 //! Owns the types it stores and returns: [`Command`] (what the log carries),
 //! [`Outcome`] (what applying answers, cached per session) and [`SessionRef`],
-//! each with a versioned, pinned encoding ([`format`]). It may not import any
+//! each with a versioned, pinned encoding ([`format`](mod@format)). It may not import any
 //! other module of the crate: the wire format (`crate::protocol`) maps requests to
 //! commands and outcomes to replies, openraft (`crate::raft`) drives it, and
 //! neither can change what it stores.
@@ -196,7 +196,7 @@ impl State {
         id
     }
 
-    /// The snapshot: the whole state, versioned ([`format`]). Deterministic
+    /// The snapshot: the whole state, versioned ([`format`](mod@format)). Deterministic
     /// (ordered maps only).
     pub fn to_snapshot(&self) -> Vec<u8> {
         format::encode_snapshot(self)

@@ -18,7 +18,7 @@
 //! - [`writer`]: the group-commit writer thread behind it.
 //! - [`wal`]: the segment files, their records, torn-write recovery.
 //! - [`snapshots::SnapshotDir`]: atomic snapshot files.
-//! - [`file`]: atomic replace, directory fsync, CRC-32.
+//! - [`file`](mod@file): atomic replace, directory fsync, CRC-32.
 //!
 //! May not touch: serving, the network or the state machine's rules: it stores what
 //! openraft hands it (entries, votes, committed pointers, snapshots of

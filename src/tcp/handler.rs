@@ -423,7 +423,7 @@ impl Hooks for Handler {
     }
 
     /// `status`, a hello, or a request that needs the cluster key (membership,
-    /// peer RPCs): checked here ([`Handler::gate`]), then served.
+    /// peer RPCs): checked here (`Handler::gate`), then served.
     async fn other(&mut self, d: &mut Driver, msg: Other) {
         let Other {
             src,

@@ -14,7 +14,7 @@
 //!
 //! Owns: outgoing peer connections, our `peer_hello`, the links' queues and
 //! back-off. Calls awaiting replies live in the shared
-//! [`PendingCalls`](crate::raft::pending::PendingCalls) table. May not touch:
+//! [`PendingCalls`] table. May not touch:
 //! the served side of connections ([`super::handler`]) or the node.
 
 use std::collections::HashMap;

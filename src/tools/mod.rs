@@ -4,7 +4,7 @@
 //! - [`check`]: the linearizability checker and the exactly-once counter check.
 //! - [`report`]: `results.json`, the end-of-run summary and `latency.svg`.
 //! - [`history`]: the `history.jsonl` format shared by the harness and the checker.
-//! - [`bench`]: `oncekv bench` (single node vs a no-consensus baseline, session memory)
+//! - [`bench`](mod@bench): `oncekv bench` (single node vs a no-consensus baseline, session memory)
 //!   and `oncekv bench-cluster` (3-node TCP cluster vs etcd 3.4).
 //!
 //! The direction is one way: tools may use the product's public API (`protocol`,

@@ -102,7 +102,7 @@ pub struct KeyFailure {
     /// True if no contiguous sub-window fails; false if the window search ran out
     /// of time, so a shorter window might exist.
     pub minimal: bool,
-    /// Ops left out of `ops` and `overlapping` by [`MAX_QUOTED_OPS`].
+    /// Ops left out of `ops` and `overlapping` by `MAX_QUOTED_OPS`.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub omitted: usize,
 }

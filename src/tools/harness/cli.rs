@@ -1,5 +1,5 @@
 //! The `oncekv test` command line: Maelstrom's flag names and defaults, parsed into a
-//! [`RunConfig`](super::config::RunConfig).
+//! [`RunConfig`].
 //!
 //! Maelstrom (`src/maelstrom/core.clj`) and Jepsen (`jepsen/cli.clj`) are the
 //! reference: `--rate 5`, `--time-limit 60`, `--latency 0`, `--latency-dist constant`,
