@@ -18,8 +18,9 @@ use crate::raft::snapshot_transfer::Accepted;
 
 impl Node {
     /// The reply to a `forward` whose op would make a log entry larger than
-    /// [`Config::entry_bytes_max`](crate::config::Config::entry_bytes_max) (error 12, nothing proposed), if it would;
-    /// `encoded_bytes_max` bounds its size as the message's
+    /// [`Config::entry_bytes_max`](crate::config::Config::entry_bytes_max)
+    /// (error 12, nothing proposed), if it would; `encoded_bytes_max` bounds
+    /// its size as the message's
     /// [`crate::protocol::Message::encoded_bytes_max`] does. A transport calls
     /// it before [`Node::handle_peer`]: a forward comes from a node that checked
     /// the request already, or from anyone when the cluster has no key.
