@@ -1,12 +1,16 @@
 //! oncekv: a Raft-replicated key-value store with exactly-once client sessions.
 //!
 //! Layout (one concern per module):
-//! - [`protocol`]: the wire format (Maelstrom envelopes, request and reply bodies, error codes).
+//! - [`protocol`]: the wire format (Maelstrom envelopes, request and reply bodies, error
+//!   codes, line framing).
 //! - [`state`]: the replicated state machine as a pure function: KV map, sessions, cluster clock.
-//! - [`raft`]: the openraft adapter (type config, log store, state machine store, network).
+//! - [`raft`]: the openraft adapter (type config, log store, state machine store, network,
+//!   the pending peer calls).
 //! - [`storage`]: durable storage in `--data-dir`: the Raft log (a write-ahead log of segment files), snapshot files.
-//! - [`node`]: transport-agnostic node logic: serving, forwarding, reply ordering, GC ticks.
-//! - [`maelstrom`]: the stdin/stdout transport (Maelstrom node mode).
+//! - [`node`]: transport-agnostic node logic: the connection driver (reading order,
+//!   batches, reply ordering) for both transports, serving, forwarding, peers' RPCs,
+//!   GC ticks, membership, status.
+//! - [`maelstrom`]: the stdin/stdout transport (Maelstrom node mode: `init`, envelopes).
 //! - [`tcp`]: the TCP transport: `serve` and [`tcp::Client`].
 //! - [`cli`]: the commands' front ends (`node`/`serve` start-up, `client`, `cluster`,
 //!   `test`/`demo`, `check`); `main.rs` only dispatches to them.
@@ -16,6 +20,12 @@
 //! - [`tools`]: the tooling wing (test harness, checker, reports, history format,
 //!   benchmarks); it uses the product modules above, none of which uses it; only the
 //!   front ends in [`cli`] (`test`, `demo`, `check`) call into it.
+//!
+//! Imports go one way, down: `cli` and `tools` on top, then the transports
+//! (`maelstrom`, `tcp`), then `node` and `storage`, then `raft`, `protocol`,
+//! `state` (which imports nothing); `config`, `reject_log`, `log_file` and `utc`
+//! are leaves any layer uses. `docs/architecture.md` draws the layers and a
+//! request's path through them.
 #![deny(clippy::print_stdout)]
 
 pub mod cli;
