@@ -28,11 +28,11 @@ use tokio::sync::{mpsc, oneshot};
 use crate::config::Config;
 use crate::node::Node;
 use crate::node::driver::{Driver, Hooks, Other, Out, Permits, Sink, write_loop};
+use crate::protocol::framing::LineReader;
 use crate::protocol::{ErrorCode, Message, Reply, Skeleton};
 use crate::raft::Peer;
 use crate::raft::network::{self, CallError, Transport};
 use crate::raft::pending::PendingCalls;
-use crate::protocol::framing::LineReader;
 
 /// [`Transport`] over Maelstrom messages.
 struct MaelstromTransport {

@@ -47,13 +47,13 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use super::sequencer::Sequencer;
 use super::{Forwarded, Node, Started, check_entry_bytes};
 use crate::config::{BATCH_MAX, Config};
+use crate::protocol::framing::{Line, LineReader, encode_raw};
 use crate::protocol::{
     Body, ErrorCode, Message, ParseError, Reply, ReplyBody, Request, Skeleton, encode, parse_line,
 };
 use crate::raft::network::{self, RpcRequest};
 use crate::raft::pending::{PendingCalls, ReplyTx};
 use crate::state::Op;
-use crate::protocol::framing::{Line, LineReader, encode_raw};
 
 /// Where a reply goes: the envelope's `src` and `dest` and the request answered.
 #[derive(Debug, Clone)]

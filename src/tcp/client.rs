@@ -19,8 +19,8 @@ use tokio::io::BufReader;
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
-use crate::protocol::framing::{Line, LineReader, write_line};
 use crate::node::{NodeStatus, Role};
+use crate::protocol::framing::{Line, LineReader, write_line};
 use crate::protocol::{ErrorCode, Reply};
 
 /// How a [`Client`] reaches the cluster and how long it keeps trying.

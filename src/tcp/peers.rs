@@ -31,8 +31,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use super::TcpConfig;
-use crate::protocol::framing::{Line, LineReader, write_line};
 use crate::protocol::Skeleton;
+use crate::protocol::framing::{Line, LineReader, write_line};
 use crate::raft::Peer;
 use crate::raft::network::{Body, CallError, RpcRequest, Transport};
 use crate::raft::pending::{PendingCalls, ReplyTx};
@@ -437,8 +437,8 @@ async fn read_replies(mut lines: Replies, pending: Pending) {
 
 #[cfg(test)]
 mod tests {
-    use crate::protocol::framing::encode_raw;
     use super::*;
+    use crate::protocol::framing::encode_raw;
 
     #[test]
     fn an_rpc_line_is_the_line_of_the_same_body_built_as_a_map() {
