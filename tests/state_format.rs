@@ -10,8 +10,10 @@
 
 use std::path::PathBuf;
 
+use oncekv::raft::{Entry, Peer, TypeConfig};
 use oncekv::state::format::{ENTRY_FORMAT, SNAPSHOT_FORMAT};
 use oncekv::state::{Command, KvOp, Op, SessionLimits, SessionRef, State};
+use openraft::{EntryPayload, Membership};
 use serde_json::json;
 
 fn fixture(name: &str) -> PathBuf {
@@ -226,4 +228,53 @@ fn an_unknown_format_version_is_refused_by_name() {
             .contains("log entry format version 7 is not supported"),
         "{err}"
     );
+}
+
+/// What the log files hold per entry is openraft's `Entry` around the command:
+/// its log id and payload kind are part of the format too (openraft is pinned to
+/// one exact version; an upgrade that changes them fails here first).
+#[test]
+fn log_record_wrapping_is_pinned() {
+    let log_id = |index| openraft::testing::log_id::<TypeConfig>(3, 1, index);
+    let members = std::collections::BTreeMap::from([
+        (
+            1u64,
+            Peer {
+                name: "n1".into(),
+                addr: "10.0.0.1:7001".into(),
+            },
+        ),
+        (
+            2u64,
+            Peer {
+                name: "n2".into(),
+                addr: String::new(),
+            },
+        ),
+    ]);
+    let membership =
+        Membership::new(vec![[1u64].into_iter().collect()], members).expect("a valid membership");
+    let entries = [
+        Entry {
+            log_id: log_id(7),
+            payload: EntryPayload::Blank,
+        },
+        Entry {
+            log_id: log_id(8),
+            payload: EntryPayload::Normal(every_command().remove(2)),
+        },
+        Entry {
+            log_id: log_id(9),
+            payload: EntryPayload::Membership(membership),
+        },
+    ];
+    let lines: Vec<String> = entries
+        .iter()
+        .map(|e| serde_json::to_string(e).expect("entry serializes"))
+        .collect();
+    golden("log-record.v1.jsonl", &(lines.join("\n") + "\n"));
+    for line in &lines {
+        let back: Entry = serde_json::from_str(line).expect("decodes");
+        assert_eq!(serde_json::to_string(&back).unwrap(), *line);
+    }
 }

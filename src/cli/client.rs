@@ -4,9 +4,11 @@
 //! request longer than `ONCEKV_REQUEST_BYTES_MAX`, 1 MiB by default, is refused
 //! before sending).
 //!
-//! Owns the command's arguments, the request it builds and its exit status; the
-//! retrying is [`crate::tcp::Client`]'s. May not touch: a node's internals (it
-//! reaches the cluster over TCP only), nor stdout other than the output handed in.
+//! Owns the command's arguments, the request it builds and its exit status; an
+//! operation's retrying is [`crate::tcp::Client`]'s (only membership requests are
+//! retried here, on the typed `not_leader` mark). May not touch: a node's
+//! internals (it reaches the cluster over TCP only), nor stdout other than the
+//! output handed in.
 
 use std::fmt::Display;
 use std::io::{self, Write};
@@ -336,11 +338,10 @@ async fn admin(client: &mut Client, body: Value, deadline: Duration, out: &mut d
                     let code = (reply.get("code").and_then(Value::as_u64))
                         .and_then(|c| ErrorCode::try_from(c as u32).ok());
                     // A definite refusal (a bad request, no cluster key, a node
-                    // that did not catch up) ends it; "not the leader" (11) is
-                    // retried at the leader.
-                    let text = reply.get("text").and_then(Value::as_str).unwrap_or("");
-                    let not_leader = code == Some(ErrorCode::TemporarilyUnavailable)
-                        && text.starts_with(crate::node::MEMBERSHIP_NOT_LEADER);
+                    // that did not catch up) ends it; one marked `not_leader`
+                    // is retried at the leader.
+                    let not_leader =
+                        reply.get(crate::node::NOT_LEADER_FIELD) == Some(&Value::Bool(true));
                     last = Value::Object(reply).to_string();
                     if code.is_some_and(|c| c.is_definite()) && !not_leader {
                         eprintln!("error: {last}");

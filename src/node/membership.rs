@@ -46,9 +46,67 @@ impl NotCaughtUp {
     }
 }
 
-/// A failed membership step: its error code (definite only if nothing changed)
-/// and text.
-type StepError = (ErrorCode, String);
+/// Why a membership change was not made, or may not have been.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MembershipError {
+    /// This node does not lead: nothing was changed, and the same change may
+    /// succeed at the leader (the CLI retries it there).
+    NotLeader {
+        /// The leader this node knows of, if any.
+        leader: Option<u64>,
+        /// What was being done.
+        what: String,
+    },
+    /// Refused or failed: the code is definite only if nothing changed.
+    Failed {
+        /// The error code.
+        code: ErrorCode,
+        /// What happened.
+        text: String,
+    },
+}
+
+impl MembershipError {
+    /// The error code of the reply.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            MembershipError::NotLeader { .. } => ErrorCode::TemporarilyUnavailable,
+            MembershipError::Failed { code, .. } => *code,
+        }
+    }
+
+    /// The text of the reply.
+    pub fn text(&self) -> String {
+        match self {
+            MembershipError::NotLeader { leader, what } => {
+                format!("not the leader (leader {leader:?}) for {what}; nothing was changed")
+            }
+            MembershipError::Failed { text, .. } => text.clone(),
+        }
+    }
+
+    /// The error reply: `error {code, text}`, and for [`MembershipError::NotLeader`]
+    /// also `"not_leader": true`, the typed mark a client retries on.
+    pub fn body(&self) -> serde_json::Map<String, serde_json::Value> {
+        let mut body = super::error_body(self.code(), &self.text());
+        if matches!(self, MembershipError::NotLeader { .. }) {
+            body.insert(NOT_LEADER_FIELD.into(), serde_json::Value::Bool(true));
+        }
+        body
+    }
+}
+
+/// The field of a membership error reply that marks "retry at the leader".
+pub const NOT_LEADER_FIELD: &str = "not_leader";
+
+impl From<(ErrorCode, String)> for MembershipError {
+    fn from((code, text): (ErrorCode, String)) -> MembershipError {
+        MembershipError::Failed { code, text }
+    }
+}
+
+/// A failed membership step.
+type StepError = MembershipError;
 
 /// A member as the current membership holds it.
 struct Member {
@@ -106,7 +164,8 @@ impl Node {
                 return Err((
                     ErrorCode::MalformedRequest,
                     format!("node id {id} is a voter already, as {old}; nothing was changed"),
-                ));
+                )
+                    .into());
             }
             Some(Member {
                 peer: old,
@@ -118,7 +177,8 @@ impl Node {
                         "node id {id} is a learner already, as {old}; remove-node {} first",
                         old.name
                     ),
-                ));
+                )
+                    .into());
             }
             // A learner left by an earlier attempt: wait for it as below.
             Some(_) => {}
@@ -152,7 +212,8 @@ impl Node {
                     "adding {peer} as a learner not done within {step:?}; it may still \
                      become a learner (not a voter)"
                 ),
-            )),
+            )
+                .into()),
         }
     }
 
@@ -167,7 +228,7 @@ impl Node {
                 .change_membership(openraft::ChangeMembers::RemoveNodes(ids), RETAIN_REMOVED),
         )
         .await;
-        match removed {
+        let failed: (ErrorCode, String) = match removed {
             Ok(Ok(_)) => (
                 ErrorCode::TemporarilyUnavailable,
                 format!(
@@ -191,7 +252,8 @@ impl Node {
                     peer.name
                 ),
             ),
-        }
+        };
+        failed.into()
     }
 
     /// The last step of adding a member: the caught-up learner `id` made a
@@ -211,11 +273,13 @@ impl Node {
             Ok(Err(e)) => Err((
                 ErrorCode::Crash,
                 format!("making {peer} a voter failed ({e}); it may still take effect"),
-            )),
+            )
+                .into()),
             Err(_) => Err((
                 ErrorCode::Timeout,
                 format!("making {peer} a voter not done within {step:?}; it may still take effect"),
-            )),
+            )
+                .into()),
         }
     }
 
@@ -273,18 +337,16 @@ impl Node {
             Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => Err((
                 ErrorCode::MalformedRequest,
                 format!("removing it was refused ({e}); nothing was changed"),
-            )),
+            )
+                .into()),
             Err(e) => Err((
                 ErrorCode::Crash,
                 format!("removing it failed ({e}); it may still take effect"),
-            )),
+            )
+                .into()),
         }
     }
 }
-
-/// The start of the text of error 11 when a membership request reached a node
-/// that does not lead (the CLI retries those at the leader; other refusals are final).
-pub const MEMBERSHIP_NOT_LEADER: &str = "not the leader";
 
 /// A membership step that failed: definite if openraft refused it before
 /// appending anything (not the leader, another change in progress), else not.
@@ -293,20 +355,47 @@ fn refused_or_unknown(
     e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>,
 ) -> StepError {
     match e {
-        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => (
-            ErrorCode::TemporarilyUnavailable,
-            format!(
-                "{MEMBERSHIP_NOT_LEADER} (leader {:?}) for {what}; nothing was changed",
-                f.leader_id
-            ),
-        ),
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => MembershipError::NotLeader {
+            leader: f.leader_id,
+            what: what.to_string(),
+        },
         RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => (
             ErrorCode::TemporarilyUnavailable,
             format!("{what}: refused ({e}); nothing was changed"),
-        ),
+        )
+            .into(),
         e => (
             ErrorCode::Crash,
             format!("{what}: {e}; it may still take effect"),
-        ),
+        )
+            .into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// "Retry at the leader" is a typed field of the reply, not a text to match:
+    /// only a not-leader refusal carries it, and its code stays definite (11).
+    #[test]
+    fn a_not_leader_refusal_is_marked_by_a_field() {
+        let not_leader = MembershipError::NotLeader {
+            leader: Some(2),
+            what: "add_node".into(),
+        }
+        .body();
+        assert_eq!(
+            not_leader.get(NOT_LEADER_FIELD),
+            Some(&serde_json::Value::Bool(true))
+        );
+        assert_eq!(not_leader.get("code"), Some(&serde_json::json!(11)));
+        let refused = MembershipError::from((
+            ErrorCode::TemporarilyUnavailable,
+            "not the leader in its text, but refused for another reason".to_string(),
+        ))
+        .body();
+        assert_eq!(refused.get(NOT_LEADER_FIELD), None);
+        assert_eq!(refused.get("code"), Some(&serde_json::json!(11)));
     }
 }

@@ -35,10 +35,10 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, mpsc};
 
 use super::TcpConfig;
 use super::budgets::{Arrival, Budgets, Class};
-use crate::node::Node;
 use crate::node::driver::{
     Driver, Hooks, LineSource, Other, Out, Permits, Sink, To, Written, write_loop,
 };
+use crate::node::{MembershipError, Node};
 use crate::protocol::framing::{Line, LineReader};
 use crate::protocol::{Body, ErrorCode, Message, ParseError, Reply, Skeleton, parse_line};
 use crate::raft::Peer;
@@ -589,12 +589,11 @@ async fn membership(
         Err(e) => return malformed(e.to_string()),
     };
     if node.leader() != Some(node.id) {
-        let text = format!(
-            "{}; leader is {:?}; nothing was changed",
-            crate::node::MEMBERSHIP_NOT_LEADER,
-            node.leader()
-        );
-        return err((ErrorCode::TemporarilyUnavailable, text));
+        return MembershipError::NotLeader {
+            leader: node.leader(),
+            what: kind.to_string(),
+        }
+        .body();
     }
     let result = if kind == "add_node" {
         let Some(addr) = field("addr") else {
@@ -630,10 +629,10 @@ async fn membership(
     } else {
         match tokio::time::timeout(config.membership_timeout, node.remove_member(id)).await {
             Ok(r) => r,
-            Err(_) => Err((
-                ErrorCode::Timeout,
-                "membership change not done in time; it may still take effect".into(),
-            )),
+            Err(_) => Err(MembershipError::Failed {
+                code: ErrorCode::Timeout,
+                text: "membership change not done in time; it may still take effect".into(),
+            }),
         }
     };
     match result {
@@ -645,7 +644,7 @@ async fn membership(
             }
             body
         }
-        Err(e) => err(e),
+        Err(e) => e.body(),
     }
 }
 
