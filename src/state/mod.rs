@@ -90,8 +90,7 @@ impl State {
                 }
             }
             Op::Gc { cutoff_ms } => {
-                let removed = self.sessions.expire_before(*cutoff_ms, &self.limits);
-                tracing::debug!(removed, cutoff_ms, "gc applied");
+                self.sessions.expire_before(*cutoff_ms, &self.limits);
                 Outcome::Applied
             }
             Op::SetLimits(limits) => {
