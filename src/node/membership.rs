@@ -109,31 +109,35 @@ impl From<(ErrorCode, String)> for MembershipError {
 type StepError = MembershipError;
 
 /// A member as the current membership holds it.
-struct Member {
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    /// Its Raft id.
+    pub id: u64,
     /// Its name and address.
-    peer: Peer,
+    pub peer: Peer,
     /// Whether it votes (else it is a learner).
-    voter: bool,
+    pub voter: bool,
 }
 
 impl Node {
     /// Member `id` in the current membership, if it is one.
     fn member(&self, id: u64) -> Option<Member> {
-        self.membership_nodes()
-            .into_iter()
-            .find(|(i, _, _)| *i == id)
-            .map(|(_, peer, voter)| Member { peer, voter })
+        self.membership_nodes().into_iter().find(|m| m.id == id)
     }
 
     /// The current membership: every node with its address and whether it votes.
-    pub fn membership_nodes(&self) -> Vec<(u64, Peer, bool)> {
+    pub fn membership_nodes(&self) -> Vec<Member> {
         let m = self.raft.metrics();
         let m = m.borrow_watched();
         let membership = m.membership_config.membership();
         let voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
         membership
             .nodes()
-            .map(|(id, p)| (*id, p.clone(), voters.contains(id)))
+            .map(|(id, p)| Member {
+                id: *id,
+                peer: p.clone(),
+                voter: voters.contains(id),
+            })
             .collect()
     }
 
@@ -154,12 +158,14 @@ impl Node {
             Some(Member {
                 peer: old,
                 voter: true,
+                ..
             }) if old == peer => {
                 return Ok(Some(format!("{peer} is a voter already")));
             }
             Some(Member {
                 peer: old,
                 voter: true,
+                ..
             }) => {
                 return Err((
                     ErrorCode::MalformedRequest,
@@ -170,6 +176,7 @@ impl Node {
             Some(Member {
                 peer: old,
                 voter: false,
+                ..
             }) if old != peer => {
                 return Err((
                     ErrorCode::MalformedRequest,

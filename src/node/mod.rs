@@ -20,7 +20,7 @@ mod serve;
 mod status;
 
 pub use forward::{ForwardReply, Forwarded};
-pub use membership::{MembershipError, NOT_LEADER_FIELD};
+pub use membership::{Member, MembershipError, NOT_LEADER_FIELD};
 pub use peer::error_body;
 pub use serve::{BatchStarted, Started, check_entry_bytes, command_bytes};
 pub use status::{NodeStatus, Role};

@@ -38,7 +38,7 @@ use super::budgets::{Arrival, Budgets, Class};
 use crate::node::driver::{
     Driver, Hooks, LineSource, Other, Out, Permits, Sink, To, Written, write_loop,
 };
-use crate::node::{MembershipError, Node};
+use crate::node::{Member, MembershipError, Node};
 use crate::protocol::framing::{Line, LineReader};
 use crate::protocol::{Body, ErrorCode, Message, ParseError, Reply, Skeleton, parse_line};
 use crate::raft::Peer;
@@ -620,7 +620,7 @@ async fn membership(
             return malformed(text);
         }
         // A member already is handled by add_member (a no-op, or a refusal).
-        let member = node.membership_nodes().iter().any(|(i, _, _)| *i == id);
+        let member = node.membership_nodes().iter().any(|m| m.id == id);
         if !member && let Some(text) = foreign_node(&peer, config.membership_probe_timeout).await {
             return malformed(text);
         }
@@ -675,19 +675,20 @@ async fn foreign_node(peer: &Peer, timeout: Duration) -> Option<String> {
 
 /// Why `peer` may not join: another member (not id `id`) has its address, as
 /// written or resolved.
-fn address_taken(members: Vec<(u64, Peer, bool)>, id: u64, peer: &Peer) -> Option<String> {
+fn address_taken(members: Vec<Member>, id: u64, peer: &Peer) -> Option<String> {
     let mine = super::resolve(&peer.addr).unwrap_or_default();
     members
         .into_iter()
-        .filter(|(other, _, _)| *other != id)
-        .find(|(_, other, _)| {
+        .filter(|m| m.id != id)
+        .map(|m| m.peer)
+        .find(|other| {
             other.addr.eq_ignore_ascii_case(&peer.addr)
                 || super::resolve(&other.addr)
                     .unwrap_or_default()
                     .iter()
                     .any(|a| mine.contains(a))
         })
-        .map(|(_, other, _)| {
+        .map(|other| {
             format!(
                 "address {} is already {other}'s: every member needs its own; nothing was changed",
                 peer.addr

@@ -272,7 +272,10 @@ async fn check_stored_membership(
             "the stored membership",
         )
         .await;
-    for (id, recorded, _) in node.membership_nodes() {
+    for crate::node::Member {
+        id, peer: recorded, ..
+    } in node.membership_nodes()
+    {
         if id == node.id {
             if !recorded.addr.eq_ignore_ascii_case(&members[&id].addr)
                 && super::check_listen(&recorded, listen).is_err()
