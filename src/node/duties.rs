@@ -23,6 +23,49 @@ const LOG_BUDGET_PERIOD_HEARTBEATS: u64 = 2;
 /// check would ask again while a build of a large state still runs.
 const SNAPSHOT_BUILD_WAIT: Duration = Duration::from_secs(10);
 
+/// Why a duty task died by panicking, shared between the task's watcher and
+/// [`Node::fatal`].
+#[derive(Debug, Clone, Default)]
+pub(super) struct DutyFailure(Arc<std::sync::Mutex<Option<String>>>);
+
+impl DutyFailure {
+    /// The failure, if a duty panicked.
+    pub(super) fn get(&self) -> Option<String> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn set(&self, why: String) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+    }
+}
+
+/// Spawns one of the node's periodic duties. A duty that panics is not left
+/// dead while the node runs on without it (a log that is never snapshotted
+/// again fills the disk): the panic is recorded in `failed`, and
+/// [`Node::fatal`] ends the process with it.
+pub(super) fn spawn_duty(
+    failed: DutyFailure,
+    name: &'static str,
+    duty: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    let task = tokio::spawn(duty);
+    tokio::spawn(async move {
+        if let Err(e) = task.await
+            && e.is_panic()
+        {
+            let panic = e.into_panic();
+            let text = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "(no message)".into());
+            let why = format!("the node's {name} task panicked: {text}");
+            tracing::error!("{why}");
+            failed.set(why);
+        }
+    });
+}
+
 impl Node {
     /// Keeps the in-memory log within its byte budget: builds a snapshot once the
     /// applied entries after the last one pass `snapshot_every_bytes`, and purges
@@ -32,8 +75,9 @@ impl Node {
         let weak = Arc::downgrade(&self);
         let period =
             Duration::from_millis(self.config.heartbeat_interval_ms * LOG_BUDGET_PERIOD_HEARTBEATS);
+        let failed = self.duty_failed.clone();
         drop(self);
-        tokio::spawn(async move {
+        spawn_duty(failed, "log budget", async move {
             let mut tick = tokio::time::interval(period);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut budget = LogBudget {
@@ -57,8 +101,9 @@ impl Node {
     pub(super) fn spawn_leader_duties(self: Arc<Self>) {
         let weak = Arc::downgrade(&self);
         let period = Duration::from_millis(self.config.gc_interval_ms);
+        let failed = self.duty_failed.clone();
         drop(self);
-        tokio::spawn(async move {
+        spawn_duty(failed, "leader duties", async move {
             let mut tick = tokio::time::interval(period);
             loop {
                 tick.tick().await;
@@ -121,8 +166,7 @@ impl LogBudget {
             let m = crate::raft::log_store::lock(&self.mirror);
             let after = match (snapshot, applied) {
                 (_, None) => 0,
-                (None, Some(a)) => m.bytes_in(..=a),
-                (Some(s), Some(a)) => m.bytes_in(s + 1..=a),
+                (s, Some(a)) => m.bytes_in(s, a),
             };
             (after, snapshot.and_then(|s| purge_point(&m, s, c)))
         };
@@ -158,6 +202,30 @@ fn purge_point(m: &crate::raft::log_store::LogMirror, snapshot: u64, c: &Config)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A duty that panics is recorded for `Node::fatal` (which ends the
+    /// process), not left dead while the node runs on without it.
+    #[tokio::test]
+    async fn a_panicking_duty_is_recorded_as_fatal() {
+        let failed = DutyFailure::default();
+        spawn_duty(failed.clone(), "test", async {
+            panic!("range start > end")
+        });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while failed.get().is_none() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let why = failed.get().expect("the panic is recorded");
+        assert!(
+            why.contains("test task panicked: range start > end"),
+            "{why}"
+        );
+        // A duty that ends normally records nothing.
+        let quiet = DutyFailure::default();
+        spawn_duty(quiet.clone(), "quiet", async {});
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(quiet.get(), None);
+    }
 
     #[test]
     fn the_log_kept_behind_a_snapshot_is_bounded_in_bytes() {

@@ -86,6 +86,9 @@ pub struct Node {
     snapshots_in: SnapshotReceiver,
     /// Set by [`Node::shutdown`]: Raft stopping after this is not a failure.
     stopping: AtomicBool,
+    /// Why a duty task of this node died by panicking, if one did
+    /// ([`duties::spawn_duty`]): [`Node::fatal`] then ends the process.
+    duty_failed: duties::DutyFailure,
 }
 
 /// How often [`Node::fatal`] looks at Raft's running state besides when its role
@@ -201,6 +204,7 @@ impl Node {
             finished: tokio::sync::watch::Sender::new(0),
             snapshots_in,
             stopping: AtomicBool::new(false),
+            duty_failed: duties::DutyFailure::default(),
         });
         node.clone().spawn_leader_duties();
         node.clone().spawn_log_budget(storage.mirror);
@@ -293,7 +297,7 @@ impl Node {
         let metrics = self.raft.metrics();
         let mut server = self.raft.server_metrics();
         loop {
-            let failed = {
+            let failed = self.duty_failed.get().or_else(|| {
                 let m = metrics.borrow_watched();
                 match &m.running_state {
                     Err(e) => Some(format!("raft stopped: {e}")),
@@ -302,7 +306,7 @@ impl Node {
                     }
                     Ok(()) => None,
                 }
-            };
+            });
             let asked = self.stopping.load(Ordering::Acquire);
             match failed {
                 Some(why) if !asked => return why,

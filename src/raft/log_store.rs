@@ -107,9 +107,16 @@ impl LogMirror {
         out
     }
 
-    /// Bytes of the entries in `range`.
-    pub fn bytes_in(&self, range: impl RangeBounds<u64>) -> u64 {
-        self.log.range(range).map(|(_, (_, b))| *b).sum()
+    /// Bytes of the entries after index `after` (all, for `None`) up to `upto`
+    /// inclusive; 0 when that range is empty (`after >= upto`), which it is
+    /// whenever nothing was applied since the last snapshot.
+    pub fn bytes_in(&self, after: Option<u64>, upto: u64) -> u64 {
+        let start = match after {
+            None => 0,
+            Some(a) if a >= upto => return 0,
+            Some(a) => a + 1,
+        };
+        self.log.range(start..=upto).map(|(_, (_, b))| *b).sum()
     }
 
     /// Last purged and last present log ids.
@@ -283,6 +290,10 @@ mod tests {
         assert_eq!(m.bytes, 950);
         m.purge(entry(4).log_id);
         assert_eq!(m.bytes, 550);
-        assert_eq!(m.bytes_in(..=7), 300);
+        assert_eq!(m.bytes_in(None, 7), 300);
+        // Nothing after the snapshot (or a snapshot ahead): 0, never a panic.
+        assert_eq!(m.bytes_in(Some(7), 7), 0);
+        assert_eq!(m.bytes_in(Some(9), 7), 0);
+        assert_eq!(m.bytes_in(Some(u64::MAX), u64::MAX), 0);
     }
 }
