@@ -494,7 +494,6 @@ fn a_node_idle_right_after_a_snapshot_keeps_its_log_budget() {
     assert!(stdout.read_line(&mut buf).expect("read") > 0, "node exited");
     let reply: Value = serde_json::from_str(&buf).expect("json");
     assert_eq!(reply["body"]["value"], json!(39), "{reply}");
-    drop(line);
     drop(stdin);
     let _ = child.wait();
     let log = stderr_text.join().expect("stderr reader");
