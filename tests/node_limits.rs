@@ -7,8 +7,8 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Command, Stdio};
+use std::io::{BufRead, Write};
+use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -119,14 +119,7 @@ fn oversized_and_unparseable_requests_get_error_12_and_the_cluster_keeps_committ
 #[cfg(target_os = "linux")]
 #[test]
 fn a_huge_client_line_is_not_held_in_memory() {
-    let mut child = Command::new(support::bin())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn");
-    let mut stdin = child.stdin.take().expect("stdin");
-    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    let (mut child, mut stdin, mut stdout) = support::spawn_node(&[], Stdio::null());
     let mut recv = || {
         let mut line = String::new();
         stdout.read_line(&mut line).expect("read");
@@ -198,20 +191,13 @@ fn a_batch_never_asks_for_more_places_than_exist() {
         input.push_str(&json!({"src":"c1","dest":"n1","body":body}).to_string());
         input.push('\n');
     }
-    let mut child = Command::new(support::bin())
-        .env("ONCEKV_REQUESTS_IN_FLIGHT_MAX", "2")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn");
-    let mut stdin = child.stdin.take().expect("stdin");
+    let (mut child, mut stdin, stdout) =
+        support::spawn_node(&[("ONCEKV_REQUESTS_IN_FLIGHT_MAX", "2")], Stdio::null());
     stdin.write_all(input.as_bytes()).expect("write");
     drop(stdin);
-    let stdout = child.stdout.take().expect("stdout");
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
+        for line in stdout.lines() {
             let Ok(line) = line else { return };
             let _ = tx.send(serde_json::from_str::<Value>(&line).expect("json")["body"].clone());
         }

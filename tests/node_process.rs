@@ -85,16 +85,8 @@ fn single_node_is_a_sequential_store() {
 /// close and the retry arrive together, in one read.
 #[test]
 fn a_retry_behind_a_close_or_a_window_move_is_answered_in_order() {
-    use std::io::{BufRead, BufReader, Write};
-    use std::process::{Command, Stdio};
-    let mut child = Command::new(support::bin())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn");
-    let mut stdin = child.stdin.take().expect("stdin");
-    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    use std::io::{BufRead, Write};
+    let (mut child, mut stdin, mut stdout) = support::spawn_node(&[], std::process::Stdio::null());
     let mut msg_id = 0;
     let mut send = move |bodies: &[Value]| {
         let mut chunk = String::new();
@@ -454,17 +446,11 @@ fn seq_u64_max_keeps_exactly_once() {
 /// idle moment such a moment; the node must log no panic and keep answering.
 #[test]
 fn a_node_idle_right_after_a_snapshot_keeps_its_log_budget() {
-    use std::io::{BufRead, BufReader, Read, Write};
-    use std::process::{Command, Stdio};
-    let mut child = Command::new(support::bin())
-        .env("ONCEKV_SNAPSHOT_EVERY_ENTRIES", "10")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let mut stdin = child.stdin.take().expect("stdin");
-    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    use std::io::{BufRead, Read, Write};
+    let (mut child, mut stdin, mut stdout) = support::spawn_node(
+        &[("ONCEKV_SNAPSHOT_EVERY_ENTRIES", "10")],
+        std::process::Stdio::piped(),
+    );
     let mut stderr = child.stderr.take().expect("stderr");
     let stderr_text = std::thread::spawn(move || {
         let mut s = String::new();

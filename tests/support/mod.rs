@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Mutex};
@@ -38,6 +38,25 @@ pub fn run_script_bytes(input: &[u8]) -> String {
     writer.join().expect("writer").expect("write stdin");
     assert!(out.status.success(), "exit status {:?}", out.status);
     String::from_utf8(out.stdout).expect("utf8 stdout")
+}
+
+/// One node process (Maelstrom mode) on pipes, with these `ONCEKV_*` settings:
+/// the child, its stdin, and its stdout read by lines. `stderr` says where its
+/// log goes (`Stdio::piped()` leaves it in `child.stderr` to take).
+pub fn spawn_node(
+    env: &[(&str, &str)],
+    stderr: Stdio,
+) -> (Child, ChildStdin, BufReader<ChildStdout>) {
+    let mut child = Command::new(bin())
+        .envs(env.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(stderr)
+        .spawn()
+        .expect("spawn oncekv");
+    let stdin = child.stdin.take().expect("stdin");
+    let stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    (child, stdin, stdout)
 }
 
 /// Polls `f` until it returns Some or the deadline passes.
