@@ -32,7 +32,7 @@ use oncekv::tools::check::{CheckOptions, Validity, check_counters, check_lineari
 use oncekv::tools::history::{HistoryOp, OpType};
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
-use support_tcp::{Recorder, TestCluster, seed, wait_status};
+use support_tcp::{Recorder, TestCluster, seed, wait_caught_up, wait_status};
 
 /// One test at a time in this file (tokio's mutex: held across awaits, not poisoned
 /// by a failing test).
@@ -406,18 +406,14 @@ async fn a_follower_behind_a_purged_log_catches_up_by_snapshot_with_sessions() {
     let restarted = Instant::now();
     cluster.restart_with(follower, &[("ONCEKV_SNAPSHOT_EVERY_ENTRIES", "1000000")]);
     let leader_last = l.last_log_index;
-    let f = wait_status(
+    let f = wait_caught_up(
         &cluster,
         follower,
-        "the restarted follower to catch up",
+        leader_last,
         Duration::from_secs(15),
-        |s| s.applied_index >= leader_last,
+        restarted,
     )
     .await;
-    eprintln!(
-        "follower caught up {} ms after its restart: {f:?}",
-        restarted.elapsed().as_millis()
-    );
     assert!(
         f.snapshot_index >= Some(seq60_index) && f.snapshot_index > Some(missed_from),
         "the follower installed a snapshot covering seq 60: {f:?}"

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use oncekv::protocol::Reply;
 use serde_json::json;
-use support_tcp::{TestCluster, wait_status};
+use support_tcp::{TestCluster, wait_caught_up, wait_status};
 
 /// Size of each value written.
 const VALUE_BYTES: usize = 100_000;
@@ -91,18 +91,14 @@ async fn a_follower_behind_by_megabytes_of_large_values_catches_up() {
         ],
     );
     let leader_last = last_index(&cluster, leader).await;
-    let f = wait_status(
+    let f = wait_caught_up(
         &cluster,
         follower,
-        "the restarted follower to catch up",
+        leader_last,
         Duration::from_secs(30),
-        |s| s.applied_index >= leader_last,
+        restarted,
     )
     .await;
-    eprintln!(
-        "follower caught up {} ms after its restart: {f:?}",
-        restarted.elapsed().as_millis()
-    );
     assert!(
         f.snapshot_index > Some(stopped_at),
         "the follower installed a snapshot: {f:?}"

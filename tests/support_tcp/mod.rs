@@ -358,6 +358,30 @@ impl Recorder {
     }
 }
 
+/// Waits until node `follower`, restarted at `restarted`, has applied up to
+/// `leader_last`, and says how long that took after the restart.
+pub async fn wait_caught_up(
+    cluster: &TestCluster,
+    follower: usize,
+    leader_last: Option<u64>,
+    timeout: Duration,
+    restarted: Instant,
+) -> NodeStatus {
+    let f = wait_status(
+        cluster,
+        follower,
+        "the restarted follower to catch up",
+        timeout,
+        |s| s.applied_index >= leader_last,
+    )
+    .await;
+    eprintln!(
+        "follower caught up {} ms after its restart: {f:?}",
+        restarted.elapsed().as_millis()
+    );
+    f
+}
+
 /// Waits until node `i` answers `status` with `check` true; returns that status.
 pub async fn wait_status(
     cluster: &TestCluster,
