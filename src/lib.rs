@@ -16,6 +16,8 @@
 //!   `test`/`demo`, `check`); `main.rs` only dispatches to them.
 //! - [`reject_log`]: logging of rejected input, truncated and rate-limited ([`reject!`]).
 //! - [`log_file`]: the size-capped node log file of `oncekv serve`.
+//! - `planted` (test builds only): bugs a test can switch on to show that the
+//!   simulator finds them.
 //! - [`utc`]: UTC time as text (output folder names, run markers in logs).
 //! - [`tools`]: the tooling wing (test harness, checker, reports, history format,
 //!   benchmarks); it uses the product modules above, none of which uses it; only the
@@ -33,6 +35,8 @@ pub mod config;
 pub mod log_file;
 pub mod maelstrom;
 pub mod node;
+#[cfg(test)]
+pub mod planted;
 pub mod protocol;
 pub mod raft;
 pub mod reject_log;

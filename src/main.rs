@@ -35,6 +35,9 @@ enum Command {
     /// Check a history.jsonl: per-key linearizability, and exactly-once counters
     /// if it has counter keys. Exit 0 valid, 1 invalid, 2 unknown, 3 bad input.
     Check(cli::check::CheckArgs),
+    /// Simulate whole clusters deterministically under seeded faults and check
+    /// every run (docs/testing.md). Exit 0 every seed passed, 1 one failed.
+    Sim(cli::sim::SimArgs),
     /// Run one node over TCP (see docs/cluster.md).
     Serve(oncekv::tcp::serve::ServeArgs),
     /// Run N `serve` processes on loopback until Ctrl-C.
@@ -73,6 +76,11 @@ fn main() -> anyhow::Result<()> {
         })?,
         Some(Command::Test(args)) => printing(|out| Ok(cli::test::run(args, out)?))?,
         Some(Command::Demo(args)) => printing(|out| cli::test::demo(&args, out))?,
+        // No log subscriber: the simulated nodes' logs would drown the verdict.
+        Some(Command::Sim(args)) => {
+            let mut out = io::stdout().lock();
+            cli::sim::main(&args, &mut out)?
+        }
         Some(Command::Check(args)) => printing(|out| Ok(cli::check::run(&args, out)?))?,
         Some(Command::Cluster(args)) => printing(|out| {
             cli::block_on(cli::cluster::run(&args, out))??;

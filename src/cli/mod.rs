@@ -16,6 +16,7 @@ pub mod check;
 pub mod client;
 pub mod cluster;
 pub mod node;
+pub mod sim;
 pub mod test;
 
 use std::error::Error;

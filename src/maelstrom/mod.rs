@@ -26,13 +26,16 @@ use tokio::io::{AsyncRead, AsyncWrite, BufReader};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::Config;
-use crate::node::Node;
 use crate::node::driver::{Driver, Hooks, Other, Out, Permits, Sink, write_loop};
+use crate::node::{Node, StartError, WallClock};
 use crate::protocol::framing::LineReader;
 use crate::protocol::{ErrorCode, Message, Reply, Skeleton};
-use crate::raft::Peer;
+use crate::raft::log_store::MemLogStore;
 use crate::raft::network::{self, CallError, Transport};
 use crate::raft::pending::PendingCalls;
+use crate::raft::sm_store::StateMachineStore;
+use crate::raft::{Peer, Storage, TypeConfig};
+use openraft::storage::RaftLogStorage;
 
 /// [`Transport`] over Maelstrom messages.
 struct MaelstromTransport {
@@ -73,12 +76,59 @@ impl Transport for MaelstromTransport {
     }
 }
 
+/// What a Maelstrom node runs on besides stdin and stdout: its stores and its
+/// wall clock (in memory and the system's; the simulator hands in its own).
+pub struct Backing<L> {
+    /// Raft's log and the state machine.
+    pub storage: Storage<L>,
+    /// The clock entries are stamped from.
+    pub clock: WallClock,
+    /// Told the node once `init` started it.
+    pub started: Option<oneshot::Sender<Arc<Node>>>,
+}
+
+impl Backing<MemLogStore> {
+    /// Empty in-memory stores and the system clock: Maelstrom mode.
+    pub fn in_memory() -> Backing<MemLogStore> {
+        let log = MemLogStore::default();
+        Backing {
+            storage: Storage {
+                mirror: log.mirror(),
+                log,
+                sm: StateMachineStore::new(),
+            },
+            clock: WallClock::system(),
+            started: None,
+        }
+    }
+}
+
 /// Runs a Maelstrom node until `input` closes and every accepted request is answered.
 pub async fn run<R, W>(input: R, output: W, config: Config) -> std::io::Result<()>
 where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
 {
+    run_on(input, output, config, Backing::in_memory()).await
+}
+
+/// [`run`] on the given stores and clock.
+pub async fn run_on<R, W, L>(
+    input: R,
+    output: W,
+    config: Config,
+    backing: Backing<L>,
+) -> std::io::Result<()>
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+    L: RaftLogStorage<TypeConfig>,
+{
+    let Backing {
+        storage,
+        clock,
+        started: tell_started,
+    } = backing;
     let (out_tx, out_rx) = mpsc::channel(config.outbox_capacity);
     let (started_tx, started_rx) = oneshot::channel::<Arc<Node>>();
     let calls = Arc::new(PendingCalls::default());
@@ -98,6 +148,8 @@ where
         node_ids: Vec::new(),
         config,
         started: Some(started_tx),
+        tell_started,
+        backing: Some((storage, clock)),
     };
     // A client's line may have request_bytes_max bytes; a member's (told by
     // its `src`, read before the line is buffered past that) a peer's limit.
@@ -112,6 +164,7 @@ where
         }
     };
     let result = tokio::select! {
+        biased;
         r = driver.run(&mut lines, &mut hooks) => r,
         why = fatal => {
             tracing::error!("fatal: {why}; stopping the node");
@@ -130,7 +183,7 @@ where
 }
 
 /// What Maelstrom mode adds to the driver.
-struct Maelstrom {
+struct Maelstrom<L> {
     /// Our RPCs awaiting replies (registered by the writer).
     calls: Arc<PendingCalls>,
     /// Node names from `init`: messages from these are peer traffic.
@@ -140,9 +193,13 @@ struct Maelstrom {
     config: Config,
     /// Hands the node, once `init` started it, to `run`'s watch for a fatal error.
     started: Option<oneshot::Sender<Arc<Node>>>,
+    /// Also told, for whoever runs this node (the simulator).
+    tell_started: Option<oneshot::Sender<Arc<Node>>>,
+    /// What the node starts on, taken by the first `init`.
+    backing: Option<(Storage<L>, WallClock)>,
 }
 
-impl Hooks for Maelstrom {
+impl<L: RaftLogStorage<TypeConfig>> Hooks for Maelstrom<L> {
     fn line_bytes_max(&self, sk: &Skeleton) -> Option<usize> {
         sk.src
             .as_ref()
@@ -210,10 +267,26 @@ impl Hooks for Maelstrom {
             me: node_id.as_str().into(),
         });
         let config = self.config.clone();
-        let reply = match Node::start(&node_id, members, transport, config, true).await {
+        let started = match Node::number_members(&node_id, members) {
+            Err(e) => Err(e),
+            Ok((id, members)) => match self.backing.take() {
+                Some((storage, clock)) => {
+                    let initial = Some(members.clone());
+                    Node::start_with(id, members, transport, config, storage, initial, clock).await
+                }
+                None => {
+                    let why = "an earlier init failed after its stores were taken";
+                    Err(StartError::Raft(why.to_string()))
+                }
+            },
+        };
+        let reply = match started {
             Ok(node) => {
                 tracing::info!("node {node_id} started, members {node_ids:?}");
                 if let Some(started) = self.started.take() {
+                    let _ = started.send(node.clone());
+                }
+                if let Some(started) = self.tell_started.take() {
                     let _ = started.send(node.clone());
                 }
                 d.set_node(node, &node_id);

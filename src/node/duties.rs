@@ -4,7 +4,9 @@
 //! (snapshot, then purge). It may not serve clients' requests.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use openraft::async_runtime::WatchReceiver;
 use openraft::errors::Fatal;
@@ -108,6 +110,13 @@ impl Node {
             loop {
                 tick.tick().await;
                 let Some(node) = weak.upgrade() else { return };
+                #[cfg(test)]
+                if crate::planted::active(crate::planted::Bug::GcByLocalClock) {
+                    let now = node.clock.now_ms();
+                    node.sm
+                        .planted_local_gc(now.saturating_sub(node.config.session_timeout_ms));
+                    continue;
+                }
                 if node.leader() == Some(node.id) {
                     node.leader_tick().await;
                 }

@@ -4,7 +4,7 @@
 //! indefinite error). The leader's side is in `peer`. It may not propose or read
 //! locally.
 
-use std::time::Instant;
+use tokio::time::Instant;
 
 use super::Node;
 use super::serve::Served;

@@ -3,7 +3,9 @@
 //! definite only when openraft refused the step before appending anything. It
 //! may not serve clients' requests.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use openraft::async_runtime::WatchReceiver;
 use openraft::errors::{ClientWriteError, RaftError};

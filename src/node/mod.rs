@@ -31,13 +31,14 @@ mod sequencer;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::time::Instant;
 
 use openraft::async_runtime::WatchReceiver;
 use openraft::storage::RaftLogStorage;
 
 use crate::config::Config;
-use crate::raft::log_store::MemLogStore;
 use crate::raft::network::{BulkLimits, Network, Transport};
 use crate::raft::sm_store::StateMachineStore;
 use crate::raft::snapshot_transfer::SnapshotReceiver;
@@ -76,6 +77,8 @@ pub struct Node {
     transport: Arc<dyn Transport>,
     /// Timeouts and bounds.
     pub config: Config,
+    /// The wall clock entries are stamped from.
+    clock: WallClock,
     /// The largest timestamp this node has stamped, so its clock never runs back.
     last_ts_ms: AtomicU64,
     /// Proposals this node submitted in arrival order (see [`Node::start_request`]).
@@ -89,6 +92,39 @@ pub struct Node {
     /// Why a duty task of this node died by panicking, if one did
     /// ([`duties::spawn_duty`]): [`Node::fatal`] then ends the process.
     duty_failed: duties::DutyFailure,
+}
+
+/// The wall clock a node stamps its entries from (milliseconds since the Unix
+/// epoch): the system's, or the simulator's, which jumps.
+#[derive(Clone)]
+pub struct WallClock(Arc<dyn Fn() -> u64 + Send + Sync>);
+
+impl WallClock {
+    /// The system clock.
+    pub fn system() -> WallClock {
+        WallClock(Arc::new(|| {
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0)
+        }))
+    }
+
+    /// A clock read through `now_ms`.
+    pub fn new(now_ms: impl Fn() -> u64 + Send + Sync + 'static) -> WallClock {
+        WallClock(Arc::new(now_ms))
+    }
+
+    /// Now, in milliseconds since the Unix epoch.
+    pub fn now_ms(&self) -> u64 {
+        (self.0)()
+    }
+}
+
+impl std::fmt::Debug for WallClock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "WallClock({} ms)", self.now_ms())
+    }
 }
 
 /// How often [`Node::fatal`] looks at Raft's running state besides when its role
@@ -114,16 +150,12 @@ const RETRY_MARGIN_HEARTBEATS: u64 = 1;
 const LEADER_POLL_MAX: Duration = Duration::from_millis(20);
 
 impl Node {
-    /// Starts a Raft member `name` of `members` (ids are positions in the list, the
-    /// same on every node) on in-memory storage, bootstrapping the cluster from the
-    /// list when `bootstrap`. This is Maelstrom mode.
-    pub async fn start(
+    /// Numbers `members` by position (ids are positions in the list, the same on
+    /// every node) and finds `name` among them: Maelstrom mode's membership.
+    pub fn number_members(
         name: &str,
         members: Vec<Peer>,
-        transport: Arc<dyn Transport>,
-        config: Config,
-        bootstrap: bool,
-    ) -> Result<Arc<Node>, StartError> {
+    ) -> Result<(u64, BTreeMap<u64, Peer>), StartError> {
         let mut seen = std::collections::BTreeSet::new();
         if let Some(dup) = members.iter().find(|p| !seen.insert(&p.name)) {
             return Err(StartError::DuplicateMember(dup.name.clone()));
@@ -138,14 +170,7 @@ impl Node {
             .find(|(_, p)| p.name == name)
             .map(|(id, _)| *id)
             .ok_or_else(|| StartError::NotAMember(name.to_string()))?;
-        let log = MemLogStore::default();
-        let storage = Storage {
-            mirror: log.mirror(),
-            log,
-            sm: StateMachineStore::new(),
-        };
-        let init = bootstrap.then(|| members.clone());
-        Node::start_with(id, members, transport, config, storage, init).await
+        Ok((id, members))
     }
 
     /// Starts member `id` of `members` on the given storage. `initialize` forms a new
@@ -158,6 +183,7 @@ impl Node {
         config: Config,
         storage: Storage<L>,
         initialize: Option<BTreeMap<u64, Peer>>,
+        clock: WallClock,
     ) -> Result<Arc<Node>, StartError>
     where
         L: RaftLogStorage<TypeConfig>,
@@ -199,6 +225,7 @@ impl Node {
             members,
             transport,
             config,
+            clock,
             last_ts_ms: AtomicU64::new(0),
             submitted: AtomicU64::new(0),
             finished: tokio::sync::watch::Sender::new(0),
@@ -272,10 +299,7 @@ impl Node {
     /// clock (the log's time) nor behind what this node already stamped, so a new
     /// leader with a slow clock starts from the log's time (LogCabin's cluster clock).
     pub fn next_ts_ms(&self) -> u64 {
-        let wall = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
+        let wall = self.clock.now_ms();
         let log_time = self.sm.clock_ms();
         let ts = wall.max(log_time);
         let prev = self.last_ts_ms.fetch_max(ts, Ordering::SeqCst);
@@ -314,6 +338,7 @@ impl Node {
                 None => {}
             }
             let closed = tokio::select! {
+                biased;
                 r = server.changed() => r.is_err(),
                 () = tokio::time::sleep(FATAL_CHECK_PERIOD) => false,
             };

@@ -2,7 +2,7 @@
 //! `forward` (the leader's side: serve the request locally and say how it
 //! ended). It may not forward or change the membership.
 
-use std::time::Instant;
+use tokio::time::Instant;
 
 use openraft::async_runtime::WatchReceiver;
 use openraft::raft::{AppendEntriesRequest, VoteRequest};

@@ -18,6 +18,7 @@
 pub mod log_store;
 pub mod network;
 pub mod pending;
+pub mod runtime;
 pub mod sm_store;
 pub mod snapshot_transfer;
 
@@ -52,6 +53,7 @@ openraft::declare_raft_types!(
         R = Outcome,
         NodeId = u64,
         Node = Peer,
+        AsyncRuntime = runtime::OnceRuntime,
 );
 
 /// The two stores a node runs on, as opened by [`crate::storage`] (durable) or

@@ -307,6 +307,7 @@ where
                 .as_ref()
                 .map(|(_, since)| *since + COMMIT_UPDATE_HOLD);
             let pulled = tokio::select! {
+                biased;
                 r = input.next() => r,
                 () = self.timer.as_mut(), if deadline.is_some() => {
                     match deadline {
@@ -502,7 +503,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
             let total = data.len() as u64;
             let mut offset = 0u64;
             let mut reported = 0u64;
-            let started = std::time::Instant::now();
+            let started = tokio::time::Instant::now();
             loop {
                 let chunk = chunk_at(&data, offset as usize, self.limits.chunk_bytes);
                 let rpc = SnapshotChunk {
@@ -547,6 +548,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
             }
         };
         tokio::select! {
+            biased;
             closed = cancel => Err(StreamingError::Closed(closed)),
             r = send => r.map_err(|e| match rpc_error(e) {
                 RPCError::Network(n) => StreamingError::Network(n),

@@ -8,7 +8,7 @@
 //! call's outcome is a `Result<Body, CallError>` in those terms. Owns: the
 //! table and its sweep. May not touch: sockets, stdout, the node.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use tokio::sync::oneshot;
@@ -34,7 +34,7 @@ pub struct PendingCalls {
 #[derive(Default)]
 struct Inner {
     /// Callers by the `msg_id` of their request.
-    waiting: HashMap<u64, ReplyTx>,
+    waiting: BTreeMap<u64, ReplyTx>,
     /// Inserts since the last sweep.
     inserts: u32,
 }

@@ -62,7 +62,30 @@ pub struct StateMachineStore {
     current: Arc<RwLock<Option<StoredSnapshot>>>,
     /// Where snapshots are persisted; `None` in Maelstrom mode (memory only).
     sink: Option<Arc<dyn SnapshotSink>>,
+    /// Where every key-value operation that ran is recorded, if anyone asked
+    /// (the simulator's check of exactly-once execution).
+    journal: Option<Journal>,
 }
+
+/// One key-value operation that ran (was not answered from the session table).
+#[derive(Debug, Clone)]
+pub struct Executed {
+    /// The log index of its entry.
+    pub index: u64,
+    /// Its session, if it had one: `(client_id, seq)`.
+    pub session: Option<(String, u64)>,
+    /// What ran.
+    pub op: crate::state::KvOp,
+    /// What it answered.
+    pub outcome: Outcome,
+    /// Its request opened a session under an id with no record left: the id is
+    /// new, or its tombstone was trimmed (then a late retry runs again, a window
+    /// `docs/sessions.md` describes).
+    pub fresh_session: bool,
+}
+
+/// The record of executed operations, shared with whoever reads it.
+pub type Journal = Arc<std::sync::Mutex<Vec<Executed>>>;
 
 impl StateMachineStore {
     /// An empty state machine. Every replica starts from the same default limits;
@@ -77,7 +100,23 @@ impl StateMachineStore {
             current: Arc::new(RwLock::new(None)),
             clock_ms: Arc::default(),
             sink: None,
+            journal: None,
         }
+    }
+
+    /// Records every key-value operation that runs in `journal` from now on
+    /// (set before the store is handed to Raft: clones made earlier do not record).
+    pub fn set_journal(&mut self, journal: Journal) {
+        self.journal = Some(journal);
+    }
+
+    /// Expires sessions by a replica's own clock: the planted bug
+    /// `GcByLocalClock` (test builds only).
+    #[cfg(test)]
+    pub fn planted_local_gc(&self, cutoff_ms: u64) {
+        let mut a = self.write();
+        let limits = a.state.limits;
+        a.state.sessions.expire_before(cutoff_ms, &limits);
     }
 
     /// The applied state's cluster clock (ms).
@@ -119,9 +158,7 @@ impl StateMachineStore {
             return Ok(());
         };
         let (meta, data) = (meta.clone(), data.to_vec());
-        tokio::task::spawn_blocking(move || sink.save(&meta, &data))
-            .await
-            .map_err(io::Error::other)?
+        super::runtime::blocking(move || sink.save(&meta, &data)).await?
     }
 
     /// Where partial incoming snapshots go: the sink's directory, if any.
@@ -151,9 +188,7 @@ impl StateMachineStore {
         };
         // Encoding a large state takes long: off the runtime's workers (a node
         // sharing its machine may have only one), so heartbeats keep flowing.
-        let data = tokio::task::spawn_blocking(move || state.to_snapshot())
-            .await
-            .map_err(io::Error::other)?;
+        let data = super::runtime::blocking(move || state.to_snapshot()).await?;
         self.persist(&meta, &data).await?;
         *self.current.write().unwrap_or_else(|p| p.into_inner()) =
             Some((meta.clone(), data.clone()));
@@ -202,7 +237,23 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 match entry.payload {
                     EntryPayload::Blank => Outcome::Applied,
                     EntryPayload::Normal(ref cmd) => {
-                        let reply = a.state.apply(entry.log_id.index(), cmd);
+                        let (reply, ran) = a.state.apply_traced(entry.log_id.index(), cmd);
+                        if let (Some(fresh), Some(journal), crate::state::Op::Kv { kv, session }) =
+                            (ran, &self.journal, &cmd.op)
+                        {
+                            journal
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .push(Executed {
+                                    index: entry.log_id.index(),
+                                    session: session
+                                        .as_ref()
+                                        .map(|s| (s.client_id.to_string(), s.seq)),
+                                    op: kv.clone(),
+                                    outcome: reply.clone(),
+                                    fresh_session: fresh,
+                                });
+                        }
                         self.clock_ms
                             .store(a.state.clock_ms, std::sync::atomic::Ordering::Release);
                         reply
@@ -230,12 +281,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         data: Vec<u8>,
     ) -> Result<(), io::Error> {
         // Decoding is as slow as encoding: off the workers too (see snapshot_now).
-        let (state, data) = tokio::task::spawn_blocking(move || {
+        let (state, data) = super::runtime::blocking(move || {
             let state = State::from_snapshot(&data);
             (state, data)
         })
-        .await
-        .map_err(io::Error::other)?;
+        .await?;
         let state = state.map_err(invalid)?;
         // Durable before openraft purges the log it replaces.
         self.persist(meta, &data).await?;

@@ -61,14 +61,22 @@ impl State {
     /// Applies entry `index` and returns its reply. Pure: same state and entry, same
     /// result, on every replica.
     pub fn apply(&mut self, index: u64, cmd: &Command) -> Outcome {
+        self.apply_traced(index, cmd).0
+    }
+
+    /// [`State::apply`], also saying whether a key-value operation ran (rather than
+    /// being answered from the session table or refused by it), and if it did,
+    /// whether its request opened a session under an id with no record (rule 1):
+    /// the record the simulator checks exactly-once execution against.
+    pub fn apply_traced(&mut self, index: u64, cmd: &Command) -> (Outcome, Option<bool>) {
         self.clock_ms = self.clock_ms.max(cmd.ts_ms);
         let now = self.clock_ms;
-        match &cmd.op {
-            Op::Kv { kv, session: None } => self.execute(kv),
+        let outcome = match &cmd.op {
+            Op::Kv { kv, session: None } => return (self.execute(kv), Some(false)),
             Op::Kv {
                 kv,
                 session: Some(s),
-            } => self.apply_with_session(kv, s, now),
+            } => return self.apply_with_session(kv, s, now),
             Op::OpenSession => {
                 let id = self.fresh_session_id(index);
                 self.sessions.open(id.clone(), now, &self.limits);
@@ -97,7 +105,8 @@ impl State {
                 self.limits = *limits;
                 Outcome::Applied
             }
-        }
+        };
+        (outcome, None)
     }
 
     /// A linearizable read's answer, from the applied state (no log entry).
@@ -118,17 +127,34 @@ impl State {
             .cloned()
     }
 
-    fn apply_with_session(&mut self, kv: &KvOp, s: &SessionRef, now: u64) -> Outcome {
+    fn apply_with_session(
+        &mut self,
+        kv: &KvOp,
+        s: &SessionRef,
+        now: u64,
+    ) -> (Outcome, Option<bool>) {
+        let fresh = !self.sessions.is_known(&s.client_id);
         let admission =
             self.sessions
                 .admit(&s.client_id, s.seq, s.first_outstanding, now, &self.limits);
+        #[cfg(test)]
+        let admission = match admission {
+            Admission::Answer(Outcome::Failed { .. }) => admission,
+            Admission::Answer(_)
+                if crate::planted::active(crate::planted::Bug::DedupAtLeader)
+                    && self.sessions.get(&s.client_id).is_some() =>
+            {
+                Admission::Execute
+            }
+            other => other,
+        };
         match admission {
-            Admission::Answer(reply) => reply,
+            Admission::Answer(reply) => (reply, None),
             Admission::Execute => {
                 let reply = self.execute(kv);
                 self.sessions
                     .record(&s.client_id, s.seq, reply.clone(), &self.limits);
-                reply
+                (reply, Some(fresh))
             }
         }
     }
@@ -198,6 +224,14 @@ impl State {
     /// The snapshot: the whole state, versioned ([`format`](mod@format)). Deterministic
     /// (ordered maps only).
     pub fn to_snapshot(&self) -> Vec<u8> {
+        #[cfg(test)]
+        if crate::planted::active(crate::planted::Bug::SessionsNotInSnapshot) {
+            let without = State {
+                sessions: SessionTable::default(),
+                ..self.clone()
+            };
+            return format::encode_snapshot(&without);
+        }
         format::encode_snapshot(self)
     }
 

@@ -179,8 +179,16 @@ pub async fn run(args: &ServeArgs, shutdown: impl std::future::Future) -> Result
             .with_line_bytes_max(config.peer_line_bytes_max),
     );
     let initialize = (!args.join).then(|| members.clone());
-    let node =
-        Node::start_with(id, members.clone(), transport, config, storage, initialize).await?;
+    let node = Node::start_with(
+        id,
+        members.clone(),
+        transport,
+        config,
+        storage,
+        initialize,
+        crate::node::WallClock::system(),
+    )
+    .await?;
     let stored =
         check_stored_membership(&node, &members, &args.listen, tcp.stored_membership_timeout);
     if let Err(e) = stored.await {

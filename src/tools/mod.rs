@@ -4,6 +4,8 @@
 //! - [`check`]: the linearizability checker and the exactly-once counter check.
 //! - [`report`]: `results.json`, the end-of-run summary and `latency.svg`.
 //! - [`history`]: the `history.jsonl` format shared by the harness and the checker.
+//! - [`sim`]: `oncekv sim`, a deterministic simulation of a whole cluster under
+//!   seeded faults, and the checks every run must pass.
 //! - [`bench`](mod@bench): `oncekv bench` (single node vs a no-consensus baseline, session memory)
 //!   and `oncekv bench-cluster` (3-node TCP cluster vs etcd 3.4).
 //!
@@ -16,3 +18,4 @@ pub mod check;
 pub mod harness;
 pub mod history;
 pub mod report;
+pub mod sim;

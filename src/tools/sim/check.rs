@@ -1,0 +1,251 @@
+//! The checks every simulated run must pass:
+//! - the history is linearizable (the project's checker, `tools::check`);
+//! - no (client_id, seq) ran twice, from the state machines' own record of what
+//!   ran (their journals), not from replies;
+//! - every counter holds the sum of the adds that ran on it;
+//! - every acknowledged sessioned write is in that record (nothing acknowledged
+//!   was lost across crashes);
+//! - replicas that applied the same index hold byte-identical states;
+//! - after the last fault healed, every operation got an answer in bounded time
+//!   and the replicas converged;
+//! - no panic, and no node exited without a fault that explains it.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::client::COUNTERS;
+use super::{World, lock};
+use crate::raft::sm_store::Executed;
+use crate::state::{KvOp, Outcome};
+use crate::tools::check::{CheckOptions, check_linearizable};
+use crate::tools::history::OpType;
+
+/// Hashes each up node's applied state and compares it with what any node
+/// showed at the same index.
+pub fn compare_states(world: &World) {
+    let slots = lock(&world.slots);
+    for s in slots.iter().filter(|s| s.up) {
+        let Some(sm) = &s.sm else { continue };
+        let (index, bytes) = {
+            let a = sm.read();
+            let Some(index) = a.last_applied.map(|l| l.index) else {
+                continue;
+            };
+            (index, serde_json::to_vec(&a.state).unwrap_or_default())
+        };
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in &bytes {
+            h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        let mut states = lock(&world.states);
+        match states.get(&index) {
+            Some((other, who)) if *other != h => {
+                let msg = format!(
+                    "replicas diverged: {} and {who} applied index {index} but hold different states",
+                    s.name
+                );
+                drop(states);
+                drop(slots);
+                world.fail(msg);
+                return;
+            }
+            Some(_) => {}
+            None => {
+                states.insert(index, (h, s.name.clone()));
+            }
+        }
+    }
+}
+
+/// Waits (up to 30 simulated s) until every node is up and all applied the same
+/// index as the leader's committed one; false if they never do.
+pub async fn converge(world: &Arc<World>) -> bool {
+    for _ in 0..300 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let slots = lock(&world.slots);
+        if slots.iter().any(|s| !s.up) {
+            continue;
+        }
+        let applied: Vec<Option<u64>> = slots
+            .iter()
+            .map(|s| {
+                s.sm.as_ref()
+                    .and_then(|sm| sm.read().last_applied.map(|l| l.index))
+            })
+            .collect();
+        let members: Vec<Option<Vec<u64>>> = slots
+            .iter()
+            .map(|s| {
+                lock(&s.node)
+                    .as_ref()
+                    .map(|n| n.membership_nodes().iter().map(|m| m.id).collect())
+            })
+            .collect();
+        drop(slots);
+        let same = applied.windows(2).all(|w| w[0] == w[1]) && applied[0].is_some();
+        let leader = world.leader().is_some();
+        // Nodes removed from the membership stop receiving entries: only
+        // members need to agree.
+        let all_members = members
+            .iter()
+            .all(|m| m.as_ref().is_some_and(|m| m.len() == world.opts.nodes));
+        if leader && same && all_members {
+            compare_states(world);
+            return true;
+        }
+    }
+    let slots = lock(&world.slots);
+    let view: Vec<String> = slots
+        .iter()
+        .map(|s| {
+            let applied =
+                s.sm.as_ref()
+                    .and_then(|sm| sm.read().last_applied.map(|l| l.index));
+            format!("{} up={} applied={applied:?}", s.name, s.up)
+        })
+        .collect();
+    drop(slots);
+    world.fail(format!(
+        "liveness: the replicas did not converge within 30 s after the run: {}",
+        view.join(", ")
+    ));
+    false
+}
+
+/// Every check on the finished run.
+pub fn judge(world: &Arc<World>, converged: bool) {
+    let history = lock(&world.history).clone();
+    // Linearizability.
+    let report = check_linearizable(
+        &history,
+        &CheckOptions {
+            time_limit: Duration::from_secs(20),
+        },
+    );
+    lock(&world.stats).linearizable = report.valid.word().to_string();
+    if report.valid == crate::tools::check::Validity::Invalid {
+        world.fail(format!("not linearizable: {}", report.render().trim()));
+    }
+    // The union of what every replica ran, by log index.
+    let mut by_index: BTreeMap<u64, Executed> = BTreeMap::new();
+    for (i, j) in world.journals.iter().enumerate() {
+        for e in lock(j).iter() {
+            match by_index.get(&e.index) {
+                Some(other) if !same_execution(other, e) => world.fail(format!(
+                    "replicas ran different operations at index {}: {other:?} and ({}) {e:?}",
+                    e.index, world.names[i]
+                )),
+                Some(_) => {}
+                None => {
+                    by_index.insert(e.index, e.clone());
+                }
+            }
+        }
+    }
+    // Exactly once.
+    let mut runs: BTreeMap<(String, u64), Vec<&Executed>> = BTreeMap::new();
+    for e in by_index.values() {
+        if let Some(s) = &e.session {
+            runs.entry(s.clone()).or_default().push(e);
+        }
+    }
+    for ((client, seq), list) in &runs {
+        if list.len() < 2 {
+            continue;
+        }
+        if list[1..].iter().all(|e| e.fresh_session) {
+            lock(&world.stats).trimmed_reruns += 1;
+            continue;
+        }
+        let at: Vec<u64> = list.iter().map(|e| e.index).collect();
+        world.fail(format!(
+            "exactly-once violated: ({client}, {seq}) ran {} times, at indexes {at:?}",
+            list.len()
+        ));
+    }
+    // Acknowledged writes are in the record.
+    for op in history
+        .iter()
+        .filter(|o| o.kind == OpType::Ok && o.f != "read")
+    {
+        if let (Some(c), Some(q)) = (&op.client_id, op.seq)
+            && !runs.contains_key(&(c.clone(), q))
+        {
+            world.fail(format!(
+                "acknowledged {} ({c}, {q}) is in no replica's record: lost",
+                op.f
+            ));
+        }
+    }
+    // Counters hold the sum of the adds that ran.
+    if converged {
+        let state = {
+            let slots = lock(&world.slots);
+            slots
+                .iter()
+                .find_map(|s| s.sm.as_ref().map(|sm| sm.read().state.kv.clone()))
+        };
+        if let Some(kv) = state {
+            for key in COUNTERS {
+                let canonical = Value::from(key).to_string();
+                let sum: i64 = by_index
+                    .values()
+                    .filter_map(|e| match (&e.op, &e.outcome) {
+                        (KvOp::Add { key: k, delta }, Outcome::Added { .. }) if *k == canonical => {
+                            Some(*delta)
+                        }
+                        _ => None,
+                    })
+                    .sum();
+                let held = kv.get(&canonical).and_then(Value::as_i64).unwrap_or(0);
+                if held != sum {
+                    world.fail(format!(
+                        "counter {key} holds {held} but the adds that ran sum to {sum}"
+                    ));
+                }
+            }
+        }
+    }
+    liveness(world, &history);
+}
+
+/// Two records of one index agree.
+fn same_execution(a: &Executed, b: &Executed) -> bool {
+    a.session == b.session && a.op == b.op && a.outcome == b.outcome
+}
+
+/// Every operation pending when the faults healed, or started after, completed
+/// within the bound.
+fn liveness(world: &World, history: &[crate::tools::history::HistoryOp]) {
+    let healed_ns = world.healed_at_ms.load(std::sync::atomic::Ordering::SeqCst) * 1_000_000;
+    let bound_ns = world.opts.liveness_ms * 1_000_000;
+    let mut open: BTreeMap<u64, u64> = BTreeMap::new();
+    for op in history {
+        let crate::tools::history::Process::Client(p) = op.process else {
+            continue;
+        };
+        if op.kind == OpType::Invoke {
+            open.insert(p, op.time);
+            continue;
+        }
+        let Some(invoked) = open.remove(&p) else {
+            continue;
+        };
+        let due = invoked.max(healed_ns) + bound_ns;
+        let gave_up = op.error.as_ref().is_some_and(|(c, _)| *c == -1);
+        if op.time > due || gave_up {
+            world.fail(format!(
+                "liveness: {} on {:?} by process {p} (invoked at {} ms) had no definite \
+                 answer within {} ms of the heal",
+                op.f,
+                op.key,
+                invoked / 1_000_000,
+                world.opts.liveness_ms
+            ));
+            return;
+        }
+    }
+}
