@@ -645,7 +645,7 @@ fn run(limits: SessionLimits, start_ms: u64, steps: &[Step]) -> Result<(), TestC
 }
 
 proptest! {
-    #![proptest_config(Config { cases: 300, ..Config::default() })]
+    #![proptest_config(Config { cases: 500, ..Config::default() })]
 
     /// The state machine answers and holds exactly what the reference model does.
     #[test]
