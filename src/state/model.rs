@@ -4,7 +4,8 @@
 //! generated log as [`State::apply`]. Every outcome, the KV map, the clock, the
 //! limits and each client's session (or tombstone) must agree after every entry.
 //!
-//! The log mixes retries of earlier (client, seq) pairs (same and different body),
+//! The log mixes retries of earlier (client, seq) pairs (resent whole, or the same
+//! seq with another body),
 //! new seqs, gaps, seqs and windows over the whole `u64` range, explicit open and
 //! close, GC entries with cut-offs and stamps going forwards and backwards, limit
 //! changes, sessions enough to hit tiny caps, and snapshot-and-restore through the
@@ -342,6 +343,11 @@ enum Step {
     },
     SetLimits(SessionLimits),
     Snapshot,
+    /// The n-th session request sent so far again, body and all (a client's retry).
+    Resend {
+        n: usize,
+        dt: i64,
+    },
 }
 
 /// Names clients use: some collide with the ids `open_session` derives.
@@ -422,6 +428,7 @@ fn step() -> impl Strategy<Value = Step> {
         3 => (-40i64..100, dt()).prop_map(|(back, dt)| Step::Gc { back, dt }),
         1 => tiny_limits().prop_map(Step::SetLimits),
         2 => Just(Step::Snapshot),
+        3 => (any::<usize>(), dt()).prop_map(|(n, dt)| Step::Resend { n, dt }),
     ]
 }
 
@@ -438,6 +445,8 @@ struct Run {
     sent: BTreeMap<String, Vec<u64>>,
     /// The implementation's reply when (client, seq) ran.
     first_reply: BTreeMap<(String, u64), Outcome>,
+    /// Every request with a session sent, for exact resends.
+    history: Vec<Op>,
 }
 
 impl Run {
@@ -590,13 +599,28 @@ impl Run {
                         .or_default()
                         .push(s.seq);
                 }
-                self.apply(Command::new(
-                    ts,
+                let op = Op::Kv {
+                    kv: kv.clone(),
+                    session,
+                };
+                if matches!(
+                    op,
                     Op::Kv {
-                        kv: kv.clone(),
-                        session,
-                    },
-                ))
+                        session: Some(_),
+                        ..
+                    }
+                ) {
+                    self.history.push(op.clone());
+                }
+                self.apply(Command::new(ts, op))
+            }
+            Step::Resend { n, dt } => {
+                if self.history.is_empty() {
+                    return Ok(());
+                }
+                let op = self.history[n % self.history.len()].clone();
+                let ts = self.stamp(*dt);
+                self.apply(Command::new(ts, op))
             }
             Step::Open { dt } => {
                 let ts = self.stamp(*dt);
@@ -637,6 +661,7 @@ fn run(limits: SessionLimits, start_ms: u64, steps: &[Step]) -> Result<(), TestC
         opened: Vec::new(),
         sent: BTreeMap::new(),
         first_reply: BTreeMap::new(),
+        history: Vec::new(),
     };
     for s in steps {
         run.step(s)?;
