@@ -36,6 +36,8 @@ pub use parse::{parse_line, wide_integer};
 pub use skeleton::Skeleton;
 
 #[cfg(test)]
+mod fuzz;
+#[cfg(test)]
 mod legacy;
 #[cfg(test)]
 mod props;

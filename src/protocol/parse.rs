@@ -576,7 +576,7 @@ impl BodyFields<'_> {
             "close_session" => Request::CloseSession {
                 client_id: self.client_id()?,
             },
-            _ => return Ok(self.into_other(kind, line_bytes)),
+            _ => return self.into_other(kind, line_bytes),
         };
         self.check_depths(&request)?;
         let key_growth = match &request {
@@ -592,8 +592,9 @@ impl BodyFields<'_> {
 
     /// A body of any other type, raw, with its bound as a request's (without
     /// the key's quoting); a `raft_*` request keeps its `rpc` as text (and gets
-    /// no bound: it is never measured).
-    fn into_other(mut self, kind: String, line_bytes: usize) -> (Body, usize) {
+    /// no bound: it is never measured). An `rpc` read as text that turns out not
+    /// to be a `raft_*` request's must read as a value, as any other field.
+    fn into_other(mut self, kind: String, line_bytes: usize) -> Result<(Body, usize), String> {
         let raft_request = kind.starts_with("raft_") && self.get(Field::InReplyTo).is_none();
         let mut raw = std::mem::take(&mut self.rest);
         for (f, name) in FIELDS {
@@ -609,9 +610,16 @@ impl BodyFields<'_> {
             // Read as text before an `in_reply_to` showed a reply.
             Some(Rpc::Text(text)) => {
                 let mut d = serde_json::Deserializer::from_str(text.get());
-                if let Ok((v, _)) = Tracked(&mut self.facts).deserialize(&mut d) {
-                    raw.insert("rpc".to_owned(), v);
+                let (v, depth) = Tracked(&mut self.facts)
+                    .deserialize(&mut d)
+                    .map_err(|e| format!("not a valid message: {}", unreadable(&e)))?;
+                // Read inside the line, it would have stopped two levels sooner
+                // (the envelope and the body; serde_json reads fewer than
+                // JSON_DEPTH_MAX levels).
+                if depth + 2 >= JSON_DEPTH_MAX {
+                    return Err(format!("not a valid message: {}", too_deep()));
                 }
+                raw.insert("rpc".to_owned(), v);
                 None
             }
             Some(Rpc::Value(v)) => {
@@ -623,7 +631,7 @@ impl BodyFields<'_> {
             Some(_) => usize::MAX,
             None => line_bytes + ENCODED_SLACK_BYTES + NUMBER_TEXT_BYTES_MAX * self.facts.doubles,
         };
-        (Body::Other { kind, raw, rpc }, bound)
+        Ok((Body::Other { kind, raw, rpc }, bound))
     }
 }
 
@@ -631,6 +639,22 @@ impl BodyFields<'_> {
 /// its quotes, and a backslash before each quote and backslash in it.
 fn quoting_growth(key: &str) -> usize {
     2 + key.bytes().filter(|b| matches!(b, b'"' | b'\\')).count()
+}
+
+/// What serde_json found wrong with a text, the depth limit named as ours.
+fn unreadable(e: &serde_json::Error) -> String {
+    if e.to_string().starts_with("recursion limit exceeded") {
+        too_deep()
+    } else {
+        e.to_string()
+    }
+}
+
+fn too_deep() -> String {
+    format!(
+        "JSON nested deeper than {JSON_DEPTH_MAX} levels; values may nest at most \
+         {VALUE_DEPTH_MAX} levels"
+    )
 }
 
 /// The error for a line serde_json refused as a whole: a body error when
@@ -641,14 +665,7 @@ fn unparsed(line: &str, e: &serde_json::Error) -> ParseError {
     let mut sk = Skeleton::default();
     sk.feed(line.as_bytes());
     sk.finish();
-    let what = if e.to_string().starts_with("recursion limit exceeded") {
-        format!(
-            "JSON nested deeper than {JSON_DEPTH_MAX} levels; values may nest at most \
-             {VALUE_DEPTH_MAX} levels"
-        )
-    } else {
-        e.to_string()
-    };
+    let what = unreadable(e);
     match sk.src {
         Some(src) if sk.msg_id.is_some() || sk.in_reply_to.is_some() => ParseError::Body {
             src,

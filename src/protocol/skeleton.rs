@@ -36,7 +36,8 @@ pub struct Skeleton {
     expect_key: bool,
     /// The string being read is a key (at depth 1 or 2).
     string_is_key: bool,
-    /// The last key read at depth 1 or 2 (`None` if long: not one we want).
+    /// The last key read at depth 1 or 2, as written (`None` if long: not one
+    /// we want).
     key: Option<Vec<u8>>,
     /// The field whose value comes next.
     pending: Option<SkField>,
@@ -56,6 +57,11 @@ enum SkField {
 
 /// Longest `src`/`dest` a [`Skeleton`] keeps (names are short).
 const SKELETON_NAME_BYTES_MAX: usize = 256;
+
+/// Longest field name a [`Skeleton`] keeps, as written: `in_reply_to` with every
+/// character escaped (`\u0069...`, 66 bytes), since a JSON reader takes
+/// escaped names for the plain ones and so must the skeleton.
+const SKELETON_KEY_BYTES_MAX: usize = 6 * "in_reply_to".len();
 
 impl Skeleton {
     /// Reads more of the line.
@@ -153,7 +159,7 @@ impl Skeleton {
     fn keep(&mut self, b: u8) {
         if self.string_is_key && self.in_string {
             if let Some(k) = &mut self.key {
-                if k.len() < 16 {
+                if k.len() < SKELETON_KEY_BYTES_MAX {
                     k.push(b);
                 } else {
                     self.key = None;
@@ -168,7 +174,19 @@ impl Skeleton {
 
     /// Which field the key just read names, at this depth.
     fn field(&self) -> Option<SkField> {
-        let key = self.key.as_deref()?;
+        let raw = self.key.as_deref()?;
+        // A name spelled with escapes is the same name to a JSON reader.
+        let unescaped;
+        let key = if raw.contains(&b'\\') {
+            let mut quoted = Vec::with_capacity(raw.len() + 2);
+            quoted.push(b'"');
+            quoted.extend_from_slice(raw);
+            quoted.push(b'"');
+            unescaped = serde_json::from_slice::<String>(&quoted).ok()?;
+            unescaped.as_bytes()
+        } else {
+            raw
+        };
         match (self.depth, key) {
             (1, b"src") if self.objects[0] => Some(SkField::Src),
             (1, b"dest") if self.objects[0] => Some(SkField::Dest),

@@ -245,6 +245,8 @@ impl State {
 }
 
 #[cfg(test)]
+mod model;
+#[cfg(test)]
 mod tests;
 
 /// Most bytes of a value quoted in an error text.
