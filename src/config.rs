@@ -438,6 +438,13 @@ impl Config {
             max_in_snapshot_log_to_keep: self.log_kept_behind_snapshot,
             // A node partitioned away and back must not disrupt a healthy leader.
             enable_pre_vote: Some(true),
+            // A restarted leader holds an election (a new term) like any node.
+            // openraft's default lets it lead on in its old term; but a leader
+            // replicates entries before its own sync, so a kill can leave its
+            // followers with entries its disk lost, and the restored leader would
+            // then write different entries under the same (term, index): replicas
+            // diverge (found by the simulator, docs/testing.md).
+            enable_leader_restore: Some(false),
             ..Default::default()
         };
         c.validate().map_err(|e| ConfigError(e.to_string()))
@@ -467,6 +474,14 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A restarted leader must be elected again; the behaviour this pins is checked
+    /// by the simulator's regression seeds (`tools::sim::tests`).
+    #[test]
+    fn a_restarted_leader_is_elected_again_not_restored() {
+        let c = Config::default().raft_config().unwrap();
+        assert_eq!(c.enable_leader_restore, Some(false));
+    }
 
     #[test]
     fn settings_that_would_overflow_or_spin_are_refused() {

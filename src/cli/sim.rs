@@ -68,10 +68,23 @@ pub fn main(args: &SimArgs, out: &mut dyn Write) -> io::Result<i32> {
     };
     if let Some(seed) = args.seed {
         let started = Instant::now();
-        let r = run(seed, &opts);
-        for line in &r.trace {
-            writeln!(out, "{line}")?;
-        }
+        // The trace is printed as it happens, so a run that hangs shows how.
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        let opts = SimOptions {
+            keep_trace: false,
+            live: args.trace.then_some(tx),
+            ..opts
+        };
+        let r = std::thread::scope(|s| {
+            // The runner owns the only sender: the loop below ends with the run.
+            let runner = s.spawn(move || run(seed, &opts));
+            for line in rx {
+                writeln!(out, "{line}")?;
+            }
+            runner
+                .join()
+                .map_err(|_| io::Error::other("the simulation panicked"))
+        })?;
         report_one(out, &r, started.elapsed().as_secs_f64())?;
         return Ok(if r.failures.is_empty() {
             0

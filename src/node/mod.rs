@@ -291,7 +291,11 @@ impl Node {
                 return current;
             }
             let step = (deadline - margin - now).min(LEADER_POLL_MAX);
-            let _ = tokio::time::timeout(step, rx.changed()).await;
+            if let Ok(Err(_)) = tokio::time::timeout(step, rx.changed()).await {
+                // Raft has stopped (its metrics are gone): no leader will come,
+                // and waiting on a closed channel would spin until the deadline.
+                return None;
+            }
         }
     }
 

@@ -84,8 +84,27 @@ pub struct Executed {
     pub fresh_session: bool,
 }
 
-/// The record of executed operations, shared with whoever reads it.
-pub type Journal = Arc<std::sync::Mutex<Vec<Executed>>>;
+/// What a state machine recorded for the simulator: every key-value operation
+/// that ran, and a digest of the whole state after every applied entry,
+/// installed snapshot and restore (so replicas can be compared index by index).
+#[derive(Debug, Default)]
+pub struct Record {
+    /// Operations that ran, in apply order.
+    pub executed: Vec<Executed>,
+    /// (last applied index, FNV-1a of the state's JSON) after each step.
+    pub states: Vec<(u64, u64)>,
+}
+
+/// The record, shared with whoever reads it.
+pub type Journal = Arc<std::sync::Mutex<Record>>;
+
+/// FNV-1a of the state's JSON: equal states, equal digests.
+fn digest(state: &State) -> u64 {
+    let bytes = serde_json::to_vec(state).unwrap_or_default();
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
 
 impl StateMachineStore {
     /// An empty state machine. Every replica starts from the same default limits;
@@ -104,10 +123,26 @@ impl StateMachineStore {
         }
     }
 
-    /// Records every key-value operation that runs in `journal` from now on
-    /// (set before the store is handed to Raft: clones made earlier do not record).
+    /// Records every key-value operation that runs, and the state's digest after
+    /// every step, in `journal` from now on (set before the store is handed to
+    /// Raft: clones made earlier do not record).
     pub fn set_journal(&mut self, journal: Journal) {
+        let a = self.read();
+        if let Some(at) = a.last_applied {
+            lock_record(&journal)
+                .states
+                .push((at.index(), digest(&a.state)));
+        }
+        drop(a);
         self.journal = Some(journal);
+    }
+
+    fn record_state(&self, a: &Applied) {
+        if let (Some(journal), Some(at)) = (&self.journal, a.last_applied) {
+            lock_record(journal)
+                .states
+                .push((at.index(), digest(&a.state)));
+        }
     }
 
     /// Expires sessions by a replica's own clock: the planted bug
@@ -199,6 +234,10 @@ impl StateMachineStore {
     }
 }
 
+fn lock_record(j: &Journal) -> std::sync::MutexGuard<'_, Record> {
+    j.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 fn invalid(e: impl std::fmt::Display) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, e.to_string())
 }
@@ -234,25 +273,20 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             let reply = {
                 let mut a = self.write();
                 a.last_applied = Some(entry.log_id);
-                match entry.payload {
+                let reply = match entry.payload {
                     EntryPayload::Blank => Outcome::Applied,
                     EntryPayload::Normal(ref cmd) => {
                         let (reply, ran) = a.state.apply_traced(entry.log_id.index(), cmd);
                         if let (Some(fresh), Some(journal), crate::state::Op::Kv { kv, session }) =
                             (ran, &self.journal, &cmd.op)
                         {
-                            journal
-                                .lock()
-                                .unwrap_or_else(|p| p.into_inner())
-                                .push(Executed {
-                                    index: entry.log_id.index(),
-                                    session: session
-                                        .as_ref()
-                                        .map(|s| (s.client_id.to_string(), s.seq)),
-                                    op: kv.clone(),
-                                    outcome: reply.clone(),
-                                    fresh_session: fresh,
-                                });
+                            lock_record(journal).executed.push(Executed {
+                                index: entry.log_id.index(),
+                                session: session.as_ref().map(|s| (s.client_id.to_string(), s.seq)),
+                                op: kv.clone(),
+                                outcome: reply.clone(),
+                                fresh_session: fresh,
+                            });
                         }
                         self.clock_ms
                             .store(a.state.clock_ms, std::sync::atomic::Ordering::Release);
@@ -262,7 +296,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                         a.membership = StoredMembership::new(Some(entry.log_id), m.clone());
                         Outcome::Applied
                     }
-                }
+                };
+                self.record_state(&a);
+                reply
             };
             if let Some(r) = responder {
                 r.send(reply);
@@ -296,6 +332,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             a.state = state;
             a.last_applied = meta.last_log_id;
             a.membership = meta.last_membership.clone();
+            self.record_state(&a);
         }
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = Some((meta.clone(), data));
         Ok(())

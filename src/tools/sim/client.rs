@@ -102,7 +102,6 @@ struct Session {
     /// Seqs sent and not yet answered definitely.
     outstanding: std::collections::BTreeSet<u64>,
     pipelining: bool,
-    high_start: bool,
 }
 
 impl Session {
@@ -110,11 +109,12 @@ impl Session {
         format!("{}-{}", self.base, self.generation)
     }
 
-    /// Moves to a new session id (after 1000, or when seq would overflow).
+    /// Moves to a new session id (after 1000, or when seq would overflow); the
+    /// next session starts low (one near `u64::MAX` per client is enough).
     fn renew(&mut self, rng: &mut StdRng) {
         self.generation += 1;
         self.outstanding.clear();
-        self.next_seq = Some(first_seq(self.high_start, rng));
+        self.next_seq = Some(first_seq(false, rng));
     }
 
     /// The next seq, or `None` when the session's seqs are used up.
@@ -192,7 +192,6 @@ pub fn spawn_all(world: &Arc<World>, _fault_end: u64) -> Vec<JoinHandle<()>> {
             next_seq: Some(first),
             outstanding: Default::default(),
             pipelining,
-            high_start,
         }));
         let slots = if pipelining { 3 } else { 1 };
         for slot in 0..slots {
@@ -289,15 +288,32 @@ async fn perform(
 ) {
     let sessioned = !matches!(op, Op::Read(_));
     let (client_id, seq) = if sessioned {
-        let mut s = lock(session);
-        match s.take_seq() {
-            Some(seq) => (Some(s.client_id()), Some(seq)),
-            None => {
-                s.renew(rng);
-                let seq = s.take_seq().expect("a fresh session has seqs");
-                (Some(s.client_id()), Some(seq))
+        let (taken, closed) = {
+            let mut s = lock(session);
+            match s.take_seq() {
+                Some(seq) => ((s.client_id(), seq), None),
+                None => {
+                    // Seqs used up: close this session (best effort), open another.
+                    let old = s.client_id();
+                    s.renew(rng);
+                    let seq = s.take_seq().expect("a fresh session has seqs");
+                    ((s.client_id(), seq), Some(old))
+                }
             }
+        };
+        // Half the clients close a used-up session; the rest leave it to GC.
+        if let Some(old) = closed.filter(|_| rng.gen_bool(0.5)) {
+            let dest = world.names[rng.gen_range(0..world.names.len())].clone();
+            let body = json!({"type": "close_session", "client_id": old});
+            let reply = endpoint
+                .call(world, &dest, body, world.config.request_timeout())
+                .await;
+            world.event(format_args!(
+                "client {} closes {old}: {reply:?}",
+                endpoint.name
+            ));
         }
+        (Some(taken.0), Some(taken.1))
     } else {
         (None, None)
     };
@@ -407,7 +423,6 @@ pub async fn final_reads(world: &Arc<World>) {
         next_seq: Some(1),
         outstanding: Default::default(),
         pipelining: false,
-        high_start: false,
     }));
     let mut rng = world.fork_rng();
     for key in REGISTERS.iter().chain(COUNTERS.iter()) {

@@ -201,6 +201,34 @@ pub fn crash(disk: &Disk) -> usize {
     lost
 }
 
+/// What the disk holds, for the trace.
+pub fn describe(disk: &Disk) -> String {
+    let d = locked(disk);
+    let i = &d.image;
+    let id = |l: Option<LogId>| {
+        l.map_or("-".to_string(), |l| {
+            format!("{}-{}", l.leader_id.term, l.index)
+        })
+    };
+    format!(
+        "disk: log {}..{} purged {} committed {} vote {} snapshot {}",
+        i.entries
+            .keys()
+            .next()
+            .map_or("-".into(), |k| k.to_string()),
+        i.entries
+            .values()
+            .last()
+            .map_or("-".into(), |e| id(Some(e.log_id))),
+        id(i.last_purged),
+        id(i.committed),
+        i.vote.map_or("-".into(), |v| v.to_string()),
+        i.snapshot
+            .as_ref()
+            .map_or("-".into(), |(m, _)| id(m.last_log_id)),
+    )
+}
+
 /// Opens the node's stores on `disk` after a start or a crash: the log as the
 /// disk holds it, the state machine from its snapshot.
 pub fn open(disk: &Disk) -> Result<Storage<SimLogStore>, String> {

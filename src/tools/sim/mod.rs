@@ -39,6 +39,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use openraft::async_runtime::WatchReceiver;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -67,6 +68,9 @@ pub struct SimOptions {
     pub clients: usize,
     /// Keep the trace's lines (for `--trace`), not only its hash.
     pub keep_trace: bool,
+    /// Also hand each trace line here as it happens (a run that hangs still
+    /// shows how it got there).
+    pub live: Option<std::sync::mpsc::Sender<String>>,
     /// How long after the last fault heals every client must have a definite
     /// answer, ms.
     pub liveness_ms: u64,
@@ -79,6 +83,7 @@ impl Default for SimOptions {
             duration_ms: 60_000,
             clients: 5,
             keep_trace: false,
+            live: None,
             liveness_ms: 20_000,
         }
     }
@@ -88,6 +93,9 @@ impl Default for SimOptions {
 /// and machines), and kept as lines if asked.
 #[derive(Debug)]
 pub struct Trace {
+    /// Events so far, read by the hang watchdog from another thread.
+    progress: Arc<std::sync::atomic::AtomicU64>,
+    live: Option<std::sync::mpsc::Sender<String>>,
     start: Instant,
     hash: u64,
     lines: Option<Vec<String>>,
@@ -95,8 +103,15 @@ pub struct Trace {
 }
 
 impl Trace {
-    fn new(start: Instant, keep: bool) -> Trace {
+    fn new(
+        start: Instant,
+        keep: bool,
+        live: Option<std::sync::mpsc::Sender<String>>,
+        progress: Arc<std::sync::atomic::AtomicU64>,
+    ) -> Trace {
         Trace {
+            progress,
+            live,
             start,
             hash: 0xcbf2_9ce4_8422_2325,
             lines: keep.then(Vec::new),
@@ -117,15 +132,39 @@ impl Trace {
         }
     }
 
-    /// Records one event, stamped with the simulated time.
+    /// Records one event, stamped with the simulated time. Only hashed (no text
+    /// is built) unless its lines are kept or watched.
     pub fn event(&mut self, what: std::fmt::Arguments<'_>) {
         self.events += 1;
+        self.progress.store(self.events, Ordering::Relaxed);
+        let now = self.now_ms();
+        if self.lines.is_none() && self.live.is_none() {
+            let mut h = Fnv(&mut self.hash);
+            let _ = write!(h, "{now:>8} ms  {what}");
+            return;
+        }
         let mut line = String::new();
-        let _ = write!(line, "{:>8} ms  {what}", self.now_ms());
+        let _ = write!(line, "{now:>8} ms  {what}");
         self.hash_bytes(line.as_bytes());
+        if let Some(live) = &self.live {
+            let _ = live.send(line.clone());
+        }
         if let Some(lines) = &mut self.lines {
             lines.push(line);
         }
+    }
+}
+
+/// FNV-1a over text written into it.
+struct Fnv<'a>(&'a mut u64);
+
+impl std::fmt::Write for Fnv<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        for b in s.bytes() {
+            *self.0 ^= u64::from(b);
+            *self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+        Ok(())
     }
 }
 
@@ -176,11 +215,11 @@ pub struct Stats {
 /// frequent snapshots.
 pub fn sim_config() -> Config {
     Config {
-        session_timeout_ms: 4_000,
+        session_timeout_ms: 8_000,
         gc_interval_ms: 500,
         limits: SessionLimits {
-            sessions_max: 12,
-            replies_per_session_max: 4,
+            sessions_max: 16,
+            replies_per_session_max: 3,
             tombstones_max: 24,
         },
         snapshot_every_entries: 60,
@@ -226,8 +265,6 @@ pub struct World {
     history: Mutex<Vec<HistoryOp>>,
     failures: Mutex<Vec<String>>,
     stats: Mutex<Stats>,
-    /// Applied state hashes by index: (index, hash, node).
-    states: Mutex<std::collections::BTreeMap<u64, (u64, String)>>,
     /// Clients take no new operations once set.
     stop: AtomicBool,
     /// Membership changes under way (awaited before healing).
@@ -297,6 +334,7 @@ impl World {
     /// Starts (or restarts) node `i` from its disk.
     fn start_node(self: &Arc<Self>, i: usize) {
         let name = self.names[i].clone();
+        let on_disk = disk::describe(&self.disks[i]);
         let mut storage = match disk::open(&self.disks[i]) {
             Ok(s) => s,
             Err(e) => {
@@ -341,9 +379,11 @@ impl World {
         let reader = tokio::spawn(async move {
             let mut lines = BufReader::new(stdout_r).lines();
             while let Ok(Some(line)) = lines.next_line().await {
-                let dest = serde_json::from_str::<serde_json::Value>(&line)
-                    .ok()
-                    .and_then(|v| v.get("dest").and_then(|d| d.as_str()).map(String::from));
+                // The envelope's dest, read without building the line's tree.
+                let mut sk = crate::protocol::Skeleton::default();
+                sk.feed(line.as_bytes());
+                sk.finish();
+                let dest = sk.dest;
                 match dest {
                     Some(dest) => net::send(&world.net, &world.trace, &me, &dest, line),
                     None => world.fail(format!("{me} wrote a line with no dest: {line}")),
@@ -370,10 +410,11 @@ impl World {
         slot.pipes = vec![writer, reader, watcher];
         slot.node = node_cell;
         slot.sm = Some(sm);
-        slot.disk_faulted = false;
+        // A fault still in force when the node starts explains its next exit too.
+        slot.disk_faulted = lock(&self.disks[i]).fault != DiskFault::None;
         slot.restart_pending = false;
         drop(slots);
-        self.event(format_args!("start {name}"));
+        self.event(format_args!("start {name} ({on_disk})"));
     }
 
     /// Kills node `i` as `kill -9` would: its process is gone, its unsynced
@@ -412,13 +453,20 @@ impl World {
         ));
     }
 
-    /// The node that believes it leads, if one is up and does.
+    /// The node that believes it leads in the highest term, if one is up and does
+    /// (a deposed or removed leader may still believe it leads an older term).
     fn leader(&self) -> Option<usize> {
         let slots = lock(&self.slots);
-        slots.iter().enumerate().find_map(|(i, s)| {
-            let node = lock(&s.node).clone()?;
-            (s.up && node.leader() == Some(node.id)).then_some(i)
-        })
+        slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| {
+                let node = lock(&s.node).clone()?;
+                let term = node.raft.metrics().borrow_watched().current_term;
+                (s.up && node.leader() == Some(node.id)).then_some((term, i))
+            })
+            .max()
+            .map(|(_, i)| i)
     }
 
     fn up_node(&self, i: usize) -> Option<Arc<Node>> {
@@ -444,7 +492,13 @@ pub fn run(seed: u64, opts: &SimOptions) -> SimRun {
     let runtime = builder.build().expect("a current-thread runtime");
     seed_this_thread(Some(splitmix64(seed ^ 0x5eed)));
     panics::watch();
-    let result = runtime.block_on(run_world(seed, opts.clone()));
+    let progress = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+    let watchdog = hang_watchdog(seed, progress.clone(), done.clone());
+    let result = runtime.block_on(run_world(seed, opts.clone(), progress));
+    done.store(true, Ordering::SeqCst);
+    watchdog.thread().unpark();
+    let _ = watchdog.join();
     let panicked = panics::take();
     seed_this_thread(None);
     drop(runtime);
@@ -455,7 +509,44 @@ pub fn run(seed: u64, opts: &SimOptions) -> SimRun {
     result
 }
 
-async fn run_world(seed: u64, opts: SimOptions) -> SimRun {
+/// How long a run may go without a single event before it is declared hung.
+const HANG_WALL: Duration = Duration::from_secs(60);
+
+/// A thread that ends the process, loudly, if the run on this thread stops
+/// making progress: some task then loops without ever waiting, so simulated
+/// time cannot advance and the run would never end. The thread that loops
+/// cannot be stopped from outside; the seed is named so it can be replayed.
+fn hang_watchdog(
+    seed: u64,
+    progress: Arc<std::sync::atomic::AtomicU64>,
+    done: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut seen = progress.load(Ordering::Relaxed);
+        let mut since = std::time::Instant::now();
+        while !done.load(Ordering::SeqCst) {
+            std::thread::park_timeout(Duration::from_millis(500));
+            let now = progress.load(Ordering::Relaxed);
+            if now != seen {
+                (seen, since) = (now, std::time::Instant::now());
+            } else if since.elapsed() > HANG_WALL && !done.load(Ordering::SeqCst) {
+                eprintln!(
+                    "oncekv sim: seed {seed} hangs: no event for {} s of wall time after event \
+                     {now}; a task loops without waiting, so simulated time stands still. \
+                     Replay: oncekv sim --seed {seed} --trace",
+                    HANG_WALL.as_secs()
+                );
+                std::process::abort();
+            }
+        }
+    })
+}
+
+async fn run_world(
+    seed: u64,
+    opts: SimOptions,
+    progress: Arc<std::sync::atomic::AtomicU64>,
+) -> SimRun {
     let start = Instant::now();
     let mut rng = StdRng::seed_from_u64(seed);
     let names: Vec<String> = (0..opts.nodes).map(|i| format!("n{i}")).collect();
@@ -490,12 +581,16 @@ async fn run_world(seed: u64, opts: SimOptions) -> SimRun {
             .map(|_| Arc::new(AtomicI64::new(0)))
             .collect(),
         net: Arc::new(Mutex::new(net)),
-        trace: Arc::new(Mutex::new(Trace::new(start, opts.keep_trace))),
+        trace: Arc::new(Mutex::new(Trace::new(
+            start,
+            opts.keep_trace,
+            opts.live.clone(),
+            progress,
+        ))),
         rng: Mutex::new(StdRng::seed_from_u64(rng.r#gen())),
         history: Mutex::new(Vec::new()),
         failures: Mutex::new(Vec::new()),
         stats: Mutex::new(Stats::default()),
-        states: Mutex::new(Default::default()),
         stop: AtomicBool::new(false),
         changes: Mutex::new(Vec::new()),
         healed_at_ms: std::sync::atomic::AtomicU64::new(u64::MAX / 2_000_000),
@@ -508,7 +603,6 @@ async fn run_world(seed: u64, opts: SimOptions) -> SimRun {
     }
     let fault_end = world.opts.duration_ms * 6 / 10;
     let supervisor = tokio::spawn(supervise(world.clone()));
-    let sampler = tokio::spawn(sample_states(world.clone()));
     let clients = client::spawn_all(&world, fault_end);
     nemesis(&world, fault_end).await;
     heal_all(&world);
@@ -538,7 +632,6 @@ async fn run_world(seed: u64, opts: SimOptions) -> SimRun {
         client::final_reads(&world).await;
     }
     supervisor.abort();
-    sampler.abort();
     check::judge(&world, converged);
     for i in 0..world.opts.nodes {
         world.crash_node(i, "end of run");
@@ -615,15 +708,6 @@ fn schedule_restart(world: &Arc<World>, i: usize, after_ms: u64) {
             lock(&w.slots)[i].restart_pending = false;
         }
     });
-}
-
-/// Every 200 ms: each node's applied state, hashed by its index; two nodes
-/// that applied the same index must hold byte-identical states.
-async fn sample_states(world: Arc<World>) {
-    loop {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        check::compare_states(&world);
-    }
 }
 
 /// The faults of a run, until `fault_end` ms.
@@ -846,6 +930,7 @@ async fn restore_membership(world: &Arc<World>) {
         };
         let r = node.add_member(back, peer, timeout * 5, timeout).await;
         world.event(format_args!("heal: add n{back} back: {}", describe(r)));
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
     world.fail("liveness: the removed members could not be added back after the heal".into());
 }
