@@ -43,12 +43,7 @@ pub fn simulated() -> bool {
 /// The next generator for this thread: from the simulation's seed sequence, or
 /// from entropy.
 fn next_rng() -> SmallRng {
-    match SIM_SEED.with(|s| {
-        s.get().map(|seed| {
-            s.set(Some(splitmix64(seed)));
-            seed
-        })
-    }) {
+    match SIM_SEED.with(|s| s.get().inspect(|seed| s.set(Some(splitmix64(*seed))))) {
         Some(seed) => SmallRng::seed_from_u64(seed),
         None => SmallRng::from_rng(&mut rand10::rng()),
     }

@@ -380,16 +380,23 @@ impl Session {
 
     /// Rules 3-5 of protocol.md section 4 for a live session.
     fn admit(&self, seq: u64) -> Admission {
-        if let Some(cached) = self.replies.get(&seq) {
-            return Admission::Answer(cached.clone());
-        }
         #[cfg(test)]
-        if crate::planted::active(crate::planted::Bug::SeqWraps) && self.first_outstanding.is_none()
+        if crate::planted::active(crate::planted::Bug::SeqWraps)
+            && let Some(map) = &self.replies.0
         {
+            // The classic: the cache read as the range seq..seq + 1, where the
+            // + 1 wraps at u64::MAX (BTreeMap::range then panics: start > end);
+            // and a simple client's next seq taken as last + 1, wrapping to 0.
+            if let Some((_, cached)) = map.range(seq..seq.wrapping_add(1)).next() {
+                return Admission::Answer(cached.clone());
+            }
             let next = self.last_executed.map_or(0, |h| h.wrapping_add(1));
-            if seq >= next {
+            if self.first_outstanding.is_none() && seq >= next {
                 return Admission::Execute;
             }
+        }
+        if let Some(cached) = self.replies.get(&seq) {
+            return Admission::Answer(cached.clone());
         }
         match self.first_outstanding {
             // Pipelining: anything at or above the window that has not run, runs.

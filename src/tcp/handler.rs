@@ -338,7 +338,7 @@ impl LineSource for Lines {
                         );
                         return Ok(None);
                     }
-                    () = tokio::time::sleep_until(deadline.into()) => {
+                    () = tokio::time::sleep_until(deadline) => {
                         if self.arrival.is_some() {
                             crate::reject!(
                                 "closing a connection from {peer_addr:?}: no line in {} ms \

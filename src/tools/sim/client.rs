@@ -109,12 +109,13 @@ impl Session {
         format!("{}-{}", self.base, self.generation)
     }
 
-    /// Moves to a new session id (after 1000, or when seq would overflow); the
-    /// next session starts low (one near `u64::MAX` per client is enough).
+    /// Moves to a new session id (after 1000, or when seq would overflow); three
+    /// new sessions in ten start near `u64::MAX`.
     fn renew(&mut self, rng: &mut StdRng) {
         self.generation += 1;
         self.outstanding.clear();
-        self.next_seq = Some(first_seq(false, rng));
+        let high = rng.gen_bool(0.3);
+        self.next_seq = Some(first_seq(high, rng));
     }
 
     /// The next seq, or `None` when the session's seqs are used up.

@@ -139,6 +139,9 @@ pub struct DiskState {
     pub sync_delay_max_ms: u64,
     /// Writes and syncs done, for the report.
     pub syncs: u64,
+    /// Called once when a vote next becomes durable (then cleared): the
+    /// simulator's way to crash a node at that moment, mid-election.
+    pub on_vote_synced: Option<Box<dyn FnOnce() + Send>>,
 }
 
 /// A disk shared by the node's stores and the simulator.
@@ -156,6 +159,7 @@ pub fn new_disk(seed: u64, sync_delay_max_ms: u64) -> Disk {
         rng: StdRng::seed_from_u64(seed),
         sync_delay_max_ms,
         syncs: 0,
+        on_vote_synced: None,
     }))
 }
 
@@ -354,13 +358,18 @@ fn sync(disk: &Disk, incarnation: u64) {
             d.failed = true;
         }
         let mut done = Vec::new();
+        let mut voted = false;
         for (w, waiter) in pending {
             if fault == DiskFault::None {
+                voted |= matches!(w, Write::Vote(_));
                 d.image.apply(&w);
             }
             done.extend(waiter);
         }
         d.syncs += 1;
+        if voted && let Some(hook) = d.on_vote_synced.take() {
+            hook();
+        }
         let result = match fault {
             DiskFault::None => Ok(()),
             f => Err(f),

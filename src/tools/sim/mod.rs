@@ -786,7 +786,24 @@ async fn nemesis(world: &Arc<World>, fault_end: u64) {
                     w.event(format_args!("nemesis: {}'s disk works again", w.names[i]));
                 });
             }
-            80..=89 => {
+            80..=84 => {
+                // Crash a node the moment its next vote is durable, and bring it
+                // back at once: elections with a voter that restarted mid-way.
+                let i = rng.gen_range(0..n);
+                let back_after = rng.gen_range(0..50);
+                let w = world.clone();
+                world.event(format_args!(
+                    "nemesis: crash {} at its next vote",
+                    world.names[i]
+                ));
+                lock(&world.disks[i]).on_vote_synced = Some(Box::new(move || {
+                    tokio::spawn(async move {
+                        w.crash_node(i, "crashed right after its vote was synced");
+                        schedule_restart(&w, i, back_after);
+                    });
+                }));
+            }
+            85..=89 => {
                 let i = rng.gen_range(0..n);
                 if let Some(node) = world.up_node(i) {
                     world.event(format_args!("nemesis: snapshot on {}", world.names[i]));
@@ -939,7 +956,10 @@ async fn restore_membership(world: &Arc<World>) {
 fn heal_all(world: &Arc<World>) {
     lock(&world.net).heal();
     for (i, d) in world.disks.iter().enumerate() {
-        lock(d).fault = DiskFault::None;
+        let mut disk = lock(d);
+        disk.fault = DiskFault::None;
+        disk.on_vote_synced = None;
+        drop(disk);
         let down = !lock(&world.slots)[i].up;
         if down {
             schedule_restart(world, i, 0);

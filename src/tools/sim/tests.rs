@@ -30,10 +30,9 @@ fn one_seed_gives_one_run() {
     let a = run(11, &short());
     let b = run(11, &short());
     let c = run(12, &short());
-    assert!(
-        REPRODUCIBLE,
-        "built without --cfg tokio_unstable (.cargo/config.toml)"
-    );
+    if !REPRODUCIBLE {
+        panic!("built without --cfg tokio_unstable (RUSTFLAGS replaced .cargo/config.toml)");
+    }
     assert_eq!(a.trace_hash, b.trace_hash, "seed 11 ran twice differently");
     assert_eq!(a.stats.events, b.stats.events);
     assert_ne!(a.trace_hash, c.trace_hash, "two seeds gave one run");
@@ -94,7 +93,10 @@ fn hunt(bug: Bug) -> Option<(u64, Vec<String>)> {
 
 fn caught(bug: Bug) {
     match hunt(bug) {
-        Some((seed, failures)) => eprintln!("{bug:?} caught by seed {seed}: {}", failures[0]),
+        Some((seed, failures)) => eprintln!(
+            "{bug:?} caught by seed {seed}: {}",
+            failures[..failures.len().min(3)].join(" | ")
+        ),
         None => panic!("{bug:?} survived 500 seeds"),
     }
 }
