@@ -39,8 +39,18 @@ pub struct TestCluster {
 
 /// A free loopback port (bound then released: a small race, fine for tests).
 pub fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
+    // The kernel may hand the same free port to two binds in a row once the
+    // first listener is closed (a cluster once got n1 and n2 on one port):
+    // never give out a port twice in one test process.
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    loop {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = l.local_addr().expect("addr").port();
+        if GIVEN.lock().unwrap_or_else(|p| p.into_inner()).insert(port) {
+            return port;
+        }
+    }
 }
 
 /// A fresh directory under the target dir for test `name`.
