@@ -25,7 +25,7 @@
 //!
 //! Imports go one way, down: `cli` and `tools` on top, then the transports
 //! (`maelstrom`, `tcp`), then `node` and `storage`, then `raft`, `protocol`,
-//! `state` (which imports nothing); `config`, `reject_log`, `log_file` and `utc`
+//! `state` (which imports nothing, but for the test-only `planted` switches); `config`, `reject_log`, `log_file` and `utc`
 //! are leaves any layer uses. `docs/architecture.md` draws the layers and a
 //! request's path through them.
 #![deny(clippy::print_stdout)]

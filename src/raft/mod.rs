@@ -8,6 +8,7 @@
 //! | `RaftLogStorage` | [`log_store::MemLogStore`] (Maelstrom mode keeps nothing across restarts) |
 //! | `RaftStateMachine` | [`sm_store::StateMachineStore`], a lock around the pure [`crate::state::State`] |
 //! | `RaftNetworkFactory` / `RaftNetworkV2` | [`network::Network`], RPCs as JSON bodies over any [`network::Transport`] |
+//! | `AsyncRuntime` | [`runtime::OnceRuntime`]: tokio, with a random source the simulator seeds |
 //!
 //! May not touch: serving logic (the node's), how bytes travel (the transports'),
 //! or the durable log and snapshot files (`crate::storage` builds on the types
