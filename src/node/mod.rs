@@ -145,6 +145,11 @@ const FAILED_LEADER_BACKOFF_HEARTBEATS: u64 = 2;
 /// request still has time to commit: with less left, no attempt is made.
 const RETRY_MARGIN_HEARTBEATS: u64 = 1;
 
+/// The shortest time between two attempts at serving one request: an attempt
+/// that fails faster waits out the rest before the next.
+const RETRY_PAUSE: Duration = Duration::from_millis(5);
+const _: () = assert!(RETRY_PAUSE.as_millis() > 0);
+
 /// The longest wait between looks at the leader while waiting for one: a leader
 /// change wakes the wait at once; this also catches the end of the back-off.
 const LEADER_POLL_MAX: Duration = Duration::from_millis(20);

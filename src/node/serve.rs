@@ -328,6 +328,7 @@ impl Node {
         mut proposed: Proposed,
     ) -> Reply {
         loop {
+            let attempt = Instant::now();
             let served = match leader {
                 Some(l) if l == self.id => self.serve_local(&fwd, deadline).await,
                 Some(l) => self.forward(l, &fwd, deadline).await,
@@ -344,6 +345,14 @@ impl Node {
                     leader
                 }
             };
+            // An attempt that failed at once (a peer that cannot be reached, a
+            // Raft that has stopped) is not retried at once: two nodes naming
+            // each other as leader would otherwise be tried in turn without a
+            // pause until the deadline, a busy loop (found by the simulator).
+            let pause = super::RETRY_PAUSE.saturating_sub(attempt.elapsed());
+            if !pause.is_zero() && Instant::now() + pause < deadline {
+                tokio::time::sleep(pause).await;
+            }
             leader = Some(match self.wait_for_leader(hint, leader, deadline).await {
                 Some(next) => next,
                 None if proposed == Proposed::Discarded => {

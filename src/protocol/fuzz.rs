@@ -568,10 +568,17 @@ fn legacy_agrees(line: &str) -> Result<(), TestCaseError> {
             || unread(&text2)
             || ((broken(&text) || broken(&text2)) && !json) =>
         {
-            prop_assert_eq!(
-                (src, dest, msg_id, in_reply_to),
-                (src2, dest2, msg_id2, in_reply_to2)
-            );
+            // A field named twice: the old parser kept the first value, the new
+            // one keeps the last (a documented difference, not an agreement).
+            let twice = ["\"src\"", "\"dest\"", "\"msg_id\"", "\"in_reply_to\""]
+                .iter()
+                .any(|k| line.matches(k).count() > 1);
+            if !twice {
+                prop_assert_eq!(
+                    (src, dest, msg_id, in_reply_to),
+                    (src2, dest2, msg_id2, in_reply_to2)
+                );
+            }
             Ok(())
         }
         (
@@ -714,4 +721,14 @@ fn an_rpc_read_as_text_is_refused_like_any_field() {
     );
     assert!(parse_line(&line).is_ok());
     check(line.as_bytes(), 0).unwrap();
+}
+
+/// Found in CI: `msg_id` twice, a number then a string, with an `rpc` out of
+/// range. Both parsers refuse the line; they name different `msg_id`s (first
+/// against last), which is the documented difference for repeated fields.
+#[test]
+fn a_repeated_msg_id_is_a_known_difference_not_a_panic() {
+    let line = r#"{"src":"c1","dest":"n1","body":{"type":"raft_vote","msg_id":10,"rpc":1e400,"msg_id":"a\"b"}}"#;
+    assert!(parse_line(line).is_err());
+    assert!(legacy::parse_line(line).is_err());
 }
