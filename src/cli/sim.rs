@@ -59,6 +59,11 @@ pub fn main(args: &SimArgs, out: &mut dyn Write) -> io::Result<i32> {
              .cargo/config.toml): runs are checked but a seed may not replay exactly"
         );
     }
+    // The nodes' own logs (openraft's too), only when asked for: they are not
+    // part of a run, and a search over many seeds would drown in them.
+    if std::env::var_os("ONCEKV_LOG").is_some() {
+        super::init_logging(None);
+    }
     let opts = SimOptions {
         nodes: args.nodes,
         duration_ms: args.duration_ms,

@@ -108,22 +108,24 @@ pub fn judge(world: &Arc<World>, converged: bool) {
     let history = lock(&world.history).clone();
     compare_states(world);
     // The union of what every replica ran, by log index.
+    // (Copied out first: a journal's lock is never held while another is taken.)
+    let executed: Vec<Vec<Executed>> = world
+        .journals
+        .iter()
+        .map(|j| lock(j).executed.clone())
+        .collect();
     let mut by_index: BTreeMap<u64, Executed> = BTreeMap::new();
-    for (i, j) in world.journals.iter().enumerate() {
-        for e in lock(j).executed.iter() {
+    for (i, list) in executed.iter().enumerate() {
+        for e in list {
             match by_index.get(&e.index) {
                 Some(other) if !same_execution(other, e) => {
-                    let around: Vec<String> = world
-                        .journals
+                    let around: Vec<String> = executed
                         .iter()
                         .enumerate()
-                        .flat_map(|(n, j)| {
-                            lock(j)
-                                .executed
-                                .iter()
+                        .flat_map(|(n, list)| {
+                            list.iter()
                                 .filter(|x| x.index + 3 >= e.index && x.index <= e.index + 3)
-                                .map(|x| format!("n{n}@{}:{:?}", x.index, x.session))
-                                .collect::<Vec<_>>()
+                                .map(move |x| format!("n{n}@{}:{:?}", x.index, x.session))
                         })
                         .collect();
                     world.fail(format!(

@@ -494,14 +494,17 @@ pub fn run(seed: u64, opts: &SimOptions) -> SimRun {
     panics::watch();
     let progress = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let done = Arc::new(AtomicBool::new(false));
-    let watchdog = hang_watchdog(seed, progress.clone(), done.clone());
-    let result = runtime.block_on(run_world(seed, opts.clone(), progress));
+    let hung = Arc::new(tokio::sync::Notify::new());
+    let watchdog = hang_watchdog(seed, progress.clone(), done.clone(), hung.clone());
+    let result = runtime.block_on(run_world(seed, opts.clone(), progress, hung));
+    // Dropping the runtime drops every task still there, a looping one included
+    // (it is dropped between two polls, never polled again).
+    drop(runtime);
     done.store(true, Ordering::SeqCst);
     watchdog.thread().unpark();
     let _ = watchdog.join();
     let panicked = panics::take();
     seed_this_thread(None);
-    drop(runtime);
     let mut result = result;
     for p in panicked {
         result.failures.push(format!("panic: {p}"));
@@ -510,31 +513,37 @@ pub fn run(seed: u64, opts: &SimOptions) -> SimRun {
 }
 
 /// How long a run may go without a single event before it is declared hung.
-const HANG_WALL: Duration = Duration::from_secs(60);
+/// Events come every few milliseconds of simulated time, and a simulated
+/// second takes a few milliseconds of wall time in a release build.
+const HANG_WALL: Duration = Duration::from_secs(20);
 
-/// A thread that ends the process, loudly, if the run on this thread stops
-/// making progress: some task then loops without ever waiting, so simulated
-/// time cannot advance and the run would never end. The thread that loops
-/// cannot be stopped from outside; the seed is named so it can be replayed.
+/// A thread that watches the run on this thread for progress. When some task
+/// loops without ever waiting, simulated time stands still and the run would
+/// never end: the watchdog then wakes the run's top future, which ends the run
+/// as failed ("hang"). Should even that not end it (a poll that never returns),
+/// the process ends, loudly, naming the seed.
 fn hang_watchdog(
     seed: u64,
     progress: Arc<std::sync::atomic::AtomicU64>,
     done: Arc<AtomicBool>,
+    hung: Arc<tokio::sync::Notify>,
 ) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         let mut seen = progress.load(Ordering::Relaxed);
         let mut since = std::time::Instant::now();
+        let mut signalled = false;
         while !done.load(Ordering::SeqCst) {
-            std::thread::park_timeout(Duration::from_millis(500));
+            std::thread::park_timeout(Duration::from_millis(200));
             let now = progress.load(Ordering::Relaxed);
             if now != seen {
                 (seen, since) = (now, std::time::Instant::now());
-            } else if since.elapsed() > HANG_WALL && !done.load(Ordering::SeqCst) {
+            } else if !signalled && since.elapsed() > HANG_WALL {
+                hung.notify_one();
+                signalled = true;
+            } else if signalled && since.elapsed() > 3 * HANG_WALL && !done.load(Ordering::SeqCst) {
                 eprintln!(
-                    "oncekv sim: seed {seed} hangs: no event for {} s of wall time after event \
-                     {now}; a task loops without waiting, so simulated time stands still. \
-                     Replay: oncekv sim --seed {seed} --trace",
-                    HANG_WALL.as_secs()
+                    "oncekv sim: seed {seed} hangs inside a single poll after event {now} \
+                     and cannot be stopped. Replay: oncekv sim --seed {seed} --trace"
                 );
                 std::process::abort();
             }
@@ -546,6 +555,7 @@ async fn run_world(
     seed: u64,
     opts: SimOptions,
     progress: Arc<std::sync::atomic::AtomicU64>,
+    hung: Arc<tokio::sync::Notify>,
 ) -> SimRun {
     let start = Instant::now();
     let mut rng = StdRng::seed_from_u64(seed);
@@ -598,6 +608,41 @@ async fn run_world(
         names,
         opts,
     });
+    let finished = tokio::select! {
+        biased;
+        () = hung.notified() => false,
+        () = drive(&world) => true,
+    };
+    if !finished {
+        world.fail(format!(
+            "hang: no event for {} s of wall time; some task loops without waiting, so \
+             simulated time stood still at {} ms (replay with --trace to see the last events)",
+            HANG_WALL.as_secs(),
+            world.now_ms()
+        ));
+    }
+    let mut stats = lock(&world.stats).clone();
+    {
+        let n = lock(&world.net);
+        stats.messages = n.sent;
+        stats.dropped = n.dropped;
+    }
+    stats.simulated_ms = world.now_ms();
+    let trace = lock(&world.trace);
+    stats.events = trace.events;
+    SimRun {
+        seed,
+        trace_hash: trace.hash,
+        trace: trace.lines.clone().unwrap_or_default(),
+        failures: lock(&world.failures).clone(),
+        stats,
+    }
+}
+
+/// The run itself: faults while clients work, then healing, liveness, the
+/// checks, and the end of every node.
+async fn drive(world: &Arc<World>) {
+    let start = world.start;
     for i in 0..world.opts.nodes {
         world.start_node(i);
     }
@@ -635,22 +680,6 @@ async fn run_world(
     check::judge(&world, converged);
     for i in 0..world.opts.nodes {
         world.crash_node(i, "end of run");
-    }
-    let mut stats = lock(&world.stats).clone();
-    {
-        let n = lock(&world.net);
-        stats.messages = n.sent;
-        stats.dropped = n.dropped;
-    }
-    stats.simulated_ms = world.now_ms();
-    let trace = lock(&world.trace);
-    stats.events = trace.events;
-    SimRun {
-        seed,
-        trace_hash: trace.hash,
-        trace: trace.lines.clone().unwrap_or_default(),
-        failures: lock(&world.failures).clone(),
-        stats,
     }
 }
 
@@ -987,7 +1016,14 @@ mod panics {
                     let mut s = s.borrow_mut();
                     match s.as_mut() {
                         Some(list) => {
-                            list.push(info.to_string());
+                            // With RUST_BACKTRACE set, where it panicked too.
+                            let trace = std::backtrace::Backtrace::capture();
+                            list.push(match trace.status() {
+                                std::backtrace::BacktraceStatus::Captured => {
+                                    format!("{info}\n{trace}")
+                                }
+                                _ => info.to_string(),
+                            });
                             true
                         }
                         None => false,
