@@ -648,10 +648,10 @@ async fn drive(world: &Arc<World>) {
     }
     let fault_end = world.opts.duration_ms * 6 / 10;
     let supervisor = tokio::spawn(supervise(world.clone()));
-    let clients = client::spawn_all(&world, fault_end);
-    nemesis(&world, fault_end).await;
-    heal_all(&world);
-    restore_membership(&world).await;
+    let clients = client::spawn_all(world, fault_end);
+    nemesis(world, fault_end).await;
+    heal_all(world);
+    restore_membership(world).await;
     let healed_at = world.now_ms();
     world.healed_at_ms.store(healed_at, Ordering::SeqCst);
     world.event(format_args!("healed: every fault is over"));
@@ -672,12 +672,12 @@ async fn drive(world: &Arc<World>) {
             world.opts.liveness_ms
         ));
     }
-    let converged = check::converge(&world).await;
+    let converged = check::converge(world).await;
     if converged {
-        client::final_reads(&world).await;
+        client::final_reads(world).await;
     }
     supervisor.abort();
-    check::judge(&world, converged);
+    check::judge(world, converged);
     for i in 0..world.opts.nodes {
         world.crash_node(i, "end of run");
     }
