@@ -7,7 +7,7 @@
 use std::io::{self, Write};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::tools::sim::{SimOptions, SimRun, run};
 
@@ -108,23 +108,49 @@ pub fn main(args: &SimArgs, out: &mut dyn Write) -> io::Result<i32> {
     let failed: Mutex<Vec<SimRun>> = Mutex::new(Vec::new());
     let simulated_ms = AtomicU64::new(0);
     let done = AtomicU64::new(0);
+    let total = end - args.from;
+    let finished = std::sync::atomic::AtomicBool::new(false);
     std::thread::scope(|s| {
-        for _ in 0..jobs {
-            s.spawn(|| {
-                loop {
-                    let seed = next.fetch_add(1, Ordering::SeqCst);
-                    if seed >= end {
-                        return;
+        let workers: Vec<_> = (0..jobs)
+            .map(|_| {
+                s.spawn(|| {
+                    loop {
+                        let seed = next.fetch_add(1, Ordering::SeqCst);
+                        if seed >= end {
+                            return;
+                        }
+                        let r = run(seed, &opts);
+                        simulated_ms.fetch_add(r.stats.simulated_ms, Ordering::SeqCst);
+                        done.fetch_add(1, Ordering::SeqCst);
+                        if !r.failures.is_empty() {
+                            // At once, so a long search shows what it found so far.
+                            eprintln!("seed {seed} FAILED: {}", r.failures[0]);
+                            failed.lock().unwrap_or_else(|p| p.into_inner()).push(r);
+                        }
                     }
-                    let r = run(seed, &opts);
-                    simulated_ms.fetch_add(r.stats.simulated_ms, Ordering::SeqCst);
-                    done.fetch_add(1, Ordering::SeqCst);
-                    if !r.failures.is_empty() {
-                        failed.lock().unwrap_or_else(|p| p.into_inner()).push(r);
-                    }
+                })
+            })
+            .collect();
+        // Progress on stderr every 10 s, for searches that take an hour.
+        s.spawn(|| {
+            let mut last = Instant::now();
+            while !finished.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(200));
+                if last.elapsed() >= PROGRESS_EVERY {
+                    last = Instant::now();
+                    let n = done.load(Ordering::SeqCst);
+                    let bad = failed.lock().map_or(0, |f| f.len());
+                    eprintln!(
+                        "... {n} of {total} seeds run, {bad} failed, {:.0} s",
+                        started.elapsed().as_secs_f64()
+                    );
                 }
-            });
+            }
+        });
+        for w in workers {
+            let _ = w.join();
         }
+        finished.store(true, Ordering::SeqCst);
     });
     let wall = started.elapsed().as_secs_f64();
     let mut failed = failed.into_inner().unwrap_or_else(|p| p.into_inner());
@@ -155,6 +181,9 @@ pub fn main(args: &SimArgs, out: &mut dyn Write) -> io::Result<i32> {
     )?;
     Ok(if failed.is_empty() { 0 } else { EXIT_FAILED })
 }
+
+/// How often a search over many seeds reports its progress.
+const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 
 /// The shortest run (halving the duration) in which `seed` still fails.
 pub fn shortest_window(seed: u64, opts: &SimOptions) -> u64 {
