@@ -72,11 +72,7 @@ impl Endpoint {
         mut body: Value,
         timeout: Duration,
     ) -> Option<Value> {
-        let id = {
-            let mut n = lock(&self.next_msg_id);
-            *n += 1;
-            *n
-        };
+        let id = self.next_id();
         body["msg_id"] = json!(id);
         let (tx, rx) = oneshot::channel();
         lock(&self.waiting).insert(id, tx);
@@ -87,12 +83,50 @@ impl Endpoint {
         reply
     }
 
-    /// Sends a raw line (malformed on purpose) and waits for any reply to it.
-    async fn call_raw(&self, world: &Arc<World>, dest: &str, line: String) {
+    /// The next message id of this client.
+    fn next_id(&self) -> u64 {
+        let mut n = lock(&self.next_msg_id);
+        *n += 1;
+        *n
+    }
+
+    /// Sends a line made hostile on purpose, with message id `id` when it has
+    /// one, and checks the answer within a second: the error code `expected`
+    /// (always a definite one: nothing of it may run), or no answer at all when
+    /// the line cannot be answered (`None`: it is logged and dropped). A missing
+    /// answer where one is expected is not a failure: the network may lose it.
+    async fn call_hostile(
+        &self,
+        world: &Arc<World>,
+        dest: &str,
+        id: u64,
+        line: String,
+        expected: Option<&[u64]>,
+    ) {
+        let (tx, rx) = oneshot::channel();
+        lock(&self.waiting).insert(id, tx);
         net::send(&world.net, &world.trace, &self.name, dest, line);
-        tokio::time::sleep(Duration::from_millis(1)).await;
+        let reply = tokio::time::timeout(HOSTILE_WAIT, rx)
+            .await
+            .ok()
+            .and_then(|r| r.ok());
+        lock(&self.waiting).remove(&id);
+        let Some(reply) = reply else { return };
+        let code = (reply["type"] == "error")
+            .then(|| reply["code"].as_u64())
+            .flatten();
+        let fine = matches!((expected, code), (Some(codes), Some(c)) if codes.contains(&c));
+        if !fine {
+            world.fail(format!(
+                "a hostile line to {dest} was answered {reply}; expected {}",
+                expected.map_or("no answer".to_string(), |c| format!("error {c:?}"))
+            ));
+        }
     }
 }
+
+/// How long a hostile line's answer is waited for.
+const HOSTILE_WAIT: Duration = Duration::from_secs(1);
 
 /// A client's session: its id and next seq, shared by its pipeline slots.
 struct Session {
@@ -253,28 +287,49 @@ fn pick(keys: &[&'static str], rng: &mut StdRng) -> &'static str {
 async fn hostile(world: &Arc<World>, endpoint: &Arc<Endpoint>, rng: &mut StdRng) {
     let dest = world.names[rng.gen_range(0..world.names.len())].clone();
     let src = &endpoint.name;
-    let line = match rng.gen_range(0..6) {
-        0 => format!("{{\"src\":\"{src}\",\"dest\":\"{dest}\",\"body\":{{\"type\":\"write\""),
-        1 => format!(
-            "{{\"src\":\"{src}\",\"dest\":\"{dest}\",\"body\":{{\"type\":\"add\",\"msg_id\":1,\
-             \"key\":\"k0\",\"delta\":1e400,\"client_id\":\"x\",\"seq\":1}}}}"
+    let id = endpoint.next_id();
+    let head = format!("{{\"src\":\"{src}\",\"dest\":\"{dest}\",\"body\":");
+    // Each line, and the answer the protocol promises for it.
+    const MALFORMED: &[u64] = &[12];
+    let (line, expected): (String, Option<&[u64]>) = match rng.gen_range(0..6) {
+        // Cut short: not JSON, so not answerable.
+        0 => (format!("{head}{{\"type\":\"write\",\"msg_id\":{id}"), None),
+        // A number JSON cannot hold exactly.
+        1 => (
+            format!(
+                "{head}{{\"type\":\"add\",\"msg_id\":{id},\"key\":\"k0\",\"delta\":1e400,\
+                 \"client_id\":\"x\",\"seq\":1}}}}"
+            ),
+            Some(MALFORMED),
         ),
-        2 => format!(
-            "{{\"src\":\"{src}\",\"dest\":\"{dest}\",\"body\":{{\"type\":\"write\",\"msg_id\":1,\
-             \"key\":\"r0\",\"value\":\"{}\"}}}}",
-            "x".repeat(world.config.request_bytes_max + 10)
+        // Past the request limit.
+        2 => (
+            format!(
+                "{head}{{\"type\":\"write\",\"msg_id\":{id},\"key\":\"r0\",\"value\":\"{}\"}}}}",
+                "x".repeat(world.config.request_bytes_max + 10)
+            ),
+            Some(MALFORMED),
         ),
-        3 => format!(
-            "{{\"src\":\"{src}\",\"dest\":\"{dest}\",\"body\":{{\"type\":\"add\",\"msg_id\":1,\
-             \"key\":\"k0\",\"delta\":1,\"client_id\":\"c9\",\"seq\":-1}}}}"
+        // A negative seq.
+        3 => (
+            format!(
+                "{head}{{\"type\":\"add\",\"msg_id\":{id},\"key\":\"k0\",\"delta\":1,\
+                 \"client_id\":\"c9\",\"seq\":-1}}}}"
+            ),
+            Some(MALFORMED),
         ),
-        4 => format!(
-            "{{\"src\":\"{src}\",\"dest\":\"{dest}\",\"body\":{{\"type\":\"raft_vote\",\"msg_id\":1,\"rpc\":{{}}}}}}"
+        // A peer's RPC from a client: refused as not supported, or as malformed.
+        4 => (
+            format!("{head}{{\"type\":\"raft_vote\",\"msg_id\":{id},\"rpc\":{{}}}}}}"),
+            Some(&[10, 12]),
         ),
-        _ => "\u{0}\u{ff}not json at all".to_string(),
+        // Not JSON at all.
+        _ => ("\u{0}\u{ff}not json at all".to_string(), None),
     };
     world.event(format_args!("client {src} sends a hostile line to {dest}"));
-    endpoint.call_raw(world, &dest, line).await;
+    endpoint
+        .call_hostile(world, &dest, id, line, expected)
+        .await;
 }
 
 /// Runs one operation to a definite answer (or until the run gives up on it),
