@@ -70,6 +70,11 @@ fn cases() -> Vec<Case> {
         // Not JSON, though its src and msg_id could be read: dropped all the
         // same (nothing in a broken line can be trusted).
         c(
+            "no dest",
+            r#"{"src":"{SRC}","body":{"type":"read","msg_id":{ID},"key":1}}"#.into(),
+            Expect::Dropped,
+        ),
+        c(
             "cut short",
             r#"{"src":"{SRC}","dest":"{DEST}","body":{"type":"write","msg_id":{ID},"key":1"#.into(),
             Expect::Dropped,

@@ -430,7 +430,9 @@ fn check(bytes: &[u8], split: usize) -> Result<(), TestCaseError> {
     let (sk_src, sk_dest, sk_msg_id, sk_in_reply_to) = whole;
     let parsed = parse_line(line);
     // Who a plain JSON reading says sent it, and under which msg_id.
+    // (With the whole envelope: a line without `dest` is dropped.)
     let plain: Option<(String, u64)> = serde_json::from_str::<Value>(line).ok().and_then(|v| {
+        v.get("dest")?;
         Some((
             v.get("src")?.as_str()?.to_string(),
             v.get("body")?.get("msg_id")?.as_u64()?,
@@ -500,14 +502,17 @@ fn check(bytes: &[u8], split: usize) -> Result<(), TestCaseError> {
                 why,
                 plain
             );
-            // A line that is not JSON (cut short, a syntax error) is dropped
-            // whatever the skeleton reads in it; JSON with readable addressing
-            // is answered.
-            // (Past the depth limit serde_json cannot tell: either may be right.)
-            let not_json = serde_json::from_str::<Value>(line).err().is_some_and(|e| {
-                e.to_string().starts_with("recursion limit exceeded")
-                    || !super::parse::reads_as_json(line, &e)
-            });
+            // A line that is not JSON (cut short, a syntax error), or lacks
+            // part of the envelope, is dropped whatever the skeleton reads in
+            // it; JSON with readable addressing is answered. (Past the depth
+            // limit serde_json cannot tell: either may be right.)
+            let not_json = match serde_json::from_str::<Value>(line) {
+                Ok(v) => ["src", "dest", "body"].iter().any(|f| v.get(f).is_none()),
+                Err(e) => {
+                    e.to_string().starts_with("recursion limit exceeded")
+                        || !super::parse::reads_as_json(line, &e)
+                }
+            };
             prop_assert!(
                 not_json
                     || !(sk_src.is_some() && (sk_msg_id.is_some() || sk_in_reply_to.is_some())),

@@ -401,7 +401,7 @@ fn parse_general(line: &str) -> Result<Message, ParseError> {
 /// read who sent it (`src`) and a `msg_id` or `in_reply_to`; otherwise (not
 /// JSON, or no addressing) an envelope error (log and drop).
 fn unparsed(line: &str, e: &serde_json::Error) -> ParseError {
-    if !super::parse::reads_as_json(line, e) {
+    if !super::parse::answerable(line, e) {
         return ParseError::Envelope(e.to_string());
     }
     let mut sk = Skeleton::default();

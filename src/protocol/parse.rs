@@ -680,6 +680,17 @@ pub(super) fn reads_as_json(line: &str, e: &serde_json::Error) -> bool {
     }
 }
 
+/// Whether a refused line is answered (error 12) when its addressing can be
+/// read: it is JSON ([`reads_as_json`]) and has the whole envelope (a line
+/// without `src`, `dest` or `body` is dropped, as one that is not JSON).
+pub(super) fn answerable(line: &str, e: &serde_json::Error) -> bool {
+    let message = e.to_string();
+    let no_envelope = ["`src`", "`dest`", "`body`"]
+        .iter()
+        .any(|f| message.starts_with(&format!("missing field {f}")));
+    !no_envelope && reads_as_json(line, e)
+}
+
 /// The error for a line serde_json refused as a whole. A line that is JSON
 /// ([`reads_as_json`]: a number JSON cannot hold exactly, too deep) gets a body
 /// error when [`Skeleton`] can still read who sent it (`src`) and a `msg_id` or
@@ -689,7 +700,7 @@ pub(super) fn reads_as_json(line: &str, e: &serde_json::Error) -> bool {
 /// included.
 fn unparsed(line: &str, e: &serde_json::Error) -> ParseError {
     let what = unreadable(e);
-    if !reads_as_json(line, e) {
+    if !answerable(line, e) {
         return ParseError::Envelope(what);
     }
     let mut sk = Skeleton::default();
