@@ -608,19 +608,24 @@ async fn run_world(
         names,
         opts,
     });
-    let finished = tokio::select! {
+    // A run ends by itself well within this much simulated time: the run, the
+    // heal, the liveness wait and the convergence wait.
+    let overrun = Duration::from_millis(3 * world.opts.duration_ms + 4 * world.opts.liveness_ms);
+    tokio::select! {
         biased;
-        () = hung.notified() => false,
-        () = drive(&world) => true,
-    };
-    if !finished {
-        world.fail(format!(
+        () = hung.notified() => world.fail(format!(
             "hang: no event for {} s of wall time; some task loops without waiting, so \
              simulated time stood still at {} ms (replay with --trace to see the last events)",
             HANG_WALL.as_secs(),
             world.now_ms()
-        ));
-    }
+        )),
+        () = tokio::time::sleep(overrun) => world.fail(format!(
+            "the run did not end: still going after {} simulated ms (replay with --trace to \
+             see what it waits for)",
+            overrun.as_millis()
+        )),
+        () = drive(&world) => {}
+    };
     let mut stats = lock(&world.stats).clone();
     {
         let n = lock(&world.net);
@@ -932,8 +937,12 @@ async fn membership_change(world: &Arc<World>, rng: &mut StdRng) {
         world.event(format_args!("nemesis: remove n{gone}"));
         let w = world.clone();
         lock(&world.changes).push(tokio::spawn(async move {
-            let r = node.remove_member(gone).await;
-            w.event(format_args!("nemesis: remove n{gone}: {}", describe(r)));
+            // Bounded as an operator's command is (`membership_timeout` over
+            // TCP): a change whose leader lost the lead may never be answered.
+            match tokio::time::timeout(timeout * 5, node.remove_member(gone)).await {
+                Ok(r) => w.event(format_args!("nemesis: remove n{gone}: {}", describe(r))),
+                Err(_) => w.event(format_args!("nemesis: remove n{gone}: no answer in time")),
+            }
         }));
     }
 }
