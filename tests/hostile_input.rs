@@ -67,23 +67,6 @@ fn cases() -> Vec<Case> {
             "{\"src\":\u{fffd}}".into(),
             Expect::Dropped,
         ),
-        // Not JSON, though its src and msg_id could be read: dropped all the
-        // same (nothing in a broken line can be trusted).
-        c(
-            "no dest",
-            r#"{"src":"{SRC}","body":{"type":"read","msg_id":{ID},"key":1}}"#.into(),
-            Expect::Dropped,
-        ),
-        c(
-            "cut short",
-            r#"{"src":"{SRC}","dest":"{DEST}","body":{"type":"write","msg_id":{ID},"key":1"#.into(),
-            Expect::Dropped,
-        ),
-        c(
-            "a syntax error after the msg_id",
-            req(r#"{"type":"read","msg_id":{ID},"key":1,,}"#),
-            Expect::Dropped,
-        ),
         c(
             "msg_id not an integer",
             req(r#"{"type":"read","msg_id":"x","key":1}"#),

@@ -396,14 +396,11 @@ fn parse_general(line: &str) -> Result<Message, ParseError> {
     })
 }
 
-/// The error for a line serde_json refused as a whole: for a line that is JSON
-/// (a number it cannot hold, too deep), a body error when [`Skeleton`] can still
-/// read who sent it (`src`) and a `msg_id` or `in_reply_to`; otherwise (not
-/// JSON, or no addressing) an envelope error (log and drop).
+/// The error for a line serde_json refused as a whole: a body error when
+/// [`Skeleton`] can still read who sent it (`src`) and a `msg_id` or
+/// `in_reply_to`, so the request is answered (or the reply's caller told);
+/// otherwise an envelope error (log and drop).
 fn unparsed(line: &str, e: &serde_json::Error) -> ParseError {
-    if !super::parse::answerable(line, e) {
-        return ParseError::Envelope(e.to_string());
-    }
     let mut sk = Skeleton::default();
     sk.feed(line.as_bytes());
     sk.finish();

@@ -657,55 +657,15 @@ fn too_deep() -> String {
     )
 }
 
-/// Whether `line`, which serde_json refused with `e`, is JSON all the same: it
-/// nests past the depth limit, or holds a number JSON cannot hold exactly
-/// (`1e400`, an integer beyond 64 bits), and is otherwise well formed. A line
-/// cut short or with a syntax error, a bad escape included, is not. Judged on
-/// the whole line, not on `e`, which names whichever fault a parser met first.
-pub(super) fn reads_as_json(line: &str, e: &serde_json::Error) -> bool {
-    if e.to_string().starts_with("recursion limit exceeded") {
-        return true;
-    }
-    // Read without evaluating a single number: whether it is JSON in form.
-    if serde_json::from_str::<serde::de::IgnoredAny>(line).is_err() {
-        return false;
-    }
-    // And its strings too (escapes of lone surrogates are refused here).
-    match serde_json::from_str::<Value>(line) {
-        Ok(_) => true,
-        Err(v) => {
-            let m = v.to_string();
-            m.starts_with("number out of range") || m.starts_with("recursion limit exceeded")
-        }
-    }
-}
-
-/// Whether a refused line is answered (error 12) when its addressing can be
-/// read: it is JSON ([`reads_as_json`]) and has the whole envelope (a line
-/// without `src`, `dest` or `body` is dropped, as one that is not JSON).
-pub(super) fn answerable(line: &str, e: &serde_json::Error) -> bool {
-    let message = e.to_string();
-    let no_envelope = ["`src`", "`dest`", "`body`"]
-        .iter()
-        .any(|f| message.starts_with(&format!("missing field {f}")));
-    !no_envelope && reads_as_json(line, e)
-}
-
-/// The error for a line serde_json refused as a whole. A line that is JSON
-/// ([`reads_as_json`]: a number JSON cannot hold exactly, too deep) gets a body
-/// error when [`Skeleton`] can still read who sent it (`src`) and a `msg_id` or
-/// `in_reply_to`, so the request is answered (or the reply's caller told). A
-/// line that is not JSON at all (cut short, a syntax error) is an envelope
-/// error, logged and dropped: what it says cannot be trusted, its `msg_id`
-/// included.
+/// The error for a line serde_json refused as a whole: a body error when
+/// [`Skeleton`] can still read who sent it (`src`) and a `msg_id` or
+/// `in_reply_to`, so the request is answered (or the reply's caller told);
+/// otherwise an envelope error (log and drop).
 fn unparsed(line: &str, e: &serde_json::Error) -> ParseError {
-    let what = unreadable(e);
-    if !answerable(line, e) {
-        return ParseError::Envelope(what);
-    }
     let mut sk = Skeleton::default();
     sk.feed(line.as_bytes());
     sk.finish();
+    let what = unreadable(e);
     match sk.src {
         Some(src) if sk.msg_id.is_some() || sk.in_reply_to.is_some() => ParseError::Body {
             src,
