@@ -55,10 +55,24 @@ async fn run_oncekv_under(
     Ok(outcome)
 }
 
+/// Valid, and not vacuously so: enough acknowledged operations, reads and writes
+/// both, for the linearizability verdict to mean something. The floor is low on
+/// purpose: how many operations succeed depends on the nemesis schedule the seed
+/// draws, and some shapes allow no progress at all while they last (a 3-node
+/// majorities-ring is one-way: no two nodes hear each other, so nothing commits).
+/// A seed that drew rings for most of the run succeeded 74 times in 20 s.
 fn assert_valid_and_busy(o: &RunOutcome) {
     assert_eq!(o.valid, Validity::Valid, "{}", o.summary);
-    let ok = o.results["stats"]["ok"].as_u64().unwrap_or(0);
-    assert!(ok > 100, "too few ok ops to mean anything: {}", o.summary);
+    let stats = &o.results["stats"];
+    let ok = |f: &str| stats["by_f"][f]["ok"].as_u64().unwrap_or(0);
+    let total = stats["ok"].as_u64().unwrap_or(0);
+    assert!(total >= 30, "too few ok ops to mean anything: {}", o.summary);
+    assert!(ok("read") > 0, "no read succeeded: {}", o.summary);
+    assert!(
+        ok("write") + ok("cas") + ok("add") > 0,
+        "no write, cas or add succeeded: {}",
+        o.summary
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
