@@ -63,14 +63,15 @@ pub(crate) enum Kind {
 }
 
 impl Kind {
-    /// True for ops that leave the state as they found it whenever they succeed
-    /// (reads, `cas` from x to x, `add` of 0): the search may take them early.
+    /// True for ops that leave the state as they found it in *every* state where
+    /// they can take effect (reads, `cas` from x to x): the search may take them
+    /// early. Not `add` of 0: it turns a missing key (nil) into 0, and a key can
+    /// be nil again later (`write null`), so "unchanged here" is not enough.
     pub(crate) fn never_changes_state(&self) -> bool {
         match *self {
             Kind::Read(_) => true,
             Kind::Cas(from, to) => from == to,
-            Kind::Add { delta, .. } => delta == 0,
-            Kind::Write(_) => false,
+            Kind::Add { .. } | Kind::Write(_) => false,
         }
     }
 }
@@ -103,11 +104,12 @@ fn add(state: State, delta: i64, total: Option<State>) -> Option<State> {
 /// One op ready for the search.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct ModelOp {
-    /// Position of the invoke in the history: the real-time order of calls.
-    pub call: usize,
-    /// Position of the ok completion; `None` for ops that may take effect at any
+    /// The invoke's `time` (ns). Op A precedes op B in real time iff A's `ret` is
+    /// less than B's `call`; equal times are concurrent (Knossos, Porcupine).
+    pub call: u64,
+    /// The ok completion's `time`; `None` for ops that may take effect at any
     /// later point or never (`info`, unfinished, or optional in a window check).
-    pub ret: Option<usize>,
+    pub ret: Option<u64>,
     /// The effect and observed result.
     pub kind: Kind,
     /// Index of this op's [`super::pairs::Pair`], to quote it in a report.
@@ -171,5 +173,17 @@ mod tests {
         assert_eq!(step(State::Any, &cas), Some(State::Int(2)));
         assert_eq!(step(State::Int(3), &cas), None);
         assert_eq!(step(State::Nil, &Kind::Read(State::Nil)), Some(State::Nil));
+    }
+
+    #[test]
+    fn an_add_of_zero_changes_a_missing_key() {
+        let add0 = Kind::Add {
+            delta: 0,
+            total: Some(State::Int(0)),
+        };
+        assert_eq!(step(State::Nil, &add0), Some(State::Int(0)));
+        assert!(!add0.never_changes_state());
+        assert!(Kind::Read(State::Nil).never_changes_state());
+        assert!(Kind::Cas(State::Int(1), State::Int(1)).never_changes_state());
     }
 }
