@@ -16,6 +16,7 @@ fn results_for(h: &H) -> Results {
         &h.ops,
         &CheckOptions {
             time_limit: Duration::from_secs(5),
+            ..CheckOptions::default()
         },
     );
     let net = NetInputs {

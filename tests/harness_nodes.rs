@@ -73,6 +73,7 @@ impl Case {
             p_dup: 0.0,
             out: Some(out.clone()),
             seed: Some(self.seed),
+            strict_null_reads: false,
             args: self.node_args.iter().map(|s| s.to_string()).collect(),
         };
         let outcome = run(args.into_config(self.seed, out)?).await?;

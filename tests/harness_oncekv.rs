@@ -48,6 +48,7 @@ async fn run_oncekv_under(
         p_dup: 0.0,
         out: Some(out.clone()),
         seed: Some(seed),
+        strict_null_reads: false,
         args: Vec::new(),
     };
     let outcome = run(args.into_config(seed, out)?).await?;
@@ -66,7 +67,11 @@ fn assert_valid_and_busy(o: &RunOutcome) {
     let stats = &o.results["stats"];
     let ok = |f: &str| stats["by_f"][f]["ok"].as_u64().unwrap_or(0);
     let total = stats["ok"].as_u64().unwrap_or(0);
-    assert!(total >= 30, "too few ok ops to mean anything: {}", o.summary);
+    assert!(
+        total >= 30,
+        "too few ok ops to mean anything: {}",
+        o.summary
+    );
     assert!(ok("read") > 0, "no read succeeded: {}", o.summary);
     assert!(
         ok("write") + ok("cas") + ok("add") > 0,

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use super::unread_is_fine;
-use crate::tools::check::{CheckOptions, check_file};
+use crate::tools::check::{CheckOptions, NullReads, check_file};
 
 /// Arguments of `oncekv check`.
 #[derive(clap::Args)]
@@ -23,9 +23,15 @@ pub struct CheckArgs {
     /// `exactly_once` objects) instead of text.
     #[arg(long)]
     pub json: bool,
+    /// An ok read of null must see a missing key. Without it, as Knossos (so
+    /// Maelstrom), a read of null is legal in any state.
+    #[arg(long)]
+    pub strict_null_reads: bool,
 }
 
-/// Exit status of `oncekv check` for an unreadable or malformed history.
+/// Exit status of `oncekv check` for an unreadable or malformed history (the
+/// error names the line: times that go backwards, a completion whose `f` or
+/// `key` differs from its invoke's, ...).
 pub const EXIT_BAD_INPUT: i32 = 3;
 
 /// `oncekv check`: the verdict on `out`, as text or JSON; returns its exit status.
@@ -34,7 +40,11 @@ pub fn run(args: &CheckArgs, out: &mut dyn Write) -> io::Result<i32> {
         eprintln!("error: --time-limit must be a non-negative number of seconds");
         return Ok(EXIT_BAD_INPUT);
     };
-    let opts = CheckOptions { time_limit };
+    let null_reads = NullReads::from_strict_flag(args.strict_null_reads);
+    let opts = CheckOptions {
+        time_limit,
+        null_reads,
+    };
     let started = Instant::now();
     match check_file(&args.history, &opts) {
         Err(e) => {

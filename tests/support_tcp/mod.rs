@@ -327,6 +327,9 @@ impl Recorder {
         value: Value,
         error: Option<(i64, String)>,
     ) {
+        // Stamped under the lock, so times never go backwards (the checker
+        // refuses a history whose times do).
+        let mut ops = self.ops.lock().unwrap();
         let op = HistoryOp {
             process: Process::Client(process),
             kind,
@@ -338,7 +341,7 @@ impl Recorder {
             client_id: None,
             seq: None,
         };
-        self.ops.lock().unwrap().push(op);
+        ops.push(op);
     }
 
     /// Ok outcomes recorded after `since` (nanoseconds).

@@ -12,8 +12,8 @@ use std::fmt::Write as _;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::Validity;
 use super::pairs::{Pair, pair_ops};
+use super::{Validity, check_times};
 use crate::tools::history::{HistoryOp, OpType};
 
 /// Most distinct subset sums tracked for one key before answering `unknown`;
@@ -80,13 +80,17 @@ pub struct CounterKey {
 /// ok add on it finished.
 pub fn check_counters(ops: &[HistoryOp], final_reads: &BTreeMap<String, Value>) -> CounterReport {
     let pairing = pair_ops(ops);
-    if let Some(problem) = pairing.problems.first() {
+    let problem = check_times(ops)
+        .err()
+        .map(|e| e.to_string())
+        .or_else(|| pairing.problems.first().map(ToString::to_string));
+    if let Some(problem) = problem {
         let (valid, keys_checked, keys) = (Validity::Unknown, 0, Vec::new());
         return CounterReport {
             valid,
             keys_checked,
             keys,
-            error: Some(problem.to_string()),
+            error: Some(problem),
         };
     }
     let keys: Vec<CounterKey> = counter_keys(ops, &pairing.pairs)
@@ -143,8 +147,8 @@ struct Final {
     value: Value,
     /// `"final read"` or `"entry N"`.
     source: String,
-    /// Info adds invoked at or after this history position cannot be in `value`.
-    horizon: usize,
+    /// Info adds invoked after this time cannot be in `value`.
+    horizon: u64,
 }
 
 fn judge(
@@ -167,7 +171,7 @@ fn judge(
         Some(v) => Some(Final {
             value: v.clone(),
             source: "final read".into(),
-            horizon: usize::MAX,
+            horizon: u64::MAX,
         }),
         None => last_observation(ops, pairs),
     };
@@ -179,19 +183,21 @@ fn judge(
 }
 
 /// The ok read or add that completed last among those invoked after every other
-/// ok add completed: its value includes every ok add.
+/// ok add completed (strictly earlier `time`: equal times are concurrent): its
+/// value includes every ok add.
 fn last_observation(ops: &[HistoryOp], pairs: &[Pair]) -> Option<Final> {
     let ok = |p: &&Pair| p.outcome(ops) == OpType::Ok;
-    let ok_add_ends: Vec<(usize, usize)> = pairs
+    let ok_add_ends: Vec<(usize, u64)> = pairs
         .iter()
         .filter(ok)
         .filter(|p| ops[p.invoke].f == "add")
-        .filter_map(|p| Some((p.invoke, p.completion?)))
+        .filter_map(|p| Some((p.invoke, ops[p.completion?].time)))
         .collect();
     let sees_all = |p: &Pair| {
+        let invoked = ops[p.invoke].time;
         ok_add_ends
             .iter()
-            .all(|&(i, c)| i == p.invoke || c < p.invoke)
+            .all(|&(i, done)| i == p.invoke || done < invoked)
     };
     let last = pairs
         .iter()
@@ -203,7 +209,7 @@ fn last_observation(ops: &[HistoryOp], pairs: &[Pair]) -> Option<Final> {
     Some(Final {
         value: ops[done].value.clone(),
         source,
-        horizon: done,
+        horizon: ops[done].time,
     })
 }
 
@@ -227,7 +233,8 @@ fn tally(
                 out.ok_adds += 1;
                 out.ok_sum = out.ok_sum.checked_add(delta)?;
             }
-            OpType::Info if p.invoke < fin.horizon => info.push(delta),
+            // Invoked no later than the observation completed: it may be in it.
+            OpType::Info if ops[p.invoke].time <= fin.horizon => info.push(delta),
             _ => {}
         }
     }

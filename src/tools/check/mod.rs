@@ -36,6 +36,35 @@ use crate::tools::history::HistoryOp;
 use prepare::KeyHistory;
 use search::{SearchOutcome, search};
 
+/// How the checker judges an `ok` read that returned null (JSON null: a missing
+/// key). Recorded in `results.json` as `linearizable.null_reads`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NullReads {
+    /// Knossos' rule, so Maelstrom's: in `knossos/model.clj` (`cas-register`) a
+    /// read whose value is nil is legal in whatever state the register is in, and
+    /// changes nothing ("we don't know what the read was"). Such a read constrains
+    /// nothing, so the checker leaves it out. The default of `oncekv check` and
+    /// `oncekv test`.
+    #[default]
+    AnyState,
+    /// A read of null must see a missing key: the register is nil at the read's
+    /// linearization point (`--strict-null-reads`). Catches a node that answers
+    /// "not there" for a key that was written.
+    Strict,
+}
+
+impl NullReads {
+    /// The mode a `--strict-null-reads` flag asks for.
+    pub fn from_strict_flag(strict: bool) -> NullReads {
+        if strict {
+            NullReads::Strict
+        } else {
+            NullReads::AnyState
+        }
+    }
+}
+
 /// Knobs for [`check_linearizable`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CheckOptions {
@@ -43,19 +72,25 @@ pub struct CheckOptions {
     /// could not decide. Linearizability checking is NP-complete; a bound keeps a
     /// pathological history from hanging a test run.
     pub time_limit: Duration,
+    /// How ok reads of null are judged.
+    pub null_reads: NullReads,
 }
 
 impl Default for CheckOptions {
-    /// 60 s: far more than a Maelstrom-sized run needs (see `docs/checker.md`).
+    /// 60 s: far more than a Maelstrom-sized run needs (see `docs/checker.md`);
+    /// null reads as Knossos judges them.
     fn default() -> Self {
         CheckOptions {
             time_limit: Duration::from_secs(60),
+            null_reads: NullReads::default(),
         }
     }
 }
 
 /// Why a history could not be judged. These mean the input (or the harness that
-/// wrote it) is broken, not the system under test.
+/// wrote it) is broken, not the system under test. Lines are 1-based positions in
+/// the history, which are the line numbers of the `history.jsonl` the harness
+/// writes (and of the file `oncekv check` read: [`check_file`] renumbers them).
 #[derive(Debug, thiserror::Error)]
 pub enum CheckError {
     /// The history file could not be read.
@@ -72,14 +107,29 @@ pub enum CheckError {
     /// A process broke the one-outstanding-op rule.
     #[error("bad history: {0}")]
     Pair(#[from] pairs::PairError),
+    /// A line's `time` is earlier than the line before it: the order of the lines
+    /// and the times disagree, so neither can be trusted as real-time order.
+    #[error(
+        "bad history: line {entry}: time {time} is before time {previous_time} of line {previous} (times may not go backwards)"
+    )]
+    TimeBackwards {
+        /// 1-based position of the line.
+        entry: usize,
+        /// Its `time`.
+        time: u64,
+        /// 1-based position of the line before it.
+        previous: usize,
+        /// That line's `time`.
+        previous_time: u64,
+    },
     /// A client op has no `key`.
-    #[error("bad history: entry {entry}: client op has no key")]
+    #[error("bad history: line {entry}: client op has no key")]
     MissingKey {
         /// 1-based position in the history.
         entry: usize,
     },
     /// An op's value does not have the shape its `f` needs.
-    #[error("bad history: entry {entry}: {f} value {value} is not {expected}")]
+    #[error("bad history: line {entry}: {f} value {value} is not {expected}")]
     BadValue {
         /// 1-based position in the history.
         entry: usize,
@@ -91,7 +141,7 @@ pub enum CheckError {
         expected: &'static str,
     },
     /// An `f` the register model does not know.
-    #[error("bad history: entry {entry}: unsupported f {f:?} (expected read, write, cas, add)")]
+    #[error("bad history: line {entry}: unsupported f {f:?} (expected read, write, cas, add)")]
     UnknownF {
         /// 1-based position in the history.
         entry: usize,
@@ -100,36 +150,108 @@ pub enum CheckError {
     },
 }
 
+impl CheckError {
+    /// The same error with its 1-based positions mapped through `line`.
+    fn renumbered(self, line: impl Fn(usize) -> usize) -> CheckError {
+        match self {
+            CheckError::TimeBackwards {
+                entry,
+                time,
+                previous,
+                previous_time,
+            } => CheckError::TimeBackwards {
+                entry: line(entry),
+                time,
+                previous: line(previous),
+                previous_time,
+            },
+            CheckError::MissingKey { entry } => CheckError::MissingKey { entry: line(entry) },
+            CheckError::BadValue {
+                entry,
+                f,
+                value,
+                expected,
+            } => CheckError::BadValue {
+                entry: line(entry),
+                f,
+                value,
+                expected,
+            },
+            CheckError::UnknownF { entry, f } => CheckError::UnknownF {
+                entry: line(entry),
+                f,
+            },
+            CheckError::Pair(e) => CheckError::Pair(e.renumbered(line)),
+            other @ (CheckError::Io { .. } | CheckError::Parse(_)) => other,
+        }
+    }
+}
+
+/// Refuses a history whose times go backwards from one line to the next. The
+/// real-time order is read from `time` (op A precedes op B iff A's completion
+/// time is less than B's invoke time), and the harness stamps lines under one
+/// lock, so lines are in time order; a history where they are not was written
+/// wrong (or edited), and its order cannot be trusted either way.
+pub(crate) fn check_times(ops: &[HistoryOp]) -> Result<(), CheckError> {
+    match ops.windows(2).position(|w| w[1].time < w[0].time) {
+        None => Ok(()),
+        Some(i) => Err(CheckError::TimeBackwards {
+            entry: i + 2,
+            time: ops[i + 1].time,
+            previous: i + 1,
+            previous_time: ops[i].time,
+        }),
+    }
+}
+
 /// Checks every key of `ops` for linearizability, in parallel, within
 /// `opts.time_limit`. A malformed history yields `Unknown` with
 /// [`LinReport::error`] set; use [`try_check_linearizable`] to get the error.
 pub fn check_linearizable(ops: &[HistoryOp], opts: &CheckOptions) -> LinReport {
-    try_check_linearizable(ops, opts).unwrap_or_else(|e| LinReport::unjudged(e.to_string()))
+    try_check_linearizable(ops, opts).unwrap_or_else(|e| {
+        let mut report = LinReport::unjudged(e.to_string());
+        report.null_reads = opts.null_reads;
+        report
+    })
 }
 
-/// As [`check_linearizable`], but a malformed history is an error.
+/// As [`check_linearizable`], but a malformed history is an error: times that
+/// go backwards, a process with two ops outstanding, a completion with no
+/// invoke or whose `f` or `key` differs from its invoke's, or an op the register
+/// model cannot read.
 pub fn try_check_linearizable(
     ops: &[HistoryOp],
     opts: &CheckOptions,
 ) -> Result<LinReport, CheckError> {
     let deadline = Instant::now() + opts.time_limit;
+    check_times(ops)?;
     let pairing = pairs::pair_ops(ops);
     if let Some(problem) = pairing.problems.first() {
         return Err(problem.clone().into());
     }
-    let keys = prepare::per_key(ops, &pairing.pairs)?;
+    let keys = prepare::per_key(ops, &pairing.pairs, opts.null_reads)?;
     let verdicts = check_keys(&keys, deadline);
-    Ok(LinReport::from_keys(ops, &pairing.pairs, &keys, verdicts))
+    let mut report = LinReport::from_keys(ops, &pairing.pairs, &keys, verdicts);
+    report.null_reads = opts.null_reads;
+    Ok(report)
 }
 
-/// Reads and checks a `history.jsonl` file: the `oncekv check` command.
+/// Reads and checks a `history.jsonl` file: the `oncekv check` command. Errors
+/// name lines of the file (blank lines, which the reader skips, are counted).
 pub fn check_file(path: &std::path::Path, opts: &CheckOptions) -> Result<FileReport, CheckError> {
     let text = std::fs::read_to_string(path).map_err(|source| CheckError::Io {
         path: path.display().to_string(),
         source,
     })?;
     let ops = crate::tools::history::read_jsonl(&text).map_err(CheckError::Parse)?;
-    let linearizable = try_check_linearizable(&ops, opts)?;
+    // The file line of each op: `read_jsonl` skips the same blank lines.
+    let lines: Vec<usize> = (1..)
+        .zip(text.lines())
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(n, _)| n)
+        .collect();
+    let line = |entry: usize| lines.get(entry.wrapping_sub(1)).copied().unwrap_or(entry);
+    let linearizable = try_check_linearizable(&ops, opts).map_err(|e| e.renumbered(line))?;
     let counters = check_counters(&ops, &Default::default());
     let exactly_once = (counters.keys_checked > 0).then_some(counters);
     Ok(FileReport {

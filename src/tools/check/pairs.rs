@@ -5,6 +5,8 @@
 
 use std::collections::HashMap;
 
+use serde_json::Value;
+
 use crate::tools::history::{HistoryOp, OpType, Process};
 
 /// One client operation: where its invoke and its completion sit in the history.
@@ -33,7 +35,7 @@ impl Pair {
 pub enum PairError {
     /// A process invoked again while its previous op was still outstanding.
     #[error(
-        "entry {entry}: process {process} invoked while its op at entry {pending} is outstanding"
+        "line {entry}: process {process} invoked while its op at line {pending} is outstanding"
     )]
     DoubleInvoke {
         /// 1-based position of the second invoke in the history.
@@ -44,23 +46,65 @@ pub enum PairError {
         pending: usize,
     },
     /// A completion arrived for a process with nothing outstanding.
-    #[error("entry {entry}: completion for process {process}, which has no outstanding invoke")]
+    #[error("line {entry}: completion for process {process}, which has no outstanding invoke")]
     Orphan {
         /// 1-based position of the completion.
         entry: usize,
         /// The process id.
         process: u64,
     },
-    /// The completion's `f` differs from its invoke's.
-    #[error("entry {entry}: completion f {got:?} does not match the invoke's f {want:?}")]
+    /// The completion's `f` or `key` differs from its invoke's: the completion
+    /// belongs to some other op.
+    #[error(
+        "line {entry}: completion {field} {got} does not match {want}, the {field} of its invoke at line {invoke}"
+    )]
     Mismatch {
         /// 1-based position of the completion.
         entry: usize,
-        /// The invoke's `f`.
+        /// 1-based position of the invoke.
+        invoke: usize,
+        /// `"f"` or `"key"`.
+        field: &'static str,
+        /// The invoke's, as JSON (`none` if absent).
         want: String,
-        /// The completion's `f`.
+        /// The completion's, as JSON (`none` if absent).
         got: String,
     },
+}
+
+impl PairError {
+    /// The same error with its 1-based positions mapped through `line`: from
+    /// positions among the parsed ops to line numbers of the file they came from.
+    pub fn renumbered(self, line: impl Fn(usize) -> usize) -> PairError {
+        match self {
+            PairError::DoubleInvoke {
+                entry,
+                process,
+                pending,
+            } => PairError::DoubleInvoke {
+                entry: line(entry),
+                process,
+                pending: line(pending),
+            },
+            PairError::Orphan { entry, process } => PairError::Orphan {
+                entry: line(entry),
+                process,
+            },
+            PairError::Mismatch {
+                entry,
+                invoke,
+                field,
+                want,
+                got,
+            } => PairError::Mismatch {
+                entry: line(entry),
+                invoke: line(invoke),
+                field,
+                want,
+                got,
+            },
+        }
+    }
 }
 
 /// The result of pairing: the ops found, plus every contract breach met on the way.
@@ -119,11 +163,18 @@ fn complete(
         return;
     };
     let pair = &mut out.pairs[slot];
-    let want = &ops[pair.invoke].f;
-    if *want != ops[i].f {
-        let (want, got) = (want.clone(), ops[i].f.clone());
+    let (invoke, done) = (&ops[pair.invoke], &ops[i]);
+    let f = |op: &HistoryOp| Value::from(op.f.as_str()).to_string();
+    let key = |op: &HistoryOp| op.key.as_ref().map_or("none".into(), Value::to_string);
+    let differs = [
+        ("f", invoke.f != done.f, f(invoke), f(done)),
+        ("key", invoke.key != done.key, key(invoke), key(done)),
+    ];
+    if let Some((field, _, want, got)) = differs.into_iter().find(|d| d.1) {
         out.problems.push(PairError::Mismatch {
             entry: i + 1,
+            invoke: pair.invoke + 1,
+            field,
             want,
             got,
         });

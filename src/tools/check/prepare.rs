@@ -1,6 +1,7 @@
 //! From history lines to one list of model ops per key (P-compositionality: a
 //! history is linearizable iff each key's sub-history is, so keys are checked
-//! apart). This is where `fail` ops and `info` reads are dropped.
+//! apart). This is where `fail` ops and `info` reads are dropped, and, under
+//! [`NullReads::AnyState`], ok reads of null.
 //!
 //! It may not search or judge.
 
@@ -8,9 +9,9 @@ use std::collections::HashMap;
 
 use serde_json::Value;
 
-use super::CheckError;
 use super::model::{Interner, Kind, ModelOp};
 use super::pairs::Pair;
+use super::{CheckError, NullReads};
 use crate::tools::history::{HistoryOp, OpType};
 
 /// One key's ops, ready for the search.
@@ -23,7 +24,11 @@ pub(crate) struct KeyHistory {
 }
 
 /// Splits paired client ops by key, keys in order of first appearance.
-pub(crate) fn per_key(ops: &[HistoryOp], pairs: &[Pair]) -> Result<Vec<KeyHistory>, CheckError> {
+pub(crate) fn per_key(
+    ops: &[HistoryOp],
+    pairs: &[Pair],
+    null_reads: NullReads,
+) -> Result<Vec<KeyHistory>, CheckError> {
     let mut slot_of: HashMap<String, usize> = HashMap::new();
     let mut keys: Vec<(KeyHistory, Interner)> = Vec::new();
     for (index, pair) in pairs.iter().enumerate() {
@@ -42,20 +47,21 @@ pub(crate) fn per_key(ops: &[HistoryOp], pairs: &[Pair]) -> Result<Vec<KeyHistor
             keys.len() - 1
         });
         let (history, interner) = &mut keys[slot];
-        if let Some(op) = model_op(ops, *pair, index, interner)? {
+        if let Some(op) = model_op(ops, *pair, index, interner, null_reads)? {
             history.ops.push(op);
         }
     }
     Ok(keys.into_iter().map(|(k, _)| k).collect())
 }
 
-/// The model op for one pair, or `None` if it constrains nothing (a `fail`, or a
-/// read without an ok).
+/// The model op for one pair, or `None` if it constrains nothing (a `fail`, a
+/// read without an ok, or an ok read of null under [`NullReads::AnyState`]).
 fn model_op(
     ops: &[HistoryOp],
     pair: Pair,
     index: usize,
     interner: &mut Interner,
+    null_reads: NullReads,
 ) -> Result<Option<ModelOp>, CheckError> {
     let invoke = &ops[pair.invoke];
     let outcome = pair.outcome(ops);
@@ -64,7 +70,11 @@ fn model_op(
         .filter(|_| outcome == OpType::Ok)
         .map(|c| &ops[c]);
     let kind = match invoke.f.as_str() {
-        "read" => ok_reply.map(|c| Kind::Read(interner.state(&c.value))),
+        // Knossos' rule: a read of nil is legal in any state and changes nothing,
+        // so it constrains nothing and is left out, as an info read is.
+        "read" => ok_reply
+            .filter(|c| !(null_reads == NullReads::AnyState && c.value.is_null()))
+            .map(|c| Kind::Read(interner.state(&c.value))),
         "write" => Some(Kind::Write(interner.state(&invoke.value))),
         "cas" => Some(cas(invoke, pair.invoke + 1, interner)?),
         "add" => {
@@ -80,9 +90,9 @@ fn model_op(
     let Some(kind) = kind.filter(|_| outcome != OpType::Fail) else {
         return Ok(None);
     };
-    let ret = ok_reply.and(pair.completion);
+    let ret = ok_reply.map(|c| c.time);
     Ok(Some(ModelOp {
-        call: pair.invoke,
+        call: invoke.time,
         ret,
         kind,
         pair: index,

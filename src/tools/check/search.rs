@@ -2,8 +2,10 @@
 //! the entry list, with Lowe's memoisation of (linearized set, state), as in
 //! Porcupine and Knossos. See `docs/checker.md` for a picture.
 //!
-//! The entry list holds, in history order, a call entry per op and a return entry
-//! per op that returned ok. The ops that may be linearized next (the candidates)
+//! The entry list holds, in time order, a call entry per op and a return entry
+//! per op that returned ok; at equal times calls come first, so ops whose times
+//! touch are concurrent (Porcupine's rule: A precedes B iff A returned strictly
+//! before B was invoked). The ops that may be linearized next (the candidates)
 //! are the calls before the first return entry. Ops that may or may not take
 //! effect (`ModelOp::ret == None`) have no return entry: nothing ever forces them,
 //! so leaving one out means "it never happened". The search succeeds once every
@@ -30,12 +32,12 @@ use super::model::{ModelOp, State, step};
 pub(crate) enum SearchOutcome {
     /// Some order of the ops respects real time and the register's rules.
     Linearizable,
-    /// No such order exists. `reach` is the furthest history position the search
-    /// got to (the latest return entry that ever blocked it): the ops invoked
-    /// before it already fail on their own.
+    /// No such order exists. `reach` is the time of the furthest return entry
+    /// that ever blocked the search: the ops invoked at or before it already fail
+    /// on their own.
     NotLinearizable {
-        /// History position of that return entry.
-        reach: usize,
+        /// Time of that return entry.
+        reach: u64,
     },
     /// The deadline passed first.
     TimedOut,
@@ -114,15 +116,15 @@ struct Entries {
 
 impl Entries {
     fn new(ops: &[ModelOp]) -> Self {
-        let mut events: Vec<(usize, bool, usize)> = Vec::with_capacity(ops.len() * 2);
+        let mut events: Vec<(u64, bool, usize)> = Vec::with_capacity(ops.len() * 2);
         for (i, o) in ops.iter().enumerate() {
             events.push((o.call, true, i));
             if let Some(r) = o.ret {
                 events.push((r, false, i));
             }
         }
-        // History positions are distinct; `!call` only breaks impossible ties.
-        events.sort_unstable_by_key(|&(pos, call, _)| (pos, !call));
+        // At equal times calls go first (`!true < !false`): touching ops overlap.
+        events.sort_unstable_by_key(|&(time, call, op)| (time, !call, op));
         let n = events.len() + 2;
         let mut list = Entries {
             next: vec![TAIL; n],
@@ -135,7 +137,7 @@ impl Entries {
         list
     }
 
-    fn link_in_order(&mut self, events: &[(usize, bool, usize)]) {
+    fn link_in_order(&mut self, events: &[(u64, bool, usize)]) {
         let mut last = HEAD;
         for (node, &(_, call, op)) in (2..).zip(events) {
             self.op[node] = op;
@@ -221,8 +223,8 @@ struct Search {
     maybe: Bits,
     /// (done, state) -> the minimal `maybe` sets already explored with them.
     memo: HashMap<(Bits, State), Vec<Bits>>,
-    /// The latest history position of a return entry that bounded the candidates.
-    reach: usize,
+    /// The latest time of a return entry that bounded the candidates.
+    reach: u64,
 }
 
 impl Search {
@@ -332,7 +334,7 @@ mod tests {
     use crate::tools::check::model::Kind;
     use std::time::Duration;
 
-    fn op(call: usize, ret: Option<usize>, kind: Kind) -> ModelOp {
+    fn op(call: u64, ret: Option<u64>, kind: Kind) -> ModelOp {
         ModelOp {
             call,
             ret,
@@ -376,5 +378,29 @@ mod tests {
             run(&[w, seen, unseen]),
             SearchOutcome::NotLinearizable { reach: 6 }
         );
+    }
+
+    /// An `add` of 0 turns a missing key into 0: it may not be taken first just
+    /// because it leaves other states alone. The concurrent read of nil must be
+    /// allowed to go before it.
+    #[test]
+    fn an_add_of_zero_is_not_taken_first_on_a_missing_key() {
+        let add0 = Kind::Add {
+            delta: 0,
+            total: Some(State::Int(0)),
+        };
+        let ops = [op(0, Some(3), add0), op(1, Some(2), Kind::Read(State::Nil))];
+        assert_eq!(run(&ops), SearchOutcome::Linearizable);
+    }
+
+    #[test]
+    fn ops_whose_times_touch_are_concurrent() {
+        // The write returns at 5 and the read is invoked at 5: either order.
+        let w = op(0, Some(5), Kind::Write(State::Int(1)));
+        let r = op(5, Some(6), Kind::Read(State::Nil));
+        assert_eq!(run(&[w.clone(), r]), SearchOutcome::Linearizable);
+        // One ns later, the read must see the write.
+        let r = op(6, Some(7), Kind::Read(State::Nil));
+        assert_eq!(run(&[w, r]), SearchOutcome::NotLinearizable { reach: 7 });
     }
 }

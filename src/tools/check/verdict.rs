@@ -8,11 +8,11 @@ use std::fmt::Write as _;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::KeyVerdict;
 use super::model::ModelOp;
 use super::pairs::Pair;
 use super::prepare::KeyHistory;
 use super::window::Window;
+use super::{KeyVerdict, NullReads};
 use crate::tools::history::{HistoryOp, OpType, Process};
 
 /// A three-way verdict, as Jepsen's `:valid?`: serialises as `true`, `false` or
@@ -126,6 +126,14 @@ pub struct LinReport {
     /// Why the history could not be judged at all (malformed input).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// How ok reads of null were judged (`"any-state"`, Knossos' rule, or
+    /// `"strict"`). Reports written before the field existed were strict.
+    #[serde(default = "strict")]
+    pub null_reads: NullReads,
+}
+
+fn strict() -> NullReads {
+    NullReads::Strict
 }
 
 impl LinReport {
@@ -139,6 +147,7 @@ impl LinReport {
             failures,
             unknown_keys,
             error,
+            null_reads: NullReads::default(),
         }
     }
 
@@ -168,8 +177,12 @@ impl LinReport {
 
     /// A few lines for a human: the verdict, then each failing key's window.
     pub fn render(&self) -> String {
+        let null_reads = match self.null_reads {
+            NullReads::AnyState => "null reads legal in any state, as Knossos",
+            NullReads::Strict => "null reads strict",
+        };
         let mut out = format!(
-            "linearizable: {} ({} keys checked, {} failing, {} undecided)\n",
+            "linearizable: {} ({} keys checked, {} failing, {} undecided; {null_reads})\n",
             self.valid.word(),
             self.keys_checked,
             self.failures.len(),

@@ -35,8 +35,8 @@ pub(crate) struct Window {
 }
 
 /// Finds a failing window of `ops`, which fail as a whole (from nil) and whose
-/// search got as far as history position `reach`.
-pub(crate) fn find(ops: &[ModelOp], reach: usize, deadline: Instant) -> Window {
+/// search got as far as the return entry at time `reach`.
+pub(crate) fn find(ops: &[ModelOp], reach: u64, deadline: Instant) -> Window {
     let mut minimal = true;
     let mut probe = |i: usize, j: usize| match fails(ops, i, j, deadline) {
         Some(failed) => failed,
@@ -45,9 +45,10 @@ pub(crate) fn find(ops: &[ModelOp], reach: usize, deadline: Instant) -> Window {
             false // unproven: keep the bound we already know fails
         }
     };
-    // The ops invoked before `reach` fail on their own.
+    // The ops invoked at or before `reach` fail on their own (calls sort before
+    // returns at equal times, so a call at `reach` was a candidate).
     let last = ops.len().saturating_sub(1);
-    let bound = ops.iter().rposition(|o| o.call < reach).unwrap_or(last);
+    let bound = ops.iter().rposition(|o| o.call <= reach).unwrap_or(last);
     // Every configuration the full search explored stopped at a return entry at or
     // before `reach`, so later ops were never candidates: the same search fails.
     debug_assert!(
@@ -130,7 +131,8 @@ fn sub_history(ops: &[ModelOp], i: usize, j: usize) -> (Vec<ModelOp>, Vec<usize>
     let mut sub = ops[i..=j].to_vec();
     let mut overlapping = Vec::new();
     for (k, op) in ops.iter().enumerate() {
-        let overlaps = op.call < span_end && op.ret.is_none_or(|r| r > span_start);
+        // Equal times overlap: only a strictly earlier return orders two ops.
+        let overlaps = op.call <= span_end && op.ret.is_none_or(|r| r >= span_start);
         if (i..=j).contains(&k) || !overlaps {
             continue;
         }
@@ -147,12 +149,12 @@ mod tests {
     use super::*;
     use crate::tools::check::model::Kind;
 
-    fn op(call: usize, ret: usize, kind: Kind) -> ModelOp {
+    fn op(call: u64, ret: u64, kind: Kind) -> ModelOp {
         ModelOp {
             call,
             ret: Some(ret),
             kind,
-            pair: call,
+            pair: call as usize,
         }
     }
 

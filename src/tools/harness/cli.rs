@@ -18,6 +18,7 @@ use thiserror::Error;
 use super::config::{Limits, RunConfig, Workload};
 use super::nemesis::{Fault, NemesisConfig};
 use super::net::{LatencyDist, NetConfig};
+use crate::tools::check::NullReads;
 
 /// `oncekv test` flags.
 #[derive(Debug, Clone, Args)]
@@ -66,6 +67,10 @@ pub struct TestArgs {
     /// Seed for every random choice (printed at start; random if absent).
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Beyond Maelstrom: an ok read of null must see a missing key. Without it,
+    /// as Knossos (so Maelstrom), a read of null is legal in any state.
+    #[arg(long)]
+    pub strict_null_reads: bool,
     /// Arguments passed to every node process.
     #[arg(value_name = "ARGS")]
     pub args: Vec<String>,
@@ -233,6 +238,7 @@ impl TestArgs {
             },
             out_dir,
             seed,
+            null_reads: NullReads::from_strict_flag(self.strict_null_reads),
             limits: Limits::default(),
         })
     }

@@ -58,6 +58,8 @@ pub struct RunConfig {
     pub out_dir: PathBuf,
     /// The seed every random choice derives from.
     pub seed: u64,
+    /// How the checker judges ok reads of null (`--strict-null-reads`).
+    pub null_reads: crate::tools::check::NullReads,
     /// The harness's own bounds and timeouts.
     pub limits: Limits,
 }

@@ -47,6 +47,7 @@ impl DemoPreset {
             p_dup: 0.0,
             out: Some(out.to_path_buf()),
             seed: Some(seed),
+            strict_null_reads: false,
             args: Vec::new(),
         }
     }

@@ -55,10 +55,14 @@ impl Recorder {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Appends `op`, stamping its time now (under the lock, so times never go backwards).
+    /// Appends `op`, stamping its time now, under the lock and after the line
+    /// before it (1 ns later if the clock has not moved), so times strictly
+    /// increase: the checker reads real-time order from `time` and takes equal
+    /// times as concurrent, and this keeps it equal to the line order.
     pub fn record(&self, mut op: HistoryOp) {
         let mut g = self.lock();
-        op.time = self.start.elapsed().as_nanos() as u64;
+        let now = self.start.elapsed().as_nanos() as u64;
+        op.time = g.ops.last().map_or(now, |last| now.max(last.time + 1));
         if op.process != Process::Nemesis {
             match op.kind {
                 OpType::Invoke => g.tally.invokes += 1,

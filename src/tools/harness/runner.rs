@@ -495,6 +495,7 @@ fn build_results(
         ops,
         &CheckOptions {
             time_limit: cfg.limits.check_time_limit,
+            null_reads: cfg.null_reads,
         },
     );
     let completed = ops
