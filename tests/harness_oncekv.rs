@@ -67,11 +67,7 @@ fn assert_valid_and_busy(o: &RunOutcome) {
     let stats = &o.results["stats"];
     let ok = |f: &str| stats["by_f"][f]["ok"].as_u64().unwrap_or(0);
     let total = stats["ok"].as_u64().unwrap_or(0);
-    assert!(
-        total >= 30,
-        "too few ok ops to mean anything: {}",
-        o.summary
-    );
+    assert!(total >= 30, "too few ok ops to mean anything: {}", o.summary);
     assert!(ok("read") > 0, "no read succeeded: {}", o.summary);
     assert!(
         ok("write") + ok("cas") + ok("add") > 0,
