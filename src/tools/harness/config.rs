@@ -11,6 +11,7 @@ use thiserror::Error;
 
 use super::nemesis::NemesisConfig;
 use super::net::NetConfig;
+use super::services::ServiceLimits;
 
 /// Which workload to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -97,6 +98,8 @@ pub struct Limits {
     pub progress_period: Duration,
     /// How long the checker may search before answering "unknown".
     pub check_time_limit: Duration,
+    /// Bounds on Maelstrom's services (`lin-kv`, `seq-kv`, `lww-kv`, `lin-tso`).
+    pub services: ServiceLimits,
 }
 
 impl Default for Limits {
@@ -115,6 +118,7 @@ impl Default for Limits {
             malformed_kept: 20,
             progress_period: Duration::from_secs(1),
             check_time_limit: Duration::from_secs(60),
+            services: ServiceLimits::default(),
         }
     }
 }
@@ -158,6 +162,9 @@ impl RunConfig {
         }
         if self.limits.counter_keys == 0 || self.limits.register_ops_per_key == 0 {
             return bad("exactly-once key counts must be positive");
+        }
+        if let Err(why) = self.limits.services.validate() {
+            return bad(&why);
         }
         Ok(())
     }

@@ -13,6 +13,7 @@
 //! - [`workload`]: what to do next (lin-kv, exactly-once); [`scheduler`]: when;
 //!   [`worker`]: doing it and recording the outcome.
 //! - [`nemesis`]: fault schedules and partition shapes.
+//! - [`services`]: Maelstrom's `lin-kv`, `seq-kv`, `lww-kv` and `lin-tso` services.
 //! - [`recorder`]: the history as it happens; [`cpu`]: the harness's own CPU share.
 //!   `results.json`, the summary and `latency.svg` come from [`crate::tools::report`], with
 //!   the harness's own facts in its `harness` object.
@@ -32,6 +33,7 @@ pub mod runner;
 pub mod scheduler;
 pub mod schema;
 pub mod seed;
+pub mod services;
 pub mod worker;
 pub mod workload;
 

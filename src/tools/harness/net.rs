@@ -6,6 +6,11 @@
 //! - A partition is a set, per receiver, of senders it does not hear. It is checked when
 //!   the receiver dequeues, so messages already in flight are dropped too.
 //! - Beyond Maelstrom: node-to-node loss (`p_loss`) and duplication (`p_dup`).
+//! - Services (`lin-kv`, `seq-kv`, `lww-kv`, `lin-tso`; [`super::services`]) are
+//!   endpoints with queues of their own, as in Maelstrom where `start-services!` adds
+//!   them to the network: messages to and from them get node-to-node latency, but no
+//!   partition cuts them (Jepsen's grudges name only the test's nodes) and, Maelstrom
+//!   having neither, no loss or duplication.
 //!
 //! Time is passed in (`now`), so the queue logic is testable without a clock.
 //!
@@ -172,6 +177,8 @@ pub struct Due {
 pub struct Net {
     cfg: NetConfig,
     nodes: Vec<String>,
+    /// Nodes, then services: the names of the queues, by position.
+    endpoints: Vec<String>,
     index: HashMap<String, usize>,
     notify: Vec<Arc<Notify>>,
     mailboxes: Mutex<HashMap<String, Arc<Mailbox>>>,
@@ -193,23 +200,36 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Net {
     /// A network between `nodes`, with randomness from `seed`.
     pub fn new(nodes: &[String], cfg: NetConfig, seed: u64) -> Net {
+        Net::with_services(nodes, &[], cfg, seed)
+    }
+
+    /// A network between `nodes` and `services` (each a queue served by
+    /// [`super::services`]); a service named like a node is ignored.
+    pub fn with_services(nodes: &[String], services: &[&str], cfg: NetConfig, seed: u64) -> Net {
+        let mut endpoints = nodes.to_vec();
+        for s in services {
+            if !endpoints.iter().any(|e| e == s) {
+                endpoints.push(s.to_string());
+            }
+        }
         Net {
             cfg,
             nodes: nodes.to_vec(),
-            index: nodes
+            index: endpoints
                 .iter()
                 .enumerate()
                 .map(|(i, n)| (n.clone(), i))
                 .collect(),
-            notify: nodes.iter().map(|_| Arc::new(Notify::new())).collect(),
+            notify: endpoints.iter().map(|_| Arc::new(Notify::new())).collect(),
             mailboxes: Mutex::new(HashMap::new()),
             state: Mutex::new(State {
-                queues: nodes.iter().map(|_| BinaryHeap::new()).collect(),
+                queues: endpoints.iter().map(|_| BinaryHeap::new()).collect(),
                 partitions: HashMap::new(),
                 rng: StdRng::seed_from_u64(seed),
                 next_id: 0,
                 stats: NetStats::default(),
             }),
+            endpoints,
         }
     }
 
@@ -220,10 +240,26 @@ impl Net {
 
     /// The position of a node id.
     pub fn node_index(&self, id: &str) -> Option<usize> {
-        self.index.get(id).copied()
+        self.index
+            .get(id)
+            .copied()
+            .filter(|&i| i < self.nodes.len())
     }
 
-    /// Woken whenever a message is queued for node `i`.
+    /// The queue position of a service, for [`Net::take_due`] and [`Net::notifier`].
+    pub fn service_index(&self, id: &str) -> Option<usize> {
+        self.index
+            .get(id)
+            .copied()
+            .filter(|&i| i >= self.nodes.len())
+    }
+
+    /// Whether `id` is a service on this network.
+    pub fn is_service(&self, id: &str) -> bool {
+        self.service_index(id).is_some()
+    }
+
+    /// Woken whenever a message is queued for node (or service) `i`.
     pub fn notifier(&self, i: usize) -> Arc<Notify> {
         self.notify[i].clone()
     }
@@ -235,7 +271,7 @@ impl Net {
         mb
     }
 
-    /// Whether `id` is a node or a registered client.
+    /// Whether `id` is a node, a service or a registered client.
     pub fn knows(&self, id: &str) -> bool {
         self.index.contains_key(id) || lock(&self.mailboxes).contains_key(id)
     }
@@ -258,6 +294,7 @@ impl Net {
             mb.deliver(body);
             return Ok(());
         };
+        let service = d >= self.nodes.len() || self.is_service(src);
         let mut st = lock(&self.state);
         st.next_id += 1;
         let id = st.next_id;
@@ -266,7 +303,7 @@ impl Net {
             st.stats.faults.refused_full += 1;
             return Err(SendError::QueueFull(dest.to_string()));
         }
-        let copies = if client {
+        let copies = if client || service {
             1
         } else if self.cfg.p_loss > 0.0 && st.rng.r#gen::<f64>() < self.cfg.p_loss {
             st.stats.faults.dropped_loss += 1;
@@ -306,12 +343,13 @@ impl Net {
         Ok(())
     }
 
-    /// Dequeues every message for node `i` due at `now`, dropping those from senders
-    /// `i` does not hear. If `up` is false the node is down and due messages are lost.
+    /// Dequeues every message for node (or service) `i` due at `now`, dropping those
+    /// from senders `i` does not hear. If `up` is false the node is down and due
+    /// messages are lost.
     pub fn take_due(&self, i: usize, now: Instant, up: bool) -> Due {
         let mut st = lock(&self.state);
         let st = &mut *st;
-        let me = &self.nodes[i];
+        let me = &self.endpoints[i];
         let mut due = Due::default();
         while let Some(Reverse(top)) = st.queues[i].peek() {
             if top.deadline > now {
@@ -335,15 +373,20 @@ impl Net {
         due
     }
 
-    /// Installs a partition (replacing any previous one). Clients are never cut off.
+    /// Installs a partition (replacing any previous one). Clients and services are
+    /// never cut off.
     pub fn partition(&self, grudge: &Grudge) {
         let mut st = lock(&self.state);
         st.partitions = grudge
             .iter()
+            .filter(|(k, _)| !self.is_service(k))
             .map(|(k, v)| {
                 (
                     k.clone(),
-                    v.iter().filter(|s| !is_client(s)).cloned().collect(),
+                    v.iter()
+                        .filter(|s| !is_client(s) && !self.is_service(s))
+                        .cloned()
+                        .collect(),
                 )
             })
             .collect();
@@ -520,6 +563,57 @@ mod tests {
             due.lines[0], due.lines[1],
             "a duplicate is the same message, same id"
         );
+    }
+
+    #[test]
+    fn services_get_latency_but_no_partition_loss_or_duplication() {
+        let cfg = NetConfig {
+            latency_mean_ms: 10,
+            p_loss: 1.0,
+            p_dup: 1.0,
+            ..NetConfig::default()
+        };
+        let net = Net::with_services(&nodes(2), &["lin-kv", "n1"], cfg, 1);
+        assert_eq!(net.nodes(), &nodes(2)[..], "services are not nodes");
+        let svc = net.service_index("lin-kv").unwrap();
+        assert_eq!(svc, 2);
+        assert_eq!(net.node_index("lin-kv"), None);
+        assert_eq!(
+            net.service_index("n1"),
+            None,
+            "a node's name is not a service"
+        );
+        assert!(net.knows("lin-kv"));
+        // A partition naming the service (as sender or receiver) cuts nothing to or from it.
+        let grudge: Grudge = [
+            (
+                "n0".to_string(),
+                ["n1".to_string(), "lin-kv".to_string()].into(),
+            ),
+            ("lin-kv".to_string(), ["n0".to_string()].into()),
+        ]
+        .into();
+        net.partition(&grudge);
+        let t0 = Instant::now();
+        net.send(t0, "n0", "lin-kv", &json!({"type": "read"}))
+            .unwrap();
+        assert!(
+            net.take_due(svc, t0, true).lines.is_empty(),
+            "latency applies"
+        );
+        let due = net.take_due(svc, t0 + Duration::from_millis(10), true);
+        assert_eq!(due.lines.len(), 1, "neither lost nor duplicated");
+        net.send(t0, "lin-kv", "n0", &json!({"type": "read_ok"}))
+            .unwrap();
+        net.send(t0, "n1", "n0", &json!({"type": "x"})).unwrap();
+        let due = net.take_due(0, t0 + Duration::from_millis(10), true);
+        assert_eq!(
+            due.lines.len(),
+            1,
+            "the reply arrives; n1's message is lost"
+        );
+        assert!(due.lines[0].contains("read_ok"));
+        assert_eq!(net.stats().faults.dropped_partition, 0);
     }
 
     #[test]

@@ -25,6 +25,7 @@ use super::recorder::Recorder;
 use super::scheduler::{self, Pace};
 use super::schema::{Reply, classify};
 use super::seed::derive_rng;
+use super::services::{self, Services};
 use super::worker::{MalformedLog, RetryPolicy, Worker};
 use super::workload::{ExactlyOnce, Generator, LinKv};
 use crate::tools::check::{CheckOptions, Validity, check_counters, check_linearizable};
@@ -293,11 +294,13 @@ async fn stop_nodes(rig: Rig) -> (Arc<Net>, Arc<Violations>) {
         net,
         cluster,
         violations,
+        services,
         ..
     } = rig;
     if let Ok(c) = Arc::try_unwrap(cluster) {
         c.stop().await;
     }
+    services.stop();
     (net, violations)
 }
 
@@ -307,6 +310,8 @@ struct Rig {
     cluster: Arc<Cluster>,
     violations: Arc<Violations>,
     client_ids: Arc<ClientIds>,
+    /// Maelstrom's services, up before the nodes and stopped after them (`db.clj`).
+    services: Services,
 }
 
 /// Creates the output folder and its `node-logs` folder; returns the latter.
@@ -338,11 +343,13 @@ fn announce(cfg: &RunConfig) {
 /// Starts the network and the node processes (spawned and initialised), their
 /// logs in `logs`.
 async fn start_nodes(cfg: &RunConfig, logs: PathBuf) -> Result<Rig, HarnessError> {
-    let net = Arc::new(Net::new(
+    let net = Arc::new(Net::with_services(
         &cfg.nodes,
+        &services::NAMES,
         cfg.net.clone(),
         derive_rng_seed(cfg.seed, "net"),
     ));
+    let services = Services::start(net.clone(), &cfg.limits.services, cfg.seed);
     let violations = Arc::new(Violations::new(cfg.limits.violations_kept));
     let client_ids = Arc::new(ClientIds::default());
     let pcfg = ProcessConfig {
@@ -359,6 +366,7 @@ async fn start_nodes(cfg: &RunConfig, logs: PathBuf) -> Result<Rig, HarnessError
         cluster,
         violations,
         client_ids,
+        services,
     })
 }
 
