@@ -16,7 +16,7 @@ const STYLE: &str = "body{font:14px sans-serif;margin:1.5em;color:#222}\
 h1{font-size:1.5em}h2{font-size:1.15em;margin-top:1.6em}\
 table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 8px}\
 th{background:#f3f3f3;text-align:left}td.n{text-align:right;font-variant-numeric:tabular-nums}\
-pre{background:#f7f7f7;padding:.6em;overflow-x:auto}\
+pre{background:#f7f7f7;padding:.6em;white-space:pre-wrap;overflow-wrap:anywhere}\
 .valid{color:#1a7f37}.invalid{color:#cf222e}.unknown{color:#9a6700}\
 svg{max-width:100%;height:auto;display:block}\
 .scroll{max-height:80vh;overflow:auto;border:1px solid #ccc}\

@@ -35,6 +35,10 @@ const AXIS_ROOM: f64 = 50.0;
 /// kept, and the title says so. Keeps a 100k-op plot to a few MB at most.
 pub const MAX_DOTS: usize = 50_000;
 
+/// About how many time buckets the throughput plot has: few enough that a
+/// bucket holds several ops at Maelstrom's default rate (5/s over 60 s).
+const THROUGHPUT_BUCKETS: f64 = 30.0;
+
 /// Latencies below this (1 µs) are drawn at it: a log axis has no zero.
 const MIN_LATENCY_MS: f64 = 0.001;
 
@@ -112,8 +116,8 @@ pub fn latency_svg(ops: &[HistoryOp], windows: &[Window]) -> String {
     }
     let bottom = TOP + panels as f64 * (PANEL_HEIGHT + PANEL_GAP) - PANEL_GAP;
     axis_titles(&mut svg, bottom, TOP, bottom, "latency (ms, log scale)");
-    let note = if drawn < all.len() {
-        format!(" ({drawn} dots drawn)")
+    let note = if keep_every > 1 {
+        format!(" ({drawn} dots drawn, 1 in {keep_every})")
     } else {
         String::new()
     };
@@ -137,7 +141,7 @@ pub fn latency_svg(ops: &[HistoryOp], windows: &[Window]) -> String {
 /// Renders the throughput plot: completed ops per second, per `f`, ok and not.
 pub fn throughput_svg(ops: &[HistoryOp], windows: &[Window]) -> String {
     let t_max = time_axis_end(ops, windows);
-    let bucket_s = nice_up(t_max / 60.0);
+    let bucket_s = nice_up(t_max / THROUGHPUT_BUCKETS);
     let buckets = (t_max / bucket_s).ceil().max(1.0) as usize;
     // f -> [ok counts, other counts] per bucket, by completion time.
     let mut counts: BTreeMap<String, [Vec<u64>; 2]> = BTreeMap::new();

@@ -1,8 +1,10 @@
 //! The timeline of operations, as Jepsen's `timeline.html` (which Maelstrom
-//! writes for every run): one column per process, time running down, each op a
-//! box from its invoke to its completion, coloured by outcome (ok, fail, info;
-//! never completed: info with a dashed edge), the op on hover. Nemesis periods
-//! are bands across every column.
+//! writes for every run): one column per process, history lines running down
+//! (a fixed height per line, as Jepsen draws it, so short ops stay readable;
+//! the gutter gives the time every few lines), each op a box from its invoke's
+//! line to its completion's, coloured by outcome (ok, fail, info; never
+//! completed: info with a dashed edge, to the end), the op on hover. Nemesis
+//! periods are bands across every column.
 //!
 //! Plain HTML and CSS, no script; a pure function of the ops and the windows.
 
@@ -17,18 +19,17 @@ use crate::tools::history::{HistoryOp, OpType, Process};
 /// this many by invoke are drawn and the page says so. Keeps the page a few MB.
 pub const MAX_OPS: usize = 10_000;
 
-/// Pixels per millisecond at most (Jepsen: 1), fewer for a long run so the whole
-/// timeline stays within [`MAX_HEIGHT_PX`].
-const PX_PER_MS: f64 = 1.0;
-const MAX_HEIGHT_PX: f64 = 40_000.0;
-/// A box is at least this tall, so an instant op is still visible.
-const MIN_BOX_PX: f64 = 2.0;
+/// Pixels per history line (Jepsen: 16).
+const LINE_PX: f64 = 16.0;
+/// The gutter gives the time every this many lines.
+const TICK_LINES: usize = 25;
 /// The time gutter on the left and the header row, in pixels.
 const GUTTER_PX: f64 = 56.0;
 const HEADER_PX: f64 = 22.0;
-/// Column widths: wide enough for a label when few, at least this when many.
-const COLUMN_PX_MAX: f64 = 110.0;
-const COLUMN_PX_MIN: f64 = 14.0;
+/// Column widths: wide when few (Jepsen: 100), at least wide enough for a short
+/// label when many (the page then scrolls sideways, as Jepsen's does).
+const COLUMN_PX_MAX: f64 = 100.0;
+const COLUMN_PX_MIN: f64 = 64.0;
 /// The total width the columns aim for when there are many.
 const COLUMNS_PX: f64 = 1400.0;
 
@@ -43,7 +44,7 @@ pub const STYLE: &str = ".timeline{position:relative;font:11px sans-serif}\
 overflow:hidden;white-space:nowrap;padding:0 2px;line-height:12px}\
 .timeline .open{border-style:dashed}\
 .timeline .hdr{position:absolute;top:0;height:20px;text-align:center;font-weight:bold;overflow:hidden}\
-.timeline .tick{position:absolute;left:0;width:50px;text-align:right;color:#444;border-top:1px solid #999}\
+.timeline .tick{position:absolute;left:0;width:50px;text-align:right;color:#444;border-top:1px solid #999;font-size:10px}\
 .timeline .band{position:absolute;background:rgba(136,136,136,.22)}\
 .timeline .band.kill{background:rgba(214,39,40,.12)}\
 .timeline .bandno{position:absolute;left:2px;font-size:10px;color:#333}";
@@ -62,17 +63,26 @@ pub fn timeline_html(ops: &[HistoryOp], windows: &[Window]) -> String {
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
-    let end_ns = ops.iter().map(|o| o.time).max().unwrap_or(0);
-    let end_ms = (end_ns as f64 / 1e6).max(1.0);
-    let scale = PX_PER_MS.min(MAX_HEIGHT_PX / end_ms);
-    let y = |ns: u64| HEADER_PX + ns as f64 / 1e6 * scale;
+    // The last line drawn: the last line of a shown op (all of them if none is cut).
+    let last_line = if shown.len() < pairs.len() {
+        shown
+            .iter()
+            .map(|p| p.completion.unwrap_or(p.invoke))
+            .max()
+            .unwrap_or(0)
+    } else {
+        ops.len().saturating_sub(1)
+    };
+    let y = |line: usize| HEADER_PX + line as f64 * LINE_PX;
+    // The first line at or after `ns` (the history is in time order).
+    let line_at = |ns: u64| ops.partition_point(|o| o.time < ns).min(last_line + 1);
     let col = (COLUMNS_PX / processes.len().max(1) as f64).clamp(COLUMN_PX_MIN, COLUMN_PX_MAX);
     let x = |p: u64| {
         let i = processes.binary_search(&p).unwrap_or(0);
         GUTTER_PX + i as f64 * col
     };
     let width = GUTTER_PX + col * processes.len() as f64;
-    let height = y(end_ns) + 20.0;
+    let height = y(last_line + 1) + LINE_PX;
     let mut out = String::new();
     if pairs.len() > shown.len() {
         let _ = writeln!(
@@ -87,7 +97,11 @@ pub fn timeline_html(ops: &[HistoryOp], windows: &[Window]) -> String {
         "<div class=\"timeline\" style=\"width:{width:.0}px;height:{height:.0}px\">"
     );
     for (i, (start, end, description)) in windows.iter().enumerate() {
-        let (top, bottom) = (y(*start), y(end.unwrap_or(end_ns)));
+        let from = line_at(*start);
+        if from > last_line {
+            continue;
+        }
+        let to = end.map_or(last_line + 1, line_at);
         let kill = if description.starts_with("kill") {
             " kill"
         } else {
@@ -95,24 +109,24 @@ pub fn timeline_html(ops: &[HistoryOp], windows: &[Window]) -> String {
         };
         let _ = writeln!(
             out,
-            "<div class=\"band{kill}\" style=\"left:0;top:{top:.1}px;width:{width:.0}px;height:{:.1}px\" \
+            "<div class=\"band{kill}\" style=\"left:0;top:{:.1}px;width:{width:.0}px;height:{:.1}px\" \
              title=\"#{} {}\"><span class=\"bandno\">#{}</span></div>",
-            (bottom - top).max(1.0),
+            y(from),
+            ((to.max(from) - from) as f64 * LINE_PX).max(2.0),
             i + 1,
             escape(description),
             i + 1
         );
     }
-    let step = tick_step_s(end_ms / 1e3, scale);
-    let mut t = 0.0;
-    while t * 1e3 <= end_ms {
-        let _ = writeln!(
-            out,
-            "<div class=\"tick\" style=\"top:{:.1}px\">{} s</div>",
-            y((t * 1e9) as u64),
-            trim(t)
-        );
-        t += step;
+    for line in (0..=last_line).step_by(TICK_LINES) {
+        if let Some(op) = ops.get(line) {
+            let _ = writeln!(
+                out,
+                "<div class=\"tick\" style=\"top:{:.1}px\">{:.3} s</div>",
+                y(line),
+                op.time as f64 / 1e9
+            );
+        }
     }
     for p in &processes {
         let _ = writeln!(
@@ -134,39 +148,21 @@ pub fn timeline_html(ops: &[HistoryOp], windows: &[Window]) -> String {
             Some(_) => (INFO, "op info"),
             None => (INFO, "op info open"),
         };
-        let end = done.map_or(end_ns, |d| d.time);
-        let top = y(invoke.time);
-        let h = (y(end) - top).max(MIN_BOX_PX);
-        let label = if h >= 12.0 && col >= 50.0 {
-            escape(&short(invoke, done))
-        } else {
-            String::new()
-        };
+        let end = pair.completion.unwrap_or(last_line + 1);
+        let top = y(pair.invoke);
+        let h = ((end.max(pair.invoke + 1) - pair.invoke) as f64 * LINE_PX).max(LINE_PX);
         let _ = writeln!(
             out,
             "<div class=\"{class}\" style=\"left:{:.1}px;top:{top:.1}px;width:{:.1}px;height:{h:.1}px;background:{colour}\" \
-             title=\"{}\">{label}</div>",
+             title=\"{}\">{}</div>",
             x(p),
             col - 2.0,
-            escape(&describe(p, invoke, done))
+            escape(&describe(p, invoke, done)),
+            escape(&short(invoke, done))
         );
     }
     out.push_str("</div>\n");
     out
-}
-
-/// Seconds between time ticks: round, and at least ~60 px apart.
-fn tick_step_s(span_s: f64, px_per_ms: f64) -> f64 {
-    let min_s = 60.0 / (px_per_ms * 1e3);
-    [0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0]
-        .into_iter()
-        .find(|s| *s >= min_s)
-        .unwrap_or(span_s.max(60.0))
-}
-
-fn trim(x: f64) -> String {
-    let s = format!("{x:.2}");
-    s.trim_end_matches('0').trim_end_matches('.').to_string()
 }
 
 fn value_text(op: &HistoryOp) -> String {
@@ -221,16 +217,4 @@ fn describe(process: u64, invoke: &HistoryOp, done: Option<&HistoryOp>) -> Strin
         let _ = write!(s, "\nsession {c} seq {q}");
     }
     s
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ticks_are_round_and_apart() {
-        assert_eq!(tick_step_s(10.0, 1.0), 0.1);
-        assert_eq!(tick_step_s(60.0, 0.5), 0.2);
-        assert_eq!(trim(1.50), "1.5");
-    }
 }
