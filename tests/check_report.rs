@@ -328,8 +328,12 @@ fn a_partition_that_cuts_nothing_is_neither_shaded_nor_counted() {
         vec![(6_000_000, Some(9_000_000))]
     );
     assert_eq!(nemesis_count(&ops, "start-partition"), 1);
-    for svg in [latency_svg(&ops, &windows), throughput_svg(&ops, &windows)] {
-        assert_eq!(shaded_starts(&svg), [6_000_000], "{svg}");
+    // The latency plot shades it in each of its 3 panels, the throughput plot once.
+    for (svg, panels) in [
+        (latency_svg(&ops, &windows), 3),
+        (throughput_svg(&ops, &windows), 1),
+    ] {
+        assert_eq!(shaded_starts(&svg), vec![6_000_000; panels], "{svg}");
     }
 }
 
