@@ -282,9 +282,17 @@ fn nemesis(f: &str, value: Value, time_ms: u64) -> HistoryOp {
 /// and one that cuts n0 off from 6 to 9 ms, in time order.
 fn with_partitions() -> Vec<HistoryOp> {
     let mut ops = mixed().ops;
-    ops.push(nemesis("start-partition", json!({"n0": [], "n1": [], "n2": []}), 2));
+    ops.push(nemesis(
+        "start-partition",
+        json!({"n0": [], "n1": [], "n2": []}),
+        2,
+    ));
     ops.push(nemesis("stop-partition", Value::Null, 5));
-    ops.push(nemesis("start-partition", json!({"n0": ["n1", "n2"], "n1": ["n0"], "n2": ["n0"]}), 6));
+    ops.push(nemesis(
+        "start-partition",
+        json!({"n0": ["n1", "n2"], "n1": ["n0"], "n2": ["n0"]}),
+        6,
+    ));
     ops.push(nemesis("stop-partition", Value::Null, 9));
     ops.sort_by_key(|o| o.time);
     ops
@@ -294,7 +302,11 @@ fn with_partitions() -> Vec<HistoryOp> {
 fn shaded_starts(svg: &str) -> Vec<u64> {
     svg.split("<rect class=\"nemesis\" data-start-ns=\"")
         .skip(1)
-        .map(|rest| rest[..rest.find('"').expect("closing quote")].parse().expect("ns"))
+        .map(|rest| {
+            rest[..rest.find('"').expect("closing quote")]
+                .parse()
+                .expect("ns")
+        })
         .collect()
 }
 
@@ -309,14 +321,19 @@ fn the_summary_table_has_a_header_row_then_a_row_per_f() {
     let words: Vec<&str> = lines[header].split_whitespace().collect();
     assert_eq!(
         words,
-        ["f", "count", "ok", "fail", "info", "p50", "ms", "p95", "ms", "p99", "ms", "max", "ms"]
+        [
+            "f", "count", "ok", "fail", "info", "p50", "ms", "p95", "ms", "p99", "ms", "max", "ms"
+        ]
     );
     let rows: Vec<&str> = lines[header + 1..=header + 3]
         .iter()
         .map(|l| l.split_whitespace().next().unwrap_or(""))
         .collect();
     assert_eq!(rows, ["cas", "read", "write"], "{text}");
-    assert!(lines[header + 1].trim_end().ends_with('-'), "cas has no ok op: {text}");
+    assert!(
+        lines[header + 1].trim_end().ends_with('-'),
+        "cas has no ok op: {text}"
+    );
 }
 
 #[test]
@@ -344,7 +361,9 @@ fn the_latency_plot_has_a_panel_per_f_and_the_shaded_windows_in_each() {
     let svg = latency_svg(&ops, &windows);
     for f in ["cas", "read", "write"] {
         assert!(
-            svg.contains(&format!("<g class=\"dots\" data-f=\"{f}\" data-outcome=\"ok\"")),
+            svg.contains(&format!(
+                "<g class=\"dots\" data-f=\"{f}\" data-outcome=\"ok\""
+            )),
             "no {f} panel: {svg}"
         );
     }
@@ -358,7 +377,12 @@ fn the_throughput_plot_has_a_series_per_f_and_outcome() {
     let ops = with_partitions();
     let svg = throughput_svg(&ops, &fault_windows(&ops));
     assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
-    for (f, outcome) in [("read", "ok"), ("write", "ok"), ("write", "fail or info"), ("cas", "fail or info")] {
+    for (f, outcome) in [
+        ("read", "ok"),
+        ("write", "ok"),
+        ("write", "fail or info"),
+        ("cas", "fail or info"),
+    ] {
         assert!(
             svg.contains(&format!("data-f=\"{f}\" data-outcome=\"{outcome}\"")),
             "no {f} {outcome} line: {svg}"
@@ -380,9 +404,16 @@ fn the_timeline_has_a_column_per_process_and_a_box_per_op() {
     assert_eq!(count(&html, "class=\"op ok\""), 5);
     assert_eq!(count(&html, "class=\"op fail\""), 1);
     assert_eq!(count(&html, "class=\"op info\""), 1);
-    assert_eq!(count(&html, "class=\"op info open\""), 1, "the cas that never completed");
+    assert_eq!(
+        count(&html, "class=\"op info open\""),
+        1,
+        "the cas that never completed"
+    );
     assert_eq!(count(&html, "class=\"band\""), 1, "one shaded partition");
-    assert!(html.contains("title=\"process 5\ninvoke cas 0 [3,4]"), "{html}");
+    assert!(
+        html.contains("title=\"process 5\ninvoke cas 0 [3,4]"),
+        "{html}"
+    );
 }
 
 fn params() -> TestParams {
@@ -435,7 +466,10 @@ fn the_run_page_holds_every_section_and_fetches_nothing() {
     let no_namespace = page.replace("xmlns=\"http://www.w3.org/2000/svg\"", "");
     assert!(!no_namespace.contains("http"), "nothing fetched");
     let alone = run_page(&r, &text, &ops, &windows, false);
-    assert!(!alone.contains("../../index.html"), "outside a store, no link up");
+    assert!(
+        !alone.contains("../../index.html"),
+        "outside a store, no link up"
+    );
 }
 
 #[test]
@@ -443,24 +477,27 @@ fn the_store_page_lists_runs_newest_first() {
     let run = |path: &str, valid, seed| RunEntry {
         path: path.into(),
         valid,
-        test: Some(TestParams {
-            seed,
-            ..params()
-        }),
+        test: Some(TestParams { seed, ..params() }),
         workload: "lin-kv".into(),
         ops: 10,
         ok_fraction: 0.5,
     };
     let page = store_page(&[
         run("lin-kv/20261202T071544.123Z", Some(Validity::Valid), 1),
-        run("exactly-once/20261202T081544.123Z", Some(Validity::Invalid), 2),
+        run(
+            "exactly-once/20261202T081544.123Z",
+            Some(Validity::Invalid),
+            2,
+        ),
         run("lin-kv/20261202T091544.123Z", None, 3),
     ]);
     let newest = page.find("20261202T091544").expect("listed");
     let middle = page.find("20261202T081544").expect("listed");
     let oldest = page.find("20261202T071544").expect("listed");
     assert!(newest < middle && middle < oldest, "{page}");
-    assert!(page.contains(">no verdict<") && page.contains(">INVALID<") && page.contains(">VALID<"));
+    assert!(
+        page.contains(">no verdict<") && page.contains(">INVALID<") && page.contains(">VALID<")
+    );
     assert!(page.contains("<a href=\"lin-kv/20261202T071544.123Z/index.html\">"));
     assert!(page.contains("<th>seed</th>") && page.contains("<td class=\"n\">2</td>"));
 }

@@ -122,7 +122,10 @@ fn a_run_lands_in_the_store_and_its_recorded_command_runs_it_again() {
     let results = read_json(&run.join("results.json"));
     let test = &results["test"];
     let command_line = test["command_line"].as_str().expect("command_line");
-    assert!(saved.contains(&format!("re-run: {command_line}")), "{saved}");
+    assert!(
+        saved.contains(&format!("re-run: {command_line}")),
+        "{saved}"
+    );
 
     // Every parameter of the run.
     assert_eq!(test["workload"], "lin-kv");
@@ -144,11 +147,20 @@ fn a_run_lands_in_the_store_and_its_recorded_command_runs_it_again() {
     // The run's page has the plots, the table and the timeline; the store's
     // page lists the run.
     let page = std::fs::read_to_string(run.join("index.html")).expect("index.html");
-    for part in ["<svg", "class=\"dots\"", "class=\"series\"", "<div class=\"timeline\"", "<tr><th>f</th>"] {
+    for part in [
+        "<svg",
+        "class=\"dots\"",
+        "class=\"series\"",
+        "<div class=\"timeline\"",
+        "<tr><th>f</th>",
+    ] {
         assert!(page.contains(part), "no {part} in index.html");
     }
     let list = std::fs::read_to_string(store.join("index.html")).expect("store index");
-    assert!(list.contains(&format!("lin-kv/{}/index.html", parts[2])), "{list}");
+    assert!(
+        list.contains(&format!("lin-kv/{}/index.html", parts[2])),
+        "{list}"
+    );
 
     // The recorded command, run again, records the same parameters, and the
     // links move to the new run.
@@ -196,8 +208,14 @@ fn an_explicit_out_folder_is_used_as_is_and_the_store_is_left_alone() {
     assert_eq!(output_dir(&cwd, &summary), cwd.join("mine"));
     assert!(cwd.join("mine/index.html").exists());
     assert!(cwd.join("mine/results.json").exists());
-    assert!(!cwd.join("store").exists(), "no store made for an --out run");
+    assert!(
+        !cwd.join("store").exists(),
+        "no store made for an --out run"
+    );
     let page = std::fs::read_to_string(cwd.join("mine/index.html")).expect("page");
-    assert!(!page.contains("../../index.html"), "no link to a store list");
+    assert!(
+        !page.contains("../../index.html"),
+        "no link to a store list"
+    );
     let _ = std::fs::remove_dir_all(&cwd);
 }

@@ -25,11 +25,11 @@ use super::recorder::Recorder;
 use super::scheduler::{self, Pace};
 use super::schema::{Reply, classify};
 use super::seed::derive_rng;
+use super::store;
 use super::worker::{MalformedLog, RetryPolicy, Worker};
 use super::workload::{ExactlyOnce, Generator, LinKv};
 use crate::tools::check::{CheckOptions, Validity, check_counters, check_linearizable};
 use crate::tools::history::{HistoryOp, OpType, Process};
-use super::store;
 use crate::tools::report::{self, HarnessFacts, Results, fault_windows, html, nemesis_count};
 
 /// A run that could not be carried out (as opposed to one whose verdict is invalid).

@@ -12,9 +12,9 @@ use std::path::{Path, PathBuf};
 
 use super::config::{RunConfig, Workload};
 use super::nemesis::Fault;
+use crate::tools::report::TestParams;
 use crate::tools::report::html::{RunEntry, store_page};
 use crate::tools::report::params::shell_line;
-use crate::tools::report::TestParams;
 
 /// The store folder, relative to the working directory (Jepsen's).
 pub const STORE_DIR: &str = "store";
@@ -292,16 +292,61 @@ mod tests {
     fn the_recorded_command_parses_back_to_the_same_run() {
         let cases: [&[&str]; 3] = [
             &[
-                "oncekv", "-w", "exactly-once", "--bin", "python3", "my node.py", "--node-count",
-                "3", "--concurrency", "2n", "--rate", "12.5", "--time-limit", "7.25", "--latency",
-                "40", "--latency-dist", "exponential", "--nemesis", "kill,partition",
-                "--nemesis-interval", "2.5", "--p-loss", "0.05", "--p-dup", "0.125", "--seed",
-                "18446744073709551615", "--out", "elsewhere", "--", "--port", "it's",
+                "oncekv",
+                "-w",
+                "exactly-once",
+                "--bin",
+                "python3",
+                "my node.py",
+                "--node-count",
+                "3",
+                "--concurrency",
+                "2n",
+                "--rate",
+                "12.5",
+                "--time-limit",
+                "7.25",
+                "--latency",
+                "40",
+                "--latency-dist",
+                "exponential",
+                "--nemesis",
+                "kill,partition",
+                "--nemesis-interval",
+                "2.5",
+                "--p-loss",
+                "0.05",
+                "--p-dup",
+                "0.125",
+                "--seed",
+                "18446744073709551615",
+                "--out",
+                "elsewhere",
+                "--",
+                "--port",
+                "it's",
             ],
-            &["oncekv", "--bin", "./node", "--concurrency", "10", "--seed", "0"],
             &[
-                "oncekv", "--bin", "n", "--node-count", "1", "--concurrency", "2n", "--nemesis",
-                "partition-one-way", "--seed", "5",
+                "oncekv",
+                "--bin",
+                "./node",
+                "--concurrency",
+                "10",
+                "--seed",
+                "0",
+            ],
+            &[
+                "oncekv",
+                "--bin",
+                "n",
+                "--node-count",
+                "1",
+                "--concurrency",
+                "2n",
+                "--nemesis",
+                "partition-one-way",
+                "--seed",
+                "5",
             ],
         ];
         for argv in cases {

@@ -116,11 +116,7 @@ fn params_section(out: &mut String, t: &TestParams) {
     let nemesis = if t.nemesis.is_empty() {
         "none".to_string()
     } else {
-        format!(
-            "{}, every ~{} s",
-            t.nemesis.join(","),
-            t.nemesis_interval_s
-        )
+        format!("{}, every ~{} s", t.nemesis.join(","), t.nemesis_interval_s)
     };
     let rows: [(&str, String); 13] = [
         ("workload", t.workload.clone()),
@@ -197,7 +193,7 @@ fn nemesis_section(out: &mut String, windows: &[Window]) {
         "<table class=\"nemesis\">\n<tr><th>#</th><th>from (s)</th><th>to (s)</th><th>what</th></tr>\n",
     );
     for (i, (start, end, description)) in windows.iter().enumerate() {
-        let end = end.map_or("end of run".to_string(), |e| secs(e));
+        let end = end.map_or("end of run".to_string(), secs);
         let _ = writeln!(
             out,
             "<tr><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{end}</td><td>{}</td></tr>",

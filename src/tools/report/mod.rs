@@ -29,8 +29,8 @@ use crate::tools::check::pairs::pair_ops;
 use crate::tools::check::{CounterReport, LinReport, Validity};
 use crate::tools::history::HistoryOp;
 pub use harness::{HarnessFacts, fault_windows, nemesis_count};
-pub use stats::{Availability, Counts, Quantiles, Stats};
 pub use params::TestParams;
+pub use stats::{Availability, Counts, Quantiles, Stats};
 pub use svg::{latency_svg, throughput_svg};
 
 /// Messages one class of endpoints sent and received, as the harness's network
@@ -288,11 +288,7 @@ pub fn op_table(r: &Results) -> String {
         );
         match r.latency_ms.get(f) {
             Some(q) => {
-                let _ = writeln!(
-                    out,
-                    " {:>9} {:>9} {:>9} {:>9}",
-                    q.p50, q.p95, q.p99, q.max
-                );
+                let _ = writeln!(out, " {:>9} {:>9} {:>9} {:>9}", q.p50, q.p95, q.p99, q.max);
             }
             None => {
                 let _ = writeln!(out, " {:>9} {:>9} {:>9} {:>9}", "-", "-", "-", "-");

@@ -438,8 +438,11 @@ fn is_kill(description: &str) -> bool {
 }
 
 /// Shades each window over the frame: a numbered band (number at the top when
-/// `numbers` and it fits), its description and times on hover.
+/// `numbers` and it fits, on the first of [`LABEL_ROWS`] rows where it does not
+/// overlap the previous number), its description and times on hover.
 fn shade_windows(svg: &mut String, frame: &Frame, windows: &[Window], numbers: bool) {
+    // Right edge of the last number placed on each row.
+    let mut rows = [f64::NEG_INFINITY; LABEL_ROWS];
     for (i, (start, end, description)) in windows.iter().enumerate() {
         let x0 = frame.x(*start as f64 / 1e9);
         let x1 = end.map_or(RIGHT, |e| frame.x(e as f64 / 1e9));
@@ -464,18 +467,24 @@ fn shade_windows(svg: &mut String, frame: &Frame, windows: &[Window], numbers: b
             trim_number(round_ms(*start)),
             escape(description)
         );
-        if numbers && x1 - x0 >= 12.0 {
+        let label = (i + 1).to_string();
+        let half = 3.5 * label.len() as f64 + 2.0;
+        let mid = (x0 + x1) / 2.0;
+        let row = rows.iter().position(|&right| mid - half > right);
+        if let (true, Some(row)) = (numbers && x1 - x0 >= 2.0 * half, row) {
+            rows[row] = mid + half;
             let _ = write!(
                 svg,
-                "<text x=\"{:.1}\" y=\"{}\" font-size=\"10\" fill=\"#333\" text-anchor=\"middle\">{}</text>",
-                (x0 + x1) / 2.0,
-                frame.top + 12.0,
-                i + 1
+                "<text x=\"{mid:.1}\" y=\"{}\" font-size=\"10\" fill=\"#333\" text-anchor=\"middle\">{label}</text>",
+                frame.top + 12.0 + 12.0 * row as f64,
             );
         }
         svg.push('\n');
     }
 }
+
+/// Rows of window numbers at the top of a plot.
+const LABEL_ROWS: usize = 2;
 
 fn round_ms(ns: u64) -> f64 {
     (ns as f64 / 1e6).round() / 1e3
