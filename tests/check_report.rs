@@ -1,4 +1,5 @@
-//! The report: results.json's shape and figures, the summary, and the SVG plot.
+//! The report: results.json's shape and figures, the summary, the SVG plots,
+//! the timeline and the HTML pages.
 
 mod check_common;
 
@@ -7,8 +8,14 @@ use std::time::Duration;
 use check_common::H;
 use check_common::sim::{SimConfig, simulate};
 use oncekv::tools::check::{CheckOptions, Validity, check_counters, check_linearizable};
+use oncekv::tools::history::{HistoryOp, OpType, Process};
 use oncekv::tools::report::harness::{HarnessFacts, NetFaults, Violation};
-use oncekv::tools::report::{NetCounts, NetInputs, Results, build_results, latency_svg, summary};
+use oncekv::tools::report::html::{RunEntry, run_page, store_page};
+use oncekv::tools::report::timeline::timeline_html;
+use oncekv::tools::report::{
+    NetCounts, NetInputs, Results, TestParams, build_results, fault_windows, latency_svg,
+    nemesis_count, summary, throughput_svg,
+};
 use serde_json::{Value, json};
 
 fn results_for(h: &H) -> Results {
@@ -256,4 +263,242 @@ fn the_svg_of_a_large_history_stays_small() {
     assert!(dots <= oncekv::tools::report::svg::MAX_DOTS);
     assert!(svg.len() < 4_000_000, "{} bytes", svg.len());
     assert!(svg.trim_end().ends_with("</svg>"));
+}
+
+fn nemesis(f: &str, value: Value, time_ms: u64) -> HistoryOp {
+    HistoryOp {
+        process: Process::Nemesis,
+        kind: OpType::Info,
+        f: f.into(),
+        key: None,
+        value,
+        time: time_ms * 1_000_000,
+        error: None,
+        client_id: None,
+        seq: None,
+    }
+}
+
+/// `mixed()` (ops at 1..=19 ms) with a partition that cuts nothing from 2 to 5 ms
+/// and one that cuts n0 off from 6 to 9 ms, in time order.
+fn with_partitions() -> Vec<HistoryOp> {
+    let mut ops = mixed().ops;
+    ops.push(nemesis(
+        "start-partition",
+        json!({"n0": [], "n1": [], "n2": []}),
+        2,
+    ));
+    ops.push(nemesis("stop-partition", Value::Null, 5));
+    ops.push(nemesis(
+        "start-partition",
+        json!({"n0": ["n1", "n2"], "n1": ["n0"], "n2": ["n0"]}),
+        6,
+    ));
+    ops.push(nemesis("stop-partition", Value::Null, 9));
+    ops.sort_by_key(|o| o.time);
+    ops
+}
+
+/// The `data-start-ns` of every shaded nemesis band in an SVG.
+fn shaded_starts(svg: &str) -> Vec<u64> {
+    svg.split("<rect class=\"nemesis\" data-start-ns=\"")
+        .skip(1)
+        .map(|rest| {
+            rest[..rest.find('"').expect("closing quote")]
+                .parse()
+                .expect("ns")
+        })
+        .collect()
+}
+
+#[test]
+fn the_summary_table_has_a_header_row_then_a_row_per_f() {
+    let text = summary(&results_for(&mixed()));
+    let lines: Vec<&str> = text.lines().collect();
+    let header = lines
+        .iter()
+        .position(|l| l.split_whitespace().next() == Some("f"))
+        .unwrap_or_else(|| panic!("no header row: {text}"));
+    let words: Vec<&str> = lines[header].split_whitespace().collect();
+    assert_eq!(
+        words,
+        [
+            "f", "count", "ok", "fail", "info", "p50", "ms", "p95", "ms", "p99", "ms", "max", "ms"
+        ]
+    );
+    let rows: Vec<&str> = lines[header + 1..=header + 3]
+        .iter()
+        .map(|l| l.split_whitespace().next().unwrap_or(""))
+        .collect();
+    assert_eq!(rows, ["cas", "read", "write"], "{text}");
+    assert!(
+        lines[header + 1].trim_end().ends_with('-'),
+        "cas has no ok op: {text}"
+    );
+}
+
+#[test]
+fn a_partition_that_cuts_nothing_is_neither_shaded_nor_counted() {
+    let ops = with_partitions();
+    let windows = fault_windows(&ops);
+    assert_eq!(
+        windows.iter().map(|w| (w.0, w.1)).collect::<Vec<_>>(),
+        vec![(6_000_000, Some(9_000_000))]
+    );
+    assert_eq!(nemesis_count(&ops, "start-partition"), 1);
+    // The latency plot shades it in each of its 3 panels, the throughput plot once.
+    for (svg, panels) in [
+        (latency_svg(&ops, &windows), 3),
+        (throughput_svg(&ops, &windows), 1),
+    ] {
+        assert_eq!(shaded_starts(&svg), vec![6_000_000; panels], "{svg}");
+    }
+}
+
+#[test]
+fn the_latency_plot_has_a_panel_per_f_and_the_shaded_windows_in_each() {
+    let ops = with_partitions();
+    let windows = fault_windows(&ops);
+    let svg = latency_svg(&ops, &windows);
+    for f in ["cas", "read", "write"] {
+        assert!(
+            svg.contains(&format!(
+                "<g class=\"dots\" data-f=\"{f}\" data-outcome=\"ok\""
+            )),
+            "no {f} panel: {svg}"
+        );
+    }
+    // The window is shaded once in each of the three panels.
+    assert_eq!(shaded_starts(&svg).len(), 3, "{svg}");
+    assert_eq!(count(&svg, "class=\"panel\""), 3);
+}
+
+#[test]
+fn the_throughput_plot_has_a_series_per_f_and_outcome() {
+    let ops = with_partitions();
+    let svg = throughput_svg(&ops, &fault_windows(&ops));
+    assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+    for (f, outcome) in [
+        ("read", "ok"),
+        ("write", "ok"),
+        ("write", "fail or info"),
+        ("cas", "fail or info"),
+    ] {
+        assert!(
+            svg.contains(&format!("data-f=\"{f}\" data-outcome=\"{outcome}\"")),
+            "no {f} {outcome} line: {svg}"
+        );
+    }
+    assert!(
+        !svg.contains("data-f=\"cas\" data-outcome=\"ok\""),
+        "cas never succeeded, so it has no ok line"
+    );
+    assert!(svg.contains("ops/s"));
+}
+
+#[test]
+fn the_timeline_has_a_column_per_process_and_a_box_per_op() {
+    let ops = with_partitions();
+    let html = timeline_html(&ops, &fault_windows(&ops));
+    // Processes 1..=7 and 9 invoked; one header each.
+    assert_eq!(count(&html, "class=\"hdr\""), 8, "{html}");
+    assert_eq!(count(&html, "class=\"op ok\""), 5);
+    assert_eq!(count(&html, "class=\"op fail\""), 1);
+    assert_eq!(count(&html, "class=\"op info\""), 1);
+    assert_eq!(
+        count(&html, "class=\"op info open\""),
+        1,
+        "the cas that never completed"
+    );
+    assert_eq!(count(&html, "class=\"band\""), 1, "one shaded partition");
+    assert!(
+        html.contains("title=\"process 5\ninvoke cas 0 [3,4]"),
+        "{html}"
+    );
+}
+
+fn params() -> TestParams {
+    TestParams {
+        name: "lin-kv".into(),
+        workload: "lin-kv".into(),
+        bin: "./node <1>".into(),
+        args: vec!["--x".into()],
+        nodes: vec!["n0".into(), "n1".into(), "n2".into()],
+        concurrency: 6,
+        rate: 5.0,
+        time_limit_s: 10.0,
+        latency_ms: 0,
+        latency_dist: "constant".into(),
+        nemesis: vec!["partition".into()],
+        nemesis_interval_s: 10.0,
+        p_loss: 0.0,
+        p_dup: 0.0,
+        seed: 42,
+        started: "2026-12-02T07:15:44Z".into(),
+        cwd: "/tmp".into(),
+        command: vec!["oncekv".into(), "test".into()],
+        command_line: "oncekv test --seed 42".into(),
+    }
+}
+
+#[test]
+fn the_run_page_holds_every_section_and_fetches_nothing() {
+    let ops = with_partitions();
+    let windows = fault_windows(&ops);
+    let r = results_for(&mixed()).with_test(params());
+    let text = summary(&r);
+    assert!(text.contains("re-run: oncekv test --seed 42"), "{text}");
+    let page = run_page(&r, &text, &ops, &windows, true);
+    for part in [
+        "<h1>lin-kv: <span class=\"invalid\">INVALID</span></h1>",
+        "<pre class=\"command\">oncekv test --seed 42</pre>",
+        "<td>./node &lt;1&gt;</td>",
+        "<tr><th>f</th><th>count</th>",
+        "Latency by operation type",
+        "Throughput",
+        "<table class=\"nemesis\">",
+        "<div class=\"timeline\"",
+        "href=\"../../index.html\"",
+    ] {
+        assert!(page.contains(part), "no {part:?} in the page");
+    }
+    assert_eq!(count(&page, "<svg"), 2);
+    assert!(!page.contains("<script"), "no script");
+    let no_namespace = page.replace("xmlns=\"http://www.w3.org/2000/svg\"", "");
+    assert!(!no_namespace.contains("http"), "nothing fetched");
+    let alone = run_page(&r, &text, &ops, &windows, false);
+    assert!(
+        !alone.contains("../../index.html"),
+        "outside a store, no link up"
+    );
+}
+
+#[test]
+fn the_store_page_lists_runs_newest_first() {
+    let run = |path: &str, valid, seed| RunEntry {
+        path: path.into(),
+        valid,
+        test: Some(TestParams { seed, ..params() }),
+        workload: "lin-kv".into(),
+        ops: 10,
+        ok_fraction: 0.5,
+    };
+    let page = store_page(&[
+        run("lin-kv/20261202T071544.123Z", Some(Validity::Valid), 1),
+        run(
+            "exactly-once/20261202T081544.123Z",
+            Some(Validity::Invalid),
+            2,
+        ),
+        run("lin-kv/20261202T091544.123Z", None, 3),
+    ]);
+    let newest = page.find("20261202T091544").expect("listed");
+    let middle = page.find("20261202T081544").expect("listed");
+    let oldest = page.find("20261202T071544").expect("listed");
+    assert!(newest < middle && middle < oldest, "{page}");
+    assert!(
+        page.contains(">no verdict<") && page.contains(">INVALID<") && page.contains(">VALID<")
+    );
+    assert!(page.contains("<a href=\"lin-kv/20261202T071544.123Z/index.html\">"));
+    assert!(page.contains("<th>seed</th>") && page.contains("<td class=\"n\">2</td>"));
 }

@@ -11,7 +11,7 @@ use std::io::{self, Write};
 
 use super::unread_is_fine;
 use crate::tools::harness::demo::{DemoPreset, run_demo};
-use crate::tools::harness::{TestArgs, default_out_dir, seed::fresh_seed};
+use crate::tools::harness::{TestArgs, default_out_dir, seed::fresh_seed, store};
 
 /// `oncekv test` exit status for flags it refuses (Jepsen's CLI uses 254), so it is
 /// not read as a verdict (0 valid, 1 invalid, 2 unknown).
@@ -40,7 +40,10 @@ pub struct DemoArgs {
 /// Runs `oncekv test` and writes its summary to `out`; the exit status is the verdict's.
 pub fn run(args: TestArgs, out: &mut dyn Write) -> io::Result<i32> {
     let seed = args.seed.unwrap_or_else(fresh_seed);
-    let out_dir = args.out.clone().unwrap_or_else(default_out_dir);
+    let out_dir = args
+        .out
+        .clone()
+        .unwrap_or_else(|| default_out_dir(&store::test_name(args.workload)));
     let cfg = match args.into_config(seed, out_dir) {
         Ok(cfg) => cfg,
         Err(e) => {
@@ -76,7 +79,7 @@ pub fn demo(args: &DemoArgs, out: &mut dyn Write) -> anyhow::Result<i32> {
         rate: DEMO_RATE,
         nemesis_interval_s: DEMO_NEMESIS_INTERVAL_S,
         seed: args.seed,
-        out: default_out_dir(),
+        out: std::path::PathBuf::from(store::STORE_DIR),
     };
     writeln!(
         out,

@@ -61,7 +61,7 @@ pub struct TestArgs {
     /// Beyond Maelstrom: probability that a node-to-node message is delivered twice.
     #[arg(long, default_value_t = 0.0)]
     pub p_dup: f64,
-    /// Output folder (default `store/<timestamp>/`).
+    /// Output folder (default `store/<test-name>/<timestamp>/`, with `store/latest`).
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Seed for every random choice (printed at start; random if absent).

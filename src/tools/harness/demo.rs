@@ -26,7 +26,7 @@ pub struct DemoPreset {
     pub nemesis_interval_s: f64,
     /// Seed (random if absent).
     pub seed: Option<u64>,
-    /// Parent output folder.
+    /// The store the runs go in (`store/<workload>/<time>/` each).
     pub out: PathBuf,
 }
 
@@ -58,7 +58,7 @@ pub async fn run_demo(preset: &DemoPreset) -> anyhow::Result<Vec<(Workload, RunO
     let seed = preset.seed.unwrap_or_else(fresh_seed);
     let mut out = Vec::new();
     for workload in [Workload::ExactlyOnce, Workload::LinKv] {
-        let dir = preset.out.join(workload.name());
+        let dir = super::store::run_dir(&preset.out, &super::store::test_name(workload));
         let cfg = preset.args(workload, seed, &dir).into_config(seed, dir)?;
         let outcome = run(cfg)
             .await

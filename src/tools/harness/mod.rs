@@ -15,8 +15,10 @@
 //! - [`nemesis`]: fault schedules and partition shapes.
 //! - [`services`]: Maelstrom's `lin-kv`, `seq-kv`, `lww-kv` and `lin-tso` services.
 //! - [`recorder`]: the history as it happens; [`cpu`]: the harness's own CPU share.
-//!   `results.json`, the summary and `latency.svg` come from [`crate::tools::report`], with
-//!   the harness's own facts in its `harness` object.
+//!   `results.json`, the summary, the plots and the pages come from
+//!   [`crate::tools::report`], with the harness's own facts in its `harness` object.
+//! - [`store`]: where runs are kept (`store/<test>/<time>/`, `latest`), the run's
+//!   parameters and the command that re-runs it.
 //! - [`runner`]: one run, start to finish; [`demo`]: the README's first command.
 
 pub mod cli;
@@ -34,6 +36,7 @@ pub mod scheduler;
 pub mod schema;
 pub mod seed;
 pub mod services;
+pub mod store;
 pub mod worker;
 pub mod workload;
 
@@ -41,7 +44,8 @@ pub use cli::TestArgs;
 pub use config::Workload;
 pub use runner::{HarnessError, RunOutcome, run};
 
-/// The default output folder: `store/<UTC timestamp>/`, like Maelstrom's.
-pub fn default_out_dir() -> std::path::PathBuf {
-    std::path::PathBuf::from(format!("store/{}", crate::utc::Utc::now().compact()))
+/// The default output folder, like Maelstrom's: `store/<test-name>/<UTC
+/// timestamp>/` (the test's name is its workload's, [`store::test_name`]).
+pub fn default_out_dir(test_name: &str) -> std::path::PathBuf {
+    store::run_dir(std::path::Path::new(store::STORE_DIR), test_name)
 }

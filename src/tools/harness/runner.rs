@@ -26,11 +26,12 @@ use super::scheduler::{self, Pace};
 use super::schema::{Reply, classify};
 use super::seed::derive_rng;
 use super::services::{self, Services};
+use super::store;
 use super::worker::{MalformedLog, RetryPolicy, Worker};
 use super::workload::{ExactlyOnce, Generator, LinKv};
 use crate::tools::check::{CheckOptions, Validity, check_counters, check_linearizable};
 use crate::tools::history::{HistoryOp, OpType, Process};
-use crate::tools::report::{self, HarnessFacts, Results, fault_windows, nemesis_count};
+use crate::tools::report::{self, HarnessFacts, Results, fault_windows, html, nemesis_count};
 
 /// A run that could not be carried out (as opposed to one whose verdict is invalid).
 #[derive(Debug, Error)]
@@ -214,6 +215,8 @@ async fn final_reads(
 pub async fn run(cfg: RunConfig) -> Result<RunOutcome, HarnessError> {
     cfg.validate()?;
     let logs = create_log_dir(&cfg)?;
+    let started = crate::utc::Utc::now().iso();
+    let _ = store::mark_current(&cfg.out_dir);
     announce(&cfg);
     let cpu = CpuMeter::start();
     let rig = start_nodes(&cfg, logs).await?;
@@ -233,12 +236,14 @@ pub async fn run(cfg: RunConfig) -> Result<RunOutcome, HarnessError> {
         cpu_share,
         violations: &violations,
         malformed: &malformed,
+        started,
     };
     let results = build_results(&cfg, &ops, &net, &measured, &final_values);
-    write_outputs(&cfg, &ops, &results)?;
+    let summary = report::summary(&results);
+    write_outputs(&cfg, &ops, &results, &summary)?;
     Ok(RunOutcome {
         valid: results.valid,
-        summary: report::summary(&results),
+        summary,
         out_dir: cfg.out_dir.clone(),
         results: serde_json::to_value(&results).unwrap_or_default(),
         report: results,
@@ -488,6 +493,8 @@ struct Measured<'a> {
     cpu_share: Option<f64>,
     violations: &'a Violations,
     malformed: &'a MalformedLog,
+    /// When the run started (ISO UTC).
+    started: String,
 }
 
 /// Checks the history and assembles `results.json`: the verdicts, the network's
@@ -531,7 +538,8 @@ fn build_results(
         net_stats.counts,
         nemesis_count(ops, "start-partition"),
     )
-    .with_harness(facts);
+    .with_harness(facts)
+    .with_test(store::params(cfg, measured.started.clone()));
     if cfg.workload == Workload::ExactlyOnce {
         results.with_exactly_once(check_counters(ops, final_values))
     } else {
@@ -539,25 +547,49 @@ fn build_results(
     }
 }
 
-/// Writes `history.jsonl`, `results.json` and `latency.svg` into the output folder.
+/// Writes the run folder: `history.jsonl`, `results.json`, `summary.txt`,
+/// `latency.svg`, `throughput.svg`, `timeline.html` and `index.html`; then, for a
+/// run in a store, points `latest` at it and rewrites the store's list of runs.
 fn write_outputs(
     cfg: &RunConfig,
     ops: &[HistoryOp],
     results: &Results,
+    summary: &str,
 ) -> Result<(), HarnessError> {
+    let out = &cfg.out_dir;
     let mut history = String::new();
     for op in ops {
         history.push_str(&serde_json::to_string(op).unwrap_or_default());
         history.push('\n');
     }
-    write_file(cfg.out_dir.join("history.jsonl"), history.as_bytes())?;
+    write_file(out.join("history.jsonl"), history.as_bytes())?;
     // Written from the struct, so keys keep the spec's order (`valid` first).
     let pretty = serde_json::to_string_pretty(results).unwrap_or_default();
-    write_file(cfg.out_dir.join("results.json"), pretty.as_bytes())?;
+    write_file(out.join("results.json"), pretty.as_bytes())?;
+    write_file(out.join("summary.txt"), summary.as_bytes())?;
+    let windows = fault_windows(ops);
     write_file(
-        cfg.out_dir.join("latency.svg"),
-        report::latency_svg(ops, &fault_windows(ops)).as_bytes(),
-    )
+        out.join("latency.svg"),
+        report::latency_svg(ops, &windows).as_bytes(),
+    )?;
+    write_file(
+        out.join("throughput.svg"),
+        report::throughput_svg(ops, &windows).as_bytes(),
+    )?;
+    let name = store::test_name(cfg.workload);
+    write_file(
+        out.join("timeline.html"),
+        html::timeline_page(&name, ops, &windows).as_bytes(),
+    )?;
+    let in_store = store::store_of(out).is_some();
+    write_file(
+        out.join("index.html"),
+        html::run_page(results, summary, ops, &windows, in_store).as_bytes(),
+    )?;
+    store::mark_latest(out).map_err(|source| HarnessError::Output {
+        path: store::store_of(out).unwrap_or_default(),
+        source,
+    })
 }
 
 fn derive_rng_seed(seed: u64, purpose: &str) -> u64 {

@@ -141,13 +141,28 @@ impl HarnessFacts {
     }
 }
 
+/// True for a `start-partition` value (a grudge: node -> nodes it does not
+/// hear) that blocks no link, such as `minority-third` on 3 nodes: nothing was
+/// cut, so it is neither shaded nor counted.
+pub fn cuts_nothing(grudge: &Value) -> bool {
+    grudge
+        .as_object()
+        .is_some_and(|g| g.values().all(|v| v.as_array().is_some_and(Vec::is_empty)))
+}
+
+/// A nemesis op that did something: a partition that cut no link did not.
+fn effective(op: &HistoryOp) -> bool {
+    op.process == Process::Nemesis && !(op.f == "start-partition" && cuts_nothing(&op.value))
+}
+
 /// Nemesis fault windows from a history: (start ns, end ns if it ended,
-/// description), for [`super::latency_svg`]. A partition ends at the next
-/// `stop-partition`, a kill of a node at its next `start`.
+/// description), for the plots. A partition ends at the next
+/// `stop-partition`, a kill of a node at its next `start`. A partition that cut
+/// nothing ([`cuts_nothing`]) is no window.
 pub fn fault_windows(ops: &[HistoryOp]) -> Vec<(u64, Option<u64>, String)> {
     let mut out: Vec<(u64, Option<u64>, String)> = Vec::new();
     let mut open: Vec<(usize, &str, String)> = Vec::new();
-    for op in ops.iter().filter(|o| o.process == Process::Nemesis) {
+    for op in ops.iter().filter(|o| effective(o)) {
         let node = op.value.as_str().unwrap_or("").to_string();
         match op.f.as_str() {
             "start-partition" | "kill" => {
@@ -179,11 +194,10 @@ pub fn fault_windows(ops: &[HistoryOp]) -> Vec<(u64, Option<u64>, String)> {
     out
 }
 
-/// How many times the nemesis performed `f` (`start-partition`, `kill`).
+/// How many times the nemesis performed `f` (`start-partition`, `kill`); a
+/// partition that cut nothing does not count.
 pub fn nemesis_count(ops: &[HistoryOp], f: &str) -> usize {
-    ops.iter()
-        .filter(|o| o.process == Process::Nemesis && o.f == f)
-        .count()
+    ops.iter().filter(|o| effective(o) && o.f == f).count()
 }
 
 #[cfg(test)]
@@ -214,7 +228,7 @@ mod tests {
             nemesis("stop-partition", Value::Null, 3),
             nemesis("kill", json!("n1"), 4),
             nemesis("start", json!("n2"), 5),
-            nemesis("start-partition", json!({}), 6),
+            nemesis("start-partition", json!({"n0": ["n2"]}), 6),
         ];
         let w = fault_windows(&ops);
         assert_eq!(
@@ -225,5 +239,23 @@ mod tests {
         assert!(w[0].2.starts_with("partition {"));
         assert_eq!(nemesis_count(&ops, "kill"), 2);
         assert_eq!(nemesis_count(&ops, "start-partition"), 2);
+    }
+
+    #[test]
+    fn a_partition_that_cuts_nothing_is_no_window_and_no_count() {
+        let ops = [
+            nemesis("start-partition", json!({"n0": [], "n1": [], "n2": []}), 1),
+            nemesis("stop-partition", Value::Null, 2),
+            nemesis("start-partition", json!({"n0": ["n1"], "n1": []}), 3),
+            nemesis("stop-partition", Value::Null, 4),
+        ];
+        assert!(cuts_nothing(&json!({})));
+        assert!(!cuts_nothing(&json!({"n0": ["n1"]})));
+        let w = fault_windows(&ops);
+        assert_eq!(
+            w.iter().map(|w| (w.0, w.1)).collect::<Vec<_>>(),
+            vec![(3, Some(4))]
+        );
+        assert_eq!(nemesis_count(&ops, "start-partition"), 1);
     }
 }

@@ -1,17 +1,24 @@
 //! The end-of-run report: `results.json` (shape in `docs/history.md`), its
-//! human summary, and `latency.svg`. Pure functions of the history plus the
-//! figures only the harness knows (message counts, partitions), so the harness
-//! and the standalone tools report alike.
+//! human summary, the plots and the HTML pages. Pure functions of the history
+//! plus the figures only the harness knows (message counts, partitions), so the
+//! harness and the standalone tools report alike.
 //!
 //! Layout:
 //! - [`stats`]: counts per `f`, availability, latency quantiles.
-//! - [`svg`]: the latency plot.
+//! - [`svg`]: the plots (latency per `f`, throughput), nemesis periods shaded.
+//! - [`timeline`]: the operations per process, as Jepsen's `timeline.html`.
+//! - [`html`]: a run's `index.html` and the store's list of runs.
+//! - [`params`]: the `test` object (every parameter of the run, the command
+//!   that re-runs it).
 //! - [`harness`]: the `harness` object (facts only the running harness knows) and
 //!   the nemesis windows of a history.
 
 pub mod harness;
+pub mod html;
+pub mod params;
 pub mod stats;
 pub mod svg;
+pub mod timeline;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -22,8 +29,9 @@ use crate::tools::check::pairs::pair_ops;
 use crate::tools::check::{CounterReport, LinReport, Validity};
 use crate::tools::history::HistoryOp;
 pub use harness::{HarnessFacts, fault_windows, nemesis_count};
+pub use params::TestParams;
 pub use stats::{Availability, Counts, Quantiles, Stats};
-pub use svg::latency_svg;
+pub use svg::{latency_svg, throughput_svg};
 
 /// Messages one class of endpoints sent and received, as the harness's network
 /// counted them.
@@ -106,6 +114,10 @@ pub struct Results {
     /// when a report is rebuilt from a history file alone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub harness: Option<HarnessFacts>,
+    /// Every parameter of the run and the command that re-runs it; absent when
+    /// a report is rebuilt from a history file alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test: Option<TestParams>,
 }
 
 /// Assembles `results.json` from the history, the checker's verdict and the
@@ -130,6 +142,7 @@ pub fn build_results(
         stats,
         nemesis: Nemesis { partitions },
         harness: None,
+        test: None,
     };
     results.valid = results.merged_validity();
     results
@@ -147,6 +160,12 @@ impl Results {
     pub fn with_harness(mut self, facts: HarnessFacts) -> Results {
         self.harness = Some(facts);
         self.valid = self.merged_validity();
+        self
+    }
+
+    /// Adds the run's parameters (they do not touch the verdict).
+    pub fn with_test(mut self, params: TestParams) -> Results {
+        self.test = Some(params);
         self
     }
 
@@ -218,6 +237,9 @@ pub fn summary(results: &Results) -> String {
     if let Some(h) = &results.harness {
         out.push_str(&h.render());
     }
+    if let Some(t) = &results.test {
+        let _ = writeln!(out, "re-run: {}", t.command_line);
+    }
     out.push_str(closing_line(results.valid));
     out.push('\n');
     out
@@ -234,27 +256,46 @@ fn summarise_stats(out: &mut String, r: &Results) {
         s.info,
         100.0 * r.availability.ok_fraction
     );
-    for (f, c) in &s.by_f {
-        let _ = write!(
-            out,
-            "  {f:<6} {:>7} ok {:>7} fail {:>6} info {:>6}",
-            c.count, c.ok, c.fail, c.info
-        );
-        match r.latency_ms.get(f) {
-            Some(q) => {
-                let _ = writeln!(
-                    out,
-                    "  latency ms p50 {} p95 {} p99 {} max {}",
-                    q.p50, q.p95, q.p99, q.max
-                );
-            }
-            None => out.push_str("  (no ok op)\n"),
-        }
-    }
+    out.push_str(&op_table(r));
     let missing = stats::fs_without_ok(s);
     if !missing.is_empty() {
         let _ = writeln!(out, "stats: INVALID: no ok op for {}", missing.join(", "));
     }
+}
+
+/// The per-operation table: a header row, then one row per `f` with its counts
+/// and the latency quantiles of its ok ops (`-` where it has none).
+pub fn op_table(r: &Results) -> String {
+    let mut out = String::new();
+    let width = r
+        .stats
+        .by_f
+        .keys()
+        .map(|f| f.chars().count())
+        .chain([2])
+        .max()
+        .unwrap_or(2);
+    let _ = writeln!(
+        out,
+        "  {:<width$} {:>7} {:>7} {:>6} {:>6} {:>9} {:>9} {:>9} {:>9}",
+        "f", "count", "ok", "fail", "info", "p50 ms", "p95 ms", "p99 ms", "max ms"
+    );
+    for (f, c) in &r.stats.by_f {
+        let _ = write!(
+            out,
+            "  {f:<width$} {:>7} {:>7} {:>6} {:>6}",
+            c.count, c.ok, c.fail, c.info
+        );
+        match r.latency_ms.get(f) {
+            Some(q) => {
+                let _ = writeln!(out, " {:>9} {:>9} {:>9} {:>9}", q.p50, q.p95, q.p99, q.max);
+            }
+            None => {
+                let _ = writeln!(out, " {:>9} {:>9} {:>9} {:>9}", "-", "-", "-", "-");
+            }
+        }
+    }
+    out
 }
 
 /// Jepsen's closing lines, which Maelstrom users know.
