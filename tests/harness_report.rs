@@ -18,8 +18,9 @@ fn fresh_dir(name: &str) -> PathBuf {
     dir
 }
 
-/// Runs `oncekv test ARGS` in `cwd`; returns its stdout (the summary). A valid
-/// run is expected (exit 0).
+/// Runs `oncekv test ARGS` in `cwd`; returns its stdout (the summary). Any
+/// verdict will do (exit 0, 1 or 2: a run this short may have no ok cas, which
+/// Jepsen's stats rule calls invalid); what is tested is what it leaves behind.
 fn oncekv_test(cwd: &Path, args: &[String]) -> String {
     let out = Command::new(BIN)
         .arg("test")
@@ -28,10 +29,10 @@ fn oncekv_test(cwd: &Path, args: &[String]) -> String {
         .output()
         .expect("runs");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{stdout}\n{}",
+    assert!(
+        matches!(out.status.code(), Some(0..=2)),
+        "no verdict: {:?}\n{stdout}\n{}",
+        out.status,
         String::from_utf8_lossy(&out.stderr)
     );
     stdout
