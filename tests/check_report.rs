@@ -7,7 +7,7 @@ use std::time::Duration;
 use check_common::H;
 use check_common::sim::{SimConfig, simulate};
 use oncekv::tools::check::{CheckOptions, Validity, check_counters, check_linearizable};
-use oncekv::tools::report::harness::{HarnessFacts, NetFaults, Violation};
+use oncekv::tools::report::harness::{HarnessFacts, NetFaults, ProtocolViolations, Violation};
 use oncekv::tools::report::{NetCounts, NetInputs, Results, build_results, latency_svg, summary};
 use serde_json::{Value, json};
 
@@ -158,7 +158,12 @@ fn facts(violations: u64) -> HarnessFacts {
         time_limit_s: 10.0,
         cpu_share: Some(0.05),
         ops_per_s: 29.5,
-        protocol_violations: (violations, kept),
+        protocol_violations: ProtocolViolations {
+            count: violations,
+            strict: true,
+            first: kept,
+        },
+        availability: None,
         malformed_replies: (0, Vec::new()),
         kills: 0,
         net_faults: NetFaults {
@@ -184,7 +189,7 @@ fn the_harness_object_is_kept_apart_from_the_spec_keys() {
     assert_eq!(r.valid, Validity::Valid);
     let v = serde_json::to_value(&r).expect("serialises");
     assert_eq!(v["harness"]["seed"], json!(42));
-    assert_eq!(v["harness"]["protocol_violations"], json!([0, []]));
+    assert_eq!(v["harness"]["protocol_violations"]["count"], json!(0));
     assert_eq!(v["harness"]["net_faults"]["dropped_partition"], json!(7));
     assert_eq!(v["net"]["servers"]["msg_count"], json!(32));
     let text = summary(&r);

@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::cli::TestArgs;
+use super::cli::{RunFlags, TestArgs};
 use super::config::Workload;
 use super::net::LatencyDist;
 use super::runner::{HarnessError, RunOutcome, run};
@@ -48,6 +48,7 @@ impl DemoPreset {
             out: Some(out.to_path_buf()),
             seed: Some(seed),
             args: Vec::new(),
+            run_flags: RunFlags::default(),
         }
     }
 }
