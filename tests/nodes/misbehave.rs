@@ -7,7 +7,7 @@
 //!   it reads its `init` (as Maelstrom's demo `raft.rb` does when a vote request
 //!   beats its init);
 //! - `partial-last-line`: every node writes half a line to stdout when its stdin
-//!   closes (the harness stopping it), then exits;
+//!   closes (the harness stopping it), closes stdout, and exits 300 ms later;
 //! - `init-ok-extra`: `init_ok` carries an extra key (Maelstrom checks only the type);
 //! - `exit-on-eof-status N`: exits with status N when its stdin closes.
 
@@ -92,6 +92,11 @@ fn main() {
         let mut out = std::io::stdout().lock();
         let _ = write!(out, r#"{{"src":"n0","dest":"c"#);
         let _ = out.flush();
+        // Close stdout and linger, so the harness reads the cut line (at end of
+        // file) while this process still runs, not after it is gone.
+        // SAFETY: fd 1 is not used again (the lock above is held to the end).
+        unsafe { libc::close(1) };
+        std::thread::sleep(Duration::from_millis(300));
     }
     if let Some(code) = arg_after("exit-on-eof-status").and_then(|s| s.parse::<i32>().ok()) {
         std::process::exit(code);
