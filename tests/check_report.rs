@@ -9,7 +9,7 @@ use check_common::H;
 use check_common::sim::{SimConfig, simulate};
 use oncekv::tools::check::{CheckOptions, Validity, check_counters, check_linearizable};
 use oncekv::tools::history::{HistoryOp, OpType, Process};
-use oncekv::tools::report::harness::{HarnessFacts, NetFaults, Violation};
+use oncekv::tools::report::harness::{HarnessFacts, NetFaults, ProtocolViolations, Violation};
 use oncekv::tools::report::html::{RunEntry, run_page, store_page};
 use oncekv::tools::report::timeline::timeline_html;
 use oncekv::tools::report::{
@@ -166,7 +166,12 @@ fn facts(violations: u64) -> HarnessFacts {
         time_limit_s: 10.0,
         cpu_share: Some(0.05),
         ops_per_s: 29.5,
-        protocol_violations: (violations, kept),
+        protocol_violations: ProtocolViolations {
+            count: violations,
+            strict: true,
+            first: kept,
+        },
+        availability: None,
         malformed_replies: (0, Vec::new()),
         kills: 0,
         net_faults: NetFaults {
@@ -192,7 +197,7 @@ fn the_harness_object_is_kept_apart_from_the_spec_keys() {
     assert_eq!(r.valid, Validity::Valid);
     let v = serde_json::to_value(&r).expect("serialises");
     assert_eq!(v["harness"]["seed"], json!(42));
-    assert_eq!(v["harness"]["protocol_violations"], json!([0, []]));
+    assert_eq!(v["harness"]["protocol_violations"]["count"], json!(0));
     assert_eq!(v["harness"]["net_faults"]["dropped_partition"], json!(7));
     assert_eq!(v["net"]["servers"]["msg_count"], json!(32));
     let text = summary(&r);

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use oncekv::tools::check::Validity;
+use oncekv::tools::harness::cli::RunFlags;
 use oncekv::tools::harness::nemesis::{Action, NemesisConfig, schedule};
 use oncekv::tools::harness::net::LatencyDist;
 use oncekv::tools::harness::{RunOutcome, run};
@@ -28,6 +29,7 @@ struct Case {
     secs: f64,
     seed: u64,
     p_loss: f64,
+    flags: RunFlags,
 }
 
 impl Case {
@@ -41,6 +43,7 @@ impl Case {
             secs: 12.0,
             seed,
             p_loss: 0.0,
+            flags: RunFlags::default(),
         }
     }
 
@@ -75,6 +78,7 @@ impl Case {
             seed: Some(self.seed),
             strict_null_reads: false,
             args: self.node_args.iter().map(|s| s.to_string()).collect(),
+            run_flags: self.flags,
         };
         let outcome = run(args.into_config(self.seed, out)?).await?;
         eprintln!("{}", outcome.summary);
@@ -272,11 +276,13 @@ async fn protocol_violations_and_malformed_replies_are_reported() -> anyhow::Res
     case.node_args = vec!["noisy"];
     case.nemesis = "";
     case.secs = 4.0;
+    case.flags.strict_protocol = true;
     let o = case.run().await?;
     let h = &o.results["harness"];
-    assert!(h["protocol_violations"][0].as_u64().unwrap() >= 1);
+    assert!(h["protocol_violations"]["count"].as_u64().unwrap() >= 1);
+    assert_eq!(h["protocol_violations"]["strict"], true);
     assert!(
-        h["protocol_violations"][1][0]["line"]
+        h["protocol_violations"]["first"][0]["line"]
             .as_str()
             .unwrap()
             .starts_with("hello from")
@@ -291,6 +297,7 @@ async fn protocol_violations_and_malformed_replies_are_reported() -> anyhow::Res
             .unwrap()
             >= 1
     );
+    // Under --strict-protocol (today's rule before Maelstrom's became the default).
     assert_eq!(o.valid, Validity::Invalid);
     Ok(())
 }
@@ -340,4 +347,165 @@ fn cli_rejects_the_default_concurrency_like_maelstrom() {
     assert_eq!(out.status.code(), Some(255));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("did not answer init"), "{err}");
+}
+
+/// Runs `oncekv test` (the real binary) on the misbehaving test node with `node_args`
+/// and `flags`; returns its exit status and stderr. `out` is its output folder.
+fn oncekv_test(node_args: &[&str], flags: &[&str], out: &std::path::Path) -> (Option<i32>, String) {
+    let _ = std::fs::remove_dir_all(out);
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_oncekv"));
+    cmd.arg("test")
+        .arg("--bin")
+        .arg(example("node_misbehave"))
+        .args(["--node-count", "3", "--concurrency", "2n"])
+        .args(["--seed", "21"])
+        .arg("--out")
+        .arg(out)
+        .args(flags)
+        .arg("--")
+        .args(node_args);
+    eprintln!("running {cmd:?}");
+    let o = cmd.output().expect("runs");
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    eprintln!("exit {:?}\n{err}", o.status.code());
+    (o.status.code(), err)
+}
+
+fn temp_out(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("oncekv-proc-{name}-{}", std::process::id()))
+}
+
+#[test]
+fn a_node_that_crashes_mid_run_ends_the_test_with_255() {
+    // n0 exits with status 3 one second into a 30 s run: no verdict (Maelstrom's
+    // :node-crashed), reported with its last stderr lines, long before the time limit.
+    let out = temp_out("crash");
+    let (code, err) = oncekv_test(&["crash-after-ms", "1000"], &["--time-limit", "30"], &out);
+    assert_eq!(code, Some(255), "{err}");
+    assert!(err.contains("node n0 crashed with exit status 3"), "{err}");
+    assert!(err.contains("n0: crashing on purpose"), "its stderr: {err}");
+    assert!(err.contains("n0.log"), "where its full log is: {err}");
+    assert!(!out.join("results.json").exists(), "no verdict");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stray_line_before_init_is_reported_and_the_checker_decides() -> anyhow::Result<()> {
+    // Each node writes {"src": null, ...} before its init (Maelstrom's raft.rb does
+    // when a vote request beats its init), and answers init_ok with an extra key,
+    // which Maelstrom's init check (the type only) accepts.
+    let mut case = Case::new("stray", "node_misbehave", 17);
+    case.node_args = vec!["stray-line", "init-ok-extra"];
+    case.nemesis = "";
+    case.secs = 3.0;
+    let o = case.run().await?;
+    let pv = &o.results["harness"]["protocol_violations"];
+    assert_eq!(pv["count"], 3, "{pv}");
+    assert!(
+        pv["first"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("must be strings")
+    );
+    assert!(
+        o.summary.contains("PROTOCOL VIOLATIONS: 3"),
+        "{}",
+        o.summary
+    );
+    assert_eq!(
+        o.valid,
+        Validity::Valid,
+        "the checker's verdict: {}",
+        o.summary
+    );
+
+    let mut strict = Case::new("stray-strict", "node_misbehave", 17);
+    strict.node_args = vec!["stray-line"];
+    strict.nemesis = "";
+    strict.secs = 2.0;
+    strict.flags.strict_protocol = true;
+    let o = strict.run().await?;
+    assert_eq!(o.results["linearizable"]["valid"], true);
+    assert_eq!(o.valid, Validity::Invalid, "{}", o.summary);
+    assert!(
+        o.summary.contains("INVALID (--strict-protocol)"),
+        "{}",
+        o.summary
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partial_last_line_at_stop_is_no_violation_nor_a_nonzero_exit_a_crash()
+-> anyhow::Result<()> {
+    // At the stop each node writes half a line and exits with status 1 once its
+    // stdin closes: the harness caused both. Strict, so a violation would show.
+    let mut case = Case::new("partial", "node_misbehave", 18);
+    case.node_args = vec!["partial-last-line", "exit-on-eof-status", "1"];
+    case.nemesis = "";
+    case.secs = 2.0;
+    case.flags.strict_protocol = true;
+    let o = case.run().await?;
+    assert_eq!(o.results["harness"]["protocol_violations"]["count"], 0);
+    assert_eq!(o.valid, Validity::Valid, "{}", o.summary);
+    Ok(())
+}
+
+#[test]
+fn availability_and_test_count_behave_as_in_maelstrom() {
+    // The node fails some ops (reads and cas of missing keys, cas mismatches), so
+    // `total` availability is missed: the first run is invalid and, as Jepsen's
+    // test command does, no further run starts.
+    let out = temp_out("avail-total");
+    let (code, err) = oncekv_test(
+        &[],
+        &[
+            "--time-limit",
+            "2",
+            "--availability",
+            "total",
+            "--test-count",
+            "3",
+        ],
+        &out,
+    );
+    assert_eq!(code, Some(1), "{err}");
+    let r: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("1/results.json")).unwrap())
+            .unwrap();
+    assert_eq!(r["harness"]["availability"]["valid"], false, "{r}");
+    assert_eq!(r["linearizable"]["valid"], true, "{r}");
+    assert!(!out.join("2").exists(), "stops at the first invalid run");
+
+    // 0 is always met: both runs go, each in its own folder with the next seed;
+    // the logging flags copy the nodes' stderr and the network's messages. (Long
+    // and fast enough that some cas succeeds: Jepsen's stats checker wants one.)
+    let out = temp_out("avail-zero");
+    let (code, err) = oncekv_test(
+        &[],
+        &[
+            "--rate",
+            "60",
+            "--time-limit",
+            "3",
+            "--availability",
+            "0",
+            "--test-count",
+            "2",
+            "--log-stderr",
+            "--log-net-send",
+            "--log-net-recv",
+        ],
+        &out,
+    );
+    assert_eq!(code, Some(0), "{err}");
+    for run in ["1", "2"] {
+        assert!(out.join(run).join("results.json").exists(), "run {run}");
+    }
+    assert!(err.contains("seed 21") && err.contains("seed 22"), "{err}");
+    assert!(
+        err.contains("n0 stderr: n0 initialised"),
+        "--log-stderr: {err}"
+    );
+    assert!(err.contains(":send {\"id\":"), "--log-net-send: {err}");
+    assert!(err.contains(":recv {\"id\":"), "--log-net-recv: {err}");
 }

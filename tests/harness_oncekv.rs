@@ -6,6 +6,7 @@
 use std::path::PathBuf;
 
 use oncekv::tools::check::Validity;
+use oncekv::tools::harness::cli::RunFlags;
 use oncekv::tools::harness::net::LatencyDist;
 use oncekv::tools::harness::{RunOutcome, run};
 use oncekv::tools::harness::{TestArgs, Workload};
@@ -50,6 +51,7 @@ async fn run_oncekv_under(
         seed: Some(seed),
         strict_null_reads: false,
         args: Vec::new(),
+        run_flags: RunFlags::default(),
     };
     let outcome = run(args.into_config(seed, out)?).await?;
     eprintln!("{}", outcome.summary);
@@ -67,7 +69,11 @@ fn assert_valid_and_busy(o: &RunOutcome) {
     let stats = &o.results["stats"];
     let ok = |f: &str| stats["by_f"][f]["ok"].as_u64().unwrap_or(0);
     let total = stats["ok"].as_u64().unwrap_or(0);
-    assert!(total >= 30, "too few ok ops to mean anything: {}", o.summary);
+    assert!(
+        total >= 30,
+        "too few ok ops to mean anything: {}",
+        o.summary
+    );
     assert!(ok("read") > 0, "no read succeeded: {}", o.summary);
     assert!(
         ok("write") + ok("cas") + ok("add") > 0,

@@ -37,13 +37,37 @@ pub struct DemoArgs {
     pub seed: Option<u64>,
 }
 
-/// Runs `oncekv test` and writes its summary to `out`; the exit status is the verdict's.
+/// Runs `oncekv test` `--test-count` times (as Jepsen's `test` command does) and
+/// writes each summary to `out`; stops at the first run that is not valid. The exit
+/// status is that run's verdict's (0 if all were valid).
 pub fn run(args: TestArgs, out: &mut dyn Write) -> io::Result<i32> {
-    let seed = args.seed.unwrap_or_else(fresh_seed);
-    let out_dir = args
-        .out
-        .clone()
-        .unwrap_or_else(|| default_out_dir(&store::test_name(args.workload)));
+    let count = args.run_flags.test_count;
+    for i in 0..count.max(1) {
+        // Run i of several: the next seed (each printed), its own output folder.
+        let seed = args.seed.map_or_else(fresh_seed, |s| s.wrapping_add(i));
+        let out_dir = match &args.out {
+            Some(d) if count > 1 => d.join((i + 1).to_string()),
+            Some(d) => d.clone(),
+            None => default_out_dir(&store::test_name(args.workload)),
+        };
+        if count > 1 {
+            eprintln!("oncekv test: run {} of {count}", i + 1);
+        }
+        let code = run_once(args.clone(), seed, out_dir, out)?;
+        if code != 0 {
+            return Ok(code);
+        }
+    }
+    Ok(0)
+}
+
+/// One run: its summary to `out`; the exit status is the verdict's.
+fn run_once(
+    args: TestArgs,
+    seed: u64,
+    out_dir: std::path::PathBuf,
+    out: &mut dyn Write,
+) -> io::Result<i32> {
     let cfg = match args.into_config(seed, out_dir) {
         Ok(cfg) => cfg,
         Err(e) => {
@@ -55,7 +79,7 @@ pub fn run(args: TestArgs, out: &mut dyn Write) -> io::Result<i32> {
     let outcome = match rt.block_on(crate::tools::harness::run(cfg)) {
         Ok(o) => o,
         Err(e) => {
-            // No verdict (e.g. a node never answered init): not 1 (invalid) or 2.
+            // No verdict (a node crashed, or never answered init): not 1 (invalid) or 2.
             eprintln!("error: the test did not run to a verdict: {e:#}");
             return Ok(EXIT_TEST_CRASHED);
         }

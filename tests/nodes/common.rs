@@ -133,7 +133,12 @@ pub fn run(tick: Option<Duration>, mut handle: impl FnMut(&mut Node, Event)) {
             node.id = v["body"]["node_id"].as_str().unwrap_or("").to_string();
             node.nodes = serde_json::from_value(v["body"]["node_ids"].clone()).unwrap_or_default();
             eprintln!("{} initialised with {:?}", node.id, node.nodes);
-            node.reply(&v, json!({"type": "init_ok"}));
+            // `init-ok-extra`: a key Maelstrom's init check ignores (it reads only the type).
+            if std::env::args().any(|a| a == "init-ok-extra") {
+                node.reply(&v, json!({"type": "init_ok", "note": "extra key"}));
+            } else {
+                node.reply(&v, json!({"type": "init_ok"}));
+            }
             continue;
         }
         handle(&mut node, Event::Msg(v));

@@ -74,6 +74,50 @@ pub struct TestArgs {
     /// Arguments passed to every node process.
     #[arg(value_name = "ARGS")]
     pub args: Vec<String>,
+    /// Maelstrom's logging, availability and repetition flags, and `--strict-protocol`.
+    #[command(flatten)]
+    pub run_flags: RunFlags,
+}
+
+/// `oncekv test` flags on how runs are repeated, judged and logged (Maelstrom's
+/// `--availability`, `--test-count`, `--log-stderr`, `--log-net-send`,
+/// `--log-net-recv`; `--strict-protocol` beyond Maelstrom).
+#[derive(Debug, Clone, Args)]
+pub struct RunFlags {
+    /// The fraction of client requests which must succeed: a number from 0 to 1, or
+    /// `total` (every one). If omitted, always valid.
+    #[arg(long, value_name = "EXPECTED")]
+    pub availability: Option<String>,
+    /// How many times to repeat the test; stops at the first run that is not valid.
+    #[arg(long, default_value_t = 1)]
+    pub test_count: u64,
+    /// Copy the nodes' stderr (their debugging output) to the console.
+    #[arg(long)]
+    pub log_stderr: bool,
+    /// Log every message as it is sent into the network.
+    #[arg(long)]
+    pub log_net_send: bool,
+    /// Log every message as it is delivered.
+    #[arg(long)]
+    pub log_net_recv: bool,
+    /// Beyond Maelstrom: any protocol violation (a bad stdout line) makes the run
+    /// invalid. Without it, as under Maelstrom, a violation is reported (the line is
+    /// dropped) and the verdict is the checker's.
+    #[arg(long)]
+    pub strict_protocol: bool,
+}
+
+impl Default for RunFlags {
+    fn default() -> Self {
+        RunFlags {
+            availability: None,
+            test_count: 1,
+            log_stderr: false,
+            log_net_send: false,
+            log_net_recv: false,
+            strict_protocol: false,
+        }
+    }
 }
 
 /// A flag value the harness refuses, with the message Maelstrom/Jepsen would print.
@@ -155,6 +199,24 @@ pub fn check_groups(threads: usize, group: usize) -> Result<(), CliError> {
     Ok(())
 }
 
+/// Parses `--availability` as Maelstrom does: `total` (1), or a number from 0 to 1.
+pub fn parse_availability(spec: &str) -> Result<f64, CliError> {
+    let bad = || CliError::OutOfRange {
+        flag: "--availability",
+        value: spec.to_string(),
+        why: "must be either 'total' or a number between 0 and 1.",
+    };
+    if spec == "total" {
+        return Ok(1.0);
+    }
+    let a: f64 = spec.trim().parse().map_err(|_| bad())?;
+    if (0.0..=1.0).contains(&a) {
+        Ok(a)
+    } else {
+        Err(bad())
+    }
+}
+
 /// Parses `--nemesis` (comma-separated, blanks allowed as in Maelstrom).
 pub fn parse_faults(spec: &str) -> Result<BTreeSet<Fault>, CliError> {
     spec.split(',')
@@ -217,6 +279,17 @@ impl TestArgs {
                 why: "Can't be negative",
             });
         }
+        if self.run_flags.test_count == 0 {
+            return Err(CliError::OutOfRange {
+                flag: "--test-count",
+                value: "0".into(),
+                why: "Must be positive",
+            });
+        }
+        let availability = match &self.run_flags.availability {
+            Some(a) => Some(parse_availability(a)?),
+            None => None,
+        };
         Ok(RunConfig {
             workload: self.workload,
             bin: self.bin,
@@ -230,6 +303,8 @@ impl TestArgs {
                 latency_dist: self.latency_dist,
                 p_loss: probability("--p-loss", self.p_loss)?,
                 p_dup: probability("--p-dup", self.p_dup)?,
+                log_send: self.run_flags.log_net_send,
+                log_recv: self.run_flags.log_net_recv,
                 ..NetConfig::default()
             },
             nemesis: NemesisConfig {
@@ -240,6 +315,9 @@ impl TestArgs {
             seed,
             null_reads: NullReads::from_strict_flag(self.strict_null_reads),
             limits: Limits::default(),
+            strict_protocol: self.run_flags.strict_protocol,
+            availability,
+            log_stderr: self.run_flags.log_stderr,
         })
     }
 }
@@ -311,6 +389,65 @@ mod tests {
              or lowering the test's :concurrency to a multiple of 6."
         );
         assert_eq!(check_groups(12, 6), Ok(()));
+    }
+
+    #[test]
+    fn maelstroms_run_flags_parse_with_its_defaults() {
+        let a = parse(&["--bin", "node", "--concurrency", "10"]);
+        assert_eq!(a.run_flags.test_count, 1);
+        assert_eq!(a.run_flags.availability, None);
+        assert!(!a.run_flags.log_stderr && !a.run_flags.log_net_send && !a.run_flags.log_net_recv);
+        assert!(!a.run_flags.strict_protocol);
+        let cfg = a.into_config(1, PathBuf::from("out")).unwrap();
+        assert_eq!(cfg.availability, None);
+        assert!(!cfg.strict_protocol && !cfg.log_stderr && !cfg.net.log_send);
+
+        let a = parse(&[
+            "--bin",
+            "node",
+            "--node-count",
+            "1",
+            "--concurrency",
+            "2n",
+            "--availability",
+            "total",
+            "--test-count",
+            "4",
+            "--log-stderr",
+            "--log-net-send",
+            "--log-net-recv",
+            "--strict-protocol",
+        ]);
+        assert_eq!(a.run_flags.test_count, 4);
+        let cfg = a.into_config(1, PathBuf::from("out")).unwrap();
+        assert_eq!(cfg.availability, Some(1.0));
+        assert!(cfg.strict_protocol && cfg.log_stderr && cfg.net.log_send && cfg.net.log_recv);
+
+        assert_eq!(parse_availability("0.99"), Ok(0.99));
+        assert_eq!(parse_availability("0"), Ok(0.0));
+        for bad in ["1.5", "-0.1", "most", ""] {
+            let e = parse_availability(bad).unwrap_err().to_string();
+            assert!(
+                e.contains("'total' or a number between 0 and 1"),
+                "{bad}: {e}"
+            );
+        }
+        let zero = parse(&[
+            "--bin",
+            "n",
+            "--node-count",
+            "1",
+            "--concurrency",
+            "2",
+            "--test-count",
+            "0",
+        ]);
+        assert_eq!(
+            zero.into_config(1, PathBuf::from("out"))
+                .unwrap_err()
+                .to_string(),
+            "--test-count 0: Must be positive"
+        );
     }
 
     #[test]

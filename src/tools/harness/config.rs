@@ -63,6 +63,14 @@ pub struct RunConfig {
     pub null_reads: crate::tools::check::NullReads,
     /// The harness's own bounds and timeouts.
     pub limits: Limits,
+    /// `--strict-protocol`: any protocol violation makes the run invalid; otherwise
+    /// (Maelstrom's handling) violations are reported and the verdict is the checker's.
+    pub strict_protocol: bool,
+    /// `--availability`: the fraction of client ops that must complete ok
+    /// (Maelstrom's availability checker; `total` is 1); `None` checks nothing.
+    pub availability: Option<f64>,
+    /// `--log-stderr`: copy the nodes' stderr lines to the harness's stderr.
+    pub log_stderr: bool,
 }
 
 /// The harness's bounds and timeouts. Defaults follow Maelstrom where it has one.
@@ -100,6 +108,15 @@ pub struct Limits {
     pub check_time_limit: Duration,
     /// Bounds on Maelstrom's services (`lin-kv`, `seq-kv`, `lww-kv`, `lin-tso`).
     pub services: ServiceLimits,
+    /// How often every node process is looked at for an exit the harness did not
+    /// cause (a crash ends the run); short, so a crashed node's run ends soon after.
+    pub crash_poll_period: Duration,
+    /// Lines of a crashed node's stdout and of its stderr shown in the crash report
+    /// (Maelstrom's `debug-buffer-size`: 32).
+    pub crash_tail_lines: usize,
+    /// Longest line kept for a crash report; longer ones are cut, so a node writing
+    /// huge lines cannot make the harness hold much (32 lines of this at most).
+    pub crash_tail_line_chars: usize,
 }
 
 impl Default for Limits {
@@ -119,6 +136,9 @@ impl Default for Limits {
             progress_period: Duration::from_secs(1),
             check_time_limit: Duration::from_secs(60),
             services: ServiceLimits::default(),
+            crash_poll_period: Duration::from_millis(100),
+            crash_tail_lines: 32,
+            crash_tail_line_chars: 1000,
         }
     }
 }
@@ -165,6 +185,15 @@ impl RunConfig {
         }
         if let Err(why) = self.limits.services.validate() {
             return bad(&why);
+        }
+        if self.availability.is_some_and(|a| !(0.0..=1.0).contains(&a)) {
+            return bad("availability must be in [0, 1]");
+        }
+        if self.limits.crash_poll_period.is_zero() {
+            return bad("crash_poll_period must be positive");
+        }
+        if self.limits.crash_poll_period >= self.limits.init_timeout {
+            return bad("crash_poll_period must be shorter than init_timeout");
         }
         Ok(())
     }

@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::cli::TestArgs;
+use super::cli::{RunFlags, TestArgs};
 use super::config::Workload;
 use super::net::LatencyDist;
 use super::runner::{HarnessError, RunOutcome, run};
@@ -49,6 +49,7 @@ impl DemoPreset {
             seed: Some(seed),
             strict_null_reads: false,
             args: Vec::new(),
+            run_flags: RunFlags::default(),
         }
     }
 }

@@ -59,6 +59,10 @@ pub struct NetConfig {
     /// Bound on messages waiting in one destination's queue; past it, sends are
     /// refused and counted, so a node flooding the network cannot exhaust memory.
     pub queue_cap: usize,
+    /// `--log-net-send`: print every message as it is sent (Maelstrom's `:send`).
+    pub log_send: bool,
+    /// `--log-net-recv`: print every message as it is delivered (Maelstrom's `:recv`).
+    pub log_recv: bool,
 }
 
 impl Default for NetConfig {
@@ -69,6 +73,8 @@ impl Default for NetConfig {
             p_loss: 0.0,
             p_dup: 0.0,
             queue_cap: 1_000_000,
+            log_send: false,
+            log_recv: false,
         }
     }
 }
@@ -193,6 +199,17 @@ struct Wire<'a> {
     body: &'a Value,
 }
 
+/// A message as a node reads it: `{"id", "src", "dest", "body"}`.
+fn wire_line(id: u64, src: &str, dest: &str, body: &Value) -> String {
+    serde_json::to_string(&Wire {
+        id,
+        src,
+        dest,
+        body,
+    })
+    .unwrap_or_default()
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -286,6 +303,15 @@ impl Net {
             };
             let mut st = lock(&self.state);
             st.next_id += 1;
+            if self.cfg.log_send || self.cfg.log_recv {
+                let line = wire_line(st.next_id, src, dest, body);
+                if self.cfg.log_send {
+                    eprintln!(":send {line}");
+                }
+                if self.cfg.log_recv {
+                    eprintln!(":recv {line}");
+                }
+            }
             st.stats.count(true, |c| {
                 c.send += 1;
                 c.recv += 1;
@@ -314,13 +340,10 @@ impl Net {
         } else {
             1
         };
-        let line = serde_json::to_string(&Wire {
-            id,
-            src,
-            dest,
-            body,
-        })
-        .unwrap_or_default();
+        let line = wire_line(id, src, dest, body);
+        if self.cfg.log_send {
+            eprintln!(":send {line}");
+        }
         let src: Arc<str> = Arc::from(src);
         for _ in 0..copies {
             let ms = if client {
@@ -367,6 +390,9 @@ impl Net {
                 st.stats.faults.dropped_down += 1;
             } else {
                 st.stats.count(client, |c| c.recv += 1);
+                if self.cfg.log_recv {
+                    eprintln!(":recv {}", q.line);
+                }
                 due.lines.push(q.line);
             }
         }

@@ -1,29 +1,41 @@
 //! Node processes: spawn, `init`, stdin delivery, stdout parsing, kill, restart, stop.
 //!
-//! Each node has a delivery task (network queue -> stdin, alive across restarts) and,
-//! per incarnation, a stdout task (stdout -> network). Stdout lines are checked against
-//! the envelope rules; a violation is printed at once with the offending line and kept
-//! for `results.json` (Maelstrom would silently stop reading that node).
+//! Each node has a delivery task (network queue -> stdin, one message written and
+//! flushed at a time, alive across restarts) and, per incarnation, a stdout task
+//! (stdout -> network). Stdout lines are checked against the envelope rules; a
+//! violation is printed at once with the offending line, kept for `results.json`, and
+//! the line is dropped; reading goes on (Maelstrom's stdout thread logs it and its
+//! read loop ends there: see docs/testing.md). Whether it makes the run invalid is the
+//! report's business (`--strict-protocol`). A partial last line of a node the harness
+//! is stopping or killing is not a violation.
+//!
+//! A node that exits while the harness has not stopped or killed it has crashed
+//! (Maelstrom's `stop-node!` and `:node-crashed`): a poller looks at every node
+//! process during the run ([`Cluster::crashed`]), and [`Cluster::stop`] looks again
+//! before it stops them.
 //!
 //! It may not import the product: a node is any Maelstrom binary, reached only
 //! through its stdin, stdout and signals.
 
+use std::collections::VecDeque;
+use std::fmt;
 use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write as _};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::process::{ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
 use thiserror::Error;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, BufWriter};
-use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+use tokio::io::{AsyncBufReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
+use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::client::{CallError, Client};
 use super::net::{Net, SendError};
-use super::schema::{Reply, classify};
 
 /// A failure to bring a node up.
 #[derive(Debug, Error)]
@@ -52,6 +64,83 @@ pub enum ProcessError {
         /// What came back instead.
         why: String,
     },
+    /// The node exited before answering `init`.
+    #[error(transparent)]
+    Crashed(#[from] NodeCrash),
+}
+
+/// A node process that exited while the harness had not stopped or killed it
+/// (Maelstrom's `:node-crashed`): the run ends without a verdict.
+#[derive(Debug, Clone, Error)]
+pub struct NodeCrash {
+    /// The node.
+    pub node: String,
+    /// Its exit status as Maelstrom (the JVM) reports it: the exit code, or 128 +
+    /// the signal that ended it.
+    pub status: i32,
+    /// The signal that ended it, if one did.
+    pub signal: Option<i32>,
+    /// Its last stdout lines, oldest first.
+    pub stdout_tail: Vec<String>,
+    /// Its last stderr lines, oldest first (from its log file).
+    pub stderr_tail: Vec<String>,
+    /// Its full stderr log.
+    pub log: PathBuf,
+}
+
+impl fmt::Display for NodeCrash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "node {} crashed with exit status {}",
+            self.node, self.status
+        )?;
+        if let Some(sig) = self.signal {
+            write!(f, " (signal {sig})")?;
+        }
+        write!(
+            f,
+            ". Before crashing, it wrote to STDOUT:\n\n{}\n\nAnd to STDERR:\n\n{}\n\n\
+             Full STDERR logs are available in {}",
+            self.stdout_tail.join("\n"),
+            self.stderr_tail.join("\n"),
+            self.log.display()
+        )
+    }
+}
+
+/// The status number Maelstrom prints for `status`: the JVM's `exitValue`, which
+/// is 128 + the signal for a process a signal ended.
+fn status_number(status: ExitStatus) -> (i32, Option<i32>) {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => (code, None),
+        (None, Some(sig)) => (128 + sig, Some(sig)),
+        (None, None) => (-1, None),
+    }
+}
+
+/// The last `lines` lines of the file at `path`, reading at most `bytes` from its end.
+fn tail_lines(path: &Path, lines: usize, bytes: u64) -> Vec<String> {
+    let Ok(mut f) = File::open(path) else {
+        return Vec::new();
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let from = len.saturating_sub(bytes);
+    if f.seek(SeekFrom::Start(from)).is_err() {
+        return Vec::new();
+    }
+    let mut buf = Vec::new();
+    if f.take(bytes).read_to_end(&mut buf).is_err() {
+        return Vec::new();
+    }
+    let text = String::from_utf8_lossy(&buf);
+    let mut all: Vec<&str> = text.lines().collect();
+    if from > 0 && !all.is_empty() {
+        all.remove(0); // cut by the byte bound
+    }
+    let skip = all.len().saturating_sub(lines);
+    all[skip..].iter().map(|l| l.to_string()).collect()
 }
 
 pub use crate::tools::report::harness::Violation;
@@ -59,8 +148,14 @@ pub use crate::tools::report::harness::Violation;
 /// Protocol violations seen so far.
 #[derive(Default)]
 pub struct Violations {
-    inner: Mutex<(u64, Vec<Violation>)>,
+    inner: Mutex<ViolationLog>,
     keep: usize,
+}
+
+#[derive(Default)]
+struct ViolationLog {
+    count: u64,
+    kept: Vec<Violation>,
 }
 
 impl Violations {
@@ -72,12 +167,16 @@ impl Violations {
         }
     }
 
+    fn lock(&self) -> std::sync::MutexGuard<'_, ViolationLog> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn report(&self, node: &str, reason: String, line: &str) {
         eprintln!("\nPROTOCOL VIOLATION by {node}: {reason}\n    line: {line}");
-        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        g.0 += 1;
-        if g.1.len() < self.keep {
-            g.1.push(Violation {
+        let mut g = self.lock();
+        g.count += 1;
+        if g.kept.len() < self.keep {
+            g.kept.push(Violation {
                 node: node.to_string(),
                 reason,
                 line: line.to_string(),
@@ -87,7 +186,8 @@ impl Violations {
 
     /// (total count, the ones kept).
     pub fn snapshot(&self) -> (u64, Vec<Violation>) {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        let g = self.lock();
+        (g.count, g.kept.clone())
     }
 }
 
@@ -146,15 +246,35 @@ pub struct ProcessConfig {
     pub init_timeout: Duration,
     /// Grace between closing stdin and SIGKILL at the end.
     pub stop_grace: Duration,
+    /// How often every node process is looked at for an exit nobody caused.
+    pub crash_poll_period: Duration,
+    /// Lines of stdout and of stderr a crash report shows.
+    pub crash_tail_lines: usize,
+    /// Longest line kept for a crash report (longer ones are cut).
+    pub crash_tail_line_chars: usize,
+    /// Copy each stderr line of the nodes to the harness's stderr (`--log-stderr`).
+    pub log_stderr: bool,
 }
 
 /// One node slot: the current incarnation's pipes, and its tasks.
 struct Slot {
     id: String,
+    /// Running and not being stopped or killed by the harness: an exit now is a crash.
     up: AtomicBool,
     stdin: tokio::sync::Mutex<Option<BufWriter<ChildStdin>>>,
     child: tokio::sync::Mutex<Option<Child>>,
     reader: Mutex<Option<JoinHandle<()>>>,
+    /// The current incarnation's last stdout lines, for a crash report.
+    stdout_tail: Mutex<VecDeque<String>>,
+}
+
+/// What a stdout reader shares with its cluster.
+#[derive(Clone)]
+struct ReadCtx {
+    net: Arc<Net>,
+    violations: Arc<Violations>,
+    tail_lines: usize,
+    tail_line_chars: usize,
 }
 
 /// The running nodes.
@@ -165,17 +285,21 @@ pub struct Cluster {
     client_ids: Arc<ClientIds>,
     slots: Vec<Arc<Slot>>,
     deliverers: Vec<JoinHandle<()>>,
+    /// The first crash the poller saw.
+    crash: watch::Receiver<Option<NodeCrash>>,
+    crash_tx: watch::Sender<Option<NodeCrash>>,
+    poller: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Cluster {
     /// Spawns every node of `net`, then sends each its `init` (concurrently) from client
-    /// ids c0..c(N-1).
+    /// ids c0..c(N-1). Once all are up, a poller watches for crashes.
     pub async fn start(
         cfg: ProcessConfig,
         net: Arc<Net>,
         violations: Arc<Violations>,
         client_ids: Arc<ClientIds>,
-    ) -> Result<Cluster, ProcessError> {
+    ) -> Result<Arc<Cluster>, ProcessError> {
         let slots: Vec<Arc<Slot>> = net
             .nodes()
             .iter()
@@ -186,6 +310,7 @@ impl Cluster {
                     stdin: tokio::sync::Mutex::new(None),
                     child: tokio::sync::Mutex::new(None),
                     reader: Mutex::new(None),
+                    stdout_tail: Mutex::new(VecDeque::new()),
                 })
             })
             .collect();
@@ -194,42 +319,74 @@ impl Cluster {
             .enumerate()
             .map(|(i, s)| tokio::spawn(deliver(net.clone(), i, s.clone())))
             .collect();
-        let cluster = Cluster {
+        let (crash_tx, crash) = watch::channel(None);
+        let cluster = Arc::new(Cluster {
             cfg,
             net,
             violations,
             client_ids,
             slots,
             deliverers,
-        };
-        for i in 0..cluster.slots.len() {
-            cluster.spawn(i).await?;
+            crash,
+            crash_tx,
+            poller: Mutex::new(None),
+        });
+        let started = cluster.start_all().await;
+        if started.is_err() {
+            cluster.stop().await;
         }
-        let clients: Vec<String> = (0..cluster.slots.len())
-            .map(|_| cluster.client_ids.next())
+        started?;
+        let poller = tokio::spawn(poll_crashes(cluster.clone()));
+        *cluster.poller.lock().unwrap_or_else(|e| e.into_inner()) = Some(poller);
+        Ok(cluster)
+    }
+
+    async fn start_all(&self) -> Result<(), ProcessError> {
+        for i in 0..self.slots.len() {
+            self.spawn(i).await?;
+        }
+        let clients: Vec<String> = (0..self.slots.len())
+            .map(|_| self.client_ids.next())
             .collect();
         let inits = clients
             .into_iter()
             .enumerate()
-            .map(|(i, c)| cluster.init(i, c));
+            .map(|(i, c)| self.init(i, c));
         for r in futures::future::join_all(inits).await {
             r?;
         }
-        Ok(cluster)
+        Ok(())
     }
 
     fn log_path(&self, i: usize) -> PathBuf {
         self.cfg.log_dir.join(format!("{}.log", self.slots[i].id))
     }
 
+    fn read_ctx(&self) -> ReadCtx {
+        ReadCtx {
+            net: self.net.clone(),
+            violations: self.violations.clone(),
+            tail_lines: self.cfg.crash_tail_lines,
+            tail_line_chars: self.cfg.crash_tail_line_chars,
+        }
+    }
+
     async fn spawn(&self, i: usize) -> Result<(), ProcessError> {
         let path = self.log_path(i);
         let log = open_log(&path)?;
+        let stderr = if self.cfg.log_stderr {
+            Stdio::piped()
+        } else {
+            Stdio::from(log.try_clone().map_err(|source| ProcessError::Log {
+                path: path.clone(),
+                source,
+            })?)
+        };
         let mut child = Command::new(&self.cfg.bin)
             .args(&self.cfg.args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::from(log))
+            .stderr(stderr)
             .kill_on_drop(true)
             .spawn()
             .map_err(|source| ProcessError::Spawn {
@@ -238,15 +395,17 @@ impl Cluster {
             })?;
         let slot = &self.slots[i];
         let (stdin, stdout) = (child.stdin.take(), child.stdout.take());
+        if let Some(err) = child.stderr.take() {
+            tokio::spawn(copy_stderr(err, slot.id.clone(), log));
+        }
+        slot.stdout_tail
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
         *slot.stdin.lock().await = stdin.map(BufWriter::new);
         *slot.child.lock().await = Some(child);
         if let Some(stdout) = stdout {
-            let task = tokio::spawn(read_stdout(
-                stdout,
-                slot.id.clone(),
-                self.net.clone(),
-                self.violations.clone(),
-            ));
+            let task = tokio::spawn(read_stdout(stdout, slot.clone(), self.read_ctx()));
             if let Some(old) = slot
                 .reader
                 .lock()
@@ -260,6 +419,8 @@ impl Cluster {
         Ok(())
     }
 
+    /// Sends `init` and awaits `init_ok`. As Maelstrom (`db.clj`), only the reply's
+    /// type is checked: any other key is fine.
     async fn init(&self, i: usize, client_id: String) -> Result<(), ProcessError> {
         let node = self.slots[i].id.clone();
         let mut client = Client::open(self.net.clone(), client_id);
@@ -268,15 +429,67 @@ impl Cluster {
         body.insert("node_id".into(), Value::from(node.as_str()));
         body.insert("node_ids".into(), Value::from(self.net.nodes().to_vec()));
         let why = match client.call(&node, body, self.cfg.init_timeout).await {
-            Ok(reply) => match classify("init", &reply) {
-                Reply::Ok(_) => return Ok(()),
-                Reply::Error { code, text, .. } => format!("error {code}: {text}"),
-                Reply::Malformed(why) => format!("malformed reply {reply}: {why}"),
+            Ok(reply) => match reply.get("type").and_then(Value::as_str) {
+                Some("init_ok") => return Ok(()),
+                Some("error") => format!(
+                    "error {}: {}",
+                    reply.get("code").unwrap_or(&Value::Null),
+                    reply.get("text").and_then(Value::as_str).unwrap_or("")
+                ),
+                _ => format!("expected an init_ok message, but the node responded with {reply}"),
             },
             Err(CallError::Timeout) => format!("no init_ok within {:?}", self.cfg.init_timeout),
             Err(CallError::Refused(e)) => e.to_string(),
         };
+        if let Some(crash) = self.exited(i).await {
+            return Err(ProcessError::Crashed(crash));
+        }
         Err(ProcessError::Init { node, why })
+    }
+
+    /// If node `i` is up as far as the harness knows but its process has exited: the
+    /// crash, with its last output.
+    async fn exited(&self, i: usize) -> Option<NodeCrash> {
+        let slot = &self.slots[i];
+        if !slot.up.load(Ordering::SeqCst) {
+            return None;
+        }
+        let status = {
+            let mut child = slot.child.lock().await;
+            child.as_mut()?.try_wait().ok()??
+        };
+        // The harness may have begun to stop or kill it meanwhile (closing stdin
+        // first): then the exit is the harness's doing.
+        if !slot.up.load(Ordering::SeqCst) {
+            return None;
+        }
+        let (status, signal) = status_number(status);
+        let stdout_tail = slot
+            .stdout_tail
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .cloned()
+            .collect();
+        let log = self.log_path(i);
+        let bytes = (self.cfg.crash_tail_lines * self.cfg.crash_tail_line_chars) as u64;
+        Some(NodeCrash {
+            node: slot.id.clone(),
+            status,
+            signal,
+            stdout_tail,
+            stderr_tail: tail_lines(&log, self.cfg.crash_tail_lines, bytes),
+            log,
+        })
+    }
+
+    /// Resolves when the poller has seen a node crash (never, if none does).
+    pub async fn crashed(&self) -> NodeCrash {
+        let mut rx = self.crash.clone();
+        match rx.wait_for(Option::is_some).await {
+            Ok(c) => c.clone().unwrap_or_else(|| unreachable!("waited for Some")),
+            Err(_) => std::future::pending().await,
+        }
     }
 
     /// SIGKILLs node `i` (beyond Maelstrom). Messages due while it is down are lost.
@@ -301,10 +514,22 @@ impl Cluster {
         self.slots[i].up.load(Ordering::SeqCst)
     }
 
-    /// Ends every node: close stdin, wait up to the grace period, then SIGKILL.
-    pub async fn stop(self) {
+    /// Ends every node: first looks for one that already exited (a crash, as
+    /// Maelstrom's `stop-node!` does), then closes stdin, waits up to the grace
+    /// period, then SIGKILLs. Returns the first crash seen during the run or now.
+    /// Idempotent.
+    pub async fn stop(&self) -> Option<NodeCrash> {
+        if let Some(p) = self.poller.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            p.abort();
+        }
         for d in &self.deliverers {
             d.abort();
+        }
+        let mut crash = self.crash.borrow().clone();
+        for i in 0..self.slots.len() {
+            if crash.is_none() {
+                crash = self.exited(i).await;
+            }
         }
         for slot in &self.slots {
             slot.up.store(false, Ordering::SeqCst);
@@ -322,6 +547,24 @@ impl Cluster {
                 r.abort();
             }
         }
+        crash
+    }
+}
+
+/// Looks at every node process each period; publishes the first crash and ends.
+async fn poll_crashes(cluster: Arc<Cluster>) {
+    loop {
+        tokio::time::sleep(cluster.cfg.crash_poll_period).await;
+        for i in 0..cluster.slots.len() {
+            if let Some(crash) = cluster.exited(i).await {
+                eprintln!(
+                    "\nnode {} exited (status {}): ending the run",
+                    crash.node, crash.status
+                );
+                let _ = cluster.crash_tx.send(Some(crash));
+                return;
+            }
+        }
     }
 }
 
@@ -336,6 +579,27 @@ fn open_log(path: &Path) -> Result<File, ProcessError> {
         })
 }
 
+/// `--log-stderr`: copies a node's stderr lines to its log file and to the
+/// harness's stderr, until the node closes it.
+async fn copy_stderr(err: ChildStderr, node: String, mut log: File) {
+    let mut lines = BufReader::new(err).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        eprintln!("{node} stderr: {line}");
+        let _ = writeln!(log, "{line}");
+    }
+}
+
+/// Writes `lines` to `w` one message at a time, each followed by a newline and a
+/// flush, as Maelstrom's stdin thread does.
+async fn write_messages<W: AsyncWrite + Unpin>(w: &mut W, lines: &[String]) -> std::io::Result<()> {
+    for line in lines {
+        w.write_all(line.as_bytes()).await?;
+        w.write_all(b"\n").await?;
+        w.flush().await?;
+    }
+    Ok(())
+}
+
 /// Moves due messages from the network into node `i`'s stdin, for the whole run.
 async fn deliver(net: Arc<Net>, i: usize, slot: Arc<Slot>) {
     let notify = net.notifier(i);
@@ -343,17 +607,18 @@ async fn deliver(net: Arc<Net>, i: usize, slot: Arc<Slot>) {
         let due = net.take_due(i, Instant::now(), slot.up.load(Ordering::SeqCst));
         if !due.lines.is_empty() {
             let mut stdin = slot.stdin.lock().await;
-            if let Some(w) = stdin.as_mut() {
-                let mut ok = true;
-                for line in &due.lines {
-                    ok = ok
-                        && w.write_all(line.as_bytes()).await.is_ok()
-                        && w.write_all(b"\n").await.is_ok();
+            if let Some(w) = stdin.as_mut()
+                && let Err(e) = write_messages(w, &due.lines).await
+            {
+                // Loud: a node that closed its stdin or exited loses messages; the
+                // crash poller reports an exit.
+                if slot.up.load(Ordering::SeqCst) {
+                    eprintln!(
+                        "\n{}: writing to its stdin failed ({e}); messages to it are lost until it is restarted",
+                        slot.id
+                    );
                 }
-                if !(ok && w.flush().await.is_ok()) {
-                    // The process is gone; its exit shows in the log and in timeouts.
-                    *stdin = None;
-                }
+                *stdin = None;
             }
         }
         let sleep = due.next.map(tokio::time::Instant::from_std);
@@ -364,8 +629,22 @@ async fn deliver(net: Arc<Net>, i: usize, slot: Arc<Slot>) {
     }
 }
 
+/// Keeps `line` (cut to `chars`) among the last `lines` of `tail`.
+fn remember(tail: &Mutex<VecDeque<String>>, line: &str, lines: usize, chars: usize) {
+    if lines == 0 {
+        return;
+    }
+    let kept: String = line.chars().take(chars).collect();
+    let mut t = tail.lock().unwrap_or_else(|e| e.into_inner());
+    if t.len() >= lines {
+        t.pop_front();
+    }
+    t.push_back(kept);
+}
+
 /// Reads one incarnation's stdout, line by line, into the network.
-async fn read_stdout(stdout: ChildStdout, me: String, net: Arc<Net>, violations: Arc<Violations>) {
+async fn read_stdout(stdout: ChildStdout, slot: Arc<Slot>, ctx: ReadCtx) {
+    let me = slot.id.as_str();
     let mut reader = BufReader::new(stdout);
     let mut buf = Vec::new();
     loop {
@@ -375,21 +654,24 @@ async fn read_stdout(stdout: ChildStdout, me: String, net: Arc<Net>, violations:
             Ok(_) => {}
         }
         let text = String::from_utf8_lossy(&buf);
+        let complete = text.ends_with('\n');
         let line = text.trim_end_matches(['\n', '\r']);
-        match parse_envelope(line) {
-            Ok((src, _, _)) if !net.knows(&src) => {
-                violations.report(&me, format!("unknown src {src:?}"), line)
-            }
-            Ok((src, dest, body)) => match net.send(Instant::now(), &src, &dest, &body) {
-                Ok(()) => {}
-                Err(SendError::UnknownDest(d)) => {
-                    violations.report(&me, format!("unknown dest {d:?}"), line)
-                }
-                Err(SendError::QueueFull(d)) => {
-                    violations.report(&me, format!("queue for {d} is full"), line)
-                }
+        if !complete && !slot.up.load(Ordering::SeqCst) {
+            // Cut short by the harness stopping or killing the node.
+            return;
+        }
+        remember(&slot.stdout_tail, line, ctx.tail_lines, ctx.tail_line_chars);
+        let violation = match parse_envelope(line) {
+            Ok((src, _, _)) if !ctx.net.knows(&src) => Some(format!("unknown src {src:?}")),
+            Ok((src, dest, body)) => match ctx.net.send(Instant::now(), &src, &dest, &body) {
+                Ok(()) => None,
+                Err(SendError::UnknownDest(d)) => Some(format!("unknown dest {d:?}")),
+                Err(SendError::QueueFull(d)) => Some(format!("queue for {d} is full")),
             },
-            Err(reason) => violations.report(&me, reason, line),
+            Err(reason) => Some(reason),
+        };
+        if let Some(reason) = violation {
+            ctx.violations.report(me, reason, line);
         }
     }
 }
@@ -397,6 +679,80 @@ async fn read_stdout(stdout: ChildStdout, me: String, net: Arc<Net>, violations:
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    /// A writer that records what each flush pushed out.
+    #[derive(Default)]
+    struct Flushes {
+        pending: Vec<u8>,
+        flushed: Vec<String>,
+    }
+
+    impl AsyncWrite for Flushes {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            self.pending.extend_from_slice(buf);
+            Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_flush(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            let chunk = String::from_utf8(std::mem::take(&mut self.pending)).unwrap();
+            self.flushed.push(chunk);
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn due_messages_are_written_and_flushed_one_at_a_time() {
+        let mut w = Flushes::default();
+        let lines = vec!["{\"id\":1}".to_string(), "{\"id\":2}".to_string()];
+        write_messages(&mut w, &lines).await.unwrap();
+        assert_eq!(w.flushed, ["{\"id\":1}\n", "{\"id\":2}\n"]);
+    }
+
+    #[test]
+    fn a_crash_report_reads_like_maelstroms() {
+        let dir = std::env::temp_dir().join(format!("oncekv-tail-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("n2.log");
+        let text: String = (0..100).map(|i| format!("line {i}\n")).collect();
+        std::fs::write(&log, text).unwrap();
+        let tail = tail_lines(&log, 3, 1000);
+        assert_eq!(tail, ["line 97", "line 98", "line 99"]);
+        // The byte bound cuts the first, partial, line.
+        assert_eq!(tail_lines(&log, 100, 10), ["line 99"]);
+        let crash = NodeCrash {
+            node: "n2".into(),
+            status: 137,
+            signal: Some(9),
+            stdout_tail: vec!["{\"src\":\"n2\"}".into()],
+            stderr_tail: tail,
+            log: log.clone(),
+        };
+        let text = crash.to_string();
+        assert!(
+            text.starts_with("node n2 crashed with exit status 137 (signal 9). Before crashing"),
+            "{text}"
+        );
+        assert!(
+            text.contains("line 99") && text.contains("n2.log"),
+            "{text}"
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn signals_count_as_128_plus_the_signal_as_on_the_jvm() {
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(status_number(ExitStatus::from_raw(3 << 8)), (3, None));
+        assert_eq!(status_number(ExitStatus::from_raw(9)), (137, Some(9)));
+    }
 
     #[test]
     fn envelope_rules_follow_maelstroms_message_schema() {

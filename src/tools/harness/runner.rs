@@ -1,6 +1,8 @@
 //! One test run, start to finish:
 //! spawn + init -> workers, nemesis, progress line -> time limit -> (exactly-once: heal,
 //! drain retries, final counter reads) -> stop nodes -> check -> write outputs.
+//! A node that crashes (exits while the harness had not stopped or killed it) ends
+//! the run at once without a verdict, as Maelstrom's `:node-crashed` does.
 //!
 //! The only file that wires the others together. Like the whole harness, it may not
 //! import the product: it tests any Maelstrom node binary.
@@ -20,7 +22,7 @@ use super::config::{ConfigError, RunConfig, Workload};
 use super::cpu::CpuMeter;
 use super::nemesis::{Action, Fault, schedule};
 use super::net::Net;
-use super::process::{ClientIds, Cluster, ProcessConfig, ProcessError, Violations};
+use super::process::{ClientIds, Cluster, NodeCrash, ProcessConfig, ProcessError, Violations};
 use super::recorder::Recorder;
 use super::scheduler::{self, Pace};
 use super::schema::{Reply, classify};
@@ -31,6 +33,7 @@ use super::worker::{MalformedLog, RetryPolicy, Worker};
 use super::workload::{ExactlyOnce, Generator, LinKv};
 use crate::tools::check::{CheckOptions, Validity, check_counters, check_linearizable};
 use crate::tools::history::{HistoryOp, OpType, Process};
+use crate::tools::report::harness::{AvailabilityCheck, ProtocolViolations};
 use crate::tools::report::{self, HarnessFacts, Results, fault_windows, html, nemesis_count};
 
 /// A run that could not be carried out (as opposed to one whose verdict is invalid).
@@ -42,6 +45,9 @@ pub enum HarnessError {
     /// Nodes could not be started or initialised.
     #[error(transparent)]
     Process(#[from] ProcessError),
+    /// A node exited while the harness had not stopped or killed it.
+    #[error(transparent)]
+    NodeCrashed(#[from] NodeCrash),
     /// Output files could not be written.
     #[error("cannot write {path}: {source}")]
     Output {
@@ -228,7 +234,10 @@ pub async fn run(cfg: RunConfig) -> Result<RunOutcome, HarnessError> {
     let final_values = drive(&cfg, &rig, &recorder, &malformed, start, end).await;
     let issue_wall = start.elapsed();
     let cpu_share = cpu.share();
-    let (net, violations) = stop_nodes(rig).await;
+    let (net, violations, crash) = stop_nodes(rig).await;
+    if let Some(crash) = crash {
+        return Err(HarnessError::NodeCrashed(crash));
+    }
 
     let ops = recorder.ops();
     let measured = Measured {
@@ -270,31 +279,38 @@ async fn drive(
         end,
         rng: derive_rng(cfg.seed, "schedule"),
     };
-    scheduler::run(generator.as_mut(), workers, pace).await;
-    let _ = nemesis.await;
-    let final_values = if cfg.workload == Workload::ExactlyOnce {
-        let keys = ExactlyOnce::counter_keys(cfg.limits.counter_keys);
-        let process = generator.spare_process();
-        let deadline = end + cfg.limits.final_phase;
-        final_reads(
-            rig,
-            &keys,
-            process,
-            recorder,
-            cfg.client_timeout(),
-            deadline,
-        )
-        .await
-    } else {
-        BTreeMap::new()
+    let mut nemesis = Some(nemesis);
+    // A crash ends the run at once: the caller finds it when it stops the nodes.
+    let final_values = tokio::select! {
+        v = async {
+            scheduler::run(generator.as_mut(), workers, pace).await;
+            if let Some(n) = nemesis.take() {
+                let _ = n.await;
+            }
+            if cfg.workload == Workload::ExactlyOnce {
+                let keys = ExactlyOnce::counter_keys(cfg.limits.counter_keys);
+                let process = generator.spare_process();
+                let deadline = end + cfg.limits.final_phase;
+                final_reads(rig, &keys, process, recorder, cfg.client_timeout(), deadline).await
+            } else {
+                BTreeMap::new()
+            }
+        } => v,
+        _ = rig.cluster.crashed() => BTreeMap::new(),
     };
+    if let Some(n) = nemesis {
+        // No fault may act on the nodes once they are being stopped.
+        n.abort();
+        let _ = n.await;
+    }
     progress.abort();
     eprintln!("\n{}", progress_line(recorder, start.elapsed()));
     final_values
 }
 
-/// Stops the node processes; returns what the report still needs of the rig.
-async fn stop_nodes(rig: Rig) -> (Arc<Net>, Arc<Violations>) {
+/// Stops the node processes; returns what the report still needs of the rig, and
+/// the first node crash seen during the run or at the stop.
+async fn stop_nodes(rig: Rig) -> (Arc<Net>, Arc<Violations>, Option<NodeCrash>) {
     let Rig {
         net,
         cluster,
@@ -302,11 +318,9 @@ async fn stop_nodes(rig: Rig) -> (Arc<Net>, Arc<Violations>) {
         services,
         ..
     } = rig;
-    if let Ok(c) = Arc::try_unwrap(cluster) {
-        c.stop().await;
-    }
+    let crash = cluster.stop().await;
     services.stop();
-    (net, violations)
+    (net, violations, crash)
 }
 
 /// The simulated network, the node processes on it, and what they share.
@@ -363,9 +377,12 @@ async fn start_nodes(cfg: &RunConfig, logs: PathBuf) -> Result<Rig, HarnessError
         log_dir: logs,
         init_timeout: cfg.limits.init_timeout,
         stop_grace: cfg.limits.stop_grace,
+        crash_poll_period: cfg.limits.crash_poll_period,
+        crash_tail_lines: cfg.limits.crash_tail_lines,
+        crash_tail_line_chars: cfg.limits.crash_tail_line_chars,
+        log_stderr: cfg.log_stderr,
     };
-    let cluster =
-        Arc::new(Cluster::start(pcfg, net.clone(), violations.clone(), client_ids.clone()).await?);
+    let cluster = Cluster::start(pcfg, net.clone(), violations.clone(), client_ids.clone()).await?;
     Ok(Rig {
         net,
         cluster,
@@ -497,6 +514,16 @@ struct Measured<'a> {
     started: String,
 }
 
+/// The protocol-violations section of the `harness` object.
+fn protocol_violations(cfg: &RunConfig, v: &Violations) -> ProtocolViolations {
+    let (count, first) = v.snapshot();
+    ProtocolViolations {
+        count,
+        strict: cfg.strict_protocol,
+        first,
+    }
+}
+
 /// Checks the history and assembles `results.json`: the verdicts, the network's
 /// counts, and the harness's own facts.
 fn build_results(
@@ -525,7 +552,8 @@ fn build_results(
         time_limit_s: cfg.time_limit.as_secs_f64(),
         cpu_share: measured.cpu_share,
         ops_per_s: completed as f64 / measured.issue_wall.as_secs_f64().max(1e-9),
-        protocol_violations: measured.violations.snapshot(),
+        protocol_violations: protocol_violations(cfg, measured.violations),
+        availability: cfg.availability.map(|a| AvailabilityCheck::of(a, ops)),
         malformed_replies: measured.malformed.snapshot(),
         kills: nemesis_count(ops, "kill"),
         net_faults: net_stats.faults,

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::tools::check::Validity;
-use crate::tools::history::{HistoryOp, Process};
+use crate::tools::history::{HistoryOp, OpType, Process};
 
 /// One offending stdout line of a node.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -34,6 +34,85 @@ pub struct Malformed {
     pub reply: Value,
     /// What is wrong.
     pub reason: String,
+}
+
+/// The protocol-violations section: stdout lines of nodes that broke Maelstrom's
+/// message schema (each dropped). By default they are reported and the verdict is
+/// the checker's, as under Maelstrom, which logs such a line; under
+/// `--strict-protocol` any violation makes the run invalid.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProtocolViolations {
+    /// How many lines broke the protocol.
+    pub count: u64,
+    /// Whether the run was `--strict-protocol` (a violation makes it invalid).
+    pub strict: bool,
+    /// The first few, verbatim.
+    pub first: Vec<Violation>,
+}
+
+impl ProtocolViolations {
+    /// Invalid only under `--strict-protocol`.
+    pub fn validity(&self) -> Validity {
+        if self.strict && self.count > 0 {
+            Validity::Invalid
+        } else {
+            Validity::Valid
+        }
+    }
+
+    /// The summary's section (empty when there is none).
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if self.count == 0 {
+            return out;
+        }
+        let effect = if self.strict {
+            "the run is INVALID (--strict-protocol)"
+        } else {
+            "each line dropped and logged, as Maelstrom does; the verdict is the checker's (--strict-protocol makes any violation invalid)"
+        };
+        let _ = writeln!(
+            out,
+            "PROTOCOL VIOLATIONS: {}: {effect}; see results.json harness.protocol_violations",
+            self.count
+        );
+        for v in &self.first {
+            let _ = writeln!(out, "  {}: {}: {}", v.node, v.reason, v.line);
+        }
+        out
+    }
+}
+
+/// `--availability` (Maelstrom's availability checker): the fraction of client
+/// ops that must complete ok, and whether the run met it.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct AvailabilityCheck {
+    /// Required ok / invoked (`total` is 1).
+    pub required: f64,
+    /// What the run got: ok / invoked client ops, 1 when none was invoked (as Maelstrom).
+    pub ok_fraction: f64,
+    /// `ok_fraction >= required`.
+    pub valid: bool,
+}
+
+impl AvailabilityCheck {
+    /// Checks `required` against the client ops of `ops`, counted as Maelstrom's
+    /// checker counts them (`h/oks` over `h/invokes`).
+    pub fn of(required: f64, ops: &[HistoryOp]) -> AvailabilityCheck {
+        let client = || ops.iter().filter(|o| o.process != Process::Nemesis);
+        let invokes = client().filter(|o| o.kind == OpType::Invoke).count();
+        let oks = client().filter(|o| o.kind == OpType::Ok).count();
+        let ok_fraction = if invokes == 0 {
+            1.0
+        } else {
+            oks as f64 / invokes as f64
+        };
+        AvailabilityCheck {
+            required,
+            ok_fraction,
+            valid: ok_fraction >= required,
+        }
+    }
 }
 
 /// Messages the simulated network did not deliver as sent.
@@ -66,8 +145,11 @@ pub struct HarnessFacts {
     pub cpu_share: Option<f64>,
     /// Completed client ops per second of the run.
     pub ops_per_s: f64,
-    /// Protocol violations: total and the first few. Any makes the run invalid.
-    pub protocol_violations: (u64, Vec<Violation>),
+    /// Protocol violations, their own section.
+    pub protocol_violations: ProtocolViolations,
+    /// `--availability`'s check, when the flag was given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub availability: Option<AvailabilityCheck>,
     /// Malformed replies: total and the first few.
     pub malformed_replies: (u64, Vec<Malformed>),
     /// Nodes killed by the nemesis (beyond Maelstrom).
@@ -79,14 +161,14 @@ pub struct HarnessFacts {
 }
 
 impl HarnessFacts {
-    /// Invalid if a node broke the envelope protocol (Maelstrom would stop reading
-    /// it), else valid.
+    /// Invalid if a node broke the envelope protocol under `--strict-protocol`, or
+    /// the run fell short of `--availability`; else valid.
     pub fn validity(&self) -> Validity {
-        if self.protocol_violations.0 > 0 {
-            Validity::Invalid
-        } else {
-            Validity::Valid
-        }
+        let available = match self.availability {
+            Some(a) if !a.valid => Validity::Invalid,
+            _ => Validity::Valid,
+        };
+        self.protocol_violations.validity().merge(available)
     }
 
     /// The run's header line for the summary.
@@ -120,16 +202,16 @@ impl HarnessFacts {
             .cpu_share
             .map_or("n/a".into(), |c| format!("{:.0}% of one core", 100.0 * c));
         let _ = writeln!(out, "harness cpu: {cpu}");
-        let pv = self.protocol_violations.0;
-        if pv > 0 {
+        if let Some(a) = &self.availability {
             let _ = writeln!(
                 out,
-                "PROTOCOL VIOLATIONS: {pv} (see results.json harness.protocol_violations)"
+                "availability: ok fraction {:.4}, required {}: {}",
+                a.ok_fraction,
+                a.required,
+                if a.valid { "met" } else { "INVALID" }
             );
-            for v in &self.protocol_violations.1 {
-                let _ = writeln!(out, "  {}: {}: {}", v.node, v.reason, v.line);
-            }
         }
+        out.push_str(&self.protocol_violations.render());
         let mr = self.malformed_replies.0;
         if mr > 0 {
             let _ = writeln!(
@@ -203,7 +285,6 @@ pub fn nemesis_count(ops: &[HistoryOp], f: &str) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tools::history::OpType;
     use serde_json::json;
 
     fn nemesis(f: &str, value: Value, time: u64) -> HistoryOp {
@@ -218,6 +299,53 @@ mod tests {
             client_id: None,
             seq: None,
         }
+    }
+
+    fn op(process: Process, kind: OpType) -> HistoryOp {
+        HistoryOp {
+            process,
+            kind,
+            ..nemesis("read", Value::Null, 0)
+        }
+    }
+
+    #[test]
+    fn violations_invalidate_only_under_strict_protocol() {
+        let mut pv = ProtocolViolations {
+            count: 2,
+            strict: false,
+            first: vec![Violation {
+                node: "n1".into(),
+                reason: "src and dest must be strings".into(),
+                line: r#"{"src":null}"#.into(),
+            }],
+        };
+        assert_eq!(pv.validity(), Validity::Valid);
+        let text = pv.render();
+        assert!(text.starts_with("PROTOCOL VIOLATIONS: 2: "), "{text}");
+        assert!(text.contains("the verdict is the checker's"), "{text}");
+        assert!(text.contains(r#"n1: src and dest must be strings: {"src":null}"#));
+        pv.strict = true;
+        assert_eq!(pv.validity(), Validity::Invalid);
+        assert!(pv.render().contains("INVALID (--strict-protocol)"));
+        assert_eq!(ProtocolViolations::default().render(), "");
+    }
+
+    #[test]
+    fn availability_counts_client_oks_over_client_invokes_like_maelstrom() {
+        let c = Process::Client(0);
+        let ops = [
+            op(c, OpType::Invoke),
+            op(c, OpType::Ok),
+            op(c, OpType::Invoke),
+            op(c, OpType::Fail),
+            nemesis("start-partition", json!({}), 1),
+        ];
+        let a = AvailabilityCheck::of(0.5, &ops);
+        assert_eq!((a.ok_fraction, a.valid), (0.5, true));
+        assert!(!AvailabilityCheck::of(1.0, &ops).valid);
+        // Nothing invoked: Maelstrom's fraction is 1.
+        assert!(AvailabilityCheck::of(1.0, &[]).valid);
     }
 
     #[test]
