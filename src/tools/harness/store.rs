@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 use super::config::{RunConfig, Workload};
 use super::nemesis::Fault;
+use crate::tools::check::NullReads;
 use crate::tools::report::TestParams;
 use crate::tools::report::html::{RunEntry, store_page};
 use crate::tools::report::params::shell_line;
@@ -191,6 +192,15 @@ pub fn rerun_command(cfg: &RunConfig) -> Vec<String> {
     flag("p-loss", cfg.net.p_loss.to_string());
     flag("p-dup", cfg.net.p_dup.to_string());
     flag("seed", cfg.seed.to_string());
+    if let Some(a) = cfg.availability {
+        flag("availability", a.to_string());
+    }
+    if cfg.null_reads == NullReads::Strict {
+        w.push("--strict-null-reads".into());
+    }
+    if cfg.strict_protocol {
+        w.push("--strict-protocol".into());
+    }
     if !cfg.args.is_empty() {
         w.push("--".into());
         w.extend(cfg.args.iter().cloned());
@@ -207,10 +217,11 @@ fn latency_dist_name(cfg: &RunConfig) -> String {
 }
 
 /// The flags [`rerun_command`] writes, and those it leaves out on purpose
-/// (`--out`: a re-run gets a folder of its own). A unit test holds every flag of
+/// (`--out`: a re-run gets a folder of its own; `--test-count`: the command is one
+/// run; the logging flags change what is printed, not the run). A unit test holds every flag of
 /// `oncekv test` to this list, so a new flag must be added here and to the
 /// command.
-pub const RECORDED_FLAGS: [&str; 13] = [
+pub const RECORDED_FLAGS: [&str; 16] = [
     "workload",
     "bin",
     "node-count",
@@ -224,9 +235,18 @@ pub const RECORDED_FLAGS: [&str; 13] = [
     "p-loss",
     "p-dup",
     "seed",
+    "availability",
+    "strict-null-reads",
+    "strict-protocol",
 ];
 /// Flags of `oncekv test` that a re-run does not repeat.
-pub const UNRECORDED_FLAGS: [&str; 1] = ["out"];
+pub const UNRECORDED_FLAGS: [&str; 5] = [
+    "out",
+    "test-count",
+    "log-stderr",
+    "log-net-send",
+    "log-net-recv",
+];
 
 /// `results.json`'s `test` object for `cfg`, started at `started` (ISO UTC).
 pub fn params(cfg: &RunConfig, started: String) -> TestParams {
@@ -252,6 +272,9 @@ pub fn params(cfg: &RunConfig, started: String) -> TestParams {
         p_loss: cfg.net.p_loss,
         p_dup: cfg.net.p_dup,
         seed: cfg.seed,
+        availability: cfg.availability,
+        strict_null_reads: cfg.null_reads == NullReads::Strict,
+        strict_protocol: cfg.strict_protocol,
         started,
         cwd: std::env::current_dir()
             .map(|d| d.to_string_lossy().into_owned())
@@ -320,6 +343,10 @@ mod tests {
                 "0.125",
                 "--seed",
                 "18446744073709551615",
+                "--availability",
+                "total",
+                "--strict-null-reads",
+                "--strict-protocol",
                 "--out",
                 "elsewhere",
                 "--",

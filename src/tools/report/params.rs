@@ -39,6 +39,15 @@ pub struct TestParams {
     pub p_dup: f64,
     /// The seed every random choice derives from.
     pub seed: u64,
+    /// `--availability`: the fraction of ok ops required, if any.
+    #[serde(default)]
+    pub availability: Option<f64>,
+    /// `--strict-null-reads`: ok reads of null judged strictly.
+    #[serde(default)]
+    pub strict_null_reads: bool,
+    /// `--strict-protocol`: any protocol violation makes the run invalid.
+    #[serde(default)]
+    pub strict_protocol: bool,
     /// When the run started, UTC (`2026-12-02T07:15:44Z`).
     pub started: String,
     /// The working directory the run was started in (relative `bin` and `args`
