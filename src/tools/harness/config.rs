@@ -117,6 +117,12 @@ pub struct Limits {
     /// Longest line kept for a crash report; longer ones are cut, so a node writing
     /// huge lines cannot make the harness hold much (32 lines of this at most).
     pub crash_tail_line_chars: usize,
+    /// Longest stdout line read from a node, newline included. A longer line is
+    /// read to its end without being kept and reported as a protocol violation, so
+    /// a node that writes without newlines cannot make the harness grow without
+    /// bound. Far above what Maelstrom nodes write (oncekv's own peer lines stay
+    /// under 8 MiB); at least a service request (`services.request_bytes_max`).
+    pub node_line_bytes_max: usize,
 }
 
 impl Default for Limits {
@@ -139,6 +145,7 @@ impl Default for Limits {
             crash_poll_period: Duration::from_millis(100),
             crash_tail_lines: 32,
             crash_tail_line_chars: 1000,
+            node_line_bytes_max: 64 << 20,
         }
     }
 }
@@ -185,6 +192,11 @@ impl RunConfig {
         }
         if let Err(why) = self.limits.services.validate() {
             return bad(&why);
+        }
+        if self.limits.node_line_bytes_max < self.limits.services.request_bytes_max {
+            return bad(
+                "node_line_bytes_max must hold a service request (services.request_bytes_max)",
+            );
         }
         if self.availability.is_some_and(|a| !(0.0..=1.0).contains(&a)) {
             return bad("availability must be in [0, 1]");

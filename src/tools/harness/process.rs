@@ -252,6 +252,8 @@ pub struct ProcessConfig {
     pub crash_tail_lines: usize,
     /// Longest line kept for a crash report (longer ones are cut).
     pub crash_tail_line_chars: usize,
+    /// Longest stdout line kept, newline included (`Limits::node_line_bytes_max`).
+    pub line_bytes_max: usize,
     /// Copy each stderr line of the nodes to the harness's stderr (`--log-stderr`).
     pub log_stderr: bool,
 }
@@ -275,6 +277,7 @@ struct ReadCtx {
     violations: Arc<Violations>,
     tail_lines: usize,
     tail_line_chars: usize,
+    line_bytes_max: usize,
 }
 
 /// The running nodes.
@@ -368,6 +371,7 @@ impl Cluster {
             violations: self.violations.clone(),
             tail_lines: self.cfg.crash_tail_lines,
             tail_line_chars: self.cfg.crash_tail_line_chars,
+            line_bytes_max: self.cfg.line_bytes_max,
         }
     }
 
@@ -642,6 +646,58 @@ fn remember(tail: &Mutex<VecDeque<String>>, line: &str, lines: usize, chars: usi
     t.push_back(kept);
 }
 
+/// What [`read_line_bounded`] found.
+#[derive(Debug, PartialEq)]
+enum LineRead {
+    /// End of stream, nothing read.
+    End,
+    /// A line (newline kept, if it had one) is in the buffer.
+    Line,
+    /// A line of this many bytes (newline included) was longer than the limit: it
+    /// was consumed, and none of it kept.
+    TooLong(u64),
+}
+
+/// Reads one line into `buf`, keeping at most `max` bytes: a longer line is read to
+/// its newline (or the end of the stream) and dropped. `read_until` alone would
+/// hold a line of any length, so a node writing without newlines could grow the
+/// harness without bound; no tokio or std reader caps a line while skipping the rest.
+async fn read_line_bounded<R: tokio::io::AsyncBufRead + Unpin>(
+    reader: &mut R,
+    buf: &mut Vec<u8>,
+    max: usize,
+) -> std::io::Result<LineRead> {
+    let mut total: u64 = 0;
+    loop {
+        let avail = reader.fill_buf().await?;
+        if avail.is_empty() {
+            return Ok(match total {
+                0 => LineRead::End,
+                t if t > max as u64 => LineRead::TooLong(t),
+                _ => LineRead::Line,
+            });
+        }
+        let (n, done) = match avail.iter().position(|&b| b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (avail.len(), false),
+        };
+        total += n as u64;
+        if total <= max as u64 {
+            buf.extend_from_slice(&avail[..n]);
+        } else {
+            buf.clear();
+        }
+        reader.consume(n);
+        if done {
+            return Ok(if total > max as u64 {
+                LineRead::TooLong(total)
+            } else {
+                LineRead::Line
+            });
+        }
+    }
+}
+
 /// Reads one incarnation's stdout, line by line, into the network.
 async fn read_stdout(stdout: ChildStdout, slot: Arc<Slot>, ctx: ReadCtx) {
     let me = slot.id.as_str();
@@ -649,9 +705,18 @@ async fn read_stdout(stdout: ChildStdout, slot: Arc<Slot>, ctx: ReadCtx) {
     let mut buf = Vec::new();
     loop {
         buf.clear();
-        match reader.read_until(b'\n', &mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
+        match read_line_bounded(&mut reader, &mut buf, ctx.line_bytes_max).await {
+            Ok(LineRead::End) | Err(_) => return,
+            Ok(LineRead::Line) => {}
+            Ok(LineRead::TooLong(len)) => {
+                let reason = format!(
+                    "a line of {len} bytes, longer than the {} the harness reads \
+                     (node_line_bytes_max); dropped unread",
+                    ctx.line_bytes_max
+                );
+                ctx.violations.report(me, reason, "");
+                continue;
+            }
         }
         let text = String::from_utf8_lossy(&buf);
         let complete = text.ends_with('\n');
@@ -679,6 +744,52 @@ async fn read_stdout(stdout: ChildStdout, slot: Arc<Slot>, ctx: ReadCtx) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_line_longer_than_the_limit_is_skipped_whole_and_reading_goes_on() {
+        let long = "x".repeat(100);
+        let input = format!("short\n{long}\nnext\ncut");
+        // A small inner buffer, so the long line spans several fills.
+        let mut r = tokio::io::BufReader::with_capacity(7, input.as_bytes());
+        let mut buf = Vec::new();
+        let mut seen = Vec::new();
+        loop {
+            buf.clear();
+            match read_line_bounded(&mut r, &mut buf, 10)
+                .await
+                .expect("reads")
+            {
+                LineRead::End => break,
+                LineRead::Line => seen.push(String::from_utf8_lossy(&buf).into_owned()),
+                LineRead::TooLong(n) => {
+                    assert!(buf.is_empty(), "nothing of a long line is kept");
+                    seen.push(format!("too long: {n}"));
+                }
+            }
+        }
+        assert_eq!(seen, ["short\n", "too long: 101", "next\n", "cut"]);
+        // A line of exactly the limit, newline included, is kept.
+        let mut r = tokio::io::BufReader::with_capacity(3, "123456789\n".as_bytes());
+        buf.clear();
+        assert_eq!(
+            read_line_bounded(&mut r, &mut buf, 10)
+                .await
+                .expect("reads"),
+            LineRead::Line
+        );
+        assert_eq!(buf, b"123456789\n");
+        // A huge line without a newline at the end of the stream is reported, not kept.
+        let huge = vec![b'y'; 1 << 16];
+        let mut r = tokio::io::BufReader::new(&huge[..]);
+        buf.clear();
+        assert_eq!(
+            read_line_bounded(&mut r, &mut buf, 10)
+                .await
+                .expect("reads"),
+            LineRead::TooLong(1 << 16)
+        );
+        assert!(buf.is_empty());
+    }
     use std::pin::Pin;
     use std::task::{Context, Poll};
 

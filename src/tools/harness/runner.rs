@@ -380,6 +380,7 @@ async fn start_nodes(cfg: &RunConfig, logs: PathBuf) -> Result<Rig, HarnessError
         crash_poll_period: cfg.limits.crash_poll_period,
         crash_tail_lines: cfg.limits.crash_tail_lines,
         crash_tail_line_chars: cfg.limits.crash_tail_line_chars,
+        line_bytes_max: cfg.limits.node_line_bytes_max,
         log_stderr: cfg.log_stderr,
     };
     let cluster = Cluster::start(pcfg, net.clone(), violations.clone(), client_ids.clone()).await?;
