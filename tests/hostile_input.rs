@@ -57,6 +57,29 @@ fn cases() -> Vec<Case> {
             r#"{"src":"{SRC}","dest":"{DEST}"}"#.into(),
             Expect::Dropped,
         ),
+        // A line that is not JSON or lacks its envelope is dropped even when its
+        // sender and msg_id could be read from it.
+        c(
+            "no dest",
+            r#"{"src":"{SRC}","body":{"type":"read","msg_id":{ID},"key":1}}"#.into(),
+            Expect::Dropped,
+        ),
+        c(
+            "dest not a string",
+            r#"{"src":"{SRC}","dest":7,"body":{"type":"read","msg_id":{ID},"key":1}}"#.into(),
+            Expect::Dropped,
+        ),
+        c(
+            "cut short",
+            r#"{"src":"{SRC}","dest":"{DEST}","body":{"type":"write","msg_id":{ID},"key":1,"value":"#
+                .into(),
+            Expect::Dropped,
+        ),
+        c(
+            "a syntax error after the msg_id",
+            req(r#"{"type":"read","msg_id":{ID},"key":1,,}"#),
+            Expect::Dropped,
+        ),
         c(
             "control bytes",
             "\u{0}\u{1}garbage\u{7f}".into(),

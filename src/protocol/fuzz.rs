@@ -18,6 +18,7 @@ use proptest::prelude::*;
 use proptest::test_runner::Config;
 use serde_json::Value;
 
+use super::parse::has_envelope;
 use super::{Body, Message, ParseError, Skeleton, legacy, parse_line, props};
 
 /// A valid line as members, so structural mutations can work on fields.
@@ -431,6 +432,7 @@ fn check(bytes: &[u8], split: usize) -> Result<(), TestCaseError> {
     let parsed = parse_line(line);
     // Who a plain JSON reading says sent it, and under which msg_id.
     let plain: Option<(String, u64)> = serde_json::from_str::<Value>(line).ok().and_then(|v| {
+        v.get("dest")?.as_str()?;
         Some((
             v.get("src")?.as_str()?.to_string(),
             v.get("body")?.get("msg_id")?.as_u64()?,
@@ -470,6 +472,8 @@ fn check(bytes: &[u8], split: usize) -> Result<(), TestCaseError> {
             in_reply_to,
             ..
         }) => {
+            // Not JSON, cut short, or without `src`, `dest` and `body`: dropped.
+            prop_assert!(has_envelope(line), "answered a line without its envelope");
             prop_assert!(
                 agrees(&sk_src, src),
                 "skeleton src {:?}, error's {:?}",
@@ -501,8 +505,10 @@ fn check(bytes: &[u8], split: usize) -> Result<(), TestCaseError> {
                 plain
             );
             prop_assert!(
-                !(sk_src.is_some() && (sk_msg_id.is_some() || sk_in_reply_to.is_some())),
-                "dropped ({}) although the skeleton reads its addressing",
+                !(has_envelope(line)
+                    && sk_src.is_some()
+                    && (sk_msg_id.is_some() || sk_in_reply_to.is_some())),
+                "dropped ({}) although it has its envelope and the skeleton reads its addressing",
                 why
             );
         }

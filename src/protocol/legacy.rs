@@ -396,14 +396,15 @@ fn parse_general(line: &str) -> Result<Message, ParseError> {
     })
 }
 
-/// The error for a line serde_json refused as a whole: a body error when
-/// [`Skeleton`] can still read who sent it (`src`) and a `msg_id` or
-/// `in_reply_to`, so the request is answered (or the reply's caller told);
-/// otherwise an envelope error (log and drop).
+/// The error for a line serde_json refused as a whole: a body error when the
+/// line has its envelope and [`Skeleton`] can read who sent it (`src`) and a
+/// `msg_id` or `in_reply_to`, so the request is answered (or the reply's caller
+/// told); otherwise an envelope error (log and drop).
 fn unparsed(line: &str, e: &serde_json::Error) -> ParseError {
     let mut sk = Skeleton::default();
     sk.feed(line.as_bytes());
     sk.finish();
+    let answerable = super::parse::has_envelope(line);
     let what = if e.to_string().starts_with("recursion limit exceeded") {
         format!(
             "JSON nested deeper than {JSON_DEPTH_MAX} levels; values may nest at most \
@@ -413,13 +414,15 @@ fn unparsed(line: &str, e: &serde_json::Error) -> ParseError {
         e.to_string()
     };
     match sk.src {
-        Some(src) if sk.msg_id.is_some() || sk.in_reply_to.is_some() => ParseError::Body {
-            src,
-            dest: sk.dest.unwrap_or_default(),
-            msg_id: sk.msg_id,
-            in_reply_to: sk.in_reply_to,
-            text: format!("not a valid message: {what}"),
-        },
+        Some(src) if answerable && (sk.msg_id.is_some() || sk.in_reply_to.is_some()) => {
+            ParseError::Body {
+                src,
+                dest: sk.dest.unwrap_or_default(),
+                msg_id: sk.msg_id,
+                in_reply_to: sk.in_reply_to,
+                text: format!("not a valid message: {what}"),
+            }
+        }
         _ => ParseError::Envelope(what),
     }
 }

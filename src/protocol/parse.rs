@@ -657,11 +657,36 @@ fn too_deep() -> String {
     )
 }
 
-/// The error for a line serde_json refused as a whole: a body error when
-/// [`Skeleton`] can still read who sent it (`src`) and a `msg_id` or
-/// `in_reply_to`, so the request is answered (or the reply's caller told);
-/// otherwise an envelope error (log and drop).
+/// Whether `line` is a JSON object with string `src` and `dest` and a `body`, as
+/// far as JSON's syntax goes: values are skipped unread (`IgnoredAny`), so a
+/// number no type holds (`1e400`, an integer beyond 64 bits) or nesting beyond
+/// the parser's depth limit still passes, while a line cut short, not JSON, or
+/// without its envelope does not. Only a line that passes is answered when
+/// serde_json refused it: anything else is logged and dropped.
+pub(super) fn has_envelope(line: &str) -> bool {
+    // Raw values: read for their syntax only (a field named twice is no fault
+    // here, as it is none for the parse).
+    let Ok(fields) =
+        serde_json::from_str::<std::collections::BTreeMap<String, Box<RawValue>>>(line)
+    else {
+        return false;
+    };
+    let string = |name: &str| {
+        fields
+            .get(name)
+            .is_some_and(|v| serde_json::from_str::<String>(v.get()).is_ok())
+    };
+    string("src") && string("dest") && fields.contains_key("body")
+}
+
+/// The error for a line serde_json refused as a whole: a body error when the
+/// line has its envelope ([`has_envelope`]) and [`Skeleton`] can read who sent
+/// it (`src`) and a `msg_id` or `in_reply_to`, so the request is answered (or
+/// the reply's caller told); otherwise an envelope error (log and drop).
 fn unparsed(line: &str, e: &serde_json::Error) -> ParseError {
+    if !has_envelope(line) {
+        return ParseError::Envelope(unreadable(e));
+    }
     let mut sk = Skeleton::default();
     sk.feed(line.as_bytes());
     sk.finish();
