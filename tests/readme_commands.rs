@@ -167,8 +167,11 @@ fn classify(line: &Line) -> Kind {
     }
 }
 
-/// `args` with `--help` before any `--` (after it, words go to the node).
+/// `args` with `--help` before any `--` (after it, words go to the node), the
+/// shell's redirections and pipes (which are not arguments) left out.
 fn with_help(args: &[String]) -> Vec<String> {
+    let shell = |a: &String| a.starts_with(['>', '<', '|']) || a.starts_with("2>");
+    let args = &args[..args.iter().position(shell).unwrap_or(args.len())];
     let at = args.iter().position(|a| a == "--").unwrap_or(args.len());
     let mut out = args[..at].to_vec();
     out.push("--help".into());
@@ -587,5 +590,7 @@ mod parsing {
             with_help(&["test".into(), "--".into(), "x".into()]),
             ["test", "--help", "--", "x"]
         );
+        let piped: Vec<String> = "check h | head -1".split(' ').map(String::from).collect();
+        assert_eq!(with_help(&piped), ["check", "h", "--help"]);
     }
 }
