@@ -35,7 +35,11 @@ fn bodies(out: &str) -> Vec<Value> {
 fn seed_exchange_is_byte_for_byte() {
     let input = include_str!("fixtures/reference_exchange.in");
     let expected = include_str!("fixtures/reference_exchange.out");
-    assert_eq!(input.lines().next(), Some(INIT), "the fixture starts with INIT");
+    assert_eq!(
+        input.lines().next(),
+        Some(INIT),
+        "the fixture starts with INIT"
+    );
     assert_eq!(run_script(input), expected);
 }
 
