@@ -101,7 +101,7 @@ fn a_clean_run_is_valid_and_says_so() {
 }
 
 #[test]
-fn results_json_has_the_spec_shape() {
+fn results_json_has_the_shape_docs_history_gives() {
     let r = results_for(&mixed());
     let v = serde_json::to_value(&r).expect("serialises");
     let keys: Vec<&str> = v

@@ -118,13 +118,13 @@ async fn correct_node_is_valid_under_partitions() -> anyhow::Result<()> {
         r["net"]["servers"]["msg_count"].as_u64().unwrap() > 0,
         "forwarding uses node messages"
     );
-    assert_spec_shape(&r);
+    assert_documented_shape(&r);
     Ok(())
 }
 
 /// The keys of `docs/history.md`'s results.json, with the harness's own facts
 /// apart under `harness`.
-fn assert_spec_shape(r: &Value) {
+fn assert_documented_shape(r: &Value) {
     assert!(r["valid"].is_boolean() || r["valid"] == "unknown", "{r}");
     assert_eq!(r["workload"], "lin-kv");
     let lin = &r["linearizable"];

@@ -27,21 +27,20 @@ fn bodies(out: &str) -> Vec<Value> {
         .collect()
 }
 
-/// The reference exchange of the protocol: a one-node cluster's `init` and a
-/// `write`, answered byte for byte.
+/// The reference exchange of the protocol (`docs/protocol.md`, "init"): a
+/// one-node cluster's `init` and a `write`, answered byte for byte. The input
+/// and the expected output are fixtures of this repository
+/// (`tests/fixtures/reference_exchange.in` and `.out`).
 #[test]
 fn seed_exchange_is_byte_for_byte() {
-    let input = format!(
-        "{INIT}\n{}\n",
-        r#"{"src":"c1","dest":"n1","body":{"type":"write","msg_id":2,"key":"x","value":1,"client_id":"c1","seq":1}}"#
+    let input = include_str!("fixtures/reference_exchange.in");
+    let expected = include_str!("fixtures/reference_exchange.out");
+    assert_eq!(
+        input.lines().next(),
+        Some(INIT),
+        "the fixture starts with INIT"
     );
-    let expected = concat!(
-        r#"{"src":"n1","dest":"c0","body":{"type":"init_ok","in_reply_to":1,"msg_id":0}}"#,
-        "\n",
-        r#"{"src":"n1","dest":"c1","body":{"type":"write_ok","in_reply_to":2,"msg_id":1}}"#,
-        "\n"
-    );
-    assert_eq!(run_script(&input), expected);
+    assert_eq!(run_script(input), expected);
 }
 
 /// A single node answers a script exactly like a sequential store, in input order.
@@ -80,8 +79,8 @@ fn single_node_is_a_sequential_store() {
 
 /// A retry arriving right behind an entry that changes its answer (a close, a
 /// raised `first_outstanding`) gets the answer a sequential store gives, not the
-/// reply cached before that entry applied (section 4b). Staged so the race is
-/// certain: the original request has applied (its reply is cached) before the
+/// reply cached before that entry applied (`docs/protocol.md`, "Reply order").
+/// Staged so the race is certain: the original request has applied (its reply is cached) before the
 /// close and the retry arrive together, in one read.
 #[test]
 fn a_retry_behind_a_close_or_a_window_move_is_answered_in_order() {

@@ -632,8 +632,8 @@ impl Driver {
             Started::Ready(reply) => return self.answer_now(src, msg_id, reply).await,
             Started::Pending(finish) => finish,
         };
-        // A request that may wait on the log holds back later replies (protocol.md
-        // section 4b); a read forwarded to the leader does not.
+        // A request that may wait on the log holds back later replies
+        // (`docs/protocol.md`, "Reply order"); a read forwarded to the leader does not.
         let ticket = self.ticket();
         let accept = Out::Accept {
             ticket,

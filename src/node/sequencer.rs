@@ -1,4 +1,4 @@
-//! The reply-order rule of protocol.md section 4b, as a pure structure.
+//! The reply-order rule of `docs/protocol.md`, "Reply order", as a pure structure.
 //!
 //! Every client request gets a ticket in arrival order. Requests that wait on the
 //! log (mutations) are *pending* until answered. A reply is emitted only when no

@@ -163,7 +163,8 @@ impl Node {
     /// The ordered half of serving, for a transport's reader to call in arrival order:
     /// a leader submits a proposal to Raft now, so writes enter the log in the order
     /// this node received them, and in a single-voter cluster a read is evaluated
-    /// after every earlier proposal and before any later one (protocol.md section 4b).
+    /// after every earlier proposal and before any later one (`docs/protocol.md`,
+    /// "Reply order").
     /// What is left to do is returned: the reply itself, or a future finishing it.
     pub async fn start_request(self: &Arc<Self>, req: Request) -> Started {
         self.start_forwarded(Forwarded::from_request(req)).await
@@ -282,8 +283,8 @@ impl Node {
     /// entry, but only when every proposal this node submitted before it has
     /// finished: otherwise an earlier `close_session`, `first_outstanding` or
     /// other entry still in flight could change the answer, and the reply would no
-    /// longer be the one a sequential store gives (protocol.md section 4b). Then,
-    /// or if the state is busy, the op goes through the log and the apply-time
+    /// longer be the one a sequential store gives (`docs/protocol.md`, "Reply
+    /// order"). Then, or if the state is busy, the op goes through the log and the apply-time
     /// rule answers it.
     fn cached(&self, op: &Op) -> Option<Reply> {
         let Op::Kv {

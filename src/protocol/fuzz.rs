@@ -531,7 +531,7 @@ fn answered(e: &ParseError) -> bool {
 /// - a field the legacy parser skipped unread on one of its paths (an unknown
 ///   field on its fast path) holding what is not JSON to serde_json (`1e400`, a
 ///   lone surrogate `\ud800`) or an integer beyond 64 bits: refused now, as
-///   protocol.md section 6 says ("every field of the body is read, unknown ones
+///   `docs/protocol.md`, "Bad input" says ("every field of the body is read, unknown ones
 ///   included");
 /// - a `raft_*` request's `rpc`, kept as text unread by the typed parser and
 ///   decoded later into openraft's type (which refuses what it cannot take, with

@@ -5,7 +5,7 @@
 //! what a request may carry. Parsing is strict and total: any line either
 //! becomes a [`Message`] or a [`ParseError`] that says what was wrong, so a node
 //! can answer error 12 (or log and drop) instead of crashing. Emitted bodies
-//! keep the byte-stable key order of `protocol.md` section 1: `type`, payload,
+//! keep the byte-stable key order of `docs/protocol.md`, "Envelope": `type`, payload,
 //! `in_reply_to`, `msg_id`.
 //!
 //! - [`parse`]: one line in, one [`Message`] or [`ParseError`] out.
@@ -45,7 +45,7 @@ mod props;
 /// A node or client name, as `init` and Maelstrom spell it (`n0`, `c12`).
 pub type Name = String;
 
-/// Maelstrom's error codes used by oncekv (`protocol.md` section 5).
+/// Maelstrom's error codes used by oncekv (`docs/protocol.md`, "Errors").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(into = "u32", try_from = "u32")]
 pub enum ErrorCode {
@@ -86,7 +86,7 @@ impl ErrorCode {
     }
 
     /// Whether the code promises that the operation did not and will not happen.
-    /// This is the one place that decides it (`protocol.md` section 5).
+    /// This is the one place that decides it (`docs/protocol.md`, "Errors").
     pub fn is_definite(self) -> bool {
         matches!(
             self,

@@ -1,8 +1,9 @@
 //! Model-based property test of the state machine: a small reference model of the
-//! documented session rules (docs/sessions.md, protocol.md section 4), written with
-//! plain vectors and linear scans rather than the table's indexes, is fed the same
-//! generated log as [`State::apply`]. Every outcome, the KV map, the clock, the
-//! limits and each client's session (or tombstone) must agree after every entry.
+//! documented session rules (`docs/sessions.md`; `docs/protocol.md`,
+//! "Exactly-once sessions"), written with plain vectors and linear scans rather
+//! than the table's indexes, is fed the same generated log as [`State::apply`].
+//! Every outcome, the KV map, the clock, the limits and each client's session
+//! (or tombstone) must agree after every entry.
 //!
 //! The log mixes retries of earlier (client, seq) pairs (resent whole, or the same
 //! seq with another body),

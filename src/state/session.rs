@@ -243,7 +243,8 @@ impl SessionTable {
     }
 
     /// Decides what to do with request `seq` of `id` at cluster time `now_ms`, opening
-    /// the session if it is new (protocol.md section 4, rules 1-5). Touches the session.
+    /// the session if it is new (`docs/protocol.md`, "Exactly-once sessions",
+    /// rules 1-5). Touches the session.
     pub fn admit(
         &mut self,
         id: &str,
@@ -378,7 +379,7 @@ impl Session {
         self.replies.drop_below(fo);
     }
 
-    /// Rules 3-5 of protocol.md section 4 for a live session.
+    /// Rules 3-5 of `docs/protocol.md`, "Exactly-once sessions", for a live session.
     fn admit(&self, seq: u64) -> Admission {
         #[cfg(test)]
         if crate::planted::active(crate::planted::Bug::SeqWraps)

@@ -1,5 +1,6 @@
-//! The state machine as a pure function: every session rule of protocol.md section 4,
-//! determinism, snapshots, expiry by log time only, deterministic eviction.
+//! The state machine as a pure function: every session rule of
+//! `docs/protocol.md`, "Exactly-once sessions", determinism, snapshots, expiry
+//! by log time only, deterministic eviction.
 
 use super::*;
 use serde_json::json;

@@ -1,10 +1,12 @@
 //! The group-commit writer: one thread owns the [`Wal`], drains a bounded queue
-//! of pending operations, writes every operation it drained with one write, syncs
-//! once (one `fdatasync`) and only then completes each operation's callback.
+//! of pending operations, writes every operation it drained with one synced write
+//! (an `O_DIRECT | O_DSYNC` write by default, `pwrite` + `fdatasync` under
+//! `--wal-io buffered`; see [`super::wal::WalIo`]) and only then completes each
+//! operation's callback.
 //!
 //! ```text
 //! append ─┐                          ┌──────────── one write, one sync ────────────┐
-//! append ─┼─▶ bounded queue ─▶ drain ─▶ put, put, truncate, put, vote ─▶ pwrite+fdatasync ─▶ complete all
+//! append ─┼─▶ bounded queue ─▶ drain ─▶ put, put, truncate, put, vote ─▶ synced write ─▶ complete all
 //! vote  ──┘   (QUEUE_JOBS_MAX)        (≤ BATCH_JOBS_MAX jobs)
 //! ```
 //!
@@ -74,7 +76,7 @@ pub struct Stats {
     pub jobs: AtomicU64,
     /// `append` calls among them.
     pub appends: AtomicU64,
-    /// Batches made durable (one `fdatasync` each, more if a batch is large).
+    /// Batches made durable (one synced write each, more if a batch is large).
     pub commits: AtomicU64,
 }
 

@@ -9,8 +9,9 @@
 //! else (an ok reply, errors 10/12/20/22, and 1000/1001, which are final) is the
 //! answer.
 //!
-//! One request at a time (the simple-client rule of protocol.md section 4): the
-//! client waits for each reply before the next request.
+//! One request at a time (the simple-client rule of `docs/protocol.md`,
+//! "Exactly-once sessions"): the client waits for each reply before the next
+//! request.
 //!
 //! Owns the client's connections, attempts and retry rule. May not touch a node's
 //! internals: it speaks the protocol over TCP like any client, using only the node's

@@ -49,7 +49,8 @@ pub struct TestArgs {
     /// Latency distribution.
     #[arg(long, value_enum, default_value = "constant")]
     pub latency_dist: LatencyDist,
-    /// Comma-separated faults: partition (Maelstrom's); kill (beyond Maelstrom).
+    /// Comma-separated faults: partition (Maelstrom's); partition-one-way and kill
+    /// (beyond Maelstrom).
     #[arg(long, default_value = "")]
     pub nemesis: String,
     /// Seconds between nemesis operations, on average.
@@ -217,16 +218,25 @@ pub fn parse_availability(spec: &str) -> Result<f64, CliError> {
     }
 }
 
+/// The faults `--nemesis` takes, by name: the one list the parser reads and the
+/// help text is checked against.
+pub const FAULT_NAMES: [(&str, Fault); 3] = [
+    ("partition", Fault::Partition),
+    ("partition-one-way", Fault::PartitionOneWay),
+    ("kill", Fault::Kill),
+];
+
 /// Parses `--nemesis` (comma-separated, blanks allowed as in Maelstrom).
 pub fn parse_faults(spec: &str) -> Result<BTreeSet<Fault>, CliError> {
     spec.split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
-        .map(|s| match s {
-            "partition" => Ok(Fault::Partition),
-            "kill" => Ok(Fault::Kill),
-            "partition-one-way" => Ok(Fault::PartitionOneWay),
-            other => Err(CliError::UnknownFault(other.to_string())),
+        .map(|s| {
+            FAULT_NAMES
+                .iter()
+                .find(|(name, _)| *name == s)
+                .map(|(_, fault)| *fault)
+                .ok_or_else(|| CliError::UnknownFault(s.to_string()))
         })
         .collect()
 }
@@ -448,6 +458,32 @@ mod tests {
                 .to_string(),
             "--test-count 0: Must be positive"
         );
+    }
+
+    /// `--help` names every fault the parser takes, and the parser takes every
+    /// fault there is.
+    #[test]
+    fn nemesis_help_names_every_fault_the_parser_takes() {
+        use clap::CommandFactory;
+        let cmd = Wrapper::command();
+        let arg = cmd
+            .get_arguments()
+            .find(|a| a.get_id() == "nemesis")
+            .expect("--nemesis");
+        let help = arg.get_help().expect("help").to_string();
+        for (name, fault) in FAULT_NAMES {
+            assert!(help.contains(name), "{name} missing from {help:?}");
+            assert_eq!(parse_faults(name), Ok(BTreeSet::from([fault])));
+        }
+        let all: Vec<&str> = FAULT_NAMES.iter().map(|(n, _)| *n).collect();
+        assert_eq!(
+            parse_faults(&all.join(",")).unwrap().len(),
+            FAULT_NAMES.len()
+        );
+        let refused = CliError::UnknownFault("clock".into()).to_string();
+        for name in all {
+            assert!(refused.contains(name), "{name} missing from {refused:?}");
+        }
     }
 
     #[test]

@@ -593,7 +593,7 @@ fn write_outputs(
         history.push('\n');
     }
     write_file(out.join("history.jsonl"), history.as_bytes())?;
-    // Written from the struct, so keys keep the spec's order (`valid` first).
+    // Written from the struct, so keys keep docs/history.md's order (`valid` first).
     let pretty = serde_json::to_string_pretty(results).unwrap_or_default();
     write_file(out.join("results.json"), pretty.as_bytes())?;
     write_file(out.join("summary.txt"), summary.as_bytes())?;

@@ -2,7 +2,7 @@
 //! test knows (seed, its own CPU share, protocol violations, malformed replies,
 //! kills, network faults, which features go beyond Maelstrom). Not in
 //! `docs/history.md`'s contract, so every field lives here, apart from
-//! the spec'd keys.
+//! the keys that file lists.
 
 use std::fmt::Write as _;
 
