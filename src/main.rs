@@ -142,10 +142,7 @@ fn failed(e: impl Into<anyhow::Error>) -> i32 {
 /// (`oncekv ... | head -1`) is a quiet end: the command's own status when it
 /// returned one, else 0 for a command that is no verdict (`cluster`, `bench`)
 /// and 255 (no verdict) for one that is.
-fn printing(
-    on_error: i32,
-    command: impl FnOnce(&mut dyn Write) -> anyhow::Result<i32>,
-) -> i32 {
+fn printing(on_error: i32, command: impl FnOnce(&mut dyn Write) -> anyhow::Result<i32>) -> i32 {
     cli::init_logging(None);
     let mut out = io::stdout().lock();
     match command(&mut out) {

@@ -72,11 +72,31 @@ fn usage_errors_exit_254_in_every_subcommand() {
         &["--no-such-flag"],
         // client: a missing --seq, a missing value, --seq -1, a delta that is
         // no integer, a bad --peers, no peers at all, a bad --deadline.
-        &["client", "--peers", &p, "--client-id", "s1", "add", "k", "1"],
+        &[
+            "client",
+            "--peers",
+            &p,
+            "--client-id",
+            "s1",
+            "add",
+            "k",
+            "1",
+        ],
         &["client", "--peers", &p, "--seq", "1", "add", "k", "1"],
         &["client", "--peers", &p, "write", "k"],
         &["client", "--peers", &p, "--deadline"],
-        &["client", "--peers", &p, "--client-id", "s1", "--seq", "-1", "add", "k", "1"],
+        &[
+            "client",
+            "--peers",
+            &p,
+            "--client-id",
+            "s1",
+            "--seq",
+            "-1",
+            "add",
+            "k",
+            "1",
+        ],
         &["client", "--peers", &p, "add", "k", "1.5"],
         &["client", "--peers", "nonsense", "read", "k"],
         &["client", "read", "k"],
@@ -225,8 +245,23 @@ fn completions_exit_0() {
 async fn client_exits_0_ok_1_definite_error_2_no_answer() {
     let p = dead();
     // No definite answer: an unreachable peer and a short deadline.
-    expect(2, &["client", "--peers", &p, "--deadline", "1", "write", "x", "1"]);
-    expect(2, &["client", "--peers", &p, "--deadline", "1", "read", "x"]);
+    expect(
+        2,
+        &[
+            "client",
+            "--peers",
+            &p,
+            "--deadline",
+            "1",
+            "write",
+            "x",
+            "1",
+        ],
+    );
+    expect(
+        2,
+        &["client", "--peers", &p, "--deadline", "1", "read", "x"],
+    );
     expect(2, &["client", "--peers", &p, "--deadline", "1", "status"]);
     expect(2, &["client", "--peers", &p, "--deadline", "1", "members"]);
     // An endpoint that does not answer is unhealthy: a definite finding.
@@ -265,7 +300,14 @@ async fn client_exits_0_ok_1_definite_error_2_no_answer() {
     // A refused request: usage, and nothing sent.
     expect(
         254,
-        &["client", "--peers", &peers, "write", "k", "123456789012345678901234567890"],
+        &[
+            "client",
+            "--peers",
+            &peers,
+            "write",
+            "k",
+            "123456789012345678901234567890",
+        ],
     );
     cluster.kill(0);
 }
@@ -290,7 +332,10 @@ fn every_help_ends_with_its_exit_table() {
     for (cmd, table) in tables {
         let out = expect(0, &[cmd, "--help"]);
         let help = String::from_utf8_lossy(&out.stdout);
-        assert!(help.contains(table), "oncekv {cmd} --help lacks its table:\n{help}");
+        assert!(
+            help.contains(table),
+            "oncekv {cmd} --help lacks its table:\n{help}"
+        );
         assert!(
             readme.contains(&format!("| `{cmd}` |")),
             "README's exit-status table has no row for {cmd}"

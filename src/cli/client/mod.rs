@@ -199,7 +199,9 @@ fn check_identity(args: &ClientArgs) -> Result<(), String> {
     let (id, seq) = (args.client_id.is_some(), args.seq.is_some());
     match &args.op {
         ClientOp::Write { .. } | ClientOp::Cas { .. } | ClientOp::Add { .. } => match (id, seq) {
-            (true, false) => Err("--client-id needs --seq (the request's seq in that session)".into()),
+            (true, false) => {
+                Err("--client-id needs --seq (the request's seq in that session)".into())
+            }
             (false, true) => Err("--seq needs --client-id (the session it numbers)".into()),
             _ => Ok(()),
         },
@@ -373,9 +375,9 @@ fn options(args: &ClientArgs) -> Result<ClientOptions, String> {
     opts.attempt_timeout = opts.attempt_timeout.min(opts.deadline);
     match &args.op {
         ClientOp::AddNode { node } => {
-            let ok = node
-                .split_once('=')
-                .is_some_and(|(name, addr)| !name.is_empty() && crate::tcp::split_addr(addr).is_ok());
+            let ok = node.split_once('=').is_some_and(|(name, addr)| {
+                !name.is_empty() && crate::tcp::split_addr(addr).is_ok()
+            });
             if !ok {
                 return Err(format!("add-node wants NAME=HOST:PORT, got {node:?}"));
             }
@@ -398,7 +400,9 @@ fn mutation_body(op: &ClientOp) -> Value {
         ClientOp::Cas { key, from, to } => json!({
             "type": "cas", "key": json_arg(key), "from": json_arg(from), "to": json_arg(to)
         }),
-        ClientOp::Add { key, delta } => json!({"type": "add", "key": json_arg(key), "delta": delta}),
+        ClientOp::Add { key, delta } => {
+            json!({"type": "add", "key": json_arg(key), "delta": delta})
+        }
         _ => unreachable!("only mutations reach here"),
     }
 }
@@ -427,7 +431,12 @@ pub(crate) fn reply_fits(kind: &str, reply: &Reply) -> bool {
 
 /// A write, cas or add: in the user's session (`--client-id`/`--seq`, left open),
 /// or in one opened for it and closed once the answer is definite.
-async fn one_shot(client: &mut Client, args: &ClientArgs, op: ClientOp, out: &mut dyn Write) -> i32 {
+async fn one_shot(
+    client: &mut Client,
+    args: &ClientArgs,
+    op: ClientOp,
+    out: &mut dyn Write,
+) -> i32 {
     let own = match (&args.client_id, args.seq) {
         (Some(id), Some(seq)) => {
             client.set_session(id.clone(), seq);

@@ -194,7 +194,12 @@ async fn send(
 }
 
 /// Sends the last request again, a mutation with its own seq, and prints the reply.
-async fn retry(client: &mut Client, id: &str, last: &mut Last, out: &mut dyn Write) -> std::io::Result<()> {
+async fn retry(
+    client: &mut Client,
+    id: &str,
+    last: &mut Last,
+    out: &mut dyn Write,
+) -> std::io::Result<()> {
     let Some(seq) = last.seq else {
         let result = client.request(last.body.clone()).await;
         let line = match result {
@@ -253,7 +258,10 @@ mod tests {
 
     #[test]
     fn commands_parse_into_requests() {
-        assert_eq!(parse("read x").unwrap(), json!({"type": "read", "key": "x"}));
+        assert_eq!(
+            parse("read x").unwrap(),
+            json!({"type": "read", "key": "x"})
+        );
         assert_eq!(
             parse("write k {\"a\": [1, 2]}").unwrap(),
             json!({"type": "write", "key": "k", "value": {"a": [1, 2]}})
@@ -270,7 +278,14 @@ mod tests {
             parse("add hits -4").unwrap(),
             json!({"type": "add", "key": "hits", "delta": -4})
         );
-        for bad in ["add k 1.5", "add k", "read", "cas a b", "write k", "frobnicate x"] {
+        for bad in [
+            "add k 1.5",
+            "add k",
+            "read",
+            "cas a b",
+            "write k",
+            "frobnicate x",
+        ] {
             assert!(parse(bad).is_err(), "{bad}");
         }
         assert!(parse("write k 123456789012345678901234567890").is_err());

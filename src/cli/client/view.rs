@@ -16,7 +16,10 @@ use crate::node::{NodeStatus, Role};
 use crate::tcp::Client;
 
 /// What each peer answered to `status`, in `--peers` order.
-async fn statuses(client: &mut Client, peers: &[String]) -> Vec<(String, Result<NodeStatus, String>)> {
+async fn statuses(
+    client: &mut Client,
+    peers: &[String],
+) -> Vec<(String, Result<NodeStatus, String>)> {
     let mut all = Vec::with_capacity(peers.len());
     for (i, addr) in peers.iter().enumerate() {
         all.push((addr.clone(), client.status_of(i).await));
@@ -80,11 +83,20 @@ fn document(out: &mut dyn Write, doc: &Value) -> io::Result<()> {
 
 /// `status`: one row (or JSON object) per peer: its status, or why it did not
 /// answer. Exit 0 if any node answered, else 2.
-pub async fn status(client: &mut Client, peers: &[String], output: Output, out: &mut dyn Write) -> i32 {
+pub async fn status(
+    client: &mut Client,
+    peers: &[String],
+    output: Output,
+    out: &mut dyn Write,
+) -> i32 {
     let all = statuses(client, peers).await;
     let names = names(&all);
     let answered = all.iter().filter(|(_, s)| s.is_ok()).count();
-    let code = if answered == 0 { exit::UNKNOWN } else { exit::OK };
+    let code = if answered == 0 {
+        exit::UNKNOWN
+    } else {
+        exit::OK
+    };
     let written = match output {
         Output::Json => {
             let doc: Vec<Value> = all
@@ -147,7 +159,12 @@ pub async fn status(client: &mut Client, peers: &[String], output: Output, out: 
 /// `members`: the membership as the leader reports it (or, with no leader
 /// answering, the first node that answers): name, address, voter or learner,
 /// and which one leads. Exit 0 if a node answered, else 2.
-pub async fn members(client: &mut Client, peers: &[String], output: Output, out: &mut dyn Write) -> i32 {
+pub async fn members(
+    client: &mut Client,
+    peers: &[String],
+    output: Output,
+    out: &mut dyn Write,
+) -> i32 {
     let all = statuses(client, peers).await;
     let answers: Vec<&NodeStatus> = all.iter().filter_map(|(_, s)| s.as_ref().ok()).collect();
     let Some(view) = answers
@@ -182,7 +199,10 @@ pub async fn members(client: &mut Client, peers: &[String], output: Output, out:
         .collect();
     let written = match output {
         Output::Json => {
-            let leader = view.leader.and_then(|l| view.members.get(&l)).map(|p| p.name.clone());
+            let leader = view
+                .leader
+                .and_then(|l| view.members.get(&l))
+                .map(|p| p.name.clone());
             document(
                 out,
                 &json!({"members": members, "leader": leader, "reported_by": view.name}),
@@ -193,7 +213,11 @@ pub async fn members(client: &mut Client, peers: &[String], output: Output, out:
                 .iter()
                 .map(|m| {
                     let text = |k: &str| m[k].as_str().unwrap_or_default().to_string();
-                    let leader = if m["leader"] == Value::Bool(true) { "*" } else { "" };
+                    let leader = if m["leader"] == Value::Bool(true) {
+                        "*"
+                    } else {
+                        ""
+                    };
                     vec![text("name"), text("address"), text("role"), leader.into()]
                 })
                 .collect();
@@ -214,7 +238,12 @@ const HEALTH_KEY: &str = "oncekv-health";
 /// read is answered (`read_ok`, or error 20: the key is missing); unhealthy when
 /// the node cannot be reached or answers anything else. Exit 0 if every peer is
 /// healthy, else 1.
-pub async fn health(client: &mut Client, peers: &[String], output: Output, out: &mut dyn Write) -> i32 {
+pub async fn health(
+    client: &mut Client,
+    peers: &[String],
+    output: Output,
+    out: &mut dyn Write,
+) -> i32 {
     let mut rows = Vec::with_capacity(peers.len());
     for (i, addr) in peers.iter().enumerate() {
         let started = Instant::now();
@@ -261,7 +290,9 @@ pub async fn health(client: &mut Client, peers: &[String], output: Output, out: 
             let mut written = Ok(());
             for (addr, took, error) in &rows {
                 let line = match error {
-                    None => format!("{addr} is healthy: served a linearizable read, took {took:.1} ms"),
+                    None => {
+                        format!("{addr} is healthy: served a linearizable read, took {took:.1} ms")
+                    }
                     Some(e) => format!("{addr} is unhealthy: took {took:.1} ms, error: {e}"),
                 };
                 written = written.and_then(|()| writeln!(out, "{line}"));
