@@ -412,11 +412,13 @@ fn mutation_body(op: &ClientOp) -> Value {
 /// that ran under the same seq.
 pub(crate) fn reply_fits(kind: &str, reply: &Reply) -> bool {
     match (kind, reply) {
-        (_, Reply::Error { code, .. })
-            if matches!(code, ErrorCode::SessionExpired | ErrorCode::StaleRequest) =>
-        {
-            true
-        }
+        (
+            _,
+            Reply::Error {
+                code: ErrorCode::SessionExpired | ErrorCode::StaleRequest,
+                ..
+            },
+        ) => true,
         ("write", Reply::WriteOk) => true,
         ("cas", Reply::CasOk) => true,
         ("add", Reply::AddOk { .. }) => true,
