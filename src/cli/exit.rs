@@ -73,13 +73,15 @@ Exit status:
   0    stopped by Ctrl-C or SIGTERM, every accepted request answered
   1    did not start (an address in use, a damaged or foreign data dir, ...) or
        stopped on an error (a failed log write)
-  254  bad usage (a flag, --id, --listen or --peers refused before anything was created)";
+  254  bad usage (a flag, --id, --listen, --peers or --data-dir refused before anything
+       was created)";
 
 /// `oncekv cluster`'s `--help` footer.
 pub const CLUSTER: &str = "\
 Exit status:
   0    stopped by Ctrl-C or SIGTERM (or its output's reader went away)
-  1    a node did not start, or every node exited
+  1    refused to start (a port taken, a node dir in use, ...), a node did not
+       start, or every node exited
   254  bad usage (a flag refused)";
 
 /// `oncekv bench`'s and `oncekv bench-cluster`'s `--help` footer.
