@@ -1,6 +1,7 @@
 //! The commands that print (`check`, `client`, `cluster`) with stdout a pipe whose
 //! reader has gone away (`oncekv ... | head -1` once `head` is done): they end
-//! quietly, with their usual exit status, instead of panicking on the write.
+//! quietly, with their usual exit status (README, "Exit status"), instead of
+//! panicking on the write.
 
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::process::{Command, Output, Stdio};
@@ -84,6 +85,21 @@ fn client_keeps_its_exit_status_when_nobody_reads_it() {
     );
     assert_quiet(&out);
     assert_eq!(out.status.code(), Some(2), "{out:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_status_of_a_live_cluster_nobody_reads_exits_0() {
+    let cluster = support_tcp::TestCluster::start("cli-output-status", 1, &[]);
+    cluster.wait_leader(Duration::from_secs(20)).await;
+    let peers = cluster.addrs().join(",");
+    for args in [
+        &["client", "--peers", &peers, "status"][..],
+        &["client", "--peers", &peers, "status", "-o", "json"],
+    ] {
+        let out = run_unread(args, Duration::from_secs(30));
+        assert_quiet(&out);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {out:?}");
+    }
 }
 
 #[test]

@@ -65,6 +65,7 @@ fn a_range_of_seeds_is_summarised() {
     );
 }
 
+/// Bad usage: exit 254, as for every subcommand (README, "Exit status").
 #[test]
 fn bad_arguments_are_refused_before_anything_runs() {
     for args in [
@@ -75,7 +76,7 @@ fn bad_arguments_are_refused_before_anything_runs() {
         &["--clients", "0"],
     ] {
         let (code, _, err) = sim(args);
-        assert_eq!(code, 2, "{args:?}: {err}");
+        assert_eq!(code, 254, "{args:?}: {err}");
         assert!(err.contains("error"), "{args:?}: {err}");
     }
 }

@@ -279,7 +279,7 @@ async fn unparseable_and_too_deep_requests_get_error_12() {
 }
 
 /// `oncekv client` refuses a request over the limit before sending it: exit
-/// status 3 (bad usage) and a message naming the limit, with no node running
+/// status 254 (bad usage) and a message naming the limit, with no node running
 /// (had it sent the request, it would have retried until its deadline: 2).
 #[test]
 fn the_cli_refuses_a_request_over_the_limit_before_sending() {
@@ -292,7 +292,7 @@ fn the_cli_refuses_a_request_over_the_limit_before_sending() {
         .output()
         .expect("run the client");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert_eq!(out.status.code(), Some(254), "{stderr}");
     assert!(
         stderr.contains("above the limit of 1024") && stderr.contains("not sent"),
         "{stderr}"
@@ -302,7 +302,7 @@ fn the_cli_refuses_a_request_over_the_limit_before_sending() {
 /// A deadline that is not a finite number of seconds above 0 and at most a day
 /// (it used to panic on `inf` or `1e300`, and `nan` became 0) and a peer list that
 /// is empty or not HOST:PORT (it used to be retried until the deadline) are bad
-/// usage: exit status 3 with a message naming the flag, at once.
+/// usage: exit status 254 with a message naming the flag, at once.
 #[test]
 fn the_cli_refuses_a_bad_deadline_or_peer_list_up_front() {
     let dead = format!("127.0.0.1:{}", support_tcp::free_port());
@@ -326,7 +326,7 @@ fn the_cli_refuses_a_bad_deadline_or_peer_list_up_front() {
     };
     for deadline in ["inf", "1e300", "nan", "-1", "0", "1e-12", "86401"] {
         let (code, stderr) = run(&dead, deadline);
-        assert_eq!(code, Some(3), "--deadline {deadline}: {stderr}");
+        assert_eq!(code, Some(254), "--deadline {deadline}: {stderr}");
         assert!(
             stderr.contains("--deadline"),
             "--deadline {deadline}: {stderr}"
@@ -338,7 +338,7 @@ fn the_cli_refuses_a_bad_deadline_or_peer_list_up_front() {
     }
     for peers in ["", ",", "localhost", "127.0.0.1:0", &format!("{dead},")] {
         let (code, stderr) = run(peers, "5");
-        assert_eq!(code, Some(3), "--peers {peers:?}: {stderr}");
+        assert_eq!(code, Some(254), "--peers {peers:?}: {stderr}");
         assert!(stderr.contains("--peers"), "--peers {peers:?}: {stderr}");
     }
     // A valid deadline still runs: no node answers, so no definite answer (2).

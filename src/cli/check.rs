@@ -1,8 +1,8 @@
 //! `oncekv check`: the checker's front end. It reads a history file through
 //! [`crate::tools::check::check_file`] and writes the verdict (text or JSON) to the
 //! output handed in; its exit status is the verdict's (0 valid, 1 invalid,
-//! 2 unknown) or [`EXIT_BAD_INPUT`]. The checking itself is `tools::check`'s; this
-//! file only parses arguments and prints.
+//! 2 unknown), [`EXIT_BAD_INPUT`] or bad usage ([`super::exit::CHECK`]). The
+//! checking itself is `tools::check`'s; this file only parses arguments and prints.
 
 use std::io::{self, Write};
 use std::path::PathBuf;
@@ -32,13 +32,13 @@ pub struct CheckArgs {
 /// Exit status of `oncekv check` for an unreadable or malformed history (the
 /// error names the line: times that go backwards, a completion whose `f` or
 /// `key` differs from its invoke's, ...).
-pub const EXIT_BAD_INPUT: i32 = 3;
+pub const EXIT_BAD_INPUT: i32 = super::exit::BAD_INPUT;
 
 /// `oncekv check`: the verdict on `out`, as text or JSON; returns its exit status.
 pub fn run(args: &CheckArgs, out: &mut dyn Write) -> io::Result<i32> {
     let Ok(time_limit) = Duration::try_from_secs_f64(args.time_limit) else {
         eprintln!("error: --time-limit must be a non-negative number of seconds");
-        return Ok(EXIT_BAD_INPUT);
+        return Ok(super::exit::USAGE);
     };
     let null_reads = NullReads::from_strict_flag(args.strict_null_reads);
     let opts = CheckOptions {

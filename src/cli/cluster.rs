@@ -172,6 +172,12 @@ struct Planned {
     addr: String,
 }
 
+/// Refuses flags that plan no cluster (`--nodes 0`, ports past 65535) before
+/// anything runs: bad usage ([`super::exit::CLUSTER`]).
+pub fn check_args(args: &ClusterArgs) -> Result<(), TcpError> {
+    plan(args).map(drop)
+}
+
 /// The nodes `--nodes`, `--base-port` and `--host` ask for; refuses a count of 0
 /// and ports past 65535.
 fn plan(args: &ClusterArgs) -> Result<Vec<Planned>, TcpError> {

@@ -1,7 +1,9 @@
 //! Command-line front ends, one file per command family: [`node`] (`oncekv node`,
 //! the default, and `oncekv serve`: a node process's start-up), [`client`]
 //! (`oncekv client`), [`cluster`] (`oncekv cluster`), [`test`](mod@test) (`oncekv test` and
-//! `oncekv demo`) and [`check`] (`oncekv check`). A front end parses what clap
+//! `oncekv demo`), [`check`] (`oncekv check`), [`sim`] (`oncekv sim`) and
+//! [`completions`] (`oncekv completions`); [`exit`] holds the exit statuses of
+//! them all. A front end parses what clap
 //! has not (durations, seeds, output folders), calls the product (`tcp`,
 //! `maelstrom`) or the tools, and writes its results to the output the binary
 //! hands in (`&mut dyn Write`), never to stdout itself; errors and notes go to
@@ -15,6 +17,8 @@
 pub mod check;
 pub mod client;
 pub mod cluster;
+pub mod completions;
+pub mod exit;
 pub mod node;
 pub mod sim;
 pub mod test;

@@ -28,6 +28,19 @@ pub enum NodeProcessError {
     /// The TCP node's arguments, files or run failed.
     #[error(transparent)]
     Tcp(#[from] TcpError),
+    /// `serve`'s flags were refused before anything was created.
+    #[error(transparent)]
+    Usage(TcpError),
+}
+
+impl NodeProcessError {
+    /// The process's exit status ([`super::exit::SERVE`]): bad usage, or a failure.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            NodeProcessError::Usage(_) => super::exit::USAGE,
+            _ => super::exit::FAILED,
+        }
+    }
 }
 
 /// `oncekv node`: the Maelstrom protocol on stdin/stdout until stdin closes.
@@ -53,7 +66,7 @@ pub fn maelstrom() -> Result<i32, NodeProcessError> {
 /// `TcpConfig::node_log_bytes_max`), until Ctrl-C/SIGTERM. Returns the exit status.
 pub fn serve(args: &ServeArgs) -> Result<i32, NodeProcessError> {
     // Before the data dir or its log file is created.
-    check_args(args)?;
+    check_args(args).map_err(NodeProcessError::Usage)?;
     let tcp = TcpConfig::from_env()?;
     std::fs::create_dir_all(&args.data_dir)?;
     let log = args.data_dir.join("node.log");

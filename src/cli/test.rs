@@ -14,10 +14,11 @@ use crate::tools::harness::demo::{DemoPreset, run_demo};
 use crate::tools::harness::{TestArgs, default_out_dir, seed::fresh_seed, store};
 
 /// `oncekv test` exit status for flags it refuses (Jepsen's CLI uses 254), so it is
-/// not read as a verdict (0 valid, 1 invalid, 2 unknown).
-pub const EXIT_TEST_ARGS: i32 = 254;
+/// not read as a verdict (0 valid, 1 invalid, 2 unknown); the same for every
+/// subcommand ([`super::exit`]).
+pub const EXIT_TEST_ARGS: i32 = super::exit::USAGE;
 /// `oncekv test` exit status when the run ends without a verdict (Jepsen: 255).
-pub const EXIT_TEST_CRASHED: i32 = 255;
+pub const EXIT_TEST_CRASHED: i32 = super::exit::NO_VERDICT;
 
 /// The demo's request rate: approximate requests per second across all clients
 /// (`oncekv test --rate`; its default is 5).

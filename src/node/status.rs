@@ -27,6 +27,10 @@ impl Node {
             snapshot_index: m.snapshot.as_ref().map(|l| l.index()),
             purged_index: m.purged.as_ref().map(|l| l.index()),
             sessions,
+            members: membership
+                .nodes()
+                .map(|(id, peer)| (*id, peer.clone()))
+                .collect(),
             voters: membership.voter_ids().collect(),
             learners: membership.learner_ids().collect(),
             pid: Some(std::process::id()),
@@ -63,6 +67,10 @@ pub struct NodeStatus {
     pub purged_index: Option<u64>,
     /// Open sessions in the applied state.
     pub sessions: usize,
+    /// Every member of the current membership (voters and learners) by id: its
+    /// name and address, so a client can show the leader by name.
+    #[serde(default)]
+    pub members: BTreeMap<u64, crate::raft::Peer>,
     /// Voter ids of the current membership.
     pub voters: Vec<u64>,
     /// Learner ids of the current membership.

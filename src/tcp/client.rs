@@ -183,6 +183,21 @@ impl Client {
         }
     }
 
+    /// Closes the client's session (`close_session`) and forgets it. A closed
+    /// session's later requests get error 1000; closing one that is already
+    /// closed answers `close_session_ok` again, so a retried close is fine. The
+    /// session is forgotten only on a definite answer; without one it may still
+    /// be open (it expires when idle).
+    pub async fn close_session(&mut self) -> Result<Reply, ClientError> {
+        let Some((client_id, _)) = &self.session else {
+            return Err(ClientError::Usage("no session to close".into()));
+        };
+        let body = json!({"type": "close_session", "client_id": client_id});
+        let reply = self.request(body).await?;
+        self.session = None;
+        Ok(reply)
+    }
+
     /// A linearizable read.
     pub async fn read(&mut self, key: Value) -> Result<Reply, ClientError> {
         self.request(json!({"type": "read", "key": key})).await
