@@ -20,7 +20,9 @@
 //!   only checked as above. `oncekv cluster` and `oncekv serve` serve until
 //!   stopped: they run in the background, the next line waits until their ports
 //!   accept, and the test ends them at the end (`cluster` with SIGINT, as Ctrl-C).
-//!   Every other line must exit 0.
+//!   Every other line must exit 0, except that a shortened `demo` or `test` may
+//!   exit 1 when its safety checks are all VALID and only Jepsen's stats rule
+//!   (an ok op of every kind) failed, as 2 s under partitions allows.
 //!
 //! A line this test does not know how to run fails it, naming the line: a new
 //! kind of command in the README must be taught here, not skipped silently.
@@ -356,6 +358,24 @@ fn stop(servers: &mut Vec<Server>) {
 
 /// Runs one foreground line to its end (within [`LINE_TIMEOUT`]); panics with
 /// its output unless it exits 0.
+/// Whether a shortened `demo` or `test` run that exited 1 was judged invalid on
+/// availability alone: Jepsen's stats rule wants an ok op of every kind, and 2 s
+/// under partitions (the first one at once, possibly a ring that leaves no
+/// majority) may hold none. Every safety check it printed must be VALID, and
+/// the stats line must be what failed; full-length runs are judged whole in
+/// `tests/harness_oncekv.rs`.
+fn short_run_judged_on_availability_only(shell: &str, output: &str) -> bool {
+    let harness = shell.contains(" demo") || shell.contains(" test ");
+    let safety: Vec<&str> = output
+        .lines()
+        .filter(|l| l.starts_with("linearizable:") || l.starts_with("exactly-once counters"))
+        .collect();
+    harness
+        && !safety.is_empty()
+        && safety.iter().all(|l| l.contains(": VALID"))
+        && output.lines().any(|l| l.starts_with("stats: INVALID"))
+}
+
 fn run_foreground(line: &Line, shell: &str, dir: &Path, env: &BTreeMap<String, String>, n: usize) {
     let out_path = dir.join(format!("line-{n}.out"));
     let out = File::create(&out_path).expect("output file");
@@ -386,6 +406,13 @@ fn run_foreground(line: &Line, shell: &str, dir: &Path, env: &BTreeMap<String, S
         lines[lines.len().saturating_sub(40)..].join("\n")
     };
     match status {
+        Some(s) if s.code() == Some(1) && short_run_judged_on_availability_only(shell, &output) => {
+            println!(
+                "ran to a verdict in {:.1} s, safe, judged on availability (a 2 s run): {}",
+                started.elapsed().as_secs_f64(),
+                line.text
+            )
+        }
         Some(s) if s.success() => println!(
             "ok in {:.1} s: {}",
             started.elapsed().as_secs_f64(),
