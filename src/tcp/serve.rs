@@ -256,7 +256,7 @@ fn log_settings(args: &ServeArgs, checked: &CheckedArgs, p: &Prepared) {
         .map_or_else(|_| args.listen.clone(), |a| a.to_string());
     tracing::info!(
         "starting {} (id {}): listen {listen}, peers {}, data dir {}, {}, \
-         cluster key {key}, wal-io {:?}, workers {}; election timeout {}-{} ms, \
+         cluster key {key}, wal-io {}, workers {}; election timeout {}-{} ms, \
          heartbeat {} ms, session timeout {} ms, request bytes max {}, \
          requests in flight max {}, connections max {} clients / {} peers / {} \
          unclassified, open-files limit {}, node.log max {} bytes",
@@ -269,7 +269,7 @@ fn log_settings(args: &ServeArgs, checked: &CheckedArgs, p: &Prepared) {
         } else {
             "forming from --peers"
         },
-        args.wal_io,
+        format!("{:?}", args.wal_io).to_lowercase(),
         args.workers
             .map_or_else(|| "one per core".to_string(), |n| n.to_string()),
         c.election_timeout_min_ms,
