@@ -1,7 +1,9 @@
 //! Input from outside cannot fill the disk through the node's log: rejected input
 //! is logged truncated and rate-limited, a connection gets one try at the key,
 //! `node.log` has a size bound, and Maelstrom mode logs a huge junk line in a few
-//! hundred bytes.
+//! hundred bytes. And the log tells the story: who led in which term, the
+//! election after a leader's death, the settings at start, without openraft's
+//! routine warnings.
 
 mod support_tcp;
 
@@ -192,4 +194,100 @@ fn maelstrom_mode_logs_a_ten_megabyte_junk_line_in_a_few_hundred_bytes() {
         String::from_utf8_lossy(&stderr)
     );
     assert!(stderr.len() < 4_096, "{} bytes on stderr", stderr.len());
+}
+
+/// The lines of `name`'s node.log (the current file).
+fn log_lines(dir: &Path) -> Vec<String> {
+    std::fs::read_to_string(dir.join("node.log"))
+        .expect("node.log")
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_logs_say_who_led_in_which_term_and_who_won_after_the_leader_died() {
+    let mut cluster = TestCluster::start("logs-story", 3, &[]);
+    let old = cluster.wait_leader(Duration::from_secs(20)).await;
+    let old_name = cluster.nodes[old].name.clone();
+    let old_term = cluster.status(old).await.expect("status").term;
+    // A write, so the leader has replicated something before it dies.
+    let mut client = cluster.client();
+    client.open_session().await.expect("session");
+    client
+        .write(json!("k"), json!(1))
+        .await
+        .expect("write before the kill");
+    cluster.kill(old);
+    let new = cluster.wait_leader(Duration::from_secs(30)).await;
+    let new_name = cluster.nodes[new].name.clone();
+    let new_term = cluster.status(new).await.expect("status").term;
+    eprintln!("{old_name} led term {old_term}; after its kill {new_name} leads term {new_term}");
+    assert_ne!(old, new);
+    assert!(new_term > old_term);
+    let survivors: Vec<usize> = (0..3).filter(|i| *i != old).collect();
+    let heard = |i: usize, what: String| {
+        let dir = cluster.nodes[i].dir.clone();
+        async move { log_lines(&dir).iter().any(|l| l.contains(&what)) }
+    };
+    // Each survivor's log names the old leader with its term, then the new
+    // leader with its term; the winner's says it won.
+    for &i in &survivors {
+        let me = &cluster.nodes[i].name;
+        let old_line = format!("{me}: leader is {old_name} (term {old_term})");
+        let new_line = format!("{me}: leader is {new_name} (term {new_term})");
+        cluster
+            .wait_for(&new_line, Duration::from_secs(10), || {
+                heard(i, new_line.clone())
+            })
+            .await;
+        let lines = log_lines(&cluster.nodes[i].dir);
+        let at = |what: &str| lines.iter().position(|l| l.contains(what));
+        let (Some(a), Some(b)) = (at(&old_line), at(&new_line)) else {
+            panic!(
+                "{me}'s node.log lacks {old_line:?} or {new_line:?}:\n{}",
+                lines.join("\n")
+            );
+        };
+        assert!(a < b, "{me}: the old leader is logged after the new one");
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains(&format!("{me}: term {new_term} began"))),
+            "{me}: no line for term {new_term}:\n{}",
+            lines.join("\n")
+        );
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains(&format!("starting {me} (id "))
+                    && l.contains("election timeout")
+                    && l.contains("data dir")),
+            "{me}: no start-up line with the settings"
+        );
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains(&format!("{me}: membership: voters [n1, n2, n3]"))),
+            "{me}: no membership line"
+        );
+        // openraft's routine warnings (RPCs to the dead leader, missed
+        // heartbeats) are below the default level.
+        let noise: Vec<&String> = lines
+            .iter()
+            .filter(|l| l.contains(" WARN openraft") || l.contains(" INFO openraft"))
+            .collect();
+        assert!(noise.is_empty(), "{me}: openraft noise: {noise:?}");
+    }
+    let won = format!("{new_name}: election won: leader of term {new_term}");
+    let winner_log = log_lines(&cluster.nodes[new].dir);
+    assert!(
+        winner_log.iter().any(|l| l.contains(&won)),
+        "{new_name}'s node.log lacks {won:?}"
+    );
+    let candidate = format!("{new_name}: election started: candidate in term {new_term}");
+    assert!(
+        winner_log.iter().any(|l| l.contains(&candidate)),
+        "{new_name}'s node.log lacks {candidate:?}"
+    );
 }
