@@ -2,8 +2,8 @@
 //! is logged truncated and rate-limited, a connection gets one try at the key,
 //! `node.log` has a size bound, and Maelstrom mode logs a huge junk line in a few
 //! hundred bytes. And the log tells the story: who led in which term, the
-//! election after a leader's death, the settings at start, without openraft's
-//! routine warnings.
+//! election after a leader's death, the settings at start, snapshots, GC and
+//! evictions with their numbers, without openraft's routine warnings.
 
 mod support_tcp;
 
@@ -290,4 +290,128 @@ async fn the_logs_say_who_led_in_which_term_and_who_won_after_the_leader_died() 
         winner_log.iter().any(|l| l.contains(&candidate)),
         "{new_name}'s node.log lacks {candidate:?}"
     );
+}
+
+/// Waits until node `i`'s log has a line containing every one of `parts`;
+/// returns it.
+async fn wait_log_line(
+    cluster: &TestCluster,
+    i: usize,
+    parts: &[&str],
+    within: Duration,
+) -> String {
+    let dir = cluster.nodes[i].dir.clone();
+    let find = || {
+        log_lines(&dir)
+            .into_iter()
+            .find(|l| parts.iter().all(|p| l.contains(p)))
+    };
+    let what = format!("{}'s log to say {parts:?}", cluster.nodes[i].name);
+    cluster
+        .wait_for(&what, within, || {
+            let found = find().is_some();
+            async move { found }
+        })
+        .await;
+    find().expect("found above")
+}
+
+/// The number just before `word` in `line` (`3 sessions expired` -> 3).
+fn count_before(line: &str, word: &str) -> u64 {
+    let head = &line[..line.find(word).expect("word")];
+    head.split_whitespace()
+        .last()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count before {word:?} in {line}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_gc_and_evictions_are_logged_with_their_numbers() {
+    let env = [
+        ("ONCEKV_SNAPSHOT_EVERY_ENTRIES", "20"),
+        ("ONCEKV_LOG_KEPT_BEHIND_SNAPSHOT", "0"),
+        ("ONCEKV_SESSIONS_MAX", "4"),
+        ("ONCEKV_SESSION_TIMEOUT_MS", "3000"),
+        ("ONCEKV_GC_INTERVAL_MS", "100"),
+    ];
+    let mut cluster = TestCluster::start("logs-numbers", 3, &env);
+    let leader = cluster.wait_leader(Duration::from_secs(20)).await;
+    let follower = (leader + 1) % 3;
+    // Eight sessions into a table of four: evictions, logged with a count.
+    let mut clients = Vec::new();
+    for _ in 0..8 {
+        let mut c = cluster.client();
+        c.open_session().await.expect("session");
+        clients.push(c);
+    }
+    let evicted = wait_log_line(
+        &cluster,
+        follower,
+        &["sessions evicted", "sessions_max 4"],
+        Duration::from_secs(10),
+    )
+    .await;
+    eprintln!("{evicted}");
+    assert!(count_before(&evicted, "sessions evicted") >= 1);
+    // A follower killed, the leader snapshots and purges past it: back, it
+    // installs the leader's snapshot.
+    let mut client = cluster.client();
+    client.open_session().await.expect("session");
+    client.write(json!("k"), json!(0)).await.expect("write");
+    cluster.kill(follower);
+    for i in 1..=45 {
+        client.write(json!("k"), json!(i)).await.expect("write");
+    }
+    let taken = wait_log_line(
+        &cluster,
+        leader,
+        &["snapshot taken up to log index", "bytes"],
+        Duration::from_secs(10),
+    )
+    .await;
+    eprintln!("{taken}");
+    cluster
+        .wait_for("the leader to purge", Duration::from_secs(20), || {
+            let c = &cluster;
+            async move {
+                c.status(leader)
+                    .await
+                    .and_then(|s| s.purged_index)
+                    .is_some_and(|p| p > 5)
+            }
+        })
+        .await;
+    cluster.restart(follower);
+    let installed = wait_log_line(
+        &cluster,
+        follower,
+        &["snapshot installed up to log index", "bytes"],
+        Duration::from_secs(20),
+    )
+    .await;
+    eprintln!("{installed}");
+    // Restarted again, it loads the snapshot it holds.
+    cluster.kill(follower);
+    cluster.restart(follower);
+    let loaded = wait_log_line(
+        &cluster,
+        follower,
+        &["loaded the snapshot up to log index"],
+        Duration::from_secs(20),
+    )
+    .await;
+    eprintln!("{loaded}");
+    // Every session idle past the timeout: a GC entry expires them, and every
+    // replica says how many.
+    drop(clients);
+    let gc = wait_log_line(
+        &cluster,
+        leader,
+        &["GC entry at log index", "sessions expired"],
+        Duration::from_secs(30),
+    )
+    .await;
+    eprintln!("{gc}");
+    let expired = count_before(&gc, "sessions expired");
+    assert!(expired >= 1, "{gc}");
 }
