@@ -5,7 +5,12 @@
 //! started with `--join`: it waits, empty, for the leader's `add_node`.
 //!
 //! Owns the wiring of a node process: data dir, storage, transport, server,
-//! shutdown. May not touch: serving (the node's) or what a connection says
+//! shutdown. A start goes in three steps so that a failure touches nothing it
+//! does not own ([`crate::cli::node`] runs them): [`check_args`] (arguments,
+//! the data dir's identity, the cluster key; reads only), [`prepare`]
+//! (settings, the check for a node that lost its data, the listening socket),
+//! then, once the caller has created the data dir, opened its log and
+//! [`open_storage`], [`run`]. May not touch: serving (the node's) or what a connection says
 //! ([`super::handler`]'s).
 
 use std::collections::BTreeMap;
