@@ -10,7 +10,9 @@
 //! leader changes as they happen (`status` polled). Ctrl-C (or SIGTERM) stops them
 //! all: each gets SIGINT's graceful stop via the terminal's process group, or
 //! SIGTERM, and whatever is left after a grace period is killed. The nodes share
-//! a cluster key (`docs/cluster.md`), kept in `DATA_DIR/cluster.key`.
+//! a cluster key (`docs/cluster.md`), kept in `DATA_DIR/cluster.key` and passed
+//! as `--cluster-key-file`; the banner (and a node's exit report) prints the
+//! command that restarts a node by hand as it was started.
 //!
 //! Owns the child processes' supervision and what is printed about them. May not
 //! touch: serving (the children are separate `oncekv serve` processes, reached only
@@ -165,7 +167,11 @@ pub async fn run(args: &ClusterArgs, out: &mut dyn Write) -> Result<(), TcpError
     let stop_signal = serve::stop_signal();
     tokio::pin!(stop_signal);
     let _ = futures::poll!(stop_signal.as_mut());
-    std::fs::create_dir_all(&args.data_dir)?;
+    std::fs::create_dir_all(&args.data_dir).map_err(|source| TcpError::File {
+        what: "data dir",
+        path: args.data_dir.clone(),
+        source,
+    })?;
     // Absolute, so the restart commands printed work from any directory.
     let data_dir = std::path::absolute(&args.data_dir)?;
     let key_file = cluster_key_file(&data_dir)?;
