@@ -498,11 +498,19 @@ impl Handler {
                         crate::reject!("refused a peer_hello from {src}: wrong cluster key");
                         super::key_problem_on_stderr(
                             super::KeyProblem::WrongKeyPresented,
-                            &format!(
-                                "{}: refused a {kind} from {src:?} with a wrong cluster key \
-                                 (a member started with another key?)",
-                                self.node.name
-                            ),
+                            &if given.is_empty() {
+                                format!(
+                                    "{}: refused a {kind} from {src:?} without a cluster key \
+                                     (a member started without one?)",
+                                    self.node.name
+                                )
+                            } else {
+                                format!(
+                                    "{}: refused a {kind} from {src:?} with a wrong cluster \
+                                     key (a member started with another key?)",
+                                    self.node.name
+                                )
+                            },
                         );
                         // Each guess costs a new connection (and a place
                         // among the unclassified first).
