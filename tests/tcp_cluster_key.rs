@@ -4,7 +4,8 @@
 //! and prints the command that restarts each one. The command in
 //! docs/cluster.md that brings a killed node back is taken from the doc, checked
 //! against what `cluster` printed, and run: the node rejoins and serves writes.
-//! Key problems show on the terminal (stderr), not only in `node.log`.
+//! Key problems (no key, a wrong key, a peer refusing this node's hello) show
+//! on the terminal (stderr), not only in `node.log`.
 
 mod support_tcp;
 
@@ -356,6 +357,49 @@ async fn the_documented_restart_command_brings_a_killed_node_back() {
             .any(|l| l.contains("WARN") && l.contains("cluster key") && l.contains("refused")),
         "the key problem is not in node.log"
     );
+
+    // And with no key at all: it says so at start, and once it forwards a
+    // write its peers refuse it, which it reports with the reason.
+    let keyless = command.replace(&format!(" --cluster-key-file {abs}/cluster.key"), "");
+    assert_ne!(keyless, command);
+    let mut n1 = Command::new("sh")
+        .arg("-c")
+        .arg(format!("exec {keyless}"))
+        .env_remove(oncekv::tcp::CLUSTER_KEY_VAR)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run without a key");
+    let n1_err = lines_of(n1.stderr.take().expect("stderr"));
+    let mut err_seen = Vec::new();
+    wait_line(&n1_err, &mut err_seen, long, "the no-key warning", |l| {
+        l.starts_with("warning: n1: no cluster key")
+    });
+    let mut opts = ClientOptions::new(vec![addr.clone()]);
+    opts.deadline = Duration::from_secs(2);
+    let mut keyless_client = Client::new(opts);
+    let deadline = Instant::now() + long;
+    let refused = loop {
+        // Each try makes n1 forward (a follower) or fail; the outcome is not
+        // the point here, the report on n1's terminal is.
+        let _ = keyless_client
+            .call_node(0, json!({"type": "write", "key": "k", "value": 1}))
+            .await;
+        let found = n1_err.try_iter().inspect(|l| eprintln!("| {l}")).find(|l| {
+            l.contains("refused our hello") && l.contains("this node has no cluster key")
+        });
+        if let Some(line) = found {
+            break line;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no report of the refusal on n1's terminal"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    eprintln!("on n1's terminal: {refused}");
+    kill(&mut n1);
 
     let _ = Command::new("kill")
         .args(["-INT", &cluster.id().to_string()])
