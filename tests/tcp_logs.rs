@@ -337,13 +337,32 @@ async fn snapshots_gc_and_evictions_are_logged_with_their_numbers() {
     let mut cluster = TestCluster::start("logs-numbers", 3, &env);
     let leader = cluster.wait_leader(Duration::from_secs(20)).await;
     let follower = (leader + 1) % 3;
-    // Eight sessions into a table of four: evictions, logged with a count.
+    // Sessions into a table of four (once the leader's limits entry has
+    // applied ONCEKV_SESSIONS_MAX): evictions, logged with a count.
     let mut clients = Vec::new();
-    for _ in 0..8 {
+    let evicting = |i: usize| {
+        let dir = cluster.nodes[i].dir.clone();
+        move || {
+            log_lines(&dir)
+                .iter()
+                .any(|l| l.contains("sessions evicted"))
+        }
+    };
+    let follower_evicts = evicting(follower);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !follower_evicts() {
         let mut c = cluster.client();
         c.open_session().await.expect("session");
         clients.push(c);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no eviction logged after {} sessions (logs in {})",
+            clients.len(),
+            cluster.dir.display()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    eprintln!("evictions logged after {} sessions", clients.len());
     let evicted = wait_log_line(
         &cluster,
         follower,
