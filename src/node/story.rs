@@ -23,7 +23,9 @@ use crate::raft::{Peer, Raft};
 struct Seen {
     term: u64,
     state: Option<ServerState>,
+    /// The leader followed, and the term it was logged with.
     leader: Option<u64>,
+    leader_term: u64,
     /// Voters and learners by name, and the log index of the membership.
     membership: Option<(Vec<String>, Vec<String>, Option<u64>)>,
 }
@@ -71,7 +73,9 @@ pub(super) fn spawn(raft: &Raft, name: String, members: BTreeMap<u64, Peer>) {
                     }
                     seen.state = Some(m.state);
                 }
-                if m.current_leader != seen.leader {
+                // Also the same leader in a new term: it won another election.
+                let new_term_of_leader = m.current_leader.is_some() && term != seen.leader_term;
+                if m.current_leader != seen.leader || new_term_of_leader {
                     match m.current_leader {
                         Some(id) => {
                             tracing::info!("{name}: leader is {} (term {term})", name_of(id))
@@ -82,6 +86,7 @@ pub(super) fn spawn(raft: &Raft, name: String, members: BTreeMap<u64, Peer>) {
                         ),
                     }
                     seen.leader = m.current_leader;
+                    seen.leader_term = term;
                 }
                 let voters: Vec<String> = membership.voter_ids().map(name_of).collect();
                 let learners: Vec<String> = membership.learner_ids().map(name_of).collect();
