@@ -57,9 +57,9 @@ pub fn maelstrom() -> Result<i32, NodeProcessError> {
 ///
 /// A start that fails touches nothing it does not own: the arguments, the data
 /// dir's identity and the cluster key are checked before any file is opened,
-/// the address is bound before the data dir is created, and a data dir this
-/// start created is removed again if its storage does not open (before Raft
-/// ever ran in it, so no vote is forgotten).
+/// and a data dir this start created is removed again if its storage does not
+/// open or its address cannot be bound (before Raft ever ran in it, so no vote
+/// is forgotten).
 pub fn serve(args: &ServeArgs) -> Result<i32, NodeProcessError> {
     let checked = check_args(args)?;
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
@@ -69,9 +69,16 @@ pub fn serve(args: &ServeArgs) -> Result<i32, NodeProcessError> {
     let runtime = runtime.enable_all().build()?;
     let prepared = runtime.block_on(serve::prepare(args, &checked))?;
     let created = create_dir(&args.data_dir)?;
-    let opened = open_log_and_storage(args, &checked, prepared.tcp.node_log_bytes_max);
-    let storage = match opened {
-        Ok(storage) => storage,
+    let opened =
+        open_log_and_storage(args, &checked, prepared.tcp.node_log_bytes_max).and_then(|storage| {
+            // Bound once the storage is open (opening a large dir takes a
+            // while): until then a connect is refused, and clients and peers
+            // move on at once instead of waiting in the backlog for an answer.
+            let listener = runtime.block_on(serve::bind(args))?;
+            Ok((storage, listener))
+        });
+    let (storage, listener) = match opened {
+        Ok(opened) => opened,
         Err(e) => {
             if let Some(top) = created {
                 let _ = std::fs::remove_dir_all(&top);
@@ -79,7 +86,8 @@ pub fn serve(args: &ServeArgs) -> Result<i32, NodeProcessError> {
             return Err(e);
         }
     };
-    runtime.block_on(serve::run(args, checked, prepared, storage, stop_signal()))?;
+    let stop = stop_signal();
+    runtime.block_on(serve::run(args, checked, prepared, storage, listener, stop))?;
     Ok(0)
 }
 

@@ -8,9 +8,9 @@
 //! shutdown. A start goes in three steps so that a failure touches nothing it
 //! does not own ([`crate::cli::node`] runs them): [`check_args`] (arguments,
 //! the data dir's identity, the cluster key; reads only), [`prepare`]
-//! (settings, the check for a node that lost its data, the listening socket),
-//! then, once the caller has created the data dir, opened its log and
-//! [`open_storage`], [`run`]. May not touch: serving (the node's) or what a connection says
+//! (settings, the check for a node that lost its data), then, once the caller
+//! has created the data dir, opened its log and [`open_storage`], [`bind`] and
+//! [`run`]. May not touch: serving (the node's) or what a connection says
 //! ([`super::handler`]'s).
 
 use std::collections::BTreeMap;
@@ -193,8 +193,7 @@ pub fn open_storage(
     crate::storage::open_node_named(data_dir, node_id, name, options).map_err(TcpError::Storage)
 }
 
-/// What a node needs before its data dir is touched: its settings, checked,
-/// and its listening socket, bound.
+/// What a node needs before its data dir is touched: its settings, checked.
 pub struct Prepared {
     /// The node's settings (`ONCEKV_*`).
     pub config: Config,
@@ -202,15 +201,11 @@ pub struct Prepared {
     pub tcp: TcpConfig,
     /// The open-files limit after raising it.
     pub fd_limit: u64,
-    /// The bound listening socket.
-    pub listener: TcpListener,
 }
 
-/// Everything `serve` checks and claims before it creates or writes anything in
-/// its data dir: the settings, the open-files limit, that an empty dir is not
-/// a node that lost its data, and the listening address (bound here, so
-/// "Address already in use" fails the start before any file exists; peers'
-/// first connects wait in the backlog until Raft runs).
+/// Everything `serve` checks before it creates or writes anything in its data
+/// dir: the settings, the open-files limit, and that an empty dir is not a node
+/// that lost its data.
 pub async fn prepare(args: &ServeArgs, checked: &CheckedArgs) -> Result<Prepared, TcpError> {
     let config = Config::from_env()?;
     config.configure_reject_log();
@@ -231,23 +226,28 @@ pub async fn prepare(args: &ServeArgs, checked: &CheckedArgs) -> Result<Prepared
         )
         .await?;
     }
-    let listener = TcpListener::bind(&args.listen)
-        .await
-        .map_err(|source| TcpError::Listen {
-            addr: args.listen.clone(),
-            source,
-        })?;
     Ok(Prepared {
         config,
         tcp,
         fd_limit,
-        listener,
     })
+}
+
+/// Binds the listening address; the error names it ("Address already in
+/// use"). Called once the storage is open, just before Raft starts: connects
+/// are refused, not left waiting, until the node can answer them.
+pub async fn bind(args: &ServeArgs) -> Result<TcpListener, TcpError> {
+    TcpListener::bind(&args.listen)
+        .await
+        .map_err(|source| TcpError::Listen {
+            addr: args.listen.clone(),
+            source,
+        })
 }
 
 /// One line with the settings a node runs with: who and where it is, its
 /// timeouts and the limits that decide its behaviour under load.
-fn log_settings(args: &ServeArgs, checked: &CheckedArgs, p: &Prepared) {
+fn log_settings(args: &ServeArgs, checked: &CheckedArgs, p: &Prepared, listener: &TcpListener) {
     let c = &p.config;
     let t = &p.tcp;
     let key = match (&checked.cluster_key, &args.cluster_key_file) {
@@ -255,8 +255,7 @@ fn log_settings(args: &ServeArgs, checked: &CheckedArgs, p: &Prepared) {
         (Some(_), Some(file)) => format!("from {}", file.display()),
         (Some(_), None) => format!("from {}", super::CLUSTER_KEY_VAR),
     };
-    let listen = p
-        .listener
+    let listen = listener
         .local_addr()
         .map_or_else(|_| args.listen.clone(), |a| a.to_string());
     tracing::info!(
@@ -298,15 +297,15 @@ pub async fn run(
     checked: CheckedArgs,
     prepared: Prepared,
     storage: Storage<WalLogStore>,
+    listener: TcpListener,
     shutdown: impl std::future::Future,
 ) -> Result<(), TcpError> {
-    log_settings(args, &checked, &prepared);
+    log_settings(args, &checked, &prepared, &listener);
     let CheckedArgs { id, members, .. } = checked;
     let Prepared {
         config,
         tcp,
         fd_limit,
-        listener,
     } = prepared;
     if tcp.cluster_key.is_none() {
         let text = format!(
