@@ -1,7 +1,9 @@
 //! Input from outside cannot fill the disk through the node's log: rejected input
 //! is logged truncated and rate-limited, a connection gets one try at the key,
 //! `node.log` has a size bound, and Maelstrom mode logs a huge junk line in a few
-//! hundred bytes.
+//! hundred bytes. And the log tells the story: who led in which term, the
+//! election after a leader's death, the settings at start, snapshots, GC and
+//! evictions with their numbers, without openraft's routine warnings.
 
 mod support_tcp;
 
@@ -192,4 +194,243 @@ fn maelstrom_mode_logs_a_ten_megabyte_junk_line_in_a_few_hundred_bytes() {
         String::from_utf8_lossy(&stderr)
     );
     assert!(stderr.len() < 4_096, "{} bytes on stderr", stderr.len());
+}
+
+/// The lines of `name`'s node.log (the current file).
+fn log_lines(dir: &Path) -> Vec<String> {
+    std::fs::read_to_string(dir.join("node.log"))
+        .expect("node.log")
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_logs_say_who_led_in_which_term_and_who_won_after_the_leader_died() {
+    let mut cluster = TestCluster::start("logs-story", 3, &[]);
+    let old = cluster.wait_leader(Duration::from_secs(20)).await;
+    let old_name = cluster.nodes[old].name.clone();
+    let old_term = cluster.status(old).await.expect("status").term;
+    // A write, so the leader has replicated something before it dies.
+    let mut client = cluster.client();
+    client.open_session().await.expect("session");
+    client
+        .write(json!("k"), json!(1))
+        .await
+        .expect("write before the kill");
+    cluster.kill(old);
+    let new = cluster.wait_leader(Duration::from_secs(30)).await;
+    let new_name = cluster.nodes[new].name.clone();
+    let new_term = cluster.status(new).await.expect("status").term;
+    eprintln!("{old_name} led term {old_term}; after its kill {new_name} leads term {new_term}");
+    assert_ne!(old, new);
+    assert!(new_term > old_term);
+    let survivors: Vec<usize> = (0..3).filter(|i| *i != old).collect();
+    let heard = |i: usize, what: String| {
+        let dir = cluster.nodes[i].dir.clone();
+        async move { log_lines(&dir).iter().any(|l| l.contains(&what)) }
+    };
+    // Each survivor's log names the old leader with its term, then the new
+    // leader with its term; the winner's says it won.
+    for &i in &survivors {
+        let me = &cluster.nodes[i].name;
+        let old_line = format!("{me}: leader is {old_name} (term {old_term})");
+        let new_line = format!("{me}: leader is {new_name} (term {new_term})");
+        cluster
+            .wait_for(&new_line, Duration::from_secs(10), || {
+                heard(i, new_line.clone())
+            })
+            .await;
+        let lines = log_lines(&cluster.nodes[i].dir);
+        let at = |what: &str| lines.iter().position(|l| l.contains(what));
+        let (Some(a), Some(b)) = (at(&old_line), at(&new_line)) else {
+            panic!(
+                "{me}'s node.log lacks {old_line:?} or {new_line:?}:\n{}",
+                lines.join("\n")
+            );
+        };
+        assert!(a < b, "{me}: the old leader is logged after the new one");
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains(&format!("{me}: term {new_term} began"))),
+            "{me}: no line for term {new_term}:\n{}",
+            lines.join("\n")
+        );
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains(&format!("starting {me} (id "))
+                    && l.contains("election timeout")
+                    && l.contains("data dir")),
+            "{me}: no start-up line with the settings"
+        );
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains(&format!("{me}: membership: voters [n1, n2, n3]"))),
+            "{me}: no membership line"
+        );
+        // openraft's routine warnings (RPCs to the dead leader, missed
+        // heartbeats) are below the default level.
+        let noise: Vec<&String> = lines
+            .iter()
+            .filter(|l| l.contains(" WARN openraft") || l.contains(" INFO openraft"))
+            .collect();
+        assert!(noise.is_empty(), "{me}: openraft noise: {noise:?}");
+    }
+    let won = format!("{new_name}: election won: leader of term {new_term}");
+    let winner_log = log_lines(&cluster.nodes[new].dir);
+    assert!(
+        winner_log.iter().any(|l| l.contains(&won)),
+        "{new_name}'s node.log lacks {won:?}"
+    );
+    let candidate = format!("{new_name}: election started: candidate in term {new_term}");
+    assert!(
+        winner_log.iter().any(|l| l.contains(&candidate)),
+        "{new_name}'s node.log lacks {candidate:?}"
+    );
+}
+
+/// Waits until node `i`'s log has a line containing every one of `parts`;
+/// returns it.
+async fn wait_log_line(
+    cluster: &TestCluster,
+    i: usize,
+    parts: &[&str],
+    within: Duration,
+) -> String {
+    let dir = cluster.nodes[i].dir.clone();
+    let find = || {
+        log_lines(&dir)
+            .into_iter()
+            .find(|l| parts.iter().all(|p| l.contains(p)))
+    };
+    let what = format!("{}'s log to say {parts:?}", cluster.nodes[i].name);
+    cluster
+        .wait_for(&what, within, || {
+            let found = find().is_some();
+            async move { found }
+        })
+        .await;
+    find().expect("found above")
+}
+
+/// The number just before `word` in `line` (`3 sessions expired` -> 3).
+fn count_before(line: &str, word: &str) -> u64 {
+    let head = &line[..line.find(word).expect("word")];
+    head.split_whitespace()
+        .last()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count before {word:?} in {line}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_gc_and_evictions_are_logged_with_their_numbers() {
+    let env = [
+        ("ONCEKV_SNAPSHOT_EVERY_ENTRIES", "20"),
+        ("ONCEKV_LOG_KEPT_BEHIND_SNAPSHOT", "0"),
+        ("ONCEKV_SESSIONS_MAX", "4"),
+        ("ONCEKV_SESSION_TIMEOUT_MS", "3000"),
+        ("ONCEKV_GC_INTERVAL_MS", "100"),
+    ];
+    let mut cluster = TestCluster::start("logs-numbers", 3, &env);
+    let leader = cluster.wait_leader(Duration::from_secs(20)).await;
+    let follower = (leader + 1) % 3;
+    // Sessions into a table of four (once the leader's limits entry has
+    // applied ONCEKV_SESSIONS_MAX): evictions, logged with a count.
+    let mut clients = Vec::new();
+    let evicting = |i: usize| {
+        let dir = cluster.nodes[i].dir.clone();
+        move || {
+            log_lines(&dir)
+                .iter()
+                .any(|l| l.contains("sessions evicted"))
+        }
+    };
+    let follower_evicts = evicting(follower);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !follower_evicts() {
+        let mut c = cluster.client();
+        c.open_session().await.expect("session");
+        clients.push(c);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no eviction logged after {} sessions (logs in {})",
+            clients.len(),
+            cluster.dir.display()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!("evictions logged after {} sessions", clients.len());
+    let evicted = wait_log_line(
+        &cluster,
+        follower,
+        &["sessions evicted", "sessions_max 4"],
+        Duration::from_secs(10),
+    )
+    .await;
+    eprintln!("{evicted}");
+    assert!(count_before(&evicted, "sessions evicted") >= 1);
+    // A follower killed, the leader snapshots and purges past it: back, it
+    // installs the leader's snapshot.
+    let mut client = cluster.client();
+    client.open_session().await.expect("session");
+    client.write(json!("k"), json!(0)).await.expect("write");
+    cluster.kill(follower);
+    for i in 1..=45 {
+        client.write(json!("k"), json!(i)).await.expect("write");
+    }
+    let taken = wait_log_line(
+        &cluster,
+        leader,
+        &["snapshot taken up to log index", "bytes"],
+        Duration::from_secs(10),
+    )
+    .await;
+    eprintln!("{taken}");
+    cluster
+        .wait_for("the leader to purge", Duration::from_secs(20), || {
+            let c = &cluster;
+            async move {
+                c.status(leader)
+                    .await
+                    .and_then(|s| s.purged_index)
+                    .is_some_and(|p| p > 5)
+            }
+        })
+        .await;
+    cluster.restart(follower);
+    let installed = wait_log_line(
+        &cluster,
+        follower,
+        &["snapshot installed up to log index", "bytes"],
+        Duration::from_secs(20),
+    )
+    .await;
+    eprintln!("{installed}");
+    // Restarted again, it loads the snapshot it holds.
+    cluster.kill(follower);
+    cluster.restart(follower);
+    let loaded = wait_log_line(
+        &cluster,
+        follower,
+        &["loaded the snapshot up to log index"],
+        Duration::from_secs(20),
+    )
+    .await;
+    eprintln!("{loaded}");
+    // Every session idle past the timeout: a GC entry expires them, and every
+    // replica says how many.
+    drop(clients);
+    let gc = wait_log_line(
+        &cluster,
+        leader,
+        &["GC entry at log index", "sessions expired"],
+        Duration::from_secs(30),
+    )
+    .await;
+    eprintln!("{gc}");
+    let expired = count_before(&gc, "sessions expired");
+    assert!(expired >= 1, "{gc}");
 }

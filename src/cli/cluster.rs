@@ -10,7 +10,9 @@
 //! leader changes as they happen (`status` polled). Ctrl-C (or SIGTERM) stops them
 //! all: each gets SIGINT's graceful stop via the terminal's process group, or
 //! SIGTERM, and whatever is left after a grace period is killed. The nodes share
-//! a cluster key (`docs/cluster.md`), kept in `DATA_DIR/cluster.key`.
+//! a cluster key (`docs/cluster.md`), kept in `DATA_DIR/cluster.key` and passed
+//! as `--cluster-key-file`; the banner (and a node's exit report) prints the
+//! command that restarts a node by hand as it was started.
 //!
 //! Owns the child processes' supervision and what is printed about them. May not
 //! touch: serving (the children are separate `oncekv serve` processes, reached only
@@ -48,28 +50,71 @@ pub struct ClusterArgs {
     pub start_timeout_s: u64,
 }
 
-/// The cluster's key: [`tcp::CLUSTER_KEY_VAR`] if set, else the one kept in
-/// `DATA_DIR/cluster.key`, else a new random one written there (readable by the
-/// owner only). Returns it and the file.
-fn cluster_key(data_dir: &std::path::Path) -> Result<(String, PathBuf), TcpError> {
+/// The cluster's key file, `DATA_DIR/cluster.key`, which every node is started
+/// with (`--cluster-key-file`): the one kept there (checked as `serve` checks
+/// it), else a new one holding [`tcp::CLUSTER_KEY_VAR`] if set, else a random
+/// 128-bit key (written readable by the owner only). A key in the variable
+/// that differs from the file's is refused: the nodes would not get it.
+fn cluster_key_file(data_dir: &Path) -> Result<PathBuf, TcpError> {
     let file = data_dir.join(serve::CLUSTER_KEY_FILE);
-    if let Some(key) = tcp::cluster_key_from_env() {
-        return Ok((key.to_string(), file));
+    let from_env = tcp::cluster_key_from_env();
+    if file.exists() {
+        let kept = tcp::read_cluster_key_file(&file)?;
+        if from_env.as_ref().is_some_and(|k| *k != kept) {
+            return Err(TcpError::Args(format!(
+                "{} differs from the key in {}, which this cluster's nodes use: unset it, \
+                 or remove the file to start the cluster with a new key",
+                tcp::CLUSTER_KEY_VAR,
+                file.display()
+            )));
+        }
+        return Ok(file);
     }
-    if let Ok(text) = std::fs::read_to_string(&file)
-        && !text.trim().is_empty()
-    {
-        return Ok((text.trim().to_string(), file));
-    }
-    let key: String = (0..16)
-        .map(|_| format!("{:02x}", rand::random::<u8>()))
-        .collect();
+    let key: String = match from_env {
+        Some(k) => k.to_string(),
+        None => (0..16)
+            .map(|_| format!("{:02x}", rand::random::<u8>()))
+            .collect(),
+    };
     let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
+    opts.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-    std::io::Write::write_all(&mut opts.open(&file)?, format!("{key}\n").as_bytes())?;
-    Ok((key, file))
+    let written = opts
+        .open(&file)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, format!("{key}\n").as_bytes()));
+    written.map_err(|source| TcpError::File {
+        what: "cluster key file",
+        path: file.clone(),
+        source,
+    })?;
+    // What the nodes will read: the same checks, now rather than at each start.
+    tcp::read_cluster_key_file(&file)?;
+    Ok(file)
+}
+
+/// `word` as one shell word: as is if it holds only characters no shell treats
+/// specially, else in single quotes.
+fn shell_word(word: &str) -> String {
+    let plain = !word.is_empty()
+        && word
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_./:=,@%+-".contains(c));
+    if plain {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', "'\\''"))
+    }
+}
+
+/// How to name this binary in a command to copy: `oncekv` if it was run by
+/// that name from `PATH`, else its absolute path.
+fn exe_for_commands() -> std::io::Result<String> {
+    let argv0 = std::env::args().next().unwrap_or_default();
+    if !argv0.is_empty() && !argv0.contains('/') {
+        return Ok(argv0);
+    }
+    Ok(std::env::current_exe()?.display().to_string())
 }
 
 /// How long nodes get to stop on their own before they are killed.
@@ -95,6 +140,9 @@ struct Running {
     addr: String,
     dir: PathBuf,
     pid: u32,
+    /// The command that starts this node again, by hand, as it was started
+    /// (its data dir, peers and key file).
+    restart: String,
     /// Asks the waiting task to kill the process.
     kill: Option<oneshot::Sender<()>>,
 }
@@ -119,13 +167,20 @@ pub async fn run(args: &ClusterArgs, out: &mut dyn Write) -> Result<(), TcpError
     let stop_signal = serve::stop_signal();
     tokio::pin!(stop_signal);
     let _ = futures::poll!(stop_signal.as_mut());
-    std::fs::create_dir_all(&args.data_dir)?;
-    let (key, key_file) = cluster_key(&args.data_dir)?;
+    std::fs::create_dir_all(&args.data_dir).map_err(|source| TcpError::File {
+        what: "data dir",
+        path: args.data_dir.clone(),
+        source,
+    })?;
+    // Absolute, so the restart commands printed work from any directory.
+    let data_dir = std::path::absolute(&args.data_dir)?;
+    let key_file = cluster_key_file(&data_dir)?;
     let (exits_tx, mut exits) = mpsc::unbounded_channel();
     let launch = Launch {
         exe,
+        shown_exe: exe_for_commands()?,
         peers: peers.clone(),
-        key,
+        key_file: key_file.clone(),
         // The nodes share this machine's cores.
         workers: serve::workers_per_node(nodes.len()).to_string(),
         started: utc_now(),
@@ -133,7 +188,7 @@ pub async fn run(args: &ClusterArgs, out: &mut dyn Write) -> Result<(), TcpError
     };
     let mut running: Vec<Running> = Vec::new();
     for node in &nodes {
-        match launch.spawn(&args.data_dir, node) {
+        match launch.spawn(&data_dir, node) {
             Ok(r) => running.push(r),
             Err(e) => {
                 stop(&mut running, &mut exits, out).await;
@@ -212,10 +267,12 @@ fn plan(args: &ClusterArgs) -> Result<Vec<Planned>, TcpError> {
 /// What every node's `serve` process is started with.
 struct Launch {
     exe: PathBuf,
+    /// The binary as the restart commands name it.
+    shown_exe: String,
     /// The `--peers` value.
     peers: String,
-    /// The cluster key, handed over in [`tcp::CLUSTER_KEY_VAR`].
-    key: String,
+    /// The cluster key file, passed as `--cluster-key-file`.
+    key_file: PathBuf,
     /// The `--workers` value.
     workers: String,
     /// When this cluster started, for the line opening each `stderr.log`.
@@ -250,7 +307,10 @@ impl Launch {
             .args(["--peers", &self.peers, "--workers", &self.workers])
             .arg("--data-dir")
             .arg(&dir)
-            .env(tcp::CLUSTER_KEY_VAR, &self.key)
+            .arg("--cluster-key-file")
+            .arg(&self.key_file)
+            // The key is in the file: `serve` refuses the variable besides it.
+            .env_remove(tcp::CLUSTER_KEY_VAR)
             // A start-up error's message, not its backtrace, is what the last
             // lines of stderr.log should show (panics keep RUST_BACKTRACE's).
             .env("RUST_LIB_BACKTRACE", "0")
@@ -273,17 +333,37 @@ impl Launch {
             };
             let _ = tx.send((task_name, status));
         });
+        let restart = [
+            self.shown_exe.as_str(),
+            "serve",
+            "--id",
+            name,
+            "--listen",
+            &node.listen,
+            "--peers",
+            &self.peers,
+            "--data-dir",
+            &dir.display().to_string(),
+            "--cluster-key-file",
+            &self.key_file.display().to_string(),
+        ]
+        .iter()
+        .map(|w| shell_word(w))
+        .collect::<Vec<_>>()
+        .join(" ");
         Ok(Running {
             name: name.clone(),
             addr: node.addr.clone(),
             dir,
             pid,
+            restart,
             kill: Some(kill),
         })
     }
 }
 
-/// Once every node serves: one line per node, the peer list and where the key is.
+/// Once every node serves: one line per node, the peer list, where the key is,
+/// and the command that restarts each node by hand.
 fn banner(
     out: &mut dyn Write,
     running: &[Running],
@@ -300,14 +380,18 @@ fn banner(
             node.dir.join("node.log").display()
         )?;
     }
+    let key_file = shell_word(&key_file.display().to_string());
     writeln!(
         out,
-        "peers: {peers}\ncluster key: in {} (membership changes need it: \
-         {}=$(cat {}) oncekv client ... add-node ...)\nCtrl-C stops the cluster.",
-        key_file.display(),
+        "peers: {peers}\ncluster key: in {key_file} (membership changes need it: \
+         {}=$(cat {key_file}) oncekv client ... add-node ...)\n\
+         to restart a node that stopped (its data dir, peers and key):",
         tcp::CLUSTER_KEY_VAR,
-        key_file.display()
     )?;
+    for node in running {
+        writeln!(out, "  {}: {}", node.name, node.restart)?;
+    }
+    writeln!(out, "Ctrl-C stops the cluster.")?;
     out.flush()
 }
 
@@ -440,6 +524,9 @@ async fn supervise(
                 };
                 let i = running.iter().position(|n| n.name == name);
                 write!(out, "{}", exit_report(&name, i.map(|i| &running[i]), "", &status))?;
+                if let Some(i) = i {
+                    writeln!(out, "  restart {name}: {}", running[i].restart)?;
+                }
                 out.flush()?;
                 if let Some(i) = i {
                     alive[i] = false;

@@ -28,12 +28,21 @@ use std::io;
 
 use crate::log_file::CappedLog;
 
+/// The log filter when `ONCEKV_LOG` is unset or invalid: oncekv's own lines
+/// from INFO (the node's story: elections, terms, leaders, membership,
+/// snapshots, GC), other crates' from WARN, and openraft's only at ERROR. Its
+/// WARNs are routine under faults (every RPC to an unreachable peer, every
+/// heartbeat that missed its deadline: hundreds of lines per failover) and what
+/// they would tell is in oncekv's own lines; `ONCEKV_LOG=warn,oncekv=info` shows
+/// them again.
+pub const DEFAULT_LOG_FILTER: &str = "warn,openraft=error,oncekv=info";
+
 /// Sets up `tracing` for the process: to stderr (stdout carries only protocol
 /// lines or a command's output), or to a TCP node's log file. The filter is
-/// `ONCEKV_LOG` (`EnvFilter` syntax), `warn,oncekv=info` if unset or invalid.
+/// `ONCEKV_LOG` (`EnvFilter` syntax), [`DEFAULT_LOG_FILTER`] if unset or invalid.
 pub fn init_logging(file: Option<CappedLog>) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("ONCEKV_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,oncekv=info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(false);

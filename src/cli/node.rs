@@ -8,12 +8,15 @@
 //! nothing to stdout itself.
 
 use std::io;
+use std::path::{Path, PathBuf};
 
 use super::init_logging;
 use crate::config::{Config, ConfigError};
 use crate::log_file::CappedLog;
-use crate::tcp::serve::{ServeArgs, check_args, stop_signal};
-use crate::tcp::{TcpConfig, TcpError};
+use crate::raft::Storage;
+use crate::storage::WalLogStore;
+use crate::tcp::TcpError;
+use crate::tcp::serve::{self, CheckedArgs, ServeArgs, check_args, stop_signal};
 
 /// Why a node process did not start, or stopped with an error. Each variant shows
 /// as its cause, unchanged.
@@ -64,20 +67,76 @@ pub fn maelstrom() -> Result<i32, NodeProcessError> {
 
 /// `oncekv serve`: one TCP node, logging to DATA_DIR/node.log (size-capped,
 /// `TcpConfig::node_log_bytes_max`), until Ctrl-C/SIGTERM. Returns the exit status.
+///
+/// A start that fails touches nothing it does not own: the arguments, the data
+/// dir's identity and the cluster key are checked before any file is opened,
+/// and a data dir this start created is removed again if its storage does not
+/// open or its address cannot be bound (before Raft ever ran in it, so no vote
+/// is forgotten).
 pub fn serve(args: &ServeArgs) -> Result<i32, NodeProcessError> {
-    // Before the data dir or its log file is created.
-    check_args(args).map_err(NodeProcessError::Usage)?;
-    let tcp = TcpConfig::from_env()?;
-    std::fs::create_dir_all(&args.data_dir)?;
-    let log = args.data_dir.join("node.log");
-    let file = CappedLog::open(&log, tcp.node_log_bytes_max)?;
-    init_logging(Some(file));
-    eprintln!("{}: logging to {}", args.id, log.display());
+    // Reads only: nothing is created or opened before these pass.
+    let checked = check_args(args).map_err(NodeProcessError::Usage)?;
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if let Some(n) = args.workers {
         runtime.worker_threads(n.max(1));
     }
     let runtime = runtime.enable_all().build()?;
-    runtime.block_on(crate::tcp::serve::run(args, stop_signal()))?;
+    let prepared = runtime.block_on(serve::prepare(args, &checked))?;
+    let created = create_dir(&args.data_dir)?;
+    let opened =
+        open_log_and_storage(args, &checked, prepared.tcp.node_log_bytes_max).and_then(|storage| {
+            // Bound once the storage is open (opening a large dir takes a
+            // while): until then a connect is refused, and clients and peers
+            // move on at once instead of waiting in the backlog for an answer.
+            let listener = runtime.block_on(serve::bind(args))?;
+            Ok((storage, listener))
+        });
+    let (storage, listener) = match opened {
+        Ok(opened) => opened,
+        Err(e) => {
+            if let Some(top) = created {
+                let _ = std::fs::remove_dir_all(&top);
+            }
+            return Err(e);
+        }
+    };
+    let stop = stop_signal();
+    runtime.block_on(serve::run(args, checked, prepared, storage, listener, stop))?;
     Ok(0)
+}
+
+/// Creates `dir` (and missing parents); returns the topmost directory this
+/// created, if any, so a failed start can remove exactly what it made.
+fn create_dir(dir: &Path) -> Result<Option<PathBuf>, TcpError> {
+    let abs = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let top = abs
+        .ancestors()
+        .take_while(|a| !a.as_os_str().is_empty() && !a.exists())
+        .last()
+        .map(Path::to_path_buf);
+    std::fs::create_dir_all(&abs).map_err(|source| TcpError::File {
+        what: "data dir",
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    Ok(top)
+}
+
+/// Opens the node's log file (and logging into it) and its storage.
+fn open_log_and_storage(
+    args: &ServeArgs,
+    checked: &CheckedArgs,
+    log_bytes_max: u64,
+) -> Result<Storage<WalLogStore>, NodeProcessError> {
+    let log = args.data_dir.join("node.log");
+    let file = CappedLog::open(&log, log_bytes_max).map_err(|source| TcpError::File {
+        what: "node log",
+        path: log.clone(),
+        source,
+    })?;
+    init_logging(Some(file));
+    eprintln!("{}: logging to {}", args.id, log.display());
+    let storage = serve::open_storage(&args.data_dir, checked.id, &args.id, args.wal_io)
+        .inspect_err(|e| tracing::error!("{}: {e}", args.id))?;
+    Ok(storage)
 }

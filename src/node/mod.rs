@@ -5,7 +5,7 @@
 //! [`Node::shutdown`]). Each duty lives in its own file: `serve` (local reads and
 //! proposals, the error rule), `forward` (to the leader), `peer` (peers' RPCs),
 //! `duties` (the leader's GC and limits, the log's byte budget), `membership`,
-//! `status`. This file holds no serving, forwarding or RPC logic itself; code
+//! `status`, `story` (elections, terms, leaders and membership in the log). This file holds no serving, forwarding or RPC logic itself; code
 //! outside `node/` uses the names re-exported here, never the files' own paths.
 //!
 //! The error rule: a definite error is only produced on paths where nothing was
@@ -18,6 +18,7 @@ mod membership;
 mod peer;
 mod serve;
 mod status;
+mod story;
 
 pub use forward::{ForwardReply, Forwarded};
 pub use membership::{Member, MembershipError, NOT_LEADER_FIELD};
@@ -238,6 +239,7 @@ impl Node {
             stopping: AtomicBool::new(false),
             duty_failed: duties::DutyFailure::default(),
         });
+        story::spawn(&node.raft, node.name.clone(), node.members.clone());
         node.clone().spawn_leader_duties();
         node.clone().spawn_log_budget(storage.mirror);
         if node.members.len() == 1 && node.leader().is_none() {

@@ -65,6 +65,47 @@ pub struct StateMachineStore {
     /// Where every key-value operation that ran is recorded, if anyone asked
     /// (the simulator's check of exactly-once execution).
     journal: Option<Journal>,
+    /// Evictions applied but not logged yet (their lines are rate-limited).
+    evictions: EvictionNote,
+}
+
+/// Sessions evicted (the session table at `sessions_max`) are logged at most
+/// once per [`EVICTION_LOG_INTERVAL`], with the count since the last line: a
+/// client opening sessions in a loop evicts one per open.
+#[derive(Debug, Clone, Default)]
+struct EvictionNote {
+    /// Evicted since the last line.
+    pending: u64,
+    /// When the last line was written.
+    logged_at: Option<std::time::Instant>,
+}
+
+/// Least time between two eviction lines.
+const EVICTION_LOG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+impl EvictionNote {
+    /// Adds `n` evictions applied up to `index`; logs them (and any pending)
+    /// unless a line was written less than the interval ago.
+    fn add(&mut self, n: u64, index: u64, sessions_max: u64) {
+        self.pending += n;
+        if self.pending == 0 {
+            return;
+        }
+        let now = std::time::Instant::now();
+        if self
+            .logged_at
+            .is_some_and(|t| now.duration_since(t) < EVICTION_LOG_INTERVAL)
+        {
+            return;
+        }
+        tracing::info!(
+            "{} sessions evicted, least recently used first (the table was at sessions_max \
+             {sessions_max}), up to log index {index}",
+            self.pending
+        );
+        self.pending = 0;
+        self.logged_at = Some(now);
+    }
 }
 
 /// One key-value operation that ran (was not answered from the session table).
@@ -134,6 +175,7 @@ impl StateMachineStore {
             clock_ms: Arc::default(),
             sink: None,
             journal: None,
+            evictions: EvictionNote::default(),
         }
     }
 
@@ -189,6 +231,13 @@ impl StateMachineStore {
         sm.sink = Some(sink);
         if let Some((meta, data)) = snapshot {
             let state = State::from_snapshot(&data)?;
+            tracing::info!(
+                "loaded the snapshot up to log index {} ({} bytes, {} sessions, {} keys)",
+                meta.last_log_id.map_or(0, |l| l.index()),
+                data.len(),
+                state.sessions.len(),
+                state.kv.len()
+            );
             sm.clock_ms
                 .store(state.clock_ms, std::sync::atomic::Ordering::Release);
             *sm.write() = Applied {
@@ -235,10 +284,16 @@ impl StateMachineStore {
             };
             (meta, applied.state.clone())
         };
+        let (sessions, keys) = (state.sessions.len(), state.kv.len());
         // Encoding a large state takes long: off the runtime's workers (a node
         // sharing its machine may have only one), so heartbeats keep flowing.
         let data = super::runtime::blocking(move || state.to_snapshot()).await?;
         self.persist(&meta, &data).await?;
+        tracing::info!(
+            "snapshot taken up to log index {} ({} bytes, {sessions} sessions, {keys} keys)",
+            meta.last_log_id.map_or(0, |l| l.index()),
+            data.len()
+        );
         *self.current.write().unwrap_or_else(|p| p.into_inner()) =
             Some((meta.clone(), data.clone()));
         Ok(Snapshot {
@@ -284,13 +339,34 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         S: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + Send,
     {
         while let Some((entry, responder)) = entries.try_next().await? {
+            let mut evictions = None;
             let reply = {
                 let mut a = self.write();
                 a.last_applied = Some(entry.log_id);
                 let reply = match entry.payload {
                     EntryPayload::Blank => Outcome::Applied,
                     EntryPayload::Normal(ref cmd) => {
-                        let (reply, ran) = a.state.apply_traced(entry.log_id.index(), cmd);
+                        let index = entry.log_id.index();
+                        let before = a.state.sessions.len() as u64;
+                        let opens = match &cmd.op {
+                            crate::state::Op::OpenSession => 1,
+                            crate::state::Op::Kv {
+                                session: Some(s), ..
+                            } if !a.state.sessions.is_known(&s.client_id) => 1,
+                            _ => 0,
+                        };
+                        let (reply, ran) = a.state.apply_traced(index, cmd);
+                        let after = a.state.sessions.len() as u64;
+                        if let crate::state::Op::Gc { .. } = cmd.op {
+                            tracing::info!(
+                                "GC entry at log index {index}: {} sessions expired (idle past \
+                                 the session timeout), {after} open",
+                                before.saturating_sub(after)
+                            );
+                        } else if opens == 1 {
+                            let evicted = (before + 1).saturating_sub(after);
+                            evictions = Some((evicted, index, a.state.limits.sessions_max));
+                        }
                         if let (Some(fresh), Some(journal), crate::state::Op::Kv { kv, session }) =
                             (ran, &self.journal, &cmd.op)
                         {
@@ -314,6 +390,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 self.record_state(&a);
                 reply
             };
+            if let Some((n, index, sessions_max)) = evictions {
+                self.evictions.add(n, index, sessions_max);
+            }
             if let Some(r) = responder {
                 r.send(reply);
             }
@@ -339,6 +418,13 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let state = state.map_err(invalid)?;
         // Durable before openraft purges the log it replaces.
         self.persist(meta, &data).await?;
+        tracing::info!(
+            "snapshot installed up to log index {} ({} bytes, {} sessions, {} keys)",
+            meta.last_log_id.map_or(0, |l| l.index()),
+            data.len(),
+            state.sessions.len(),
+            state.kv.len()
+        );
         {
             let mut a = self.write();
             self.clock_ms

@@ -496,6 +496,22 @@ impl Handler {
                     }
                     Some(key) if !super::keys_match(given, key) => {
                         crate::reject!("refused a peer_hello from {src}: wrong cluster key");
+                        super::key_problem_on_stderr(
+                            super::KeyProblem::WrongKeyPresented,
+                            &if given.is_empty() {
+                                format!(
+                                    "{}: refused a {kind} from {src:?} without a cluster key \
+                                     (a member started without one?)",
+                                    self.node.name
+                                )
+                            } else {
+                                format!(
+                                    "{}: refused a {kind} from {src:?} with a wrong cluster \
+                                     key (a member started with another key?)",
+                                    self.node.name
+                                )
+                            },
+                        );
                         // Each guess costs a new connection (and a place
                         // among the unclassified first).
                         self.hello_refused = true;
@@ -506,6 +522,16 @@ impl Handler {
             }
             _ if (peer_rpc && !self.trusted) || (admin_only && !self.admin) => {
                 crate::reject!("refused {kind} from {src}: the connection gave no cluster key");
+                if peer_rpc {
+                    super::key_problem_on_stderr(
+                        super::KeyProblem::NoKeyPresented,
+                        &format!(
+                            "{}: refused {kind} from {src:?}: it presented no cluster key \
+                             (a member started without one?)",
+                            self.node.name
+                        ),
+                    );
+                }
                 crate::node::error_body(
                     ErrorCode::NotSupported,
                     &format!(

@@ -190,6 +190,117 @@ pub fn cluster_key_from_env() -> Option<Arc<str>> {
         .map(Arc::from)
 }
 
+/// Longest cluster key accepted, in bytes (a random 128-bit key in hex is 32).
+pub const CLUSTER_KEY_BYTES_MAX: usize = 1024;
+
+/// Reads a cluster key file (`serve --cluster-key-file`, `DATA_DIR/cluster.key`
+/// of `oncekv cluster`): the key is the file's text without surrounding
+/// whitespace (a trailing newline is fine). Refuses, naming the file, one that
+/// cannot be read, is not a regular file, is empty, longer than
+/// [`CLUSTER_KEY_BYTES_MAX`], not UTF-8 or holds control characters, and (on
+/// Unix) one that group or others may read or write: a secret anyone on the
+/// machine can read is no secret (`chmod 600` it).
+pub fn read_cluster_key_file(path: &std::path::Path) -> Result<Arc<str>, TcpError> {
+    use std::io::Read;
+    let refuse = |why: String| {
+        Err(TcpError::Args(format!(
+            "cluster key file {}: {why}",
+            path.display()
+        )))
+    };
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) => return refuse(format!("cannot be read: {e}")),
+    };
+    let meta = match file.metadata() {
+        Ok(m) => m,
+        Err(e) => return refuse(format!("cannot be read: {e}")),
+    };
+    if !meta.is_file() {
+        return refuse("is not a regular file".into());
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return refuse(format!(
+                "group or others may access it (mode {mode:03o}): the key is a secret; \
+                 chmod 600 {}",
+                path.display()
+            ));
+        }
+    }
+    // Leading and trailing whitespace (a newline) is allowed around the key.
+    let mut bytes = Vec::new();
+    let limit = CLUSTER_KEY_BYTES_MAX as u64 + 64;
+    if let Err(e) = file.take(limit + 1).read_to_end(&mut bytes) {
+        return refuse(format!("cannot be read: {e}"));
+    }
+    let Ok(text) = std::str::from_utf8(&bytes) else {
+        return refuse("is not UTF-8 text".into());
+    };
+    let key = text.trim();
+    if key.is_empty() {
+        return refuse("is empty: it must hold the key".into());
+    }
+    if key.len() > CLUSTER_KEY_BYTES_MAX || bytes.len() as u64 > limit {
+        return refuse(format!(
+            "holds more than {CLUSTER_KEY_BYTES_MAX} bytes: a key is one short line"
+        ));
+    }
+    if key.chars().any(char::is_control) {
+        return refuse("holds control characters or several lines: a key is one line".into());
+    }
+    Ok(Arc::from(key))
+}
+
+/// The cluster key a node runs with: from `file` (`--cluster-key-file`) or
+/// from [`CLUSTER_KEY_VAR`], or none. Both at once is refused (which one was
+/// meant is not clear).
+pub fn cluster_key_from(file: Option<&std::path::Path>) -> Result<Option<Arc<str>>, TcpError> {
+    match (file, cluster_key_from_env()) {
+        (Some(path), Some(_)) => Err(TcpError::Args(format!(
+            "both {CLUSTER_KEY_VAR} and --cluster-key-file {} give a cluster key: \
+             give one of them",
+            path.display()
+        ))),
+        (Some(path), None) => read_cluster_key_file(path).map(Some),
+        (None, env) => Ok(env),
+    }
+}
+
+/// The kinds of cluster key problems, each printed on stderr the first time it
+/// is seen (and logged every time, rate-limited where outsiders cause it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyProblem {
+    /// This node runs without a key.
+    NoKey,
+    /// A peer refused this node's hello (a wrong key, or none).
+    RefusedByPeer,
+    /// A connection to this node presented a wrong key.
+    WrongKeyPresented,
+    /// A connection to this node sent peer RPCs without a key.
+    NoKeyPresented,
+}
+
+/// Prints `text` on stderr if it is the first problem of this `kind` in this
+/// process: an operator starting `serve` by hand sees it on the terminal, not
+/// only in `node.log` (where the caller logs it).
+pub fn key_problem_on_stderr(kind: KeyProblem, text: &str) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static SEEN: [AtomicBool; 4] = [const { AtomicBool::new(false) }; 4];
+    let i = match kind {
+        KeyProblem::NoKey => 0,
+        KeyProblem::RefusedByPeer => 1,
+        KeyProblem::WrongKeyPresented => 2,
+        KeyProblem::NoKeyPresented => 3,
+    };
+    if !SEEN[i].swap(true, Ordering::Relaxed) {
+        eprintln!("warning: {text}");
+    }
+}
+
 /// Compares keys in time independent of where they differ.
 pub fn keys_match(given: &str, expected: &str) -> bool {
     let (a, b) = (given.as_bytes(), expected.as_bytes());
@@ -253,6 +364,24 @@ pub enum TcpError {
     /// A socket or file operation failed.
     #[error(transparent)]
     Io(#[from] std::io::Error),
+    /// The listening socket could not be bound (`Address already in use`).
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The `--listen` address.
+        addr: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A file or directory of the node could not be created or opened.
+    #[error("{what} {}: {source}", path.display())]
+    File {
+        /// What it is (`data dir`, `node log`).
+        what: &'static str,
+        /// Its path.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The node's configuration is invalid.
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),

@@ -256,7 +256,23 @@ impl Link {
                     Ok(Err(HelloError::Refused { code, text })) => {
                         let why =
                             format!("{} at {} refused our hello: {text}", self.name, self.addr);
-                        tracing::warn!("{why}");
+                        // Logged when it starts or changes, not at every retry.
+                        if self.refused.as_ref().is_none_or(|(_, w)| *w != why) {
+                            if text.contains("cluster key") {
+                                let hint = if key.is_none() {
+                                    "this node has no cluster key (--cluster-key-file)"
+                                } else {
+                                    "do the members share one cluster key?"
+                                };
+                                tracing::warn!("{why}; {hint}");
+                                super::key_problem_on_stderr(
+                                    super::KeyProblem::RefusedByPeer,
+                                    &format!("{}: {why}; {hint}", self.me),
+                                );
+                            } else {
+                                tracing::warn!("{why}");
+                            }
+                        }
                         self.refused = Some((code, why.clone()));
                         return self.backoff_after(why);
                     }

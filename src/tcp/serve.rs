@@ -5,7 +5,12 @@
 //! started with `--join`: it waits, empty, for the leader's `add_node`.
 //!
 //! Owns the wiring of a node process: data dir, storage, transport, server,
-//! shutdown. May not touch: serving (the node's) or what a connection says
+//! shutdown. A start goes in three steps so that a failure touches nothing it
+//! does not own ([`crate::cli::node`] runs them): [`check_args`] (arguments,
+//! the data dir's identity, the cluster key; reads only), [`prepare`]
+//! (settings, the check for a node that lost its data), then, once the caller
+//! has created the data dir, opened its log and [`open_storage`], [`bind`] and
+//! [`run`]. May not touch: serving (the node's) or what a connection says
 //! ([`super::handler`]'s).
 
 use std::collections::BTreeMap;
@@ -52,6 +57,11 @@ pub struct ServeArgs {
     /// (pwrite + fdatasync). Both are durable (docs/storage.md).
     #[arg(long, value_enum, default_value_t = WalIo::Direct)]
     pub wal_io: WalIo,
+    /// File holding the cluster key shared by every member (one line, readable
+    /// by its owner only: mode 600). Instead of `ONCEKV_CLUSTER_KEY`; giving
+    /// both is refused. `oncekv cluster` passes its `DATA_DIR/cluster.key`.
+    #[arg(long, value_name = "PATH")]
+    pub cluster_key_file: Option<PathBuf>,
 }
 
 /// Worker threads for each of `nodes` nodes sharing this machine's cores.
@@ -67,6 +77,8 @@ pub struct CheckedArgs {
     pub id: u64,
     /// Every member from `--peers`, by id.
     pub members: BTreeMap<u64, Peer>,
+    /// The cluster key, from `--cluster-key-file` or `ONCEKV_CLUSTER_KEY`.
+    pub cluster_key: Option<Arc<str>>,
 }
 
 /// Refuses, before anything is created or bound, arguments that would let this
@@ -74,8 +86,11 @@ pub struct CheckedArgs {
 /// members at one address or mixing loopback and other addresses, an `--id` that
 /// is not a canonical name in `--peers`, a `--listen` other than this node's own
 /// `--peers` address (a wildcard on its port is fine), a `--data-dir` inside
-/// another node's data dir or an `oncekv cluster` root. Each error names the
-/// problem; `serve` exits non-zero with it.
+/// another node's data dir or an `oncekv cluster` root, or recorded (its
+/// `oncekv.meta`) as another node's, and a cluster key file that cannot be used
+/// (or one given besides `ONCEKV_CLUSTER_KEY`). Reads files only: nothing is
+/// created, not even a log line in the data dir. Each error names the problem;
+/// `serve` exits non-zero with it.
 pub fn check_args(args: &ServeArgs) -> Result<CheckedArgs, TcpError> {
     let members = parse_peers(&args.peers)?;
     let id = super::node_id(&args.id)?;
@@ -97,8 +112,13 @@ pub fn check_args(args: &ServeArgs) -> Result<CheckedArgs, TcpError> {
     super::check_distinct_addresses(&members)?;
     super::check_loopback_mix(&members)?;
     super::check_listen(me, &args.listen)?;
-    check_data_dir(&args.data_dir)?;
-    Ok(CheckedArgs { id, members })
+    check_data_dir(&args.data_dir, id, &args.id)?;
+    let cluster_key = super::cluster_key_from(args.cluster_key_file.as_deref())?;
+    Ok(CheckedArgs {
+        id,
+        members,
+        cluster_key,
+    })
 }
 
 /// The name of the file only `oncekv cluster` writes in its root dir.
@@ -114,8 +134,11 @@ pub fn enclosing_node_dir(dir: &Path) -> Option<PathBuf> {
         .map(Path::to_path_buf)
 }
 
-/// Refuses a node data dir nested in another node's, or an `oncekv cluster` root.
-fn check_data_dir(dir: &Path) -> Result<(), TcpError> {
+/// Refuses a node data dir nested in another node's, an `oncekv cluster` root,
+/// or a dir whose marker names another node (or is unreadable, or of another
+/// format): checked here, before the node's log file in it is opened, so a
+/// refused start writes nothing into another node's dir.
+fn check_data_dir(dir: &Path, id: u64, name: &str) -> Result<(), TcpError> {
     if let Some(owner) = enclosing_node_dir(dir) {
         return Err(TcpError::Args(format!(
             "--data-dir {} is inside the data dir of another node ({})",
@@ -130,7 +153,28 @@ fn check_data_dir(dir: &Path) -> Result<(), TcpError> {
             dir.display()
         )));
     }
-    Ok(())
+    use crate::storage::{StorageError, marker::Marker};
+    let marker = Marker::read(dir).map_err(TcpError::Storage)?;
+    let path = dir.join(crate::storage::marker::MARKER_FILE);
+    match marker {
+        Some(Marker {
+            node_id: Some(found),
+            ..
+        }) if found != id => Err(TcpError::Storage(StorageError::WrongNode {
+            path,
+            found,
+            expected: id,
+        })),
+        Some(Marker {
+            node_name: Some(found),
+            ..
+        }) if found != name => Err(TcpError::Storage(StorageError::WrongName {
+            path,
+            found,
+            expected: name.to_string(),
+        })),
+        _ => Ok(()),
+    }
 }
 
 /// The stores a node runs on, opened from its data directory: the durable write-ahead log
@@ -149,30 +193,130 @@ pub fn open_storage(
     crate::storage::open_node_named(data_dir, node_id, name, options).map_err(TcpError::Storage)
 }
 
-/// Runs the node until `shutdown` resolves; returns after a graceful stop.
-pub async fn run(args: &ServeArgs, shutdown: impl std::future::Future) -> Result<(), TcpError> {
-    let CheckedArgs { id, members } = check_args(args)?;
+/// What a node needs before its data dir is touched: its settings, checked.
+pub struct Prepared {
+    /// The node's settings (`ONCEKV_*`).
+    pub config: Config,
+    /// The TCP layer's settings, with the cluster key in force.
+    pub tcp: TcpConfig,
+    /// The open-files limit after raising it.
+    pub fd_limit: u64,
+}
+
+/// Everything `serve` checks before it creates or writes anything in its data
+/// dir: the settings, the open-files limit, and that an empty dir is not a node
+/// that lost its data.
+pub async fn prepare(args: &ServeArgs, checked: &CheckedArgs) -> Result<Prepared, TcpError> {
     let config = Config::from_env()?;
     config.configure_reject_log();
-    let tcp = TcpConfig::from_env()?;
+    let mut tcp = TcpConfig::from_env()?;
+    tcp.cluster_key = checked.cluster_key.clone();
     let fd_limit = server::check_fd_limit(&tcp)?;
-    if tcp.cluster_key.is_none() {
-        tracing::warn!(
-            "no cluster key ({}): any process that reaches this port can send Raft RPCs",
-            super::CLUSTER_KEY_VAR
-        );
-    }
     // Before the first open writes the dir's marker (a refused dir stays fresh).
     let fresh = !args
         .data_dir
         .join(crate::storage::marker::MARKER_FILE)
         .exists();
     if fresh && !args.join {
-        check_not_lost(id, &args.id, &members, tcp.membership_probe_timeout).await?;
+        check_not_lost(
+            checked.id,
+            &args.id,
+            &checked.members,
+            tcp.membership_probe_timeout,
+        )
+        .await?;
     }
-    let storage = open_storage(&args.data_dir, id, &args.id, args.wal_io)?;
-    // Bind before starting Raft, so peers' first connects wait in the backlog.
-    let listener = TcpListener::bind(&args.listen).await?;
+    Ok(Prepared {
+        config,
+        tcp,
+        fd_limit,
+    })
+}
+
+/// Binds the listening address; the error names it ("Address already in
+/// use"). Called once the storage is open, just before Raft starts: connects
+/// are refused, not left waiting, until the node can answer them.
+pub async fn bind(args: &ServeArgs) -> Result<TcpListener, TcpError> {
+    TcpListener::bind(&args.listen)
+        .await
+        .map_err(|source| TcpError::Listen {
+            addr: args.listen.clone(),
+            source,
+        })
+}
+
+/// One line with the settings a node runs with: who and where it is, its
+/// timeouts and the limits that decide its behaviour under load.
+fn log_settings(args: &ServeArgs, checked: &CheckedArgs, p: &Prepared, listener: &TcpListener) {
+    let c = &p.config;
+    let t = &p.tcp;
+    let key = match (&checked.cluster_key, &args.cluster_key_file) {
+        (None, _) => "none".to_string(),
+        (Some(_), Some(file)) => format!("from {}", file.display()),
+        (Some(_), None) => format!("from {}", super::CLUSTER_KEY_VAR),
+    };
+    let listen = listener
+        .local_addr()
+        .map_or_else(|_| args.listen.clone(), |a| a.to_string());
+    tracing::info!(
+        "starting {} (id {}): listen {listen}, peers {}, data dir {}, {}, \
+         cluster key {key}, wal-io {}, workers {}; election timeout {}-{} ms, \
+         heartbeat {} ms, session timeout {} ms, request bytes max {}, \
+         requests in flight max {}, connections max {} clients / {} peers / {} \
+         unclassified, open-files limit {}, node.log max {} bytes",
+        args.id,
+        checked.id,
+        args.peers,
+        args.data_dir.display(),
+        if args.join {
+            "joining"
+        } else {
+            "forming from --peers"
+        },
+        format!("{:?}", args.wal_io).to_lowercase(),
+        args.workers
+            .map_or_else(|| "one per core".to_string(), |n| n.to_string()),
+        c.election_timeout_min_ms,
+        c.election_timeout_max_ms,
+        c.heartbeat_interval_ms,
+        c.session_timeout_ms,
+        c.request_bytes_max,
+        c.requests_in_flight_max,
+        t.client_connections_max,
+        t.peer_connections_max,
+        t.unclassified_connections_max,
+        p.fd_limit,
+        t.node_log_bytes_max,
+    );
+}
+
+/// Runs the node on `storage` (its data dir, opened) until `shutdown` resolves;
+/// returns after a graceful stop.
+pub async fn run(
+    args: &ServeArgs,
+    checked: CheckedArgs,
+    prepared: Prepared,
+    storage: Storage<WalLogStore>,
+    listener: TcpListener,
+    shutdown: impl std::future::Future,
+) -> Result<(), TcpError> {
+    log_settings(args, &checked, &prepared, &listener);
+    let CheckedArgs { id, members, .. } = checked;
+    let Prepared {
+        config,
+        tcp,
+        fd_limit,
+    } = prepared;
+    if tcp.cluster_key.is_none() {
+        let text = format!(
+            "{}: no cluster key (--cluster-key-file or {}): any process that reaches this \
+             port can send Raft RPCs, and members that have a key refuse this node",
+            args.id,
+            super::CLUSTER_KEY_VAR
+        );
+        tracing::warn!("{text}");
+        super::key_problem_on_stderr(super::KeyProblem::NoKey, &text);
+    }
     let msg_ids = Arc::new(AtomicU64::new(0));
     let transport = Arc::new(
         TcpTransport::new(args.id.clone(), msg_ids.clone(), tcp.clone())

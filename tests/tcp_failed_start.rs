@@ -1,0 +1,214 @@
+//! A failed start says what and where, and touches nothing it does not own:
+//! "Address already in use" names the address and leaves no data dir behind;
+//! `serve` on another node's data dir is refused before it writes a byte there
+//! (its `node.log` stays as it was); `cluster` on a node's data dir is refused.
+//! Each case runs the real binary.
+
+mod support_tcp;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use support_tcp::{free_port, test_dir};
+
+/// Runs `cmd` to its exit (killing it past `within`, which fails the test).
+fn run_to_exit(cmd: &mut Command, within: Duration) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn oncekv");
+    let deadline = Instant::now() + within;
+    while child.try_wait().expect("wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("output");
+            panic!(
+                "still running after {within:?}; stderr: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().expect("output")
+}
+
+fn oncekv() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_oncekv"));
+    cmd.env_remove(oncekv::tcp::CLUSTER_KEY_VAR);
+    cmd
+}
+
+fn serve(name: &str, addr: &str, peers: &str, dir: &Path) -> Command {
+    let mut cmd = oncekv();
+    cmd.args(["serve", "--id", name, "--listen", addr, "--peers", peers])
+        .arg("--data-dir")
+        .arg(dir);
+    cmd
+}
+
+/// Every file under `dir` with its bytes.
+fn snapshot_of(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).expect("read_dir") {
+            let p = e.expect("entry").path();
+            if p.is_dir() {
+                todo.push(p.clone());
+                out.push((p, Vec::new()));
+            } else {
+                let bytes = std::fs::read(&p).expect("read");
+                out.push((p, bytes));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn an_address_in_use_is_named_and_no_data_dir_is_left_behind() {
+    let root = test_dir("start-port-in-use");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr").to_string();
+    // Two levels that do not exist yet: neither may remain.
+    let dir = root.join("fresh").join("n1");
+    let out = run_to_exit(
+        &mut serve("n1", &addr, &format!("n1={addr}"), &dir),
+        Duration::from_secs(30),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("exit {}; stderr: {stderr}", out.status);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains(&format!("cannot listen on {addr}")) && stderr.contains("in use"),
+        "the address and the cause are not named: {stderr}"
+    );
+    assert!(
+        !root.join("fresh").exists(),
+        "a failed start left {} behind",
+        root.join("fresh").display()
+    );
+}
+
+#[test]
+fn a_bad_setting_fails_the_start_before_any_data_dir_exists() {
+    let root = test_dir("start-bad-setting");
+    let addr = format!("127.0.0.1:{}", free_port());
+    let dir = root.join("n1");
+    let mut cmd = serve("n1", &addr, &format!("n1={addr}"), &dir);
+    cmd.env(oncekv::tcp::NODE_LOG_BYTES_MAX_VAR, "10");
+    let out = run_to_exit(&mut cmd, Duration::from_secs(30));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("exit {}; stderr: {stderr}", out.status);
+    assert!(!out.status.success());
+    assert!(stderr.contains("node_log_bytes_max"), "{stderr}");
+    assert!(!dir.exists(), "a failed start left {}", dir.display());
+}
+
+/// Starts n2 alone (a one-node cluster) on `dir` until it serves, then stops it.
+fn make_node_dir(dir: &Path) {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut child = serve("n2", &addr, &format!("n2={addr}"), dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let log = dir.join("node.log");
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("serving on") {
+            break;
+        }
+        assert!(
+            child.try_wait().expect("wait").is_none(),
+            "n2 exited: {text}"
+        );
+        assert!(Instant::now() < deadline, "n2 did not serve: {text}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let status = child.wait().expect("wait");
+    eprintln!("n2 stopped: {status}");
+}
+
+#[test]
+fn another_nodes_data_dir_is_refused_and_left_byte_for_byte() {
+    let root = test_dir("start-wrong-dir");
+    let n2_dir = root.join("n2");
+    make_node_dir(&n2_dir);
+    let before = snapshot_of(&n2_dir);
+    assert!(before.iter().any(|(p, _)| p.ends_with("node.log")));
+    let a1 = format!("127.0.0.1:{}", free_port());
+    let a2 = format!("127.0.0.1:{}", free_port());
+    let peers = format!("n1={a1},n2={a2}");
+    let out = run_to_exit(
+        &mut serve("n1", &a1, &peers, &n2_dir),
+        Duration::from_secs(30),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("exit {}; stderr: {stderr}", out.status);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("data dir of node 2, not of node 1")
+            && stderr.contains(&n2_dir.display().to_string()),
+        "the dir and its owner are not named: {stderr}"
+    );
+    assert_eq!(
+        snapshot_of(&n2_dir),
+        before,
+        "the refused start changed n2's data dir"
+    );
+    // The same id under another name (`x2` for `n2`) is refused the same way.
+    let x2_peers = format!("n1={a1},x2={a2}");
+    let out = run_to_exit(
+        &mut serve("x2", &a2, &x2_peers, &n2_dir),
+        Duration::from_secs(30),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("data dir of node n2, not of x2"),
+        "{stderr}"
+    );
+    assert_eq!(snapshot_of(&n2_dir), before);
+}
+
+#[test]
+fn cluster_on_a_nodes_data_dir_is_refused() {
+    let root = test_dir("start-cluster-in-node-dir");
+    let n2_dir = root.join("n2");
+    make_node_dir(&n2_dir);
+    let before = snapshot_of(&n2_dir);
+    let port = free_port();
+    let mut cmd = oncekv();
+    cmd.args(["cluster", "--nodes", "3", "--base-port", &port.to_string()])
+        .arg("--data-dir")
+        .arg(&n2_dir);
+    let out = run_to_exit(&mut cmd, Duration::from_secs(30));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("exit {}; stderr: {stderr}", out.status);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("is a node's data dir"),
+        "not refused as a node's dir: {stderr}"
+    );
+    assert_eq!(snapshot_of(&n2_dir), before, "cluster changed n2's dir");
+    // Inside a node's dir too.
+    let mut cmd = oncekv();
+    cmd.args(["cluster", "--nodes", "3", "--base-port", &port.to_string()])
+        .arg("--data-dir")
+        .arg(n2_dir.join("inner"));
+    let out = run_to_exit(&mut cmd, Duration::from_secs(30));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("inside the data dir of a node"), "{stderr}");
+    assert!(!n2_dir.join("inner").exists());
+}
