@@ -115,6 +115,7 @@ fn usage_errors_exit_254_in_every_subcommand() {
         &["sim", "--nodes", "4"],
         &["serve", "--id", "n1"],
         &["cluster", "--nodes", "0", "--data-dir", "unused"],
+        &["cluster", "--base-port", "0", "--data-dir", "unused"],
         &["bench", "--no-such-flag"],
         &["bench-cluster", "--no-such-flag"],
         &["completions", "no-such-shell"],

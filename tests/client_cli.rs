@@ -16,11 +16,11 @@ use support_tcp::TestCluster;
 
 /// Runs `oncekv client ARGS` with `ONCEKV_PEERS` set to `peers` and no --peers.
 fn client(peers: &str, args: &[&str]) -> Output {
-    client_with_stdin(peers, args, "")
+    client_with_stdin(peers, args, b"")
 }
 
 /// [`client`] with `stdin` piped in.
-fn client_with_stdin(peers: &str, args: &[&str], stdin: &str) -> Output {
+fn client_with_stdin(peers: &str, args: &[&str], stdin: &[u8]) -> Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_oncekv"))
         .arg("client")
         .args(args)
@@ -35,7 +35,7 @@ fn client_with_stdin(peers: &str, args: &[&str], stdin: &str) -> Output {
         .stdin
         .take()
         .expect("stdin")
-        .write_all(stdin.as_bytes())
+        .write_all(stdin)
         .expect("write stdin");
     let out = child.wait_with_output().expect("wait");
     eprintln!(
@@ -228,7 +228,8 @@ async fn the_client_cli_against_a_cluster() {
 
     // The shell, fed from a pipe: numbered requests, a retry from the cache,
     // the counter moved once, the session closed at the end.
-    let script = "add s 5\nadd s 1\nretry\nread s\nbogus\nhelp\nquit\nadd s 100\n";
+    // A line that is not UTF-8 is reported and skipped, not the end.
+    let script = b"add s 5\nadd s 1\nretry\n\xff\nread s\nbogus\nhelp\nquit\nadd s 100\n";
     let out = client_with_stdin(peers, &["shell"], script);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     let text = stdout(&out);
@@ -255,6 +256,7 @@ async fn the_client_cli_against_a_cluster() {
         stderr(&out).contains("unknown command \"bogus\""),
         "{out:?}"
     );
+    assert!(stderr(&out).contains("not UTF-8"), "{out:?}");
     let opened = text.split_whitespace().nth(1).expect("session id");
     assert!(text.contains(&format!("session {opened} closed")), "{text}");
     let out = client(peers, &["read", "s"]);
@@ -267,6 +269,22 @@ async fn the_client_cli_against_a_cluster() {
         leader_sessions(peers),
         before,
         "the shell closed its session"
+    );
+
+    // A one-shot write refused before sending (over the request limit) closes
+    // the session it opened: bad usage leaves nothing behind.
+    let out = Command::new(env!("CARGO_BIN_EXE_oncekv"))
+        .args(["client", "write", "big", &"a".repeat(3000)])
+        .env("ONCEKV_PEERS", peers)
+        .env("ONCEKV_REQUEST_BYTES_MAX", "1024")
+        .env_remove(oncekv::tcp::CLUSTER_KEY_VAR)
+        .output()
+        .expect("run oncekv client");
+    assert_eq!(out.status.code(), Some(254), "{out:?}");
+    assert_eq!(
+        leader_sessions(peers),
+        before,
+        "a refused one-shot write left its session open"
     );
 }
 

@@ -56,7 +56,12 @@ fn unusable_key_files_are_refused_before_anything_is_created() {
         write_key(&open, "0123456789abcdef\n", 0o644);
         let lines = root.join("lines.key");
         write_key(&lines, "one\ntwo\n", 0o600);
+        // A FIFO: opening it would wait for a writer forever.
+        let fifo = root.join("fifo.key");
+        let made = Command::new("mkfifo").arg(&fifo).status().expect("mkfifo");
+        assert!(made.success());
         vec![
+            ("a fifo", fifo, None, "not a regular file"),
             ("missing", root.join("missing.key"), None, "cannot be read"),
             ("empty", empty, None, "is empty"),
             ("too long", long, None, "more than 1024 bytes"),
@@ -95,6 +100,56 @@ fn unusable_key_files_are_refused_before_anything_is_created() {
             !dir.exists(),
             "{what}: the refused start created {}",
             dir.display()
+        );
+    }
+}
+
+/// A key in the environment meets the rules a key file does: `serve` refuses a
+/// bad one before creating anything, and `cluster` before writing its key file.
+#[test]
+fn a_bad_key_in_the_environment_is_refused_before_anything_is_created() {
+    let root = test_dir("key-env");
+    let addr = format!("127.0.0.1:{}", free_port());
+    let long = "k".repeat(oncekv::tcp::CLUSTER_KEY_BYTES_MAX + 1);
+    for (what, key, expect) in [
+        ("blank", "   ", "is empty"),
+        ("two lines", "abc\ndef", "one line"),
+        ("too long", long.as_str(), "more than 1024 bytes"),
+        ("spaces around", " abc ", "spaces around it"),
+    ] {
+        let dir = root.join(format!("n1-{}", what.replace(' ', "-")));
+        let out = oncekv()
+            .args(["serve", "--id", "n1", "--listen", &addr])
+            .args(["--peers", &format!("n1={addr}")])
+            .arg("--data-dir")
+            .arg(&dir)
+            .env(oncekv::tcp::CLUSTER_KEY_VAR, key)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run serve");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "serve, {what}: accepted");
+        assert!(
+            stderr.contains(expect) && stderr.contains(oncekv::tcp::CLUSTER_KEY_VAR),
+            "serve, {what}: {stderr}"
+        );
+        assert!(!dir.exists(), "serve, {what}: created {}", dir.display());
+        let cdir = root.join(format!("c-{}", what.replace(' ', "-")));
+        let out = oncekv()
+            .args(["cluster", "--nodes", "1", "--base-port"])
+            .arg(free_port().to_string())
+            .arg("--data-dir")
+            .arg(&cdir)
+            .env(oncekv::tcp::CLUSTER_KEY_VAR, key)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run cluster");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "cluster, {what}: accepted");
+        assert!(stderr.contains(expect), "cluster, {what}: {stderr}");
+        assert!(
+            !cdir.join("cluster.key").exists(),
+            "cluster, {what}: wrote the bad key"
         );
     }
 }

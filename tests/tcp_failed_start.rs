@@ -181,6 +181,33 @@ fn another_nodes_data_dir_is_refused_and_left_byte_for_byte() {
     assert_eq!(snapshot_of(&n2_dir), before);
 }
 
+/// A dir holding files that are not a node's is refused with its name, and not
+/// a byte is written in it (no node.log).
+#[test]
+fn a_foreign_dir_is_refused_and_left_as_it_was() {
+    let root = test_dir("start-foreign-dir");
+    let dir = root.join("junk");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    std::fs::write(dir.join("a.txt"), b"hi\n").expect("write");
+    let before = snapshot_of(&dir);
+    let a1 = format!("127.0.0.1:{}", free_port());
+    let out = run_to_exit(
+        &mut serve("n1", &a1, &format!("n1={a1}"), &dir),
+        Duration::from_secs(30),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("not an oncekv data dir") && stderr.contains("a.txt"),
+        "{stderr}"
+    );
+    assert_eq!(
+        snapshot_of(&dir),
+        before,
+        "the refused start wrote in the dir"
+    );
+}
+
 #[test]
 fn cluster_on_a_nodes_data_dir_is_refused() {
     let root = test_dir("start-cluster-in-node-dir");

@@ -58,6 +58,12 @@ pub struct ClusterArgs {
 fn cluster_key_file(data_dir: &Path) -> Result<PathBuf, TcpError> {
     let file = data_dir.join(serve::CLUSTER_KEY_FILE);
     let from_env = tcp::cluster_key_from_env();
+    // Checked before anything is written: a bad key is refused, not kept.
+    if let Some(key) = &from_env
+        && let Err(why) = tcp::check_cluster_key(key)
+    {
+        return Err(TcpError::Args(format!("{} {why}", tcp::CLUSTER_KEY_VAR)));
+    }
     if file.exists() {
         let kept = tcp::read_cluster_key_file(&file)?;
         if from_env.as_ref().is_some_and(|k| *k != kept) {
@@ -238,6 +244,11 @@ pub fn check_args(args: &ClusterArgs) -> Result<(), TcpError> {
 fn plan(args: &ClusterArgs) -> Result<Vec<Planned>, TcpError> {
     if args.nodes == 0 {
         return Err(TcpError::Args("--nodes must be at least 1".into()));
+    }
+    if args.base_port == 0 {
+        return Err(TcpError::Args(
+            "--base-port must be a port from 1 (n1 listens on it, n2 on the next, ...)".into(),
+        ));
     }
     if u32::from(args.base_port) + args.nodes - 1 > u32::from(u16::MAX) {
         return Err(TcpError::Args(format!(

@@ -244,7 +244,7 @@ fn has_segments(wal_dir: &Path) -> bool {
 }
 
 /// A dir without a marker may hold only what an interrupted first open creates.
-fn check_only_ours(dir: &Path) -> Result<(), StorageError> {
+pub(crate) fn check_only_ours(dir: &Path) -> Result<(), StorageError> {
     let io_err = |source| StorageError::Io {
         path: dir.to_owned(),
         source,

@@ -193,6 +193,28 @@ pub fn cluster_key_from_env() -> Option<Arc<str>> {
 /// Longest cluster key accepted, in bytes (a random 128-bit key in hex is 32).
 pub const CLUSTER_KEY_BYTES_MAX: usize = 1024;
 
+/// The rules every cluster key meets, wherever it comes from (a file, after its
+/// surrounding whitespace is trimmed, or [`CLUSTER_KEY_VAR`] as given): not
+/// empty, at most [`CLUSTER_KEY_BYTES_MAX`] bytes, one line without control
+/// characters or surrounding whitespace. Says why not.
+pub fn check_cluster_key(key: &str) -> Result<(), String> {
+    if key.trim().is_empty() {
+        return Err("is empty: it must hold the key".into());
+    }
+    if key.len() > CLUSTER_KEY_BYTES_MAX {
+        return Err(format!(
+            "holds more than {CLUSTER_KEY_BYTES_MAX} bytes: a key is one short line"
+        ));
+    }
+    if key.chars().any(char::is_control) {
+        return Err("holds control characters or several lines: a key is one line".into());
+    }
+    if key.trim() != key {
+        return Err("has spaces around it: a key is one line without them".into());
+    }
+    Ok(())
+}
+
 /// Reads a cluster key file (`serve --cluster-key-file`, `DATA_DIR/cluster.key`
 /// of `oncekv cluster`): the key is the file's text without surrounding
 /// whitespace (a trailing newline is fine). Refuses, naming the file, one that
@@ -208,6 +230,12 @@ pub fn read_cluster_key_file(path: &std::path::Path) -> Result<Arc<str>, TcpErro
             path.display()
         )))
     };
+    // Looked at before opening: opening a FIFO would wait for a writer.
+    match std::fs::metadata(path) {
+        Ok(m) if !m.is_file() => return refuse("is not a regular file".into()),
+        Ok(_) => {}
+        Err(e) => return refuse(format!("cannot be read: {e}")),
+    }
     let file = match std::fs::File::open(path) {
         Ok(f) => f,
         Err(e) => return refuse(format!("cannot be read: {e}")),
@@ -241,16 +269,13 @@ pub fn read_cluster_key_file(path: &std::path::Path) -> Result<Arc<str>, TcpErro
         return refuse("is not UTF-8 text".into());
     };
     let key = text.trim();
-    if key.is_empty() {
-        return refuse("is empty: it must hold the key".into());
-    }
-    if key.len() > CLUSTER_KEY_BYTES_MAX || bytes.len() as u64 > limit {
+    if bytes.len() as u64 > limit {
         return refuse(format!(
             "holds more than {CLUSTER_KEY_BYTES_MAX} bytes: a key is one short line"
         ));
     }
-    if key.chars().any(char::is_control) {
-        return refuse("holds control characters or several lines: a key is one line".into());
+    if let Err(why) = check_cluster_key(key) {
+        return refuse(why);
     }
     Ok(Arc::from(key))
 }
@@ -266,7 +291,11 @@ pub fn cluster_key_from(file: Option<&std::path::Path>) -> Result<Option<Arc<str
             path.display()
         ))),
         (Some(path), None) => read_cluster_key_file(path).map(Some),
-        (None, env) => Ok(env),
+        (None, Some(key)) => match check_cluster_key(&key) {
+            Ok(()) => Ok(Some(key)),
+            Err(why) => Err(TcpError::Args(format!("{CLUSTER_KEY_VAR} {why}"))),
+        },
+        (None, None) => Ok(None),
     }
 }
 

@@ -173,6 +173,9 @@ fn check_data_dir(dir: &Path, id: u64, name: &str) -> Result<(), TcpError> {
             found,
             expected: name.to_string(),
         })),
+        // No marker: a dir holding anything else is refused here, before its
+        // node.log is written, as opening the storage would refuse it.
+        None if dir.is_dir() => crate::storage::check_only_ours(dir).map_err(TcpError::Storage),
         _ => Ok(()),
     }
 }

@@ -179,9 +179,20 @@ fn check_peers(peers: &[String]) -> Result<(), String> {
         ));
     }
     for p in peers {
+        if p.contains('=') {
+            return Err(format!(
+                "--peers (or {PEERS_VAR}) entry {p:?} is NAME=HOST:PORT, the form `serve --peers` \
+                 takes: the client wants HOST:PORT only (drop the NAME=)"
+            ));
+        }
+        let host_chars = |host: &str| {
+            host.chars().all(|c| {
+                c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':' | '[' | ']')
+            })
+        };
         let port = p
             .rsplit_once(':')
-            .filter(|(host, _)| !host.trim().is_empty())
+            .filter(|(host, _)| !host.is_empty() && host_chars(host))
             .and_then(|(_, port)| port.parse::<u16>().ok())
             .filter(|port| *port != 0);
         if port.is_none() {
@@ -467,6 +478,9 @@ async fn one_shot(
                      oncekv client {kind} ... --client-id {id} --seq {seq}; \
                      close it with: oncekv client close-session --client-id {id}"
                 );
+            } else if own {
+                // Refused before sending (too large, say): nothing ran in it.
+                close_own(client, &id).await;
             }
             return code;
         }
@@ -479,13 +493,18 @@ async fn one_shot(
     }
     let code = print_reply(&reply, out);
     if own {
-        match client.close_session().await {
-            Ok(Reply::CloseSessionOk) => {}
-            Ok(other) => eprintln!("note: closing session {id}: {other}"),
-            Err(e) => eprintln!("note: session {id} may still be open (it expires when idle): {e}"),
-        }
+        close_own(client, &id).await;
     }
     code
+}
+
+/// Closes the session a one-shot command opened, saying so if it may stay open.
+async fn close_own(client: &mut Client, id: &str) {
+    match client.close_session().await {
+        Ok(Reply::CloseSessionOk) => {}
+        Ok(other) => eprintln!("note: closing session {id}: {other}"),
+        Err(e) => eprintln!("note: session {id} may still be open (it expires when idle): {e}"),
+    }
 }
 
 /// Sends a membership request to the leader, retrying until it answers or the deadline.
@@ -576,6 +595,9 @@ mod tests {
             &["h:0"],
             &["h:70000"],
             &[":7001"],
+            &[" 127.0.0.1:7001"],
+            &["n1=127.0.0.1:7001"],
+            &["exa mple:7001"],
         ] {
             assert!(check_peers(&peers(bad)).is_err(), "{bad:?}");
         }

@@ -69,14 +69,25 @@ pub async fn run(client: &mut Client, out: &mut dyn Write) -> i32 {
         close(client, &id, None).await;
         return output_failed(e, exit::OK);
     }
-    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    // Read as bytes: a line that is not UTF-8 is reported and skipped, not the
+    // end of the shell.
+    let mut lines = BufReader::new(tokio::io::stdin()).split(b'\n');
     let mut last: Option<Last> = None;
     loop {
         if tty {
             let _ = write!(out, "oncekv> ").and_then(|()| out.flush());
         }
-        let line = match lines.next_line().await {
-            Ok(Some(line)) => line,
+        let line = match lines.next_segment().await {
+            Ok(Some(bytes)) => match String::from_utf8(bytes) {
+                Ok(line) => line,
+                Err(e) => {
+                    eprintln!(
+                        "error: a line that is not UTF-8 (byte {}), skipped",
+                        e.utf8_error().valid_up_to()
+                    );
+                    continue;
+                }
+            },
             Ok(None) => break,
             Err(e) => {
                 eprintln!("error: reading stdin: {e}");
@@ -182,7 +193,9 @@ async fn send(
             last.reply = Some(reply);
         }
         Err(e) => {
-            let hint = if seq.is_some() {
+            let hint = if matches!(e, ClientError::Usage(_)) {
+                " (not sent: it did not run)"
+            } else if seq.is_some() {
                 " (it may or may not have run; type retry to send it again with the same seq)"
             } else {
                 ""
