@@ -181,6 +181,49 @@ fn another_nodes_data_dir_is_refused_and_left_byte_for_byte() {
     assert_eq!(snapshot_of(&n2_dir), before);
 }
 
+/// A second `serve` on the dir of a node that is running is refused, naming the
+/// dir, without writing a line into the running node's `node.log`.
+#[test]
+fn a_second_start_on_a_running_nodes_dir_is_refused_without_touching_its_log() {
+    let root = test_dir("start-running-dir");
+    let dir = root.join("n1");
+    let addr = format!("127.0.0.1:{}", free_port());
+    let peers = format!("n1={addr}");
+    let mut running = serve("n1", &addr, &peers, &dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let log = dir.join("node.log");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("serving on")
+    {
+        assert!(running.try_wait().expect("wait").is_none(), "n1 exited");
+        assert!(Instant::now() < deadline, "n1 did not serve");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = run_to_exit(
+        &mut serve("n1", &addr, &peers, &dir),
+        Duration::from_secs(30),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let _ = running.kill();
+    let _ = running.wait();
+    assert_eq!(out.status.code(), Some(254), "{stderr}");
+    assert!(
+        stderr.contains("already running") && stderr.contains(&dir.display().to_string()),
+        "{stderr}"
+    );
+    assert!(
+        !text.contains("already running") && !text.contains("locked by another process"),
+        "the refused start wrote into the running node's log: {text}"
+    );
+}
+
 /// A dir holding files that are not a node's is refused with its name, and not
 /// a byte is written in it (no node.log).
 #[test]

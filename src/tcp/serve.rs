@@ -153,6 +153,7 @@ fn check_data_dir(dir: &Path, id: u64, name: &str) -> Result<(), TcpError> {
             dir.display()
         )));
     }
+    check_not_in_use(dir)?;
     use crate::storage::{StorageError, marker::Marker};
     let marker = Marker::read(dir).map_err(TcpError::Storage)?;
     let path = dir.join(crate::storage::marker::MARKER_FILE);
@@ -176,6 +177,28 @@ fn check_data_dir(dir: &Path, id: u64, name: &str) -> Result<(), TcpError> {
         // No marker: a dir holding anything else is refused here, before its
         // node.log is written, as opening the storage would refuse it.
         None if dir.is_dir() => crate::storage::check_only_ours(dir).map_err(TcpError::Storage),
+        _ => Ok(()),
+    }
+}
+
+/// Refuses a data dir whose log another process holds (a node running on it),
+/// before anything is opened for writing: the storage would refuse it later,
+/// but only after this start had written to that node's `node.log`. A probe:
+/// the lock file is opened read-only and its lock released at once (the
+/// storage takes it for good when it opens).
+fn check_not_in_use(dir: &Path) -> Result<(), TcpError> {
+    let lock_path = dir
+        .join(crate::storage::LOG_DIR)
+        .join(crate::storage::wal::LOCK_FILE);
+    let Ok(lock) = std::fs::File::open(&lock_path) else {
+        return Ok(());
+    };
+    match lock.try_lock() {
+        Err(std::fs::TryLockError::WouldBlock) => Err(TcpError::Args(format!(
+            "--data-dir {}: a node is already running on it ({} is held by another process)",
+            dir.display(),
+            lock_path.display()
+        ))),
         _ => Ok(()),
     }
 }
