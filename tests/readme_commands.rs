@@ -376,18 +376,29 @@ fn short_run_judged_on_availability_only(shell: &str, output: &str) -> bool {
         && output.lines().any(|l| l.starts_with("stats: INVALID"))
 }
 
-fn run_foreground(line: &Line, shell: &str, dir: &Path, env: &BTreeMap<String, String>, n: usize) {
-    let out_path = dir.join(format!("line-{n}.out"));
-    let out = File::create(&out_path).expect("output file");
-    let mut child = Command::new("sh")
-        .args(["-c", shell])
-        .current_dir(dir)
+/// Starts `cmd` in `dir` with `env`, no stdin, and its stdout and stderr both
+/// written to the file `out_path`.
+fn spawn_into(
+    cmd: &mut Command,
+    dir: &Path,
+    env: &BTreeMap<String, String>,
+    out_path: &Path,
+) -> Child {
+    let out = File::create(out_path).expect("output file");
+    cmd.current_dir(dir)
         .envs(env)
         .stdin(Stdio::null())
         .stdout(out.try_clone().expect("clone"))
         .stderr(out)
         .spawn()
-        .expect("sh");
+        .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"))
+}
+
+fn run_foreground(line: &Line, shell: &str, dir: &Path, env: &BTreeMap<String, String>, n: usize) {
+    let out_path = dir.join(format!("line-{n}.out"));
+    let mut sh = Command::new("sh");
+    sh.args(["-c", shell]);
+    let mut child = spawn_into(&mut sh, dir, env, &out_path);
     let started = Instant::now();
     let status = loop {
         if let Some(status) = child.try_wait().expect("wait") {
@@ -438,16 +449,9 @@ fn start_server(
     n: usize,
 ) -> Server {
     let log = dir.join(format!("line-{n}.out"));
-    let out = File::create(&log).expect("log file");
-    let child = Command::new(bin())
-        .args(args)
-        .current_dir(dir)
-        .envs(env)
-        .stdin(Stdio::null())
-        .stdout(out.try_clone().expect("clone"))
-        .stderr(out)
-        .spawn()
-        .expect("spawn oncekv");
+    let mut oncekv = Command::new(bin());
+    oncekv.args(args);
+    let child = spawn_into(&mut oncekv, dir, env, &log);
     let mut server = Server {
         line: line.clone(),
         child,
