@@ -96,6 +96,8 @@ impl Backing<MemLogStore> {
                 mirror: log.mirror(),
                 log,
                 sm: StateMachineStore::new(),
+                // The in-memory log has no write that can fail.
+                failure: Default::default(),
             },
             clock: WallClock::system(),
             started: None,

@@ -93,6 +93,9 @@ pub struct Node {
     /// Why a duty task of this node died by panicking, if one did
     /// ([`duties::spawn_duty`]): [`Node::fatal`] then ends the process.
     duty_failed: duties::DutyFailure,
+    /// Set when a write of the log fails: [`Node::fatal`] then ends the process
+    /// at once, not at the next append.
+    log_failed: crate::raft::log_store::LogFailure,
 }
 
 /// The wall clock a node stamps its entries from (milliseconds since the Unix
@@ -238,6 +241,7 @@ impl Node {
             snapshots_in,
             stopping: AtomicBool::new(false),
             duty_failed: duties::DutyFailure::default(),
+            log_failed: storage.failure,
         });
         story::spawn(&node.raft, node.name.clone(), node.members.clone());
         node.clone().spawn_leader_duties();
@@ -319,9 +323,11 @@ impl Node {
 
     /// Resolves with the cause once Raft has stopped without being asked to: a
     /// storage error (a failed log write or sync, a full disk), a panic in Raft's
-    /// core, or a stop from inside. A node in that state can no longer vote, append
-    /// or apply, yet would still answer `status`; its process must end (loudly,
-    /// non-zero) so a supervisor restarts it. Pending forever while Raft runs and
+    /// core, or a stop from inside; or at once when a write of the log fails,
+    /// even one no caller waits on (the store refuses every later write). A
+    /// node in that state can no longer vote, append or apply, yet would still
+    /// answer `status` and heartbeats; its process must end (loudly, non-zero)
+    /// so a supervisor restarts it. Pending forever while Raft runs and
     /// after [`Node::shutdown`].
     ///
     /// It wakes on changes of the server metrics (role, leader, membership: rare)
@@ -332,7 +338,13 @@ impl Node {
         let metrics = self.raft.metrics();
         let mut server = self.raft.server_metrics();
         loop {
-            let failed = self.duty_failed.get().or_else(|| {
+            let failed = self.duty_failed.get();
+            let failed = failed.or_else(|| {
+                self.log_failed
+                    .get()
+                    .map(|why| format!("the log can no longer be written: {why}"))
+            });
+            let failed = failed.or_else(|| {
                 let m = metrics.borrow_watched();
                 match &m.running_state {
                     Err(e) => Some(format!("raft stopped: {e}")),
@@ -350,6 +362,7 @@ impl Node {
             }
             let closed = tokio::select! {
                 biased;
+                _ = self.log_failed.wait() => false,
                 r = server.changed() => r.is_err(),
                 () = tokio::time::sleep(FATAL_CHECK_PERIOD) => false,
             };
@@ -368,5 +381,81 @@ impl Node {
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!("raft shutdown: {e}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::future::BoxFuture;
+
+    use super::*;
+    use crate::raft::log_store::{LogFailure, MemLogStore};
+    use crate::raft::network::{Body, CallError, RpcRequest};
+
+    /// A single-node cluster calls nobody.
+    struct Alone;
+
+    impl Transport for Alone {
+        fn call(
+            &self,
+            peer: &Peer,
+            _req: RpcRequest,
+            _timeout: Duration,
+        ) -> BoxFuture<'static, Result<Body, CallError>> {
+            let peer = peer.to_string();
+            Box::pin(async move {
+                Err(CallError::Unreachable {
+                    peer,
+                    why: "a single-node cluster".into(),
+                })
+            })
+        }
+    }
+
+    /// A failed log write nobody waits on (the committed pointer, a purge, a
+    /// checkpoint) ends the node at once: `fatal` resolves with its cause while
+    /// Raft itself still runs, rather than at the next append.
+    #[tokio::test]
+    async fn a_failed_log_write_is_fatal_at_once() {
+        let log = MemLogStore::default();
+        let failure = LogFailure::default();
+        let storage = Storage {
+            mirror: log.mirror(),
+            log,
+            sm: StateMachineStore::new(),
+            failure: failure.clone(),
+        };
+        let peer = Peer {
+            name: "n1".into(),
+            addr: String::new(),
+        };
+        let members = BTreeMap::from([(1, peer)]);
+        let node = Node::start_with(
+            1,
+            members.clone(),
+            Arc::new(Alone),
+            Config::default(),
+            storage,
+            Some(members),
+            WallClock::system(),
+        )
+        .await
+        .expect("the node starts");
+        let fatal = tokio::spawn({
+            let node = node.clone();
+            async move { node.fatal().await }
+        });
+        failure.set("input/output error");
+        failure.set("a later failure is not the cause");
+        let why = tokio::time::timeout(Duration::from_secs(30), fatal)
+            .await
+            .expect("fatal resolves")
+            .expect("fatal does not panic");
+        assert_eq!(
+            why, "the log can no longer be written: input/output error",
+            "the first cause is kept"
+        );
+        assert!(node.raft.metrics().borrow_watched().running_state.is_ok());
+        node.shutdown().await;
     }
 }

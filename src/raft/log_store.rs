@@ -69,6 +69,59 @@ pub fn lock(m: &SharedMirror) -> std::sync::MutexGuard<'_, LogMirror> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Set once, when a write of the log fails; never cleared. The store then
+/// refuses every later write (its in-memory log is ahead of the disk, and going
+/// on could leave a hole), and [`crate::node::Node::fatal`] ends the node at
+/// once. Without the second half, a failure nobody waits on (the committed
+/// pointer, a truncate or purge, a checkpoint) surfaced only at the node's next
+/// append, which may come seconds later: meanwhile the node answered heartbeats
+/// as a voter whose log could no longer grow, holding up every commit that
+/// needed its vote (found by the simulator).
+#[derive(Debug, Clone)]
+pub struct LogFailure(Arc<tokio::sync::watch::Sender<Option<String>>>);
+
+impl Default for LogFailure {
+    fn default() -> Self {
+        LogFailure(Arc::new(tokio::sync::watch::Sender::new(None)))
+    }
+}
+
+impl LogFailure {
+    /// Records `why` as the failure, unless one is recorded already (the first
+    /// cause is kept). Callable from any thread.
+    pub fn set(&self, why: impl Into<String>) {
+        let why = why.into();
+        self.0.send_if_modified(|cur| {
+            if cur.is_some() {
+                return false;
+            }
+            *cur = Some(why);
+            true
+        });
+    }
+
+    /// Whether a write has failed.
+    pub fn is_set(&self) -> bool {
+        self.0.borrow().is_some()
+    }
+
+    /// The failure, if a write has failed.
+    pub fn get(&self) -> Option<String> {
+        self.0.borrow().clone()
+    }
+
+    /// Resolves with the failure once a write has failed; pending until then.
+    pub async fn wait(&self) -> String {
+        let mut rx = self.0.subscribe();
+        let why = rx.wait_for(Option::is_some).await.map(|why| why.clone());
+        match why {
+            Ok(why) => why.unwrap_or_default(),
+            // The sender lives in `self`: it cannot close while we wait.
+            Err(_) => std::future::pending().await,
+        }
+    }
+}
+
 /// The size of an entry's JSON, without building it.
 pub fn entry_bytes(e: &Entry) -> u64 {
     struct Count(u64);

@@ -66,6 +66,8 @@ pub struct Storage<L> {
     pub sm: sm_store::StateMachineStore,
     /// The log's in-memory copy, which the node keeps within its byte budget.
     pub mirror: log_store::SharedMirror,
+    /// Set when a write of the log fails: the node then ends.
+    pub failure: log_store::LogFailure,
 }
 
 /// The Raft handle.

@@ -56,7 +56,7 @@ const INLINE_BYTES_MAX: usize = 256 << 10;
 
 /// The readable copy of the log beside the files (shared with `MemLogStore`).
 type Mirror = crate::raft::log_store::LogMirror;
-use crate::raft::log_store::SharedMirror;
+use crate::raft::log_store::{LogFailure, SharedMirror};
 
 fn encode<T: Serialize>(value: &T) -> io::Result<Vec<u8>> {
     serde_json::to_vec(value).map_err(io::Error::other)
@@ -129,6 +129,11 @@ impl WalLogStore {
     /// The mirror, shared (for the node's memory budget).
     pub fn mirror(&self) -> SharedMirror {
         self.mirror.clone()
+    }
+
+    /// Set once a write of the log fails (for the node, which then ends).
+    pub fn failure(&self) -> LogFailure {
+        self.writer.failure()
     }
 }
 

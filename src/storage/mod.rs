@@ -234,8 +234,13 @@ fn open_with(
             reason: format!("the snapshot's state does not load: {e}"),
         },
     })?;
-    let mirror = log.mirror();
-    Ok(Storage { log, sm, mirror })
+    let (mirror, failure) = (log.mirror(), log.failure());
+    Ok(Storage {
+        log,
+        sm,
+        mirror,
+        failure,
+    })
 }
 
 /// True if `wal_dir` holds at least one segment file.

@@ -25,6 +25,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::wal::{CHECKPOINT_INTERVAL, Record, Wal};
 use crate::raft::TypeConfig;
+use crate::raft::log_store::LogFailure;
 
 /// Operations waiting in the queue at most; `append` waits (backpressure) beyond.
 pub const QUEUE_JOBS_MAX: usize = 4096;
@@ -100,7 +101,7 @@ pub struct Writer {
     stats: Arc<Stats>,
     /// Set after a failed commit: later operations fail too, since the in-memory
     /// log is then ahead of the disk and continuing could leave a hole.
-    failed: Arc<AtomicBool>,
+    failed: LogFailure,
     /// The thread, joined on drop so the file lock is released when we return.
     thread: Mutex<Option<JoinHandle<()>>>,
     /// The newest committed pointer not yet handed to the thread (see
@@ -128,7 +129,7 @@ impl Writer {
     pub fn start(wal: Wal) -> io::Result<Writer> {
         let (tx, rx) = mpsc::channel(QUEUE_JOBS_MAX);
         let stats = Arc::new(Stats::default());
-        let failed = Arc::new(AtomicBool::new(false));
+        let failed = LogFailure::default();
         let committed: Arc<Mutex<Option<Vec<u8>>>> = Arc::default();
         let wal = Arc::new(Mutex::new(wal));
         let outstanding = Arc::new(AtomicU64::new(0));
@@ -172,6 +173,11 @@ impl Writer {
         })
     }
 
+    /// Set once a write fails (shared with the node, which then ends).
+    pub fn failure(&self) -> LogFailure {
+        self.failed.clone()
+    }
+
     /// Records the committed pointer (its JSON) lazily: it is written at the end
     /// of the next batch (after every entry it covers, which were queued before
     /// it), or at close, and never wakes the thread by itself. A newer pointer
@@ -183,10 +189,10 @@ impl Writer {
 
     /// Queues `op`; `done` is completed once it is durable. Waits while the queue is full.
     pub async fn submit(&self, op: Change, done: Done) -> io::Result<()> {
-        if self.failed.load(Ordering::Acquire) {
-            return Err(io::Error::other(
-                "log writer failed earlier; refusing writes",
-            ));
+        if let Some(why) = self.failed.get() {
+            return Err(io::Error::other(format!(
+                "log writer failed earlier ({why}); refusing writes"
+            )));
         }
         self.stats.jobs.fetch_add(1, Ordering::Relaxed);
         if matches!(op, Change::Put(_)) {
@@ -209,7 +215,7 @@ impl Writer {
     /// Order: every operation comes from openraft's one core task, one call at a
     /// time, so none can be queued between the check and the write.
     pub fn try_inline(&self, op: Change, done: Done) -> Result<(), (Change, Done)> {
-        if self.failed.load(Ordering::Acquire) || self.outstanding.load(Ordering::Acquire) != 0 {
+        if self.failed.is_set() || self.outstanding.load(Ordering::Acquire) != 0 {
             return Err((op, done));
         }
         let Ok(mut wal) = self.wal.try_lock() else {
@@ -295,7 +301,7 @@ fn no_wakeup_preemption() {
 /// What the thread shares with the [`Writer`].
 struct Shared {
     stats: Arc<Stats>,
-    failed: Arc<AtomicBool>,
+    failed: LogFailure,
     committed: Arc<Mutex<Option<Vec<u8>>>>,
     wal: Arc<Mutex<Wal>>,
     outstanding: Arc<AtomicU64>,
@@ -304,16 +310,16 @@ struct Shared {
 /// Records the synced position in the WAL's checkpoint every
 /// [`CHECKPOINT_INTERVAL`] while it moves (see `wal::checkpoint`), until `stop`.
 /// A failure is a failed log write: the writer refuses later operations.
-fn checkpoint_ticker(wal: &Mutex<Wal>, failed: &AtomicBool, stop: &AtomicBool) {
+fn checkpoint_ticker(wal: &Mutex<Wal>, failed: &LogFailure, stop: &AtomicBool) {
     while !stop.load(Ordering::Acquire) {
         std::thread::park_timeout(CHECKPOINT_INTERVAL);
-        if stop.load(Ordering::Acquire) || failed.load(Ordering::Acquire) {
+        if stop.load(Ordering::Acquire) || failed.is_set() {
             continue;
         }
         let mut wal = wal.lock().unwrap_or_else(|p| p.into_inner());
         if let Err(e) = wal.checkpoint_if_stale(false) {
             tracing::error!("log checkpoint failed: {e}");
-            failed.store(true, Ordering::Release);
+            failed.set(format!("log checkpoint failed: {e}"));
         }
     }
 }
@@ -353,8 +359,10 @@ fn run(mut rx: mpsc::Receiver<(Change, Done)>, shared: &Shared) {
                 *slot = Some(c);
             }
         }
-        let result = if failed.load(Ordering::Acquire) {
-            Err("log writer failed earlier; refusing writes".to_string())
+        let result = if let Some(why) = failed.get() {
+            Err(format!(
+                "log writer failed earlier ({why}); refusing writes"
+            ))
         } else {
             // A batch nobody waits on (a truncate or purge queued ahead of
             // appends) is written now and synced by the next one.
@@ -371,7 +379,7 @@ fn run(mut rx: mpsc::Receiver<(Change, Done)>, shared: &Shared) {
     }
     // Closing: the last committed pointer, and what was written without a sync.
     let mut wal = wal.lock().unwrap_or_else(|p| p.into_inner());
-    if !failed.load(Ordering::Acquire)
+    if !failed.is_set()
         && let Err(e) = write_batch(&mut wal, std::iter::empty(), take_committed(), true)
     {
         tracing::error!("log sync at close failed: {e}");
@@ -386,7 +394,7 @@ fn commit<'a>(
     committed: Option<Vec<u8>>,
     sync: bool,
     stats: &Stats,
-    failed: &AtomicBool,
+    failed: &LogFailure,
 ) -> Result<(), String> {
     let r = write_batch(wal, ops, committed, sync);
     match &r {
@@ -396,7 +404,7 @@ fn commit<'a>(
         Ok(()) => {}
         Err(e) => {
             tracing::error!("log commit failed: {e}");
-            failed.store(true, Ordering::Release);
+            failed.set(format!("log commit failed: {e}"));
         }
     }
     r

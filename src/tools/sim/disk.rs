@@ -28,7 +28,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::sync::oneshot;
 
-use crate::raft::log_store::{LogMirror, SharedMirror, entry_bytes, lock};
+use crate::raft::log_store::{LogFailure, LogMirror, SharedMirror, entry_bytes, lock};
 use crate::raft::sm_store::{SnapshotSink, StateMachineStore};
 use crate::raft::{Entry, LogId, SnapshotMeta, Storage, TypeConfig, Vote};
 
@@ -130,9 +130,10 @@ pub struct DiskState {
     pub fault: DiskFault,
     /// Whether a sync is on its way.
     sync_scheduled: bool,
-    /// A write of this incarnation failed: every later one fails too, as the
-    /// log's writer stops at its first error (the process must restart).
-    failed: bool,
+    /// Set when a write of this incarnation fails: every later one fails too,
+    /// as the log's writer stops at its first error, and the node ends (the
+    /// process must restart).
+    failure: LogFailure,
     /// Draws sync delays and crash cuts.
     rng: StdRng,
     /// Longest delay before a sync, in ms.
@@ -155,7 +156,7 @@ pub fn new_disk(seed: u64, sync_delay_max_ms: u64) -> Disk {
         incarnation: 0,
         fault: DiskFault::None,
         sync_scheduled: false,
-        failed: false,
+        failure: LogFailure::default(),
         rng: StdRng::seed_from_u64(seed),
         sync_delay_max_ms,
         syncs: 0,
@@ -185,7 +186,7 @@ pub fn crash(disk: &Disk) -> usize {
     let mut d = locked(disk);
     d.incarnation += 1;
     d.sync_scheduled = false;
-    d.failed = false;
+    d.failure = LogFailure::default();
     let pending: Vec<(Write, Option<Done>)> = d.pending.drain(..).collect();
     let keep = d.rng.gen_range(0..=pending.len());
     let torn = d.rng.r#gen::<f64>();
@@ -236,9 +237,9 @@ pub fn describe(disk: &Disk) -> String {
 /// Opens the node's stores on `disk` after a start or a crash: the log as the
 /// disk holds it, the state machine from its snapshot.
 pub fn open(disk: &Disk) -> Result<Storage<SimLogStore>, String> {
-    let (image, incarnation) = {
+    let (image, incarnation, failure) = {
         let d = locked(disk);
-        (d.image.clone(), d.incarnation)
+        (d.image.clone(), d.incarnation, d.failure.clone())
     };
     if let Some(at) = image.hole() {
         return Err(format!("the log on disk has a hole before index {at}"));
@@ -269,6 +270,7 @@ pub fn open(disk: &Disk) -> Result<Storage<SimLogStore>, String> {
         },
         sm,
         mirror,
+        failure,
     })
 }
 
@@ -324,7 +326,7 @@ impl SimLogStore {
         if d.incarnation != self.incarnation {
             return Err(fenced());
         }
-        if d.failed {
+        if d.failure.is_set() {
             return Err(fault_error(DiskFault::Io));
         }
         d.pending.push_back((w, done));
@@ -355,7 +357,7 @@ fn sync(disk: &Disk, incarnation: u64) {
         let pending: Vec<(Write, Option<Done>)> = d.pending.drain(..).collect();
         let fault = d.fault;
         if fault != DiskFault::None {
-            d.failed = true;
+            d.failure.set(fault_error(fault).to_string());
         }
         let mut done = Vec::new();
         let mut voted = false;

@@ -74,6 +74,12 @@ fn five_nodes_pass_too() {
 ///   made by a leader that had itself been removed (it leads until it steps
 ///   down) tripped openraft's assertion that only a member leads (now refused:
 ///   `Node::ready_for_change`).
+/// - 10057 @ 60 s: a node restarted while its disk failed: its first write
+///   (the committed pointer, which nobody waits on) failed, so its log could no
+///   longer grow, yet it ran on answering heartbeats as one of the two voters
+///   left after a removal until its next append failed seven seconds later;
+///   no entry could commit meanwhile, and adding the removed member back
+///   timed out. Now a failed log write ends the node at once (`LogFailure`).
 ///
 /// Seed 1870 @ 60 s found a defect of the simulator itself: a removal asked of
 /// a leader that then lost the lead was awaited without a bound, so the run
@@ -90,6 +96,7 @@ fn seeds_that_found_real_bugs_pass() {
         (19, 60_000),
         (106, 60_000),
         (1870, 60_000),
+        (10057, 60_000),
     ] {
         let opts = SimOptions {
             duration_ms: ms,
