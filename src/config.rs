@@ -31,6 +31,14 @@ pub struct Config {
     /// the leader), so a failover costs about this plus one timeout: 150-300 ms gave a
     /// median of ~0.6 s against ~0.9 s for 250-500 (docs/benchmarks.md).
     pub election_timeout_max_ms: u64,
+    /// When a follower learns that its leader's process is gone (its connection
+    /// closed and its port refuses connections; see docs/architecture.md), it
+    /// waits this many ms per rank (its place among the other voters, by id)
+    /// and then stands for election without waiting out the lease; voters that
+    /// learnt the same grant it despite the lease. The wait lets the other
+    /// followers learn it too and keeps them from standing at once. 0 turns
+    /// the fast path off. Below half the lowest election timeout.
+    pub leader_gone_stagger_ms: u64,
     /// How long a proposal or a forwarded request may wait before the node answers
     /// with an indefinite error. Below Maelstrom's 1 s client timeout would be
     /// pointless (it records info either way); above it keeps late commits answerable.
@@ -158,6 +166,7 @@ impl Default for Config {
             heartbeat_interval_ms: 50,
             election_timeout_min_ms: 150,
             election_timeout_max_ms: 300,
+            leader_gone_stagger_ms: 25,
             request_timeout_ms: 1_000,
             session_timeout_ms: 300_000,
             gc_interval_ms: 1_000,
@@ -207,12 +216,13 @@ impl Config {
     /// The defaults with `ONCEKV_*` environment overrides applied.
     pub fn from_env() -> Result<Config, ConfigError> {
         let mut c = Config::default();
-        let vars: [(&str, &mut u64); 20] = [
+        let vars: [(&str, &mut u64); 21] = [
             ("REJECTED_LOG_PER_S", &mut c.rejected_log_per_s),
             ("REJECTED_LOG_BURST", &mut c.rejected_log_burst),
             ("HEARTBEAT_INTERVAL_MS", &mut c.heartbeat_interval_ms),
             ("ELECTION_TIMEOUT_MIN_MS", &mut c.election_timeout_min_ms),
             ("ELECTION_TIMEOUT_MAX_MS", &mut c.election_timeout_max_ms),
+            ("LEADER_GONE_STAGGER_MS", &mut c.leader_gone_stagger_ms),
             ("REQUEST_TIMEOUT_MS", &mut c.request_timeout_ms),
             ("SESSION_TIMEOUT_MS", &mut c.session_timeout_ms),
             ("GC_INTERVAL_MS", &mut c.gc_interval_ms),
@@ -279,6 +289,11 @@ impl Config {
         if self.election_timeout_max_ms <= self.election_timeout_min_ms {
             return fail("election_timeout_max_ms must exceed election_timeout_min_ms");
         }
+        // The fast path must be faster than the slow one: two ranks of waiting
+        // (three voters) stay within the first election timeout.
+        if self.leader_gone_stagger_ms.saturating_mul(2) >= self.election_timeout_min_ms {
+            return fail("leader_gone_stagger_ms must be below half of election_timeout_min_ms");
+        }
         if self.request_timeout_ms == 0 {
             return fail("timeouts must be positive");
         }
@@ -305,6 +320,7 @@ impl Config {
             ("heartbeat_interval_ms", self.heartbeat_interval_ms),
             ("election_timeout_min_ms", self.election_timeout_min_ms),
             ("election_timeout_max_ms", self.election_timeout_max_ms),
+            ("leader_gone_stagger_ms", self.leader_gone_stagger_ms),
             ("request_timeout_ms", self.request_timeout_ms),
             ("gc_interval_ms", self.gc_interval_ms),
             ("append_timeout_ms", self.append_timeout_ms),
@@ -525,6 +541,15 @@ mod tests {
             ..Config::default()
         };
         assert!(c.validate().is_err());
+        // The dead-leader fast path: off, or quicker than an election timeout.
+        let stagger = |ms| Config {
+            leader_gone_stagger_ms: ms,
+            ..Config::default()
+        };
+        assert_eq!(stagger(0).validate(), Ok(()));
+        assert_eq!(stagger(74).validate(), Ok(()));
+        assert!(stagger(75).validate().is_err());
+        assert!(stagger(u64::MAX).validate().is_err());
     }
 
     #[test]

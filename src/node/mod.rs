@@ -14,6 +14,7 @@
 
 mod duties;
 mod forward;
+mod leader_gone;
 mod membership;
 mod peer;
 mod serve;
@@ -96,6 +97,9 @@ pub struct Node {
     /// Set when a write of the log fails: [`Node::fatal`] then ends the process
     /// at once, not at the next append.
     log_failed: crate::raft::log_store::LogFailure,
+    /// The leader this node was told is gone, for its term
+    /// ([`Node::leader_process_gone`]).
+    gone_leader: leader_gone::GoneLeader,
 }
 
 /// The wall clock a node stamps its entries from (milliseconds since the Unix
@@ -242,6 +246,7 @@ impl Node {
             stopping: AtomicBool::new(false),
             duty_failed: duties::DutyFailure::default(),
             log_failed: storage.failure,
+            gone_leader: Default::default(),
         });
         story::spawn(&node.raft, node.name.clone(), node.members.clone());
         node.clone().spawn_leader_duties();
@@ -292,13 +297,22 @@ impl Node {
         let backoff_until =
             Instant::now() + Duration::from_millis(heartbeat_ms * FAILED_LEADER_BACKOFF_HEARTBEATS);
         let margin = Duration::from_millis(heartbeat_ms * RETRY_MARGIN_HEARTBEATS);
+        // The vote when the attempt failed: once it changes (a new term, or the
+        // same leader's vote now granted by a quorum, as when this node has just
+        // won an election), the failed leader is worth trying again at once.
+        let failed_vote = rx.borrow_watched().vote;
         loop {
             let now = Instant::now();
             if now + margin >= deadline {
                 return None;
             }
-            let current = rx.borrow_watched().current_leader;
-            if current.is_some() && (current != failed || now >= backoff_until) {
+            let (current, vote) = {
+                let m = rx.borrow_watched();
+                (m.current_leader, m.vote)
+            };
+            if current.is_some()
+                && (current != failed || now >= backoff_until || vote != failed_vote)
+            {
                 return current;
             }
             let step = (deadline - margin - now).min(LEADER_POLL_MAX);

@@ -68,13 +68,17 @@ impl Node {
                 rpc.entries
                     .iter()
                     .try_for_each(|e| check_terms(&e.log_id))?;
+                let leader = rpc.vote.leader_id();
+                self.heard_from_leader(leader.term, leader.node_id);
                 let r = self.raft.append_entries(rpc).await.map_err(|e| s(&e))?;
                 rpc_body("raft_append_ok", &r)
             }
             "raft_vote" => {
                 let rpc: VoteRequest<TypeConfig> = rpc_from(body, raw_rpc)?;
                 check_terms(&rpc)?;
+                let rpc = self.vote_request_in_light_of_gone_leader(rpc);
                 let r = self.raft.vote(rpc).await.map_err(|e| s(&e))?;
+                self.vote_answered(r.vote_granted);
                 rpc_body("raft_vote_ok", &r)
             }
             "raft_pre_vote" => {

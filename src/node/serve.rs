@@ -436,10 +436,30 @@ impl Node {
 
     pub(super) async fn propose_local(&self, op: Op, deadline: Instant) -> Served {
         let repropose = Repropose::of(&op);
-        match self.submit_local(op).await {
-            Ok(proposal) => self.await_proposal(proposal, repropose, deadline).await,
-            Err(outcome) => outcome,
+        loop {
+            let served = match self.submit_local(op.clone()).await {
+                Ok(proposal) => self.await_proposal(proposal, repropose, deadline).await,
+                Err(outcome) => return outcome,
+            };
+            // A new leader refuses writes (before appending them) until a
+            // quorum has acknowledged it, one round trip after its election:
+            // wait for that here rather than send the request away.
+            let retry = matches!(served, Served::NotLeader { .. })
+                && self.leader_not_yet_acknowledged()
+                && Instant::now() + super::RETRY_PAUSE < deadline;
+            if !retry {
+                return served;
+            }
+            tokio::time::sleep(super::RETRY_PAUSE).await;
         }
+    }
+
+    /// Whether this node leads but no quorum has acknowledged it yet (it was
+    /// just elected).
+    fn leader_not_yet_acknowledged(&self) -> bool {
+        let m = self.raft.metrics();
+        let m = m.borrow_watched();
+        m.state == openraft::ServerState::Leader && m.last_quorum_acked.is_none()
     }
 
     /// Hands a proposal to Raft (or answers a cached retry without one).

@@ -70,6 +70,9 @@ pub struct Handler {
     /// Whether a peer node opened this connection (its `peer_hello` named a
     /// member and this node): its lines may be as long as a peer's, not a client's.
     peer: bool,
+    /// The member whose `peer_hello` was accepted here: when its connection
+    /// ends, [`leader_gone_check`] asks whether its process is gone.
+    peer_name: Option<String>,
     /// A wrong cluster key was given on this connection: no later hello on it
     /// is even checked, so each guess at the key costs a new connection.
     hello_refused: bool,
@@ -95,6 +98,7 @@ impl Handler {
             shutdown: Some(shutdown),
             _shutdown_complete: shutdown_complete,
             peer: false,
+            peer_name: None,
             hello_refused: false,
         }
     }
@@ -149,6 +153,9 @@ impl Handler {
         );
         // A broken read was logged by `lines`; the connection closes either way.
         let _ = driver.run(&mut lines, &mut self).await;
+        if let Some(name) = self.peer_name.take() {
+            leader_gone_check(self.node.clone(), &name, self.config.connect_timeout);
+        }
         // Requests in flight hold clones of the queue; the writer ends after their replies.
         drop(lines);
         drop(driver);
@@ -179,6 +186,7 @@ impl Handler {
             self.trusted = true;
             self.admin = true;
             self.peer = true;
+            self.peer_name = Some(src.to_string());
         }
         let mut b = Map::new();
         b.insert("type".into(), Value::from(format!("{kind}_ok")));
@@ -567,6 +575,58 @@ impl Handler {
 /// know is accepted with a warning: a node that missed a membership change (it
 /// was down when `add_node` ran) must still hear from the member that was added,
 /// which may lead by then, or it could never catch up.
+/// After the connection of member `name` ended: if it is the leader this node
+/// follows, asks whether its process is gone ([`process_gone`]), and if so
+/// tells the node ([`Node::leader_process_gone`]).
+fn leader_gone_check(node: Arc<Node>, name: &str, timeout: Duration) {
+    let Some(leader) = node.leader() else {
+        tracing::debug!("connection of {name} closed; no leader known");
+        return;
+    };
+    let Some(member) = node
+        .membership_nodes()
+        .into_iter()
+        .find(|m| m.id == leader && m.peer.name == name && m.id != node.id)
+    else {
+        tracing::debug!("connection of {name} closed; it is not the leader ({leader})");
+        return;
+    };
+    tokio::spawn(async move {
+        match process_gone(&member.peer.addr, timeout).await {
+            Ok(()) => node.leader_process_gone(member.id),
+            Err(why) => tracing::debug!("leader {}'s connection closed; {why}", member.peer.name),
+        }
+    });
+}
+
+/// How long an accepted probe connection is watched for the reset a dying
+/// process's listener gives the connections it never accepted.
+const PROBE_SETTLE: Duration = Duration::from_millis(20);
+
+/// Whether no process listens at `addr` any more: a connection refused, or
+/// accepted and then reset or closed unanswered within [`PROBE_SETTLE`]
+/// (a killed process closes its sockets one by one, so its listener may
+/// accept just after another of its connections closed). A partition drops
+/// packets rather than refusing them, and a slow or paused process still
+/// accepts and keeps the connection open, so neither counts. Err says why not.
+pub async fn process_gone(addr: &str, timeout: Duration) -> Result<(), String> {
+    use tokio::io::AsyncReadExt;
+    let mut conn = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => return Ok(()),
+        Ok(Err(e)) => return Err(format!("connecting: {e}")),
+        Err(_) => return Err("connecting timed out".into()),
+        Ok(Ok(conn)) => conn,
+    };
+    let mut byte = [0u8; 1];
+    match tokio::time::timeout(PROBE_SETTLE, conn.read(&mut byte)).await {
+        Ok(Ok(0)) => Ok(()),
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => Ok(()),
+        Ok(Ok(_)) => Err("its port accepts and answers".into()),
+        Ok(Err(e)) => Err(format!("its port accepts; reading: {e}")),
+        Err(_) => Err("its port accepts and keeps the connection open".into()),
+    }
+}
+
 fn sender_is_a_node(node: &Node, name: &str) -> Result<(), String> {
     let id = super::node_id(name).map_err(|e| format!("not a node: {e}"))?;
     match node.peer(id) {

@@ -451,6 +451,34 @@ impl World {
             "crash {} ({why}; {lost} unsynced writes lost)",
             self.names[i]
         ));
+        self.tell_process_gone(i);
+    }
+
+    /// What TCP shows the survivors of node `i`'s death: its connections close
+    /// and its port refuses, so each node it can reach (a partition would drop
+    /// the close too) is told its process is gone, a link's delay later
+    /// (`Node::leader_process_gone`, which acts only if `i` led it).
+    fn tell_process_gone(&self, i: usize) {
+        let survivors: Vec<Arc<Node>> = {
+            let net = lock(&self.net);
+            let slots = lock(&self.slots);
+            (0..slots.len())
+                .filter(|&j| j != i && slots[j].up)
+                .filter(|&j| {
+                    let link = (self.names[i].clone(), self.names[j].clone());
+                    !net.blocked.contains(&link)
+                })
+                .filter_map(|j| lock(&slots[j].node).clone())
+                .collect()
+        };
+        let delay = Duration::from_millis(lock(&self.net).delay_ms.0.max(1));
+        let gone = i as u64;
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            for node in survivors {
+                node.leader_process_gone(gone);
+            }
+        });
     }
 
     /// The node that believes it leads in the highest term, if one is up and does
