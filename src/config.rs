@@ -47,6 +47,11 @@ pub struct Config {
     pub session_timeout_ms: u64,
     /// How often the leader appends a GC entry.
     pub gc_interval_ms: u64,
+    /// Most sessions one GC entry expires (the longest idle first). Applying an
+    /// entry holds up every entry behind it, writes included, so a mass expiry
+    /// is spread over several entries, appended one after another while idle
+    /// sessions remain. Expiring one session costs about a microsecond.
+    pub gc_sessions_per_entry_max: u64,
     /// Replicated bounds of the session table (proposed to the log by a leader whose
     /// config differs from the state's).
     pub limits: SessionLimits,
@@ -157,6 +162,9 @@ pub const DURATION_MS_MAX: u64 = 3_600_000;
 /// The longest session timeout accepted (a year), in ms.
 pub const SESSION_TIMEOUT_MS_MAX: u64 = 365 * 86_400_000;
 
+/// The largest `gc_sessions_per_entry_max` accepted.
+pub const GC_SESSIONS_PER_ENTRY_LIMIT: u64 = 1_000_000;
+
 /// The smallest `request_bytes_max` accepted: ordinary requests must fit.
 pub const REQUEST_BYTES_MIN: usize = 1 << 10;
 
@@ -170,6 +178,7 @@ impl Default for Config {
             request_timeout_ms: 1_000,
             session_timeout_ms: 300_000,
             gc_interval_ms: 1_000,
+            gc_sessions_per_entry_max: 1_000,
             limits: SessionLimits::default(),
             snapshot_every_entries: 20_000,
             log_kept_behind_snapshot: 1_000,
@@ -216,7 +225,7 @@ impl Config {
     /// The defaults with `ONCEKV_*` environment overrides applied.
     pub fn from_env() -> Result<Config, ConfigError> {
         let mut c = Config::default();
-        let vars: [(&str, &mut u64); 21] = [
+        let vars: [(&str, &mut u64); 22] = [
             ("REJECTED_LOG_PER_S", &mut c.rejected_log_per_s),
             ("REJECTED_LOG_BURST", &mut c.rejected_log_burst),
             ("HEARTBEAT_INTERVAL_MS", &mut c.heartbeat_interval_ms),
@@ -226,6 +235,10 @@ impl Config {
             ("REQUEST_TIMEOUT_MS", &mut c.request_timeout_ms),
             ("SESSION_TIMEOUT_MS", &mut c.session_timeout_ms),
             ("GC_INTERVAL_MS", &mut c.gc_interval_ms),
+            (
+                "GC_SESSIONS_PER_ENTRY_MAX",
+                &mut c.gc_sessions_per_entry_max,
+            ),
             ("SESSIONS_MAX", &mut c.limits.sessions_max),
             (
                 "REPLIES_PER_SESSION_MAX",
@@ -299,6 +312,11 @@ impl Config {
         }
         if self.gc_interval_ms == 0 || self.session_timeout_ms == 0 {
             return fail("gc_interval_ms and session_timeout_ms must be positive");
+        }
+        // 0 would never expire anything; past the cap one entry could stall
+        // writes for a second or more.
+        if !(1..=GC_SESSIONS_PER_ENTRY_LIMIT).contains(&self.gc_sessions_per_entry_max) {
+            return fail("gc_sessions_per_entry_max must be between 1 and 1,000,000");
         }
         if self.limits.sessions_max == 0 || self.limits.replies_per_session_max == 0 {
             return fail("sessions_max and replies_per_session_max must be positive");
@@ -547,6 +565,14 @@ mod tests {
             ..Config::default()
         };
         assert_eq!(stagger(0).validate(), Ok(()));
+        let gc = |n| Config {
+            gc_sessions_per_entry_max: n,
+            ..Config::default()
+        };
+        assert!(gc(0).validate().is_err());
+        assert_eq!(gc(1).validate(), Ok(()));
+        assert_eq!(gc(GC_SESSIONS_PER_ENTRY_LIMIT).validate(), Ok(()));
+        assert!(gc(GC_SESSIONS_PER_ENTRY_LIMIT + 1).validate().is_err());
         assert_eq!(stagger(74).validate(), Ok(()));
         assert!(stagger(75).validate().is_err());
         assert!(stagger(u64::MAX).validate().is_err());

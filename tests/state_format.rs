@@ -129,7 +129,10 @@ fn every_command() -> Vec<Command> {
             },
             session: session("bob", 4, Some(5)),
         },
-        Op::Gc { cutoff_ms: 9_500 },
+        Op::Gc {
+            cutoff_ms: 9_500,
+            max: None,
+        },
         Op::Kv {
             kv: KvOp::Add {
                 key: key("counter"),
@@ -142,6 +145,20 @@ fn every_command() -> Vec<Command> {
         .enumerate()
         .map(|(i, op)| Command::new(1_000 * (i as u64 + 1), op))
         .collect()
+}
+
+/// [`every_command`] and what format version 2 added: a GC entry with a bound.
+fn every_command_v2() -> Vec<Command> {
+    let mut all = every_command();
+    let ts = 1_000 * (all.len() as u64 + 1);
+    all.push(Command::new(
+        ts,
+        Op::Gc {
+            cutoff_ms: 12_000,
+            max: Some(2),
+        },
+    ));
+    all
 }
 
 /// The state after applying [`every_command`], and each command's outcome.
@@ -160,11 +177,11 @@ fn applied() -> (State, Vec<String>) {
 
 #[test]
 fn log_entry_encoding_is_pinned() {
-    let lines: Vec<String> = every_command()
+    let lines: Vec<String> = every_command_v2()
         .iter()
         .map(|c| serde_json::to_string(c).expect("command serializes"))
         .collect();
-    golden("entry.v1.jsonl", &(lines.join("\n") + "\n"));
+    golden("entry.v2.jsonl", &(lines.join("\n") + "\n"));
     for line in &lines {
         let back: Command = serde_json::from_str(line).expect("decodes");
         assert_eq!(serde_json::to_string(&back).unwrap(), *line);
@@ -184,6 +201,22 @@ fn snapshot_encoding_and_cached_outcomes_are_pinned() {
     assert_eq!(restored.to_snapshot(), bytes);
     let head = format!("{{\"format\":{SNAPSHOT_FORMAT},\"state\":");
     assert!(bytes.starts_with(head.as_bytes()));
+}
+
+/// What builds writing format version 1 wrote is read still: every command
+/// the same (a GC entry without a bound expires every idle session).
+#[test]
+fn log_entries_of_version_1_are_read() {
+    let v1 = std::fs::read_to_string(fixture("entry.v1.jsonl")).expect("version 1 entries");
+    let commands: Vec<Command> = v1
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a version 1 entry decodes"))
+        .collect();
+    assert_eq!(commands, every_command());
+    let records = std::fs::read_to_string(fixture("log-record.v1.jsonl")).expect("records");
+    for line in records.lines() {
+        let _: Entry = serde_json::from_str(line).expect("a version 1 log record decodes");
+    }
 }
 
 /// What the build before format versions wrote: the bare state, and commands
@@ -225,9 +258,12 @@ fn an_unknown_format_version_is_refused_by_name() {
     let err = serde_json::from_str::<Command>(entry).expect_err("version 7 is refused");
     assert!(
         err.to_string()
-            .contains("log entry format version 7 is not supported"),
+            .contains("log entry format version 7 is not supported")
+            && err.to_string().contains("reads versions 1 to 2"),
         "{err}"
     );
+    let entry = r#"{"v":0,"ts_ms":1,"op":{"op":"open_session"}}"#;
+    assert!(serde_json::from_str::<Command>(entry).is_err(), "version 0");
 }
 
 /// What the log files hold per entry is openraft's `Entry` around the command:
@@ -272,7 +308,7 @@ fn log_record_wrapping_is_pinned() {
         .iter()
         .map(|e| serde_json::to_string(e).expect("entry serializes"))
         .collect();
-    golden("log-record.v1.jsonl", &(lines.join("\n") + "\n"));
+    golden("log-record.v2.jsonl", &(lines.join("\n") + "\n"));
     for line in &lines {
         let back: Entry = serde_json::from_str(line).expect("decodes");
         assert_eq!(serde_json::to_string(&back).unwrap(), *line);

@@ -137,14 +137,28 @@ impl Node {
         }
         let ts = self.next_ts_ms();
         let cutoff_ms = ts.saturating_sub(self.config.session_timeout_ms);
-        if oldest.is_some_and(|o| o < cutoff_ms) {
-            let cmd = Command::new(ts, Op::Gc { cutoff_ms });
-            if let Err(e) =
-                tokio::time::timeout(self.config.request_timeout(), self.raft.client_write(cmd))
-                    .await
+        let max = Some(self.config.gc_sessions_per_entry_max);
+        let mut oldest = oldest;
+        // One bounded entry after another while idle sessions remain: each is
+        // applied on its own, so writes proposed meanwhile go in between. Up to
+        // one tick's worth of entries; the next tick goes on.
+        let until = Instant::now() + Duration::from_millis(self.config.gc_interval_ms);
+        while oldest.is_some_and(|o| o < cutoff_ms) && Instant::now() < until {
+            let cmd = Command::new(ts, Op::Gc { cutoff_ms, max });
+            match tokio::time::timeout(self.config.request_timeout(), self.raft.client_write(cmd))
+                .await
             {
-                tracing::debug!("gc entry not committed in time: {e}");
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    tracing::debug!("gc entry not committed: {e}");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!("gc entry not committed in time");
+                    return;
+                }
             }
+            oldest = self.sm.read().state.sessions.oldest_last_seen_ms();
         }
     }
 }

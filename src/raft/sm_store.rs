@@ -207,7 +207,9 @@ impl StateMachineStore {
     pub fn planted_local_gc(&self, cutoff_ms: u64) {
         let mut a = self.write();
         let limits = a.state.limits;
-        a.state.sessions.expire_before(cutoff_ms, &limits);
+        a.state
+            .sessions
+            .expire_before(cutoff_ms, usize::MAX, &limits);
     }
 
     /// The applied state's cluster clock (ms).

@@ -51,7 +51,15 @@ impl TryFrom<CommandRecord> for Command {
     type Error = String;
     fn try_from(r: CommandRecord) -> Result<Command, String> {
         let format = r.v.unwrap_or(format::UNVERSIONED_AS);
-        format::check("log entry", format, ENTRY_FORMAT).map_err(|e| e.to_string())?;
+        format::check_range(
+            "log entry",
+            format,
+            format::ENTRY_FORMAT_OLDEST,
+            ENTRY_FORMAT,
+        )
+        .map_err(|e| e.to_string())?;
+        // Each version reads as the one before it plus what it added (a GC
+        // entry of version 1 has no `max`: it expires every idle session).
         Ok(Command::new(r.ts_ms, r.op))
     }
 }
@@ -76,10 +84,16 @@ pub enum Op {
         client_id: String,
     },
     /// Expire sessions idle since before `cutoff_ms` (the leader's clock minus the
-    /// timeout, decided by the leader and carried here so replicas agree).
+    /// timeout, decided by the leader and carried here so replicas agree), the
+    /// longest idle first, at most `max` of them, so that no single entry holds
+    /// up the entries behind it; the leader appends more while any remain.
     Gc {
         /// Sessions last seen before this cluster time are removed.
         cutoff_ms: u64,
+        /// At most this many (`Config::gc_sessions_per_entry_max`); none (an
+        /// entry of format version 1): every one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max: Option<u64>,
     },
     /// Set the replicated session limits (proposed by a leader whose config differs).
     SetLimits(SessionLimits),

@@ -19,8 +19,13 @@ use serde::{Deserialize, Serialize};
 
 use super::State;
 
-/// The version of [`super::Command`]'s encoding this build writes and reads.
-pub const ENTRY_FORMAT: u32 = 1;
+/// The version of [`super::Command`]'s encoding this build writes. Version 2
+/// added `max` to the GC entry; a build that reads only version 1 would ignore
+/// it and expire more sessions than its peers, so it must refuse such entries.
+pub const ENTRY_FORMAT: u32 = 2;
+/// The oldest version of [`super::Command`]'s encoding this build still reads
+/// (every version from it to [`ENTRY_FORMAT`]): logs written before stay readable.
+pub const ENTRY_FORMAT_OLDEST: u32 = 1;
 /// The version of the snapshot encoding this build writes and reads.
 pub const SNAPSHOT_FORMAT: u32 = 1;
 /// What data without a version is read as: the encoding before versions existed.
@@ -29,24 +34,50 @@ pub const UNVERSIONED_AS: u32 = 1;
 /// A format version this build does not read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "{what} format version {found} is not supported: this build of oncekv reads version \
-     {known} (was the data written by a different version of oncekv?)"
+    "{what} format version {found} is not supported: this build of oncekv reads {} \
+     (was the data written by a different version of oncekv?)",
+    versions(*oldest, *known)
 )]
 pub struct VersionError {
     /// What was being read: `snapshot` or `log entry`.
     pub what: &'static str,
     /// The version found.
     pub found: u32,
-    /// The version this build reads.
+    /// The oldest version this build reads.
+    pub oldest: u32,
+    /// The newest version this build reads (the one it writes).
     pub known: u32,
+}
+
+fn versions(oldest: u32, known: u32) -> String {
+    if oldest == known {
+        format!("version {known}")
+    } else {
+        format!("versions {oldest} to {known}")
+    }
 }
 
 /// Refuses a `found` version other than `known`, naming both.
 pub fn check(what: &'static str, found: u32, known: u32) -> Result<(), VersionError> {
-    if found == known {
+    check_range(what, found, known, known)
+}
+
+/// Refuses a `found` version outside `oldest..=known`, naming them.
+pub fn check_range(
+    what: &'static str,
+    found: u32,
+    oldest: u32,
+    known: u32,
+) -> Result<(), VersionError> {
+    if (oldest..=known).contains(&found) {
         Ok(())
     } else {
-        Err(VersionError { what, found, known })
+        Err(VersionError {
+            what,
+            found,
+            oldest,
+            known,
+        })
     }
 }
 

@@ -97,8 +97,9 @@ impl State {
                     Outcome::failed(Failure::KeyDoesNotExist, "no such session")
                 }
             }
-            Op::Gc { cutoff_ms } => {
-                self.sessions.expire_before(*cutoff_ms, &self.limits);
+            Op::Gc { cutoff_ms, max } => {
+                let max = max.map_or(usize::MAX, |m| usize::try_from(m).unwrap_or(usize::MAX));
+                self.sessions.expire_before(*cutoff_ms, max, &self.limits);
                 Outcome::Applied
             }
             Op::SetLimits(limits) => {

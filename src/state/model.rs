@@ -166,7 +166,7 @@ impl Model {
                 };
                 (out, Source::Other)
             }
-            Op::Gc { cutoff_ms } => {
+            Op::Gc { cutoff_ms, max } => {
                 let mut idle: Vec<(u64, String)> = self
                     .live
                     .iter()
@@ -174,7 +174,8 @@ impl Model {
                     .map(|(i, s)| (s.last_seen_ms, i.clone()))
                     .collect();
                 idle.sort();
-                for (_, id) in idle {
+                let max = max.map_or(usize::MAX, |m| m as usize);
+                for (_, id) in idle.into_iter().take(max) {
                     self.remove(&id, Removal::Expired);
                 }
                 (Outcome::Applied, Source::Other)
@@ -340,6 +341,8 @@ enum Step {
     Gc {
         /// Cut-off relative to the stamp.
         back: i64,
+        /// The entry's bound (none: a version-1 entry, unbounded).
+        max: Option<u64>,
         dt: i64,
     },
     SetLimits(SessionLimits),
@@ -426,7 +429,8 @@ fn step() -> impl Strategy<Value = Step> {
             .prop_map(|(client, seq, fo, kv, dt)| Step::Kv { client, seq, fo, kv, dt }),
         2 => dt().prop_map(|dt| Step::Open { dt }),
         2 => (0usize..32, dt()).prop_map(|(client, dt)| Step::Close { client, dt }),
-        3 => (-40i64..100, dt()).prop_map(|(back, dt)| Step::Gc { back, dt }),
+        3 => (-40i64..100, proptest::option::of(0u64..4), dt())
+            .prop_map(|(back, max, dt)| Step::Gc { back, max, dt }),
         1 => tiny_limits().prop_map(Step::SetLimits),
         2 => Just(Step::Snapshot),
         3 => (any::<usize>(), dt()).prop_map(|(n, dt)| Step::Resend { n, dt }),
@@ -632,10 +636,11 @@ impl Run {
                 let client_id = self.client(*client);
                 self.apply(Command::new(ts, Op::CloseSession { client_id }))
             }
-            Step::Gc { back, dt } => {
+            Step::Gc { back, max, dt } => {
                 let ts = self.stamp(*dt);
                 let cutoff_ms = self.model.clock_ms.saturating_add_signed(-*back);
-                self.apply(Command::new(ts, Op::Gc { cutoff_ms }))
+                let max = *max;
+                self.apply(Command::new(ts, Op::Gc { cutoff_ms, max }))
             }
             Step::SetLimits(l) => {
                 let ts = self.ts;

@@ -326,11 +326,12 @@ impl SessionTable {
         true
     }
 
-    /// Removes every session last seen before `cutoff_ms`; returns how many.
-    pub fn expire_before(&mut self, cutoff_ms: u64, limits: &SessionLimits) -> usize {
+    /// Removes sessions last seen before `cutoff_ms`, the longest idle first
+    /// (ties by id), at most `max` of them; returns how many.
+    pub fn expire_before(&mut self, cutoff_ms: u64, max: usize, limits: &SessionLimits) -> usize {
         let mut removed = 0;
         while let Some((seen, id)) = self.by_last_seen.first().cloned() {
-            if seen >= cutoff_ms {
+            if seen >= cutoff_ms || removed >= max {
                 break;
             }
             self.remove(&id, Removal::Expired, limits);

@@ -218,12 +218,64 @@ fn gc_expires_idle_sessions_and_leaves_tombstones() {
     let mut log = Log::new(SessionLimits::default());
     log.apply(1_000, add("k", 1, "old", 1));
     log.apply(5_000, add("k", 1, "new", 1));
-    log.apply(6_000, Op::Gc { cutoff_ms: 2_000 });
+    log.apply(
+        6_000,
+        Op::Gc {
+            cutoff_ms: 2_000,
+            max: None,
+        },
+    );
     assert!(log.state.sessions.get("old").is_none());
     assert!(log.state.sessions.get("new").is_some());
     let r = log.apply(7_000, add("k", 1, "old", 1));
     assert_eq!(r.failure(), Some(Failure::SessionExpired));
     assert_eq!(log.value("k"), Some(&json!(2)));
+}
+
+/// A bounded GC entry expires at most its `max` sessions, the longest idle
+/// first (ties by id); the next entries take the rest, and a session seen
+/// since is kept. Entries of format version 1 (no bound) expire every one.
+#[test]
+fn a_bounded_gc_entry_expires_the_longest_idle_first() {
+    let mut log = Log::new(SessionLimits::default());
+    log.apply(1_000, add("k", 1, "c", 1));
+    log.apply(1_000, add("k", 1, "b", 1));
+    log.apply(2_000, add("k", 1, "a", 1));
+    log.apply(3_000, add("k", 1, "d", 1));
+    let gc = |max| Op::Gc {
+        cutoff_ms: 2_500,
+        max: Some(max),
+    };
+    log.apply(4_000, gc(0));
+    assert_eq!(log.state.sessions.len(), 4, "a bound of 0 expires nothing");
+    log.apply(4_000, gc(1));
+    let live = |log: &Log| -> Vec<String> {
+        ["a", "b", "c", "d"]
+            .iter()
+            .filter(|id| log.state.sessions.get(id).is_some())
+            .map(|id| id.to_string())
+            .collect()
+    };
+    assert_eq!(
+        live(&log),
+        ["a", "c", "d"],
+        "b: idle since 1,000, before c by id"
+    );
+    log.apply(4_000, add("k", 1, "c", 2));
+    log.apply(4_000, gc(5));
+    assert_eq!(
+        live(&log),
+        ["c", "d"],
+        "c was seen since; d after the cut-off"
+    );
+    log.apply(
+        4_000,
+        Op::Gc {
+            cutoff_ms: 99_999,
+            max: None,
+        },
+    );
+    assert!(live(&log).is_empty());
 }
 
 /// Timestamps out of wall-clock order: the cluster clock never goes back, and a
@@ -237,9 +289,21 @@ fn expiry_uses_entry_timestamps_not_arrival_order() {
     assert_eq!(log.state.clock_ms, 10_000);
     assert_eq!(log.state.sessions.get("b").unwrap().last_seen_ms, 10_000);
     // A cut-off of 9_999 removes neither: both were seen at cluster time 10_000.
-    log.apply(2_000, Op::Gc { cutoff_ms: 9_999 });
+    log.apply(
+        2_000,
+        Op::Gc {
+            cutoff_ms: 9_999,
+            max: None,
+        },
+    );
     assert_eq!(log.state.sessions.len(), 2);
-    log.apply(2_000, Op::Gc { cutoff_ms: 10_001 });
+    log.apply(
+        2_000,
+        Op::Gc {
+            cutoff_ms: 10_001,
+            max: None,
+        },
+    );
     assert_eq!(log.state.sessions.len(), 0);
     assert_eq!(log.state.clock_ms, 10_000);
 }
@@ -288,7 +352,13 @@ fn tombstones_are_bounded_oldest_first() {
     for (i, id) in ["a", "b", "c"].iter().enumerate() {
         log.apply(i as u64, add("k", 1, id, 1));
     }
-    log.apply(10, Op::Gc { cutoff_ms: 100 });
+    log.apply(
+        10,
+        Op::Gc {
+            cutoff_ms: 100,
+            max: None,
+        },
+    );
     assert_eq!(log.state.sessions.tombstones(), 2);
     assert_eq!(log.state.sessions.tombstone("a"), None);
     assert_eq!(log.state.sessions.tombstone("c"), Some(Removal::Expired));
@@ -352,6 +422,7 @@ fn random_log(seed: u64, len: usize) -> Vec<Command> {
             let op = match rng.below(20) {
                 0 => Op::Gc {
                     cutoff_ms: ts_ms.saturating_sub(300),
+                    max: [None, Some(1), Some(3)][rng.below(3) as usize],
                 },
                 1 => Op::OpenSession,
                 2 => Op::CloseSession {
@@ -445,7 +516,13 @@ fn snapshot_holds_every_part_of_the_state() {
     let mut log = Log::new(small_limits());
     log.apply(100, add("k", 7, "c1", 1));
     log.apply(200, add("k", 1, "c2", 1));
-    log.apply(300, Op::Gc { cutoff_ms: 150 });
+    log.apply(
+        300,
+        Op::Gc {
+            cutoff_ms: 150,
+            max: None,
+        },
+    );
     let restored = State::from_snapshot(&log.state.to_snapshot()).unwrap();
     assert_eq!(restored.clock_ms, 300);
     assert_eq!(restored.limits, small_limits());
@@ -460,7 +537,16 @@ fn snapshot_holds_every_part_of_the_state() {
     );
     // The derived index was rebuilt: GC still finds c2.
     let mut restored = restored;
-    restored.apply(9, &Command::new(400, Op::Gc { cutoff_ms: 250 }));
+    restored.apply(
+        9,
+        &Command::new(
+            400,
+            Op::Gc {
+                cutoff_ms: 250,
+                max: None,
+            },
+        ),
+    );
     assert!(restored.sessions.is_empty());
 }
 

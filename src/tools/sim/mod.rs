@@ -217,6 +217,8 @@ pub fn sim_config() -> Config {
     Config {
         session_timeout_ms: 8_000,
         gc_interval_ms: 500,
+        // Several bounded GC entries in a row whenever a few sessions expire.
+        gc_sessions_per_entry_max: 2,
         limits: SessionLimits {
             sessions_max: 16,
             replies_per_session_max: 3,
