@@ -119,13 +119,9 @@ async fn killing_the_leader_under_load_loses_and_duplicates_nothing() {
     // Keep the load on until writes flow again and a bit longer.
     let new = cluster.wait_leader(Duration::from_secs(10)).await;
     assert_ne!(new, old);
-    let first_write_after_kill = || {
-        let ops = rec.ops.lock().unwrap();
-        ops.iter()
-            .filter(|o| o.kind == OpType::Ok && o.time > killed_at)
-            .map(|o| o.time)
-            .min()
-    };
+    // The first acknowledgement of an op sent after the kill: replies to ops in
+    // flight at the kill may have been on their way already.
+    let first_write_after_kill = || rec.first_ack_invoked_after(killed_at);
     let deadline = Instant::now() + Duration::from_secs(20);
     let served = loop {
         if let Some(t) = first_write_after_kill() {
