@@ -50,7 +50,8 @@ pub struct Config {
     /// Most sessions one GC entry expires (the longest idle first). Applying an
     /// entry holds up every entry behind it, writes included, so a mass expiry
     /// is spread over several entries, appended one after another while idle
-    /// sessions remain. Expiring one session costs about a microsecond.
+    /// sessions remain. Expiring one session costs about half a microsecond
+    /// (docs/benchmarks.md), so an entry of 250 applies in about 0.1 ms.
     pub gc_sessions_per_entry_max: u64,
     /// Replicated bounds of the session table (proposed to the log by a leader whose
     /// config differs from the state's).
@@ -178,7 +179,7 @@ impl Default for Config {
             request_timeout_ms: 1_000,
             session_timeout_ms: 300_000,
             gc_interval_ms: 1_000,
-            gc_sessions_per_entry_max: 1_000,
+            gc_sessions_per_entry_max: 250,
             limits: SessionLimits::default(),
             snapshot_every_entries: 20_000,
             log_kept_behind_snapshot: 1_000,

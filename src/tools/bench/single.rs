@@ -10,7 +10,7 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command as Process, Stdio};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde_json::json;
 
@@ -29,6 +29,114 @@ pub struct BenchArgs {
     /// Sessions to create for the memory figure.
     #[arg(long, default_value_t = 1_000_000)]
     pub sessions: usize,
+    /// Idle sessions that GC expires in the GC-stall figure (0 skips it).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub gc_sessions: usize,
+}
+
+/// How long applying GC holds up the entries behind it, on the pure state
+/// machine: one unbounded entry against entries bounded as the node bounds
+/// them, beside a session write's apply time in the same state.
+#[derive(Debug, Clone)]
+pub struct GcStall {
+    /// Idle sessions expired.
+    pub sessions: usize,
+    /// The bound per entry (`Config::gc_sessions_per_entry_max`).
+    pub max: u64,
+    /// Applying one entry without a bound (format version 1) that expires all.
+    pub unbounded: Duration,
+    /// Bounded entries needed to expire all.
+    pub entries: usize,
+    /// The median, 99th percentile and longest apply among them.
+    pub bounded: [Duration; 3],
+    /// The 99th percentile of applying one session write in the same state.
+    pub write_p99: Duration,
+}
+
+/// A state with `n` sessions, each with one cached reply (an add), all last
+/// seen before time `n + 1`.
+fn sessions_state(n: usize) -> State {
+    let limits = SessionLimits {
+        sessions_max: n as u64 + 20_000,
+        ..SessionLimits::default()
+    };
+    let mut state = State::new(limits);
+    for i in 0..n {
+        let op = Op::Kv {
+            kv: crate::state::KvOp::Add {
+                key: format!("\"k{}\"", i % 64),
+                delta: 1,
+            },
+            session: Some(crate::state::SessionRef {
+                client_id: format!("idle-{i}"),
+                seq: 1,
+                first_outstanding: None,
+            }),
+        };
+        state.apply(i as u64 + 1, &Command::new(i as u64 + 1, op));
+    }
+    state
+}
+
+/// Measures [`GcStall`] over `n` idle sessions, `max` per bounded entry.
+pub fn gc_stall(n: usize, max: u64) -> GcStall {
+    let cutoff_ms = n as u64 + 1;
+    let mut index = n as u64 + 1;
+    let mut state = sessions_state(n);
+    // Session writes of live clients, stamped after the cut-off (never expired).
+    let mut write_times = Vec::with_capacity(10_000);
+    for i in 0..10_000u64 {
+        index += 1;
+        let op = Op::Kv {
+            kv: crate::state::KvOp::Write {
+                key: format!("\"w{}\"", i % 64),
+                value: json!(i),
+            },
+            session: Some(crate::state::SessionRef {
+                client_id: format!("live-{}", i % 100),
+                seq: i / 100 + 1,
+                first_outstanding: None,
+            }),
+        };
+        let cmd = Command::new(cutoff_ms + 1 + i, op);
+        let t = Instant::now();
+        state.apply(index, &cmd);
+        write_times.push(t.elapsed());
+    }
+    write_times.sort();
+    let write_p99 = write_times[write_times.len() * 99 / 100];
+    let gc = |max| Command::new(cutoff_ms + 20_000, Op::Gc { cutoff_ms, max });
+    let mut unbounded_state = state.clone();
+    let t = Instant::now();
+    unbounded_state.apply(index + 1, &gc(None));
+    let unbounded = t.elapsed();
+    drop(unbounded_state);
+    let mut times = Vec::new();
+    while state
+        .sessions
+        .oldest_last_seen_ms()
+        .is_some_and(|o| o < cutoff_ms)
+    {
+        index += 1;
+        let t = Instant::now();
+        state.apply(index, &gc(Some(max)));
+        times.push(t.elapsed());
+    }
+    times.sort();
+    let at = |q: usize| times.get((times.len() * q / 100).min(times.len().saturating_sub(1)));
+    let bounded = [
+        at(50).copied().unwrap_or_default(),
+        at(99).copied().unwrap_or_default(),
+        times.last().copied().unwrap_or_default(),
+    ];
+    GcStall {
+        sessions: n,
+        max,
+        unbounded,
+        entries: times.len(),
+        bounded,
+        write_p99,
+    }
 }
 
 /// The request lines: session-carrying adds and writes, clients interleaved.
@@ -201,6 +309,52 @@ pub fn run(args: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         "  baseline (parse+apply+serialize, no consensus): {b:>10.0} req/s (median of 3)"
     )?;
     writeln!(out, "  ratio node/baseline: {:.3}", n / b)?;
+    if args.gc_sessions > 0 {
+        let max = crate::config::Config::default().gc_sessions_per_entry_max;
+        let g = gc_stall(args.gc_sessions, max);
+        writeln!(
+            out,
+            "GC apply stall, state machine alone, {} idle sessions with a cached reply each:",
+            g.sessions
+        )?;
+        writeln!(
+            out,
+            "  one unbounded entry (format 1) expiring all: {:.1} ms",
+            g.unbounded.as_secs_f64() * 1e3
+        )?;
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        writeln!(
+            out,
+            "  bounded to {} per entry: {} entries, apply median {:.3} ms, p99 {:.3} ms, longest {:.3} ms",
+            g.max,
+            g.entries,
+            ms(g.bounded[0]),
+            ms(g.bounded[1]),
+            ms(g.bounded[2])
+        )?;
+        writeln!(
+            out,
+            "  a session write's apply in the same state: p99 {:.1} us",
+            g.write_p99.as_secs_f64() * 1e6
+        )?;
+    }
     out.flush()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The GC-stall figure expires every idle session in ceil(n / max) bounded
+    /// entries and none of the live writers (timings are printed, not checked).
+    #[test]
+    fn gc_stall_expires_the_idle_sessions_in_bounded_entries() {
+        let g = gc_stall(2_500, 1_000);
+        assert_eq!(g.entries, 3);
+        assert_eq!((g.sessions, g.max), (2_500, 1_000));
+        let state = sessions_state(10);
+        assert_eq!(state.sessions.len(), 10);
+        assert_eq!(state.sessions.oldest_last_seen_ms(), Some(1));
+    }
 }
