@@ -85,6 +85,15 @@ pub struct Backing<L> {
     pub clock: WallClock,
     /// Told the node once `init` started it.
     pub started: Option<oneshot::Sender<Arc<Node>>>,
+    /// The first `msg_id` this process sends: 0 in Maelstrom mode (its
+    /// reference exchange numbers from there). Replies are matched to calls by
+    /// `in_reply_to` alone here, so a process restarted on the same disk must
+    /// not reuse the ids of the one before it: a reply to that one, delayed in
+    /// the network, would be taken for the reply to a new call with the same
+    /// id (the simulator found a read answered with another key's value). The
+    /// simulator gives each incarnation its own range; over TCP replies come
+    /// back on the connection that carried the call, so they cannot cross.
+    pub first_msg_id: u64,
 }
 
 impl Backing<MemLogStore> {
@@ -101,6 +110,7 @@ impl Backing<MemLogStore> {
             },
             clock: WallClock::system(),
             started: None,
+            first_msg_id: 0,
         }
     }
 }
@@ -130,13 +140,14 @@ where
         storage,
         clock,
         started: tell_started,
+        first_msg_id,
     } = backing;
     let (out_tx, out_rx) = mpsc::channel(config.outbox_capacity);
     let (started_tx, started_rx) = oneshot::channel::<Arc<Node>>();
     let calls = Arc::new(PendingCalls::default());
     let sink = Sink {
         output,
-        msg_ids: Arc::new(AtomicU64::new(0)),
+        msg_ids: Arc::new(AtomicU64::new(first_msg_id)),
         calls: Some(calls.clone()),
         write_timeout: None,
         written: None,

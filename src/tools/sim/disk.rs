@@ -148,6 +148,11 @@ pub struct DiskState {
 /// A disk shared by the node's stores and the simulator.
 pub type Disk = Arc<Mutex<DiskState>>;
 
+/// How many times the node owning `disk` has crashed: its current incarnation.
+pub fn incarnation(disk: &Disk) -> u64 {
+    locked(disk).incarnation
+}
+
 /// A fresh, empty disk.
 pub fn new_disk(seed: u64, sync_delay_max_ms: u64) -> Disk {
     Arc::new(Mutex::new(DiskState {

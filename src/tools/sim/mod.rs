@@ -357,6 +357,8 @@ impl World {
             storage,
             clock,
             started: Some(started_tx),
+            // Each incarnation numbers its messages in a range of its own.
+            first_msg_id: disk::incarnation(&self.disks[i]) << 40,
         };
         let (mut stdin_w, stdin_r) = tokio::io::duplex(1 << 16);
         let (stdout_w, stdout_r) = tokio::io::duplex(1 << 16);

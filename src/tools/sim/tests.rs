@@ -80,6 +80,11 @@ fn five_nodes_pass_too() {
 ///   left after a removal until its next append failed seven seconds later;
 ///   no entry could commit meanwhile, and adding the removed member back
 ///   timed out. Now a failed log write ends the node at once (`LogFailure`).
+/// - 6850 @ 60 s: a node restarted on its disk numbered its messages from 0
+///   again, and a reply to its previous incarnation's `forward` (a read of
+///   another key), delayed in the network, was taken for the reply to its new
+///   forward with the same id: a read returned another key's value. Now each
+///   incarnation numbers from its own range (`Backing::first_msg_id`).
 ///
 /// Seed 1870 @ 60 s found a defect of the simulator itself: a removal asked of
 /// a leader that then lost the lead was awaited without a bound, so the run
@@ -97,6 +102,7 @@ fn seeds_that_found_real_bugs_pass() {
         (106, 60_000),
         (1870, 60_000),
         (10057, 60_000),
+        (6850, 60_000),
     ] {
         let opts = SimOptions {
             duration_ms: ms,
