@@ -80,17 +80,33 @@ pub struct BenchClusterArgs {
     /// directory under the system temp dir if absent, removed at the end.
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+    /// Instead of the throughput and failover parts: sweep these dimensions
+    /// (comma-separated), a fresh cluster of each system per point, and write a
+    /// table and an SVG plot per dimension (see docs/benchmarks.md).
+    #[arg(long, value_delimiter = ',')]
+    pub sweep: Vec<super::sweep::Dimension>,
+    /// The sweep's points (comma-separated), instead of each dimension's defaults
+    /// (sessions and keys 1000..1000000 by decades, value-bytes 100..1000000,
+    /// nodes 3,5). Only with a single `--sweep` dimension.
+    #[arg(long, value_delimiter = ',')]
+    pub points: Vec<u64>,
+    /// Concurrent writers of each sweep measurement.
+    #[arg(long, default_value_t = 64)]
+    pub sweep_clients: usize,
+    /// Where a sweep writes `sweep-DIMENSION.svg` and `.md`.
+    #[arg(long, default_value = "bench-sweep")]
+    pub plot_dir: PathBuf,
 }
 
 /// Which system a run targets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum System {
+pub(super) enum System {
     Oncekv,
     Etcd,
 }
 
 impl System {
-    fn name(self) -> &'static str {
+    pub(super) fn name(self) -> &'static str {
         match self {
             System::Oncekv => "oncekv",
             System::Etcd => "etcd",
@@ -98,15 +114,17 @@ impl System {
     }
 }
 
-/// Both clusters, alive for the whole run.
-struct Clusters {
-    oncekv: OncekvCluster,
-    /// `None` under `--oncekv-only`.
-    etcd: Option<EtcdCluster>,
+/// The clusters under test: both, alive for the whole run, or (in a sweep) the
+/// one measured at the moment.
+pub(super) struct Clusters {
+    /// `None` while only etcd is measured (a sweep point).
+    pub(super) oncekv: Option<OncekvCluster>,
+    /// `None` under `--oncekv-only` and while only oncekv is measured.
+    pub(super) etcd: Option<EtcdCluster>,
 }
 
 /// How long a cluster may take to agree on a leader after a start or restart.
-const SETTLE_TIMEOUT: Duration = Duration::from_secs(60);
+pub(super) const SETTLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a killed cluster may take to acknowledge a write again before the run fails.
 const FAILOVER_TIMEOUT: Duration = Duration::from_secs(30);
 /// Pause between a failover writer's attempts (doubling to 8x), for both systems:
@@ -117,22 +135,27 @@ const ACKS_BEFORE_KILL: usize = 20;
 
 impl Clusters {
     /// The etcd cluster, or an error under `--oncekv-only`.
-    fn etcd(&self) -> anyhow::Result<&EtcdCluster> {
+    pub(super) fn etcd(&self) -> anyhow::Result<&EtcdCluster> {
         self.etcd
             .as_ref()
             .context("etcd was not started (--oncekv-only)")
     }
 
+    /// The oncekv cluster, or an error while only etcd runs.
+    pub(super) fn oncekv(&self) -> anyhow::Result<&OncekvCluster> {
+        self.oncekv.as_ref().context("oncekv was not started")
+    }
+
     /// Waits until `system` settles; returns its leader's index.
-    async fn settle(&self, system: System) -> anyhow::Result<usize> {
+    pub(super) async fn settle(&self, system: System) -> anyhow::Result<usize> {
         match system {
-            System::Oncekv => self.oncekv.wait_settled(SETTLE_TIMEOUT).await,
+            System::Oncekv => self.oncekv()?.wait_settled(SETTLE_TIMEOUT).await,
             System::Etcd => self.etcd()?.wait_settled(SETTLE_TIMEOUT).await,
         }
     }
 
     /// A connected client for `system` sending to node `leader` first.
-    async fn client(
+    pub(super) async fn client(
         &self,
         system: System,
         leader: usize,
@@ -140,7 +163,7 @@ impl Clusters {
     ) -> anyhow::Result<BenchClient> {
         match system {
             System::Oncekv => {
-                let mut opts = self.oncekv.client_options();
+                let mut opts = self.oncekv()?.client_options();
                 if let Some(t) = tight {
                     opts.retry_backoff = t.backoff;
                     opts.attempt_timeout = t.attempt_timeout.unwrap_or(opts.attempt_timeout);
@@ -164,9 +187,11 @@ impl Clusters {
     }
 
     /// The pids of `system`'s server processes.
-    fn pids(&self, system: System) -> Vec<u32> {
+    pub(super) fn pids(&self, system: System) -> Vec<u32> {
         match system {
-            System::Oncekv => self.oncekv.pids(),
+            System::Oncekv => (self.oncekv.as_ref())
+                .map(OncekvCluster::pids)
+                .unwrap_or_default(),
             System::Etcd => self
                 .etcd
                 .as_ref()
@@ -176,9 +201,13 @@ impl Clusters {
     }
 
     /// SIGKILLs node `i` of `system`.
-    fn kill(&mut self, system: System, i: usize) {
+    pub(super) fn kill(&mut self, system: System, i: usize) {
         match system {
-            System::Oncekv => self.oncekv.kill(i),
+            System::Oncekv => {
+                if let Some(o) = &mut self.oncekv {
+                    o.kill(i)
+                }
+            }
             System::Etcd => {
                 if let Some(e) = &mut self.etcd {
                     e.kill(i)
@@ -188,9 +217,12 @@ impl Clusters {
     }
 
     /// Restarts node `i` of `system` on its data directory.
-    fn restart(&mut self, system: System, i: usize) -> std::io::Result<()> {
+    pub(super) fn restart(&mut self, system: System, i: usize) -> std::io::Result<()> {
         match system {
-            System::Oncekv => self.oncekv.restart(i),
+            System::Oncekv => match &mut self.oncekv {
+                Some(o) => o.restart(i),
+                None => Ok(()),
+            },
             System::Etcd => match &mut self.etcd {
                 Some(e) => e.restart(i),
                 None => Ok(()),
@@ -201,7 +233,7 @@ impl Clusters {
 
 /// Retry timing of a failover writer, the same for both systems.
 #[derive(Debug, Clone, Copy)]
-struct Tight {
+pub(super) struct Tight {
     /// First pause between attempts.
     backoff: Duration,
     /// Per-attempt timeout (the client's default if `None`).
@@ -209,14 +241,14 @@ struct Tight {
 }
 
 /// One client connection of either system.
-enum BenchClient {
+pub(super) enum BenchClient {
     Oncekv(Box<Client>),
     Etcd(EtcdClient),
 }
 
 impl BenchClient {
     /// Writes `value` at `key` until a definite answer or the client's deadline.
-    async fn put(&mut self, key: &str, value: &str) -> Result<(), String> {
+    pub(super) async fn put(&mut self, key: &str, value: &str) -> Result<(), String> {
         match self {
             BenchClient::Oncekv(c) => match c.write(json!(key), json!(value)).await {
                 Ok(Reply::WriteOk) => Ok(()),
@@ -229,15 +261,17 @@ impl BenchClient {
 }
 
 /// One throughput run: `clients` writers in closed loops; operations that start after
-/// the warm-up and finish inside the window are counted. Returns the summary, the
-/// errors, and the servers' CPU time per counted operation in microseconds.
-async fn throughput(
+/// the warm-up and finish inside the window are counted. Each client writes its own
+/// 16 keys, or (`keys` > 0) keys `k0`..`k{keys-1}` drawn at random. Returns the
+/// summary, the errors, and the servers' CPU time per counted operation in
+/// microseconds.
+pub(super) async fn throughput(
     clusters: &Clusters,
     system: System,
     clients: usize,
     value: &Arc<str>,
-    warmup: Duration,
-    window: Duration,
+    (warmup, window): (Duration, Duration),
+    keys: u64,
 ) -> anyhow::Result<(Summary, u64, f64)> {
     let leader = clusters.settle(system).await?;
     let mut conns = Vec::with_capacity(clients);
@@ -254,12 +288,21 @@ async fn throughput(
             tokio::spawn(async move {
                 let mut samples = Samples::default();
                 let mut errors = 0u64;
+                // xorshift64, seeded per client: which keys is not a figure.
+                let mut rng = 0x9E37_79B9_7F4A_7C15u64 ^ (c as u64 + 1);
                 for i in 0u64.. {
                     let t0 = Instant::now();
                     if t0 >= end {
                         break;
                     }
-                    let key = format!("bench-{c}-{}", i % 16);
+                    let key = if keys == 0 {
+                        format!("bench-{c}-{}", i % 16)
+                    } else {
+                        rng ^= rng << 13;
+                        rng ^= rng >> 7;
+                        rng ^= rng << 17;
+                        format!("k{}", rng % keys)
+                    };
                     let ok = w.put(&key, &value).await.is_ok();
                     let t1 = Instant::now();
                     if !ok {
@@ -362,7 +405,7 @@ async fn failover_once(
 
 /// CPU time (user + system) the processes `pids` have used so far, from
 /// `/proc/PID/stat`; processes that are gone count as zero.
-fn cpu_time(pids: &[u32]) -> Duration {
+pub(super) fn cpu_time(pids: &[u32]) -> Duration {
     // USER_HZ: 100 on every Linux architecture this runs on.
     const TICKS_PER_S: u64 = 100;
     let ticks: u64 = pids
@@ -382,12 +425,12 @@ fn cpu_time(pids: &[u32]) -> Duration {
 }
 
 /// Milliseconds with one decimal.
-fn ms(us: u64) -> String {
+pub(super) fn ms(us: u64) -> String {
     format!("{:.1}", us as f64 / 1000.0)
 }
 
 /// The 1-minute load average, for the report's context.
-fn loadavg() -> String {
+pub(super) fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .ok()
         .and_then(|s| s.split_whitespace().next().map(str::to_string))
@@ -395,7 +438,7 @@ fn loadavg() -> String {
 }
 
 /// Extra etcd flags for the timing options given.
-fn etcd_timing_args(args: &BenchClusterArgs) -> Vec<String> {
+pub(super) fn etcd_timing_args(args: &BenchClusterArgs) -> Vec<String> {
     let mut flags = Vec::new();
     if let Some(ms) = args.etcd_heartbeat_ms {
         flags.extend(["--heartbeat-interval".to_string(), ms.to_string()]);
@@ -407,7 +450,7 @@ fn etcd_timing_args(args: &BenchClusterArgs) -> Vec<String> {
 }
 
 /// A loopback port free at the time of asking (bound, then released).
-fn free_port() -> std::io::Result<u16> {
+pub(super) fn free_port() -> std::io::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
@@ -438,7 +481,11 @@ pub async fn run(args: &BenchClusterArgs, out: &mut dyn Write) -> anyhow::Result
         ),
     };
     std::fs::create_dir_all(&root)?;
-    let result = run_in(args, &root, &etcd_version, window, warmup, out).await;
+    let result = if args.sweep.is_empty() {
+        run_in(args, &root, &etcd_version, window, warmup, out).await
+    } else {
+        super::sweep::run(args, &root, &etcd_version, (warmup, window), out).await
+    };
     if temporary {
         let _ = std::fs::remove_dir_all(&root);
     }
@@ -487,7 +534,11 @@ fn start_clusters(args: &BenchClusterArgs, root: &Path) -> anyhow::Result<Cluste
     ];
     let exe = std::env::current_exe()?;
     Ok(Clusters {
-        oncekv: OncekvCluster::start(&exe, &root.join("oncekv"), &oncekv_ports)?,
+        oncekv: Some(OncekvCluster::start(
+            &exe,
+            &root.join("oncekv"),
+            &oncekv_ports,
+        )?),
         etcd: if args.oncekv_only {
             None
         } else {
@@ -575,7 +626,7 @@ async fn throughput_part(
             }
             for system in order {
                 let (s, errors, cpu) =
-                    throughput(clusters, system, clients, &value, warmup, window).await?;
+                    throughput(clusters, system, clients, &value, (warmup, window), 0).await?;
                 writeln!(
                     out,
                     "{:>5} {clients:>7} {:<7} {:>9.0} {:>8} {:>8} {errors:>7} {cpu:>17.0}",

@@ -157,6 +157,11 @@ impl EtcdCluster {
         }
     }
 
+    /// Member `i`'s data directory.
+    pub fn dir(&self, i: usize) -> &Path {
+        &self.members[i].dir
+    }
+
     /// The pids of the running members.
     pub fn pids(&self) -> Vec<u32> {
         self.members

@@ -4,6 +4,8 @@
 //!   baseline, and memory per idle session.
 //! - [`cluster`]: `oncekv bench-cluster`, a 3-node TCP cluster against a 3-member
 //!   etcd 3.4 on loopback: write throughput and latency, failover unavailability.
+//! - [`sweep`]: `oncekv bench-cluster --sweep`, both systems across a growing
+//!   dimension (sessions, keys, value size, nodes), as tables and SVG curves.
 //! - [`etcd`]: the etcd side: member processes and a minimal HTTP/1.1 client for
 //!   its JSON gateway.
 //! - [`procs`]: the oncekv side: `oncekv serve` processes that can be SIGKILLed
@@ -15,5 +17,6 @@ pub mod etcd;
 pub mod latency;
 pub mod procs;
 pub mod single;
+pub mod sweep;
 
 pub use single::{BenchArgs, baseline, bytes_per_session, run, through_node, workload};

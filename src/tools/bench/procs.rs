@@ -32,6 +32,9 @@ pub struct OncekvCluster {
     peers: String,
     /// `--workers` of each node.
     workers: usize,
+    /// Environment variables set for every (re)start from now on (`ONCEKV_*`
+    /// settings), beside the inherited environment.
+    env: Vec<(String, String)>,
 }
 
 impl OncekvCluster {
@@ -65,6 +68,7 @@ impl OncekvCluster {
             workers: crate::tcp::serve::workers_per_node(nodes.len()),
             nodes,
             peers,
+            env: Vec::new(),
         };
         for i in 0..cluster.nodes.len() {
             cluster.restart(i)?;
@@ -75,6 +79,28 @@ impl OncekvCluster {
     /// The nodes' addresses, in order.
     pub fn addrs(&self) -> Vec<String> {
         self.nodes.iter().map(|n| n.addr.clone()).collect()
+    }
+
+    /// Sets `vars` for every later (re)start, e.g. a setting a restart changes.
+    pub fn set_env(&mut self, vars: &[(&str, &str)]) {
+        self.env = (vars.iter())
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+    }
+
+    /// Node `i`'s data directory.
+    pub fn dir(&self, i: usize) -> &Path {
+        &self.nodes[i].dir
+    }
+
+    /// How many nodes the cluster has.
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Whether the cluster has no nodes.
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
     }
 
     /// Starts node `i` (again) on its address and data directory.
@@ -92,6 +118,7 @@ impl OncekvCluster {
             .args(["--workers", &self.workers.to_string()])
             .arg("--data-dir")
             .arg(&node.dir)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)

@@ -6,6 +6,7 @@
 //! Layout:
 //! - [`stats`]: counts per `f`, availability, latency quantiles.
 //! - [`svg`]: the plots (latency per `f`, throughput), nemesis periods shaded.
+//! - [`curves`]: figures against a growing dimension (the benchmark sweeps).
 //! - [`timeline`]: the operations per process, as Jepsen's `timeline.html`.
 //! - [`html`]: a run's `index.html` and the store's list of runs.
 //! - [`params`]: the `test` object (every parameter of the run, the command
@@ -13,6 +14,7 @@
 //! - [`harness`]: the `harness` object (facts only the running harness knows) and
 //!   the nemesis windows of a history.
 
+pub mod curves;
 pub mod harness;
 pub mod html;
 pub mod params;

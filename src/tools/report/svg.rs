@@ -406,12 +406,12 @@ fn axis_titles(svg: &mut String, axis_bottom: f64, y_top: f64, y_bottom: f64, y_
 }
 
 /// A 1, 2 or 5 times a power of ten, giving at most 10 ticks over `span`.
-fn nice_step(span: f64) -> f64 {
+pub(super) fn nice_step(span: f64) -> f64 {
     nice_up(span / 10.0)
 }
 
 /// The smallest 1, 2 or 5 times a power of ten at or above `raw`.
-fn nice_up(raw: f64) -> f64 {
+pub(super) fn nice_up(raw: f64) -> f64 {
     let magnitude = 10f64.powf(raw.log10().floor());
     [1.0, 2.0, 5.0, 10.0]
         .into_iter()
@@ -428,7 +428,7 @@ fn decade_label(decade: i32) -> String {
     }
 }
 
-fn trim_number(x: f64) -> String {
+pub(super) fn trim_number(x: f64) -> String {
     let s = format!("{x:.6}");
     s.trim_end_matches('0').trim_end_matches('.').to_string()
 }

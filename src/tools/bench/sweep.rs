@@ -1,0 +1,898 @@
+//! `oncekv bench-cluster --sweep DIMENSION`: how the cost of a write grows with
+//! one dimension of the work, oncekv against etcd 3.4 in the same invocation.
+//!
+//! Per point of the dimension, and per system (the order alternating from point
+//! to point), a fresh cluster is started on loopback with fsync on, filled to the
+//! point, measured with `--sweep-clients` writers in closed loops, and removed:
+//! - `sessions`: live client sessions, each opened and holding one cached reply
+//!   (oncekv only: etcd has no client sessions to deduplicate against). At the
+//!   largest point, the GC stall: a 1-writer baseline, then the followers restart
+//!   with a 2 s session timeout and the leader is killed, so the new leader finds
+//!   every filled session expired at once and removes them while the writer goes
+//!   on; every write sent during that removal is timed.
+//! - `keys`: distinct 100 B keys written before the measurement, which then
+//!   writes keys drawn at random from them. One follower is down during the fill,
+//!   so it is as many entries behind as there are keys: the time from its restart
+//!   to applying what the leader had applied is its catch-up (by snapshot when
+//!   the leader's log no longer holds the entries it lacks).
+//! - `value-bytes`: the size of each written value (MB/s beside ops/s).
+//! - `nodes`: cluster size.
+//!
+//! Also per point: resident memory per node (VmRSS) and the leader's data
+//! directory's size. Writes a markdown table and an SVG plot per dimension into
+//! `--plot-dir`.
+
+use std::fmt::Write as _;
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use super::cluster::{
+    BenchClient, BenchClusterArgs, Clusters, SETTLE_TIMEOUT, System, etcd_timing_args, free_port,
+    loadavg, ms, throughput,
+};
+use super::etcd::{EtcdClient, EtcdCluster};
+use super::latency::{Samples, Summary};
+use super::procs::OncekvCluster;
+use crate::tcp::Client;
+use crate::tools::report::curves::{Curve, Curves, Panel, curves_svg};
+
+/// A dimension the work grows along.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Dimension {
+    /// Live client sessions (oncekv only).
+    Sessions,
+    /// Distinct keys in the store.
+    Keys,
+    /// Bytes of each written value.
+    ValueBytes,
+    /// Cluster members.
+    Nodes,
+}
+
+impl Dimension {
+    /// The name on the command line and in file names.
+    fn name(self) -> &'static str {
+        match self {
+            Dimension::Sessions => "sessions",
+            Dimension::Keys => "keys",
+            Dimension::ValueBytes => "value-bytes",
+            Dimension::Nodes => "nodes",
+        }
+    }
+
+    /// The x axis title.
+    fn label(self) -> &'static str {
+        match self {
+            Dimension::Sessions => "live sessions",
+            Dimension::Keys => "keys in the store",
+            Dimension::ValueBytes => "bytes per value",
+            Dimension::Nodes => "cluster members",
+        }
+    }
+
+    /// The points measured unless `--points` says otherwise.
+    fn default_points(self) -> Vec<u64> {
+        match self {
+            Dimension::Sessions | Dimension::Keys => vec![1_000, 10_000, 100_000, 1_000_000],
+            Dimension::ValueBytes => vec![100, 1_000, 10_000, 100_000, 1_000_000],
+            Dimension::Nodes => vec![3, 5],
+        }
+    }
+
+    /// The systems that have this dimension.
+    fn systems(self, oncekv_only: bool) -> Vec<System> {
+        if oncekv_only || self == Dimension::Sessions {
+            vec![System::Oncekv]
+        } else {
+            vec![System::Oncekv, System::Etcd]
+        }
+    }
+}
+
+/// Concurrent connections that fill a point (keys written, sessions opened).
+const FILL_CONNS: usize = 256;
+/// Longest a fill or a catch-up may take before the sweep fails.
+const FILL_TIMEOUT: Duration = Duration::from_secs(900);
+/// The session timeout the followers restart with for the GC stall: every
+/// session filled before it is expired when the new leader's GC first runs.
+const GC_SESSION_TIMEOUT_MS: &str = "2000";
+
+/// Sessions that may remain when the GC stall counts the removal as done: the GC
+/// writer's own, and any other client's that was active within the timeout.
+const GC_SESSIONS_LEFT: usize = 10;
+
+/// One system at one point.
+#[derive(Debug, Clone)]
+struct Point {
+    x: u64,
+    system: System,
+    /// The writers' run.
+    run: Summary,
+    errors: u64,
+    /// Bytes per written value.
+    value_bytes: usize,
+    /// How long the fill took (none without a fill).
+    fill: Option<Duration>,
+    /// Mean resident memory per member after the fill, bytes.
+    rss_per_node: u64,
+    /// The leader's data directory after the fill, bytes.
+    disk: u64,
+    /// Keys sweep: the lagging follower's catch-up, and whether the leader's log
+    /// had been purged past it (so it caught up by snapshot).
+    catch_up: Option<(Duration, bool)>,
+}
+
+/// The GC stall figures (sessions sweep, largest point).
+#[derive(Debug, Clone)]
+struct GcStall {
+    sessions: usize,
+    /// 1 writer, before: all members up, every session live.
+    before: (Summary, u64),
+    /// Writes sent while the new leader removed the expired sessions.
+    during: (Summary, u64),
+    /// How long the removal took, as seen by polling the leader's `status`.
+    drain: Duration,
+    /// 1 writer, after: all members up again, the sessions gone.
+    after: (Summary, u64),
+}
+
+/// Runs every `--sweep` dimension and writes the report to `out`.
+pub async fn run(
+    args: &BenchClusterArgs,
+    root: &Path,
+    etcd_version: &str,
+    (warmup, window): (Duration, Duration),
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.points.is_empty() || args.sweep.len() == 1,
+        "--points needs exactly one --sweep dimension"
+    );
+    anyhow::ensure!(args.sweep_clients > 0, "--sweep-clients must be positive");
+    std::fs::create_dir_all(&args.plot_dir)?;
+    writeln!(
+        out,
+        "oncekv bench-cluster --sweep: oncekv vs etcd ({etcd_version}), loopback, fsync on, \
+         a fresh cluster per point and system, {} writers, {window:?} windows after {warmup:?} \
+         warm-up; load average at start {}",
+        args.sweep_clients,
+        loadavg()
+    )?;
+    for &dim in &args.sweep {
+        let mut points = if args.points.is_empty() {
+            dim.default_points()
+        } else {
+            args.points.clone()
+        };
+        points.sort_unstable();
+        points.dedup();
+        check_points(dim, &points)?;
+        writeln!(out, "\n## sweep: {}", dim.label())?;
+        out.flush()?;
+        let mut results = Vec::new();
+        let mut gc = None;
+        for (k, &x) in points.iter().enumerate() {
+            let mut systems = dim.systems(args.oncekv_only);
+            if k % 2 == 1 {
+                systems.reverse();
+            }
+            for system in systems {
+                let dir = root.join(format!("{}-{x}-{}", dim.name(), system.name()));
+                let last = k + 1 == points.len();
+                let (p, g) = point(args, dim, x, system, &dir, (warmup, window), last).await?;
+                let _ = std::fs::remove_dir_all(&dir);
+                writeln!(out, "{}", point_line(dim, &p))?;
+                out.flush()?;
+                results.push(p);
+                gc = gc.or(g);
+            }
+        }
+        let table = table(dim, &results, gc.as_ref());
+        writeln!(out, "\n{table}")?;
+        let svg = curves_svg(&plot(dim, &results));
+        let base = args.plot_dir.join(format!("sweep-{}", dim.name()));
+        std::fs::write(base.with_extension("svg"), svg)?;
+        std::fs::write(base.with_extension("md"), &table)?;
+        writeln!(
+            out,
+            "wrote {} and .md; load average now {}",
+            base.with_extension("svg").display(),
+            loadavg()
+        )?;
+        out.flush()?;
+    }
+    Ok(())
+}
+
+/// Refuses points that cannot be run.
+fn check_points(dim: Dimension, points: &[u64]) -> anyhow::Result<()> {
+    anyhow::ensure!(!points.is_empty(), "no points to sweep");
+    let ok = |p: &u64| match dim {
+        Dimension::Nodes => (1..=9).contains(p) && p % 2 == 1,
+        Dimension::ValueBytes => (1..=1_000_000).contains(p),
+        Dimension::Sessions | Dimension::Keys => (1..=10_000_000).contains(p),
+    };
+    match points.iter().find(|p| !ok(p)) {
+        None => Ok(()),
+        Some(p) => anyhow::bail!(
+            "--points {p} is out of range for {}: nodes odd 1..=9, value-bytes 1..=1000000 \
+             (oncekv's request limit is 1 MiB), sessions and keys 1..=10000000",
+            dim.name()
+        ),
+    }
+}
+
+/// Starts `nodes` members of `system` under `dir`.
+fn start(
+    args: &BenchClusterArgs,
+    system: System,
+    nodes: usize,
+    dir: &Path,
+) -> anyhow::Result<Clusters> {
+    Ok(match system {
+        System::Oncekv => {
+            let ports: Vec<u16> = (0..nodes).map(|_| free_port()).collect::<Result<_, _>>()?;
+            Clusters {
+                oncekv: Some(OncekvCluster::start(
+                    &std::env::current_exe()?,
+                    dir,
+                    &ports,
+                )?),
+                etcd: None,
+            }
+        }
+        System::Etcd => {
+            let ports: Vec<(u16, u16)> = (0..nodes)
+                .map(|_| Ok::<_, std::io::Error>((free_port()?, free_port()?)))
+                .collect::<Result<_, _>>()?;
+            Clusters {
+                oncekv: None,
+                etcd: Some(EtcdCluster::start(
+                    &args.etcd,
+                    dir,
+                    &ports,
+                    &etcd_timing_args(args),
+                )?),
+            }
+        }
+    })
+}
+
+/// One system at one point: start, fill, measure, and (sessions, `last`) the GC stall.
+async fn point(
+    args: &BenchClusterArgs,
+    dim: Dimension,
+    x: u64,
+    system: System,
+    dir: &Path,
+    timing: (Duration, Duration),
+    last: bool,
+) -> anyhow::Result<(Point, Option<GcStall>)> {
+    let nodes = if dim == Dimension::Nodes {
+        x as usize
+    } else {
+        3
+    };
+    let mut clusters = start(args, system, nodes, dir)?;
+    let leader = clusters.settle(system).await?;
+    let value_bytes = if dim == Dimension::ValueBytes {
+        x as usize
+    } else {
+        args.value_bytes
+    };
+    let value: Arc<str> = "v".repeat(value_bytes).into();
+    let t0 = Instant::now();
+    let (fill, catch_up) = match dim {
+        Dimension::Sessions => {
+            fill_sessions(clusters.oncekv()?, x).await?;
+            (Some(t0.elapsed()), None)
+        }
+        Dimension::Keys => {
+            let follower = (leader + 1) % nodes;
+            clusters.kill(system, follower);
+            fill_keys(&clusters, system, leader, x, &value).await?;
+            let fill = t0.elapsed();
+            let caught = catch_up(&mut clusters, system, leader, follower).await?;
+            (Some(fill), Some(caught))
+        }
+        Dimension::ValueBytes | Dimension::Nodes => (None, None),
+    };
+    let leader = clusters.settle(system).await?;
+    let rss_per_node = {
+        let pids = clusters.pids(system);
+        pids.iter().map(|p| rss(*p)).sum::<u64>() / pids.len().max(1) as u64
+    };
+    let disk = match system {
+        System::Oncekv => dir_bytes(clusters.oncekv()?.dir(leader)),
+        System::Etcd => dir_bytes(clusters.etcd()?.dir(leader)),
+    };
+    let keys = if dim == Dimension::Keys { x } else { 0 };
+    let (run, errors, _) =
+        throughput(&clusters, system, args.sweep_clients, &value, timing, keys).await?;
+    let gc = if dim == Dimension::Sessions && last {
+        Some(gc_stall(&mut clusters, x, &value, timing).await?)
+    } else {
+        None
+    };
+    let p = Point {
+        x,
+        system,
+        run,
+        errors,
+        value_bytes,
+        fill,
+        rss_per_node,
+        disk,
+        catch_up,
+    };
+    Ok((p, gc))
+}
+
+/// Opens `n` sessions over [`FILL_CONNS`] connections, each session then writing
+/// once so it holds a cached reply, as a client's session does.
+async fn fill_sessions(cluster: &OncekvCluster, n: u64) -> anyhow::Result<()> {
+    let tasks: Vec<_> = (0..FILL_CONNS as u64)
+        .map(|t| {
+            let opts = cluster.client_options();
+            tokio::spawn(async move {
+                let mut c = Client::new(opts);
+                c.find_leader().await;
+                let mut i = t;
+                while i < n {
+                    c.open_session().await.map_err(|e| e.to_string())?;
+                    c.write(json!(format!("s{t}")), json!(i))
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    i += FILL_CONNS as u64;
+                }
+                Ok::<(), String>(())
+            })
+        })
+        .collect();
+    join_fill(tasks, "session fill").await
+}
+
+/// Writes keys `k0`..`k{n-1}` once each over [`FILL_CONNS`] connections, each
+/// task connecting on its own (so the connections open in parallel).
+async fn fill_keys(
+    clusters: &Clusters,
+    system: System,
+    leader: usize,
+    n: u64,
+    value: &Arc<str>,
+) -> anyhow::Result<()> {
+    let oncekv = clusters.oncekv.as_ref().map(OncekvCluster::client_options);
+    let etcd = clusters.etcd.as_ref().map(EtcdCluster::endpoints);
+    let tasks = (0..FILL_CONNS as u64)
+        .map(|t| {
+            let (oncekv, etcd, value) = (oncekv.clone(), etcd.clone(), value.clone());
+            tokio::spawn(async move {
+                let mut c = match (system, oncekv, etcd) {
+                    (System::Oncekv, Some(opts), _) => {
+                        let mut c = Client::new(opts);
+                        c.open_session().await.map_err(|e| e.to_string())?;
+                        c.find_leader().await;
+                        BenchClient::Oncekv(Box::new(c))
+                    }
+                    (System::Etcd, _, Some(endpoints)) => {
+                        let mut c = EtcdClient::new(endpoints);
+                        c.set_target(leader);
+                        BenchClient::Etcd(c)
+                    }
+                    _ => return Err(format!("{} is not running", system.name())),
+                };
+                let mut i = t;
+                while i < n {
+                    c.put(&format!("k{i}"), &value).await?;
+                    i += FILL_CONNS as u64;
+                }
+                Ok::<(), String>(())
+            })
+        })
+        .collect();
+    join_fill(tasks, "key fill").await
+}
+
+/// Waits for fill tasks, failing on the first error or at [`FILL_TIMEOUT`].
+async fn join_fill(
+    tasks: Vec<tokio::task::JoinHandle<Result<(), String>>>,
+    what: &str,
+) -> anyhow::Result<()> {
+    let all = futures::future::join_all(tasks);
+    let results = tokio::time::timeout(FILL_TIMEOUT, all)
+        .await
+        .map_err(|_| anyhow::anyhow!("{what} took longer than {FILL_TIMEOUT:?}"))?;
+    for r in results {
+        r?.map_err(|e| anyhow::anyhow!("{what}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Restarts `follower` and times it from the restart until it has applied what
+/// the leader had applied then. Also says whether the leader's log was purged past
+/// the follower's last entry (then only a snapshot could bring it up).
+async fn catch_up(
+    clusters: &mut Clusters,
+    system: System,
+    leader: usize,
+    follower: usize,
+) -> anyhow::Result<(Duration, bool)> {
+    let deadline = Instant::now() + FILL_TIMEOUT;
+    match system {
+        System::Oncekv => {
+            let mut probe = Client::new(clusters.oncekv()?.client_options());
+            let s = (probe.status_of(leader).await).map_err(anyhow::Error::msg)?;
+            let target = s.applied_index.unwrap_or(0);
+            let by_snapshot = s.purged_index.unwrap_or(0) > 0;
+            let t0 = Instant::now();
+            clusters.restart(system, follower)?;
+            loop {
+                if let Ok(f) = probe.status_of(follower).await
+                    && f.applied_index.unwrap_or(0) >= target
+                {
+                    return Ok((t0.elapsed(), by_snapshot));
+                }
+                anyhow::ensure!(
+                    Instant::now() < deadline,
+                    "oncekv follower did not catch up"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        System::Etcd => {
+            let mut probe = EtcdClient::new(clusters.etcd()?.endpoints());
+            let s = (probe.status(leader).await).map_err(anyhow::Error::msg)?;
+            let target = s.applied;
+            let t0 = Instant::now();
+            clusters.restart(system, follower)?;
+            loop {
+                if let Ok(f) = probe.status(follower).await
+                    && f.applied >= target
+                {
+                    // etcd sends a snapshot past --snapshot-count (100,000) entries.
+                    return Ok((t0.elapsed(), target > 100_000));
+                }
+                anyhow::ensure!(Instant::now() < deadline, "etcd member did not catch up");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+/// The GC stall at `sessions` live sessions: see the module comment.
+async fn gc_stall(
+    clusters: &mut Clusters,
+    sessions: u64,
+    value: &Arc<str>,
+    timing: (Duration, Duration),
+) -> anyhow::Result<GcStall> {
+    let system = System::Oncekv;
+    let (before, before_max) = one_writer(clusters, value, timing).await?;
+    let leader = clusters.settle(system).await?;
+    let n = clusters.oncekv()?.len();
+    let o = clusters.oncekv.as_mut().expect("oncekv runs");
+    o.set_env(&[("ONCEKV_SESSION_TIMEOUT_MS", GC_SESSION_TIMEOUT_MS)]);
+    for f in (0..n).filter(|&i| i != leader) {
+        clusters.kill(system, f);
+        clusters.restart(system, f)?;
+        let now_leader = clusters.settle(system).await?;
+        anyhow::ensure!(now_leader == leader, "the leader moved during a restart");
+    }
+    let mut probe = Client::new(clusters.oncekv()?.client_options());
+    let live = (probe.status_of(leader).await)
+        .map_err(anyhow::Error::msg)?
+        .sessions;
+    // The writer: (sent, acknowledged) of every write.
+    let mut w = clusters.client(system, leader, None).await?;
+    let acks: Arc<std::sync::Mutex<Vec<(Instant, Instant)>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let task = {
+        let (acks, stop, value) = (acks.clone(), stop.clone(), value.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let t0 = Instant::now();
+                if w.put("gc-writer", &value).await.is_ok() {
+                    acks.lock().expect("acks").push((t0, Instant::now()));
+                }
+            }
+        })
+    };
+    let deadline = Instant::now() + SETTLE_TIMEOUT;
+    while acks.lock().expect("acks").len() < 20 {
+        anyhow::ensure!(Instant::now() < deadline, "no writes before the GC stall");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    clusters.kill(system, leader);
+    // Poll the others until one leads and has removed the filled sessions.
+    let (mut started, mut ended) = (None, None);
+    let deadline = Instant::now() + FILL_TIMEOUT;
+    while ended.is_none() {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the expired sessions were not removed"
+        );
+        for i in (0..n).filter(|&i| i != leader) {
+            let Ok(s) = probe.status_of(i).await else {
+                continue;
+            };
+            if s.role != crate::node::Role::Leader {
+                continue;
+            }
+            if started.is_none() && s.sessions < live {
+                started = Some(Instant::now());
+            }
+            // Every session idle for the timeout goes, the measurement's writers'
+            // too; the GC writer's own stays.
+            if s.sessions <= GC_SESSIONS_LEFT {
+                started.get_or_insert_with(Instant::now);
+                ended = Some(Instant::now());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    task.await?;
+    let (started, ended) = (started.expect("set"), ended.expect("set"));
+    let mut during = Samples::default();
+    let mut max_us = 0u64;
+    for (sent, acked) in acks.lock().expect("acks").iter() {
+        if *sent >= started && *sent <= ended {
+            during.push(*acked - *sent);
+            max_us = max_us.max((*acked - *sent).as_micros() as u64);
+        }
+    }
+    let drain = ended - started;
+    let during = (during.summary(drain.max(Duration::from_millis(1))), max_us);
+    clusters.restart(system, leader)?;
+    clusters.settle(system).await?;
+    let after = one_writer(clusters, value, timing).await?;
+    Ok(GcStall {
+        sessions: sessions as usize,
+        before: (before, before_max),
+        during,
+        drain,
+        after,
+    })
+}
+
+/// One writer in a closed loop over the window: its summary and its slowest write.
+async fn one_writer(
+    clusters: &Clusters,
+    value: &Arc<str>,
+    (warmup, window): (Duration, Duration),
+) -> anyhow::Result<(Summary, u64)> {
+    let leader = clusters.settle(System::Oncekv).await?;
+    let mut w = clusters.client(System::Oncekv, leader, None).await?;
+    let start = Instant::now() + warmup;
+    let end = start + window;
+    let mut lat = Vec::new();
+    loop {
+        let t0 = Instant::now();
+        if t0 >= end {
+            break;
+        }
+        let ok = w.put("gc-baseline", value).await.is_ok();
+        let t1 = Instant::now();
+        if ok && t0 >= start && t1 <= end {
+            lat.push((t1 - t0).as_micros() as u64);
+        }
+    }
+    let max = lat.iter().copied().max().unwrap_or(0);
+    let mut s = Samples::default();
+    for us in lat {
+        s.push(Duration::from_micros(us));
+    }
+    Ok((s.summary(window), max))
+}
+
+/// Resident memory of process `pid` in bytes (0 if gone), from `/proc/PID/status`.
+fn rss(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
+            let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kb * 1024)
+        })
+        .unwrap_or(0)
+}
+
+/// Total size of the files under `dir`.
+fn dir_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// Megabytes with one decimal.
+fn mb(bytes: u64) -> String {
+    format!("{:.1}", bytes as f64 / 1e6)
+}
+
+/// MB/s of values written in a run.
+fn mb_per_s(p: &Point) -> f64 {
+    p.run.ops_per_s * p.value_bytes as f64 / 1e6
+}
+
+/// A progress line for one point.
+fn point_line(dim: Dimension, p: &Point) -> String {
+    let mut line = format!(
+        "{} {:>8} {:<7} {:>8.0} ops/s ({:.1} MB/s) p50 {} ms p99 {} ms, {} errors, RSS {} MB/node, \
+         leader dir {} MB",
+        dim.name(),
+        p.x,
+        p.system.name(),
+        p.run.ops_per_s,
+        mb_per_s(p),
+        ms(p.run.p50_us),
+        ms(p.run.p99_us),
+        p.errors,
+        mb(p.rss_per_node),
+        mb(p.disk)
+    );
+    if let Some(f) = p.fill {
+        let _ = write!(line, ", fill {:.1} s", f.as_secs_f64());
+    }
+    if let Some((c, snap)) = p.catch_up {
+        let _ = write!(
+            line,
+            ", follower catch-up {:.2} s{}",
+            c.as_secs_f64(),
+            if snap { " (by snapshot)" } else { "" }
+        );
+    }
+    line
+}
+
+/// The markdown table of a dimension, oncekv/etcd ratios where both ran, and the
+/// GC stall.
+fn table(dim: Dimension, results: &[Point], gc: Option<&GcStall>) -> String {
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "| {} | system | writes/s | MB/s | p50 ms | p99 ms | errors | RSS MB/node | leader dir MB | fill s | catch-up s |",
+        dim.label()
+    );
+    let _ = writeln!(t, "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for p in results {
+        let _ = writeln!(
+            t,
+            "| {} | {} | {:.0} | {:.1} | {} | {} | {} | {} | {} | {} | {} |",
+            p.x,
+            p.system.name(),
+            p.run.ops_per_s,
+            mb_per_s(p),
+            ms(p.run.p50_us),
+            ms(p.run.p99_us),
+            p.errors,
+            mb(p.rss_per_node),
+            mb(p.disk),
+            p.fill
+                .map_or("-".into(), |f| format!("{:.1}", f.as_secs_f64())),
+            p.catch_up.map_or("-".into(), |(c, snap)| format!(
+                "{:.2}{}",
+                c.as_secs_f64(),
+                if snap { " (snapshot)" } else { "" }
+            )),
+        );
+    }
+    let pair = |x: u64| {
+        let get = |s: System| results.iter().find(|p| p.x == x && p.system == s);
+        get(System::Oncekv).zip(get(System::Etcd))
+    };
+    let mut xs: Vec<u64> = results.iter().map(|p| p.x).collect();
+    xs.dedup();
+    let ratios: Vec<String> = (xs.iter())
+        .filter_map(|&x| {
+            let (o, e) = pair(x)?;
+            Some(format!(
+                "{x}: throughput {:.2}x, p99 {:.2}x",
+                o.run.ops_per_s / e.run.ops_per_s,
+                o.run.p99_us as f64 / e.run.p99_us.max(1) as f64
+            ))
+        })
+        .collect();
+    if !ratios.is_empty() {
+        let _ = writeln!(t, "\noncekv/etcd at each point: {}", ratios.join("; "));
+    }
+    let oncekv: Vec<&Point> = (results.iter())
+        .filter(|p| p.system == System::Oncekv)
+        .collect();
+    if let (Some(first), Some(last)) = (oncekv.first(), oncekv.last())
+        && oncekv.len() > 1
+    {
+        let _ = writeln!(
+            t,
+            "\noncekv at {} against {}: throughput {:.2}x, p99 {:.2}x",
+            last.x,
+            first.x,
+            last.run.ops_per_s / first.run.ops_per_s,
+            last.run.p99_us as f64 / first.run.p99_us.max(1) as f64
+        );
+        if dim == Dimension::Sessions && last.x > first.x {
+            let per =
+                (last.rss_per_node as f64 - first.rss_per_node as f64) / (last.x - first.x) as f64;
+            let _ = writeln!(t, "resident memory per added session, per node: {per:.0} B");
+        }
+    }
+    if let Some(g) = gc {
+        let line = |(s, max): &(Summary, u64)| {
+            format!(
+                "{} writes, p50 {} ms, p99 {} ms, slowest {} ms",
+                s.ops,
+                ms(s.p50_us),
+                ms(s.p99_us),
+                ms(*max)
+            )
+        };
+        let _ = writeln!(
+            t,
+            "\nGC stall, {} sessions expired at once (1 writer):\n\
+             - before (all live): {}\n\
+             - during the removal ({:.2} s): {}\n\
+             - after (all gone): {}\n\
+             - slowest write during the removal against p99 before: {:.2}x; against p99 after: {:.2}x",
+            g.sessions,
+            line(&g.before),
+            g.drain.as_secs_f64(),
+            line(&g.during),
+            line(&g.after),
+            g.during.1 as f64 / g.before.0.p99_us.max(1) as f64,
+            g.during.1 as f64 / g.after.0.p99_us.max(1) as f64,
+        );
+    }
+    t
+}
+
+/// The dimension's plot: throughput, p99 and memory (keys: catch-up too; value
+/// bytes: MB/s instead of writes/s).
+fn plot(dim: Dimension, results: &[Point]) -> Curves {
+    let systems: Vec<System> = [System::Oncekv, System::Etcd]
+        .into_iter()
+        .filter(|s| results.iter().any(|p| p.system == *s))
+        .collect();
+    let panel = |label: &str, f: &dyn Fn(&Point) -> Option<f64>| Panel {
+        y_label: label.to_string(),
+        curves: (systems.iter())
+            .map(|&s| Curve {
+                name: s.name().to_string(),
+                points: (results.iter())
+                    .filter(|p| p.system == s)
+                    .map(|p| (p.x as f64, f(p)))
+                    .collect(),
+            })
+            .collect(),
+    };
+    let mut panels = vec![if dim == Dimension::ValueBytes {
+        panel("MB/s written", &|p| Some(mb_per_s(p)))
+    } else {
+        panel("writes/s", &|p| Some(p.run.ops_per_s))
+    }];
+    panels.push(panel("p99 ms", &|p| Some(p.run.p99_us as f64 / 1e3)));
+    panels.push(panel("RSS MB per node", &|p| {
+        Some(p.rss_per_node as f64 / 1e6)
+    }));
+    if dim == Dimension::Keys {
+        panels.push(panel("follower catch-up s", &|p| {
+            p.catch_up.map(|(c, _)| c.as_secs_f64())
+        }));
+    }
+    Curves {
+        title: format!("writes against {}", dim.label()),
+        x_label: dim.label().to_string(),
+        x_log: dim != Dimension::Nodes,
+        panels,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn summary(ops_per_s: f64, p99_us: u64) -> Summary {
+        Summary {
+            ops: ops_per_s as usize,
+            ops_per_s,
+            p50_us: p99_us / 2,
+            p99_us,
+        }
+    }
+
+    fn point(x: u64, system: System, ops_per_s: f64, p99_us: u64) -> Point {
+        Point {
+            x,
+            system,
+            run: summary(ops_per_s, p99_us),
+            errors: 0,
+            value_bytes: 100,
+            fill: Some(Duration::from_secs(1)),
+            rss_per_node: 10_000_000 + x * 200,
+            disk: 1_000_000,
+            catch_up: Some((Duration::from_millis(1500), x >= 100_000)),
+        }
+    }
+
+    #[test]
+    fn the_table_gives_every_point_and_the_ratios() {
+        let results = vec![
+            point(1_000, System::Oncekv, 30_000.0, 4_000),
+            point(1_000, System::Etcd, 10_000.0, 8_000),
+            point(1_000_000, System::Etcd, 9_000.0, 9_000),
+            point(1_000_000, System::Oncekv, 27_000.0, 5_000),
+        ];
+        let t = table(Dimension::Keys, &results, None);
+        assert_eq!(t.lines().filter(|l| l.starts_with("| 1")).count(), 4);
+        assert!(t.contains("1000: throughput 3.00x, p99 0.50x"), "{t}");
+        assert!(t.contains("1000000: throughput 3.00x"), "{t}");
+        assert!(t.contains("oncekv at 1000000 against 1000: throughput 0.90x, p99 1.25x"));
+        assert!(t.contains("1.50 (snapshot)"));
+        let c = plot(Dimension::Keys, &results);
+        assert_eq!(c.panels.len(), 4);
+        assert_eq!(c.panels[0].curves.len(), 2);
+        assert!(c.x_log);
+    }
+
+    #[test]
+    fn the_sessions_table_gives_memory_per_session_and_the_gc_stall() {
+        let results = vec![
+            point(1_000, System::Oncekv, 30_000.0, 4_000),
+            point(1_000_000, System::Oncekv, 28_000.0, 5_000),
+        ];
+        let gc = GcStall {
+            sessions: 1_000_000,
+            before: (summary(1_000.0, 1_000), 3_000),
+            during: (summary(900.0, 1_500), 2_500),
+            drain: Duration::from_secs(4),
+            after: (summary(1_000.0, 800), 2_000),
+        };
+        let t = table(Dimension::Sessions, &results, Some(&gc));
+        assert!(t.contains("per added session, per node: 200 B"), "{t}");
+        assert!(
+            t.contains("against p99 before: 2.50x; against p99 after: 3.12x"),
+            "{t}"
+        );
+        assert!(!t.contains("oncekv/etcd"));
+        let c = plot(Dimension::Sessions, &results);
+        assert_eq!(c.panels[0].curves.len(), 1);
+    }
+
+    #[test]
+    fn points_out_of_range_are_refused() {
+        assert!(check_points(Dimension::Nodes, &[3, 5]).is_ok());
+        assert!(check_points(Dimension::Nodes, &[4]).is_err());
+        assert!(check_points(Dimension::ValueBytes, &[2_000_000]).is_err());
+        assert!(check_points(Dimension::Keys, &[0]).is_err());
+        assert!(check_points(Dimension::Keys, &[]).is_err());
+        assert_eq!(
+            Dimension::Sessions.systems(false),
+            vec![System::Oncekv],
+            "etcd has no client sessions"
+        );
+    }
+
+    #[test]
+    fn memory_and_disk_are_read_from_this_process() {
+        assert!(rss(std::process::id()) > 1_000_000);
+        assert_eq!(rss(u32::MAX), 0);
+        let dir = std::env::temp_dir().join(format!("oncekv-sweep-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        std::fs::write(dir.join("a"), [0u8; 100]).unwrap();
+        std::fs::write(dir.join("sub/b"), [0u8; 23]).unwrap();
+        assert_eq!(dir_bytes(&dir), 123);
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(dir_bytes(&dir), 0);
+    }
+}
