@@ -141,8 +141,17 @@ async fn snapshot_is_durable_and_restores_the_state_machine() {
             vec!["snapshot-00000000000000000005.snap"]
         );
         apply(&mut s.sm, entries[6..].to_vec()).await;
-        let meta = s.sm.build_snapshot().await.expect("snapshot").meta;
+        let built = s.sm.build_snapshot().await.expect("snapshot");
+        let meta = built.meta.clone();
         assert_eq!(meta.last_log_id, Some(log_id(1, 10)));
+        // The node keeps only the metadata; a follower is served the file's data.
+        let served = s.sm.get_current_snapshot().await.expect("current");
+        let served = served.expect("a snapshot to serve");
+        assert_eq!(served.meta, built.meta);
+        assert_eq!(
+            served.snapshot, built.snapshot,
+            "byte for byte from the file"
+        );
         // openraft purges only after the snapshot call returned.
         s.log.purge(log_id(1, 8)).await.expect("purge");
         append_durable(&mut s.log, vec![entry(1, 11)])

@@ -33,8 +33,17 @@ pub struct Applied {
     pub membership: StoredMembership,
 }
 
-/// A snapshot kept to serve: its metadata and the state as JSON.
-type StoredSnapshot = (SnapshotMeta, Vec<u8>);
+/// The snapshot a node serves to lagging followers.
+#[derive(Debug)]
+enum Kept {
+    /// Its metadata and the state as JSON, in memory (no sink, or one that cannot
+    /// read it back: Maelstrom mode, the simulator).
+    Memory(SnapshotMeta, Vec<u8>),
+    /// Only its metadata: the data is read back from the sink when a follower
+    /// needs it, so a node does not hold a second copy of its whole state (as
+    /// JSON, larger than the state itself) between snapshots.
+    Durable(SnapshotMeta),
+}
 
 /// Where built and installed snapshots are made durable (TCP mode's data dir, see
 /// `crate::storage`). Called off the async threads, before openraft is told the
@@ -49,6 +58,17 @@ pub trait SnapshotSink: Send + Sync + std::fmt::Debug + 'static {
     fn incoming_dir(&self) -> Option<std::path::PathBuf> {
         None
     }
+
+    /// Whether [`SnapshotSink::load_newest`] reads saved snapshots back; if not,
+    /// the store keeps the one it serves in memory.
+    fn can_load(&self) -> bool {
+        false
+    }
+
+    /// The newest durable snapshot, read back (a blocking read).
+    fn load_newest(&self) -> io::Result<Option<(SnapshotMeta, Vec<u8>)>> {
+        Ok(None)
+    }
 }
 
 /// Shared handle: openraft applies through it, the node reads through it.
@@ -59,7 +79,7 @@ pub struct StateMachineStore {
     /// proposer can stamp entries without contending with the apply loop.
     clock_ms: Arc<std::sync::atomic::AtomicU64>,
     /// The latest snapshot built or installed, served to lagging followers.
-    current: Arc<RwLock<Option<StoredSnapshot>>>,
+    current: Arc<RwLock<Option<Kept>>>,
     /// Where snapshots are persisted; `None` in Maelstrom mode (memory only).
     sink: Option<Arc<dyn SnapshotSink>>,
     /// Where every key-value operation that ran is recorded, if anyone asked
@@ -247,18 +267,29 @@ impl StateMachineStore {
                 last_applied: meta.last_log_id,
                 membership: meta.last_membership.clone(),
             };
-            *sm.current.write().unwrap_or_else(|p| p.into_inner()) = Some((meta, data));
+            sm.keep(meta, data);
         }
         Ok(sm)
     }
 
-    /// Persists a snapshot through the sink, if any, on a blocking thread.
-    async fn persist(&self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), io::Error> {
-        let Some(sink) = self.sink.clone() else {
-            return Ok(());
+    /// Makes (`meta`, `data`) the snapshot served: in memory, or only its
+    /// metadata when the sink can read the data back.
+    fn keep(&self, meta: SnapshotMeta, data: Vec<u8>) {
+        let kept = match &self.sink {
+            Some(sink) if sink.can_load() => Kept::Durable(meta),
+            _ => Kept::Memory(meta, data),
         };
-        let (meta, data) = (meta.clone(), data.to_vec());
-        super::runtime::blocking(move || sink.save(&meta, &data)).await?
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Some(kept);
+    }
+
+    /// Persists a snapshot through the sink, if any, on a blocking thread; hands
+    /// the data back (moved there and back, not copied).
+    async fn persist(&self, meta: &SnapshotMeta, data: Vec<u8>) -> Result<Vec<u8>, io::Error> {
+        let Some(sink) = self.sink.clone() else {
+            return Ok(data);
+        };
+        let meta = meta.clone();
+        super::runtime::blocking(move || sink.save(&meta, &data).map(|()| data)).await?
     }
 
     /// Where partial incoming snapshots go: the sink's directory, if any.
@@ -290,14 +321,19 @@ impl StateMachineStore {
         // Encoding a large state takes long: off the runtime's workers (a node
         // sharing its machine may have only one), so heartbeats keep flowing.
         let data = super::runtime::blocking(move || state.to_snapshot()).await?;
-        self.persist(&meta, &data).await?;
+        let data = self.persist(&meta, data).await?;
         tracing::info!(
             "snapshot taken up to log index {} ({} bytes, {sessions} sessions, {keys} keys)",
             meta.last_log_id.map_or(0, |l| l.index()),
             data.len()
         );
-        *self.current.write().unwrap_or_else(|p| p.into_inner()) =
-            Some((meta.clone(), data.clone()));
+        // openraft only reads the metadata of what it built: with a sink that
+        // reads back, the data goes with the returned snapshot and is dropped.
+        let durable = self.sink.as_ref().is_some_and(|s| s.can_load());
+        self.keep(
+            meta.clone(),
+            if durable { Vec::new() } else { data.clone() },
+        );
         Ok(Snapshot {
             meta,
             snapshot: data,
@@ -419,7 +455,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         .await?;
         let state = state.map_err(invalid)?;
         // Durable before openraft purges the log it replaces.
-        self.persist(meta, &data).await?;
+        let data = self.persist(meta, data).await?;
         tracing::info!(
             "snapshot installed up to log index {} ({} bytes, {} sessions, {} keys)",
             meta.last_log_id.map_or(0, |l| l.index()),
@@ -436,15 +472,36 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             a.membership = meta.last_membership.clone();
             self.record_state(&a);
         }
-        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Some((meta.clone(), data));
+        self.keep(meta.clone(), data);
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
-        let cur = self.current.read().unwrap_or_else(|p| p.into_inner());
-        Ok(cur.as_ref().map(|(meta, data)| Snapshot {
-            meta: meta.clone(),
-            snapshot: data.clone(),
-        }))
+        let durable = {
+            let cur = self.current.read().unwrap_or_else(|p| p.into_inner());
+            match &*cur {
+                None => return Ok(None),
+                Some(Kept::Memory(meta, data)) => {
+                    return Ok(Some(Snapshot {
+                        meta: meta.clone(),
+                        snapshot: data.clone(),
+                    }));
+                }
+                Some(Kept::Durable(meta)) => meta.clone(),
+            }
+        };
+        let sink = self.sink.clone().expect("a durable snapshot has a sink");
+        // The newest durable one: the one kept, or a newer one saved since
+        // (saved before it is kept, so never an older one).
+        match super::runtime::blocking(move || sink.load_newest()).await?? {
+            Some((meta, data)) => Ok(Some(Snapshot {
+                meta,
+                snapshot: data,
+            })),
+            None => Err(io::Error::other(format!(
+                "the snapshot up to {:?} is no longer on disk",
+                durable.last_log_id
+            ))),
+        }
     }
 }

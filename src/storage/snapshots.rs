@@ -140,7 +140,7 @@ pub fn read(path: &Path) -> Result<Loaded, StorageError> {
         path: path.to_owned(),
         reason,
     };
-    let bytes = fs::read(path).map_err(|source| StorageError::Io {
+    let mut bytes = fs::read(path).map_err(|source| StorageError::Io {
         path: path.to_owned(),
         source,
     })?;
@@ -148,11 +148,17 @@ pub fn read(path: &Path) -> Result<Loaded, StorageError> {
     if lines.next() != Some(MAGIC.as_bytes()) {
         return Err(corrupt(format!("does not start with {MAGIC:?}")));
     }
-    let header: Header = serde_json::from_slice(lines.next().unwrap_or_default())
-        .map_err(|e| corrupt(format!("bad header: {e}")))?;
-    let data = lines
-        .next()
-        .ok_or_else(|| corrupt("no data after the header (truncated)".into()))?;
+    let header_line = lines.next().unwrap_or_default();
+    let header: Header =
+        serde_json::from_slice(header_line).map_err(|e| corrupt(format!("bad header: {e}")))?;
+    if lines.next().is_none() {
+        return Err(corrupt("no data after the header (truncated)".into()));
+    }
+    // The data in place: drop the two lines before it (no second copy of a
+    // snapshot that may be as large as the whole state).
+    let start = MAGIC.len() + 1 + header_line.len() + 1;
+    bytes.drain(..start);
+    let data = bytes;
     if data.len() as u64 != header.len {
         return Err(corrupt(format!(
             "data is {} bytes, header says {} (truncated?)",
@@ -160,15 +166,30 @@ pub fn read(path: &Path) -> Result<Loaded, StorageError> {
             header.len
         )));
     }
-    if crc32(data) != header.crc32 {
+    if crc32(&data) != header.crc32 {
         return Err(corrupt("data checksum mismatch (garbled)".into()));
     }
-    Ok((header.meta, data.to_vec()))
+    Ok((header.meta, data))
 }
 
 impl SnapshotSink for SnapshotDir {
     fn incoming_dir(&self) -> Option<PathBuf> {
         Some(self.dir.clone())
+    }
+
+    fn can_load(&self) -> bool {
+        true
+    }
+
+    fn load_newest(&self) -> io::Result<Option<Loaded>> {
+        // Under the lock, so a save cannot delete the file while it is read.
+        let newest = self.newest.lock().unwrap_or_else(|p| p.into_inner());
+        match *newest {
+            None => Ok(None),
+            Some(index) => read(&self.path_for(index))
+                .map(Some)
+                .map_err(|e| io::Error::other(e.to_string())),
+        }
     }
 
     fn save(&self, meta: &SnapshotMeta, data: &[u8]) -> io::Result<()> {
