@@ -67,6 +67,12 @@ pub struct Config {
     /// TCP mode all connections together); the reader waits past it, so clients
     /// cannot pile up pending requests without bound.
     pub requests_in_flight_max: usize,
+    /// Most bytes of client requests in flight at once on one node
+    /// (`ONCEKV_REQUESTS_IN_FLIGHT_BYTES_MAX`; both transports, all connections
+    /// together): each request counts its line's bytes plus
+    /// [`IN_FLIGHT_OVERHEAD_BYTES`]; the reader waits past it. With the count bound
+    /// alone, 65,536 requests of 1 MiB could be held at once.
+    pub requests_in_flight_bytes_max: usize,
     /// Longest client request line, in bytes (`ONCEKV_REQUEST_BYTES_MAX`), on
     /// either transport. A longer line is refused with error 12 before anything is
     /// proposed, and is never held whole in memory. Also bounds what the log keeps
@@ -157,6 +163,12 @@ pub const FORWARD_WRAP_BYTES: usize = 4 << 10;
 /// asking for more places than exist would wait for ever.
 pub const BATCH_MAX: usize = 256;
 
+/// What a client request in flight is counted at besides its line's bytes, for
+/// [`Config::requests_in_flight_bytes_max`]: about what one small request holds
+/// while it waits (its parsed op, its log entry, its task and reply slot), as
+/// measured on a single node (65,536 small requests in flight, ~64 MiB in use).
+pub const IN_FLIGHT_OVERHEAD_BYTES: usize = 1024;
+
 /// The longest timeout or interval accepted (one hour), in ms.
 pub const DURATION_MS_MAX: u64 = 3_600_000;
 
@@ -185,6 +197,7 @@ impl Default for Config {
             log_kept_behind_snapshot: 1_000,
             outbox_capacity: 65_536,
             requests_in_flight_max: 65_536,
+            requests_in_flight_bytes_max: 32 << 20,
             request_bytes_max: 1 << 20,
             peer_line_bytes_max: 8 << 20,
             batch_bytes_max: 4 << 20,
@@ -265,7 +278,7 @@ impl Config {
         for (name, slot) in vars {
             env_override(&format!("ONCEKV_{name}"), slot)?;
         }
-        let sizes: [(&str, &mut usize); 5] = [
+        let sizes: [(&str, &mut usize); 6] = [
             ("REQUEST_BYTES_MAX", &mut c.request_bytes_max),
             ("PEER_LINE_BYTES_MAX", &mut c.peer_line_bytes_max),
             ("BATCH_BYTES_MAX", &mut c.batch_bytes_max),
@@ -274,6 +287,10 @@ impl Config {
                 &mut c.rejected_log_excerpt_bytes,
             ),
             ("REQUESTS_IN_FLIGHT_MAX", &mut c.requests_in_flight_max),
+            (
+                "REQUESTS_IN_FLIGHT_BYTES_MAX",
+                &mut c.requests_in_flight_bytes_max,
+            ),
         ];
         for (name, slot) in sizes {
             env_override(&format!("ONCEKV_{name}"), slot)?;
@@ -433,6 +450,16 @@ impl Config {
         if self.requests_in_flight_max > tokio::sync::Semaphore::MAX_PERMITS {
             return fail("requests_in_flight_max is beyond what a semaphore can count".into());
         }
+        // One full batch (or one largest request) must fit the byte bound by
+        // itself; the driver never asks for more than the whole bound anyway.
+        let batch_charge = self.batch_bytes_max + BATCH_MAX * IN_FLIGHT_OVERHEAD_BYTES;
+        if self.requests_in_flight_bytes_max < batch_charge {
+            return fail(format!(
+                "requests_in_flight_bytes_max ({}) must hold one full batch: at least \
+                 batch_bytes_max + {BATCH_MAX} x {IN_FLIGHT_OVERHEAD_BYTES} ({batch_charge})",
+                self.requests_in_flight_bytes_max
+            ));
+        }
         if self.rejected_log_burst == 0 || self.rejected_log_excerpt_bytes < 16 {
             return fail(
                 "rejected_log_burst must be positive, rejected_log_excerpt_bytes >= 16".into(),
@@ -566,6 +593,14 @@ mod tests {
             ..Config::default()
         };
         assert_eq!(stagger(0).validate(), Ok(()));
+        // The byte bound on requests in flight holds at least one full batch.
+        let bytes = |n| Config {
+            requests_in_flight_bytes_max: n,
+            ..Config::default()
+        };
+        let batch = Config::default().batch_bytes_max + BATCH_MAX * IN_FLIGHT_OVERHEAD_BYTES;
+        assert_eq!(bytes(batch).validate(), Ok(()));
+        assert!(bytes(batch - 1).validate().is_err());
         let gc = |n| Config {
             gc_sessions_per_entry_max: n,
             ..Config::default()

@@ -37,18 +37,18 @@
 use std::future::Future;
 use std::io;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use serde_json::{Map, Value};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 
 use super::sequencer::Sequencer;
 use super::{Forwarded, Node, Started, check_entry_bytes};
-use crate::config::{BATCH_MAX, Config};
+use crate::config::{BATCH_MAX, Config, IN_FLIGHT_OVERHEAD_BYTES};
 use crate::protocol::framing::{Line, LineReader, encode_raw};
 use crate::protocol::{
     Body, ErrorCode, Message, ParseError, Reply, ReplyBody, Request, Skeleton, encode, parse_line,
@@ -191,6 +191,9 @@ pub struct Permits {
     pub node: Arc<Semaphore>,
     /// Its size.
     pub node_max: usize,
+    /// Bytes of client requests in flight on the whole node
+    /// ([`Config::requests_in_flight_bytes_max`]), shared by every connection.
+    pub bytes: Arc<ByteBudget>,
     /// Requests of any kind in flight on this connection, and its size (TCP's
     /// `requests_per_connection_max`); none in Maelstrom mode.
     pub connection: Option<(Arc<Semaphore>, usize)>,
@@ -200,6 +203,97 @@ pub struct Permits {
 pub struct Permit {
     _connection: Option<OwnedSemaphorePermit>,
     _node: Option<OwnedSemaphorePermit>,
+    _bytes: Option<BytesHeld>,
+}
+
+/// Bytes of requests in flight, against a bound: a counter rather than a
+/// semaphore, so taking bytes that are free never waits or yields (a semaphore
+/// acquire spends the task's cooperative budget), and whoever runs within the
+/// bound runs exactly as without it.
+#[derive(Debug)]
+pub struct ByteBudget {
+    used: AtomicUsize,
+    max: usize,
+    /// Takers waiting for bytes to be freed.
+    waiting: AtomicUsize,
+    freed: Notify,
+}
+
+/// Bytes taken from a [`ByteBudget`], given back on drop.
+#[derive(Debug)]
+pub struct BytesHeld {
+    budget: Arc<ByteBudget>,
+    bytes: usize,
+}
+
+impl ByteBudget {
+    /// A budget of `max` bytes.
+    pub fn new(max: usize) -> Arc<ByteBudget> {
+        Arc::new(ByteBudget {
+            used: AtomicUsize::new(0),
+            max,
+            waiting: AtomicUsize::new(0),
+            freed: Notify::new(),
+        })
+    }
+
+    /// Bytes taken now.
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::SeqCst)
+    }
+
+    fn try_take(self: &Arc<Self>, bytes: usize) -> Option<BytesHeld> {
+        let mut now = self.used.load(Ordering::SeqCst);
+        loop {
+            if now + bytes > self.max {
+                return None;
+            }
+            match (self.used).compare_exchange(now, now + bytes, Ordering::SeqCst, Ordering::SeqCst)
+            {
+                Ok(_) => {
+                    return Some(BytesHeld {
+                        budget: self.clone(),
+                        bytes,
+                    });
+                }
+                Err(seen) => now = seen,
+            }
+        }
+    }
+
+    /// Takes `bytes` (at most the whole budget, so any request can run once the
+    /// others are done), waiting while that would pass the bound.
+    pub async fn take(self: &Arc<Self>, bytes: usize) -> BytesHeld {
+        let bytes = bytes.min(self.max);
+        if let Some(held) = self.try_take(bytes) {
+            return held;
+        }
+        loop {
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            // Counted before the second look: a giver that frees bytes after it
+            // sees this waiter and wakes it.
+            self.waiting.fetch_add(1, Ordering::SeqCst);
+            let got = self.try_take(bytes);
+            if got.is_none() {
+                freed.await;
+            }
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
+            if let Some(held) = got {
+                return held;
+            }
+        }
+    }
+}
+
+impl Drop for BytesHeld {
+    fn drop(&mut self) {
+        self.budget.used.fetch_sub(self.bytes, Ordering::SeqCst);
+        if self.budget.waiting.load(Ordering::SeqCst) > 0 {
+            self.budget.freed.notify_waiters();
+        }
+    }
 }
 
 impl Permits {
@@ -208,6 +302,7 @@ impl Permits {
         Permits {
             node: Arc::new(Semaphore::new(config.requests_in_flight_max)),
             node_max: config.requests_in_flight_max,
+            bytes: ByteBudget::new(config.requests_in_flight_bytes_max),
             connection: None,
         }
     }
@@ -219,17 +314,21 @@ impl Permits {
         BATCH_MAX.min(self.node_max).min(connection).max(1)
     }
 
-    /// `n` places for client requests (on the connection and the node).
-    async fn clients(&self, n: usize) -> Option<Permit> {
+    /// `n` places for client requests (on the connection and the node) whose
+    /// lines have `line_bytes` in all.
+    async fn clients(&self, n: usize, line_bytes: usize) -> Option<Permit> {
+        let charge = line_bytes.saturating_add(n.saturating_mul(IN_FLIGHT_OVERHEAD_BYTES));
         let n = u32::try_from(n).ok()?;
         let connection = match &self.connection {
             Some((sem, _)) => Some(sem.clone().acquire_many_owned(n).await.ok()?),
             None => None,
         };
         let node = self.node.clone().acquire_many_owned(n).await.ok()?;
+        let bytes = self.bytes.take(charge).await;
         Some(Permit {
             _connection: connection,
             _node: Some(node),
+            _bytes: Some(bytes),
         })
     }
 
@@ -243,6 +342,7 @@ impl Permits {
         Some(Permit {
             _connection: connection,
             _node: None,
+            _bytes: None,
         })
     }
 }
@@ -500,11 +600,11 @@ impl Driver {
         if self.batch.is_empty() {
             return;
         }
-        self.batch_bytes = 0;
+        let line_bytes = std::mem::take(&mut self.batch_bytes);
         if self.batch.len() == 1 {
             // (Popped, not taken: the batch keeps its buffer for the next one.)
             if let Some((src, msg_id, op)) = self.batch.pop() {
-                self.start_and_answer(src, msg_id, Forwarded::Propose(op), true)
+                self.start_and_answer(src, msg_id, Forwarded::Propose(op), true, line_bytes)
                     .await;
             }
             return;
@@ -513,7 +613,8 @@ impl Driver {
         let Some(node) = self.node.clone() else {
             return;
         };
-        let Some(permit) = self.permits.clients(items.len()).await else {
+        let n = items.len();
+        let Some(permit) = self.permits.clients(n, line_bytes).await else {
             return;
         };
         let (meta, ops): (Vec<(String, u64)>, Vec<Op>) =
@@ -523,7 +624,8 @@ impl Driver {
             Err(ops) => {
                 drop(permit);
                 for ((src, msg_id), op) in meta.into_iter().zip(ops) {
-                    self.start_and_answer(src, msg_id, Forwarded::Propose(op), true)
+                    let each = line_bytes / n;
+                    self.start_and_answer(src, msg_id, Forwarded::Propose(op), true, each)
                         .await;
                 }
                 return;
@@ -611,7 +713,7 @@ impl Driver {
         if let Some(refused) = check_entry_bytes(&self.config, &fwd, Some(encoded_bytes_max)) {
             return self.answer_now(src, msg_id, refused).await;
         }
-        self.start_and_answer(src, msg_id, fwd, log_waiting).await;
+        (self.start_and_answer(src, msg_id, fwd, log_waiting, encoded_bytes_max)).await;
     }
 
     /// Serves one request: the ordered half now, the rest in a task.
@@ -621,11 +723,12 @@ impl Driver {
         msg_id: u64,
         fwd: Forwarded,
         log_waiting: bool,
+        line_bytes: usize,
     ) {
         let Some(node) = self.node.clone() else {
             return;
         };
-        let Some(permit) = self.permits.clients(1).await else {
+        let Some(permit) = self.permits.clients(1, line_bytes).await else {
             return;
         };
         let finish = match node.start_forwarded(fwd).await {
@@ -852,5 +955,66 @@ mod tests {
             ..Config::default()
         };
         assert_eq!(Permits::node_only(&small).batch_max(), 2);
+    }
+
+    /// The byte bound: bytes that are free are taken at once; past the bound a
+    /// taker waits until enough is given back; a charge above the whole bound is
+    /// cut to it, so it runs once the others are done rather than never.
+    #[tokio::test]
+    async fn the_byte_bound_waits_past_its_size_and_never_for_ever() {
+        let budget = ByteBudget::new(1000);
+        let a = budget.take(600).await;
+        let b = budget.take(400).await;
+        assert_eq!(budget.used(), 1000);
+        let waiting = tokio::spawn({
+            let budget = budget.clone();
+            async move { budget.take(500).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "took bytes past the bound");
+        drop(b); // 400 free: not enough for 500
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        drop(a);
+        let c = tokio::time::timeout(std::time::Duration::from_secs(10), waiting)
+            .await
+            .expect("woken once enough was given back")
+            .expect("task");
+        assert_eq!(budget.used(), 500);
+        drop(c);
+        assert_eq!(budget.used(), 0);
+        let huge = budget.take(usize::MAX).await;
+        assert_eq!(budget.used(), 1000, "cut to the whole bound");
+        drop(huge);
+        assert_eq!(budget.used(), 0);
+    }
+
+    /// Many takers against a small bound: never more than the bound in use, and
+    /// every one gets its turn.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_byte_bound_holds_under_contention() {
+        let budget = ByteBudget::new(100);
+        let peak = Arc::new(AtomicUsize::new(0));
+        let tasks: Vec<_> = (0..64)
+            .map(|i| {
+                let (budget, peak) = (budget.clone(), peak.clone());
+                tokio::spawn(async move {
+                    for _ in 0..50 {
+                        let held = budget.take(10 + i % 30).await;
+                        peak.fetch_max(budget.used(), Ordering::SeqCst);
+                        tokio::task::yield_now().await;
+                        drop(held);
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            tokio::time::timeout(std::time::Duration::from_secs(60), t)
+                .await
+                .expect("no taker starves")
+                .expect("task");
+        }
+        assert!(peak.load(Ordering::SeqCst) <= 100);
+        assert_eq!(budget.used(), 0);
     }
 }

@@ -38,7 +38,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, mpsc};
 use super::TcpConfig;
 use super::budgets::{Arrival, Budgets, Class};
 use crate::node::driver::{
-    Driver, Hooks, LineSource, Other, Out, Permits, Sink, To, Written, write_loop,
+    ByteBudget, Driver, Hooks, LineSource, Other, Out, Permits, Sink, To, Written, write_loop,
 };
 use crate::node::{Member, MembershipError, Node};
 use crate::protocol::framing::{Line, LineReader};
@@ -61,6 +61,9 @@ pub struct Handler {
     /// ([`crate::config::Config::requests_in_flight_max`]), shared by every
     /// connection; the reader waits past it.
     node_requests: Arc<Semaphore>,
+    /// Bytes of client requests in flight on the whole node
+    /// ([`crate::config::Config::requests_in_flight_bytes_max`]), shared likewise.
+    node_bytes: Arc<ByteBudget>,
     /// Whether this connection may send peer RPCs and membership changes: it
     /// presented the cluster key, or the node has none.
     trusted: bool,
@@ -87,11 +90,13 @@ impl Handler {
         shutdown: broadcast::Receiver<()>,
         shutdown_complete: mpsc::Sender<()>,
         node_requests: Arc<Semaphore>,
+        node_bytes: Arc<ByteBudget>,
     ) -> Handler {
         Handler {
             node,
             msg_ids,
             node_requests,
+            node_bytes,
             trusted: config.cluster_key.is_none(),
             admin: config.cluster_key.is_none(),
             config,
@@ -126,6 +131,7 @@ impl Handler {
         let permits = Permits {
             node: self.node_requests.clone(),
             node_max: self.node.config.requests_in_flight_max,
+            bytes: self.node_bytes.clone(),
             connection: Some((Arc::new(Semaphore::new(per_connection)), per_connection)),
         };
         let me: Arc<str> = self.node.name.as_str().into();

@@ -31,6 +31,7 @@ use super::budgets::Budgets;
 use super::handler::Handler;
 use super::{TcpConfig, TcpError};
 use crate::node::Node;
+use crate::node::driver::ByteBudget;
 
 /// First pause after an accept error (out of file descriptors, say).
 const ACCEPT_BACKOFF_MIN_MS: u64 = 10;
@@ -55,6 +56,7 @@ pub async fn run(
         listener,
         budgets: Arc::new(Budgets::new(&config)),
         node_requests: Arc::new(Semaphore::new(node.config.requests_in_flight_max)),
+        node_bytes: ByteBudget::new(node.config.requests_in_flight_bytes_max),
         node,
         msg_ids,
         config,
@@ -83,6 +85,8 @@ struct Listener {
     budgets: Arc<Budgets>,
     /// Client requests in flight on the node, all connections together.
     node_requests: Arc<Semaphore>,
+    /// Bytes of client requests in flight on the node, all connections together.
+    node_bytes: Arc<ByteBudget>,
     /// The node every connection serves.
     node: Arc<Node>,
     /// The node's message counter, shared with its peer transport.
@@ -108,6 +112,7 @@ impl Listener {
                 self.notify_shutdown.subscribe(),
                 self.shutdown_complete_tx.clone(),
                 self.node_requests.clone(),
+                self.node_bytes.clone(),
             );
             tokio::spawn(handler.run(socket, arrival));
         }
