@@ -6,6 +6,8 @@
 //!   etcd 3.4 on loopback: write throughput and latency, failover unavailability.
 //! - [`sweep`]: `oncekv bench-cluster --sweep`, both systems across a growing
 //!   dimension (sessions, keys, value size, nodes), as tables and SVG curves.
+//! - [`systems`]: what both share: the systems under test, their processes and
+//!   clients, a throughput run.
 //! - [`etcd`]: the etcd side: member processes and a minimal HTTP/1.1 client for
 //!   its JSON gateway.
 //! - [`procs`]: the oncekv side: `oncekv serve` processes that can be SIGKILLed
@@ -18,5 +20,6 @@ pub mod latency;
 pub mod procs;
 pub mod single;
 pub mod sweep;
+pub mod systems;
 
 pub use single::{BenchArgs, baseline, bytes_per_session, run, through_node, workload};

@@ -24,20 +24,19 @@
 
 use std::fmt::Write as _;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use super::cluster::{
-    BenchClient, BenchClusterArgs, Clusters, SETTLE_TIMEOUT, System, etcd_timing_args, free_port,
-    loadavg, ms, throughput,
-};
 use super::etcd::{EtcdClient, EtcdCluster};
 use super::latency::{Samples, Summary};
 use super::procs::OncekvCluster;
+use super::systems::{
+    BenchClient, Clusters, SETTLE_TIMEOUT, System, free_port, loadavg, ms, throughput,
+};
 use crate::tcp::Client;
 use crate::tools::report::curves::{Curve, Curves, Panel, curves_svg};
 
@@ -94,6 +93,26 @@ impl Dimension {
     }
 }
 
+/// What a sweep runs (from `oncekv bench-cluster`'s flags).
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// The dimensions, each swept in turn.
+    pub dimensions: Vec<Dimension>,
+    /// The points, instead of the dimension's defaults (one dimension only).
+    pub points: Vec<u64>,
+    /// Concurrent writers of each measurement.
+    pub clients: usize,
+    /// Where the tables and plots go.
+    pub plot_dir: PathBuf,
+    /// Only oncekv is measured.
+    pub oncekv_only: bool,
+    /// The etcd binary and its extra flags.
+    pub etcd: PathBuf,
+    pub etcd_flags: Vec<String>,
+    /// Bytes of each written value (but in the value-bytes sweep).
+    pub value_bytes: usize,
+}
+
 /// Concurrent connections that fill a point (keys written, sessions opened).
 const FILL_CONNS: usize = 256;
 /// Longest a fill or a catch-up may take before the sweep fails.
@@ -143,31 +162,31 @@ struct GcStall {
 
 /// Runs every `--sweep` dimension and writes the report to `out`.
 pub async fn run(
-    args: &BenchClusterArgs,
+    plan: &Plan,
     root: &Path,
     etcd_version: &str,
     (warmup, window): (Duration, Duration),
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
     anyhow::ensure!(
-        args.points.is_empty() || args.sweep.len() == 1,
+        plan.points.is_empty() || plan.dimensions.len() == 1,
         "--points needs exactly one --sweep dimension"
     );
-    anyhow::ensure!(args.sweep_clients > 0, "--sweep-clients must be positive");
-    std::fs::create_dir_all(&args.plot_dir)?;
+    anyhow::ensure!(plan.clients > 0, "--sweep-clients must be positive");
+    std::fs::create_dir_all(&plan.plot_dir)?;
     writeln!(
         out,
         "oncekv bench-cluster --sweep: oncekv vs etcd ({etcd_version}), loopback, fsync on, \
          a fresh cluster per point and system, {} writers, {window:?} windows after {warmup:?} \
          warm-up; load average at start {}",
-        args.sweep_clients,
+        plan.clients,
         loadavg()
     )?;
-    for &dim in &args.sweep {
-        let mut points = if args.points.is_empty() {
+    for &dim in &plan.dimensions {
+        let mut points = if plan.points.is_empty() {
             dim.default_points()
         } else {
-            args.points.clone()
+            plan.points.clone()
         };
         points.sort_unstable();
         points.dedup();
@@ -177,14 +196,14 @@ pub async fn run(
         let mut results = Vec::new();
         let mut gc = None;
         for (k, &x) in points.iter().enumerate() {
-            let mut systems = dim.systems(args.oncekv_only);
+            let mut systems = dim.systems(plan.oncekv_only);
             if k % 2 == 1 {
                 systems.reverse();
             }
             for system in systems {
                 let dir = root.join(format!("{}-{x}-{}", dim.name(), system.name()));
                 let last = k + 1 == points.len();
-                let (p, g) = point(args, dim, x, system, &dir, (warmup, window), last).await?;
+                let (p, g) = point(plan, dim, x, system, &dir, (warmup, window), last).await?;
                 let _ = std::fs::remove_dir_all(&dir);
                 writeln!(out, "{}", point_line(dim, &p))?;
                 out.flush()?;
@@ -195,7 +214,7 @@ pub async fn run(
         let table = table(dim, &results, gc.as_ref());
         writeln!(out, "\n{table}")?;
         let svg = curves_svg(&plot(dim, &results));
-        let base = args.plot_dir.join(format!("sweep-{}", dim.name()));
+        let base = plan.plot_dir.join(format!("sweep-{}", dim.name()));
         std::fs::write(base.with_extension("svg"), svg)?;
         std::fs::write(base.with_extension("md"), &table)?;
         writeln!(
@@ -228,12 +247,7 @@ fn check_points(dim: Dimension, points: &[u64]) -> anyhow::Result<()> {
 }
 
 /// Starts `nodes` members of `system` under `dir`.
-fn start(
-    args: &BenchClusterArgs,
-    system: System,
-    nodes: usize,
-    dir: &Path,
-) -> anyhow::Result<Clusters> {
+fn start(plan: &Plan, system: System, nodes: usize, dir: &Path) -> anyhow::Result<Clusters> {
     Ok(match system {
         System::Oncekv => {
             let ports: Vec<u16> = (0..nodes).map(|_| free_port()).collect::<Result<_, _>>()?;
@@ -253,10 +267,10 @@ fn start(
             Clusters {
                 oncekv: None,
                 etcd: Some(EtcdCluster::start(
-                    &args.etcd,
+                    &plan.etcd,
                     dir,
                     &ports,
-                    &etcd_timing_args(args),
+                    &plan.etcd_flags,
                 )?),
             }
         }
@@ -265,7 +279,7 @@ fn start(
 
 /// One system at one point: start, fill, measure, and (sessions, `last`) the GC stall.
 async fn point(
-    args: &BenchClusterArgs,
+    plan: &Plan,
     dim: Dimension,
     x: u64,
     system: System,
@@ -278,12 +292,12 @@ async fn point(
     } else {
         3
     };
-    let mut clusters = start(args, system, nodes, dir)?;
+    let mut clusters = start(plan, system, nodes, dir)?;
     let leader = clusters.settle(system).await?;
     let value_bytes = if dim == Dimension::ValueBytes {
         x as usize
     } else {
-        args.value_bytes
+        plan.value_bytes
     };
     let value: Arc<str> = "v".repeat(value_bytes).into();
     let t0 = Instant::now();
@@ -313,7 +327,7 @@ async fn point(
     };
     let keys = if dim == Dimension::Keys { x } else { 0 };
     let (run, errors, _) =
-        throughput(&clusters, system, args.sweep_clients, &value, timing, keys).await?;
+        throughput(&clusters, system, plan.clients, &value, timing, keys).await?;
     let gc = if dim == Dimension::Sessions && last {
         Some(gc_stall(&mut clusters, x, &value, timing).await?)
     } else {
