@@ -485,8 +485,22 @@ impl Config {
         )
     }
 
-    /// The openraft configuration derived from this one.
+    /// The openraft configuration derived from this one, openraft building a
+    /// snapshot every `snapshot_every_entries` entries.
     pub fn raft_config(&self) -> Result<openraft::Config, ConfigError> {
+        self.raft_config_with(false)
+    }
+
+    /// The openraft configuration; with `amortized`, openraft never builds a
+    /// snapshot by itself: the node's log budget asks for one, no more often
+    /// than the log since the last one has grown as large as that snapshot
+    /// (`Node::spawn_log_budget`).
+    pub fn raft_config_with(&self, amortized: bool) -> Result<openraft::Config, ConfigError> {
+        let snapshot_policy = if amortized {
+            openraft::SnapshotPolicy::Never
+        } else {
+            openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_every_entries)
+        };
         let c = openraft::Config {
             cluster_name: "oncekv".into(),
             heartbeat_interval: self.heartbeat_interval_ms,
@@ -496,7 +510,7 @@ impl Config {
             // transfer gives each chunk `append_timeout_ms` instead, so it only
             // has to be the same bound.
             install_snapshot_timeout: self.append_timeout_ms,
-            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_every_entries),
+            snapshot_policy,
             max_in_snapshot_log_to_keep: self.log_kept_behind_snapshot,
             // A node partitioned away and back must not disrupt a healthy leader.
             enable_pre_vote: Some(true),

@@ -78,11 +78,16 @@ async fn an_added_node_catches_up_by_snapshot_with_sessions_intact() {
         let r = client.add(json!("k"), 1).await.expect("add");
         assert_eq!(r, Reply::AddOk { value: i });
     }
-    let s = cluster.status(leader).await.expect("leader status");
-    assert!(
-        s.snapshot_index.is_some(),
-        "the leader built a snapshot: {s:?}"
-    );
+    // The node's log budget asks for the snapshot on its next check (every
+    // 100 ms), not at the apply that passed the count.
+    support_tcp::wait_status(
+        &cluster,
+        leader,
+        "the leader to build a snapshot",
+        Duration::from_secs(10),
+        |s| s.snapshot_index.is_some(),
+    )
+    .await;
 
     let n4 = cluster.add_node_process();
     let spec = format!("{}={}", cluster.nodes[n4].name, cluster.nodes[n4].addr);

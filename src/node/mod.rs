@@ -216,7 +216,7 @@ impl Node {
         );
         let raft = Raft::new(
             id,
-            Arc::new(config.raft_config()?),
+            Arc::new(config.raft_config_with(sm.durable_snapshots())?),
             Network::new(transport.clone(), BulkLimits::from_config(&config)),
             storage.log,
             sm.clone(),

@@ -80,6 +80,8 @@ pub struct StateMachineStore {
     clock_ms: Arc<std::sync::atomic::AtomicU64>,
     /// The latest snapshot built or installed, served to lagging followers.
     current: Arc<RwLock<Option<Kept>>>,
+    /// Its size in bytes (0 before the first).
+    current_bytes: Arc<std::sync::atomic::AtomicU64>,
     /// Where snapshots are persisted; `None` in Maelstrom mode (memory only).
     sink: Option<Arc<dyn SnapshotSink>>,
     /// Where every key-value operation that ran is recorded, if anyone asked
@@ -192,6 +194,7 @@ impl StateMachineStore {
                 ..Applied::default()
             })),
             current: Arc::new(RwLock::new(None)),
+            current_bytes: Arc::default(),
             clock_ms: Arc::default(),
             sink: None,
             journal: None,
@@ -267,14 +270,28 @@ impl StateMachineStore {
                 last_applied: meta.last_log_id,
                 membership: meta.last_membership.clone(),
             };
-            sm.keep(meta, data);
+            let bytes = data.len();
+            sm.keep(meta, data, bytes);
         }
         Ok(sm)
     }
 
+    /// Whether snapshots are durable and read back to be served (TCP mode):
+    /// then a snapshot costs a write of the whole state to disk.
+    pub fn durable_snapshots(&self) -> bool {
+        self.sink.as_ref().is_some_and(|s| s.can_load())
+    }
+
+    /// The size of the latest snapshot built or installed (0 before the first).
+    pub fn snapshot_bytes(&self) -> u64 {
+        self.current_bytes
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// Makes (`meta`, `data`) the snapshot served: in memory, or only its
-    /// metadata when the sink can read the data back.
-    fn keep(&self, meta: SnapshotMeta, data: Vec<u8>) {
+    /// metadata when the sink can read the data back. `bytes` is its size.
+    fn keep(&self, meta: SnapshotMeta, data: Vec<u8>, bytes: usize) {
+        (self.current_bytes).store(bytes as u64, std::sync::atomic::Ordering::Release);
         let kept = match &self.sink {
             Some(sink) if sink.can_load() => Kept::Durable(meta),
             _ => Kept::Memory(meta, data),
@@ -329,11 +346,12 @@ impl StateMachineStore {
         );
         // openraft only reads the metadata of what it built: with a sink that
         // reads back, the data goes with the returned snapshot and is dropped.
-        let durable = self.sink.as_ref().is_some_and(|s| s.can_load());
-        self.keep(
-            meta.clone(),
-            if durable { Vec::new() } else { data.clone() },
-        );
+        let kept = if self.durable_snapshots() {
+            Vec::new()
+        } else {
+            data.clone()
+        };
+        self.keep(meta.clone(), kept, data.len());
         Ok(Snapshot {
             meta,
             snapshot: data,
@@ -472,7 +490,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             a.membership = meta.last_membership.clone();
             self.record_state(&a);
         }
-        self.keep(meta.clone(), data);
+        let bytes = data.len();
+        self.keep(meta.clone(), data, bytes);
         Ok(())
     }
 
