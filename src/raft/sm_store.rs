@@ -282,6 +282,12 @@ impl StateMachineStore {
         self.sink.as_ref().is_some_and(|s| s.can_load())
     }
 
+    /// Whether the snapshot `meta` describes is served from the sink's file: a
+    /// snapshot of nothing (no log id) is not saved, so it stays in memory.
+    fn reads_back(&self, meta: &SnapshotMeta) -> bool {
+        self.durable_snapshots() && meta.last_log_id.is_some()
+    }
+
     /// The size of the latest snapshot built or installed (0 before the first).
     pub fn snapshot_bytes(&self) -> u64 {
         self.current_bytes
@@ -292,9 +298,10 @@ impl StateMachineStore {
     /// metadata when the sink can read the data back. `bytes` is its size.
     fn keep(&self, meta: SnapshotMeta, data: Vec<u8>, bytes: usize) {
         (self.current_bytes).store(bytes as u64, std::sync::atomic::Ordering::Release);
-        let kept = match &self.sink {
-            Some(sink) if sink.can_load() => Kept::Durable(meta),
-            _ => Kept::Memory(meta, data),
+        let kept = if self.reads_back(&meta) {
+            Kept::Durable(meta)
+        } else {
+            Kept::Memory(meta, data)
         };
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = Some(kept);
     }
@@ -346,7 +353,7 @@ impl StateMachineStore {
         );
         // openraft only reads the metadata of what it built: with a sink that
         // reads back, the data goes with the returned snapshot and is dropped.
-        let kept = if self.durable_snapshots() {
+        let kept = if self.reads_back(&meta) {
             Vec::new()
         } else {
             data.clone()
