@@ -196,7 +196,7 @@ impl LogBudget {
         let building = self
             .asked
             .is_some_and(|(s, at)| s == snapshot && at.elapsed() < SNAPSHOT_BUILD_WAIT);
-        let entries = applied.map_or(0, |a| a - snapshot.map_or(0, |s| s));
+        let entries = applied.map_or(0, |a| a.saturating_sub(snapshot.unwrap_or(0)));
         let due = snapshot_due(
             after,
             entries,
