@@ -191,7 +191,7 @@ pub async fn run(
         points.sort_unstable();
         points.dedup();
         check_points(dim, &points)?;
-        writeln!(out, "\n## sweep: {}", dim.label())?;
+        writeln!(out, "\n## sweep: {}\n\n{}", dim.label(), header(dim))?;
         out.flush()?;
         let mut results = Vec::new();
         let mut gc = None;
@@ -205,7 +205,7 @@ pub async fn run(
                 let last = k + 1 == points.len();
                 let (p, g) = point(plan, dim, x, system, &dir, (warmup, window), last).await?;
                 let _ = std::fs::remove_dir_all(&dir);
-                writeln!(out, "{}", point_line(dim, &p))?;
+                writeln!(out, "{}", row(&p))?;
                 out.flush()?;
                 results.push(p);
                 gc = gc.or(g);
@@ -641,12 +641,19 @@ fn mb_per_s(p: &Point) -> f64 {
     p.run.ops_per_s * p.value_bytes as f64 / 1e6
 }
 
-/// A progress line for one point.
-fn point_line(dim: Dimension, p: &Point) -> String {
-    let mut line = format!(
-        "{} {:>8} {:<7} {:>8.0} ops/s ({:.1} MB/s) p50 {} ms p99 {} ms, {} errors, RSS {} MB/node, \
-         leader dir {} MB",
-        dim.name(),
+/// The header of a dimension's table (two lines).
+fn header(dim: Dimension) -> String {
+    format!(
+        "| {} | system | writes/s | MB/s | p50 ms | p99 ms | errors | RSS MB/node | leader dir MB | fill s | catch-up s |\n\
+         |---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        dim.label()
+    )
+}
+
+/// One point's row of the table, also printed as it is measured.
+fn row(p: &Point) -> String {
+    format!(
+        "| {} | {} | {:.0} | {:.1} | {} | {} | {} | {} | {} | {} | {} |",
         p.x,
         p.system.name(),
         p.run.ops_per_s,
@@ -655,53 +662,24 @@ fn point_line(dim: Dimension, p: &Point) -> String {
         ms(p.run.p99_us),
         p.errors,
         mb(p.rss_per_node),
-        mb(p.disk)
-    );
-    if let Some(f) = p.fill {
-        let _ = write!(line, ", fill {:.1} s", f.as_secs_f64());
-    }
-    if let Some((c, snap)) = p.catch_up {
-        let _ = write!(
-            line,
-            ", follower catch-up {:.2} s{}",
+        mb(p.disk),
+        p.fill
+            .map_or("-".into(), |f| format!("{:.1}", f.as_secs_f64())),
+        p.catch_up.map_or("-".into(), |(c, snap)| format!(
+            "{:.2}{}",
             c.as_secs_f64(),
-            if snap { " (by snapshot)" } else { "" }
-        );
-    }
-    line
+            if snap { " (snapshot)" } else { "" }
+        )),
+    )
 }
 
 /// The markdown table of a dimension, oncekv/etcd ratios where both ran, and the
 /// GC stall.
 fn table(dim: Dimension, results: &[Point], gc: Option<&GcStall>) -> String {
-    let mut t = String::new();
-    let _ = writeln!(
-        t,
-        "| {} | system | writes/s | MB/s | p50 ms | p99 ms | errors | RSS MB/node | leader dir MB | fill s | catch-up s |",
-        dim.label()
-    );
-    let _ = writeln!(t, "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let mut t = header(dim);
+    t.push('\n');
     for p in results {
-        let _ = writeln!(
-            t,
-            "| {} | {} | {:.0} | {:.1} | {} | {} | {} | {} | {} | {} | {} |",
-            p.x,
-            p.system.name(),
-            p.run.ops_per_s,
-            mb_per_s(p),
-            ms(p.run.p50_us),
-            ms(p.run.p99_us),
-            p.errors,
-            mb(p.rss_per_node),
-            mb(p.disk),
-            p.fill
-                .map_or("-".into(), |f| format!("{:.1}", f.as_secs_f64())),
-            p.catch_up.map_or("-".into(), |(c, snap)| format!(
-                "{:.2}{}",
-                c.as_secs_f64(),
-                if snap { " (snapshot)" } else { "" }
-            )),
-        );
+        let _ = writeln!(t, "{}", row(p));
     }
     let pair = |x: u64| {
         let get = |s: System| results.iter().find(|p| p.x == x && p.system == s);
