@@ -123,12 +123,19 @@ pub struct Config {
     /// A partial incoming snapshot not extended for this long is deleted.
     pub snapshot_transfer_idle_ms: u64,
     /// Build a snapshot once the log after the last one holds this many bytes of
-    /// entries, even before `snapshot_every_entries` (large values).
+    /// entries, even before `snapshot_every_entries` (large values). A `serve`
+    /// node (durable snapshots) also waits until the log since is as large as
+    /// the last snapshot, up to `log_bytes_max`: a state of a gigabyte is not
+    /// written out again per 64 MiB of writes.
     pub snapshot_every_bytes: u64,
+    /// Bytes of entries after the last snapshot past which one is built whatever
+    /// else (`ONCEKV_LOG_BYTES_MAX`): with `log_kept_behind_snapshot_bytes`, the
+    /// bound of the in-memory log. At least `snapshot_every_bytes`.
+    pub log_bytes_max: u64,
     /// Bytes of entries kept behind a snapshot at most (`log_kept_behind_snapshot`
     /// counts entries; with large values that count alone kept gigabytes). With
-    /// `snapshot_every_bytes` this bounds the in-memory log: about their sum plus
-    /// what arrived since the last check.
+    /// `log_bytes_max` this bounds the in-memory log: about their sum plus what
+    /// arrived since the last check.
     pub log_kept_behind_snapshot_bytes: u64,
 }
 
@@ -210,6 +217,7 @@ impl Default for Config {
             snapshot_transfers_max: 2,
             snapshot_transfer_idle_ms: 30_000,
             snapshot_every_bytes: 64 << 20,
+            log_bytes_max: 256 << 20,
             log_kept_behind_snapshot_bytes: 16 << 20,
         }
     }
@@ -239,7 +247,7 @@ impl Config {
     /// The defaults with `ONCEKV_*` environment overrides applied.
     pub fn from_env() -> Result<Config, ConfigError> {
         let mut c = Config::default();
-        let vars: [(&str, &mut u64); 22] = [
+        let vars: [(&str, &mut u64); 23] = [
             ("REJECTED_LOG_PER_S", &mut c.rejected_log_per_s),
             ("REJECTED_LOG_BURST", &mut c.rejected_log_burst),
             ("HEARTBEAT_INTERVAL_MS", &mut c.heartbeat_interval_ms),
@@ -270,6 +278,7 @@ impl Config {
                 &mut c.snapshot_transfer_idle_ms,
             ),
             ("SNAPSHOT_EVERY_BYTES", &mut c.snapshot_every_bytes),
+            ("LOG_BYTES_MAX", &mut c.log_bytes_max),
             (
                 "LOG_KEPT_BEHIND_SNAPSHOT_BYTES",
                 &mut c.log_kept_behind_snapshot_bytes,
@@ -404,6 +413,9 @@ impl Config {
         // would build one.
         if self.snapshot_every_bytes < self.append_batch_bytes_max {
             return fail("snapshot_every_bytes must be at least append_batch_bytes_max");
+        }
+        if self.log_bytes_max < self.snapshot_every_bytes {
+            return fail("log_bytes_max must be at least snapshot_every_bytes");
         }
         Ok(())
     }
@@ -650,6 +662,10 @@ mod tests {
         });
         bad(Config {
             snapshot_every_bytes: d().append_batch_bytes_max - 1,
+            ..d()
+        });
+        bad(Config {
+            log_bytes_max: d().snapshot_every_bytes - 1,
             ..d()
         });
         // A peer's line limit must hold the largest RPC: 2 MiB + 64 KiB by default.

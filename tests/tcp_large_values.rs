@@ -88,6 +88,7 @@ async fn a_follower_behind_by_megabytes_of_large_values_catches_up() {
         &[
             ("ONCEKV_SNAPSHOT_EVERY_ENTRIES", "1000000"),
             ("ONCEKV_SNAPSHOT_EVERY_BYTES", "1073741824"),
+            ("ONCEKV_LOG_BYTES_MAX", "1073741824"),
         ],
     );
     let leader_last = last_index(&cluster, leader).await;

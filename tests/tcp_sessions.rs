@@ -120,3 +120,63 @@ async fn an_expired_session_gets_1000_after_a_leader_change() {
     let read = client.read(json!("k")).await.expect("read");
     assert_eq!(read, Reply::ReadOk { value: json!(1) }, "executed once");
 }
+
+/// A client that sends its request again and again while the first copy is in
+/// the log (here 50 copies back to back on one connection, and 50 more on a
+/// second connection through a follower) gets the one outcome for each copy,
+/// and the log gains one entry for the request, not one per copy: each retry
+/// joins the entry in flight or is answered from the cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_of_a_request_in_flight_add_no_entries() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let cluster = TestCluster::start("joins", 3, &[]);
+    let (leader, followers) = roles(&cluster).await;
+    // Let the leader's start-up entries (limits) settle.
+    let mut client = cluster.client();
+    client.write(json!("warm"), json!(0)).await.expect("write");
+    let before = cluster.status(leader).await.expect("status").last_log_index;
+
+    const COPIES: u64 = 50;
+    let line = |dest: &str, msg_id: u64| {
+        json!({"src": "c-joins", "dest": dest, "body": {"type": "add", "msg_id": msg_id,
+            "key": "joined", "delta": 3, "client_id": "joiner", "seq": 1}})
+        .to_string()
+    };
+    let mut replies = Vec::new();
+    for (node, base) in [(leader, 0), (followers[0], 1000)] {
+        let stream = tokio::net::TcpStream::connect(&cluster.nodes[node].addr)
+            .await
+            .expect("connect");
+        let (read, mut write) = stream.into_split();
+        let mut burst = String::new();
+        for i in 1..=COPIES {
+            burst.push_str(&line(&cluster.nodes[node].name, base + i));
+            burst.push('\n');
+        }
+        write.write_all(burst.as_bytes()).await.expect("send");
+        let mut lines = BufReader::new(read).lines();
+        for _ in 0..COPIES {
+            let got = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+                .await
+                .expect("a reply in time")
+                .expect("read")
+                .expect("a line");
+            let v: serde_json::Value = serde_json::from_str(&got).expect("json");
+            replies.push(v["body"].clone());
+        }
+    }
+    for body in &replies {
+        assert_eq!(body["type"], "add_ok", "{body}");
+        assert_eq!(body["value"], 3, "every copy gets the one outcome: {body}");
+    }
+    let read = client.read(json!("joined")).await.expect("read");
+    assert_eq!(read, Reply::ReadOk { value: json!(3) }, "the add ran once");
+    let after = cluster.status(leader).await.expect("status").last_log_index;
+    let grew = after.unwrap_or(0) - before.unwrap_or(0);
+    // One entry for the add; a GC tick or two may land meanwhile.
+    assert!(
+        grew <= 3,
+        "{} copies of one request made {grew} entries",
+        2 * COPIES
+    );
+}

@@ -37,15 +37,16 @@
 use std::future::Future;
 use std::io;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use serde_json::{Map, Value};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
+use super::budget::{ByteBudget, BytesHeld};
 use super::sequencer::Sequencer;
 use super::{Forwarded, Node, Started, check_entry_bytes};
 use crate::config::{BATCH_MAX, Config, IN_FLIGHT_OVERHEAD_BYTES};
@@ -206,103 +207,13 @@ pub struct Permit {
     _bytes: Option<BytesHeld>,
 }
 
-/// Bytes of requests in flight, against a bound: a counter rather than a
-/// semaphore, so taking bytes that are free never waits or yields (a semaphore
-/// acquire spends the task's cooperative budget), and whoever runs within the
-/// bound runs exactly as without it.
-#[derive(Debug)]
-pub struct ByteBudget {
-    used: AtomicUsize,
-    max: usize,
-    /// Takers waiting for bytes to be freed.
-    waiting: AtomicUsize,
-    freed: Notify,
-}
-
-/// Bytes taken from a [`ByteBudget`], given back on drop.
-#[derive(Debug)]
-pub struct BytesHeld {
-    budget: Arc<ByteBudget>,
-    bytes: usize,
-}
-
-impl ByteBudget {
-    /// A budget of `max` bytes.
-    pub fn new(max: usize) -> Arc<ByteBudget> {
-        Arc::new(ByteBudget {
-            used: AtomicUsize::new(0),
-            max,
-            waiting: AtomicUsize::new(0),
-            freed: Notify::new(),
-        })
-    }
-
-    /// Bytes taken now.
-    pub fn used(&self) -> usize {
-        self.used.load(Ordering::SeqCst)
-    }
-
-    fn try_take(self: &Arc<Self>, bytes: usize) -> Option<BytesHeld> {
-        let mut now = self.used.load(Ordering::SeqCst);
-        loop {
-            if now + bytes > self.max {
-                return None;
-            }
-            match (self.used).compare_exchange(now, now + bytes, Ordering::SeqCst, Ordering::SeqCst)
-            {
-                Ok(_) => {
-                    return Some(BytesHeld {
-                        budget: self.clone(),
-                        bytes,
-                    });
-                }
-                Err(seen) => now = seen,
-            }
-        }
-    }
-
-    /// Takes `bytes` (at most the whole budget, so any request can run once the
-    /// others are done), waiting while that would pass the bound.
-    pub async fn take(self: &Arc<Self>, bytes: usize) -> BytesHeld {
-        let bytes = bytes.min(self.max);
-        if let Some(held) = self.try_take(bytes) {
-            return held;
-        }
-        loop {
-            let freed = self.freed.notified();
-            tokio::pin!(freed);
-            freed.as_mut().enable();
-            // Counted before the second look: a giver that frees bytes after it
-            // sees this waiter and wakes it.
-            self.waiting.fetch_add(1, Ordering::SeqCst);
-            let got = self.try_take(bytes);
-            if got.is_none() {
-                freed.await;
-            }
-            self.waiting.fetch_sub(1, Ordering::SeqCst);
-            if let Some(held) = got {
-                return held;
-            }
-        }
-    }
-}
-
-impl Drop for BytesHeld {
-    fn drop(&mut self) {
-        self.budget.used.fetch_sub(self.bytes, Ordering::SeqCst);
-        if self.budget.waiting.load(Ordering::SeqCst) > 0 {
-            self.budget.freed.notify_waiters();
-        }
-    }
-}
-
 impl Permits {
     /// Permits for Maelstrom mode: the node's bound only.
     pub fn node_only(config: &Config) -> Permits {
         Permits {
             node: Arc::new(Semaphore::new(config.requests_in_flight_max)),
             node_max: config.requests_in_flight_max,
-            bytes: ByteBudget::new(config.requests_in_flight_bytes_max),
+            bytes: ByteBudget::for_node(config),
             connection: None,
         }
     }
@@ -955,66 +866,5 @@ mod tests {
             ..Config::default()
         };
         assert_eq!(Permits::node_only(&small).batch_max(), 2);
-    }
-
-    /// The byte bound: bytes that are free are taken at once; past the bound a
-    /// taker waits until enough is given back; a charge above the whole bound is
-    /// cut to it, so it runs once the others are done rather than never.
-    #[tokio::test]
-    async fn the_byte_bound_waits_past_its_size_and_never_for_ever() {
-        let budget = ByteBudget::new(1000);
-        let a = budget.take(600).await;
-        let b = budget.take(400).await;
-        assert_eq!(budget.used(), 1000);
-        let waiting = tokio::spawn({
-            let budget = budget.clone();
-            async move { budget.take(500).await }
-        });
-        tokio::task::yield_now().await;
-        assert!(!waiting.is_finished(), "took bytes past the bound");
-        drop(b); // 400 free: not enough for 500
-        tokio::task::yield_now().await;
-        assert!(!waiting.is_finished());
-        drop(a);
-        let c = tokio::time::timeout(std::time::Duration::from_secs(10), waiting)
-            .await
-            .expect("woken once enough was given back")
-            .expect("task");
-        assert_eq!(budget.used(), 500);
-        drop(c);
-        assert_eq!(budget.used(), 0);
-        let huge = budget.take(usize::MAX).await;
-        assert_eq!(budget.used(), 1000, "cut to the whole bound");
-        drop(huge);
-        assert_eq!(budget.used(), 0);
-    }
-
-    /// Many takers against a small bound: never more than the bound in use, and
-    /// every one gets its turn.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn the_byte_bound_holds_under_contention() {
-        let budget = ByteBudget::new(100);
-        let peak = Arc::new(AtomicUsize::new(0));
-        let tasks: Vec<_> = (0..64)
-            .map(|i| {
-                let (budget, peak) = (budget.clone(), peak.clone());
-                tokio::spawn(async move {
-                    for _ in 0..50 {
-                        let held = budget.take(10 + i % 30).await;
-                        peak.fetch_max(budget.used(), Ordering::SeqCst);
-                        tokio::task::yield_now().await;
-                        drop(held);
-                    }
-                })
-            })
-            .collect();
-        for t in tasks {
-            tokio::time::timeout(std::time::Duration::from_secs(60), t)
-                .await
-                .expect("no taker starves")
-                .expect("task");
-        }
-        assert!(peak.load(Ordering::SeqCst) <= 100);
-        assert_eq!(budget.used(), 0);
     }
 }

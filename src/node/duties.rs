@@ -70,7 +70,7 @@ pub(super) fn spawn_duty(
 
 impl Node {
     /// Keeps the in-memory log within its byte budget: builds a snapshot once the
-    /// applied entries after the last one pass `snapshot_every_bytes`, and purges
+    /// applied entries after the last one are due one ([`snapshot_due`]), and purges
     /// entries behind the snapshot beyond `log_kept_behind_snapshot_bytes`
     /// (openraft's own policy counts entries only).
     pub(super) fn spawn_log_budget(self: Arc<Self>, mirror: SharedMirror) {
@@ -132,7 +132,7 @@ impl Node {
         let deadline = Instant::now() + self.config.request_timeout();
         if limits != self.config.limits {
             let _ = self
-                .propose_local(Op::SetLimits(self.config.limits), deadline)
+                .propose_local(Op::SetLimits(self.config.limits), deadline, false)
                 .await;
         }
         let ts = self.next_ts_ms();
@@ -175,7 +175,7 @@ struct LogBudget {
 
 impl LogBudget {
     /// One check: asks for a snapshot once the applied entries after the last
-    /// one pass `snapshot_every_bytes` (again only if a build asked for is
+    /// one are due one ([`snapshot_due`]; again only if a build asked for is
     /// overdue), and for a purge once the entries kept behind the snapshot pass
     /// `log_kept_behind_snapshot_bytes`. Err once Raft has stopped.
     async fn check(&mut self, node: &Node) -> Result<(), Fatal<TypeConfig>> {
@@ -221,20 +221,23 @@ impl LogBudget {
 }
 
 /// Whether a snapshot is due with `bytes` of log in `entries` entries applied
-/// since the last one. Always past `snapshot_every_bytes` (the in-memory log's
-/// bound). With durable snapshots of `last` bytes (TCP mode) also after
-/// `snapshot_every_entries` entries, but only once the log since has grown as
-/// large as that snapshot: a large state is then written about once per its own
-/// size of log, not every `snapshot_every_entries` (a 1,000,000-session state,
-/// 73 MB, was written every 20,000 entries, back to back). Without (Maelstrom
-/// mode), openraft counts the entries itself.
+/// since the last one. Always past `log_bytes_max` (the in-memory log's bound).
+/// Without durable snapshots (Maelstrom mode) past `snapshot_every_bytes`, and
+/// openraft counts the entries itself. With durable snapshots of `last` bytes
+/// (TCP mode) after `snapshot_every_entries` entries or `snapshot_every_bytes`
+/// bytes, but only once the log since has grown as large as that snapshot: a
+/// large state is then written about once per its own size of log (a
+/// 1,000,000-session state, 73 MB, was written every 20,000 entries, back to
+/// back; a gigabyte of 1 MB values every 64 MiB of writes).
 fn snapshot_due(bytes: u64, entries: u64, last: Option<u64>, c: &Config) -> bool {
-    if bytes > c.snapshot_every_bytes {
+    if bytes >= c.log_bytes_max {
         return true;
     }
     match last {
-        Some(last) => entries >= c.snapshot_every_entries && bytes >= last,
-        None => false,
+        Some(last) => {
+            (entries >= c.snapshot_every_entries || bytes > c.snapshot_every_bytes) && bytes >= last
+        }
+        None => bytes > c.snapshot_every_bytes,
     }
 }
 
@@ -284,13 +287,21 @@ mod tests {
         let c = Config {
             snapshot_every_entries: 100,
             snapshot_every_bytes: 10_000,
+            log_bytes_max: 50_000,
             ..Config::default()
         };
         // The byte bound of the in-memory log, whatever else.
+        assert!(snapshot_due(50_000, 1, None, &c));
+        assert!(snapshot_due(50_000, 1, Some(1 << 30), &c));
+        // Without durable snapshots, past snapshot_every_bytes; openraft
+        // counts entries: nothing here.
         assert!(snapshot_due(10_001, 1, None, &c));
-        assert!(snapshot_due(10_001, 1, Some(1 << 30), &c));
-        // Without durable snapshots openraft counts entries: nothing here.
         assert!(!snapshot_due(5_000, 1_000, None, &c));
+        // Durable: past snapshot_every_bytes only once the log since is as
+        // large as the last snapshot (a large state of large values).
+        assert!(snapshot_due(10_001, 1, Some(10_000), &c));
+        assert!(!snapshot_due(10_001, 1, Some(30_000), &c));
+        assert!(snapshot_due(30_000, 1, Some(30_000), &c));
         // A small durable snapshot: every 100 entries.
         assert!(snapshot_due(200, 100, Some(150), &c));
         assert!(!snapshot_due(200, 99, Some(150), &c));

@@ -12,6 +12,7 @@
 //! proposed; once a proposal may have reached the log, every failure becomes
 //! error 0 (timeout) or 13 (crash).
 
+pub mod budget;
 mod duties;
 mod forward;
 mod leader_gone;

@@ -19,7 +19,8 @@ use super::{Forwarded, Node};
 use crate::config::Config;
 use crate::protocol::{ErrorCode, Reply, Request};
 use crate::raft::TypeConfig;
-use crate::state::{Command, Op};
+use crate::raft::inflight::{Claim, Naming};
+use crate::state::{Command, Op, Outcome};
 
 /// Counts the bytes of an encoding without keeping them.
 struct ByteCounter(usize);
@@ -191,10 +192,13 @@ impl Node {
                 }
             }
             Forwarded::Propose(op) if leader == Some(self.id) => {
-                let repropose = Repropose::of(&op);
-                match self.submit_local(op.clone()).await {
-                    Ok(proposal) => Started::Pending(Box::pin(async move {
-                        let served = node.await_proposal(proposal, repropose, deadline).await;
+                match self.submit_local(&op).await {
+                    Ok(submitted) => Started::Pending(Box::pin(async move {
+                        let served = match node.await_submitted(submitted, &op, deadline).await {
+                            Some(served) => served,
+                            // Its joined entry was let go: propose it after all.
+                            None => node.propose_local(op.clone(), deadline, true).await,
+                        };
                         node.finish(Forwarded::Propose(op), deadline, served).await
                     })),
                     Err(Served::Answered(r)) => Started::Ready(r),
@@ -231,17 +235,26 @@ impl Node {
                 continue;
             }
             immediate.push(None);
-            cmds.push(Command::new(self.next_ts_ms(), op.clone()));
-            proposed.push(op);
+            match self.claim(&op) {
+                Claim::Join(rx) => proposed.push((op, Some(rx))),
+                Claim::Propose => {
+                    cmds.push(Command::new(self.next_ts_ms(), op.clone()));
+                    proposed.push((op, None));
+                }
+            }
         }
-        if cmds.is_empty() {
+        if proposed.is_empty() {
             return Ok(BatchStarted {
                 immediate,
                 rest: Box::pin(std::future::ready(Vec::new())),
             });
         }
         let count = cmds.len() as u64;
-        let stream = self.raft.client_write_many(cmds).await;
+        let stream = if cmds.is_empty() {
+            Ok(Box::pin(futures::stream::empty()) as BatchOutcomes)
+        } else {
+            self.raft.client_write_many(cmds).await
+        };
         self.submitted.fetch_add(count, Ordering::SeqCst);
         let stream = stream
             .inspect_err(|e| tracing::warn!("raft stopped: {e}"))
@@ -251,32 +264,68 @@ impl Node {
     }
 
     /// The replies of a submitted batch's proposals, in order: each one's outcome
-    /// taken from `outcomes` (none: Raft stopped) until `deadline`, then finished
-    /// per the error rule.
+    /// taken from `outcomes` (none: Raft stopped) until `deadline`, or, for a
+    /// retry that joined its request's entry, that entry's; then finished per
+    /// the error rule.
     async fn finish_batch(
         self: Arc<Self>,
         mut outcomes: Option<BatchOutcomes>,
-        proposed: Vec<Op>,
+        proposed: Vec<(Op, Option<Joined>)>,
         deadline: Instant,
     ) -> Vec<Reply> {
         let mut replies = Vec::with_capacity(proposed.len());
-        for op in proposed {
-            let waited = match outcomes.as_mut() {
-                None => Waited::Dropped,
-                Some(st) => {
-                    let wait = deadline.saturating_duration_since(Instant::now());
-                    match tokio::time::timeout(wait, futures::StreamExt::next(st)).await {
-                        Ok(Some(Ok(result))) => Waited::Answered(result.map(|w| w.response.into())),
-                        Ok(Some(Err(_)) | None) => Waited::Dropped,
-                        Err(_) => Waited::TimedOut,
-                    }
+        for (op, joined) in proposed {
+            let served = match joined {
+                Some(rx) => match self
+                    .await_submitted(Submitted::Joined(rx), &op, deadline)
+                    .await
+                {
+                    Some(served) => served,
+                    None => self.propose_local(op.clone(), deadline, true).await,
+                },
+                None => {
+                    let waited = match outcomes.as_mut() {
+                        None => Waited::Dropped,
+                        Some(st) => {
+                            let wait = deadline.saturating_duration_since(Instant::now());
+                            match tokio::time::timeout(wait, futures::StreamExt::next(st)).await {
+                                Ok(Some(Ok(result))) => {
+                                    Waited::Answered(result.map(|w| w.response.into()))
+                                }
+                                Ok(Some(Err(_)) | None) => Waited::Dropped,
+                                Err(_) => Waited::TimedOut,
+                            }
+                        }
+                    };
+                    self.finished.send_modify(|n| *n += 1);
+                    self.settle_claim(&op, &waited);
+                    proposal_outcome(waited, Repropose::of(&op))
                 }
             };
-            self.finished.send_modify(|n| *n += 1);
-            let served = proposal_outcome(waited, Repropose::of(&op));
             replies.push(self.finish(Forwarded::Propose(op), deadline, served).await);
         }
         replies
+    }
+
+    /// What to do with `op` before proposing it: a session request registers as
+    /// its client's latest in flight, and a retry of that one joins it (see
+    /// [`crate::raft::inflight`]).
+    fn claim(&self, op: &Op) -> Claim {
+        let Some((client, naming)) = naming_of(op) else {
+            return Claim::Propose;
+        };
+        let term = self.raft.metrics().borrow_watched().current_term;
+        (self.sm.inflight()).claim(term, client, naming, self.config.requests_in_flight_max)
+    }
+
+    /// A proposal ended without its outcome (refused, discarded, dropped): its
+    /// registration goes, letting any retries that joined it propose themselves.
+    fn settle_claim(&self, op: &Op, waited: &Waited) {
+        if matches!(waited, Waited::Answered(Err(_)) | Waited::Dropped)
+            && let Some((client, naming)) = naming_of(op)
+        {
+            self.sm.inflight().withdraw(client, naming);
+        }
     }
 
     /// The cached reply of a session op that already ran, answered without a log
@@ -402,7 +451,7 @@ impl Node {
     pub(super) async fn serve_local(&self, fwd: &Forwarded, deadline: Instant) -> Served {
         match fwd {
             Forwarded::Read(key) => self.read_local(key, deadline).await,
-            Forwarded::Propose(op) => self.propose_local(op.clone(), deadline).await,
+            Forwarded::Propose(op) => self.propose_local(op.clone(), deadline, false).await,
         }
     }
 
@@ -434,12 +483,21 @@ impl Node {
         }
     }
 
-    pub(super) async fn propose_local(&self, op: Op, deadline: Instant) -> Served {
-        let repropose = Repropose::of(&op);
+    /// Proposes `op` here (this node leads) and waits for its outcome. `joined`:
+    /// an earlier attempt joined the entry of the same request, which may still
+    /// commit, so a refusal here is no longer "not proposed".
+    pub(super) async fn propose_local(&self, op: Op, deadline: Instant, joined: bool) -> Served {
+        let mut joined = joined;
         loop {
-            let served = match self.submit_local(op.clone()).await {
-                Ok(proposal) => self.await_proposal(proposal, repropose, deadline).await,
+            let submitted = match self.submit_local(&op).await {
+                Ok(submitted) => submitted,
                 Err(outcome) => return outcome,
+            };
+            joined |= matches!(submitted, Submitted::Joined(_));
+            let served = match self.await_submitted(submitted, &op, deadline).await {
+                Some(served) => served,
+                // The joined entry was let go: propose (or join) again.
+                None => continue,
             };
             // A new leader refuses writes (before appending them) until a
             // quorum has acknowledged it, one round trip after its election:
@@ -448,7 +506,10 @@ impl Node {
                 && self.leader_not_yet_acknowledged()
                 && Instant::now() + super::RETRY_PAUSE < deadline;
             if !retry {
-                return served;
+                return match served {
+                    Served::NotLeader { leader } if joined => Served::Discarded { leader },
+                    served => served,
+                };
             }
             tokio::time::sleep(super::RETRY_PAUSE).await;
         }
@@ -462,41 +523,85 @@ impl Node {
         m.state == openraft::ServerState::Leader && m.last_quorum_acked.is_none()
     }
 
-    /// Hands a proposal to Raft (or answers a cached retry without one).
-    async fn submit_local(&self, op: Op) -> Result<Proposal, Served> {
+    /// Hands a proposal to Raft, or answers a cached retry without one, or has a
+    /// retry join the entry of its request already in flight.
+    async fn submit_local(&self, op: &Op) -> Result<Submitted, Served> {
         // A retry whose reply is cached: answer it without a new entry.
-        if let Some(reply) = self.cached(&op) {
+        if let Some(reply) = self.cached(op) {
             return Err(Served::Answered(reply));
         }
-        let cmd = Command::new(self.next_ts_ms(), op);
+        if let Claim::Join(rx) = self.claim(op) {
+            return Ok(Submitted::Joined(rx));
+        }
+        let cmd = Command::new(self.next_ts_ms(), op.clone());
         let (responder, rx) = openraft::impls::ProgressResponder::complete_only();
         match self.raft.client_write_ff(cmd, Some(responder)).await {
             Ok(()) => {
                 self.submitted.fetch_add(1, Ordering::SeqCst);
-                Ok(rx)
+                Ok(Submitted::Proposal(rx))
             }
-            Err(e) => Err(Served::Answered(Reply::error(
-                ErrorCode::Crash,
-                format!("raft stopped: {e}"),
-            ))),
+            Err(e) => {
+                self.settle_claim(op, &Waited::Dropped);
+                Err(Served::Answered(Reply::error(
+                    ErrorCode::Crash,
+                    format!("raft stopped: {e}"),
+                )))
+            }
         }
     }
 
-    /// Waits for a submitted proposal's outcome, mapping failures per the error rule.
-    async fn await_proposal(
+    /// Waits for the outcome of `op`'s submission, mapping failures per the
+    /// error rule. `None`: it had joined an entry that was let go (superseded or
+    /// discarded), and should be proposed after all.
+    async fn await_submitted(
         &self,
-        proposal: Proposal,
-        repropose: Repropose,
+        submitted: Submitted,
+        op: &Op,
         deadline: Instant,
-    ) -> Served {
+    ) -> Option<Served> {
         let wait = deadline.saturating_duration_since(Instant::now());
-        let waited = match tokio::time::timeout(wait, proposal).await {
-            Ok(Ok(result)) => Waited::Answered(result.map(|r| r.data.into())),
-            Ok(Err(_)) => Waited::Dropped,
-            Err(_) => Waited::TimedOut,
-        };
-        self.finished.send_modify(|n| *n += 1);
-        proposal_outcome(waited, repropose)
+        match submitted {
+            Submitted::Proposal(proposal) => {
+                let waited = match tokio::time::timeout(wait, proposal).await {
+                    Ok(Ok(result)) => Waited::Answered(result.map(|r| r.data.into())),
+                    Ok(Err(_)) => Waited::Dropped,
+                    Err(_) => Waited::TimedOut,
+                };
+                self.finished.send_modify(|n| *n += 1);
+                self.settle_claim(op, &waited);
+                Some(proposal_outcome(waited, Repropose::of(op)))
+            }
+            Submitted::Joined(rx) => match tokio::time::timeout(wait, rx).await {
+                Ok(Ok(outcome)) => Some(Served::Answered(outcome.into())),
+                Ok(Err(_)) => None,
+                // The entry joined may still commit: as for a proposal of its own.
+                Err(_) => Some(proposal_outcome(Waited::TimedOut, Repropose::of(op))),
+            },
+        }
+    }
+}
+
+/// A request handed on: to Raft as its own entry, or joined to the entry of the
+/// same request already in flight.
+enum Submitted {
+    /// Proposed; openraft's answer comes here.
+    Proposal(Proposal),
+    /// Joined; that entry's outcome comes here.
+    Joined(Joined),
+}
+
+/// Where a retry that joined its request's entry gets the outcome.
+type Joined = tokio::sync::oneshot::Receiver<Outcome>;
+
+/// The client and request an op names, for the in-flight registry: a
+/// session's key-value request, or a close.
+fn naming_of(op: &Op) -> Option<(&str, Naming)> {
+    match op {
+        Op::Kv {
+            session: Some(s), ..
+        } => Some((&s.client_id, Naming::Seq(s.seq))),
+        Op::CloseSession { client_id } => Some((client_id, Naming::Close)),
+        _ => None,
     }
 }
 

@@ -23,6 +23,8 @@ use crate::raft::{Peer, Raft};
 struct Seen {
     term: u64,
     state: Option<ServerState>,
+    /// The term of the last candidacy logged.
+    candidate_term: u64,
     /// The leader followed, and the term it was logged with.
     leader: Option<u64>,
     leader_term: u64,
@@ -58,9 +60,18 @@ pub(super) fn spawn(raft: &Raft, name: String, members: BTreeMap<u64, Peer>) {
                 if seen.state != Some(m.state) {
                     match m.state {
                         ServerState::Candidate => {
-                            tracing::info!("{name}: election started: candidate in term {term}")
+                            tracing::info!("{name}: election started: candidate in term {term}");
+                            seen.candidate_term = term;
                         }
                         ServerState::Leader => {
+                            // A leader stood in this term, but the watch keeps only
+                            // the latest metrics: a quick win can hide the candidacy.
+                            if seen.candidate_term != term {
+                                tracing::info!(
+                                    "{name}: election started: candidate in term {term}"
+                                );
+                                seen.candidate_term = term;
+                            }
                             tracing::info!("{name}: election won: leader of term {term}")
                         }
                         ServerState::Follower if seen.state.is_some() => {

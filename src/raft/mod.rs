@@ -16,6 +16,7 @@
 //! in a partial file, [`snapshot_transfer`]). It imports only `config`,
 //! `protocol` and `state`.
 
+pub mod inflight;
 pub mod log_store;
 pub mod network;
 pub mod pending;

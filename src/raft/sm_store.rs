@@ -14,6 +14,7 @@ use futures::{Stream, TryStreamExt};
 use openraft::storage::{EntryResponder, RaftStateMachine};
 use openraft::{EntryPayload, RaftSnapshotBuilder};
 
+use super::inflight::{Inflight, Naming};
 use super::{LogId, SnapshotMeta, TypeConfig};
 use crate::state::{Outcome, SessionLimits, SnapshotError, State};
 
@@ -89,6 +90,9 @@ pub struct StateMachineStore {
     journal: Option<Journal>,
     /// Evictions applied but not logged yet (their lines are rate-limited).
     evictions: EvictionNote,
+    /// Session requests this node proposed as leader and retries waiting on
+    /// them: each session entry applied is reported to it.
+    inflight: Arc<Inflight>,
 }
 
 /// Sessions evicted (the session table at `sessions_max`) are logged at most
@@ -198,6 +202,7 @@ impl StateMachineStore {
             clock_ms: Arc::default(),
             sink: None,
             journal: None,
+            inflight: Arc::default(),
             evictions: EvictionNote::default(),
         }
     }
@@ -321,6 +326,12 @@ impl StateMachineStore {
         self.sink.as_ref().and_then(|s| s.incoming_dir())
     }
 
+    /// The registry of session requests in flight at this leader, which
+    /// retries join (see [`super::inflight`]).
+    pub fn inflight(&self) -> &Inflight {
+        &self.inflight
+    }
+
     /// Read access for linearizable reads and cache look-ups. Hold it briefly.
     pub fn read(&self) -> RwLockReadGuard<'_, Applied> {
         self.applied.read().unwrap_or_else(|p| p.into_inner())
@@ -339,7 +350,7 @@ impl StateMachineStore {
                 last_log_id: applied.last_applied,
                 last_membership: applied.membership.clone(),
             };
-            (meta, applied.state.clone())
+            (meta, applied.state.snapshot_copy())
         };
         let (sessions, keys) = (state.sessions.len(), state.kv.len());
         // Encoding a large state takes long: off the runtime's workers (a node
@@ -443,6 +454,17 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                         }
                         self.clock_ms
                             .store(a.state.clock_ms, std::sync::atomic::Ordering::Release);
+                        match &cmd.op {
+                            crate::state::Op::Kv {
+                                session: Some(s), ..
+                            } => self
+                                .inflight
+                                .applied(&s.client_id, Naming::Seq(s.seq), &reply),
+                            crate::state::Op::CloseSession { client_id } => {
+                                self.inflight.applied(client_id, Naming::Close, &reply)
+                            }
+                            _ => {}
+                        }
                         reply
                     }
                     EntryPayload::Membership(ref m) => {

@@ -222,6 +222,18 @@ impl State {
         id
     }
 
+    /// A copy of what [`State::to_snapshot`] writes, to encode away from the
+    /// lock: everything but the session table's derived index, which is as
+    /// large as the table, is never written, and is rebuilt on restore.
+    pub fn snapshot_copy(&self) -> State {
+        State {
+            clock_ms: self.clock_ms,
+            limits: self.limits,
+            kv: self.kv.clone(),
+            sessions: self.sessions.without_index(),
+        }
+    }
+
     /// The snapshot: the whole state, versioned ([`format`](mod@format)). Deterministic
     /// (ordered maps only).
     pub fn to_snapshot(&self) -> Vec<u8> {

@@ -233,6 +233,17 @@ impl SessionTable {
         self.sessions.contains_key(id) || self.tombstones.contains_key(id)
     }
 
+    /// A copy without the derived index (for a snapshot, which does not hold
+    /// it): [`SessionTable::rebuild_index`] restores it.
+    pub fn without_index(&self) -> SessionTable {
+        SessionTable {
+            sessions: self.sessions.clone(),
+            tombstones: self.tombstones.clone(),
+            tombstone_order: self.tombstone_order.clone(),
+            by_last_seen: BTreeSet::new(),
+        }
+    }
+
     /// Rebuilds the derived index after deserializing.
     pub fn rebuild_index(&mut self) {
         self.by_last_seen = self

@@ -502,7 +502,10 @@ fn snapshot_restore_continue_equals_uninterrupted() {
         let index = i as u64 + 1;
         let want = straight.apply(index, cmd);
         if i % 397 == 0 {
-            restored = State::from_snapshot(&restored.to_snapshot()).expect("restores");
+            // Encoded from the copy a node takes under its lock, as a node does.
+            let copy = restored.snapshot_copy();
+            assert_eq!(copy.to_snapshot(), restored.to_snapshot());
+            restored = State::from_snapshot(&copy.to_snapshot()).expect("restores");
         }
         assert_eq!(restored.apply(index, cmd), want, "entry {index}");
     }

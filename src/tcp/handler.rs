@@ -37,8 +37,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, mpsc};
 
 use super::TcpConfig;
 use super::budgets::{Arrival, Budgets, Class};
+use crate::node::budget::ByteBudget;
 use crate::node::driver::{
-    ByteBudget, Driver, Hooks, LineSource, Other, Out, Permits, Sink, To, Written, write_loop,
+    Driver, Hooks, LineSource, Other, Out, Permits, Sink, To, Written, write_loop,
 };
 use crate::node::{Member, MembershipError, Node};
 use crate::protocol::framing::{Line, LineReader};

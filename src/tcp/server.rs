@@ -31,7 +31,7 @@ use super::budgets::Budgets;
 use super::handler::Handler;
 use super::{TcpConfig, TcpError};
 use crate::node::Node;
-use crate::node::driver::ByteBudget;
+use crate::node::budget::ByteBudget;
 
 /// First pause after an accept error (out of file descriptors, say).
 const ACCEPT_BACKOFF_MIN_MS: u64 = 10;
@@ -56,7 +56,7 @@ pub async fn run(
         listener,
         budgets: Arc::new(Budgets::new(&config)),
         node_requests: Arc::new(Semaphore::new(node.config.requests_in_flight_max)),
-        node_bytes: ByteBudget::new(node.config.requests_in_flight_bytes_max),
+        node_bytes: ByteBudget::for_node(&node.config),
         node,
         msg_ids,
         config,
