@@ -133,6 +133,7 @@ async fn retries_of_a_request_in_flight_add_no_entries() {
     let (leader, followers) = roles(&cluster).await;
     // Let the leader's start-up entries (limits) settle.
     let mut client = cluster.client();
+    client.open_session().await.expect("session");
     client.write(json!("warm"), json!(0)).await.expect("write");
     let before = cluster.status(leader).await.expect("status").last_log_index;
 

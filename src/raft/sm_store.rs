@@ -355,7 +355,8 @@ impl StateMachineStore {
         let (sessions, keys) = (state.sessions.len(), state.kv.len());
         // Encoding a large state takes long: off the runtime's workers (a node
         // sharing its machine may have only one), so heartbeats keep flowing.
-        let data = super::runtime::blocking(move || state.to_snapshot()).await?;
+        let expected = usize::try_from(self.snapshot_bytes()).unwrap_or(0);
+        let data = super::runtime::blocking(move || state.to_snapshot_sized(expected)).await?;
         let data = self.persist(&meta, data).await?;
         tracing::info!(
             "snapshot taken up to log index {} ({} bytes, {sessions} sessions, {keys} keys)",

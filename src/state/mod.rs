@@ -237,6 +237,11 @@ impl State {
     /// The snapshot: the whole state, versioned ([`format`](mod@format)). Deterministic
     /// (ordered maps only).
     pub fn to_snapshot(&self) -> Vec<u8> {
+        self.to_snapshot_sized(0)
+    }
+
+    /// [`State::to_snapshot`] into a buffer sized for about `expected` bytes.
+    pub fn to_snapshot_sized(&self, expected: usize) -> Vec<u8> {
         #[cfg(test)]
         if crate::planted::active(crate::planted::Bug::SessionsNotInSnapshot) {
             let without = State {
@@ -245,7 +250,7 @@ impl State {
             };
             return format::encode_snapshot(&without);
         }
-        format::encode_snapshot(self)
+        format::encode_snapshot_sized(self, expected)
     }
 
     /// Restores from [`State::to_snapshot`] bytes, rebuilding derived indexes.

@@ -1,7 +1,7 @@
 //! [`SnapshotDir`]: durable snapshots in `DATA_DIR/snapshots/`.
 //!
 //! One file per snapshot, `snapshot-<last index, 20 digits>.snap`, written
-//! atomically (see [`super::file::write_atomic`]). The newest is kept; older ones
+//! atomically (see [`super::file::write_atomic_parts`]). The newest is kept; older ones
 //! are deleted only after the new one is durable. A file is
 //!
 //! ```text
@@ -24,7 +24,7 @@ use std::sync::Mutex;
 use serde::{Deserialize, Serialize};
 
 use super::StorageError;
-use super::file::{TMP_SUFFIX, crc32, sync_dir, write_atomic};
+use super::file::{TMP_SUFFIX, crc32, sync_dir, write_atomic_parts};
 use crate::raft::SnapshotMeta;
 use crate::raft::sm_store::SnapshotSink;
 
@@ -207,20 +207,20 @@ impl SnapshotSink for SnapshotDir {
             len: data.len() as u64,
             crc32: crc32(data),
         };
-        let mut file = Vec::with_capacity(data.len() + 256);
-        file.extend_from_slice(MAGIC.as_bytes());
-        file.push(b'\n');
-        serde_json::to_writer(&mut file, &header).map_err(io::Error::other)?;
-        file.push(b'\n');
-        file.extend_from_slice(data);
-        write_atomic(&self.path_for(last.index), &file)?;
+        let mut head = Vec::with_capacity(256);
+        head.extend_from_slice(MAGIC.as_bytes());
+        head.push(b'\n');
+        serde_json::to_writer(&mut head, &header).map_err(io::Error::other)?;
+        head.push(b'\n');
+        write_atomic_parts(&self.path_for(last.index), &[&head, data])?;
         let old = newest.replace(last.index);
         // Only now, with the new one durable, drop the older one.
         if let Some(old) = old.filter(|o| *o != last.index) {
             fs::remove_file(self.path_for(old))?;
             sync_dir(&self.dir)?;
         }
-        tracing::info!(index = last.index, bytes = file.len(), "snapshot saved");
+        let bytes = head.len() + data.len();
+        tracing::info!(index = last.index, bytes, "snapshot saved");
         Ok(())
     }
 }
