@@ -86,23 +86,27 @@ impl From<SessionRecord> for Session {
     }
 }
 
-/// A session's cached replies by seq. Boxed and absent when empty, so an idle
-/// session without replies costs 8 bytes here instead of a map header (memory per
-/// session is what bounds the table at a million sessions).
+/// A session's cached replies by seq, ascending. Absent when empty, so an idle
+/// session without replies costs 8 bytes here; otherwise a vector sorted by seq,
+/// sized to what it holds. (A `BTreeMap` allocates a whole node, 11 slots of
+/// about 50 bytes, for the one reply a simple client holds: that node was half
+/// of a filled session's memory, and of the copy a snapshot takes.) At most
+/// `replies_per_session_max` (64) entries, so the linear moves are short.
+/// Serialized as the map `{seq: reply}`, as before.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(from = "BTreeMap<u64, Outcome>", into = "BTreeMap<u64, Outcome>")]
 #[allow(clippy::box_collection)] // deliberate: 8 bytes per idle session instead of 24
-pub struct Replies(Option<Box<BTreeMap<u64, Outcome>>>);
+pub struct Replies(Option<Box<Vec<(u64, Outcome)>>>);
 
 impl From<BTreeMap<u64, Outcome>> for Replies {
     fn from(map: BTreeMap<u64, Outcome>) -> Self {
-        Replies((!map.is_empty()).then(|| Box::new(map)))
+        Replies((!map.is_empty()).then(|| Box::new(map.into_iter().collect())))
     }
 }
 
 impl From<Replies> for BTreeMap<u64, Outcome> {
     fn from(r: Replies) -> Self {
-        r.0.map(|b| *b).unwrap_or_default()
+        r.0.map(|b| b.into_iter().collect()).unwrap_or_default()
     }
 }
 
@@ -114,47 +118,57 @@ impl Replies {
 
     /// Number of replies held.
     pub fn len(&self) -> usize {
-        self.0.as_ref().map_or(0, |m| m.len())
+        self.0.as_ref().map_or(0, |v| v.len())
     }
 
     /// The reply cached for `seq`.
     pub fn get(&self, seq: &u64) -> Option<&Outcome> {
-        self.0.as_ref()?.get(seq)
+        let v = self.0.as_ref()?;
+        let i = v.binary_search_by_key(seq, |(s, _)| *s).ok()?;
+        Some(&v[i].1)
     }
 
     /// The lowest seq whose reply is held.
     pub fn first_seq(&self) -> Option<u64> {
-        self.0.as_ref()?.first_key_value().map(|(s, _)| *s)
+        self.0.as_ref()?.first().map(|(s, _)| *s)
     }
 
     /// The reply of the highest seq held.
     pub fn last(&self) -> Option<&Outcome> {
-        self.0.as_ref()?.last_key_value().map(|(_, r)| r)
+        self.0.as_ref()?.last().map(|(_, r)| r)
     }
 
     fn insert(&mut self, seq: u64, reply: Outcome) {
-        self.0.get_or_insert_with(Box::default).insert(seq, reply);
+        // Exactly one slot for the first reply (a vector's first push takes four).
+        let v = self
+            .0
+            .get_or_insert_with(|| Box::new(Vec::with_capacity(1)));
+        match v.binary_search_by_key(&seq, |(s, _)| *s) {
+            Ok(i) => v[i].1 = reply,
+            Err(i) => v.insert(i, (seq, reply)),
+        }
     }
 
     /// Removes the lowest seq's reply, returning its seq.
     fn pop_first(&mut self) -> Option<u64> {
-        let map = self.0.as_mut()?;
-        let seq = map.pop_first().map(|(s, _)| s);
+        let v = self.0.as_mut()?;
+        let seq = (!v.is_empty()).then(|| v.remove(0).0);
         self.normalize();
         seq
     }
 
     /// Drops every reply below `seq`.
     fn drop_below(&mut self, seq: u64) {
-        if let Some(map) = self.0.as_mut() {
-            **map = map.split_off(&seq);
+        if let Some(v) = self.0.as_mut() {
+            let keep_from = v.partition_point(|(s, _)| *s < seq);
+            v.drain(..keep_from);
         }
         self.normalize();
     }
 
-    /// Empty maps are stored as absent, so equal contents compare (and serialize) equal.
+    /// Empty vectors are stored as absent, so equal contents compare (and serialize) equal.
     fn normalize(&mut self) {
-        if self.0.as_ref().is_some_and(|m| m.is_empty()) {
+        if self.0.as_ref().is_some_and(|v| v.is_empty()) {
             self.0 = None;
         }
     }
@@ -395,13 +409,14 @@ impl Session {
     fn admit(&self, seq: u64) -> Admission {
         #[cfg(test)]
         if crate::planted::active(crate::planted::Bug::SeqWraps)
-            && let Some(map) = &self.replies.0
+            && let Some(held) = &self.replies.0
         {
             // The classic: the cache read as the range seq..seq + 1, where the
             // + 1 wraps at u64::MAX (BTreeMap::range then panics: start > end);
             // and a simple client's next seq taken as last + 1, wrapping to 0.
+            let map: BTreeMap<u64, &Outcome> = held.iter().map(|(q, r)| (*q, r)).collect();
             if let Some((_, cached)) = map.range(seq..seq.wrapping_add(1)).next() {
-                return Admission::Answer(cached.clone());
+                return Admission::Answer((*cached).clone());
             }
             let next = self.last_executed.map_or(0, |h| h.wrapping_add(1));
             if self.first_outstanding.is_none() && seq >= next {
