@@ -59,9 +59,9 @@ pub enum Naming {
     Close,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Latest {
-    naming: Option<Naming>,
+    naming: Naming,
     joiners: Vec<oneshot::Sender<Outcome>>,
 }
 
@@ -71,6 +71,16 @@ struct Inner {
     term: u64,
     /// Per client, its latest request proposed here and not yet applied.
     latest: HashMap<ClientId, Latest>,
+}
+
+impl Inner {
+    /// Removes `client`'s entry if `naming` is its latest request.
+    fn take_latest(&mut self, client: &str, naming: Naming) -> Option<Latest> {
+        if self.latest.get(client)?.naming != naming {
+            return None;
+        }
+        self.latest.remove(client)
+    }
 }
 
 /// The registry (see the module doc).
@@ -93,28 +103,24 @@ impl Inflight {
             inner.latest.clear();
             inner.term = term;
         }
+        let fresh = Latest {
+            naming,
+            joiners: Vec::new(),
+        };
         let claim = match inner.latest.get_mut(client) {
-            Some(latest) if latest.naming == Some(naming) && naming != Naming::Close => {
+            Some(latest) if latest.naming == naming && naming != Naming::Close => {
                 let (tx, rx) = oneshot::channel();
                 latest.joiners.push(tx);
                 Claim::Join(rx)
             }
+            // Replacing it drops (lets go) the older request's joiners.
             Some(latest) => {
-                *latest = Latest {
-                    naming: Some(naming),
-                    joiners: Vec::new(),
-                };
+                *latest = fresh;
                 Claim::Propose
             }
             None => {
                 if inner.latest.len() < max {
-                    inner.latest.insert(
-                        ClientId::from(client),
-                        Latest {
-                            naming: Some(naming),
-                            joiners: Vec::new(),
-                        },
-                    );
+                    inner.latest.insert(ClientId::from(client), fresh);
                 }
                 Claim::Propose
             }
@@ -127,13 +133,7 @@ impl Inflight {
     /// before the log, or discarded): forget it, letting its joiners go.
     pub fn withdraw(&self, client: &str, naming: Naming) {
         let mut inner = self.lock();
-        if inner
-            .latest
-            .get(client)
-            .is_some_and(|l| l.naming == Some(naming))
-        {
-            inner.latest.remove(client);
-        }
+        inner.take_latest(client, naming);
         self.len.store(inner.latest.len(), Ordering::Release);
     }
 
@@ -145,14 +145,9 @@ impl Inflight {
         }
         let joiners = {
             let mut inner = self.lock();
-            if !inner
-                .latest
-                .get(client)
-                .is_some_and(|l| l.naming == Some(naming))
-            {
+            let Some(latest) = inner.take_latest(client, naming) else {
                 return;
-            }
-            let latest = inner.latest.remove(client).unwrap_or_default();
+            };
             self.len.store(inner.latest.len(), Ordering::Release);
             latest.joiners
         };
@@ -180,6 +175,16 @@ impl Inflight {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Whether a joiner was let go (its sender dropped).
+    fn let_go(rx: &mut oneshot::Receiver<Outcome>) -> bool {
+        matches!(rx.try_recv(), Err(oneshot::error::TryRecvError::Closed))
+    }
+
+    /// Whether a joiner is still waiting.
+    fn waiting(rx: &mut oneshot::Receiver<Outcome>) -> bool {
+        matches!(rx.try_recv(), Err(oneshot::error::TryRecvError::Empty))
+    }
 
     fn joined(c: Claim) -> oneshot::Receiver<Outcome> {
         match c {
@@ -222,37 +227,22 @@ mod tests {
             r.claim(1, "c", Naming::Seq(6), 10),
             Claim::Propose
         ));
-        assert!(matches!(
-            a.try_recv(),
-            Err(oneshot::error::TryRecvError::Closed)
-        ));
+        assert!(let_go(&mut a));
         // The older entry applying now wakes nobody: seq 6 is the latest.
         let mut b = joined(r.claim(1, "c", Naming::Seq(6), 10));
         r.applied("c", Naming::Seq(5), &Outcome::Written);
-        assert!(matches!(
-            b.try_recv(),
-            Err(oneshot::error::TryRecvError::Empty)
-        ));
+        assert!(waiting(&mut b));
         // A close supersedes, and is never joined.
         assert!(matches!(r.claim(1, "c", Naming::Close, 10), Claim::Propose));
-        assert!(matches!(
-            b.try_recv(),
-            Err(oneshot::error::TryRecvError::Closed)
-        ));
+        assert!(let_go(&mut b));
         assert!(matches!(r.claim(1, "c", Naming::Close, 10), Claim::Propose));
         // Withdrawn: let go.
         let _ = r.claim(1, "d", Naming::Seq(1), 10);
         let mut d = joined(r.claim(1, "d", Naming::Seq(1), 10));
         r.withdraw("d", Naming::Seq(2)); // not its latest: nothing
-        assert!(matches!(
-            d.try_recv(),
-            Err(oneshot::error::TryRecvError::Empty)
-        ));
+        assert!(waiting(&mut d));
         r.withdraw("d", Naming::Seq(1));
-        assert!(matches!(
-            d.try_recv(),
-            Err(oneshot::error::TryRecvError::Closed)
-        ));
+        assert!(let_go(&mut d));
         // A new term forgets everything.
         let _ = r.claim(1, "e", Naming::Seq(1), 10);
         let mut e = joined(r.claim(1, "e", Naming::Seq(1), 10));
@@ -260,10 +250,7 @@ mod tests {
             r.claim(2, "e", Naming::Seq(1), 10),
             Claim::Propose
         ));
-        assert!(matches!(
-            e.try_recv(),
-            Err(oneshot::error::TryRecvError::Closed)
-        ));
+        assert!(let_go(&mut e));
         assert_eq!(r.len(), 1);
     }
 
