@@ -191,7 +191,9 @@ impl LogBudget {
                 (_, None) => 0,
                 (s, Some(a)) => m.bytes_in(s, a),
             };
-            (after, snapshot.and_then(|s| purge_point(&m, s, c)))
+            let purge_to =
+                snapshot.and_then(|s| m.purge_point(s, c.log_kept_behind_snapshot_bytes));
+            (after, purge_to)
         };
         let building = self
             .asked
@@ -239,19 +241,6 @@ fn snapshot_due(bytes: u64, entries: u64, last: Option<u64>, c: &Config) -> bool
         }
         None => bytes > c.snapshot_every_bytes,
     }
-}
-
-/// The index to purge up to so that the entries kept behind snapshot `snapshot`
-/// hold at most `log_kept_behind_snapshot_bytes`; `None` if they already do.
-fn purge_point(m: &crate::raft::log_store::LogMirror, snapshot: u64, c: &Config) -> Option<u64> {
-    let mut kept = 0;
-    for (&index, (_, bytes)) in m.log.range(..=snapshot).rev() {
-        kept += bytes;
-        if kept > c.log_kept_behind_snapshot_bytes {
-            return Some(index);
-        }
-    }
-    None
 }
 
 #[cfg(test)]
@@ -308,27 +297,5 @@ mod tests {
         // A large one: not before the log since it is as large as it.
         assert!(!snapshot_due(5_000, 1_000, Some(8_000), &c));
         assert!(snapshot_due(8_000, 1_000, Some(8_000), &c));
-    }
-
-    #[test]
-    fn the_log_kept_behind_a_snapshot_is_bounded_in_bytes() {
-        use crate::raft::log_store::LogMirror;
-        let mut m = LogMirror::default();
-        for i in 1..=10 {
-            m.insert(
-                crate::raft::Entry {
-                    log_id: openraft::testing::log_id::<TypeConfig>(1, 1, i),
-                    payload: openraft::EntryPayload::Blank,
-                },
-                100,
-            );
-        }
-        let c = Config {
-            log_kept_behind_snapshot_bytes: 250,
-            ..Config::default()
-        };
-        // Snapshot at 8: entries 7 and 8 (200 bytes) may stay, 6 and before go.
-        assert_eq!(purge_point(&m, 8, &c), Some(6));
-        assert_eq!(purge_point(&m, 2, &c), None);
     }
 }

@@ -28,13 +28,16 @@ type Inner = LogMirror;
 /// The Raft log as openraft sees it, in memory: the whole of [`MemLogStore`], and the
 /// readable copy the durable store (`crate::storage`) keeps beside its log files.
 /// Each entry is kept with its size (its JSON), so batches and the memory budget
-/// are counted in bytes.
+/// are counted in bytes, and with its running position ([`Held::end`]), so the
+/// bytes of any range (the log since the snapshot, which holds hundreds of
+/// thousands of entries when the state is large) are two look-ups, not a walk
+/// under the lock every log store call takes.
 #[derive(Debug)]
 pub struct LogMirror {
     /// The last entry removed by a purge (behind a snapshot).
     pub last_purged: Option<LogId>,
     /// Entries by index, contiguous, each with its size in bytes.
-    pub log: BTreeMap<u64, (Entry, u64)>,
+    pub log: BTreeMap<u64, Held>,
     /// Sum of the sizes in `log`.
     pub bytes: u64,
     /// The committed pointer openraft asks us to keep.
@@ -56,6 +59,26 @@ impl Default for LogMirror {
             vote: None,
             batch_bytes_max: crate::config::Config::default().append_batch_bytes_max,
         }
+    }
+}
+
+/// One entry as the mirror holds it.
+#[derive(Debug, Clone)]
+pub struct Held {
+    /// The entry.
+    pub entry: Entry,
+    /// Its size in bytes (its JSON).
+    pub bytes: u64,
+    /// The sizes of the entries before it and its own, summed from an origin
+    /// that only differences cancel: within the contiguous log, the bytes of
+    /// entries `a..=b` are `end(b) - (end(a) - bytes(a))`.
+    pub end: u64,
+}
+
+impl Held {
+    /// Where the entry starts: `end` less its own size.
+    fn start(&self) -> u64 {
+        self.end - self.bytes
     }
 }
 
@@ -142,7 +165,10 @@ pub fn entry_bytes(e: &Entry) -> u64 {
 impl LogMirror {
     /// The entries in `range`.
     pub fn entries(&self, range: impl RangeBounds<u64>) -> Vec<Entry> {
-        self.log.range(range).map(|(_, (e, _))| e.clone()).collect()
+        self.log
+            .range(range)
+            .map(|(_, h)| h.entry.clone())
+            .collect()
     }
 
     /// The entries from `start` (before `end`) up to [`LogMirror::batch_bytes_max`]
@@ -150,12 +176,12 @@ impl LogMirror {
     pub fn limited(&self, start: u64, end: u64) -> Vec<Entry> {
         let mut out = Vec::new();
         let mut bytes = 0;
-        for (_, (e, size)) in self.log.range(start..end) {
-            if !out.is_empty() && bytes + size > self.batch_bytes_max {
+        for (_, h) in self.log.range(start..end) {
+            if !out.is_empty() && bytes + h.bytes > self.batch_bytes_max {
                 break;
             }
-            bytes += size;
-            out.push(e.clone());
+            bytes += h.bytes;
+            out.push(h.entry.clone());
         }
         out
     }
@@ -169,12 +195,38 @@ impl LogMirror {
             Some(a) if a >= upto => return 0,
             Some(a) => a + 1,
         };
-        self.log.range(start..=upto).map(|(_, (_, b))| *b).sum()
+        let mut held = self.log.range(start..=upto);
+        match (held.next(), held.next_back()) {
+            (None, _) => 0,
+            (Some((_, only)), None) => only.bytes,
+            (Some((_, first)), Some((_, last))) => last.end - first.start(),
+        }
+    }
+
+    /// The index to purge up to so that the entries at or before `upto` (the
+    /// snapshot) hold at most `keep` bytes; `None` if they already do. Walks
+    /// only the entries that would go.
+    pub fn purge_point(&self, upto: u64, keep: u64) -> Option<u64> {
+        let last = self.log.range(..=upto).next_back()?.1;
+        if self.bytes_in(None, upto) <= keep {
+            return None;
+        }
+        // The newest entry that still starts more than `keep` bytes before the
+        // end: it and everything before it go, the rest fits.
+        let below = last.end - keep;
+        let mut point = None;
+        for (&index, h) in self.log.range(..=upto) {
+            if h.start() >= below {
+                break;
+            }
+            point = Some(index);
+        }
+        point
     }
 
     /// Last purged and last present log ids.
     pub fn log_state(&self) -> LogState<TypeConfig> {
-        let last = self.log.values().next_back().map(|(e, _)| e.log_id());
+        let last = self.log.values().next_back().map(|h| h.entry.log_id());
         LogState {
             last_purged_log_id: self.last_purged,
             last_log_id: last.or(self.last_purged),
@@ -183,9 +235,26 @@ impl LogMirror {
 
     /// Adds one entry of `size` bytes (replacing any at the same index).
     pub fn insert(&mut self, e: Entry, size: u64) {
+        let index = e.index();
+        let start = (index.checked_sub(1))
+            .and_then(|before| self.log.get(&before))
+            .map_or(0, |h| h.end);
+        let end = start + size;
         self.bytes += size;
-        if let Some((_, old)) = self.log.insert(e.index(), (e, size)) {
-            self.bytes -= old;
+        let held = Held {
+            entry: e,
+            bytes: size,
+            end,
+        };
+        if let Some(old) = self.log.insert(index, held) {
+            self.bytes -= old.bytes;
+            // Entries after a replaced one move with it. openraft truncates
+            // before it writes over an entry, so this loop finds none.
+            let mut end = end;
+            for (_, h) in self.log.range_mut(index + 1..) {
+                end += h.bytes;
+                h.end = end;
+            }
         }
     }
 
@@ -207,7 +276,7 @@ impl LogMirror {
     /// Drops every entry at `from` or later.
     pub fn truncate_from(&mut self, from: u64) {
         let cut = self.log.split_off(&from);
-        self.bytes -= cut.values().map(|(_, b)| *b).sum::<u64>();
+        self.bytes -= cut.values().map(|h| h.bytes).sum::<u64>();
     }
 
     /// Drops every entry up to `upto`, which becomes the last purged id.
@@ -221,7 +290,7 @@ impl LogMirror {
     pub fn drop_upto(&mut self, upto: u64) {
         let kept = self.log.split_off(&(upto + 1));
         let dropped = std::mem::replace(&mut self.log, kept);
-        self.bytes -= dropped.values().map(|(_, b)| *b).sum::<u64>();
+        self.bytes -= dropped.values().map(|h| h.bytes).sum::<u64>();
     }
 }
 
@@ -348,5 +417,101 @@ mod tests {
         assert_eq!(m.bytes_in(Some(7), 7), 0);
         assert_eq!(m.bytes_in(Some(9), 7), 0);
         assert_eq!(m.bytes_in(Some(u64::MAX), u64::MAX), 0);
+    }
+
+    #[test]
+    fn the_log_kept_behind_a_snapshot_is_bounded_in_bytes() {
+        let mut m = LogMirror::default();
+        for i in 1..=10 {
+            m.insert(entry(i), 100);
+        }
+        // Snapshot at 8, 250 bytes kept: entries 7 and 8 (200 bytes) stay, 6
+        // and before go.
+        assert_eq!(m.purge_point(8, 250), Some(6));
+        assert_eq!(m.purge_point(8, 200), Some(6));
+        assert_eq!(m.purge_point(8, 199), Some(7));
+        assert_eq!(m.purge_point(2, 250), None);
+        assert_eq!(m.purge_point(10, 1_000), None);
+        assert_eq!(m.purge_point(0, 0), None);
+        m.purge(entry(6).log_id);
+        assert_eq!(m.purge_point(8, 250), None);
+    }
+
+    /// Ranged byte counts and purge points from running positions agree with
+    /// summing entry by entry, through appends, replacements, truncations and
+    /// purges in a random order (the seed is printed).
+    #[test]
+    fn running_positions_agree_with_summing() {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64)
+            | 1;
+        eprintln!("seed {seed}");
+        let mut rng = seed;
+        let mut next = |n: u64| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng % n.max(1)
+        };
+        let mut m = LogMirror::default();
+        for _ in 0..2_000 {
+            let first = m.log.keys().next().copied();
+            let last = m.log.keys().next_back().copied();
+            match next(10) {
+                0..=5 => {
+                    let after = last.or(m.last_purged.map(|p| p.index()));
+                    let i = after.map_or(next(5) + 1, |l| l + 1);
+                    m.insert(entry(i), next(300) + 1);
+                }
+                6 => {
+                    if let Some(l) = last {
+                        m.insert(entry(l), next(300) + 1);
+                    }
+                }
+                7 => {
+                    if let (Some(f), Some(l)) = (first, last) {
+                        m.truncate_from(f + next(l - f + 1));
+                    }
+                }
+                8 => {
+                    if let (Some(f), Some(l)) = (first, last) {
+                        m.purge(entry(f + next(l - f + 1)).log_id);
+                    }
+                }
+                _ => {
+                    if let (Some(f), Some(l)) = (first, last) {
+                        // A replacement in the middle (never done by openraft).
+                        m.insert(entry(f + next(l - f + 1)), next(300) + 1);
+                    }
+                }
+            }
+            let sum = |lo: u64, hi: u64| -> u64 {
+                if lo > hi {
+                    return 0;
+                }
+                m.log.range(lo..=hi).map(|(_, h)| h.bytes).sum()
+            };
+            assert_eq!(m.bytes, sum(0, u64::MAX), "seed {seed}");
+            let top = m.log.keys().next_back().copied().unwrap_or(0) + 2;
+            let (a, b) = (next(top), next(top));
+            let (a, b) = (a.min(b), a.max(b));
+            assert_eq!(m.bytes_in(Some(a), b), sum(a + 1, b), "seed {seed}");
+            assert_eq!(m.bytes_in(None, b), sum(0, b), "seed {seed}");
+            let keep = next(3_000);
+            let walked = {
+                let mut kept = 0;
+                let mut point = None;
+                for (&index, h) in m.log.range(..=b).rev() {
+                    kept += h.bytes;
+                    if kept > keep {
+                        point = Some(index);
+                        break;
+                    }
+                }
+                point
+            };
+            assert_eq!(m.purge_point(b, keep), walked, "seed {seed}");
+        }
     }
 }

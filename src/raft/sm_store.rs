@@ -343,7 +343,9 @@ impl StateMachineStore {
 
     async fn snapshot_now(&self) -> Result<Snapshot, io::Error> {
         // Clone under the read lock and serialize after it: applies wait only for
-        // the clone, not for the JSON encoding or the disk.
+        // the clone, not for the JSON encoding or the disk. The phases' wall
+        // times go in the log line (measured, not simulated, time).
+        let started = std::time::Instant::now();
         let (meta, state) = {
             let applied = self.read();
             let meta = SnapshotMeta {
@@ -352,16 +354,23 @@ impl StateMachineStore {
             };
             (meta, applied.state.snapshot_copy())
         };
+        let copied = started.elapsed();
         let (sessions, keys) = (state.sessions.len(), state.kv.len());
         // Encoding a large state takes long: off the runtime's workers (a node
         // sharing its machine may have only one), so heartbeats keep flowing.
         let expected = usize::try_from(self.snapshot_bytes()).unwrap_or(0);
         let data = super::runtime::blocking(move || state.to_snapshot_sized(expected)).await?;
+        let encoded = started.elapsed();
         let data = self.persist(&meta, data).await?;
+        let done = started.elapsed();
         tracing::info!(
-            "snapshot taken up to log index {} ({} bytes, {sessions} sessions, {keys} keys)",
+            "snapshot taken up to log index {} ({} bytes, {sessions} sessions, {keys} keys; \
+             copied under the lock in {} ms, encoded in {} ms, persisted in {} ms)",
             meta.last_log_id.map_or(0, |l| l.index()),
-            data.len()
+            data.len(),
+            copied.as_millis(),
+            (encoded - copied).as_millis(),
+            (done - encoded).as_millis(),
         );
         // openraft only reads the metadata of what it built: with a sink that
         // reads back, the data goes with the returned snapshot and is dropped.

@@ -26,8 +26,6 @@ pub mod format;
 pub mod outcome;
 pub mod session;
 
-use std::collections::BTreeMap;
-
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -43,8 +41,9 @@ pub struct State {
     pub clock_ms: u64,
     /// The session limits in force.
     pub limits: SessionLimits,
-    /// The key-value map, by canonical JSON text of the key.
-    pub kv: BTreeMap<String, Value>,
+    /// The key-value map, by canonical JSON text of the key. Persistent, as the
+    /// session table's maps are (see [`SessionTable`]): a snapshot's copy shares it.
+    pub kv: imbl::OrdMap<String, Value>,
     /// The session table.
     pub sessions: SessionTable,
 }
@@ -224,7 +223,8 @@ impl State {
 
     /// A copy of what [`State::to_snapshot`] writes, to encode away from the
     /// lock: everything but the session table's derived index, which is as
-    /// large as the table, is never written, and is rebuilt on restore.
+    /// large as the table, is never written, and is rebuilt on restore. The
+    /// maps are shared with `self`, so this takes microseconds at any size.
     pub fn snapshot_copy(&self) -> State {
         State {
             clock_ms: self.clock_ms,

@@ -4,7 +4,7 @@
 //! the entry timestamp the caller passes in), so two replicas fed the same entries
 //! hold byte-identical tables.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet};
 
 use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
@@ -93,20 +93,23 @@ impl From<SessionRecord> for Session {
 /// of a filled session's memory, and of the copy a snapshot takes.) At most
 /// `replies_per_session_max` (64) entries, so the linear moves are short.
 /// Serialized as the map `{seq: reply}`, as before.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(from = "BTreeMap<u64, Outcome>", into = "BTreeMap<u64, Outcome>")]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(from = "BTreeMap<u64, Outcome>")]
 #[allow(clippy::box_collection)] // deliberate: 8 bytes per idle session instead of 24
 pub struct Replies(Option<Box<Vec<(u64, Outcome)>>>);
+
+/// Written as the map `{seq: reply}` straight from the vector (ascending, as a
+/// `BTreeMap` writes it), without building one per session while encoding.
+impl Serialize for Replies {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let held = self.0.as_deref().map_or(&[][..], Vec::as_slice);
+        s.collect_map(held.iter().map(|(seq, reply)| (seq, reply)))
+    }
+}
 
 impl From<BTreeMap<u64, Outcome>> for Replies {
     fn from(map: BTreeMap<u64, Outcome>) -> Self {
         Replies((!map.is_empty()).then(|| Box::new(map.into_iter().collect())))
-    }
-}
-
-impl From<Replies> for BTreeMap<u64, Outcome> {
-    fn from(r: Replies) -> Self {
-        r.0.map(|b| b.into_iter().collect()).unwrap_or_default()
     }
 }
 
@@ -196,15 +199,22 @@ pub enum Admission {
 }
 
 /// The replicated session table with its indexes.
+///
+/// The serialized parts are persistent collections ([`imbl`]): a copy shares
+/// every node with the original and costs a few reference counts, so a snapshot
+/// of a million sessions holds up applies for microseconds, not the second a
+/// deep copy takes; a later change copies only the path it touches (nodes of
+/// 16), at most once per node while the copy lives. They iterate in key order
+/// and serialize exactly as `BTreeMap` and `VecDeque` do.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct SessionTable {
     /// Live sessions by id.
-    sessions: BTreeMap<ClientId, Session>,
+    sessions: imbl::OrdMap<ClientId, Session>,
     /// Removed sessions, so a late retry is refused instead of run again.
-    tombstones: BTreeMap<ClientId, Removal>,
+    tombstones: imbl::OrdMap<ClientId, Removal>,
     /// Tombstones in insertion order, for trimming the oldest. Derivable only from
     /// history, so it is serialized (as is everything that affects future applies).
-    tombstone_order: VecDeque<ClientId>,
+    tombstone_order: imbl::Vector<ClientId>,
     /// (last_seen_ms, id) of every live session: GC and LRU eviction walk it from the
     /// oldest, so both cost O(removed), not O(sessions). Rebuilt on restore.
     #[serde(skip)]
@@ -248,7 +258,8 @@ impl SessionTable {
     }
 
     /// A copy without the derived index (for a snapshot, which does not hold
-    /// it): [`SessionTable::rebuild_index`] restores it.
+    /// it): [`SessionTable::rebuild_index`] restores it. Shares the rest with
+    /// `self`, so it is cheap at any size.
     pub fn without_index(&self) -> SessionTable {
         SessionTable {
             sessions: self.sessions.clone(),
@@ -334,7 +345,7 @@ impl SessionTable {
 
     /// Removes a session and leaves a tombstone; false if it was not live.
     pub fn remove(&mut self, id: &str, why: Removal, limits: &SessionLimits) -> bool {
-        let Some((id, session)) = self.sessions.remove_entry(id) else {
+        let Some((id, session)) = self.sessions.remove_with_key(id) else {
             return false;
         };
         let indexed = self

@@ -2,6 +2,8 @@
 //! `docs/protocol.md`, "Exactly-once sessions", determinism, snapshots, expiry
 //! by log time only, deterministic eviction.
 
+use std::collections::BTreeMap;
+
 use super::*;
 use serde_json::json;
 

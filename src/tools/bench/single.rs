@@ -32,6 +32,73 @@ pub struct BenchArgs {
     /// Idle sessions that GC expires in the GC-stall figure (0 skips it).
     #[arg(long, default_value_t = 1_000_000)]
     pub gc_sessions: usize,
+    /// Sessions (each with a cached reply) in the snapshot-cost figure (0 skips it).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub snapshot_sessions: usize,
+}
+
+/// What a snapshot of a large state costs, on the pure state machine: the copy
+/// taken while applies wait, then (without the lock) the encoding, and the
+/// decoding a follower or a restart does.
+#[derive(Debug, Clone)]
+pub struct SnapshotCost {
+    /// Live sessions in the state, each with one cached reply.
+    pub sessions: usize,
+    /// Bytes of the snapshot.
+    pub bytes: usize,
+    /// The copy of the state a snapshot encodes (applies wait for it).
+    pub copy: Duration,
+    /// The longest apply of 1,000 session writes right after the copy, while
+    /// the copy is still held (what a copy shared with the live state costs).
+    pub apply_after_copy_max: Duration,
+    /// Encoding the copy.
+    pub encode: Duration,
+    /// Decoding the bytes, indexes rebuilt.
+    pub decode: Duration,
+}
+
+/// Measures [`SnapshotCost`] over `n` sessions.
+pub fn snapshot_cost(n: usize) -> SnapshotCost {
+    let mut state = sessions_state(n);
+    let t = Instant::now();
+    let copy = state.snapshot_copy();
+    let copy_time = t.elapsed();
+    let mut apply_after_copy_max = Duration::ZERO;
+    for i in 0..1_000u64 {
+        let index = n as u64 + 1 + i;
+        let op = Op::Kv {
+            kv: crate::state::KvOp::Write {
+                key: format!("\"w{}\"", i % 64),
+                value: json!(i),
+            },
+            session: Some(crate::state::SessionRef {
+                // Spread over the table, as many clients' writes would be.
+                client_id: format!("idle-{}", (i as usize * 7919) % n.max(1)),
+                seq: 2,
+                first_outstanding: None,
+            }),
+        };
+        let cmd = Command::new(index, op);
+        let t = Instant::now();
+        state.apply(index, &cmd);
+        apply_after_copy_max = apply_after_copy_max.max(t.elapsed());
+    }
+    let t = Instant::now();
+    let bytes = copy.to_snapshot();
+    let encode = t.elapsed();
+    drop(copy);
+    let t = Instant::now();
+    let back = State::from_snapshot(&bytes).expect("a snapshot decodes");
+    let decode = t.elapsed();
+    assert_eq!(back.sessions.len(), state.sessions.len());
+    SnapshotCost {
+        sessions: n,
+        bytes: bytes.len(),
+        copy: copy_time,
+        apply_after_copy_max,
+        encode,
+        decode,
+    }
 }
 
 /// How long applying GC holds up the entries behind it, on the pure state
@@ -336,6 +403,27 @@ pub fn run(args: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
             out,
             "  a session write's apply in the same state: p99 {:.1} us",
             g.write_p99.as_secs_f64() * 1e6
+        )?;
+    }
+    if args.snapshot_sessions > 0 {
+        let c = snapshot_cost(args.snapshot_sessions);
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        writeln!(
+            out,
+            "snapshot, state machine alone, {} sessions with a cached reply each ({} bytes):",
+            c.sessions, c.bytes
+        )?;
+        writeln!(
+            out,
+            "  copy while applies wait: {:.1} ms; longest of 1,000 session writes applied after it: {:.3} ms",
+            ms(c.copy),
+            ms(c.apply_after_copy_max)
+        )?;
+        writeln!(
+            out,
+            "  encode (off the lock): {:.0} ms; decode with indexes: {:.0} ms",
+            ms(c.encode),
+            ms(c.decode)
         )?;
     }
     out.flush()?;
