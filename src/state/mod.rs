@@ -26,6 +26,8 @@ pub mod format;
 pub mod outcome;
 pub mod session;
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -42,8 +44,11 @@ pub struct State {
     /// The session limits in force.
     pub limits: SessionLimits,
     /// The key-value map, by canonical JSON text of the key. Persistent, as the
-    /// session table's maps are (see [`SessionTable`]): a snapshot's copy shares it.
-    pub kv: imbl::OrdMap<String, Value>,
+    /// session table's maps are (see [`SessionTable`]): a snapshot's copy shares
+    /// it. Each value is behind an `Arc`, so the nodes a change copies while a
+    /// copy lives hold 16 pointers, not 16 values of up to a megabyte each.
+    /// (Serialized as the bare value.)
+    pub kv: imbl::OrdMap<String, Arc<Value>>,
     /// The session table.
     pub sessions: SessionTable,
 }
@@ -112,7 +117,9 @@ impl State {
     /// A linearizable read's answer, from the applied state (no log entry).
     pub fn read(&self, key: &str) -> Outcome {
         match self.kv.get(key) {
-            Some(v) => Outcome::Read { value: v.clone() },
+            Some(v) => Outcome::Read {
+                value: Value::clone(v),
+            },
             None => Outcome::failed(Failure::KeyDoesNotExist, "key does not exist"),
         }
     }
@@ -162,7 +169,7 @@ impl State {
     fn execute(&mut self, kv: &KvOp) -> Outcome {
         match kv {
             KvOp::Write { key, value } => {
-                self.kv.insert(key.clone(), value.clone());
+                self.kv.insert(key.clone(), Arc::new(value.clone()));
                 Outcome::Written
             }
             KvOp::Cas {
@@ -171,8 +178,8 @@ impl State {
                 to,
                 create,
             } => match self.kv.get_mut(key) {
-                Some(cur) if cur == from => {
-                    *cur = to.clone();
+                Some(cur) if **cur == *from => {
+                    *cur = Arc::new(to.clone());
                     Outcome::Swapped
                 }
                 Some(cur) => Outcome::failed(
@@ -180,7 +187,7 @@ impl State {
                     format!("expected {}, had {}", shown(from), shown(cur)),
                 ),
                 None if *create => {
-                    self.kv.insert(key.clone(), to.clone());
+                    self.kv.insert(key.clone(), Arc::new(to.clone()));
                     Outcome::Swapped
                 }
                 None => Outcome::failed(Failure::KeyDoesNotExist, "key does not exist"),
@@ -200,7 +207,7 @@ impl State {
                 };
                 match cur.checked_add(*delta) {
                     Some(total) => {
-                        self.kv.insert(key.clone(), Value::from(total));
+                        self.kv.insert(key.clone(), Arc::new(Value::from(total)));
                         Outcome::Added { value: total }
                     }
                     None => Outcome::failed(Failure::PreconditionFailed, "add would overflow"),

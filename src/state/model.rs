@@ -543,7 +543,9 @@ impl Run {
         let (st, m) = (&self.state, &self.model);
         prop_assert_eq!(st.clock_ms, m.clock_ms, "clock after {}", what);
         prop_assert_eq!(st.limits, m.limits, "limits after {}", what);
-        let kv: BTreeMap<String, Value> = st.kv.clone().into_iter().collect();
+        let kv: BTreeMap<String, Value> = (st.kv.iter())
+            .map(|(k, v)| (k.clone(), Value::clone(v)))
+            .collect();
         prop_assert_eq!(&kv, &m.kv, "kv after {}", what);
         prop_assert_eq!(st.sessions.len(), m.live.len(), "live after {}", what);
         prop_assert_eq!(

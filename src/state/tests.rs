@@ -51,7 +51,7 @@ impl Log {
         self.state.apply(self.index, &Command::new(ts_ms, op))
     }
     fn value(&self, k: &str) -> Option<&serde_json::Value> {
-        self.state.kv.get(&key(k))
+        self.state.kv.get(&key(k)).map(|v| &**v)
     }
 }
 
@@ -94,9 +94,9 @@ fn add_counts_missing_as_zero_and_rejects_non_integers() {
     };
     assert_eq!(log.apply(1, plain(5)), Outcome::Added { value: 5 });
     assert_eq!(log.apply(1, plain(-7)), Outcome::Added { value: -2 });
-    log.state.kv.insert(key("k"), json!("text"));
+    log.state.kv.insert(key("k"), json!("text").into());
     assert_eq!(code(&log.apply(1, plain(1))), Some(22));
-    log.state.kv.insert(key("k"), json!(i64::MAX));
+    log.state.kv.insert(key("k"), json!(i64::MAX).into());
     assert_eq!(code(&log.apply(1, plain(1))), Some(22));
     assert_eq!(log.value("k"), Some(&json!(i64::MAX)));
 }

@@ -219,7 +219,7 @@ pub fn judge(world: &Arc<World>, converged: bool) {
                         _ => None,
                     })
                     .sum();
-                let held = kv.get(&canonical).and_then(Value::as_i64).unwrap_or(0);
+                let held = kv.get(&canonical).and_then(|v| v.as_i64()).unwrap_or(0);
                 if held != sum {
                     world.fail(format!(
                         "counter {key} holds {held} but the adds that ran sum to {sum}"
