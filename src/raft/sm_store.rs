@@ -342,9 +342,10 @@ impl StateMachineStore {
     }
 
     async fn snapshot_now(&self) -> Result<Snapshot, io::Error> {
-        // Clone under the read lock and serialize after it: applies wait only for
-        // the clone, not for the JSON encoding or the disk. The phases' wall
-        // times go in the log line (measured, not simulated, time).
+        // Copy under the read lock and serialize after it: applies wait only for
+        // the copy (microseconds: it shares the persistent maps, see
+        // `State::snapshot_copy`), not for the JSON encoding or the disk. The
+        // phases' wall times go in the log line (measured, not simulated, time).
         let started = std::time::Instant::now();
         let (meta, state) = {
             let applied = self.read();
