@@ -195,12 +195,10 @@ impl LogMirror {
             Some(a) if a >= upto => return 0,
             Some(a) => a + 1,
         };
-        let mut held = self.log.range(start..=upto);
-        match (held.next(), held.next_back()) {
-            (None, _) => 0,
-            (Some((_, only)), None) => only.bytes,
-            (Some((_, first)), Some((_, last))) => last.end - first.start(),
-        }
+        let mut held = self.log.range(start..=upto).map(|(_, h)| h);
+        let Some(first) = held.next() else { return 0 };
+        let last = held.next_back().unwrap_or(first);
+        last.end - first.start()
     }
 
     /// The index to purge up to so that the entries at or before `upto` (the

@@ -66,19 +66,9 @@ pub fn snapshot_cost(n: usize) -> SnapshotCost {
     let mut apply_after_copy_max = Duration::ZERO;
     for i in 0..1_000u64 {
         let index = n as u64 + 1 + i;
-        let op = Op::Kv {
-            kv: crate::state::KvOp::Write {
-                key: format!("\"w{}\"", i % 64),
-                value: json!(i),
-            },
-            session: Some(crate::state::SessionRef {
-                // Spread over the table, as many clients' writes would be.
-                client_id: format!("idle-{}", (i as usize * 7919) % n.max(1)),
-                seq: 2,
-                first_outstanding: None,
-            }),
-        };
-        let cmd = Command::new(index, op);
+        // Spread over the table, as many clients' writes would be.
+        let client = format!("idle-{}", (i as usize * 7919) % n.max(1));
+        let cmd = Command::new(index, session_write(i, client, 2));
         let t = Instant::now();
         state.apply(index, &cmd);
         apply_after_copy_max = apply_after_copy_max.max(t.elapsed());
@@ -120,6 +110,21 @@ pub struct GcStall {
     pub write_p99: Duration,
 }
 
+/// Write number `i` (key `w{i % 64}`, value `i`) as request `seq` of `client`.
+fn session_write(i: u64, client: String, seq: u64) -> Op {
+    Op::Kv {
+        kv: crate::state::KvOp::Write {
+            key: format!("\"w{}\"", i % 64),
+            value: json!(i),
+        },
+        session: Some(crate::state::SessionRef {
+            client_id: client,
+            seq,
+            first_outstanding: None,
+        }),
+    }
+}
+
 /// A state with `n` sessions, each with one cached reply (an add), all last
 /// seen before time `n + 1`.
 fn sessions_state(n: usize) -> State {
@@ -154,17 +159,7 @@ pub fn gc_stall(n: usize, max: u64) -> GcStall {
     let mut write_times = Vec::with_capacity(10_000);
     for i in 0..10_000u64 {
         index += 1;
-        let op = Op::Kv {
-            kv: crate::state::KvOp::Write {
-                key: format!("\"w{}\"", i % 64),
-                value: json!(i),
-            },
-            session: Some(crate::state::SessionRef {
-                client_id: format!("live-{}", i % 100),
-                seq: i / 100 + 1,
-                first_outstanding: None,
-            }),
-        };
+        let op = session_write(i, format!("live-{}", i % 100), i / 100 + 1);
         let cmd = Command::new(cutoff_ms + 1 + i, op);
         let t = Instant::now();
         state.apply(index, &cmd);
