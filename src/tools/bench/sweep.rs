@@ -7,8 +7,10 @@
 //! - `sessions`: live client sessions, each opened and holding one cached reply
 //!   (oncekv only: etcd has no client sessions to deduplicate against). At the
 //!   largest point, the GC stall: a 1-writer baseline, then the followers restart
-//!   with a 2 s session timeout and the leader is killed, so the new leader finds
-//!   every filled session expired at once and removes them while the writer goes
+//!   with a 2 s session timeout; a second baseline with one follower down (the
+//!   leader, with the long timeout, removes nothing); then the leader is killed,
+//!   so the new leader finds every filled session expired at once and removes
+//!   them, with one member down like the second baseline, while the writer goes
 //!   on; every write sent during that removal is timed.
 //! - `keys`: distinct 100 B keys written before the measurement, which then
 //!   writes keys drawn at random from them. One follower is down during the fill,
@@ -27,7 +29,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::json;
 
@@ -151,13 +153,16 @@ struct Point {
 struct GcStall {
     sessions: usize,
     /// 1 writer, before: all members up, every session live.
-    before: (Summary, u64),
+    before: Phase,
+    /// 1 writer with one follower down and nothing removed: the removal's
+    /// like-for-like baseline (it runs with the old leader down).
+    one_down: Phase,
     /// Writes sent while the new leader removed the expired sessions.
-    during: (Summary, u64),
+    during: Phase,
     /// How long the removal took, as seen by polling the leader's `status`.
     drain: Duration,
     /// 1 writer, after: all members up again, the sessions gone.
-    after: (Summary, u64),
+    after: Phase,
 }
 
 /// Runs every `--sweep` dimension and writes the report to `out`.
@@ -204,6 +209,7 @@ pub async fn run(
                 let dir = root.join(format!("{}-{x}-{}", dim.name(), system.name()));
                 let last = k + 1 == points.len();
                 let (p, g) = point(plan, dim, x, system, &dir, (warmup, window), last).await?;
+                keep_logs(&dir, &plan.plot_dir.join("logs"))?;
                 let _ = std::fs::remove_dir_all(&dir);
                 writeln!(out, "{}", row(&p))?;
                 out.flush()?;
@@ -486,32 +492,44 @@ async fn gc_stall(
     timing: (Duration, Duration),
 ) -> anyhow::Result<GcStall> {
     let system = System::Oncekv;
-    let (before, before_max) = one_writer(clusters, value, timing).await?;
     let leader = clusters.settle(system).await?;
+    let before = one_writer(clusters, leader, value, timing).await?;
     let n = clusters.oncekv()?.len();
     let o = clusters.oncekv.as_mut().expect("oncekv runs");
     o.set_env(&[("ONCEKV_SESSION_TIMEOUT_MS", GC_SESSION_TIMEOUT_MS)]);
-    for f in (0..n).filter(|&i| i != leader) {
+    let followers: Vec<usize> = (0..n).filter(|&i| i != leader).collect();
+    for &f in &followers {
         clusters.kill(system, f);
         clusters.restart(system, f)?;
         let now_leader = clusters.settle(system).await?;
         anyhow::ensure!(now_leader == leader, "the leader moved during a restart");
     }
+    // The removal runs with one member down (the old leader). The baseline it is
+    // held against has one member down too (a follower), under the leader with
+    // the long timeout, so nothing is removed.
+    let down = *followers.last().expect("a follower");
+    clusters.kill(system, down);
+    let one_down = one_writer(clusters, leader, value, timing).await?;
+    catch_up(clusters, system, leader, down).await?;
+    anyhow::ensure!(
+        clusters.settle(system).await? == leader,
+        "the leader moved during the baseline with one member down"
+    );
     let mut probe = Client::new(clusters.oncekv()?.client_options());
     let live = (probe.status_of(leader).await)
         .map_err(anyhow::Error::msg)?
         .sessions;
-    // The writer: (sent, acknowledged) of every write.
+    // The writer: (sent, wall time sent, acknowledged) of every write.
     let mut w = clusters.client(system, leader, None).await?;
-    let acks: Arc<std::sync::Mutex<Vec<(Instant, Instant)>>> = Arc::default();
+    let acks: Arc<std::sync::Mutex<Vec<Write1>>> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
     let task = {
         let (acks, stop, value) = (acks.clone(), stop.clone(), value.clone());
         tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
-                let t0 = Instant::now();
+                let (t0, wall) = (Instant::now(), SystemTime::now());
                 if w.put("gc-writer", &value).await.is_ok() {
-                    acks.lock().expect("acks").push((t0, Instant::now()));
+                    acks.lock().expect("acks").push((t0, wall, t0.elapsed()));
                 }
             }
         })
@@ -552,56 +570,108 @@ async fn gc_stall(
     stop.store(true, Ordering::Relaxed);
     task.await?;
     let (started, ended) = (started.expect("set"), ended.expect("set"));
-    let mut during = Samples::default();
-    let mut max_us = 0u64;
-    for (sent, acked) in acks.lock().expect("acks").iter() {
-        if *sent >= started && *sent <= ended {
-            during.push(*acked - *sent);
-            max_us = max_us.max((*acked - *sent).as_micros() as u64);
-        }
-    }
     let drain = ended - started;
-    let during = (during.summary(drain.max(Duration::from_millis(1))), max_us);
+    let during = Phase::of(
+        (acks.lock().expect("acks").iter()).filter(|(sent, ..)| *sent >= started && *sent <= ended),
+        drain.max(Duration::from_millis(1)),
+    );
     clusters.restart(system, leader)?;
-    clusters.settle(system).await?;
-    let after = one_writer(clusters, value, timing).await?;
+    let leader = clusters.settle(system).await?;
+    let after = one_writer(clusters, leader, value, timing).await?;
     Ok(GcStall {
         sessions: sessions as usize,
-        before: (before, before_max),
+        before,
+        one_down,
         during,
         drain,
         after,
     })
 }
 
-/// One writer in a closed loop over the window: its summary and its slowest write.
+/// One write of a phase: when it was sent (monotonic and wall clock) and how
+/// long it took.
+type Write1 = (Instant, SystemTime, Duration);
+
+/// One writer's phase of the GC stall.
+#[derive(Debug, Clone)]
+struct Phase {
+    summary: Summary,
+    /// The slowest write, µs.
+    slowest_us: u64,
+    /// When the slowest write was sent, UTC (to find it in the node logs).
+    slowest_at: Option<SystemTime>,
+}
+
+impl Phase {
+    /// The phase of `writes` over `window`.
+    fn of<'a>(writes: impl Iterator<Item = &'a Write1>, window: Duration) -> Phase {
+        let mut s = Samples::default();
+        let (mut slowest, mut slowest_at) = (Duration::ZERO, None);
+        for (_, wall, took) in writes {
+            s.push(*took);
+            if *took > slowest {
+                (slowest, slowest_at) = (*took, Some(*wall));
+            }
+        }
+        Phase {
+            summary: s.summary(window),
+            slowest_us: slowest.as_micros() as u64,
+            slowest_at,
+        }
+    }
+}
+
+/// One writer to `leader` in a closed loop over the window.
 async fn one_writer(
     clusters: &Clusters,
+    leader: usize,
     value: &Arc<str>,
     (warmup, window): (Duration, Duration),
-) -> anyhow::Result<(Summary, u64)> {
-    let leader = clusters.settle(System::Oncekv).await?;
+) -> anyhow::Result<Phase> {
     let mut w = clusters.client(System::Oncekv, leader, None).await?;
     let start = Instant::now() + warmup;
     let end = start + window;
-    let mut lat = Vec::new();
+    let mut writes = Vec::new();
     loop {
-        let t0 = Instant::now();
+        let (t0, wall) = (Instant::now(), SystemTime::now());
         if t0 >= end {
             break;
         }
         let ok = w.put("gc-baseline", value).await.is_ok();
         let t1 = Instant::now();
         if ok && t0 >= start && t1 <= end {
-            lat.push((t1 - t0).as_micros() as u64);
+            writes.push((t0, wall, t1 - t0));
         }
     }
-    let max = lat.iter().copied().max().unwrap_or(0);
-    let mut s = Samples::default();
-    for us in lat {
-        s.push(Duration::from_micros(us));
+    Ok(Phase::of(writes.iter(), window))
+}
+
+/// Copies the node logs of the point in `dir` (the `*.log` files in each
+/// member's folder, as `<member>-<file>`, and etcd's `eN.log`) to
+/// `logs/<dir's name>/`, before the point's data is removed: the slow writes the
+/// report names are found there by their time.
+fn keep_logs(dir: &Path, logs: &Path) -> std::io::Result<()> {
+    let Some(name) = dir.file_name() else {
+        return Ok(());
+    };
+    let to = logs.join(name);
+    std::fs::create_dir_all(&to)?;
+    let is_log = |p: &Path| p.is_file() && p.to_string_lossy().contains(".log");
+    for e in std::fs::read_dir(dir)?.flatten() {
+        let path = e.path();
+        if is_log(&path) {
+            std::fs::copy(&path, to.join(e.file_name()))?;
+        } else if path.is_dir() {
+            let member = e.file_name().to_string_lossy().into_owned();
+            for f in std::fs::read_dir(&path)?.flatten() {
+                if is_log(&f.path()) {
+                    let file = f.file_name().to_string_lossy().into_owned();
+                    std::fs::copy(f.path(), to.join(format!("{member}-{file}")))?;
+                }
+            }
+        }
     }
-    Ok((s.summary(window), max))
+    Ok(())
 }
 
 /// Resident memory of process `pid` in bytes (0 if gone), from `/proc/PID/status`.
@@ -721,29 +791,41 @@ fn table(dim: Dimension, results: &[Point], gc: Option<&GcStall>) -> String {
         }
     }
     if let Some(g) = gc {
-        let line = |(s, max): &(Summary, u64)| {
+        let line = |p: &Phase| {
             format!(
-                "{} writes, p50 {} ms, p99 {} ms, slowest {} ms",
-                s.ops,
-                ms(s.p50_us),
-                ms(s.p99_us),
-                ms(*max)
+                "{} writes, p50 {} ms, p99 {} ms, slowest {} ms{}",
+                p.summary.ops,
+                ms(p.summary.p50_us),
+                ms(p.summary.p99_us),
+                ms(p.slowest_us),
+                p.slowest_at.map_or(String::new(), |at| {
+                    let t = at.duration_since(UNIX_EPOCH).unwrap_or_default();
+                    let utc = crate::utc::Utc::from_unix(t.as_secs(), t.subsec_millis());
+                    format!(" (sent {} UTC)", utc.compact())
+                })
             )
         };
+        let ratio = |a: u64, b: u64| a as f64 / b.max(1) as f64;
         let _ = writeln!(
             t,
             "\nGC stall, {} sessions expired at once (1 writer):\n\
-             - before (all live): {}\n\
-             - during the removal ({:.2} s): {}\n\
-             - after (all gone): {}\n\
-             - slowest write during the removal against p99 before: {:.2}x; against p99 after: {:.2}x",
+             - before (all members, all live): {}\n\
+             - one member down, nothing removed: {}\n\
+             - during the removal, one member down ({:.2} s): {}\n\
+             - after (all members, all gone): {}\n\
+             - slowest write during the removal against p99 with one member down: {:.2}x \
+             (against p99 before: {:.2}x); against the slowest with one member down: {:.2}x\n\
+             - p99 during the removal against p99 with one member down: {:.2}x",
             g.sessions,
             line(&g.before),
+            line(&g.one_down),
             g.drain.as_secs_f64(),
             line(&g.during),
             line(&g.after),
-            g.during.1 as f64 / g.before.0.p99_us.max(1) as f64,
-            g.during.1 as f64 / g.after.0.p99_us.max(1) as f64,
+            ratio(g.during.slowest_us, g.one_down.summary.p99_us),
+            ratio(g.during.slowest_us, g.before.summary.p99_us),
+            ratio(g.during.slowest_us, g.one_down.slowest_us),
+            ratio(g.during.summary.p99_us, g.one_down.summary.p99_us),
         );
     }
     t
@@ -843,17 +925,28 @@ mod tests {
             point(1_000, System::Oncekv, 30_000.0, 4_000),
             point(1_000_000, System::Oncekv, 28_000.0, 5_000),
         ];
+        let phase = |p99_us: u64, slowest_us: u64| Phase {
+            summary: summary(1_000.0, p99_us),
+            slowest_us,
+            slowest_at: Some(UNIX_EPOCH + Duration::from_millis(951_827_696_007)),
+        };
         let gc = GcStall {
             sessions: 1_000_000,
-            before: (summary(1_000.0, 1_000), 3_000),
-            during: (summary(900.0, 1_500), 2_500),
+            before: phase(1_000, 3_000),
+            one_down: phase(800, 2_000),
+            during: phase(1_500, 2_500),
             drain: Duration::from_secs(4),
-            after: (summary(1_000.0, 800), 2_000),
+            after: phase(800, 2_000),
         };
         let t = table(Dimension::Sessions, &results, Some(&gc));
         assert!(t.contains("per added session, per node: 200 B"), "{t}");
         assert!(
-            t.contains("against p99 before: 2.50x; against p99 after: 3.12x"),
+            t.contains("one member down: 3.12x (against p99 before: 2.50x); against the slowest with one member down: 1.25x"),
+            "{t}"
+        );
+        assert!(t.contains("against p99 with one member down: 1.88x"), "{t}");
+        assert!(
+            t.contains("slowest 2.5 ms (sent 20000229T123456.007 UTC)"),
             "{t}"
         );
         assert!(!t.contains("oncekv/etcd"));
@@ -886,5 +979,29 @@ mod tests {
         assert_eq!(dir_bytes(&dir), 123);
         std::fs::remove_dir_all(&dir).unwrap();
         assert_eq!(dir_bytes(&dir), 0);
+    }
+
+    #[test]
+    fn node_logs_are_kept_before_a_point_is_removed() {
+        let root = std::env::temp_dir().join(format!("oncekv-keep-{}", std::process::id()));
+        let point = root.join("sessions-1000-oncekv");
+        std::fs::create_dir_all(point.join("n1/log")).unwrap();
+        std::fs::write(point.join("n1/stderr.log"), "node one").unwrap();
+        std::fs::write(point.join("n1/node.log"), "node one's log").unwrap();
+        std::fs::write(point.join("n1/log/segment"), "not a log to keep").unwrap();
+        std::fs::write(point.join("e2.log"), "etcd two").unwrap();
+        std::fs::write(point.join("pid"), "1").unwrap();
+        keep_logs(&point, &root.join("logs")).unwrap();
+        let kept = root.join("logs/sessions-1000-oncekv");
+        let mut names: Vec<String> = (std::fs::read_dir(&kept).unwrap().flatten())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["e2.log", "n1-node.log", "n1-stderr.log"]);
+        assert_eq!(
+            std::fs::read_to_string(kept.join("n1-stderr.log")).unwrap(),
+            "node one"
+        );
+        std::fs::remove_dir_all(&root).unwrap();
     }
 }
