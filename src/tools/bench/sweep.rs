@@ -492,8 +492,9 @@ async fn gc_stall(
     timing: (Duration, Duration),
 ) -> anyhow::Result<GcStall> {
     let system = System::Oncekv;
+    let stalls = StallMonitor::start();
     let leader = clusters.settle(system).await?;
-    let before = one_writer(clusters, leader, value, timing).await?;
+    let before = one_writer(clusters, leader, value, timing, &stalls).await?;
     let n = clusters.oncekv()?.len();
     let o = clusters.oncekv.as_mut().expect("oncekv runs");
     o.set_env(&[("ONCEKV_SESSION_TIMEOUT_MS", GC_SESSION_TIMEOUT_MS)]);
@@ -509,7 +510,7 @@ async fn gc_stall(
     // the long timeout, so nothing is removed.
     let down = *followers.last().expect("a follower");
     clusters.kill(system, down);
-    let one_down = one_writer(clusters, leader, value, timing).await?;
+    let one_down = one_writer(clusters, leader, value, timing, &stalls).await?;
     catch_up(clusters, system, leader, down).await?;
     anyhow::ensure!(
         clusters.settle(system).await? == leader,
@@ -574,10 +575,11 @@ async fn gc_stall(
     let during = Phase::of(
         (acks.lock().expect("acks").iter()).filter(|(sent, ..)| *sent >= started && *sent <= ended),
         drain.max(Duration::from_millis(1)),
+        &stalls,
     );
     clusters.restart(system, leader)?;
     let leader = clusters.settle(system).await?;
-    let after = one_writer(clusters, leader, value, timing).await?;
+    let after = one_writer(clusters, leader, value, timing, &stalls).await?;
     Ok(GcStall {
         sessions: sessions as usize,
         before,
@@ -600,14 +602,25 @@ struct Phase {
     slowest_us: u64,
     /// When the slowest write was sent, UTC (to find it in the node logs).
     slowest_at: Option<SystemTime>,
+    /// The longest a 1 ms sleep in the bench process took during the phase, µs
+    /// (0 if none passed [`STALL_MIN`]): a stall of the machine, which no write
+    /// sent across it can beat.
+    machine_stall_us: u64,
 }
 
 impl Phase {
     /// The phase of `writes` over `window`.
-    fn of<'a>(writes: impl Iterator<Item = &'a Write1>, window: Duration) -> Phase {
+    fn of<'a>(
+        writes: impl Iterator<Item = &'a Write1>,
+        window: Duration,
+        stalls: &StallMonitor,
+    ) -> Phase {
         let mut s = Samples::default();
         let (mut slowest, mut slowest_at) = (Duration::ZERO, None);
-        for (_, wall, took) in writes {
+        let mut span: Option<(Instant, Instant)> = None;
+        for (sent, wall, took) in writes {
+            let (from, to) = span.get_or_insert((*sent, *sent + *took));
+            (*from, *to) = ((*from).min(*sent), (*to).max(*sent + *took));
             s.push(*took);
             if *took > slowest {
                 (slowest, slowest_at) = (*took, Some(*wall));
@@ -617,6 +630,65 @@ impl Phase {
             summary: s.summary(window),
             slowest_us: slowest.as_micros() as u64,
             slowest_at,
+            machine_stall_us: span.map_or(0, |(from, to)| stalls.longest_in(from, to)),
+        }
+    }
+}
+
+/// Sleeps shorter than this are not recorded by [`StallMonitor`].
+const STALL_MIN: Duration = Duration::from_millis(5);
+
+/// A thread of the bench process that sleeps 1 ms at a time and records every
+/// sleep that took longer than [`STALL_MIN`]: stalls of the whole machine (the
+/// hypervisor, every core busy, the members' work included), seen from outside
+/// the members, so that a slow write can be told from a slow machine.
+struct StallMonitor {
+    stop: Arc<AtomicBool>,
+    /// (when the sleep ended, how long it took) of each long sleep.
+    stalls: Arc<std::sync::Mutex<Vec<(Instant, Duration)>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl StallMonitor {
+    fn start() -> StallMonitor {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stalls: Arc<std::sync::Mutex<Vec<(Instant, Duration)>>> = Arc::default();
+        let thread = {
+            let (stop, stalls) = (stop.clone(), stalls.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let t0 = Instant::now();
+                    std::thread::sleep(Duration::from_millis(1));
+                    let took = t0.elapsed();
+                    if took > STALL_MIN {
+                        stalls.lock().expect("stalls").push((Instant::now(), took));
+                    }
+                }
+            })
+        };
+        StallMonitor {
+            stop,
+            stalls,
+            thread: Some(thread),
+        }
+    }
+
+    /// The longest recorded sleep overlapping `from..to`, µs.
+    fn longest_in(&self, from: Instant, to: Instant) -> u64 {
+        let stalls = self.stalls.lock().expect("stalls");
+        (stalls.iter())
+            .filter(|(end, took)| *end >= from && *end - *took <= to)
+            .map(|(_, took)| took.as_micros() as u64)
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for StallMonitor {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
         }
     }
 }
@@ -627,6 +699,7 @@ async fn one_writer(
     leader: usize,
     value: &Arc<str>,
     (warmup, window): (Duration, Duration),
+    stalls: &StallMonitor,
 ) -> anyhow::Result<Phase> {
     let mut w = clusters.client(System::Oncekv, leader, None).await?;
     let start = Instant::now() + warmup;
@@ -643,7 +716,7 @@ async fn one_writer(
             writes.push((t0, wall, t1 - t0));
         }
     }
-    Ok(Phase::of(writes.iter(), window))
+    Ok(Phase::of(writes.iter(), window, stalls))
 }
 
 /// Copies the node logs of the point in `dir` (the `*.log` files in each
@@ -793,7 +866,7 @@ fn table(dim: Dimension, results: &[Point], gc: Option<&GcStall>) -> String {
     if let Some(g) = gc {
         let line = |p: &Phase| {
             format!(
-                "{} writes, p50 {} ms, p99 {} ms, slowest {} ms{}",
+                "{} writes, p50 {} ms, p99 {} ms, slowest {} ms{}; longest machine stall {} ms",
                 p.summary.ops,
                 ms(p.summary.p50_us),
                 ms(p.summary.p99_us),
@@ -802,7 +875,8 @@ fn table(dim: Dimension, results: &[Point], gc: Option<&GcStall>) -> String {
                     let t = at.duration_since(UNIX_EPOCH).unwrap_or_default();
                     let utc = crate::utc::Utc::from_unix(t.as_secs(), t.subsec_millis());
                     format!(" (sent {} UTC)", utc.compact())
-                })
+                }),
+                ms(p.machine_stall_us)
             )
         };
         let ratio = |a: u64, b: u64| a as f64 / b.max(1) as f64;
@@ -929,6 +1003,7 @@ mod tests {
             summary: summary(1_000.0, p99_us),
             slowest_us,
             slowest_at: Some(UNIX_EPOCH + Duration::from_millis(951_827_696_007)),
+            machine_stall_us: 12_300,
         };
         let gc = GcStall {
             sessions: 1_000_000,
@@ -946,7 +1021,9 @@ mod tests {
         );
         assert!(t.contains("against p99 with one member down: 1.88x"), "{t}");
         assert!(
-            t.contains("slowest 2.5 ms (sent 20000229T123456.007 UTC)"),
+            t.contains(
+                "slowest 2.5 ms (sent 20000229T123456.007 UTC); longest machine stall 12.3 ms"
+            ),
             "{t}"
         );
         assert!(!t.contains("oncekv/etcd"));
@@ -979,6 +1056,27 @@ mod tests {
         assert_eq!(dir_bytes(&dir), 123);
         std::fs::remove_dir_all(&dir).unwrap();
         assert_eq!(dir_bytes(&dir), 0);
+    }
+
+    #[test]
+    fn the_longest_machine_stall_is_the_longest_overlapping_the_phase() {
+        // No thread: only the stalls put here.
+        let m = StallMonitor {
+            stop: Arc::default(),
+            stalls: Arc::default(),
+            thread: None,
+        };
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        m.stalls.lock().unwrap().extend([
+            (t0 + ms(100), ms(50)),  // 50..100
+            (t0 + ms(300), ms(200)), // 100..300
+            (t0 + ms(330), ms(20)),  // 310..330
+        ]);
+        assert_eq!(m.longest_in(t0, t0 + ms(60)), 50_000);
+        assert_eq!(m.longest_in(t0 + ms(150), t0 + ms(160)), 200_000);
+        assert_eq!(m.longest_in(t0 + ms(305), t0 + ms(400)), 20_000);
+        assert_eq!(m.longest_in(t0 + ms(331), t0 + ms(400)), 0);
     }
 
     #[test]
