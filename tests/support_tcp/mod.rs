@@ -67,6 +67,16 @@ pub fn test_dir(name: &str) -> PathBuf {
 impl TestCluster {
     /// Starts `n` nodes with extra environment `env`.
     pub fn start(name: &str, n: usize, env: &[(&str, &str)]) -> TestCluster {
+        let mut c = TestCluster::unstarted(name, n, env);
+        for i in 0..n {
+            c.restart(i);
+        }
+        c
+    }
+
+    /// `n` nodes' names, addresses and directories, none started yet (start
+    /// each with [`TestCluster::restart`] or [`TestCluster::spawn`]).
+    pub fn unstarted(name: &str, n: usize, env: &[(&str, &str)]) -> TestCluster {
         let dir = test_dir(name);
         let nodes: Vec<TestNode> = (1..=n)
             .map(|i| TestNode {
@@ -81,7 +91,7 @@ impl TestCluster {
             .map(|n| format!("{}={}", n.name, n.addr))
             .collect::<Vec<_>>()
             .join(",");
-        let mut c = TestCluster {
+        let c = TestCluster {
             nodes,
             peers,
             dir,
@@ -90,9 +100,6 @@ impl TestCluster {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
         };
-        for i in 0..n {
-            c.restart(i);
-        }
         eprintln!("cluster {name}: {} in {}", c.peers, c.dir.display());
         c
     }
