@@ -426,7 +426,7 @@ async fn snapshots_gc_and_evictions_are_logged_with_their_numbers() {
     let gc = wait_log_line(
         &cluster,
         leader,
-        &["GC entry at log index", "sessions expired"],
+        &["GC: ", "sessions expired", "entries at log index"],
         Duration::from_secs(30),
     )
     .await;

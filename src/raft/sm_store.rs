@@ -90,6 +90,8 @@ pub struct StateMachineStore {
     journal: Option<Journal>,
     /// Evictions applied but not logged yet (their lines are rate-limited).
     evictions: EvictionNote,
+    /// The GC entries of a removal applied so far (one line per removal).
+    gc_run: GcRun,
     /// Session requests this node proposed as leader and retries waiting on
     /// them: each session entry applied is reported to it.
     inflight: Arc<Inflight>,
@@ -131,6 +133,51 @@ impl EvictionNote {
         );
         self.pending = 0;
         self.logged_at = Some(now);
+    }
+}
+
+/// The GC entries of one removal, applied so far. A removal of many idle
+/// sessions spans many entries (at most `gc_sessions_per_entry_max` each), and a
+/// line per entry would be thousands of lines: one line is written when the
+/// removal ends (no session idle past its cutoff is left), each entry at DEBUG.
+#[derive(Debug, Clone, Default)]
+struct GcRun {
+    /// The log index of its first entry, once one is applied.
+    first_index: Option<u64>,
+    /// Entries applied.
+    entries: u64,
+    /// Sessions they expired.
+    expired: u64,
+    /// The longest an entry took to apply.
+    slowest: std::time::Duration,
+}
+
+impl GcRun {
+    /// Adds the GC entry at `index`, which expired `expired` sessions in `took`,
+    /// leaving `open`; `done` when no session idle past its cutoff is left. Logs
+    /// the removal when it is done.
+    fn add(&mut self, index: u64, expired: u64, took: std::time::Duration, open: u64, done: bool) {
+        tracing::debug!(
+            "GC entry at log index {index}: {expired} sessions expired in {} us, {open} open",
+            took.as_micros()
+        );
+        let first = *self.first_index.get_or_insert(index);
+        self.entries += 1;
+        self.expired += expired;
+        self.slowest = self.slowest.max(took);
+        if !done {
+            return;
+        }
+        if self.expired > 0 {
+            tracing::info!(
+                "GC: {} sessions expired (idle past the session timeout) by {} GC entries at \
+                 log index {first} to {index}, {open} open; the slowest entry applied in {} us",
+                self.expired,
+                self.entries,
+                self.slowest.as_micros()
+            );
+        }
+        *self = GcRun::default();
     }
 }
 
@@ -204,6 +251,7 @@ impl StateMachineStore {
             journal: None,
             inflight: Arc::default(),
             evictions: EvictionNote::default(),
+            gc_run: GcRun::default(),
         }
     }
 
@@ -425,6 +473,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     {
         while let Some((entry, responder)) = entries.try_next().await? {
             let mut evictions = None;
+            let mut gc = None;
             let reply = {
                 let mut a = self.write();
                 a.last_applied = Some(entry.log_id);
@@ -440,14 +489,18 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                             } if !a.state.sessions.is_known(&s.client_id) => 1,
                             _ => 0,
                         };
+                        let started = std::time::Instant::now();
                         let (reply, ran) = a.state.apply_traced(index, cmd);
+                        let took = started.elapsed();
                         let after = a.state.sessions.len() as u64;
-                        if let crate::state::Op::Gc { .. } = cmd.op {
-                            tracing::info!(
-                                "GC entry at log index {index}: {} sessions expired (idle past \
-                                 the session timeout), {after} open",
-                                before.saturating_sub(after)
-                            );
+                        if let crate::state::Op::Gc { cutoff_ms, .. } = cmd.op {
+                            let done = a
+                                .state
+                                .sessions
+                                .oldest_last_seen_ms()
+                                .is_none_or(|o| o >= cutoff_ms);
+                            let expired = before.saturating_sub(after);
+                            gc = Some((index, expired, took, after, done));
                         } else if opens == 1 {
                             let evicted = (before + 1).saturating_sub(after);
                             evictions = Some((evicted, index, a.state.limits.sessions_max));
@@ -488,6 +541,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             };
             if let Some((n, index, sessions_max)) = evictions {
                 self.evictions.add(n, index, sessions_max);
+            }
+            if let Some((index, expired, took, open, done)) = gc {
+                self.gc_run.add(index, expired, took, open, done);
             }
             if let Some(r) = responder {
                 r.send(reply);
@@ -562,5 +618,27 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 durable.last_log_id
             ))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::GcRun;
+    use std::time::Duration;
+
+    #[test]
+    fn a_removal_over_many_gc_entries_is_summed_until_its_last() {
+        let mut run = GcRun::default();
+        run.add(10, 250, Duration::from_micros(900), 750, false);
+        run.add(11, 250, Duration::from_micros(1400), 500, false);
+        assert_eq!(run.first_index, Some(10));
+        assert_eq!((run.entries, run.expired), (2, 500));
+        assert_eq!(run.slowest, Duration::from_micros(1400));
+        // The last entry ends the removal: the next starts afresh.
+        run.add(12, 100, Duration::from_micros(300), 400, true);
+        assert_eq!(run.first_index, None);
+        assert_eq!((run.entries, run.expired), (0, 0));
+        run.add(20, 3, Duration::from_micros(5), 397, true);
+        assert_eq!(run.first_index, None);
     }
 }
