@@ -1,5 +1,6 @@
 //! A failed start says what and where, and touches nothing it does not own:
-//! "Address already in use" names the address and leaves no data dir behind;
+//! "Address already in use" names the address and leaves no data dir behind (an
+//! empty dir made beforehand is left fresh, holding only `node.log`);
 //! `serve` on another node's data dir is refused before it writes a byte there
 //! (its `node.log` stays as it was); `cluster` on a node's data dir is refused.
 //! Each case runs the real binary.
@@ -92,6 +93,47 @@ fn an_address_in_use_is_named_and_no_data_dir_is_left_behind() {
         "a failed start left {} behind",
         root.join("fresh").display()
     );
+}
+
+/// An empty dir the operator made is left fresh by a start that cannot bind: no
+/// marker (the next start is checked as a first start, `--join` or not), no
+/// log, only `node.log` saying why.
+#[test]
+fn an_address_in_use_leaves_an_empty_dir_fresh() {
+    let root = test_dir("start-port-in-use-empty-dir");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr").to_string();
+    let dir = root.join("n1");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let out = run_to_exit(
+        &mut serve("n1", &addr, &format!("n1={addr}"), &dir),
+        Duration::from_secs(30),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("exit {}; stderr: {stderr}", out.status);
+    assert!(!out.status.success());
+    assert!(stderr.contains("in use"), "{stderr}");
+    let left: Vec<String> = std::fs::read_dir(&dir)
+        .expect("the dir itself stays")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left, ["node.log"], "a failed start left more behind");
+    let log = std::fs::read_to_string(dir.join("node.log")).expect("node.log");
+    assert!(log.contains("in use"), "node.log does not say why: {log}");
+    // Fresh again: a start with a free address forms a one-node cluster there.
+    drop(taken);
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut node = serve("n1", &addr, &format!("n1={addr}"), &dir)
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !dir.join(oncekv::storage::marker::MARKER_FILE).exists() {
+        assert!(Instant::now() < deadline, "the second start set nothing up");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = node.kill();
+    let _ = node.wait();
 }
 
 #[test]

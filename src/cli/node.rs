@@ -7,6 +7,8 @@
 //! itself is the product's: this file decides nothing about serving, and writes
 //! nothing to stdout itself.
 
+use std::collections::BTreeSet;
+use std::ffi::OsString;
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -83,12 +85,15 @@ pub fn serve(args: &ServeArgs) -> Result<i32, NodeProcessError> {
     let runtime = runtime.enable_all().build()?;
     let prepared = runtime.block_on(serve::prepare(args, &checked))?;
     let created = create_dir(&args.data_dir)?;
+    let before = entries_if_fresh(&args.data_dir);
     let opened =
         open_log_and_storage(args, &checked, prepared.tcp.node_log_bytes_max).and_then(|storage| {
             // Bound once the storage is open (opening a large dir takes a
             // while): until then a connect is refused, and clients and peers
             // move on at once instead of waiting in the backlog for an answer.
-            let listener = runtime.block_on(serve::bind(args))?;
+            let listener = runtime
+                .block_on(serve::bind(args))
+                .inspect_err(|e| tracing::error!("{}: {e}", args.id))?;
             Ok((storage, listener))
         });
     let (storage, listener) = match opened {
@@ -96,6 +101,8 @@ pub fn serve(args: &ServeArgs) -> Result<i32, NodeProcessError> {
         Err(e) => {
             if let Some(top) = created {
                 let _ = std::fs::remove_dir_all(&top);
+            } else if let Some(before) = before {
+                undo_setup(&args.data_dir, &before);
             }
             return Err(e);
         }
@@ -120,6 +127,48 @@ fn create_dir(dir: &Path) -> Result<Option<PathBuf>, TcpError> {
         source,
     })?;
     Ok(top)
+}
+
+/// The names in `dir` if it holds no node yet (no marker): what a failed start
+/// puts back. None for a node's dir, whose files a failed start leaves alone.
+fn entries_if_fresh(dir: &Path) -> Option<BTreeSet<OsString>> {
+    if dir.join(crate::storage::marker::MARKER_FILE).exists() {
+        return None;
+    }
+    let names = std::fs::read_dir(dir).ok()?;
+    Some(
+        names
+            .filter_map(|e| e.ok().map(|e| e.file_name()))
+            .collect(),
+    )
+}
+
+/// After a failed first start in an existing dir (made by the operator, say):
+/// removes what the start added but `node.log`, which says why it failed, so
+/// the dir is fresh again (no marker: the next start is checked as a first
+/// start, `--join` or not). Raft never ran in it, so nothing is forgotten.
+fn undo_setup(dir: &Path, before: &BTreeSet<OsString>) {
+    let Ok(names) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in names.flatten() {
+        let name = e.file_name();
+        if before.contains(&name) || name == "node.log" {
+            continue;
+        }
+        let path = e.path();
+        let removed = if path.is_dir() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        if let Err(err) = removed {
+            eprintln!(
+                "could not remove {} after the failed start: {err}",
+                path.display()
+            );
+        }
+    }
 }
 
 /// Opens the node's log file (and logging into it) and its storage.
