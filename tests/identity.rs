@@ -333,6 +333,8 @@ async fn a_node_that_lost_its_data_is_not_started_empty() {
     assert!(!status.success(), "{status}");
     let text = std::fs::read_to_string(dir.join("stderr.log")).unwrap_or_default();
     assert!(text.contains("ran before and lost its data"), "{text}");
+    // A mistyped dir looks the same from here: the first advice is the right dir.
+    assert!(text.contains("a mistyped --data-dir"), "{text}");
     assert!(
         !dir.join("oncekv.meta").exists(),
         "the refused dir stays empty, so a retry is refused again"

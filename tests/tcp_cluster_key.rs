@@ -405,6 +405,29 @@ async fn the_documented_restart_command_brings_a_killed_node_back() {
         l.starts_with("warning:") && l.contains("cluster key")
     });
     eprintln!("on n1's terminal: {line}");
+    // It answers `status`, and does not look healthy there: its row names the
+    // peers refusing it and why.
+    let deadline = Instant::now() + long;
+    let row = loop {
+        let out = Command::new(env!("CARGO_BIN_EXE_oncekv"))
+            .args(["client", "status"])
+            .env("ONCEKV_PEERS", &addr)
+            .env_remove(oncekv::tcp::CLUSTER_KEY_VAR)
+            .output()
+            .expect("oncekv client status");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if let Some(row) = text.lines().find(|l| l.starts_with("n1 ")) {
+            if row.contains("refused our hello: wrong cluster key") {
+                break row.to_string();
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "status shows no refusal for n1: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    eprintln!("status: {row}");
     kill(&mut n1);
     let log = std::fs::read_to_string(dir.join("n1").join("node.log")).expect("node.log");
     assert!(

@@ -39,6 +39,7 @@ impl Node {
                     .map(|(id, l)| (*id, l.as_ref().map(|l| l.index())))
                     .collect()
             }),
+            hello_refused: self.transport.refusals(),
         }
     }
 }
@@ -84,6 +85,12 @@ pub struct NodeStatus {
     /// leader has replicated to its id ran before and lost its data.
     #[serde(default)]
     pub replicated: Option<BTreeMap<u64, Option<u64>>>,
+    /// Peers that refuse this node's hello, and why (a wrong cluster key, an
+    /// address in `--peers` that is another member's), one line each, while
+    /// they do: this node cannot reach them. Empty when it reaches every peer
+    /// it has called (or has no hellos: Maelstrom mode).
+    #[serde(default)]
+    pub hello_refused: Vec<String>,
 }
 
 /// A node's Raft role, as [`NodeStatus`] reports it: on the wire its variant's

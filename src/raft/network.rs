@@ -105,6 +105,13 @@ pub trait Transport: Send + Sync + 'static {
         req: RpcRequest,
         timeout: Duration,
     ) -> BoxFuture<'static, Result<Body, CallError>>;
+
+    /// Why peers refuse this node's hello (a wrong cluster key, a wrong
+    /// address), one line per peer, while they do. None where a transport has
+    /// no hellos.
+    fn refusals(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// A peer's reply body, or the [`CallError::Remote`] it carries if it is an

@@ -17,7 +17,7 @@
 //! [`PendingCalls`] table. May not touch:
 //! the served side of connections ([`super::handler`]) or the node.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -52,7 +52,12 @@ pub struct TcpTransport {
     config: TcpConfig,
     /// Longest reply line read from a peer.
     line_bytes_max: usize,
+    /// Peers refusing our hello, while they do: why, by link (`name=addr`).
+    refusals: Refusals,
 }
+
+/// The links' standing hello refusals, by link key.
+type Refusals = Arc<Mutex<BTreeMap<String, String>>>;
 
 /// One request for a link.
 struct Call {
@@ -70,6 +75,7 @@ impl TcpTransport {
         TcpTransport {
             me,
             links: Mutex::default(),
+            refusals: Refusals::default(),
             msg_ids,
             config,
             line_bytes_max: crate::config::Config::default().peer_line_bytes_max,
@@ -102,6 +108,8 @@ impl TcpTransport {
             backoff: self.config.reconnect_backoff_min,
             retry_at: Instant::now(),
             refused: None,
+            key: key.clone(),
+            refusals: self.refusals.clone(),
         };
         tokio::spawn(link.run(rx));
         links.insert(key, tx.clone());
@@ -110,6 +118,11 @@ impl TcpTransport {
 }
 
 impl Transport for TcpTransport {
+    fn refusals(&self) -> Vec<String> {
+        let all = self.refusals.lock().unwrap_or_else(|p| p.into_inner());
+        all.values().cloned().collect()
+    }
+
     fn call(
         &self,
         peer: &Peer,
@@ -192,6 +205,10 @@ struct Link {
     /// The peer's refusal of our last hello (code, why), while it stands: calls
     /// fail with it until a connect gets further.
     refused: Option<(u64, String)>,
+    /// This link's key among the transport's links (`name=addr`).
+    key: String,
+    /// The transport's standing refusals, by link key.
+    refusals: Refusals,
 }
 
 impl Link {
@@ -252,7 +269,7 @@ impl Link {
                     hello_reply(&mut lines, msg_id).await
                 };
                 match tokio::time::timeout(self.config.write_timeout, exchange).await {
-                    Ok(Ok(())) => self.refused = None,
+                    Ok(Ok(())) => self.set_refused(None),
                     Ok(Err(HelloError::Refused { code, text })) => {
                         let why =
                             format!("{} at {} refused our hello: {text}", self.name, self.addr);
@@ -273,7 +290,7 @@ impl Link {
                                 tracing::warn!("{why}");
                             }
                         }
-                        self.refused = Some((code, why.clone()));
+                        self.set_refused(Some((code, why.clone())));
                         return self.backoff_after(why);
                     }
                     Ok(Err(HelloError::Failed(e))) => {
@@ -282,7 +299,7 @@ impl Link {
                             self.name, self.addr
                         );
                         tracing::warn!("{why}");
-                        self.refused = None;
+                        self.set_refused(None);
                         return self.backoff_after(why);
                     }
                     Err(_) => return self.backoff_after("no answer to our hello in time".into()),
@@ -297,8 +314,19 @@ impl Link {
             Ok(Err(e)) => e.to_string(),
             Err(_) => "connect timed out".to_string(),
         };
-        self.refused = None;
+        self.set_refused(None);
         self.backoff_after(why)
+    }
+
+    /// Records the peer's refusal of our hello (or that none stands), here and
+    /// in the transport's list that `status` shows.
+    fn set_refused(&mut self, refused: Option<(u64, String)>) {
+        let mut all = self.refusals.lock().unwrap_or_else(|p| p.into_inner());
+        match &refused {
+            Some((_, why)) => all.insert(self.key.clone(), why.clone()),
+            None => all.remove(&self.key),
+        };
+        self.refused = refused;
     }
 
     /// Starts (or lengthens) the back-off after a failed connect.

@@ -420,10 +420,11 @@ async fn check_not_lost(
         if let Some(Some(index)) = status.replicated.as_ref().and_then(|r| r.get(&id)) {
             return Err(TcpError::Args(format!(
                 "this data dir is empty, but the leader {} (term {}) has log entries up to \
-                 index {index} confirmed by {name}: {name} ran before and lost its data. \
-                 Started empty it would forget its vote and what it acknowledged. Remove it \
-                 (remove-node {name}) and add a new node under a new name (serve --join, \
-                 add-node)",
+                 index {index} confirmed by {name}: {name} ran before, on another dir. If \
+                 its data is elsewhere (a mistyped --data-dir, a disk not mounted), start it \
+                 on that dir. Only if {name} ran before and lost its data: started empty it \
+                 would forget its vote and what it acknowledged, so remove it (remove-node \
+                 {name}) and add a new node under a new name (serve --join, add-node)",
                 status.name, status.term
             )));
         }

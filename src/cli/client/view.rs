@@ -126,7 +126,9 @@ pub async fn status(
                         cell(s.last_log_index),
                         cell(s.applied_index),
                         s.sessions.to_string(),
-                        String::new(),
+                        // A node whose peers refuse its hello answers, but
+                        // cannot reach them: say so on its row.
+                        s.hello_refused.join("; "),
                     ],
                     Err(e) => {
                         let mut row = vec!["-".to_string(); 9];
@@ -141,9 +143,9 @@ pub async fn status(
                 "NODE", "ADDRESS", "ROLE", "TERM", "LEADER", "LAST LOG", "APPLIED", "SESSIONS",
                 "ERROR",
             ];
-            // The error column only when a node did not answer.
+            // The error column only when a node did not answer or is refused.
             let mut rows = rows;
-            if answered == all.len() {
+            if rows.iter().all(|r| r[8].is_empty()) {
                 header.pop();
                 rows.iter_mut().for_each(|r| drop(r.pop()));
             }
