@@ -416,10 +416,11 @@ async fn the_documented_restart_command_brings_a_killed_node_back() {
             .output()
             .expect("oncekv client status");
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        if let Some(row) = text.lines().find(|l| l.starts_with("n1 ")) {
-            if row.contains("refused our hello: wrong cluster key") {
-                break row.to_string();
-            }
+        if let Some(row) = text
+            .lines()
+            .find(|l| l.starts_with("n1 ") && l.contains("refused our hello: wrong cluster key"))
+        {
+            break row.to_string();
         }
         assert!(
             Instant::now() < deadline,
