@@ -28,7 +28,19 @@
 //! `state` (which imports nothing, but for the test-only `planted` switches); `config`, `reject_log`, `log_file` and `utc`
 //! are leaves any layer uses. `docs/architecture.md` draws the layers and a
 //! request's path through them.
-#![deny(clippy::print_stdout)]
+#![deny(clippy::print_stdout, clippy::print_stderr)]
+
+/// `eprintln!` that drops the line when stderr cannot take it (closed, a broken
+/// pipe) instead of panicking: no message is worth a crash (exit 101) of a node,
+/// of the `cluster` supervisor or of a client. The one way to stderr outside
+/// tests (`clippy::print_stderr` is denied).
+#[macro_export]
+macro_rules! stderr_line {
+    ($($arg:tt)*) => {{
+        use ::std::io::Write as _;
+        let _ = ::std::writeln!(::std::io::stderr(), $($arg)*);
+    }};
+}
 
 pub mod cli;
 pub mod config;

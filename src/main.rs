@@ -110,7 +110,7 @@ fn main() {
         }
         Some(Command::Cluster(args)) => match cli::cluster::check_args(&args) {
             Err(e) => {
-                eprintln!("Error: {e}");
+                oncekv::stderr_line!("Error: {e}");
                 exit::USAGE
             }
             Ok(()) => printing(exit::FAILED, |out| {
@@ -132,7 +132,7 @@ fn main() {
 /// Reports a command's error as `main` returning it would (`Error: ` and the
 /// chain of causes), and returns the status of a failure.
 fn failed(e: impl Into<anyhow::Error>) -> i32 {
-    eprintln!("Error: {:?}", e.into());
+    oncekv::stderr_line!("Error: {:?}", e.into());
     exit::FAILED
 }
 
@@ -150,7 +150,7 @@ fn printing(on_error: i32, command: impl FnOnce(&mut dyn Write) -> anyhow::Resul
         Err(e) if cli::is_broken_pipe(&*e) && on_error == exit::NO_VERDICT => exit::NO_VERDICT,
         Err(e) if cli::is_broken_pipe(&*e) => exit::OK,
         Err(e) => {
-            eprintln!("Error: {e:?}");
+            oncekv::stderr_line!("Error: {e:?}");
             on_error
         }
     }

@@ -1,7 +1,7 @@
 //! The commands that print (`check`, `client`, `cluster`) with stdout a pipe whose
 //! reader has gone away (`oncekv ... | head -1` once `head` is done): they end
 //! quietly, with their usual exit status (README, "Exit status"), instead of
-//! panicking on the write.
+//! panicking on the write. Likewise with stderr gone.
 
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::process::{Command, Output, Stdio};
@@ -124,4 +124,87 @@ fn a_cluster_nobody_watches_stops_its_nodes_and_exits() {
     std::net::TcpListener::bind(("127.0.0.1", port)).expect("the node's port is free");
     let log = std::fs::read_to_string(dir.join("n1").join("stderr.log")).unwrap();
     assert!(log.contains("==== oncekv cluster starting n1 at "), "{log}");
+}
+
+/// Runs `oncekv ARGS` with stderr a closed pipe (stdout read), waiting up to
+/// `within`; `interrupt_after` sends SIGINT once stdout shows that line.
+fn run_without_stderr(args: &[&str], interrupt_after: Option<&str>, within: Duration) -> Output {
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_oncekv"))
+        .args(args)
+        .env_remove(oncekv::tcp::CLUSTER_KEY_VAR)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(closed_pipe())
+        .spawn()
+        .expect("spawn oncekv");
+    let stdout = child.stdout.take().expect("stdout");
+    let pid = child.id();
+    let expected = interrupt_after.map(str::to_string);
+    let reader = std::thread::spawn(move || {
+        let mut seen = String::new();
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if expected.as_deref().is_some_and(|e| line.contains(e)) {
+                // SAFETY: a plain kill(2) of our own child's pid.
+                unsafe { libc::kill(pid as i32, libc::SIGINT) };
+            }
+            seen.push_str(&line);
+            seen.push('\n');
+        }
+        seen
+    });
+    let deadline = Instant::now() + within;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("oncekv {args:?} did not end within {within:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stdout = reader.join().expect("reader").into_bytes();
+    Output {
+        status,
+        stdout,
+        stderr: Vec::new(),
+    }
+}
+
+/// With stderr gone (a closed pipe: a terminal that went away, `2>&-`-like),
+/// what would have gone there is dropped: the commands keep their exit status
+/// instead of panicking (101) on the write.
+#[test]
+fn a_closed_stderr_changes_no_exit_status() {
+    // A client whose every node is down says why on stderr: 2, no answer.
+    let dead = format!("127.0.0.1:{}", free_port());
+    let out = run_without_stderr(
+        &["client", "--peers", &dead, "--deadline", "1", "read", "k"],
+        None,
+        Duration::from_secs(30),
+    );
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    // A cluster logs to stderr as it starts and stops: it serves, and stops on
+    // Ctrl-C with 0.
+    let dir = test_dir("cli-output-no-stderr");
+    let port = free_port();
+    let out = run_without_stderr(
+        &[
+            "cluster",
+            "--nodes",
+            "1",
+            "--base-port",
+            &port.to_string(),
+            "--data-dir",
+            dir.to_str().unwrap(),
+        ],
+        Some("Ctrl-C stops the cluster."),
+        Duration::from_secs(90),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("Ctrl-C stops the cluster."), "{stdout}");
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    std::net::TcpListener::bind(("127.0.0.1", port)).expect("the node's port is free");
 }

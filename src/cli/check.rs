@@ -37,7 +37,7 @@ pub const EXIT_BAD_INPUT: i32 = super::exit::BAD_INPUT;
 /// `oncekv check`: the verdict on `out`, as text or JSON; returns its exit status.
 pub fn run(args: &CheckArgs, out: &mut dyn Write) -> io::Result<i32> {
     let Ok(time_limit) = Duration::try_from_secs_f64(args.time_limit) else {
-        eprintln!("error: --time-limit must be a non-negative number of seconds");
+        crate::stderr_line!("error: --time-limit must be a non-negative number of seconds");
         return Ok(super::exit::USAGE);
     };
     let null_reads = NullReads::from_strict_flag(args.strict_null_reads);
@@ -48,7 +48,7 @@ pub fn run(args: &CheckArgs, out: &mut dyn Write) -> io::Result<i32> {
     let started = Instant::now();
     match check_file(&args.history, &opts) {
         Err(e) => {
-            eprintln!("error: {e}");
+            crate::stderr_line!("error: {e}");
             Ok(EXIT_BAD_INPUT)
         }
         Ok(report) => {

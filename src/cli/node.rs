@@ -163,7 +163,7 @@ fn undo_setup(dir: &Path, before: &BTreeSet<OsString>) {
             std::fs::remove_file(&path)
         };
         if let Err(err) = removed {
-            eprintln!(
+            crate::stderr_line!(
                 "could not remove {} after the failed start: {err}",
                 path.display()
             );
@@ -184,7 +184,7 @@ fn open_log_and_storage(
         source,
     })?;
     init_logging(Some(file));
-    eprintln!("{}: logging to {}", args.id, log.display());
+    crate::stderr_line!("{}: logging to {}", args.id, log.display());
     let storage = serve::open_storage(&args.data_dir, checked.id, &args.id, args.wal_io)
         .inspect_err(|e| tracing::error!("{}: {e}", args.id))?;
     Ok(storage)

@@ -54,7 +54,7 @@ pub const EXIT_FAILED: i32 = 1;
 /// `oncekv sim`: returns its exit status (0 every seed passed, 1 one failed).
 pub fn main(args: &SimArgs, out: &mut dyn Write) -> io::Result<i32> {
     if !crate::tools::sim::REPRODUCIBLE {
-        eprintln!(
+        crate::stderr_line!(
             "warning: this build was made without --cfg tokio_unstable (RUSTFLAGS replaced \
              .cargo/config.toml): runs are checked but a seed may not replay exactly"
         );
@@ -124,7 +124,7 @@ pub fn main(args: &SimArgs, out: &mut dyn Write) -> io::Result<i32> {
                         done.fetch_add(1, Ordering::SeqCst);
                         if !r.failures.is_empty() {
                             // At once, so a long search shows what it found so far.
-                            eprintln!("seed {seed} FAILED: {}", r.failures[0]);
+                            crate::stderr_line!("seed {seed} FAILED: {}", r.failures[0]);
                             failed.lock().unwrap_or_else(|p| p.into_inner()).push(r);
                         }
                     }
@@ -140,7 +140,7 @@ pub fn main(args: &SimArgs, out: &mut dyn Write) -> io::Result<i32> {
                     last = Instant::now();
                     let n = done.load(Ordering::SeqCst);
                     let bad = failed.lock().map_or(0, |f| f.len());
-                    eprintln!(
+                    crate::stderr_line!(
                         "... {n} of {total} seeds run, {bad} failed, {:.0} s",
                         started.elapsed().as_secs_f64()
                     );

@@ -52,7 +52,7 @@ pub fn run(args: TestArgs, out: &mut dyn Write) -> io::Result<i32> {
             None => default_out_dir(&store::test_name(args.workload)),
         };
         if count > 1 {
-            eprintln!("oncekv test: run {} of {count}", i + 1);
+            crate::stderr_line!("oncekv test: run {} of {count}", i + 1);
         }
         let code = run_once(args.clone(), seed, out_dir, out)?;
         if code != 0 {
@@ -72,7 +72,7 @@ fn run_once(
     let cfg = match args.into_config(seed, out_dir) {
         Ok(cfg) => cfg,
         Err(e) => {
-            eprintln!("{e}");
+            crate::stderr_line!("{e}");
             return Ok(EXIT_TEST_ARGS);
         }
     };
@@ -81,7 +81,7 @@ fn run_once(
         Ok(o) => o,
         Err(e) => {
             // No verdict (a node crashed, or never answered init): not 1 (invalid) or 2.
-            eprintln!("error: the test did not run to a verdict: {e:#}");
+            crate::stderr_line!("error: the test did not run to a verdict: {e:#}");
             return Ok(EXIT_TEST_CRASHED);
         }
     };

@@ -439,6 +439,7 @@ mod tests {
     /// summing entry by entry, through appends, replacements, truncations and
     /// purges in a random order (the seed is printed).
     #[test]
+    #[allow(clippy::print_stderr)] // the seed, for a rerun
     fn running_positions_agree_with_summing() {
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

@@ -1,6 +1,7 @@
 //! The state machine as a pure function: every session rule of
 //! `docs/protocol.md`, "Exactly-once sessions", determinism, snapshots, expiry
 //! by log time only, deterministic eviction.
+#![allow(clippy::print_stderr)] // seeds and progress, for a rerun
 
 use std::collections::BTreeMap;
 

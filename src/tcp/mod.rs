@@ -326,7 +326,7 @@ pub fn key_problem_on_stderr(kind: KeyProblem, text: &str) {
         KeyProblem::NoKeyPresented => 3,
     };
     if !SEEN[i].swap(true, Ordering::Relaxed) {
-        eprintln!("warning: {text}");
+        crate::stderr_line!("warning: {text}");
     }
 }
 

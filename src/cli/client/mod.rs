@@ -292,7 +292,7 @@ pub(crate) fn output_failed(e: io::Error, status: i32) -> i32 {
     if e.kind() == io::ErrorKind::BrokenPipe {
         return status;
     }
-    eprintln!("error: cannot write the output: {e}");
+    crate::stderr_line!("error: cannot write the output: {e}");
     exit::UNKNOWN
 }
 
@@ -312,7 +312,7 @@ fn print_reply(reply: &Reply, out: &mut dyn Write) -> i32 {
 /// The exit status of a request with no reply: bad usage (a request over the
 /// size limit, refused before sending) or no definite answer.
 fn no_reply(e: &ClientError) -> i32 {
-    eprintln!("error: {e}");
+    crate::stderr_line!("error: {e}");
     match e {
         ClientError::Usage(_) => exit::USAGE,
         ClientError::Deadline { .. } => exit::UNKNOWN,
@@ -329,7 +329,7 @@ pub async fn run(args: ClientArgs, out: &mut dyn Write) -> i32 {
     let opts = match options(&args) {
         Ok(opts) => opts,
         Err(e) => {
-            eprintln!("error: {e}");
+            crate::stderr_line!("error: {e}");
             return exit::USAGE;
         }
     };
@@ -473,7 +473,7 @@ async fn one_shot(
         Err(e) => {
             let code = no_reply(&e);
             if own && code == exit::UNKNOWN {
-                eprintln!(
+                crate::stderr_line!(
                     "session {id} is left open so that the request can be retried: \
                      oncekv client {kind} ... --client-id {id} --seq {seq}; \
                      close it with: oncekv client close-session --client-id {id}"
@@ -486,7 +486,7 @@ async fn one_shot(
         }
     };
     if !own && !reply_fits(kind, &reply) {
-        eprintln!(
+        crate::stderr_line!(
             "note: seq {seq} of session {id} already ran another request: this is its \
              cached reply, and this {kind} did not run"
         );
@@ -502,8 +502,10 @@ async fn one_shot(
 async fn close_own(client: &mut Client, id: &str) {
     match client.close_session().await {
         Ok(Reply::CloseSessionOk) => {}
-        Ok(other) => eprintln!("note: closing session {id}: {other}"),
-        Err(e) => eprintln!("note: session {id} may still be open (it expires when idle): {e}"),
+        Ok(other) => crate::stderr_line!("note: closing session {id}: {other}"),
+        Err(e) => {
+            crate::stderr_line!("note: session {id} may still be open (it expires when idle): {e}")
+        }
     }
 }
 
@@ -532,7 +534,7 @@ async fn admin(client: &mut Client, body: Value, deadline: Duration, out: &mut d
                         reply.get(crate::node::NOT_LEADER_FIELD) == Some(&Value::Bool(true));
                     last = Value::Object(reply).to_string();
                     if code.is_some_and(|c| c.is_definite()) && !not_leader {
-                        eprintln!("error: {last}");
+                        crate::stderr_line!("error: {last}");
                         return exit::FAILED;
                     }
                 }
@@ -541,7 +543,7 @@ async fn admin(client: &mut Client, body: Value, deadline: Duration, out: &mut d
         }
         tokio::time::sleep(ADMIN_RETRY_PAUSE).await;
     }
-    eprintln!("error: {last}");
+    crate::stderr_line!("error: {last}");
     exit::UNKNOWN
 }
 

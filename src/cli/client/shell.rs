@@ -52,11 +52,11 @@ pub async fn run(client: &mut Client, out: &mut dyn Write) -> i32 {
     let id = match client.open_session().await {
         Ok(id) => id,
         Err(e @ ClientError::Deadline { .. }) => {
-            eprintln!("error: cannot open a session: {e}");
+            crate::stderr_line!("error: cannot open a session: {e}");
             return exit::UNKNOWN;
         }
         Err(e) => {
-            eprintln!("error: cannot open a session: {e}");
+            crate::stderr_line!("error: cannot open a session: {e}");
             return exit::FAILED;
         }
     };
@@ -81,7 +81,7 @@ pub async fn run(client: &mut Client, out: &mut dyn Write) -> i32 {
             Ok(Some(bytes)) => match String::from_utf8(bytes) {
                 Ok(line) => line,
                 Err(e) => {
-                    eprintln!(
+                    crate::stderr_line!(
                         "error: a line that is not UTF-8 (byte {}), skipped",
                         e.utf8_error().valid_up_to()
                     );
@@ -90,7 +90,7 @@ pub async fn run(client: &mut Client, out: &mut dyn Write) -> i32 {
             },
             Ok(None) => break,
             Err(e) => {
-                eprintln!("error: reading stdin: {e}");
+                crate::stderr_line!("error: reading stdin: {e}");
                 break;
             }
         };
@@ -101,14 +101,14 @@ pub async fn run(client: &mut Client, out: &mut dyn Write) -> i32 {
             Some("help") => write_line(out, HELP),
             Some("retry") => match last.as_mut() {
                 None => {
-                    eprintln!("error: nothing to retry yet");
+                    crate::stderr_line!("error: nothing to retry yet");
                     Ok(())
                 }
                 Some(last) => retry(client, &id, last, out).await,
             },
             Some(_) => match parse(line) {
                 Err(e) => {
-                    eprintln!("error: {e} (type help for the commands)");
+                    crate::stderr_line!("error: {e} (type help for the commands)");
                     Ok(())
                 }
                 Ok(body) => {
@@ -260,7 +260,7 @@ async fn close(client: &mut Client, id: &str, out: Option<&mut dyn Write>) {
         Some(out) => {
             let _ = write_line(out, said);
         }
-        None => eprintln!("{said}"),
+        None => crate::stderr_line!("{said}"),
     }
 }
 

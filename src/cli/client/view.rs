@@ -176,10 +176,10 @@ pub async fn members(
     else {
         for (addr, s) in &all {
             if let Err(e) = s {
-                eprintln!("error: {addr}: {e}");
+                crate::stderr_line!("error: {addr}: {e}");
             }
         }
-        eprintln!("error: no node answered");
+        crate::stderr_line!("error: no node answered");
         return exit::UNKNOWN;
     };
     let mut ids: Vec<u64> = view.members.keys().copied().collect();

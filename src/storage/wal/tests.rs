@@ -1,6 +1,7 @@
 //! The WAL at the file level: what is pushed and committed comes back in order
 //! after a reopen, segments roll and are deleted behind the purge point, a torn
 //! last write is dropped, and any other damage is refused naming the file.
+#![allow(clippy::print_stderr)] // seeds and progress, for a rerun
 
 use std::fs::{self, OpenOptions};
 use std::os::unix::fs::FileExt;

@@ -306,10 +306,10 @@ impl Net {
             if self.cfg.log_send || self.cfg.log_recv {
                 let line = wire_line(st.next_id, src, dest, body);
                 if self.cfg.log_send {
-                    eprintln!(":send {line}");
+                    crate::stderr_line!(":send {line}");
                 }
                 if self.cfg.log_recv {
-                    eprintln!(":recv {line}");
+                    crate::stderr_line!(":recv {line}");
                 }
             }
             st.stats.count(true, |c| {
@@ -342,7 +342,7 @@ impl Net {
         };
         let line = wire_line(id, src, dest, body);
         if self.cfg.log_send {
-            eprintln!(":send {line}");
+            crate::stderr_line!(":send {line}");
         }
         let src: Arc<str> = Arc::from(src);
         for _ in 0..copies {
@@ -391,7 +391,7 @@ impl Net {
             } else {
                 st.stats.count(client, |c| c.recv += 1);
                 if self.cfg.log_recv {
-                    eprintln!(":recv {}", q.line);
+                    crate::stderr_line!(":recv {}", q.line);
                 }
                 due.lines.push(q.line);
             }

@@ -172,7 +172,7 @@ impl Violations {
     }
 
     fn report(&self, node: &str, reason: String, line: &str) {
-        eprintln!("\nPROTOCOL VIOLATION by {node}: {reason}\n    line: {line}");
+        crate::stderr_line!("\nPROTOCOL VIOLATION by {node}: {reason}\n    line: {line}");
         let mut g = self.lock();
         g.count += 1;
         if g.kept.len() < self.keep {
@@ -561,9 +561,10 @@ async fn poll_crashes(cluster: Arc<Cluster>) {
         tokio::time::sleep(cluster.cfg.crash_poll_period).await;
         for i in 0..cluster.slots.len() {
             if let Some(crash) = cluster.exited(i).await {
-                eprintln!(
+                crate::stderr_line!(
                     "\nnode {} exited (status {}): ending the run",
-                    crash.node, crash.status
+                    crash.node,
+                    crash.status
                 );
                 let _ = cluster.crash_tx.send(Some(crash));
                 return;
@@ -588,7 +589,7 @@ fn open_log(path: &Path) -> Result<File, ProcessError> {
 async fn copy_stderr(err: ChildStderr, node: String, mut log: File) {
     let mut lines = BufReader::new(err).lines();
     while let Ok(Some(line)) = lines.next_line().await {
-        eprintln!("{node} stderr: {line}");
+        crate::stderr_line!("{node} stderr: {line}");
         let _ = writeln!(log, "{line}");
     }
 }
@@ -617,7 +618,7 @@ async fn deliver(net: Arc<Net>, i: usize, slot: Arc<Slot>) {
                 // Loud: a node that closed its stdin or exited loses messages; the
                 // crash poller reports an exit.
                 if slot.up.load(Ordering::SeqCst) {
-                    eprintln!(
+                    crate::stderr_line!(
                         "\n{}: writing to its stdin failed ({e}); messages to it are lost until it is restarted",
                         slot.id
                     );

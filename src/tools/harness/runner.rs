@@ -120,7 +120,7 @@ async fn apply(action: &Action, net: &Net, cluster: &Cluster, recorder: &Recorde
             if let Some(i) = net.node_index(n)
                 && let Err(e) = cluster.restart(i).await
             {
-                eprintln!("\nnemesis: restarting {n} failed: {e}");
+                crate::stderr_line!("\nnemesis: restarting {n} failed: {e}");
                 value = Value::from(format!("{n}: restart failed: {e}"));
             }
         }
@@ -304,7 +304,7 @@ async fn drive(
         let _ = n.await;
     }
     progress.abort();
-    eprintln!("\n{}", progress_line(recorder, start.elapsed()));
+    crate::stderr_line!("\n{}", progress_line(recorder, start.elapsed()));
     final_values
 }
 
@@ -345,7 +345,7 @@ fn create_log_dir(cfg: &RunConfig) -> Result<PathBuf, HarnessError> {
 
 /// The run's first line on stderr: what runs, with which seed, where the output goes.
 fn announce(cfg: &RunConfig) {
-    eprintln!(
+    crate::stderr_line!(
         "oncekv test: workload {} | seed {} | {} nodes, concurrency {}, rate {}/s, {} s | nemesis {:?} every ~{} s | output {}",
         cfg.workload.name(),
         cfg.seed,
@@ -494,10 +494,10 @@ fn spawn_progress(
             ticks += 1;
             let line = progress_line(&recorder, start.elapsed());
             if tty {
-                eprint!("\r{line}");
+                let _ = write!(std::io::stderr(), "\r{line}");
                 let _ = std::io::stderr().flush();
             } else if ticks.is_multiple_of(5) {
-                eprintln!("{line}");
+                crate::stderr_line!("{line}");
             }
         }
     })
@@ -619,7 +619,7 @@ fn write_outputs(
     // The run's own files are written; a store whose links or list cannot be
     // updated is worth a warning, not the run.
     if let Err(e) = store::mark_latest(out) {
-        eprintln!(
+        crate::stderr_line!(
             "warning: cannot update the store's latest links or index.html for {}: {e}",
             out.display()
         );

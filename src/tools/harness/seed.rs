@@ -38,6 +38,6 @@ pub fn test_seed() -> u64 {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(fresh_seed);
-    eprintln!("seed {seed} (rerun with {TEST_SEED_VAR}={seed})");
+    crate::stderr_line!("seed {seed} (rerun with {TEST_SEED_VAR}={seed})");
     seed
 }

@@ -526,7 +526,7 @@ impl Services {
                 stats.refused.load(Ordering::Relaxed),
             );
             if u + r > 0 {
-                eprintln!(
+                crate::stderr_line!(
                     "service {name}: {n} requests, {u} of an unsupported type, {r} refused by a limit"
                 );
             }

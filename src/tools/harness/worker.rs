@@ -50,9 +50,12 @@ impl MalformedLog {
     }
 
     fn report(&self, m: Malformed) {
-        eprintln!(
+        crate::stderr_line!(
             "\nMALFORMED REPLY from {} to {}: {}\n    body: {}",
-            m.node, m.request, m.reason, m.reply
+            m.node,
+            m.request,
+            m.reason,
+            m.reply
         );
         self.count.fetch_add(1, Ordering::Relaxed);
         let mut k = self.kept.lock().unwrap_or_else(|e| e.into_inner());

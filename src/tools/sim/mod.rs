@@ -573,7 +573,7 @@ fn hang_watchdog(
                 hung.notify_one();
                 signalled = true;
             } else if signalled && since.elapsed() > 3 * HANG_WALL && !done.load(Ordering::SeqCst) {
-                eprintln!(
+                crate::stderr_line!(
                     "oncekv sim: seed {seed} hangs inside a single poll after event {now} \
                      and cannot be stopped. Replay: oncekv sim --seed {seed} --trace"
                 );

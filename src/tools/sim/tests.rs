@@ -1,6 +1,7 @@
 //! The simulator's own tests: one seed gives one run; a fixed range of seeds
 //! passes on the correct build; the seeds that found real bugs stay fixed; and
 //! every planted bug (`crate::planted`) is found within 500 seeds.
+#![allow(clippy::print_stderr)] // seeds and progress, for a rerun
 
 use super::*;
 use crate::planted::{Bug, plant};
