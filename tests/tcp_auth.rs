@@ -239,10 +239,18 @@ async fn a_hello_to_the_wrong_member_is_refused() {
         std::fs::read_to_string(cluster.nodes[i].dir.join("node.log")).unwrap_or_default()
     };
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut in_status = false;
     loop {
         let told = log(0).contains("refused our hello: this is node n");
         let refused = (log(1) + &log(2)).contains(": check --peers on n1");
-        if told && refused {
+        // n1's status names the refusal too (for a few seconds after the last).
+        in_status = in_status
+            || cluster.status(0).await.is_some_and(|s| {
+                s.hello_refused
+                    .iter()
+                    .any(|r| r.contains("refused our hello: this is node n"))
+            });
+        if told && refused && in_status {
             break;
         }
         assert!(
@@ -256,4 +264,17 @@ async fn a_hello_to_the_wrong_member_is_refused() {
     client.open_session().await.expect("session");
     let r = client.write(json!("k"), json!(1)).await.expect("write");
     assert_eq!(r, Reply::WriteOk);
+    // Once the leader's membership reaches n1 it dials the right addresses, and
+    // its status stops naming the refusals of the wrong ones.
+    let c = &cluster;
+    c.wait_for(
+        "n1's status shows no refusal",
+        Duration::from_secs(30),
+        || async move {
+            c.status(0)
+                .await
+                .is_some_and(|s| s.hello_refused.is_empty())
+        },
+    )
+    .await;
 }

@@ -53,7 +53,9 @@ async fn only_a_process_that_is_gone_counts_as_gone() {
 /// a new leader serves writes; the history of the write is intact.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_leader_is_known_gone_by_its_followers() {
-    let mut cluster = TestCluster::start("leader_gone_kill", 3, &[]);
+    // Why a follower did not take the leader for gone is logged at DEBUG.
+    let log = "warn,openraft=error,oncekv=info,oncekv::tcp::handler=debug,oncekv::node::leader_gone=debug";
+    let mut cluster = TestCluster::start("leader_gone_kill", 3, &[("ONCEKV_LOG", log)]);
     let leader = cluster.wait_leader(WAIT).await;
     let mut client = cluster.client();
     client.open_session().await.expect("open_session");

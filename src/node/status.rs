@@ -87,8 +87,9 @@ pub struct NodeStatus {
     pub replicated: Option<BTreeMap<u64, Option<u64>>>,
     /// Peers that refuse this node's hello, and why (a wrong cluster key, an
     /// address in `--peers` that is another member's), one line each, while
-    /// they do: this node cannot reach them. Empty when it reaches every peer
-    /// it has called (or has no hellos: Maelstrom mode).
+    /// they do: this node cannot reach them. A refusal not heard again for a
+    /// few seconds (an address no longer dialed) is left out. Empty when it
+    /// reaches every peer it calls (or has no hellos: Maelstrom mode).
     #[serde(default)]
     pub hello_refused: Vec<String>,
 }

@@ -56,8 +56,12 @@ pub struct TcpTransport {
     refusals: Refusals,
 }
 
-/// The links' standing hello refusals, by link key.
-type Refusals = Arc<Mutex<BTreeMap<String, String>>>;
+/// The links' standing hello refusals (why, when last refused), by link key.
+type Refusals = Arc<Mutex<BTreeMap<String, (String, Instant)>>>;
+
+/// A refusal is shown in `status` for this many of the longest reconnect
+/// back-offs after it was last heard (5 s by default).
+const REFUSAL_SHOWN_BACKOFFS: u32 = 10;
 
 /// One request for a link.
 struct Call {
@@ -119,8 +123,15 @@ impl TcpTransport {
 
 impl Transport for TcpTransport {
     fn refusals(&self) -> Vec<String> {
+        // A link refused again at each reconnect (its back-off is at most
+        // `reconnect_backoff_max`) while calls keep coming; one no call uses
+        // any more (a peer's old address, a member removed) fades out.
+        let shown_for = self.config.reconnect_backoff_max * REFUSAL_SHOWN_BACKOFFS;
         let all = self.refusals.lock().unwrap_or_else(|p| p.into_inner());
-        all.values().cloned().collect()
+        all.values()
+            .filter(|(_, at)| at.elapsed() < shown_for)
+            .map(|(why, _)| why.clone())
+            .collect()
     }
 
     fn call(
@@ -323,7 +334,7 @@ impl Link {
     fn set_refused(&mut self, refused: Option<(u64, String)>) {
         let mut all = self.refusals.lock().unwrap_or_else(|p| p.into_inner());
         match &refused {
-            Some((_, why)) => all.insert(self.key.clone(), why.clone()),
+            Some((_, why)) => all.insert(self.key.clone(), (why.clone(), Instant::now())),
             None => all.remove(&self.key),
         };
         self.refused = refused;
