@@ -134,6 +134,13 @@ pub fn rejected(from: &str, args: fmt::Arguments<'_>) {
     tracing::warn!(from, "{}", excerpt(args, cap));
 }
 
+/// `text` from outside (a peer's error text, say) as it may be shown or logged:
+/// cut to the configured excerpt length, control characters escaped.
+pub fn cut(text: &str) -> String {
+    let cap = usize::try_from(EXCERPT_BYTES.load(Ordering::Relaxed)).unwrap_or(usize::MAX);
+    excerpt(format_args!("{text}"), cap)
+}
+
 /// `args` formatted, cut to `cap` bytes (at a character boundary) with the full
 /// length appended when cut, control characters escaped.
 pub fn excerpt(args: fmt::Arguments<'_>, cap: usize) -> String {

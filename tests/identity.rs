@@ -288,7 +288,8 @@ fn an_init_naming_a_node_twice_is_refused() {
 }
 
 /// A node that ran, lost its data dir and is started again empty under its old
-/// name (not `--join`) is refused while the leader knows it confirmed entries:
+/// name (with `--join` or without) is refused while the leader knows it
+/// confirmed entries:
 /// started empty it would have forgotten its vote and could vote twice in a term.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_that_lost_its_data_is_not_started_empty() {
@@ -319,22 +320,33 @@ async fn a_node_that_lost_its_data_is_not_started_empty() {
     cluster.kill(lost);
     let dir = cluster.nodes[lost].dir.clone();
     std::fs::remove_dir_all(&dir).expect("lose the data dir");
-    cluster.restart(lost);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        let child = cluster.nodes[lost].child.as_mut().expect("child");
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "the node started empty");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    cluster.nodes[lost].child = None;
-    assert!(!status.success(), "{status}");
+    // Started as it was, then with `--join` (what the advice's last words
+    // might suggest to a hurried operator): refused both times.
+    let peers = cluster.peers.clone();
+    for join in [false, true] {
+        cluster.spawn(lost, &peers, join);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            let child = cluster.nodes[lost].child.as_mut().expect("child");
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                break status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the node started empty (join {join})"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        cluster.nodes[lost].child = None;
+        assert!(!status.success(), "join {join}: {status}");
+    }
     let text = std::fs::read_to_string(dir.join("stderr.log")).unwrap_or_default();
-    assert!(text.contains("ran before and lost its data"), "{text}");
-    // A mistyped dir looks the same from here: the first advice is the right dir.
+    let said = "has run with a data dir holding its log";
+    assert_eq!(text.matches(said).count(), 2, "{text}");
+    // A mistyped dir looks the same from here: the first advice is the right dir,
+    // and the dir the node was given is named.
     assert!(text.contains("a mistyped --data-dir"), "{text}");
+    assert!(text.contains(&dir.display().to_string()), "{text}");
     assert!(
         !dir.join("oncekv.meta").exists(),
         "the refused dir stays empty, so a retry is refused again"

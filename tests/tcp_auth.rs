@@ -278,3 +278,67 @@ async fn a_hello_to_the_wrong_member_is_refused() {
     )
     .await;
 }
+
+/// Whatever listens at a member's address writes the text of a hello refusal:
+/// a huge one with control characters (a terminal escape, a newline that would
+/// forge a line) is cut and escaped before it reaches `node.log` and `status`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hello_refusal_text_is_cut_and_escaped() {
+    let mut cluster = TestCluster::unstarted("hello-junk", 2, &[]);
+    let fake = tokio::net::TcpListener::bind(&cluster.nodes[1].addr)
+        .await
+        .expect("bind n2's address");
+    let junk = format!("\u{1b}[31m{}\nFORGED LINE", "x".repeat(100_000));
+    let text = junk.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((conn, _)) = fake.accept().await else {
+                return;
+            };
+            let text = text.clone();
+            tokio::spawn(async move {
+                let (r, mut w) = conn.into_split();
+                let mut lines = BufReader::new(r).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    let Ok(hello) = serde_json::from_str::<Value>(&line) else {
+                        return;
+                    };
+                    let reply = json!({"src": "n2", "dest": "n1", "body": {
+                        "type": "error", "code": 12, "text": text,
+                        "in_reply_to": hello["body"]["msg_id"],
+                    }});
+                    let _ = w.write_all(format!("{reply}\n").as_bytes()).await;
+                }
+            });
+        }
+    });
+    let peers = cluster.peers.clone();
+    cluster.spawn(0, &peers, false);
+    let c = &cluster;
+    c.wait_for(
+        "n1's status names the refusal",
+        Duration::from_secs(20),
+        || async move {
+            c.status(0)
+                .await
+                .is_some_and(|s| !s.hello_refused.is_empty())
+        },
+    )
+    .await;
+    let shown = cluster.status(0).await.expect("status").hello_refused;
+    eprintln!("{shown:?}");
+    assert_eq!(shown.len(), 1, "{shown:?}");
+    assert!(shown[0].len() < 1_000, "{} bytes shown", shown[0].len());
+    assert!(!shown[0].chars().any(char::is_control), "{shown:?}");
+    assert!(
+        shown[0].contains("bytes in all"),
+        "the cut is said: {shown:?}"
+    );
+    let log = std::fs::read_to_string(cluster.nodes[0].dir.join("node.log")).expect("log");
+    assert!(!log.contains('\u{1b}'), "a raw escape in node.log");
+    assert!(
+        !log.lines().any(|l| l.starts_with("FORGED")),
+        "a forged line in node.log"
+    );
+    assert!(log.len() < 100_000, "node.log holds the whole text");
+}

@@ -97,14 +97,16 @@ fn an_address_in_use_is_named_and_no_data_dir_is_left_behind() {
 
 /// An empty dir the operator made is left fresh by a start that cannot bind: no
 /// marker (the next start is checked as a first start, `--join` or not), no
-/// log, only `node.log` saying why.
+/// log, only `node.log` saying why, at any depth.
 #[test]
 fn an_address_in_use_leaves_an_empty_dir_fresh() {
     let root = test_dir("start-port-in-use-empty-dir");
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = taken.local_addr().expect("addr").to_string();
     let dir = root.join("n1");
-    std::fs::create_dir_all(&dir).expect("mkdir");
+    // An empty log directory made beforehand too: what the start puts in it
+    // goes, the directory stays.
+    std::fs::create_dir_all(dir.join("wal")).expect("mkdir");
     let out = run_to_exit(
         &mut serve("n1", &addr, &format!("n1={addr}"), &dir),
         Duration::from_secs(30),
@@ -113,11 +115,14 @@ fn an_address_in_use_leaves_an_empty_dir_fresh() {
     eprintln!("exit {}; stderr: {stderr}", out.status);
     assert!(!out.status.success());
     assert!(stderr.contains("in use"), "{stderr}");
-    let left: Vec<String> = std::fs::read_dir(&dir)
+    let mut left: Vec<String> = std::fs::read_dir(&dir)
         .expect("the dir itself stays")
         .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
         .collect();
-    assert_eq!(left, ["node.log"], "a failed start left more behind");
+    left.sort();
+    assert_eq!(left, ["node.log", "wal"], "a failed start left more behind");
+    let in_wal = std::fs::read_dir(dir.join("wal")).expect("wal").count();
+    assert_eq!(in_wal, 0, "a failed start left files in wal/");
     let log = std::fs::read_to_string(dir.join("node.log")).expect("node.log");
     assert!(log.contains("in use"), "node.log does not say why: {log}");
     // Fresh again: a start with a free address forms a one-node cluster there.

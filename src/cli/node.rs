@@ -8,7 +8,6 @@
 //! nothing to stdout itself.
 
 use std::collections::BTreeSet;
-use std::ffi::OsString;
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -129,36 +128,49 @@ fn create_dir(dir: &Path) -> Result<Option<PathBuf>, TcpError> {
     Ok(top)
 }
 
-/// The names in `dir` if it holds no node yet (no marker): what a failed start
-/// puts back. None for a node's dir, whose files a failed start leaves alone.
-fn entries_if_fresh(dir: &Path) -> Option<BTreeSet<OsString>> {
+/// Every path in `dir` (relative, subdirectories walked) if it holds no node
+/// yet (no marker): what a failed start puts back. None for a node's dir, whose
+/// files a failed start leaves alone.
+fn entries_if_fresh(dir: &Path) -> Option<BTreeSet<PathBuf>> {
     if dir.join(crate::storage::marker::MARKER_FILE).exists() {
         return None;
     }
-    let names = std::fs::read_dir(dir).ok()?;
-    Some(
-        names
-            .filter_map(|e| e.ok().map(|e| e.file_name()))
-            .collect(),
-    )
+    let mut found = BTreeSet::new();
+    walk(dir, Path::new(""), &mut |rel, _| {
+        found.insert(rel.to_path_buf());
+    });
+    Some(found)
 }
 
-/// After a failed first start in an existing dir (made by the operator, say):
-/// removes what the start added but `node.log`, which says why it failed, so
-/// the dir is fresh again (no marker: the next start is checked as a first
-/// start, `--join` or not). Raft never ran in it, so nothing is forgotten.
-fn undo_setup(dir: &Path, before: &BTreeSet<OsString>) {
-    let Ok(names) = std::fs::read_dir(dir) else {
+/// Calls `f` with each path under `dir/rel` (relative to `dir`) and whether it
+/// is a directory, a directory after what it holds. Symlinks are not followed.
+fn walk(dir: &Path, rel: &Path, f: &mut dyn FnMut(&Path, bool)) {
+    let Ok(names) = std::fs::read_dir(dir.join(rel)) else {
         return;
     };
     for e in names.flatten() {
-        let name = e.file_name();
-        if before.contains(&name) || name == "node.log" {
-            continue;
+        let rel = rel.join(e.file_name());
+        let is_dir = e.file_type().is_ok_and(|t| t.is_dir());
+        if is_dir {
+            walk(dir, &rel, f);
         }
-        let path = e.path();
-        let removed = if path.is_dir() {
-            std::fs::remove_dir_all(&path)
+        f(&rel, is_dir);
+    }
+}
+
+/// After a failed first start in an existing dir (made by the operator, say):
+/// removes every file and directory the start added, at any depth, but
+/// `node.log`, which says why it failed, so the dir is fresh again (no marker:
+/// the next start is checked as a first start, `--join` or not). What was there
+/// before stays. Raft never ran in it, so nothing is forgotten.
+fn undo_setup(dir: &Path, before: &BTreeSet<PathBuf>) {
+    walk(dir, Path::new(""), &mut |rel, is_dir| {
+        if before.contains(rel) || rel == Path::new("node.log") {
+            return;
+        }
+        let path = dir.join(rel);
+        let removed = if is_dir {
+            std::fs::remove_dir(&path)
         } else {
             std::fs::remove_file(&path)
         };
@@ -168,7 +180,7 @@ fn undo_setup(dir: &Path, before: &BTreeSet<OsString>) {
                 path.display()
             );
         }
-    }
+    });
 }
 
 /// Opens the node's log file (and logging into it) and its storage.

@@ -408,11 +408,13 @@ async fn hello_reply(lines: &mut Replies, msg_id: u64) -> Result<(), HelloError>
             _ => Err(HelloError::Refused {
                 // An answer without a known code is not a definite refusal.
                 code: body.get("code").and_then(Value::as_u64).unwrap_or(13),
-                text: body
-                    .get("text")
-                    .and_then(Value::as_str)
-                    .unwrap_or("unexpected answer")
-                    .to_string(),
+                // Whatever listens at the address wrote it: cut and escaped
+                // before it is logged or shown in `status`.
+                text: crate::reject_log::cut(
+                    body.get("text")
+                        .and_then(Value::as_str)
+                        .unwrap_or("unexpected answer"),
+                ),
             }),
         };
     }

@@ -243,10 +243,13 @@ pub async fn prepare(args: &ServeArgs, checked: &CheckedArgs) -> Result<Prepared
         .data_dir
         .join(crate::storage::marker::MARKER_FILE)
         .exists();
-    if fresh && !args.join {
+    // `--join` too: a member's name on an empty dir is the same loss, whether
+    // or not the operator says it joins.
+    if fresh {
         check_not_lost(
             checked.id,
             &args.id,
+            &args.data_dir,
             &checked.members,
             tcp.membership_probe_timeout,
         )
@@ -392,7 +395,7 @@ pub async fn run(
     }
 }
 
-/// Refuses to start node `id` on an empty data dir (without `--join`) when a
+/// Refuses to start node `id` on an empty data dir (`--join` or not) when a
 /// leader among `members` has had log entries confirmed by node `id`: the node
 /// ran before and lost its data, and starting empty it would have forgotten its
 /// vote (it could vote twice in one term) and the entries it acknowledged. A
@@ -402,6 +405,7 @@ pub async fn run(
 async fn check_not_lost(
     id: u64,
     name: &str,
+    data_dir: &Path,
     members: &BTreeMap<u64, Peer>,
     timeout: Duration,
 ) -> Result<(), TcpError> {
@@ -418,14 +422,18 @@ async fn check_not_lost(
     });
     for status in futures::future::join_all(asks).await.into_iter().flatten() {
         if let Some(Some(index)) = status.replicated.as_ref().and_then(|r| r.get(&id)) {
+            let dir = std::path::absolute(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
             return Err(TcpError::Args(format!(
-                "this data dir is empty, but the leader {} (term {}) has log entries up to \
-                 index {index} confirmed by {name}: {name} ran before, on another dir. If \
-                 its data is elsewhere (a mistyped --data-dir, a disk not mounted), start it \
-                 on that dir. Only if {name} ran before and lost its data: started empty it \
-                 would forget its vote and what it acknowledged, so remove it (remove-node \
-                 {name}) and add a new node under a new name (serve --join, add-node)",
-                status.name, status.term
+                "the data dir {} holds no node, but the leader {} (term {}) has log entries \
+                 up to index {index} confirmed by {name}: {name} has run with a data dir \
+                 holding its log. If that dir is elsewhere (a mistyped --data-dir, a disk \
+                 not mounted), start {name} on it. If it is lost, {name} must not start \
+                 empty (it would forget its vote and what it acknowledged): remove it \
+                 (remove-node {name}) and add a new node under a new name (serve --join, \
+                 add-node)",
+                dir.display(),
+                status.name,
+                status.term
             )));
         }
     }
