@@ -478,6 +478,29 @@ async fn the_documented_restart_command_brings_a_killed_node_back() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     eprintln!("on n1's terminal: {refused}");
+    // Asked together with its keyed peers, `status` says n1 has no key (which
+    // lasts: its own refusals fade once it only follows).
+    let all = (0..3)
+        .map(|i| format!("127.0.0.1:{}", base + i))
+        .collect::<Vec<_>>()
+        .join(",");
+    let out = Command::new(env!("CARGO_BIN_EXE_oncekv"))
+        .args(["client", "status"])
+        .env("ONCEKV_PEERS", &all)
+        .env_remove(oncekv::tcp::CLUSTER_KEY_VAR)
+        .output()
+        .expect("oncekv client status");
+    let text = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{text}");
+    let row = text.lines().find(|l| l.starts_with("n1 ")).unwrap_or("");
+    assert!(row.contains("no cluster key"), "{text}");
+    assert!(
+        !text
+            .lines()
+            .filter(|l| !l.starts_with("n1 "))
+            .any(|l| l.contains("no cluster key")),
+        "a keyed member flagged: {text}"
+    );
     kill(&mut n1);
 
     let _ = Command::new("kill")

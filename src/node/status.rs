@@ -40,6 +40,7 @@ impl Node {
                     .collect()
             }),
             hello_refused: self.transport.refusals(),
+            cluster_key: self.transport.keyed(),
         }
     }
 }
@@ -92,6 +93,12 @@ pub struct NodeStatus {
     /// reaches every peer it calls (or has no hellos: Maelstrom mode).
     #[serde(default)]
     pub hello_refused: Vec<String>,
+    /// Whether this node has a cluster key (TCP mode; null in Maelstrom mode).
+    /// In a cluster whose members have one, a node without it follows the
+    /// leader but cannot forward a request or win a vote: its peers refuse its
+    /// hellos.
+    #[serde(default)]
+    pub cluster_key: Option<bool>,
 }
 
 /// A node's Raft role, as [`NodeStatus`] reports it: on the wire its variant's

@@ -112,6 +112,12 @@ pub trait Transport: Send + Sync + 'static {
     fn refusals(&self) -> Vec<String> {
         Vec::new()
     }
+
+    /// Whether this node presents a cluster key to its peers; None where a
+    /// transport has no keys.
+    fn keyed(&self) -> Option<bool> {
+        None
+    }
 }
 
 /// A peer's reply body, or the [`CallError::Remote`] it carries if it is an

@@ -122,6 +122,10 @@ impl TcpTransport {
 }
 
 impl Transport for TcpTransport {
+    fn keyed(&self) -> Option<bool> {
+        Some(self.config.cluster_key.is_some())
+    }
+
     fn refusals(&self) -> Vec<String> {
         // A link refused again at each reconnect (its back-off is at most
         // `reconnect_backoff_max`) while calls keep coming; one no call uses

@@ -114,6 +114,9 @@ pub async fn status(
             document(out, &Value::from(doc))
         }
         Output::Table => {
+            let keyed = all
+                .iter()
+                .any(|(_, s)| s.as_ref().is_ok_and(|s| s.cluster_key == Some(true)));
             let rows: Vec<Vec<String>> = all
                 .iter()
                 .map(|(addr, s)| match s {
@@ -128,7 +131,7 @@ pub async fn status(
                         s.sessions.to_string(),
                         // A node whose peers refuse its hello answers, but
                         // cannot reach them: say so on its row.
-                        s.hello_refused.join("; "),
+                        problems(s, keyed),
                     ],
                     Err(e) => {
                         let mut row = vec!["-".to_string(); 9];
@@ -156,6 +159,21 @@ pub async fn status(
         Ok(()) => code,
         Err(e) => output_failed(e, code),
     }
+}
+
+/// What keeps an answering node from working with its peers, for the ERROR
+/// column: no cluster key where other members have one (`keyed`), and the
+/// peers refusing its hello.
+fn problems(s: &NodeStatus, keyed: bool) -> String {
+    let mut all = Vec::new();
+    if keyed && s.cluster_key == Some(false) {
+        all.push(
+            "no cluster key: the members with one refuse its hellos (it cannot forward or vote)"
+                .to_string(),
+        );
+    }
+    all.extend(s.hello_refused.iter().cloned());
+    all.join("; ")
 }
 
 /// `members`: the membership as the leader reports it (or, with no leader
