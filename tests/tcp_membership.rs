@@ -307,3 +307,27 @@ async fn removing_the_last_voter_is_refused_definitely() {
     let r = client.open_session().await;
     assert!(r.is_ok(), "still serving: {r:?}");
 }
+
+/// A node started with another cluster key refuses the leader's hello, so it
+/// can never catch up: `add-node` fails definitely and says why, naming the
+/// refused hello, and the membership is unchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adding_a_node_with_another_key_names_the_refused_hello() {
+    let env = [(oncekv::tcp::CLUSTER_KEY_VAR, KEY)];
+    let mut cluster = TestCluster::start("membership-wrong-key", 3, &env);
+    cluster.wait_leader(Duration::from_secs(10)).await;
+    let n4 = cluster.add_node_process();
+    cluster.kill(n4);
+    let n4_addr = cluster.nodes[n4].addr.clone();
+    let peers = format!("{},n4={n4_addr}", cluster.peers);
+    let other = [(oncekv::tcp::CLUSTER_KEY_VAR, "another-clusters-key")];
+    cluster.spawn_with(n4, &peers, true, &other);
+    let (code, text) = cli_within(&cluster, "5", &["add-node", &format!("n4={n4_addr}")]);
+    assert_eq!(code, 1, "a definite failure: {text}");
+    assert!(text.contains("did not catch up"), "{text}");
+    assert!(
+        text.contains("refused our hello: wrong cluster key"),
+        "the cause is not named: {text}"
+    );
+    assert!(text.contains("membership is unchanged"), "{text}");
+}

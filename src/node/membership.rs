@@ -206,9 +206,19 @@ impl Node {
         }
         let target = self.raft.metrics().borrow_watched().last_log_index;
         if let Err(behind) = self.wait_caught_up(id, target, catch_up).await {
+            // A node that refuses this leader's hello (a wrong cluster key, a
+            // name that is not its own) can never catch up: say so.
+            let dialed = format!("{} at {} refused", peer.name, peer.addr);
+            let refused: Vec<String> = self
+                .transport
+                .refusals()
+                .into_iter()
+                .filter(|r| r.starts_with(&dialed))
+                .collect();
             let why = format!(
-                "{peer} did not catch up within {catch_up:?} ({})",
-                behind.describe(target)
+                "{peer} did not catch up within {catch_up:?} ({}){}",
+                behind.describe(target),
+                refused.iter().map(|r| format!("; {r}")).collect::<String>()
             );
             return Err(self.undo_learner(id, &peer, &why, step).await);
         }

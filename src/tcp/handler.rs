@@ -610,8 +610,9 @@ fn leader_gone_check(node: Arc<Node>, name: &str, timeout: Duration) {
 /// process's listener gives the connections it never accepted.
 const PROBE_SETTLE: Duration = Duration::from_millis(20);
 
-/// Whether no process listens at `addr` any more: a connection refused, or
-/// accepted and then reset or closed unanswered within [`PROBE_SETTLE`]
+/// Whether no process listens at `addr` any more: a connection refused or reset
+/// while connecting, or accepted and then reset or closed unanswered within
+/// [`PROBE_SETTLE`]
 /// (a killed process closes its sockets one by one, so its listener may
 /// accept just after another of its connections closed). A partition drops
 /// packets rather than refusing them, and a slow or paused process still
@@ -619,7 +620,16 @@ const PROBE_SETTLE: Duration = Duration::from_millis(20);
 pub async fn process_gone(addr: &str, timeout: Duration) -> Result<(), String> {
     use tokio::io::AsyncReadExt;
     let mut conn = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
-        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => return Ok(()),
+        // Reset while connecting: the listener closed with our connection in
+        // its queue, which is a dying process's listener too.
+        Ok(Err(e))
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::ConnectionReset
+            ) =>
+        {
+            return Ok(());
+        }
         Ok(Err(e)) => return Err(format!("connecting: {e}")),
         Err(_) => return Err("connecting timed out".into()),
         Ok(Ok(conn)) => conn,

@@ -130,7 +130,7 @@ impl TestCluster {
     }
 
     /// [`TestCluster::spawn`] with `extra` environment for this process only.
-    fn spawn_with(&mut self, i: usize, peers: &str, join: bool, extra: &[(&str, &str)]) {
+    pub fn spawn_with(&mut self, i: usize, peers: &str, join: bool, extra: &[(&str, &str)]) {
         self.spawn_full(i, peers, join, extra, &[]);
     }
 
