@@ -53,6 +53,15 @@ pub struct Config {
     /// sessions remain. Expiring one session costs about half a microsecond
     /// (docs/benchmarks.md), so an entry of 250 applies in about 0.1 ms.
     pub gc_sessions_per_entry_max: u64,
+    /// Most of the leader's time, in percent, that a mass expiry keeps a GC
+    /// entry in flight (`ONCEKV_GC_BUSY_PERCENT_MAX`, 1 to 100). Each GC entry is
+    /// a full round of the log (append, fsync on a majority, apply), and a
+    /// write arriving meanwhile waits behind it; so after an entry that took t
+    /// from proposal to applied, the next is proposed only t × (100 − p) / p
+    /// later. Under load t grows, and the GC yields more; at 100 the entries go
+    /// back to back. Expiring n sessions takes at least
+    /// n / `gc_sessions_per_entry_max` rounds at this share.
+    pub gc_busy_percent_max: u64,
     /// Replicated bounds of the session table (proposed to the log by a leader whose
     /// config differs from the state's).
     pub limits: SessionLimits,
@@ -199,6 +208,7 @@ impl Default for Config {
             session_timeout_ms: 300_000,
             gc_interval_ms: 1_000,
             gc_sessions_per_entry_max: 250,
+            gc_busy_percent_max: 50,
             limits: SessionLimits::default(),
             snapshot_every_entries: 20_000,
             log_kept_behind_snapshot: 1_000,
@@ -247,7 +257,7 @@ impl Config {
     /// The defaults with `ONCEKV_*` environment overrides applied.
     pub fn from_env() -> Result<Config, ConfigError> {
         let mut c = Config::default();
-        let vars: [(&str, &mut u64); 23] = [
+        let vars: [(&str, &mut u64); 24] = [
             ("REJECTED_LOG_PER_S", &mut c.rejected_log_per_s),
             ("REJECTED_LOG_BURST", &mut c.rejected_log_burst),
             ("HEARTBEAT_INTERVAL_MS", &mut c.heartbeat_interval_ms),
@@ -261,6 +271,7 @@ impl Config {
                 "GC_SESSIONS_PER_ENTRY_MAX",
                 &mut c.gc_sessions_per_entry_max,
             ),
+            ("GC_BUSY_PERCENT_MAX", &mut c.gc_busy_percent_max),
             ("SESSIONS_MAX", &mut c.limits.sessions_max),
             (
                 "REPLIES_PER_SESSION_MAX",
@@ -344,6 +355,10 @@ impl Config {
         // writes for a second or more.
         if !(1..=GC_SESSIONS_PER_ENTRY_LIMIT).contains(&self.gc_sessions_per_entry_max) {
             return fail("gc_sessions_per_entry_max must be between 1 and 1,000,000");
+        }
+        // 0 would never expire anything.
+        if !(1..=100).contains(&self.gc_busy_percent_max) {
+            return fail("gc_busy_percent_max must be between 1 and 100");
         }
         if self.limits.sessions_max == 0 || self.limits.replies_per_session_max == 0 {
             return fail("sessions_max and replies_per_session_max must be positive");
@@ -635,6 +650,15 @@ mod tests {
         assert_eq!(gc(1).validate(), Ok(()));
         assert_eq!(gc(GC_SESSIONS_PER_ENTRY_LIMIT).validate(), Ok(()));
         assert!(gc(GC_SESSIONS_PER_ENTRY_LIMIT + 1).validate().is_err());
+        let busy = |p| Config {
+            gc_busy_percent_max: p,
+            ..Config::default()
+        };
+        assert!(busy(0).validate().is_err());
+        assert_eq!(busy(1).validate(), Ok(()));
+        assert_eq!(busy(100).validate(), Ok(()));
+        assert!(busy(101).validate().is_err());
+        assert!(busy(u64::MAX).validate().is_err());
         assert_eq!(stagger(74).validate(), Ok(()));
         assert!(stagger(75).validate().is_err());
         assert!(stagger(u64::MAX).validate().is_err());

@@ -140,15 +140,21 @@ impl Node {
         let max = Some(self.config.gc_sessions_per_entry_max);
         let mut oldest = oldest;
         // One bounded entry after another while idle sessions remain: each is
-        // applied on its own, so writes proposed meanwhile go in between. Up to
+        // applied on its own, so writes proposed meanwhile go in between, and
+        // after each the GC yields for its share (`gc_busy_percent_max`). Up to
         // one tick's worth of entries; the next tick goes on.
         let until = Instant::now() + Duration::from_millis(self.config.gc_interval_ms);
-        while oldest.is_some_and(|o| o < cutoff_ms) && Instant::now() < until {
+        let mut pause = Duration::ZERO;
+        while oldest.is_some_and(|o| o < cutoff_ms)
+            && Instant::now().checked_add(pause).is_some_and(|t| t < until)
+        {
+            tokio::time::sleep(pause).await;
             let cmd = Command::new(ts, Op::Gc { cutoff_ms, max });
+            let sent = Instant::now();
             match tokio::time::timeout(self.config.request_timeout(), self.raft.client_write(cmd))
                 .await
             {
-                Ok(Ok(_)) => {}
+                Ok(Ok(_)) => pause = gc_pause(sent.elapsed(), self.config.gc_busy_percent_max),
                 Ok(Err(e)) => {
                     tracing::debug!("gc entry not committed: {e}");
                     return;
@@ -161,6 +167,14 @@ impl Node {
             oldest = self.sm.read().state.sessions.oldest_last_seen_ms();
         }
     }
+}
+
+/// How long the GC waits after an entry that took `took` from proposal to
+/// applied, so that its entries are in flight at most `busy_percent` of the time.
+fn gc_pause(took: Duration, busy_percent: u64) -> Duration {
+    let p = busy_percent.clamp(1, 100);
+    let idle = u32::try_from(100 - p).expect("at most 99");
+    took.saturating_mul(idle) / u32::try_from(p).expect("at most 100")
 }
 
 /// What the log budget task remembers between checks.
@@ -297,5 +311,21 @@ mod tests {
         // A large one: not before the log since it is as large as it.
         assert!(!snapshot_due(5_000, 1_000, Some(8_000), &c));
         assert!(snapshot_due(8_000, 1_000, Some(8_000), &c));
+    }
+
+    #[test]
+    fn the_gc_yields_for_its_share_of_the_time() {
+        let ms = Duration::from_millis;
+        // Half: as long again as the entry took.
+        assert_eq!(gc_pause(ms(4), 50), ms(4));
+        // Back to back at 100.
+        assert_eq!(gc_pause(ms(4), 100), Duration::ZERO);
+        // A quarter: three times as long; 1%: 99 times.
+        assert_eq!(gc_pause(ms(4), 25), ms(12));
+        assert_eq!(gc_pause(ms(1), 1), ms(99));
+        // Out of range is clamped (validate refuses it): no panic, no overflow.
+        assert_eq!(gc_pause(ms(1), 0), ms(99));
+        assert_eq!(gc_pause(Duration::MAX, 1), Duration::MAX);
+        assert_eq!(gc_pause(ms(4), u64::MAX), Duration::ZERO);
     }
 }

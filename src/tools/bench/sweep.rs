@@ -606,6 +606,12 @@ struct Phase {
     /// (0 if none passed [`STALL_MIN`]): a stall of the machine, which no write
     /// sent across it can beat.
     machine_stall_us: u64,
+    /// How many such stalls overlapped the phase: the removal's own work on
+    /// every member may add to them, which this shows against the baselines.
+    machine_stalls: usize,
+    /// The slowest write that no recorded machine stall overlapped, µs: what
+    /// the members did to it, apart from what the machine did to everything.
+    calm_slowest_us: u64,
 }
 
 impl Phase {
@@ -616,7 +622,7 @@ impl Phase {
         stalls: &StallMonitor,
     ) -> Phase {
         let mut s = Samples::default();
-        let (mut slowest, mut slowest_at) = (Duration::ZERO, None);
+        let (mut slowest, mut slowest_at, mut calm) = (Duration::ZERO, None, Duration::ZERO);
         let mut span: Option<(Instant, Instant)> = None;
         for (sent, wall, took) in writes {
             let (from, to) = span.get_or_insert((*sent, *sent + *took));
@@ -625,18 +631,25 @@ impl Phase {
             if *took > slowest {
                 (slowest, slowest_at) = (*took, Some(*wall));
             }
+            if *took > calm && stalls.count_in(*sent, *sent + *took) == 0 {
+                calm = *took;
+            }
         }
         Phase {
             summary: s.summary(window),
             slowest_us: slowest.as_micros() as u64,
             slowest_at,
             machine_stall_us: span.map_or(0, |(from, to)| stalls.longest_in(from, to)),
+            machine_stalls: span.map_or(0, |(from, to)| stalls.count_in(from, to)),
+            calm_slowest_us: calm.as_micros() as u64,
         }
     }
 }
 
-/// Sleeps shorter than this are not recorded by [`StallMonitor`].
-const STALL_MIN: Duration = Duration::from_millis(5);
+/// Sleeps shorter than this are not recorded by [`StallMonitor`]: a 1 ms sleep
+/// that took 2 ms kept its thread from a core for a millisecond, as long as a
+/// write's whole p99 on a quiet machine.
+const STALL_MIN: Duration = Duration::from_millis(2);
 
 /// A thread of the bench process that sleeps 1 ms at a time and records every
 /// sleep that took longer than [`STALL_MIN`]: stalls of the whole machine (the
@@ -681,6 +694,14 @@ impl StallMonitor {
             .map(|(_, took)| took.as_micros() as u64)
             .max()
             .unwrap_or(0)
+    }
+
+    /// How many recorded sleeps overlap `from..to`.
+    fn count_in(&self, from: Instant, to: Instant) -> usize {
+        let stalls = self.stalls.lock().expect("stalls");
+        (stalls.iter())
+            .filter(|(end, took)| *end >= from && *end - *took <= to)
+            .count()
     }
 }
 
@@ -866,7 +887,8 @@ fn table(dim: Dimension, results: &[Point], gc: Option<&GcStall>) -> String {
     if let Some(g) = gc {
         let line = |p: &Phase| {
             format!(
-                "{} writes, p50 {} ms, p99 {} ms, slowest {} ms{}; longest machine stall {} ms",
+                "{} writes, p50 {} ms, p99 {} ms, slowest {} ms{}; {} machine stalls \
+                 (longest {} ms); slowest write no stall overlapped {} ms",
                 p.summary.ops,
                 ms(p.summary.p50_us),
                 ms(p.summary.p99_us),
@@ -876,7 +898,9 @@ fn table(dim: Dimension, results: &[Point], gc: Option<&GcStall>) -> String {
                     let utc = crate::utc::Utc::from_unix(t.as_secs(), t.subsec_millis());
                     format!(" (sent {} UTC)", utc.compact())
                 }),
-                ms(p.machine_stall_us)
+                p.machine_stalls,
+                ms(p.machine_stall_us),
+                ms(p.calm_slowest_us),
             )
         };
         let ratio = |a: u64, b: u64| a as f64 / b.max(1) as f64;
@@ -889,7 +913,9 @@ fn table(dim: Dimension, results: &[Point], gc: Option<&GcStall>) -> String {
              - after (all members, all gone): {}\n\
              - slowest write during the removal against p99 with one member down: {:.2}x \
              (against p99 before: {:.2}x); against the slowest with one member down: {:.2}x\n\
-             - p99 during the removal against p99 with one member down: {:.2}x",
+             - p99 during the removal against p99 with one member down: {:.2}x\n\
+             - slowest write no machine stall overlapped, against p99 with one member \
+             down: {:.2}x during the removal, {:.2}x with nothing removed",
             g.sessions,
             line(&g.before),
             line(&g.one_down),
@@ -900,6 +926,8 @@ fn table(dim: Dimension, results: &[Point], gc: Option<&GcStall>) -> String {
             ratio(g.during.slowest_us, g.before.summary.p99_us),
             ratio(g.during.slowest_us, g.one_down.slowest_us),
             ratio(g.during.summary.p99_us, g.one_down.summary.p99_us),
+            ratio(g.during.calm_slowest_us, g.one_down.summary.p99_us),
+            ratio(g.one_down.calm_slowest_us, g.one_down.summary.p99_us),
         );
     }
     t
@@ -1004,6 +1032,8 @@ mod tests {
             slowest_us,
             slowest_at: Some(UNIX_EPOCH + Duration::from_millis(951_827_696_007)),
             machine_stall_us: 12_300,
+            machine_stalls: 3,
+            calm_slowest_us: slowest_us / 2,
         };
         let gc = GcStall {
             sessions: 1_000_000,
@@ -1022,7 +1052,15 @@ mod tests {
         assert!(t.contains("against p99 with one member down: 1.88x"), "{t}");
         assert!(
             t.contains(
-                "slowest 2.5 ms (sent 20000229T123456.007 UTC); longest machine stall 12.3 ms"
+                "slowest 2.5 ms (sent 20000229T123456.007 UTC); 3 machine stalls \
+                 (longest 12.3 ms); slowest write no stall overlapped 1.2 ms"
+            ),
+            "{t}"
+        );
+        assert!(
+            t.contains(
+                "no machine stall overlapped, against p99 with one member down: \
+                 1.56x during the removal, 1.25x with nothing removed"
             ),
             "{t}"
         );
@@ -1077,6 +1115,31 @@ mod tests {
         assert_eq!(m.longest_in(t0 + ms(150), t0 + ms(160)), 200_000);
         assert_eq!(m.longest_in(t0 + ms(305), t0 + ms(400)), 20_000);
         assert_eq!(m.longest_in(t0 + ms(331), t0 + ms(400)), 0);
+        assert_eq!(m.count_in(t0, t0 + ms(400)), 3);
+        assert_eq!(m.count_in(t0 + ms(150), t0 + ms(160)), 1);
+        assert_eq!(m.count_in(t0 + ms(331), t0 + ms(400)), 0);
+    }
+
+    #[test]
+    fn a_write_a_machine_stall_overlapped_is_told_apart() {
+        let m = StallMonitor {
+            stop: Arc::default(),
+            stalls: Arc::default(),
+            thread: None,
+        };
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        m.stalls.lock().unwrap().push((t0 + ms(30), ms(10))); // 20..30
+        let wall = UNIX_EPOCH;
+        let writes = [
+            (t0, wall, ms(2)),          // 0..2: calm
+            (t0 + ms(15), wall, ms(9)), // 15..24: across the stall
+            (t0 + ms(40), wall, ms(3)), // 40..43: calm
+        ];
+        let p = Phase::of(writes.iter(), ms(50), &m);
+        assert_eq!(p.slowest_us, 9_000);
+        assert_eq!(p.calm_slowest_us, 3_000);
+        assert_eq!((p.machine_stalls, p.machine_stall_us), (1, 10_000));
     }
 
     #[test]
