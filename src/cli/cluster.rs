@@ -353,6 +353,8 @@ impl Launch {
             &node.listen,
             "--peers",
             &self.peers,
+            "--workers",
+            &self.workers,
             "--data-dir",
             &dir.display().to_string(),
             "--cluster-key-file",
