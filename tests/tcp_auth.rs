@@ -215,14 +215,16 @@ async fn a_definite_refusal_of_a_forward_stays_definite() {
 /// A node whose `--peers` sends it to the wrong member (n2's and n3's addresses
 /// swapped in n1's list only) is told so by the node it reaches, which refuses
 /// the hello naming another receiver: n1 never takes one node for another (a
-/// vote request meant for n2 is not answered by n3), and the others keep
-/// committing. Without a cluster key: peers say hello anyway.
+/// vote request meant for n2 is not answered by n3). Without a cluster key:
+/// peers say hello anyway.
 ///
-/// n2 and n3 form the cluster first; n1 then starts on a fresh dir, forming from
-/// its wrong list, and campaigns at once over it. (The wrong list is used only
-/// until the leader's membership, which carries the right addresses, reaches
-/// n1; the campaign at start comes before that, as n1 serves no peer before it
-/// has formed.)
+/// n2 and n3 start with `--join` (they never form a cluster themselves, and do
+/// not reach n1 first); n1 starts on a fresh dir, forms the cluster from its
+/// wrong list in its turn and campaigns over it. Then n2 and n3 start again,
+/// forming from the right list: n3 forms the cluster at once, reaches n1 at its
+/// right address and wins its vote (n1's first entry is older than n3's), n1
+/// takes n3's log and membership in place of its own uncommitted ones, dials
+/// the right addresses, and its status stops naming the refusals.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hello_to_the_wrong_member_is_refused() {
     let mut cluster = TestCluster::unstarted("hello-swap", 3, &[]);
@@ -231,9 +233,9 @@ async fn a_hello_to_the_wrong_member_is_refused() {
         cluster.nodes[1].addr.clone(),
         cluster.nodes[2].addr.clone(),
     );
-    cluster.restart(1);
-    cluster.restart(2);
-    cluster.wait_leader(Duration::from_secs(10)).await;
+    let peers = cluster.peers.clone();
+    cluster.spawn(1, &peers, true);
+    cluster.spawn(2, &peers, true);
     cluster.spawn(0, &format!("n1={n1},n2={n3},n3={n2}"), false);
     let log = |i: usize| {
         std::fs::read_to_string(cluster.nodes[i].dir.join("node.log")).unwrap_or_default()
@@ -260,12 +262,22 @@ async fn a_hello_to_the_wrong_member_is_refused() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let mut client = oncekv::tcp::Client::new(oncekv::tcp::ClientOptions::new(vec![n2, n3]));
+    // Neither took n1's requests for its own: no vote, no term.
+    for i in [1, 2] {
+        let s = cluster.status(i).await.expect("status");
+        assert_eq!((s.term, s.leader), (0, None), "n{}: {s:?}", i + 1);
+    }
+    // n2 and n3 again, forming from the right list; n1 runs on.
+    cluster.kill(1);
+    cluster.kill(2);
+    cluster.restart(1);
+    cluster.restart(2);
+    let leader = cluster.wait_leader(Duration::from_secs(30)).await;
+    assert_eq!(leader, 2, "n3 forms the cluster and n1 follows it");
+    let mut client = oncekv::tcp::Client::new(oncekv::tcp::ClientOptions::new(vec![n1, n2, n3]));
     client.open_session().await.expect("session");
     let r = client.write(json!("k"), json!(1)).await.expect("write");
     assert_eq!(r, Reply::WriteOk);
-    // Once the leader's membership reaches n1 it dials the right addresses, and
-    // its status stops naming the refusals of the wrong ones.
     let c = &cluster;
     c.wait_for(
         "n1's status shows no refusal",
@@ -277,6 +289,49 @@ async fn a_hello_to_the_wrong_member_is_refused() {
         },
     )
     .await;
+}
+
+/// A new node whose `--peers` is wrong (n2's and n3's addresses swapped) but
+/// whose cluster already runs never uses its list: it waits its turn to form
+/// one (long here: a 3 s election timeout maximum, two turns), and before it
+/// comes the leader, which has its address right, reaches it; it follows, with
+/// the log's membership, and stands for no election.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_node_with_a_wrong_list_follows_the_cluster_it_finds() {
+    let mut cluster = TestCluster::unstarted("wrong-list-follows", 3, &[]);
+    let (n1, n2, n3) = (
+        cluster.nodes[0].addr.clone(),
+        cluster.nodes[1].addr.clone(),
+        cluster.nodes[2].addr.clone(),
+    );
+    cluster.restart(1);
+    cluster.restart(2);
+    let leader = cluster.wait_leader(Duration::from_secs(10)).await;
+    let slow_turn = [
+        ("ONCEKV_ELECTION_TIMEOUT_MIN_MS", "1500"),
+        ("ONCEKV_ELECTION_TIMEOUT_MAX_MS", "3000"),
+    ];
+    cluster.spawn_with(0, &format!("n1={n1},n2={n3},n3={n2}"), false, &slow_turn);
+    let c = &cluster;
+    let leader_id = leader as u64 + 1;
+    c.wait_for(
+        "n1 to follow the running cluster",
+        Duration::from_secs(30),
+        || async move {
+            c.status(0)
+                .await
+                .is_some_and(|s| s.leader == Some(leader_id) && s.applied_index.is_some())
+        },
+    )
+    .await;
+    let log = std::fs::read_to_string(cluster.nodes[0].dir.join("node.log")).unwrap_or_default();
+    assert!(
+        !log.contains("election started"),
+        "n1 stood for election over its wrong list:\n{log}"
+    );
+    let s = cluster.status(0).await.expect("status");
+    assert_eq!(s.members[&2].addr, n2, "the log's membership: {s:?}");
+    assert_eq!(s.members[&3].addr, n3, "the log's membership: {s:?}");
 }
 
 /// Whatever listens at a member's address writes the text of a hello refusal:

@@ -163,6 +163,26 @@ const _: () = assert!(RETRY_PAUSE.as_millis() > 0);
 /// change wakes the wait at once; this also catches the end of the back-off.
 const LEADER_POLL_MAX: Duration = Duration::from_millis(20);
 
+/// This member's place in forming a new cluster from `initial`: 0 for the
+/// highest id, 1 for the next, and so on. `initialize` makes a node stand for
+/// election at once, with a first entry whose id carries its own node id; were
+/// every member to call it together, all would stand at once and only the
+/// highest id's entry would win, a round or two later, deposing whoever won
+/// first. So the highest id forms the cluster at once and each other member
+/// waits `rank` × `election_timeout_max_ms` first, forming it itself only if
+/// no leader's entries reached it meanwhile (the higher ones are down).
+fn formation_rank(id: u64, initial: &BTreeMap<u64, Peer>) -> u64 {
+    initial.keys().filter(|&&other| other > id).count() as u64
+}
+
+/// `Raft::initialize` with `initial`. Every member may call it: all but one
+/// get NotAllowed once a log exists, which is fine.
+async fn form(raft: &Raft, initial: BTreeMap<u64, Peer>) {
+    if let Err(e) = raft.initialize(initial).await {
+        tracing::debug!("initialize: {e}");
+    }
+}
+
 impl Node {
     /// Numbers `members` by position (ids are positions in the list, the same on
     /// every node) and finds `name` among them: Maelstrom mode's membership.
@@ -225,10 +245,20 @@ impl Node {
         .await
         .map_err(|e| StartError::Raft(e.to_string()))?;
         if let Some(initial) = initialize {
-            // Every node may call this with the same list: all but one get
-            // NotAllowed once a log exists, which is fine.
-            if let Err(e) = raft.initialize(initial).await {
-                tracing::debug!("initialize: {e}");
+            let wait = Duration::from_millis(
+                formation_rank(id, &initial).saturating_mul(config.election_timeout_max_ms),
+            );
+            if wait.is_zero() {
+                form(&raft, initial).await;
+            } else {
+                let raft = raft.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(wait).await;
+                    // The first member's log reached this node meanwhile.
+                    if matches!(raft.is_initialized().await, Ok(false)) {
+                        form(&raft, initial).await;
+                    }
+                });
             }
         }
         let node = Arc::new(Node {
@@ -406,6 +436,26 @@ mod tests {
     use super::*;
     use crate::raft::log_store::{LogFailure, MemLogStore};
     use crate::raft::network::{Body, CallError, RpcRequest};
+
+    /// The highest id forms a new cluster at once; the others wait their turn.
+    #[test]
+    fn the_highest_id_forms_the_cluster_first() {
+        let peer = |i: u64| Peer {
+            name: format!("n{i}"),
+            addr: format!("127.0.0.1:{}", 7000 + i),
+        };
+        let members: BTreeMap<u64, Peer> = [1, 2, 3].into_iter().map(|i| (i, peer(i))).collect();
+        let ranks: Vec<u64> = [1, 2, 3]
+            .iter()
+            .map(|&i| formation_rank(i, &members))
+            .collect();
+        assert_eq!(ranks, [2, 1, 0]);
+        // A lone node, and Maelstrom's numbering from 0.
+        assert_eq!(formation_rank(1, &BTreeMap::from([(1, peer(1))])), 0);
+        let from0: BTreeMap<u64, Peer> = (0..5).map(|i| (i, peer(i))).collect();
+        assert_eq!(formation_rank(0, &from0), 4);
+        assert_eq!(formation_rank(4, &from0), 0);
+    }
 
     /// A single-node cluster calls nobody.
     struct Alone;

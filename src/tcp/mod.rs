@@ -102,9 +102,10 @@ pub struct TcpConfig {
     /// a cluster of its own, is refused; one that does not answer is left to the
     /// catch-up wait. Well below `membership_timeout`.
     pub membership_probe_timeout: Duration,
-    /// How long a starting node waits for Raft to report the membership loaded
-    /// from its data dir, to compare it with `--peers`/`--listen` (a node that
-    /// joins, with none, waits this long once).
+    /// How long a starting node waits for Raft's metrics to report the
+    /// membership loaded from its data dir, to compare it with
+    /// `--peers`/`--listen`. A node with none stored (a new one, joining or
+    /// forming in its turn) does not wait: Raft's state says so at once.
     pub stored_membership_timeout: Duration,
 }
 

@@ -451,6 +451,18 @@ async fn check_stored_membership(
     listen: &str,
     wait: Duration,
 ) -> Result<(), TcpError> {
+    // Raft's own state (loaded from storage before it runs) says whether a
+    // membership is stored: a new node's is not (it forms the cluster in its
+    // turn or learns it from the leader once it serves), so there is nothing to
+    // check and no reason to wait before serving.
+    let stored = node
+        .raft
+        .with_raft_state(|st| st.membership_state.effective().log_id().is_some())
+        .await;
+    if !matches!(stored, Ok(true)) {
+        return Ok(());
+    }
+    // The metrics, which `membership_nodes` reads, follow shortly.
     let _ = node
         .raft
         .wait(Some(wait))
