@@ -329,3 +329,39 @@ fn cluster_on_a_nodes_data_dir_is_refused() {
     assert!(stderr.contains("inside the data dir of a node"), "{stderr}");
     assert!(!n2_dir.join("inner").exists());
 }
+
+/// The node's own dir, its address taken (another process holds it): the start
+/// fails naming the address, and opening the log on the way changed nothing in
+/// it, byte for byte (its checkpoint already said what the open found). Only
+/// `node.log` gains the lines that say why.
+#[test]
+fn an_address_in_use_on_a_nodes_own_dir_leaves_its_log_byte_for_byte() {
+    let root = test_dir("start-busy-own-dir");
+    let dir = root.join("n2");
+    make_node_dir(&dir);
+    let without_log = |dir: &Path| -> Vec<(PathBuf, Vec<u8>)> {
+        snapshot_of(dir)
+            .into_iter()
+            .filter(|(p, _)| !p.ends_with("node.log"))
+            .collect()
+    };
+    let before = without_log(&dir);
+    assert!(
+        before.iter().any(|(p, _)| p.ends_with("CHECKPOINT")),
+        "{before:?}"
+    );
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = busy.local_addr().expect("addr").to_string();
+    let out = run_to_exit(
+        &mut serve("n2", &addr, &format!("n2={addr}"), &dir),
+        Duration::from_secs(30),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains(&addr), "the address is not named: {stderr}");
+    assert_eq!(
+        without_log(&dir),
+        before,
+        "the failed start changed the log"
+    );
+}

@@ -406,6 +406,10 @@ impl Wal {
             vote: vote.clone(),
         };
         let checkpoint = match checkpoint {
+            // Unchanged (the last close recorded exactly this): nothing is
+            // written, so an open that goes no further (a start that fails
+            // later, on its address say) leaves the log as it found it.
+            Some(c) if c.point == point => c,
             Some(mut c) => {
                 c.write(point).map_err(io_err(c.path()))?;
                 c

@@ -700,3 +700,33 @@ fn a_segment_a_kill_left_empty_after_a_roll_is_begun_on_reopen() {
         assert!(seen.contains(&entry(i)), "entry {i} lost");
     }
 }
+
+/// Reopening a log that was closed cleanly writes nothing: the checkpoint
+/// already says what the open finds. (A start that fails after the open, on
+/// its address say, then leaves the data dir as it was.)
+#[test]
+fn reopening_a_cleanly_closed_log_rewrites_no_checkpoint() {
+    let dir = Dir::new("quiet-open");
+    {
+        let (mut wal, _) = open(&dir.0, SMALL).expect("create");
+        write(
+            &mut wal,
+            &[Owned::Vote(b"\"v1\"".to_vec()), entry(1), entry(2)],
+        );
+    }
+    let cp = dir.0.join(checkpoint::CHECKPOINT_FILE);
+    let before = fs::read(&cp).expect("checkpoint");
+    for _ in 0..2 {
+        let (_, seen) = open(&dir.0, SMALL).expect("reopen");
+        assert_eq!(seen.last(), Some(&entry(2)));
+    }
+    assert_eq!(fs::read(&cp).expect("checkpoint"), before, "rewritten");
+    // Written to again, the next close records the new point.
+    {
+        let (mut wal, _) = open(&dir.0, SMALL).expect("reopen");
+        write(&mut wal, &[entry(3)]);
+    }
+    assert_ne!(fs::read(&cp).expect("checkpoint"), before);
+    let (_, seen) = open(&dir.0, SMALL).expect("reopen");
+    assert_eq!(seen.last(), Some(&entry(3)));
+}
