@@ -208,8 +208,9 @@ impl Node {
     }
 
     /// Starts member `id` of `members` on the given storage. `initialize` forms a new
-    /// cluster from that membership (ignored by openraft when a log already exists,
-    /// so a restarted node rejoins with no extra step).
+    /// cluster from that membership, in this member's turn (`formation_rank`;
+    /// ignored by openraft when a log already exists, so a restarted node rejoins
+    /// with no extra step).
     pub async fn start_with<L>(
         id: u64,
         members: BTreeMap<u64, Peer>,

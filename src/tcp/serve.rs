@@ -1,7 +1,8 @@
 //! `oncekv serve`: one node over TCP. The node id comes from its name
-//! ([`super::node_id`]); a fresh cluster forms from `--peers` (every member calls
-//! openraft's `initialize` with the same list; openraft ignores it once a log
-//! exists, so a restarted node rejoins with no extra step). A node added later is
+//! ([`super::node_id`]); a fresh cluster forms from `--peers` (every member may
+//! call openraft's `initialize` with the same list, in turn, the highest id
+//! first: see `Node::start_with`; openraft ignores it once a log exists, so a
+//! restarted node rejoins with no extra step). A node added later is
 //! started with `--join`: it waits, empty, for the leader's `add_node`.
 //!
 //! Owns the wiring of a node process: data dir, storage, transport, server,
