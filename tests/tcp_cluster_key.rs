@@ -15,6 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use oncekv::node::Role;
 use oncekv::tcp::{Client, ClientOptions};
 use serde_json::json;
 use support_tcp::{free_port, test_dir};
@@ -305,7 +306,32 @@ async fn the_documented_restart_command_brings_a_killed_node_back() {
         "docs/cluster.md and `cluster` disagree"
     );
 
-    // Kill n1 hard; the cluster reports it.
+    // Kill n1 hard once it is a member of the running cluster (a voter that
+    // has applied the leader's entries); the cluster reports it. The members
+    // form in turn, so right after the banner n1 may not yet hold the
+    // membership: killed then, it would come back knowing nothing and never
+    // stand for election, which is another case than this test's.
+    let mut probe = {
+        let mut o = ClientOptions::new(vec![format!("127.0.0.1:{base}")]);
+        o.connect_timeout = Duration::from_millis(500);
+        o.attempt_timeout = Duration::from_secs(2);
+        Client::new(o)
+    };
+    let deadline = Instant::now() + long;
+    loop {
+        if let Ok(s) = probe.status_of(0).await
+            && s.pid == Some(n1_pid)
+            && matches!(s.role, Role::Follower | Role::Leader)
+            && s.applied_index.is_some()
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "n1 did not join the cluster within {long:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let killed = Command::new("kill")
         .args(["-KILL", &n1_pid.to_string()])
         .status()
