@@ -277,18 +277,74 @@ impl LogMirror {
         self.bytes -= cut.values().map(|h| h.bytes).sum::<u64>();
     }
 
-    /// Drops every entry up to `upto`, which becomes the last purged id.
-    pub fn purge(&mut self, upto: LogId) {
+    /// Removes every entry up to `upto`, which becomes the last purged id.
+    /// What it returns holds them: drop it after the lock is released.
+    pub fn purge(&mut self, upto: LogId) -> Removed {
         debug_assert!(self.last_purged.as_ref() <= Some(&upto));
-        self.drop_upto(upto.index());
+        let removed = self.drop_upto(upto.index());
         self.last_purged = Some(upto);
+        removed
     }
 
-    /// Drops every entry at `upto` or before.
-    pub fn drop_upto(&mut self, upto: u64) {
+    /// Removes every entry at `upto` or before, in time logarithmic in the
+    /// log's length: the bytes they held come from the running positions, and
+    /// freeing them is left to the returned [`Removed`].
+    pub fn drop_upto(&mut self, upto: u64) -> Removed {
+        self.bytes -= self.bytes_in(None, upto);
         let kept = self.log.split_off(&(upto + 1));
-        let dropped = std::mem::replace(&mut self.log, kept);
-        self.bytes -= dropped.values().map(|h| h.bytes).sum::<u64>();
+        Removed(std::mem::replace(&mut self.log, kept))
+    }
+}
+
+/// Entries removed from the log by a purge, freed when this is dropped: a few
+/// at a time when there are many. A purge after a snapshot of a large state
+/// removes hundreds of thousands of entries, and freeing them at once took 20
+/// to 100 ms, measured on a 3-node cluster at 1,000,000 sessions. Under the
+/// mirror's lock (which every append, log read and commit takes) that held up
+/// every write for as long, so this is returned out of the lock. Freed on
+/// another thread it still stalled them as long: the allocator hands a block
+/// freed elsewhere back to the thread that allocated it, which then took them
+/// all back in one go at its next allocation. So a task on the runtime frees
+/// them in slices of [`Removed::FREE_SLICE`] and yields between slices, and
+/// whatever the runtime's threads have to do runs in between.
+#[must_use = "drop it after releasing the lock"]
+pub struct Removed(BTreeMap<u64, Held>);
+
+impl Removed {
+    /// Entries freed between two yields: one slice takes tens of microseconds.
+    pub const FREE_SLICE: usize = 1024;
+
+    /// How many entries were removed.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether nothing was removed.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Frees them here and now (where no other work waits: a replay at start,
+    /// the deterministic simulation).
+    pub fn free_here(mut self) {
+        drop(std::mem::take(&mut self.0));
+    }
+}
+
+impl Drop for Removed {
+    fn drop(&mut self) {
+        if self.0.len() <= Self::FREE_SLICE {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let mut entries = std::mem::take(&mut self.0).into_iter();
+        runtime.spawn(async move {
+            while entries.by_ref().take(Self::FREE_SLICE).count() == Self::FREE_SLICE {
+                tokio::task::yield_now().await;
+            }
+        });
     }
 }
 
@@ -369,7 +425,8 @@ impl RaftLogStorage<TypeConfig> for MemLogStore {
     }
 
     async fn purge(&mut self, upto: LogId) -> Result<(), io::Error> {
-        self.with(|i| i.purge(upto));
+        let removed = self.with(|i| i.purge(upto));
+        drop(removed);
         Ok(())
     }
 }
@@ -408,7 +465,7 @@ mod tests {
         m.truncate_from(11);
         m.insert(entry(10), 50);
         assert_eq!(m.bytes, 950);
-        m.purge(entry(4).log_id);
+        assert_eq!(m.purge(entry(4).log_id).len(), 4);
         assert_eq!(m.bytes, 550);
         assert_eq!(m.bytes_in(None, 7), 300);
         // Nothing after the snapshot (or a snapshot ahead): 0, never a panic.
@@ -431,7 +488,7 @@ mod tests {
         assert_eq!(m.purge_point(2, 250), None);
         assert_eq!(m.purge_point(10, 1_000), None);
         assert_eq!(m.purge_point(0, 0), None);
-        m.purge(entry(6).log_id);
+        assert_eq!(m.purge(entry(6).log_id).len(), 6);
         assert_eq!(m.purge_point(8, 250), None);
     }
 
@@ -475,7 +532,9 @@ mod tests {
                 }
                 8 => {
                     if let (Some(f), Some(l)) = (first, last) {
-                        m.purge(entry(f + next(l - f + 1)).log_id);
+                        let upto = f + next(l - f + 1);
+                        let going = m.log.range(..=upto).count();
+                        assert_eq!(m.purge(entry(upto).log_id).len(), going, "seed {seed}");
                     }
                 }
                 _ => {
@@ -512,5 +571,58 @@ mod tests {
             };
             assert_eq!(m.purge_point(b, keep), walked, "seed {seed}");
         }
+    }
+
+    /// A purge large enough to be freed in slices leaves the log
+    /// and its byte count as a small one does.
+    #[test]
+    fn a_large_purge_is_counted_like_a_small_one() {
+        let mut m = LogMirror::default();
+        let n = Removed::FREE_SLICE as u64 * 4;
+        for i in 1..=n {
+            m.insert(entry(i), 10);
+        }
+        let removed = m.purge(entry(n - 10).log_id);
+        assert_eq!(removed.len() as u64, n - 10);
+        assert_eq!(m.bytes, 100);
+        assert_eq!(m.log.len(), 10);
+        assert_eq!(m.bytes_in(None, n), 100);
+        drop(removed);
+        // Nothing left to purge: an empty removal.
+        assert!(m.purge(entry(n - 10).log_id).is_empty());
+        assert_eq!(m.bytes, 100);
+    }
+
+    /// On a runtime, a large removal is freed by a task that yields between
+    /// slices and ends once everything is freed; a small one (or one without
+    /// a runtime) is freed where it is dropped.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_large_removal_is_freed_in_slices_by_a_task_that_ends() {
+        let alive = || {
+            tokio::runtime::Handle::current()
+                .metrics()
+                .num_alive_tasks()
+        };
+        let mut m = LogMirror::default();
+        let slices = 4;
+        let n = (Removed::FREE_SLICE * slices) as u64;
+        for i in 1..=n + 1 {
+            m.insert(entry(i), 10);
+        }
+        drop(m.purge(entry(1).log_id));
+        assert_eq!(alive(), 0, "one entry is freed in place");
+        drop(m.purge(entry(n).log_id));
+        assert_eq!(alive(), 1, "a task frees the rest");
+        let mut yields = 0;
+        while alive() > 0 {
+            tokio::task::yield_now().await;
+            yields += 1;
+            assert!(yields < 1_000, "the freeing task never ended");
+        }
+        assert!(
+            yields >= slices - 1,
+            "freed in {yields} turns, not in slices"
+        );
+        assert_eq!((m.log.len(), m.bytes), (1, 10));
     }
 }

@@ -156,7 +156,7 @@ fn replay(m: &mut Mirror, rec: Record<'_>) -> Result<(), String> {
             if id.index() != upto {
                 return Err(format!("purge record for {upto} holds {id}"));
             }
-            m.drop_upto(upto);
+            m.drop_upto(upto).free_here();
             m.last_purged = m.last_purged.max(Some(id));
         }
         Record::Vote(bytes) => m.vote = Some(decode("vote", bytes)?),
@@ -284,7 +284,9 @@ impl RaftLogStorage<TypeConfig> for WalLogStore {
 
     async fn purge(&mut self, upto: LogId) -> Result<(), io::Error> {
         let bytes = encode(&upto)?;
-        self.with(|m| m.purge(upto));
+        // Freed out of the lock, a slice at a time (`Removed`).
+        let removed = self.with(|m| m.purge(upto));
+        drop(removed);
         self.writer
             .submit(Change::PurgeUpto(upto.index(), bytes), Done::Nothing)
             .await

@@ -462,7 +462,7 @@ impl RaftLogStorage<TypeConfig> for SimLogStore {
     }
 
     async fn purge(&mut self, upto: LogId) -> Result<(), io::Error> {
-        self.with(|m| m.purge(upto));
+        self.with(|m| m.purge(upto)).free_here();
         self.write(Write::Purge(upto), None)
     }
 }
