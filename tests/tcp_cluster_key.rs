@@ -311,15 +311,14 @@ async fn the_documented_restart_command_brings_a_killed_node_back() {
     // form in turn, so right after the banner n1 may not yet hold the
     // membership: killed then, it would come back knowing nothing and never
     // stand for election, which is another case than this test's.
-    let mut probe = {
-        let mut o = ClientOptions::new(vec![format!("127.0.0.1:{base}")]);
-        o.connect_timeout = Duration::from_millis(500);
-        o.attempt_timeout = Duration::from_secs(2);
-        Client::new(o)
-    };
+    let addr = format!("127.0.0.1:{base}");
+    let mut opts = ClientOptions::new(vec![addr.clone()]);
+    opts.connect_timeout = Duration::from_millis(500);
+    opts.attempt_timeout = Duration::from_secs(2);
+    let mut status_client = Client::new(opts.clone());
     let deadline = Instant::now() + long;
     loop {
-        if let Ok(s) = probe.status_of(0).await
+        if let Ok(s) = status_client.status_of(0).await
             && s.pid == Some(n1_pid)
             && matches!(s.role, Role::Follower | Role::Leader)
             && s.applied_index.is_some()
@@ -361,11 +360,6 @@ async fn the_documented_restart_command_brings_a_killed_node_back() {
         .spawn()
         .expect("run the documented command");
     let n1_err = lines_of(n1.stderr.take().expect("stderr"));
-    let addr = format!("127.0.0.1:{base}");
-    let mut opts = ClientOptions::new(vec![addr.clone()]);
-    opts.connect_timeout = Duration::from_millis(500);
-    opts.attempt_timeout = Duration::from_secs(2);
-    let mut status_client = Client::new(opts.clone());
     let deadline = Instant::now() + long;
     let status = loop {
         if let Ok(s) = status_client.status_of(0).await

@@ -305,11 +305,11 @@ impl LogMirror {
 /// another thread, a write sent at the purge still took 90 ms, most likely
 /// because the allocator hands a block freed elsewhere back to the heap of the
 /// thread that allocated it, so the work came back to the runtime's worker.
-/// So a task on the runtime
-/// frees them in slices (at most [`Removed::FREE_SLICE`] entries and
-/// [`Removed::FREE_SLICE_BYTES`], so that large values are sliced too) and
-/// yields between slices, and whatever the runtime's threads have to do runs
-/// in between.
+/// So they are freed in slices (at most [`Removed::FREE_SLICE`] entries and
+/// [`Removed::FREE_SLICE_BYTES`], so that large values are sliced too): the
+/// first where this is dropped, the rest by a task on the runtime that yields
+/// between slices, so that whatever the runtime's threads have to do runs in
+/// between.
 #[must_use = "drop it after releasing the lock"]
 pub struct Removed(BTreeMap<u64, Held>);
 
@@ -354,15 +354,15 @@ impl Removed {
 
 impl Drop for Removed {
     fn drop(&mut self) {
-        let small = self.0.len() <= Self::FREE_SLICE
-            && self.0.values().map(|h| h.bytes).sum::<u64>() <= Self::FREE_SLICE_BYTES;
-        if small {
+        let mut entries = std::mem::take(&mut self.0).into_iter();
+        Self::free_slice(&mut entries);
+        if entries.len() == 0 {
             return;
         }
+        // Without a runtime the rest is freed here, with `entries`.
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let mut entries = std::mem::take(&mut self.0).into_iter();
         runtime.spawn(async move {
             while Self::free_slice(&mut entries) > 0 {
                 tokio::task::yield_now().await;
@@ -448,8 +448,8 @@ impl RaftLogStorage<TypeConfig> for MemLogStore {
     }
 
     async fn purge(&mut self, upto: LogId) -> Result<(), io::Error> {
-        let removed = self.with(|i| i.purge(upto));
-        drop(removed);
+        // Freed out of the lock, a slice at a time (`Removed`).
+        drop(self.with(|i| i.purge(upto)));
         Ok(())
     }
 }
@@ -626,6 +626,16 @@ mod tests {
                 .metrics()
                 .num_alive_tasks()
         };
+        // Yields until no task is left; how many turns that took.
+        let turns_until_freed = || async move {
+            let mut yields = 0;
+            while alive() > 0 {
+                tokio::task::yield_now().await;
+                yields += 1;
+                assert!(yields < 1_000, "the freeing task never ended");
+            }
+            yields
+        };
         let mut m = LogMirror::default();
         let slices = 4;
         let n = (Removed::FREE_SLICE * slices) as u64;
@@ -636,12 +646,7 @@ mod tests {
         assert_eq!(alive(), 0, "one entry is freed in place");
         drop(m.purge(entry(n).log_id));
         assert_eq!(alive(), 1, "a task frees the rest");
-        let mut yields = 0;
-        while alive() > 0 {
-            tokio::task::yield_now().await;
-            yields += 1;
-            assert!(yields < 1_000, "the freeing task never ended");
-        }
+        let yields = turns_until_freed().await;
         assert!(
             yields >= slices - 1,
             "freed in {yields} turns, not in slices"
@@ -654,12 +659,7 @@ mod tests {
         }
         drop(m.purge(entry(n + 8).log_id));
         assert_eq!(alive(), 1, "a task frees the large entries");
-        let mut yields = 0;
-        while alive() > 0 {
-            tokio::task::yield_now().await;
-            yields += 1;
-            assert!(yields < 1_000, "the freeing task never ended");
-        }
+        let yields = turns_until_freed().await;
         assert!(
             yields >= 3,
             "8 entries of half a slice freed in {yields} turns"

@@ -285,8 +285,7 @@ impl RaftLogStorage<TypeConfig> for WalLogStore {
     async fn purge(&mut self, upto: LogId) -> Result<(), io::Error> {
         let bytes = encode(&upto)?;
         // Freed out of the lock, a slice at a time (`Removed`).
-        let removed = self.with(|m| m.purge(upto));
-        drop(removed);
+        drop(self.with(|m| m.purge(upto)));
         self.writer
             .submit(Change::PurgeUpto(upto.index(), bytes), Done::Nothing)
             .await
