@@ -89,6 +89,14 @@ pub struct Config {
     /// every entry fits a log record ([`LOG_RECORD_BYTES_MAX`], 4 MiB;
     /// checked by `validate`), and a read reply stays within the client's limit.
     pub request_bytes_max: usize,
+    /// Most bytes of client lines being received at once on one TCP node
+    /// (`ONCEKV_LINE_BUFFERS_BYTES_MAX`; all client connections together): a
+    /// line's bytes past the first 16 KiB count from when they arrive until the
+    /// connection reads its next line, so lines sent slowly or never finished,
+    /// and whole lines waiting for room in flight, cannot hold memory without
+    /// bound. A line that finds no room is dropped unread and its sender gets
+    /// error 11 (nothing was proposed). At least `request_bytes_max`.
+    pub line_buffers_bytes_max: usize,
     /// Longest line from a peer node, in bytes (`ONCEKV_PEER_LINE_BYTES_MAX`): a TCP
     /// connection gets it once its `peer_hello` is accepted (before, it is a
     /// client's), and Maelstrom mode gives it to lines from members. An append
@@ -216,6 +224,7 @@ impl Default for Config {
             requests_in_flight_max: 65_536,
             requests_in_flight_bytes_max: 32 << 20,
             request_bytes_max: 1 << 20,
+            line_buffers_bytes_max: 128 << 20,
             peer_line_bytes_max: 8 << 20,
             batch_bytes_max: 4 << 20,
             rejected_log_per_s: crate::reject_log::DEFAULT_PER_S,
@@ -298,8 +307,9 @@ impl Config {
         for (name, slot) in vars {
             env_override(&format!("ONCEKV_{name}"), slot)?;
         }
-        let sizes: [(&str, &mut usize); 6] = [
+        let sizes: [(&str, &mut usize); 7] = [
             ("REQUEST_BYTES_MAX", &mut c.request_bytes_max),
+            ("LINE_BUFFERS_BYTES_MAX", &mut c.line_buffers_bytes_max),
             ("PEER_LINE_BYTES_MAX", &mut c.peer_line_bytes_max),
             ("BATCH_BYTES_MAX", &mut c.batch_bytes_max),
             (
@@ -485,6 +495,13 @@ impl Config {
                 "requests_in_flight_bytes_max ({}) must hold one full batch: at least \
                  batch_bytes_max + {BATCH_MAX} x {IN_FLIGHT_OVERHEAD_BYTES} ({batch_charge})",
                 self.requests_in_flight_bytes_max
+            ));
+        }
+        // Any one request must be receivable while nothing else is.
+        if self.line_buffers_bytes_max < self.request_bytes_max {
+            return fail(format!(
+                "line_buffers_bytes_max ({}) must be at least request_bytes_max ({})",
+                self.line_buffers_bytes_max, self.request_bytes_max
             ));
         }
         if self.rejected_log_burst == 0 || self.rejected_log_excerpt_bytes < 16 {

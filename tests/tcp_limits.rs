@@ -345,3 +345,55 @@ fn the_cli_refuses_a_bad_deadline_or_peer_list_up_front() {
     let (code, stderr) = run(&dead, "0.5");
     assert_eq!(code, Some(2), "{stderr}");
 }
+
+/// Lines being received count against `line_buffers_bytes_max` across a node's
+/// client connections: while one connection holds most of a 700 KiB line it
+/// has not finished, another's 500 KiB line finds no room and gets error 11
+/// (dropped unread, nothing proposed), small requests are served all along,
+/// and once the first line ends the second goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unfinished_lines_are_bounded_in_bytes_across_connections() {
+    let cluster = TestCluster::start(
+        "limits-lines",
+        1,
+        &[("ONCEKV_LINE_BUFFERS_BYTES_MAX", &MIB.to_string())],
+    );
+    cluster.wait_leader(Duration::from_secs(10)).await;
+    let addr = &cluster.nodes[0].addr;
+    let mut a = Raw::connect(addr).await;
+    let head = r#"{"src":"c1","dest":"","body":{"type":"write","key":"a","msg_id":1,"value":""#;
+    a.w.write_all(head.as_bytes()).await.expect("write");
+    a.w.write_all("v".repeat(700 << 10).as_bytes())
+        .await
+        .expect("write");
+
+    let mut b = Raw::connect(addr).await;
+    let second = format!(r#""type":"write","key":"b","value":"{}""#, "w".repeat(500 << 10));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let mut id = 0;
+    let refused = loop {
+        id += 1;
+        let r = b.call(id, &second).await;
+        if code(&r) == Some(11) {
+            break r;
+        }
+        // Not yet: the node had not read all of a's bytes.
+        assert_eq!(r.get("type"), Some(&json!("write_ok")), "{r:?}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the second line always found room"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(text(&refused).contains("line_buffers_bytes_max"), "{refused:?}");
+    id += 1;
+    let r = b.call(id, r#""type":"read","key":"a""#).await;
+    assert_eq!(code(&r), Some(20), "small requests are served: {r:?}");
+
+    a.w.write_all(b"\"}}\n").await.expect("write");
+    let r = a.reply(1).await;
+    assert_eq!(r.get("type"), Some(&json!("write_ok")), "{r:?}");
+    id += 1;
+    let r = b.call(id, &second).await;
+    assert_eq!(r.get("type"), Some(&json!("write_ok")), "{r:?}");
+}

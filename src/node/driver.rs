@@ -422,13 +422,23 @@ impl Driver {
 
     /// A line over its limit (the error names the limit) or not valid UTF-8
     /// (never converted lossily, which could make two keys or two client_ids
-    /// one): error 12 if its sender and `msg_id` could be read (nothing was
+    /// one), or one the node had no room to receive (error 11): error 12 if its sender and `msg_id` could be read (nothing was
     /// proposed), its caller told if it was a reply, else a truncated log line.
     async fn refuse_line<H: Hooks>(&mut self, line: Line, hooks: &mut H) {
+        let mut code = ErrorCode::MalformedRequest;
         let (sk, bytes, prefix, text) = match line {
             Line::Full(_) => return,
             Line::TooLong(long) => {
-                let text = if long.limit > self.config.request_bytes_max {
+                let text = if let Some(pool) = long.crowded {
+                    // Definite: nothing of it was kept, let alone proposed.
+                    code = ErrorCode::TemporarilyUnavailable;
+                    format!(
+                        "this node is receiving {pool} bytes of lines already \
+                         (line_buffers_bytes_max, ONCEKV_LINE_BUFFERS_BYTES_MAX): \
+                         the line of {} bytes was dropped unread, not proposed; retry",
+                        long.bytes
+                    )
+                } else if long.limit > self.config.request_bytes_max {
                     format!(
                         "line of {} bytes exceeds the peer line limit of {} bytes \
                          (peer_line_bytes_max, ONCEKV_PEER_LINE_BYTES_MAX)",
@@ -456,7 +466,7 @@ impl Driver {
                 if let Some(dest) = sk.dest {
                     self.addressed_as(&dest);
                 }
-                let reply = Reply::error(ErrorCode::MalformedRequest, text);
+                let reply = Reply::error(code, text);
                 self.answer_now(src, id, reply).await;
             }
             _ => {}

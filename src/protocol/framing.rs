@@ -7,8 +7,16 @@
 //! converted lossily: two different byte strings must not become the same key or
 //! client_id. An unterminated line at end of stream is discarded, so a writer
 //! that died mid-line never delivers half a message.
+//!
+//! Readers may share a [`LinePool`]: the bytes of the lines they are receiving,
+//! past [`LINE_BYTES_UNCHARGED`] each, are taken from it, and a line that would
+//! pass its bound is discarded like a too-long one (its sender is told to retry).
+//! Without it, 2,048 client connections each holding most of a 1 MiB line they
+//! never finish hold 2 GiB that no other bound counts.
 
 use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -57,14 +65,67 @@ pub struct LongLine {
     pub bytes: usize,
     /// The limit it exceeded.
     pub limit: usize,
+    /// Not over its own limit: the reader's [`LinePool`] (of this bound, in
+    /// bytes) had no room for it.
+    pub crowded: Option<usize>,
     /// Its first [`LONG_LINE_PREFIX_BYTES`] bytes (lossy UTF-8), for the log.
     pub prefix: String,
     /// Its addressing, read over the whole line.
     pub skeleton: Skeleton,
 }
 
+/// Bytes of a line being received that a [`LinePool`] does not count: what an
+/// ordinary request takes, so small requests never wait on the pool.
+pub const LINE_BYTES_UNCHARGED: usize = 16 << 10;
+
+/// The pool grows a reader's share in steps of this many bytes (fewer atomics).
+const LINE_POOL_STEP: usize = 64 << 10;
+
+/// Bytes of lines being received, shared by readers (a node's client
+/// connections): each takes what its line holds past [`LINE_BYTES_UNCHARGED`],
+/// and keeps it until it reads its next line (so a whole line waiting for its
+/// turn in flight still counts).
+#[derive(Debug)]
+pub struct LinePool {
+    used: AtomicUsize,
+    max: usize,
+}
+
+impl LinePool {
+    /// A pool of `max` bytes.
+    pub fn new(max: usize) -> Arc<LinePool> {
+        Arc::new(LinePool {
+            used: AtomicUsize::new(0),
+            max,
+        })
+    }
+
+    /// Bytes taken now.
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::SeqCst)
+    }
+
+    /// Its bound.
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
+    fn try_take(&self, bytes: usize) -> bool {
+        self.used
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |now| {
+                now.checked_add(bytes).filter(|n| *n <= self.max)
+            })
+            .is_ok()
+    }
+
+    fn give(&self, bytes: usize) {
+        self.used.fetch_sub(bytes, Ordering::SeqCst);
+    }
+}
+
 /// Reads newline-terminated lines of at most `max` bytes each, in memory bounded
-/// by `max` (plus the reader's buffer) whatever the peer sends.
+/// by `max` (plus the reader's buffer) whatever the peer sends, and by its
+/// [`LinePool`] across readers if it has one.
 pub struct LineReader<R> {
     /// The buffered socket half.
     inner: R,
@@ -72,6 +133,60 @@ pub struct LineReader<R> {
     buf: Vec<u8>,
     /// The longest line accepted, in bytes.
     max: usize,
+    /// What it takes from a line pool.
+    share: Share,
+}
+
+impl<R> Drop for LineReader<R> {
+    fn drop(&mut self) {
+        self.share.release(&mut self.buf);
+    }
+}
+
+/// A reader's share of its [`LinePool`].
+#[derive(Debug, Default)]
+struct Share {
+    /// The pool its lines' bytes are taken from, if any.
+    pool: Option<Arc<LinePool>>,
+    /// Bytes taken from `pool` for the current (or just returned) line.
+    held: usize,
+}
+
+impl Share {
+    /// Gives back what the pool lent, and the buffer that held it.
+    fn release(&mut self, buf: &mut Vec<u8>) {
+        if self.held > 0 {
+            if let Some(pool) = &self.pool {
+                pool.give(self.held);
+            }
+            self.held = 0;
+        }
+        if buf.capacity() > LINE_BYTES_UNCHARGED {
+            *buf = Vec::with_capacity(1024);
+        }
+    }
+
+    /// Room in `buf` for a line of `len` bytes: taken from the pool past the
+    /// uncharged bytes (and the buffer grown to just that); false if the pool
+    /// has none.
+    fn make_room(&mut self, buf: &mut Vec<u8>, len: usize) -> bool {
+        let Some(pool) = &self.pool else {
+            return true;
+        };
+        if len <= LINE_BYTES_UNCHARGED + self.held {
+            return true;
+        }
+        let want = (len - LINE_BYTES_UNCHARGED).next_multiple_of(LINE_POOL_STEP);
+        if !pool.try_take(want - self.held) {
+            return false;
+        }
+        self.held = want;
+        let cap = want + LINE_BYTES_UNCHARGED;
+        if buf.capacity() < cap {
+            buf.reserve_exact(cap - buf.len());
+        }
+        true
+    }
 }
 
 impl<R: AsyncBufRead + Unpin> LineReader<R> {
@@ -81,7 +196,20 @@ impl<R: AsyncBufRead + Unpin> LineReader<R> {
             inner,
             buf: Vec::with_capacity(1024),
             max,
+            share: Share::default(),
         }
+    }
+
+    /// Takes its lines' bytes from `pool` (or no pool's, `None`: a connection
+    /// that became a peer's).
+    pub fn set_pool(&mut self, pool: Option<Arc<LinePool>>) {
+        self.share.release(&mut self.buf);
+        self.share.pool = pool;
+    }
+
+    /// Whether it takes its lines' bytes from a pool.
+    pub fn has_pool(&self) -> bool {
+        self.share.pool.is_some()
     }
 
     /// Changes the limit for the lines that follow (a connection that became a
@@ -113,6 +241,8 @@ impl<R: AsyncBufRead + Unpin> LineReader<R> {
         extend: impl Fn(&Skeleton) -> Option<usize>,
     ) -> io::Result<Option<Line>> {
         loop {
+            // The line returned last is in flight or done: its share goes back.
+            self.share.release(&mut self.buf);
             self.buf.clear();
             let mut limit = self.max;
             let mut asked = false;
@@ -129,17 +259,22 @@ impl<R: AsyncBufRead + Unpin> LineReader<R> {
                 let chunk = &available[..take];
                 if let Some(l) = long.as_mut() {
                     l.skeleton.feed(chunk);
-                } else if self.buf.len() + take > limit {
-                    let mut sk = Skeleton::default();
-                    sk.feed(&self.buf);
-                    sk.feed(chunk);
-                    if !asked {
+                } else {
+                    let len = self.buf.len() + take;
+                    if len > limit && !asked {
                         asked = true;
+                        let mut sk = Skeleton::default();
+                        sk.feed(&self.buf);
+                        sk.feed(chunk);
                         if let Some(more) = extend(&sk).filter(|m| *m > limit) {
                             limit = more;
                         }
                     }
-                    if self.buf.len() + take > limit {
+                    let crowded = len <= limit && !self.share.make_room(&mut self.buf, len);
+                    if len > limit || crowded {
+                        let mut sk = Skeleton::default();
+                        sk.feed(&self.buf);
+                        sk.feed(chunk);
                         let mut prefix = std::mem::take(&mut self.buf);
                         prefix.extend_from_slice(
                             &chunk[..take.min(LONG_LINE_PREFIX_BYTES.saturating_sub(prefix.len()))],
@@ -148,14 +283,16 @@ impl<R: AsyncBufRead + Unpin> LineReader<R> {
                         long = Some(LongLine {
                             bytes: 0,
                             limit,
+                            crowded: crowded
+                                .then(|| self.share.pool.as_ref().map_or(0, |p| p.max())),
                             prefix: String::from_utf8_lossy(&prefix).into_owned(),
                             skeleton: sk,
                         });
+                        // Nothing of it is kept: its share goes back now.
+                        self.share.release(&mut self.buf);
                     } else {
                         self.buf.extend_from_slice(chunk);
                     }
-                } else {
-                    self.buf.extend_from_slice(chunk);
                 }
                 self.inner.consume(take + usize::from(done));
                 if done {
@@ -250,6 +387,71 @@ mod tests {
         assert_eq!(full(r.read_line().await).as_deref(), Some("{\"a\":1}"));
         assert_eq!(full(r.read_line().await).as_deref(), Some("{\"b\":2}"));
         assert!(r.read_line().await.unwrap().is_none());
+    }
+
+    /// Lines past the uncharged bytes take from the pool until the next line is
+    /// read; a line the pool has no room for is dropped unread (its sender
+    /// readable, marked crowded) and the stream stays in step.
+    #[tokio::test]
+    async fn a_pool_bounds_the_lines_being_received_across_readers() {
+        let pool = LinePool::new(200 << 10);
+        let body = |n: usize| {
+            format!(
+                "{{\"src\":\"c1\",\"dest\":\"n1\",\"body\":{{\"type\":\"write\",\"msg_id\":9,\"value\":\"{}\"}}}}\n",
+                "v".repeat(n)
+            )
+        };
+        // A small line takes nothing; a 100 KiB one takes its bytes past the
+        // uncharged ones, rounded up to the step, until the next read.
+        let small = body(100);
+        let big = body(100 << 10);
+        let data = format!("{small}{big}{small}");
+        let mut a = LineReader::new(tokio::io::BufReader::with_capacity(4096, data.as_bytes()), 1 << 20);
+        a.set_pool(Some(pool.clone()));
+        assert!(full(a.read_line().await).is_some());
+        assert_eq!(pool.used(), 0);
+        assert!(full(a.read_line().await).is_some());
+        let held = pool.used();
+        assert!(held >= big.len() - LINE_BYTES_UNCHARGED, "{held}");
+        assert!(held < big.len() - LINE_BYTES_UNCHARGED + LINE_POOL_STEP, "{held}");
+        assert!(a.buf.capacity() <= held + LINE_BYTES_UNCHARGED, "the buffer is what was taken");
+
+        // While `a` holds its line, `b` finds no room for a second one of that
+        // size: it is dropped unread, and b's next line reads normally.
+        let data_b = format!("{}{small}", body(150 << 10));
+        let mut b = LineReader::new(tokio::io::BufReader::with_capacity(4096, data_b.as_bytes()), 1 << 20);
+        b.set_pool(Some(pool.clone()));
+        match b.read_line().await.unwrap() {
+            Some(Line::TooLong(l)) => {
+                assert_eq!(l.crowded, Some(200 << 10));
+                assert_eq!(l.skeleton.src.as_deref(), Some("c1"));
+                assert_eq!(l.skeleton.msg_id, Some(9));
+                assert_eq!(l.bytes, (150 << 10) + small.len() - 100 - 1);
+            }
+            other => panic!("expected a crowded line, got {other:?}"),
+        }
+        assert_eq!(pool.used(), held, "b gave back what it took for the dropped line");
+        assert!(full(b.read_line().await).is_some());
+
+        // Reading on gives a's share back; so does dropping a reader.
+        assert!(full(a.read_line().await).is_some());
+        assert_eq!(pool.used(), 0);
+        let data_c = body(100 << 10);
+        let mut c = LineReader::new(tokio::io::BufReader::with_capacity(4096, data_c.as_bytes()), 1 << 20);
+        c.set_pool(Some(pool.clone()));
+        assert!(full(c.read_line().await).is_some());
+        assert!(pool.used() > 0);
+        drop(c);
+        assert_eq!(pool.used(), 0);
+
+        // A line over the reader's own limit is too long, not crowded.
+        let mut d = LineReader::new(tokio::io::BufReader::with_capacity(4096, data_c.as_bytes()), 1000);
+        d.set_pool(Some(pool.clone()));
+        match d.read_line().await.unwrap() {
+            Some(Line::TooLong(l)) => assert_eq!(l.crowded, None),
+            other => panic!("expected a too-long line, got {other:?}"),
+        }
+        assert_eq!(pool.used(), 0);
     }
 
     fn full(l: io::Result<Option<Line>>) -> Option<String> {

@@ -24,7 +24,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -42,9 +42,25 @@ use crate::node::driver::{
     Driver, Hooks, LineSource, Other, Out, Permits, Sink, To, Written, write_loop,
 };
 use crate::node::{Member, MembershipError, Node};
-use crate::protocol::framing::{Line, LineReader};
+use crate::protocol::framing::{Line, LinePool, LineReader};
 use crate::protocol::{Body, ErrorCode, Message, ParseError, Reply, Skeleton, parse_line};
 use crate::raft::Peer;
+
+/// What all client connections of a node share: their requests in flight
+/// ([`crate::config::Config::requests_in_flight_max`]) and those requests' bytes
+/// ([`crate::config::Config::requests_in_flight_bytes_max`]), past which readers
+/// wait, and the bytes of the lines they are receiving
+/// ([`crate::config::Config::line_buffers_bytes_max`]). A peer's connection
+/// takes nothing from the line pool: clients cannot crowd out replication.
+#[derive(Clone)]
+pub struct NodeBudgets {
+    /// One permit per request in flight.
+    pub requests: Arc<Semaphore>,
+    /// Bytes of requests in flight.
+    pub bytes: Arc<ByteBudget>,
+    /// Bytes of lines being received.
+    pub lines: Arc<LinePool>,
+}
 
 /// Per-connection state: what the driver asks this transport.
 pub struct Handler {
@@ -58,13 +74,8 @@ pub struct Handler {
     shutdown: Option<broadcast::Receiver<()>>,
     /// Held until this connection is done, so the server can wait for it.
     _shutdown_complete: mpsc::Sender<()>,
-    /// Client requests in flight on the whole node
-    /// ([`crate::config::Config::requests_in_flight_max`]), shared by every
-    /// connection; the reader waits past it.
-    node_requests: Arc<Semaphore>,
-    /// Bytes of client requests in flight on the whole node
-    /// ([`crate::config::Config::requests_in_flight_bytes_max`]), shared likewise.
-    node_bytes: Arc<ByteBudget>,
+    /// What all client connections of the node share.
+    node_budgets: NodeBudgets,
     /// Whether this connection may send peer RPCs and membership changes: it
     /// presented the cluster key, or the node has none.
     trusted: bool,
@@ -74,6 +85,8 @@ pub struct Handler {
     /// Whether a peer node opened this connection (its `peer_hello` named a
     /// member and this node): its lines may be as long as a peer's, not a client's.
     peer: bool,
+    /// `peer`, for the reader (which then stops taking from the line pool).
+    peer_flag: Arc<AtomicBool>,
     /// The member whose `peer_hello` was accepted here: when its connection
     /// ends, [`leader_gone_check`] asks whether its process is gone.
     peer_name: Option<String>,
@@ -90,20 +103,19 @@ impl Handler {
         config: TcpConfig,
         shutdown: broadcast::Receiver<()>,
         shutdown_complete: mpsc::Sender<()>,
-        node_requests: Arc<Semaphore>,
-        node_bytes: Arc<ByteBudget>,
+        node_budgets: NodeBudgets,
     ) -> Handler {
         Handler {
             node,
             msg_ids,
-            node_requests,
-            node_bytes,
+            node_budgets,
             trusted: config.cluster_key.is_none(),
             admin: config.cluster_key.is_none(),
             config,
             shutdown: Some(shutdown),
             _shutdown_complete: shutdown_complete,
             peer: false,
+            peer_flag: Arc::default(),
             peer_name: None,
             hello_refused: false,
         }
@@ -130,14 +142,17 @@ impl Handler {
         let writer = tokio::spawn(write_loop(sink, out_rx));
         let per_connection = self.config.requests_per_connection_max;
         let permits = Permits {
-            node: self.node_requests.clone(),
+            node: self.node_budgets.requests.clone(),
             node_max: self.node.config.requests_in_flight_max,
-            bytes: self.node_bytes.clone(),
+            bytes: self.node_budgets.bytes.clone(),
             connection: Some((Arc::new(Semaphore::new(per_connection)), per_connection)),
         };
         let me: Arc<str> = self.node.name.as_str().into();
+        let mut reader = LineReader::new(BufReader::new(r), self.node.config.request_bytes_max);
+        reader.set_pool(Some(self.node_budgets.lines.clone()));
         let mut lines = Lines {
-            lines: LineReader::new(BufReader::new(r), self.node.config.request_bytes_max),
+            lines: reader,
+            peer: self.peer_flag.clone(),
             peer_addr,
             config: self.config.clone(),
             shutdown: self.shutdown.take(),
@@ -193,6 +208,7 @@ impl Handler {
             self.trusted = true;
             self.admin = true;
             self.peer = true;
+            self.peer_flag.store(true, Ordering::SeqCst);
             self.peer_name = Some(src.to_string());
         }
         let mut b = Map::new();
@@ -209,6 +225,8 @@ impl Handler {
 pub struct Lines {
     /// The socket's read half.
     lines: LineReader<BufReader<OwnedReadHalf>>,
+    /// Set once the connection is a peer's: its reader leaves the line pool.
+    peer: Arc<AtomicBool>,
     /// The peer's address, for the log.
     peer_addr: Option<SocketAddr>,
     /// Bounds and timeouts.
@@ -310,6 +328,9 @@ impl LineSource for Lines {
         &mut self,
         extend: impl Fn(&Skeleton) -> Option<usize> + Send,
     ) -> std::io::Result<Option<Line>> {
+        if self.lines.has_pool() && self.peer.load(Ordering::SeqCst) {
+            self.lines.set_pool(None);
+        }
         let peer_addr = self.peer_addr;
         let first_line_timeout = Duration::from_millis(self.config.first_line_timeout_ms);
         let idle_timeout = Duration::from_millis(self.config.idle_timeout_ms);

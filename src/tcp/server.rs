@@ -28,10 +28,11 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, broadcast, mpsc};
 
 use super::budgets::Budgets;
-use super::handler::Handler;
+use super::handler::{Handler, NodeBudgets};
 use super::{TcpConfig, TcpError};
 use crate::node::Node;
 use crate::node::budget::ByteBudget;
+use crate::protocol::framing::LinePool;
 
 /// First pause after an accept error (out of file descriptors, say).
 const ACCEPT_BACKOFF_MIN_MS: u64 = 10;
@@ -55,8 +56,11 @@ pub async fn run(
     let mut listener = Listener {
         listener,
         budgets: Arc::new(Budgets::new(&config)),
-        node_requests: Arc::new(Semaphore::new(node.config.requests_in_flight_max)),
-        node_bytes: ByteBudget::for_node(&node.config),
+        node_budgets: NodeBudgets {
+            requests: Arc::new(Semaphore::new(node.config.requests_in_flight_max)),
+            bytes: ByteBudget::for_node(&node.config),
+            lines: LinePool::new(node.config.line_buffers_bytes_max),
+        },
         node,
         msg_ids,
         config,
@@ -83,10 +87,8 @@ struct Listener {
     listener: TcpListener,
     /// The connection budgets.
     budgets: Arc<Budgets>,
-    /// Client requests in flight on the node, all connections together.
-    node_requests: Arc<Semaphore>,
-    /// Bytes of client requests in flight on the node, all connections together.
-    node_bytes: Arc<ByteBudget>,
+    /// What all client connections of the node share.
+    node_budgets: NodeBudgets,
     /// The node every connection serves.
     node: Arc<Node>,
     /// The node's message counter, shared with its peer transport.
@@ -111,8 +113,7 @@ impl Listener {
                 self.config.clone(),
                 self.notify_shutdown.subscribe(),
                 self.shutdown_complete_tx.clone(),
-                self.node_requests.clone(),
-                self.node_bytes.clone(),
+                self.node_budgets.clone(),
             );
             tokio::spawn(handler.run(socket, arrival));
         }
