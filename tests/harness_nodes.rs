@@ -397,6 +397,9 @@ async fn a_stray_line_before_init_is_reported_and_the_checker_decides() -> anyho
     case.node_args = vec!["stray-line", "init-ok-extra"];
     case.nemesis = "";
     case.secs = 3.0;
+    // Under Maelstrom's rule the nodes would not be heard from again, and init
+    // would fail: read on, so the checker judges the algorithm.
+    case.flags.read_on_bad_lines = true;
     let o = case.run().await?;
     let pv = &o.results["harness"]["protocol_violations"];
     assert_eq!(pv["count"], 3, "{pv}");
@@ -420,6 +423,7 @@ async fn a_stray_line_before_init_is_reported_and_the_checker_decides() -> anyho
 
     let mut strict = Case::new("stray-strict", "node_misbehave", 17);
     strict.node_args = vec!["stray-line"];
+    strict.flags.read_on_bad_lines = true;
     strict.nemesis = "";
     strict.secs = 2.0;
     strict.flags.strict_protocol = true;
@@ -431,6 +435,60 @@ async fn a_stray_line_before_init_is_reported_and_the_checker_decides() -> anyho
         "{}",
         o.summary
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_bad_line_a_node_is_not_heard_from_again_as_under_maelstrom() -> anyhow::Result<()>
+{
+    // n0 holds the only copy and prints one line that is not JSON as the first
+    // request reaches it: from then on its replies are not read, no op
+    // completes ok, and the run is invalid (Jepsen: every f needs an ok).
+    let mut case = Case::new("garbage", "node_misbehave", 19);
+    case.node_args = vec!["garbage-after-init"];
+    case.nemesis = "";
+    case.secs = 3.0;
+    let o = case.run().await?;
+    let pv = &o.results["harness"]["protocol_violations"];
+    assert_eq!(pv["count"], 1, "{pv}");
+    let reason = pv["first"][0]["reason"].as_str().unwrap();
+    assert!(reason.contains("not read any further"), "{reason}");
+    assert_eq!(o.results["stats"]["by_f"]["read"]["ok"], 0, "{}", o.summary);
+    assert_eq!(o.valid, Validity::Invalid, "{}", o.summary);
+
+    // Reading on (beyond Maelstrom), the same node is valid.
+    let mut on = Case::new("garbage-read-on", "node_misbehave", 19);
+    on.node_args = vec!["garbage-after-init"];
+    on.nemesis = "";
+    on.secs = 3.0;
+    on.flags.read_on_bad_lines = true;
+    let o = on.run().await?;
+    assert_eq!(o.results["harness"]["protocol_violations"]["count"], 1);
+    assert_eq!(o.valid, Validity::Valid, "{}", o.summary);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_sent_before_its_request_answers_it_as_under_maelstrom() -> anyhow::Result<()> {
+    // Maelstrom's client keeps what arrives between its calls and takes the
+    // first message answering the next msg_id: the 999 n0 sends ahead is read.
+    let mut case = Case::new("early-reply", "node_misbehave", 20);
+    case.node_args = vec!["early-reply"];
+    case.nemesis = "";
+    case.secs = 4.0;
+    let o = case.run().await?;
+    let history = std::fs::read_to_string(o.out_dir.join("history.jsonl"))?;
+    let ghost_reads = history
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|op| op["type"] == "ok" && op["f"] == "read" && op["value"] == 999)
+        .count();
+    assert!(
+        ghost_reads > 0,
+        "no read took the early reply: {}",
+        o.summary
+    );
+    assert_eq!(o.valid, Validity::Invalid, "{}", o.summary);
     Ok(())
 }
 

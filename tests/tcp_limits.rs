@@ -368,7 +368,10 @@ async fn unfinished_lines_are_bounded_in_bytes_across_connections() {
         .expect("write");
 
     let mut b = Raw::connect(addr).await;
-    let second = format!(r#""type":"write","key":"b","value":"{}""#, "w".repeat(500 << 10));
+    let second = format!(
+        r#""type":"write","key":"b","value":"{}""#,
+        "w".repeat(500 << 10)
+    );
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     let mut id = 0;
     let refused = loop {
@@ -385,7 +388,10 @@ async fn unfinished_lines_are_bounded_in_bytes_across_connections() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    assert!(text(&refused).contains("line_buffers_bytes_max"), "{refused:?}");
+    assert!(
+        text(&refused).contains("line_buffers_bytes_max"),
+        "{refused:?}"
+    );
     id += 1;
     let r = b.call(id, r#""type":"read","key":"a""#).await;
     assert_eq!(code(&r), Some(20), "small requests are served: {r:?}");

@@ -406,20 +406,32 @@ mod tests {
         let small = body(100);
         let big = body(100 << 10);
         let data = format!("{small}{big}{small}");
-        let mut a = LineReader::new(tokio::io::BufReader::with_capacity(4096, data.as_bytes()), 1 << 20);
+        let mut a = LineReader::new(
+            tokio::io::BufReader::with_capacity(4096, data.as_bytes()),
+            1 << 20,
+        );
         a.set_pool(Some(pool.clone()));
         assert!(full(a.read_line().await).is_some());
         assert_eq!(pool.used(), 0);
         assert!(full(a.read_line().await).is_some());
         let held = pool.used();
         assert!(held >= big.len() - LINE_BYTES_UNCHARGED, "{held}");
-        assert!(held < big.len() - LINE_BYTES_UNCHARGED + LINE_POOL_STEP, "{held}");
-        assert!(a.buf.capacity() <= held + LINE_BYTES_UNCHARGED, "the buffer is what was taken");
+        assert!(
+            held < big.len() - LINE_BYTES_UNCHARGED + LINE_POOL_STEP,
+            "{held}"
+        );
+        assert!(
+            a.buf.capacity() <= held + LINE_BYTES_UNCHARGED,
+            "the buffer is what was taken"
+        );
 
         // While `a` holds its line, `b` finds no room for a second one of that
         // size: it is dropped unread, and b's next line reads normally.
         let data_b = format!("{}{small}", body(150 << 10));
-        let mut b = LineReader::new(tokio::io::BufReader::with_capacity(4096, data_b.as_bytes()), 1 << 20);
+        let mut b = LineReader::new(
+            tokio::io::BufReader::with_capacity(4096, data_b.as_bytes()),
+            1 << 20,
+        );
         b.set_pool(Some(pool.clone()));
         match b.read_line().await.unwrap() {
             Some(Line::TooLong(l)) => {
@@ -430,14 +442,21 @@ mod tests {
             }
             other => panic!("expected a crowded line, got {other:?}"),
         }
-        assert_eq!(pool.used(), held, "b gave back what it took for the dropped line");
+        assert_eq!(
+            pool.used(),
+            held,
+            "b gave back what it took for the dropped line"
+        );
         assert!(full(b.read_line().await).is_some());
 
         // Reading on gives a's share back; so does dropping a reader.
         assert!(full(a.read_line().await).is_some());
         assert_eq!(pool.used(), 0);
         let data_c = body(100 << 10);
-        let mut c = LineReader::new(tokio::io::BufReader::with_capacity(4096, data_c.as_bytes()), 1 << 20);
+        let mut c = LineReader::new(
+            tokio::io::BufReader::with_capacity(4096, data_c.as_bytes()),
+            1 << 20,
+        );
         c.set_pool(Some(pool.clone()));
         assert!(full(c.read_line().await).is_some());
         assert!(pool.used() > 0);
@@ -445,7 +464,10 @@ mod tests {
         assert_eq!(pool.used(), 0);
 
         // A line over the reader's own limit is too long, not crowded.
-        let mut d = LineReader::new(tokio::io::BufReader::with_capacity(4096, data_c.as_bytes()), 1000);
+        let mut d = LineReader::new(
+            tokio::io::BufReader::with_capacity(4096, data_c.as_bytes()),
+            1000,
+        );
         d.set_pool(Some(pool.clone()));
         match d.read_line().await.unwrap() {
             Some(Line::TooLong(l)) => assert_eq!(l.crowded, None),

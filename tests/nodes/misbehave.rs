@@ -9,7 +9,12 @@
 //! - `partial-last-line`: every node writes half a line to stdout when its stdin
 //!   closes (the harness stopping it), closes stdout, and exits 300 ms later;
 //! - `init-ok-extra`: `init_ok` carries an extra key (Maelstrom checks only the type);
-//! - `exit-on-eof-status N`: exits with status N when its stdin closes.
+//! - `exit-on-eof-status N`: exits with status N when its stdin closes;
+//! - `garbage-after-init`: the first node prints a line that is not JSON when
+//!   its first message after `init` arrives, then works on;
+//! - `early-reply`: after each `read_ok` the first node sends a client, it also
+//!   sends that client a `read_ok` of 999 (never written) answering the client's
+//!   next `msg_id`, before the client has sent it.
 
 #[path = "common.rs"]
 mod common;
@@ -45,6 +50,8 @@ fn main() {
     let mut pending: HashMap<u64, Value> = HashMap::new();
     let mut next_fwd = 0u64;
     let mut inited_at: Option<Instant> = None;
+    let mut garbage = has("garbage-after-init");
+    let early_reply = has("early-reply");
     let tick = crash_after.map(|_| Duration::from_millis(20));
     run(tick, |node, ev| {
         let started = *inited_at.get_or_insert_with(Instant::now);
@@ -63,6 +70,10 @@ fn main() {
             Event::Msg(m) => m,
         };
         let body = &msg["body"];
+        if garbage && node.id == owner {
+            garbage = false;
+            println!("debug: hello");
+        }
         match body["type"].as_str().unwrap_or("") {
             "fwd" => {
                 let reply = apply(&mut map, &body["req"]);
@@ -78,7 +89,15 @@ fn main() {
             }
             _ if node.id == owner => {
                 let reply = apply(&mut map, body);
+                let ghost = early_reply && reply["type"] == "read_ok";
                 node.reply(&msg, reply);
+                if let (true, Some(id)) = (ghost, body["msg_id"].as_u64()) {
+                    let to = msg["src"].as_str().unwrap_or("").to_string();
+                    node.send(
+                        &to,
+                        json!({"type": "read_ok", "value": 999, "in_reply_to": id + 1}),
+                    );
+                }
             }
             _ => {
                 next_fwd += 1;

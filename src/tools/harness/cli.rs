@@ -106,6 +106,11 @@ pub struct RunFlags {
     /// dropped) and the verdict is the checker's.
     #[arg(long)]
     pub strict_protocol: bool,
+    /// Beyond Maelstrom: keep reading a node's stdout after a bad line. Without
+    /// it, as under Maelstrom, the node is not heard from again after its first
+    /// line that is not a valid message (its later lines are drained unread).
+    #[arg(long)]
+    pub read_on_bad_lines: bool,
 }
 
 impl Default for RunFlags {
@@ -117,6 +122,7 @@ impl Default for RunFlags {
             log_net_send: false,
             log_net_recv: false,
             strict_protocol: false,
+            read_on_bad_lines: false,
         }
     }
 }
@@ -176,11 +182,25 @@ pub fn parse_concurrency(spec: &str, node_count: usize) -> Result<usize, CliErro
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return Err(CliError::ConcurrencySyntax(spec.to_string()));
     }
-    let k: usize = digits
-        .parse()
-        .map_err(|_| CliError::ConcurrencySyntax(spec.to_string()))?;
-    Ok(k * unit)
+    let too_many = || CliError::OutOfRange {
+        flag: "--concurrency",
+        value: spec.to_string(),
+        why: "at most 10,000 worker threads (beyond Maelstrom: a bound on what the harness spawns)",
+    };
+    let k: usize = digits.parse().map_err(|_| too_many())?;
+    k.checked_mul(unit)
+        .filter(|n| *n <= CONCURRENCY_MAX)
+        .ok_or_else(too_many)
 }
+
+/// Most worker threads `--concurrency` may ask for.
+pub const CONCURRENCY_MAX: usize = 10_000;
+
+/// Most nodes: a key is given to at most 20 processes (Jepsen's
+/// `process-limit 20` in Maelstrom's lin-kv, `Limits::processes_per_key`) and a key
+/// group has 2n threads, so with more nodes no key could ever get an operation
+/// (Jepsen's `process-limit` then yields nothing for any key).
+pub const NODE_COUNT_MAX: usize = 10;
 
 /// Checks that `threads` splits into whole groups of `group` (Jepsen's
 /// `independent/group-threads` assertions, same wording).
@@ -277,6 +297,16 @@ impl TestArgs {
                     why: "Must be positive.",
                 });
             }
+            Some(n) if n > NODE_COUNT_MAX => {
+                return Err(CliError::OutOfRange {
+                    flag: "--node-count",
+                    value: n.to_string(),
+                    why: "at most 10: lin-kv gives a key to at most 20 processes \
+                          (process-limit 20) and a key group has 2n threads, so with \
+                          more nodes no key could get an operation (Maelstrom would \
+                          issue none)",
+                });
+            }
             Some(n) => (0..n).map(|i| format!("n{i}")).collect(),
             None => (1..=5).map(|i| format!("n{i}")).collect(),
         };
@@ -326,6 +356,7 @@ impl TestArgs {
             null_reads: NullReads::from_strict_flag(self.strict_null_reads),
             limits: Limits::default(),
             strict_protocol: self.run_flags.strict_protocol,
+            read_on_bad_lines: self.run_flags.read_on_bad_lines,
             availability,
             log_stderr: self.run_flags.log_stderr,
         })
@@ -380,6 +411,30 @@ mod tests {
         );
         assert!(parse_concurrency("2x", 3).is_err());
         assert!(parse_concurrency("-1", 3).is_err());
+    }
+
+    #[test]
+    fn concurrency_and_node_count_are_bounded_without_overflow() {
+        assert_eq!(parse_concurrency("10000", 1), Ok(10_000));
+        for (spec, n) in [
+            ("4611686018427387904n", 1),
+            ("9223372036854775810n", 2),
+            ("99999999999999999999999", 1),
+            ("10001", 1),
+            ("1001n", 10),
+        ] {
+            let e = parse_concurrency(spec, n).unwrap_err();
+            assert!(e.to_string().contains("at most 10,000"), "{spec}: {e}");
+        }
+        let cfg = |n: &str| {
+            parse(&["--bin", "x", "--node-count", n, "--concurrency", "2n"])
+                .into_config(1, PathBuf::from("/tmp/x"))
+        };
+        assert!(cfg("10").is_ok());
+        for n in ["11", "100000000"] {
+            let e = cfg(n).unwrap_err();
+            assert!(e.to_string().contains("at most 10"), "{n}: {e}");
+        }
     }
 
     #[test]

@@ -71,6 +71,9 @@ pub struct RunConfig {
     pub availability: Option<f64>,
     /// `--log-stderr`: copy the nodes' stderr lines to the harness's stderr.
     pub log_stderr: bool,
+    /// `--read-on-bad-lines` (beyond Maelstrom): after a stdout line Maelstrom
+    /// would stop reading at, read the node's later lines too.
+    pub read_on_bad_lines: bool,
 }
 
 /// The harness's bounds and timeouts. Defaults follow Maelstrom where it has one.

@@ -3,9 +3,11 @@
 //! Each node has a delivery task (network queue -> stdin, one message written and
 //! flushed at a time, alive across restarts) and, per incarnation, a stdout task
 //! (stdout -> network). Stdout lines are checked against the envelope rules; a
-//! violation is printed at once with the offending line, kept for `results.json`, and
-//! the line is dropped; reading goes on (Maelstrom's stdout thread logs it and its
-//! read loop ends there: see docs/testing.md). Whether it makes the run invalid is the
+//! violation is printed at once with the offending line and kept for `results.json`.
+//! As under Maelstrom (its stdout thread logs such a line and its read loop ends
+//! there), the node is not heard from again: its later lines are drained unread;
+//! `--read-on-bad-lines` reads on instead. A line over the harness's own bounds is
+//! dropped and reading goes on. Whether a violation makes the run invalid is the
 //! report's business (`--strict-protocol`). A partial last line of a node the harness
 //! is stopping or killing is not a violation.
 //!
@@ -256,6 +258,8 @@ pub struct ProcessConfig {
     pub line_bytes_max: usize,
     /// Copy each stderr line of the nodes to the harness's stderr (`--log-stderr`).
     pub log_stderr: bool,
+    /// Read on after a bad stdout line (beyond Maelstrom, which stops there).
+    pub read_on_bad_lines: bool,
 }
 
 /// One node slot: the current incarnation's pipes, and its tasks.
@@ -278,6 +282,7 @@ struct ReadCtx {
     tail_lines: usize,
     tail_line_chars: usize,
     line_bytes_max: usize,
+    read_on_bad_lines: bool,
 }
 
 /// The running nodes.
@@ -372,6 +377,7 @@ impl Cluster {
             tail_lines: self.cfg.crash_tail_lines,
             tail_line_chars: self.cfg.crash_tail_line_chars,
             line_bytes_max: self.cfg.line_bytes_max,
+            read_on_bad_lines: self.cfg.read_on_bad_lines,
         }
     }
 
@@ -727,17 +733,41 @@ async fn read_stdout(stdout: ChildStdout, slot: Arc<Slot>, ctx: ReadCtx) {
             return;
         }
         remember(&slot.stdout_tail, line, ctx.tail_lines, ctx.tail_line_chars);
+        // (reason, whether Maelstrom's stdout thread stops at it: a line it
+        // cannot parse or send, not a bound of the harness's own.)
         let violation = match parse_envelope(line) {
-            Ok((src, _, _)) if !ctx.net.knows(&src) => Some(format!("unknown src {src:?}")),
+            Ok((src, _, _)) if !ctx.net.knows(&src) => Some((format!("unknown src {src:?}"), true)),
             Ok((src, dest, body)) => match ctx.net.send(Instant::now(), &src, &dest, &body) {
                 Ok(()) => None,
-                Err(SendError::UnknownDest(d)) => Some(format!("unknown dest {d:?}")),
-                Err(SendError::QueueFull(d)) => Some(format!("queue for {d} is full")),
+                Err(SendError::UnknownDest(d)) => Some((format!("unknown dest {d:?}"), true)),
+                Err(SendError::QueueFull(d)) => Some((format!("queue for {d} is full"), false)),
             },
-            Err(reason) => Some(reason),
+            Err(reason) => Some((reason, true)),
         };
-        if let Some(reason) = violation {
-            ctx.violations.report(me, reason, line);
+        match violation {
+            None => {}
+            Some((reason, stops)) if stops && !ctx.read_on_bad_lines => {
+                let reason = format!(
+                    "{reason}; {me} is not read any further (Maelstrom's stdout thread \
+                     stops at such a line; --read-on-bad-lines reads on)"
+                );
+                ctx.violations.report(me, reason, line);
+                drain(&mut reader, &mut buf, ctx.line_bytes_max).await;
+                return;
+            }
+            Some((reason, _)) => ctx.violations.report(me, reason, line),
+        }
+    }
+}
+
+/// Reads a node's stdout to its end, dropping every line: a node no longer
+/// heard from, as under Maelstrom, yet never blocked on a full pipe.
+async fn drain(reader: &mut BufReader<ChildStdout>, buf: &mut Vec<u8>, line_bytes_max: usize) {
+    loop {
+        buf.clear();
+        match read_line_bounded(reader, buf, line_bytes_max).await {
+            Ok(LineRead::End) | Err(_) => return,
+            Ok(_) => {}
         }
     }
 }

@@ -382,6 +382,7 @@ async fn start_nodes(cfg: &RunConfig, logs: PathBuf) -> Result<Rig, HarnessError
         crash_tail_line_chars: cfg.limits.crash_tail_line_chars,
         line_bytes_max: cfg.limits.node_line_bytes_max,
         log_stderr: cfg.log_stderr,
+        read_on_bad_lines: cfg.read_on_bad_lines,
     };
     let cluster = Cluster::start(pcfg, net.clone(), violations.clone(), client_ids.clone()).await?;
     Ok(Rig {

@@ -69,7 +69,7 @@ impl ProtocolViolations {
         let effect = if self.strict {
             "the run is INVALID (--strict-protocol)"
         } else {
-            "each line dropped and logged, as Maelstrom does; the verdict is the checker's (--strict-protocol makes any violation invalid)"
+            "logged, and as under Maelstrom a node is not read after its first line that is not a valid message (--read-on-bad-lines reads on); the verdict is the checker's (--strict-protocol makes any violation invalid)"
         };
         let _ = writeln!(
             out,

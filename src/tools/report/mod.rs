@@ -158,7 +158,8 @@ impl Results {
         self
     }
 
-    /// Adds the harness's own facts; a protocol violation makes the run invalid.
+    /// Adds the harness's own facts; under `--strict-protocol` a protocol
+    /// violation makes the run invalid.
     pub fn with_harness(mut self, facts: HarnessFacts) -> Results {
         self.harness = Some(facts);
         self.valid = self.merged_validity();
