@@ -32,9 +32,102 @@ use super::{
 /// `msg_id` is answered with error 12 instead of being dropped.
 pub fn parse_line(line: &str) -> Result<Message, ParseError> {
     match serde_json::from_str::<WireEnvelope>(line) {
+        // serde_json reads the integer `-0` as the double -0.0, so a value
+        // written as `-0` would read back as `-0.0`: it is the integer 0 (as
+        // Maelstrom's JSON reader has it), read again from text that says so.
+        Ok(env) if env.body.zero_doubles() && odd_zero(line) == Some(OddZero::IntegerMinusZero) => {
+            let line = &integer_minus_zeros_as_zero(line);
+            match serde_json::from_str::<WireEnvelope>(line) {
+                Ok(env) => env.into_message(line),
+                Err(e) => Err(unparsed(line, &e)),
+            }
+        }
         Ok(env) => env.into_message(line),
         Err(e) => Err(unparsed(line, &e)),
     }
+}
+
+/// Each number in the JSON text `line` (outside strings): its byte range and
+/// whether it is an integer (no fraction, no exponent).
+fn numbers(line: &str, mut each: impl FnMut(std::ops::Range<usize>, bool) -> bool) {
+    let bytes = line.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' => {
+                // Skip the string, escapes included.
+                i += 1;
+                while i < bytes.len() && bytes[i] != b'"' {
+                    i += if bytes[i] == b'\\' { 2 } else { 1 };
+                }
+                i += 1;
+            }
+            b'-' | b'0'..=b'9' => {
+                let start = i;
+                i += 1;
+                while i < bytes.len() && bytes[i].is_ascii_digit() {
+                    i += 1;
+                }
+                let integer = !matches!(bytes.get(i), Some(b'.' | b'e' | b'E'));
+                while i < bytes.len()
+                    && matches!(bytes[i], b'0'..=b'9' | b'.' | b'e' | b'E' | b'+' | b'-')
+                {
+                    i += 1;
+                }
+                if !each(start..i, integer) {
+                    return;
+                }
+            }
+            _ => i += 1,
+        }
+    }
+}
+
+/// A number whose double is zero for another reason than being written 0.
+#[derive(Debug, Clone, PartialEq)]
+enum OddZero {
+    /// The integer `-0` (read by serde_json as the double -0.0).
+    IntegerMinusZero,
+    /// A number too small for a double (`1e-400`), read as 0: its text.
+    Underflow(String),
+}
+
+/// The first odd zero in `line` (an underflow first: it refuses the line).
+fn odd_zero(line: &str) -> Option<OddZero> {
+    let mut found = None;
+    numbers(line, |r, integer| {
+        let token = &line[r];
+        if integer {
+            if token == "-0" && found.is_none() {
+                found = Some(OddZero::IntegerMinusZero);
+            }
+            return true;
+        }
+        let mantissa = token.split(['e', 'E']).next().unwrap_or("");
+        let nonzero = mantissa.bytes().any(|b| matches!(b, b'1'..=b'9'));
+        if nonzero && token.parse::<f64>().is_ok_and(|x| x == 0.0) {
+            found = Some(OddZero::Underflow(token.to_string()));
+            return false;
+        }
+        true
+    });
+    found
+}
+
+/// `line` with every integer `-0` (outside strings) written `0`.
+fn integer_minus_zeros_as_zero(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut at = 0;
+    numbers(line, |r, integer| {
+        if integer && &line[r.clone()] == "-0" {
+            out.push_str(&line[at..r.start]);
+            out.push('0');
+            at = r.end;
+        }
+        true
+    });
+    out.push_str(&line[at..]);
+    out
 }
 
 /// The longest spelling serde_json gives a number (`-2.2250738585072014e-308`).
@@ -189,6 +282,8 @@ struct ValueFacts {
     doubles: usize,
     /// A double that may have been written as an integer beyond 64 bits.
     maybe_wide: bool,
+    /// A double that is zero: it may have been written `-0` or underflowed.
+    zero_doubles: bool,
 }
 
 impl<'de: 'a, 'a> Deserialize<'de> for BodyFields<'a> {
@@ -296,6 +391,7 @@ impl<'de> Visitor<'de> for Tracked<'_> {
 
     fn visit_f64<E>(self, x: f64) -> Result<(Value, usize), E> {
         self.0.doubles += 1;
+        self.0.zero_doubles |= x == 0.0;
         if x.fract() == 0.0 && x.abs() >= WIDE_INTEGER_MAGNITUDE_MIN {
             self.0.maybe_wide = true;
         }
@@ -351,6 +447,7 @@ impl WireEnvelope<'_> {
         if !body.raft_request() {
             body.facts.doubles += body.rpc_facts.doubles;
             body.facts.maybe_wide |= body.rpc_facts.maybe_wide;
+            body.facts.zero_doubles |= body.rpc_facts.zero_doubles;
         }
         let msg_id = body.u64_field(Field::MsgId, "msg_id must be a non-negative integer");
         let in_reply_to = body.u64_field(Field::InReplyTo, "in_reply_to must be an integer");
@@ -372,6 +469,19 @@ impl WireEnvelope<'_> {
             };
             return Err(error(msg_id, in_reply_to, wide_integer_text(wide)));
         }
+        // A number too small for a double was read as 0: refused, as one too large is.
+        if body.facts.zero_doubles
+            && let Some(OddZero::Underflow(tiny)) = odd_zero(line)
+        {
+            let (msg_id, in_reply_to) = match msg_id {
+                Ok(m) => (m, in_reply_to.unwrap_or(None)),
+                Err(_) => (None, None),
+            };
+            let text = format!(
+                "the number {tiny} is too small for a 64-bit double: it would read back as 0"
+            );
+            return Err(error(msg_id, in_reply_to, text));
+        }
         let msg_id = msg_id.map_err(|text| error(None, None, text))?;
         let in_reply_to = in_reply_to.map_err(|text| error(msg_id, None, text))?;
         let bad = |text: String| error(msg_id, in_reply_to, text);
@@ -389,6 +499,11 @@ impl WireEnvelope<'_> {
 
 /// Typed field access with error texts that name the field.
 impl BodyFields<'_> {
+    /// Whether a double it read is zero (see [`odd_zero`]).
+    fn zero_doubles(&self) -> bool {
+        self.facts.zero_doubles || self.rpc_facts.zero_doubles
+    }
+
     fn get(&self, f: Field) -> Option<&Value> {
         self.slots[f as usize].as_ref()
     }
@@ -760,6 +875,55 @@ mod tests {
                 assert!(text.contains("123456789012345678901234567890"), "{text}");
             }
             other => panic!("expected a body error, got {other:?}"),
+        }
+    }
+
+    /// The op of a line that parses into a mutation.
+    fn mutation(line: &str) -> KvOp {
+        match parse_line(line).expect("parses").body {
+            Body::Request(Request::Mutate { op, .. }) => op,
+            other => panic!("not a mutation: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_integer_minus_zero_is_the_integer_zero_and_underflow_is_refused() {
+        let w = |key: &str, value: &str| {
+            format!(
+                r#"{{"src":"c1","dest":"n1","body":{{"type":"write","msg_id":4,"key":{key},"value":{value}}}}}"#
+            )
+        };
+        // serde_json alone reads `-0` as the double -0.0 (`-0.0` on the way back).
+        match mutation(&w("-0", "[-0, -0.0, \"-0\", {\"-0\": -0}]")) {
+            KvOp::Write { key, value } => {
+                assert_eq!(key, "0");
+                assert_eq!(value.to_string(), r#"[0,-0.0,"-0",{"-0":0}]"#);
+                assert!(value[0].is_u64());
+            }
+            other => panic!("{other:?}"),
+        }
+        let add =
+            r#"{"src":"c1","dest":"n1","body":{"type":"add","msg_id":5,"key":"k","delta":-0}}"#;
+        assert!(matches!(mutation(add), KvOp::Add { delta: 0, .. }));
+        // Zeros written as zeros are kept as they are.
+        match mutation(&w("1", "[0.0, 0e-999, -0.0e5, 0]")) {
+            KvOp::Write { value, .. } => assert_eq!(value.to_string(), "[0.0,0.0,-0.0,0]"),
+            other => panic!("{other:?}"),
+        }
+        // Too small for a double: refused with its msg_id, as 1e400 is.
+        for tiny in ["1e-400", "-2.5E-330", "0.000001e-320"] {
+            match parse_line(&w("1", tiny)) {
+                Err(ParseError::Body { msg_id, text, .. }) => {
+                    assert_eq!(msg_id, Some(4));
+                    assert!(text.contains(tiny) && text.contains("too small"), "{text}");
+                }
+                other => panic!("{tiny}: expected a body error, got {other:?}"),
+            }
+        }
+        // The smallest double there is reads as itself.
+        match mutation(&w("1", "5e-324")) {
+            KvOp::Write { value, .. } => assert_eq!(value.as_f64(), Some(5e-324)),
+            other => panic!("{other:?}"),
         }
     }
 

@@ -40,7 +40,28 @@ impl Interner {
             return State::Int(x); // only JSON integers: `1.0` is interned below
         }
         let next = u32::try_from(self.ids.len()).unwrap_or(u32::MAX);
-        State::Other(*self.ids.entry(v.to_string()).or_insert(next))
+        let mut text = v.to_string();
+        if text.contains("-0.0") {
+            // -0.0 equals 0.0, as under Knossos (Clojure's `=` on doubles).
+            let mut v = v.clone();
+            zero_the_minus_zeros(&mut v);
+            text = v.to_string();
+        }
+        State::Other(*self.ids.entry(text).or_insert(next))
+    }
+}
+
+/// Writes every double -0.0 in `v` (at any depth) as 0.0.
+fn zero_the_minus_zeros(v: &mut Value) {
+    match v {
+        Value::Number(n) if n.as_f64() == Some(0.0) && n.is_f64() => {
+            if let Some(z) = serde_json::Number::from_f64(0.0) {
+                *n = z;
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(zero_the_minus_zeros),
+        Value::Object(m) => m.values_mut().for_each(zero_the_minus_zeros),
+        _ => {}
     }
 }
 
@@ -134,6 +155,19 @@ impl ModelOp {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn minus_zero_and_zero_are_one_value_and_integers_stay_apart_from_doubles() {
+        let mut i = Interner::default();
+        let parse = |t: &str| serde_json::from_str::<Value>(t).unwrap();
+        assert_eq!(i.state(&parse("-0.0")), i.state(&parse("0.0")));
+        assert_eq!(
+            i.state(&parse("[-0.0,{\"a\":-0.0}]")),
+            i.state(&parse("[0.0,{\"a\":0.0}]"))
+        );
+        assert_ne!(i.state(&parse("0.0")), i.state(&parse("0")));
+        assert_ne!(i.state(&parse("\"-0.0\"")), i.state(&parse("\"0.0\"")));
+    }
 
     #[test]
     fn integers_and_floats_differ() {
