@@ -386,6 +386,12 @@ fn a_node_that_crashes_mid_run_ends_the_test_with_255() {
     assert!(err.contains("n0: crashing on purpose"), "its stderr: {err}");
     assert!(err.contains("n0.log"), "where its full log is: {err}");
     assert!(!out.join("results.json").exists(), "no verdict");
+    // The operations up to the crash are kept.
+    let history = std::fs::read_to_string(out.join("history.jsonl")).expect("history.jsonl");
+    assert!(
+        history.lines().any(|l| l.contains(r#""type":"ok""#)),
+        "ops completed before the crash: {history}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -249,6 +249,38 @@ fn answers_everything_then_exits_on_eof() {
     }
 }
 
+/// A last line without its newline is answered like any other; one cut short
+/// is not JSON, so it is logged and dropped, and applies nothing. A request
+/// carrying `in_reply_to` is refused with 12, not taken for a reply.
+#[test]
+fn an_unterminated_last_line_is_answered_and_in_reply_to_on_a_request_is_refused() {
+    let lines = [
+        json!({"type":"write","key":"k","value":1,"in_reply_to":99}),
+        json!({"type":"read","key":"k"}),
+        json!({"type":"write","key":"k","value":2}),
+    ];
+    let mut input = script(&lines);
+    input.pop(); // the last newline
+    let b = bodies(&run_script(&input));
+    let by_irt = |id: u64| b.iter().find(|x| x["in_reply_to"] == id).cloned();
+    let refused = by_irt(2).expect("the request with in_reply_to is answered");
+    assert_eq!(refused["code"], 12, "{refused}");
+    assert_eq!(by_irt(3).expect("read")["code"], 20, "nothing was written");
+    assert_eq!(
+        by_irt(4).expect("the unterminated last line")["type"],
+        "write_ok"
+    );
+
+    let mut cut = script(&[json!({"type":"write","key":"k","value":1})]);
+    cut.truncate(cut.len() - 4); // `"value":1}}` cut after the 1
+    let b = bodies(&run_script(&cut));
+    assert_eq!(
+        b.len(),
+        1,
+        "init_ok only: a line that is not JSON is logged and dropped: {b:?}"
+    );
+}
+
 /// A write committed through the leader; the leader is cut off; the same
 /// (client_id, seq) retried at the new leader returns the cached reply and the
 /// counter does not move. Reference: Raft thesis section 6.3.

@@ -584,6 +584,16 @@ impl Driver {
 
     async fn dispatch<H: Hooks>(&mut self, msg: Message, hooks: &mut H) {
         self.addressed_as(&msg.dest);
+        if let (Some(reply_to), Body::Request(_), Some(id)) =
+            (msg.in_reply_to, &msg.body, msg.msg_id)
+        {
+            // A client request is not a reply to anything of ours: answered,
+            // not routed to a call that does not exist.
+            let text = "a request must not carry in_reply_to".to_string();
+            crate::reject!("{text} (from {}, in_reply_to {reply_to})", msg.src);
+            let reply = Reply::error(ErrorCode::MalformedRequest, text);
+            return self.answer_now(msg.src, id, reply).await;
+        }
         if let Some(reply_to) = msg.in_reply_to {
             let body = match msg.body {
                 Body::Other { raw, .. } => Ok(raw),

@@ -5,8 +5,10 @@
 //! stays open), and its addressing is read on the way by a [`Skeleton`] so the
 //! sender can be answered. A line that is not valid UTF-8 is refused whole, never
 //! converted lossily: two different byte strings must not become the same key or
-//! client_id. An unterminated line at end of stream is discarded, so a writer
-//! that died mid-line never delivers half a message.
+//! client_id. An unterminated line at end of stream is read as a line: whole, it
+//! is a message like any other (`printf` without a final newline); cut short by
+//! a writer that died mid-line, it does not parse and is refused as any broken
+//! line is, never half-applied.
 //!
 //! Readers may share a [`LinePool`]: the bytes of the lines they are receiving,
 //! past [`LINE_BYTES_UNCHARGED`] each, are taken from it, and a line that would
@@ -250,7 +252,11 @@ impl<R: AsyncBufRead + Unpin> LineReader<R> {
             loop {
                 let available = self.inner.fill_buf().await?;
                 if available.is_empty() {
-                    return Ok(None);
+                    if self.buf.is_empty() && long.is_none() {
+                        return Ok(None);
+                    }
+                    // The last line, unterminated: read as a line.
+                    break;
                 }
                 let (take, done) = match available.iter().position(|b| *b == b'\n') {
                     Some(i) => (i, true),
@@ -381,11 +387,14 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn splits_lines_drops_partial_tail_and_bounds_length() {
-        let data: &[u8] = b"{\"a\":1}\n\n{\"b\":2}\npartial";
+    async fn splits_lines_reads_an_unterminated_tail_and_bounds_length() {
+        let data: &[u8] = b"{\"a\":1}\n\n{\"b\":2}\n{\"c\":";
         let mut r = LineReader::new(tokio::io::BufReader::with_capacity(4, data), 100);
         assert_eq!(full(r.read_line().await).as_deref(), Some("{\"a\":1}"));
         assert_eq!(full(r.read_line().await).as_deref(), Some("{\"b\":2}"));
+        // Handed over as it is: the parser refuses it, as any broken line.
+        assert_eq!(full(r.read_line().await).as_deref(), Some("{\"c\":"));
+        assert!(r.read_line().await.unwrap().is_none());
         assert!(r.read_line().await.unwrap().is_none());
     }
 

@@ -174,9 +174,18 @@ impl Violations {
     }
 
     fn report(&self, node: &str, reason: String, line: &str) {
-        crate::stderr_line!("\nPROTOCOL VIOLATION by {node}: {reason}\n    line: {line}");
         let mut g = self.lock();
         g.count += 1;
+        // The console gets as many as are kept: a node printing garbage in a
+        // loop must not flood it (the count goes on).
+        if g.count <= self.keep as u64 {
+            crate::stderr_line!("\nPROTOCOL VIOLATION by {node}: {reason}\n    line: {line}");
+        } else if g.count == self.keep as u64 + 1 {
+            crate::stderr_line!(
+                "\nPROTOCOL VIOLATIONS: more than {}; the rest are counted, not printed",
+                self.keep
+            );
+        }
         if g.kept.len() < self.keep {
             g.kept.push(Violation {
                 node: node.to_string(),

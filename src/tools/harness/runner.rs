@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write as _};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -236,6 +236,8 @@ pub async fn run(cfg: RunConfig) -> Result<RunOutcome, HarnessError> {
     let cpu_share = cpu.share();
     let (net, violations, crash) = stop_nodes(rig).await;
     if let Some(crash) = crash {
+        // No verdict, but the operations up to the crash are kept.
+        write_history(&cfg.out_dir, &recorder.ops())?;
         return Err(HarnessError::NodeCrashed(crash));
     }
 
@@ -577,6 +579,16 @@ fn build_results(
     }
 }
 
+/// Writes `history.jsonl` into `out`.
+fn write_history(out: &Path, ops: &[HistoryOp]) -> Result<(), HarnessError> {
+    let mut history = String::new();
+    for op in ops {
+        history.push_str(&serde_json::to_string(op).unwrap_or_default());
+        history.push('\n');
+    }
+    write_file(out.join("history.jsonl"), history.as_bytes())
+}
+
 /// Writes the run folder: `history.jsonl`, `results.json`, `summary.txt`,
 /// `latency.svg`, `throughput.svg`, `timeline.html` and `index.html`; then, for a
 /// run in a store, points `latest` at it and rewrites the store's list of runs
@@ -588,12 +600,7 @@ fn write_outputs(
     summary: &str,
 ) -> Result<(), HarnessError> {
     let out = &cfg.out_dir;
-    let mut history = String::new();
-    for op in ops {
-        history.push_str(&serde_json::to_string(op).unwrap_or_default());
-        history.push('\n');
-    }
-    write_file(out.join("history.jsonl"), history.as_bytes())?;
+    write_history(out, ops)?;
     // Written from the struct, so keys keep docs/history.md's order (`valid` first).
     let pretty = serde_json::to_string_pretty(results).unwrap_or_default();
     write_file(out.join("results.json"), pretty.as_bytes())?;
