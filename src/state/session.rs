@@ -440,9 +440,12 @@ impl Session {
         match self.first_outstanding {
             // Pipelining: anything at or above the window that has not run, runs.
             Some(fo) if seq >= fo => Admission::Execute,
-            Some(_) => Admission::Answer(Outcome::failed(
+            Some(fo) => Admission::Answer(Outcome::failed(
                 Failure::StaleRequest,
-                format!("reply to seq {seq} was discarded (below first_outstanding)"),
+                format!(
+                    "seq {seq} is below this session's first_outstanding ({fo}): it will \
+                     not run, and if it ran before, its reply is no longer held"
+                ),
             )),
             // Simple client: only a newer seq runs; an old one gets the latest reply.
             None if self.last_executed.is_none_or(|h| seq > h) => Admission::Execute,
