@@ -472,6 +472,18 @@ impl Node {
                     leader: f.leader_id,
                 }
             }
+            Ok(Err(RaftError::APIError(LinearizableReadError::QuorumNotEnough(q)))) => {
+                // (openraft's own text dumps the membership's debug form.)
+                let heard: Vec<String> = q.got.iter().map(u64::to_string).collect();
+                Served::Answered(Reply::error(
+                    ErrorCode::TemporarilyUnavailable,
+                    format!(
+                        "read not served: this leader could not confirm it still leads \
+                         (a quorum of voters did not answer; heard from node ids [{}])",
+                        heard.join(", ")
+                    ),
+                ))
+            }
             Ok(Err(e)) => Served::Answered(Reply::error(
                 ErrorCode::TemporarilyUnavailable,
                 format!("read not served: {e}"),

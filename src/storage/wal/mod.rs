@@ -276,11 +276,26 @@ impl Direct {
         window[..self.tail.len()].copy_from_slice(&self.tail);
         window[self.tail.len()..total].copy_from_slice(buf);
         window[total..].fill(0);
-        let n = self.file.write_at(window, start)?;
-        if n != padded {
-            return Err(io::Error::other(format!(
-                "short direct write: {n} of {padded} bytes at offset {start}"
-            )));
+        // A short write (a full device writes what fits) is continued, so that
+        // the error that stopped it is the one reported (ENOSPC: "No space left
+        // on device"), not a bare count.
+        let mut done = self.file.write_at(window, start)?;
+        while done < padded {
+            let short =
+                || format!("a short direct write: {done} of {padded} bytes at offset {start}");
+            if done % DIRECT_ALIGN != 0 {
+                return Err(io::Error::other(short()));
+            }
+            match self.file.write_at(&window[done..], start + done as u64) {
+                Ok(0) => {
+                    return Err(io::Error::other(format!(
+                        "{} (the device is full?)",
+                        short()
+                    )));
+                }
+                Ok(k) => done += k,
+                Err(e) => return Err(io::Error::new(e.kind(), format!("{e}, after {}", short()))),
+            }
         }
         let block = total / DIRECT_ALIGN * DIRECT_ALIGN;
         self.tail.clear();
