@@ -254,12 +254,50 @@ where
     T: std::str::FromStr,
     T::Err: std::fmt::Display,
 {
+    SETTINGS_READ
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(var.to_string());
     if let Ok(text) = std::env::var(var) {
         *slot = text
             .parse()
             .map_err(|e| ConfigError(format!("{var}={text}: {e}")))?;
     }
     Ok(())
+}
+
+/// The settings [`env_override`] has looked up in this process.
+static SETTINGS_READ: std::sync::Mutex<std::collections::BTreeSet<String>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
+/// `ONCEKV_*` variables read other than as settings of [`env_override`].
+const OTHER_VARS: [&str; 5] = [
+    "ONCEKV_CLUSTER_KEY",
+    "ONCEKV_PEERS",
+    "ONCEKV_LOG",
+    "ONCEKV_TEST_SEED",
+    "ONCEKV_BLESS",
+];
+
+/// The `ONCEKV_*` variables set in this process's environment that nothing
+/// reads (after the settings were loaded): a misspelled setting is otherwise
+/// silently ignored.
+pub fn unknown_env_vars() -> Vec<String> {
+    let read = SETTINGS_READ.lock().unwrap_or_else(|p| p.into_inner());
+    std::env::vars_os()
+        .filter_map(|(k, _)| k.into_string().ok())
+        .filter(|k| k.starts_with("ONCEKV_"))
+        .filter(|k| !read.contains(k) && !OTHER_VARS.contains(&k.as_str()))
+        .collect()
+}
+
+/// Warns on stderr of each variable [`unknown_env_vars`] finds.
+pub fn warn_of_unknown_env_vars() {
+    for var in unknown_env_vars() {
+        crate::stderr_line!(
+            "warning: {var} is set, but oncekv has no such setting (misspelled?); it is ignored"
+        );
+    }
 }
 
 impl Config {

@@ -148,11 +148,21 @@ fn a_bad_setting_fails_the_start_before_any_data_dir_exists() {
     let dir = root.join("n1");
     let mut cmd = serve("n1", &addr, &format!("n1={addr}"), &dir);
     cmd.env(oncekv::tcp::NODE_LOG_BYTES_MAX_VAR, "10");
+    // A misspelled setting is named (it would otherwise be ignored in silence).
+    cmd.env("ONCEKV_SESSION_TIMEOUTMS", "5");
     let out = run_to_exit(&mut cmd, Duration::from_secs(30));
     let stderr = String::from_utf8_lossy(&out.stderr);
     eprintln!("exit {}; stderr: {stderr}", out.status);
     assert!(!out.status.success());
     assert!(stderr.contains("node_log_bytes_max"), "{stderr}");
+    assert!(
+        stderr.contains("warning: ONCEKV_SESSION_TIMEOUTMS is set, but oncekv has no such setting"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("NODE_LOG_BYTES_MAX is set"),
+        "a setting read is known: {stderr}"
+    );
     assert!(!dir.exists(), "a failed start left {}", dir.display());
 }
 
@@ -202,7 +212,11 @@ fn another_nodes_data_dir_is_refused_and_left_byte_for_byte() {
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
     eprintln!("exit {}; stderr: {stderr}", out.status);
-    assert!(!out.status.success());
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a foreign dir is a failed start"
+    );
     assert!(
         stderr.contains("data dir of node 2, not of node 1")
             && stderr.contains(&n2_dir.display().to_string()),
@@ -226,6 +240,18 @@ fn another_nodes_data_dir_is_refused_and_left_byte_for_byte() {
         "{stderr}"
     );
     assert_eq!(snapshot_of(&n2_dir), before);
+
+    // A damaged marker: a failed start too (1), as a deleted one is, not bad usage.
+    let marker = n2_dir.join("oncekv.meta");
+    let text = std::fs::read_to_string(&marker).expect("marker");
+    std::fs::write(&marker, &text[..text.len() / 2]).expect("truncate the marker");
+    let out = run_to_exit(
+        &mut serve("n2", &a2, &peers, &n2_dir),
+        Duration::from_secs(30),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("oncekv.meta is corrupt"), "{stderr}");
 }
 
 /// A second `serve` on the dir of a node that is running is refused, naming the

@@ -76,7 +76,12 @@ pub fn maelstrom() -> Result<i32, NodeProcessError> {
 /// is forgotten).
 pub fn serve(args: &ServeArgs) -> Result<i32, NodeProcessError> {
     // Reads only: nothing is created or opened before these pass.
-    let checked = check_args(args).map_err(NodeProcessError::Usage)?;
+    // A damaged data dir found while checking is a failure to start, as it is
+    // found later, not bad usage.
+    let checked = check_args(args).map_err(|e| match e {
+        e @ crate::tcp::TcpError::Storage(_) => NodeProcessError::Tcp(e),
+        e => NodeProcessError::Usage(e),
+    })?;
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if let Some(n) = args.workers {
         runtime.worker_threads(n.max(1));

@@ -234,9 +234,12 @@ pub struct Prepared {
 /// dir: the settings, the open-files limit, and that an empty dir is not a node
 /// that lost its data.
 pub async fn prepare(args: &ServeArgs, checked: &CheckedArgs) -> Result<Prepared, TcpError> {
-    let config = Config::from_env()?;
+    let (config, tcp) = (Config::from_env(), TcpConfig::from_env());
+    // Both read first: a misspelled setting is named even when another is bad.
+    crate::config::warn_of_unknown_env_vars();
+    let config = config?;
     config.configure_reject_log();
-    let mut tcp = TcpConfig::from_env()?;
+    let mut tcp = tcp?;
     tcp.cluster_key = checked.cluster_key.clone();
     let fd_limit = server::check_fd_limit(&tcp)?;
     // Before the first open writes the dir's marker (a refused dir stays fresh).

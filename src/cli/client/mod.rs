@@ -487,8 +487,9 @@ async fn one_shot(
     };
     if !own && !reply_fits(kind, &reply) {
         crate::stderr_line!(
-            "note: seq {seq} of session {id} already ran another request: this is its \
-             cached reply, and this {kind} did not run"
+            "note: this reply is not a {kind}'s: seq {seq} of session {id} is not above \
+             the latest seq the session ran, so the reply is a cached one (of seq {seq} or \
+             of that latest seq), and this {kind} did not run"
         );
     }
     let code = print_reply(&reply, out);
