@@ -38,10 +38,10 @@ pub struct TestArgs {
     #[arg(long, default_value = "1n")]
     pub concurrency: String,
     /// Approximate number of requests per second, across all workers.
-    #[arg(long, default_value_t = 5.0)]
+    #[arg(long, default_value_t = 5.0, allow_negative_numbers = true)]
     pub rate: f64,
     /// Seconds to issue operations for.
-    #[arg(long, default_value_t = 60.0)]
+    #[arg(long, default_value_t = 60.0, allow_negative_numbers = true)]
     pub time_limit: f64,
     /// Mean node-to-node latency, in ms (client messages have none).
     #[arg(long, default_value_t = 0)]
@@ -54,13 +54,13 @@ pub struct TestArgs {
     #[arg(long, default_value = "")]
     pub nemesis: String,
     /// Seconds between nemesis operations, on average.
-    #[arg(long, default_value_t = 10.0)]
+    #[arg(long, default_value_t = 10.0, allow_negative_numbers = true)]
     pub nemesis_interval: f64,
     /// Beyond Maelstrom: probability that a node-to-node message is lost.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     pub p_loss: f64,
     /// Beyond Maelstrom: probability that a node-to-node message is delivered twice.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     pub p_dup: f64,
     /// Output folder (default `store/<test-name>/<timestamp>/`, with `store/latest`).
     #[arg(long)]
@@ -316,7 +316,7 @@ impl TestArgs {
             return Err(CliError::OutOfRange {
                 flag: "--rate",
                 value: self.rate.to_string(),
-                why: "Can't be negative",
+                why: "must be a finite number of operations per second, at least 0",
             });
         }
         if self.run_flags.test_count == 0 {
@@ -411,6 +411,27 @@ mod tests {
         );
         assert!(parse_concurrency("2x", 3).is_err());
         assert!(parse_concurrency("-1", 3).is_err());
+    }
+
+    #[test]
+    fn negative_and_non_finite_numbers_are_refused_by_name() {
+        let cfg = |flag: &str, v: &str| {
+            parse(&["--bin", "x", flag, v, "--concurrency", "2n"])
+                .into_config(1, PathBuf::from("/tmp/x"))
+        };
+        // Parsed as numbers (not taken for flags), then refused by name.
+        for (flag, v) in [
+            ("--time-limit", "-5"),
+            ("--rate", "-1"),
+            ("--nemesis-interval", "-2"),
+        ] {
+            let e = cfg(flag, v).unwrap_err().to_string();
+            assert!(e.starts_with(flag), "{flag} {v}: {e}");
+        }
+        for v in ["inf", "NaN"] {
+            let e = cfg("--rate", v).unwrap_err().to_string();
+            assert!(e.contains("finite"), "{v}: {e}");
+        }
     }
 
     #[test]
