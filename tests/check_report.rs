@@ -169,6 +169,7 @@ fn facts(violations: u64) -> HarnessFacts {
         protocol_violations: ProtocolViolations {
             count: violations,
             strict: true,
+            read_on: false,
             first: kept,
         },
         availability: None,
@@ -442,6 +443,7 @@ fn params() -> TestParams {
         availability: None,
         strict_null_reads: false,
         strict_protocol: false,
+        read_on_bad_lines: false,
         started: "2026-12-02T07:15:44Z".into(),
         cwd: "/tmp".into(),
         command: vec!["oncekv".into(), "test".into()],

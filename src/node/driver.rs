@@ -433,9 +433,9 @@ impl Driver {
                     // Definite: nothing of it was kept, let alone proposed.
                     code = ErrorCode::TemporarilyUnavailable;
                     format!(
-                        "this node is receiving {pool} bytes of lines already \
-                         (line_buffers_bytes_max, ONCEKV_LINE_BUFFERS_BYTES_MAX): \
-                         the line of {} bytes was dropped unread, not proposed; retry",
+                        "no room for a line of {} bytes: the node's buffers for lines \
+                         being received are full (line_buffers_bytes_max {pool} bytes, \
+                         ONCEKV_LINE_BUFFERS_BYTES_MAX); dropped unread, not proposed; retry",
                         long.bytes
                     )
                 } else if long.limit > self.config.request_bytes_max {

@@ -168,22 +168,27 @@ impl Share {
         }
     }
 
-    /// Room in `buf` for a line of `len` bytes: taken from the pool past the
-    /// uncharged bytes (and the buffer grown to just that); false if the pool
-    /// has none.
-    fn make_room(&mut self, buf: &mut Vec<u8>, len: usize) -> bool {
+    /// Room in `buf` for a line of `len` bytes (at most `limit`): the buffer
+    /// grows by doubling, up to the limit, and what it holds past the
+    /// uncharged bytes is taken from the pool; false if the pool has no room.
+    /// (Doubling, not growing by a fixed step: a 1 MB line grown 64 KiB at a
+    /// time was copied fifteen times and left the allocator that many blocks.)
+    fn make_room(&mut self, buf: &mut Vec<u8>, len: usize, limit: usize) -> bool {
         let Some(pool) = &self.pool else {
             return true;
         };
         if len <= LINE_BYTES_UNCHARGED + self.held {
             return true;
         }
-        let want = (len - LINE_BYTES_UNCHARGED).next_multiple_of(LINE_POOL_STEP);
+        let cap = len
+            .max(buf.capacity().saturating_mul(2))
+            .max(LINE_BYTES_UNCHARGED + LINE_POOL_STEP)
+            .min(limit.max(len));
+        let want = cap - LINE_BYTES_UNCHARGED;
         if !pool.try_take(want - self.held) {
             return false;
         }
         self.held = want;
-        let cap = want + LINE_BYTES_UNCHARGED;
         if buf.capacity() < cap {
             buf.reserve_exact(cap - buf.len());
         }
@@ -276,7 +281,7 @@ impl<R: AsyncBufRead + Unpin> LineReader<R> {
                             limit = more;
                         }
                     }
-                    let crowded = len <= limit && !self.share.make_room(&mut self.buf, len);
+                    let crowded = len <= limit && !self.share.make_room(&mut self.buf, len, limit);
                     if len > limit || crowded {
                         let mut sk = Skeleton::default();
                         sk.feed(&self.buf);
@@ -520,8 +525,12 @@ mod tests {
             assert_eq!(full(r.read_line().await).as_deref(), Some("{\"ok\":1}"));
             assert!(r.read_line().await.unwrap().is_none());
         }
-        // An unterminated long line at the end is dropped like any partial line.
+        // An unterminated long line at the end is a long line like any other.
         let mut r = LineReader::new(tokio::io::BufReader::new(big.as_bytes()), 10);
+        assert!(matches!(
+            r.read_line().await.unwrap(),
+            Some(Line::TooLong(_))
+        ));
         assert!(r.read_line().await.unwrap().is_none());
     }
 

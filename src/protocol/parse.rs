@@ -85,7 +85,7 @@ fn numbers(line: &str, mut each: impl FnMut(std::ops::Range<usize>, bool) -> boo
 
 /// A number whose double is zero for another reason than being written 0.
 #[derive(Debug, Clone, PartialEq)]
-enum OddZero {
+pub(super) enum OddZero {
     /// The integer `-0` (read by serde_json as the double -0.0).
     IntegerMinusZero,
     /// A number too small for a double (`1e-400`), read as 0: its text.
@@ -93,7 +93,7 @@ enum OddZero {
 }
 
 /// The first odd zero in `line` (an underflow first: it refuses the line).
-fn odd_zero(line: &str) -> Option<OddZero> {
+pub(super) fn odd_zero(line: &str) -> Option<OddZero> {
     let mut found = None;
     numbers(line, |r, integer| {
         let token = &line[r];
@@ -115,7 +115,7 @@ fn odd_zero(line: &str) -> Option<OddZero> {
 }
 
 /// `line` with every integer `-0` (outside strings) written `0`.
-fn integer_minus_zeros_as_zero(line: &str) -> String {
+pub(super) fn integer_minus_zeros_as_zero(line: &str) -> String {
     let mut out = String::with_capacity(line.len());
     let mut at = 0;
     numbers(line, |r, integer| {
@@ -920,10 +920,13 @@ mod tests {
                 other => panic!("{tiny}: expected a body error, got {other:?}"),
             }
         }
-        // The smallest double there is reads as itself.
-        match mutation(&w("1", "5e-324")) {
-            KvOp::Write { value, .. } => assert_eq!(value.as_f64(), Some(5e-324)),
-            other => panic!("{other:?}"),
+        // The smallest double there is reads as itself, and so does a literal
+        // that rounds to it (read exactly: serde_json's float_roundtrip).
+        for smallest in ["5e-324", "2.4703282292062328e-324"] {
+            match mutation(&w("1", smallest)) {
+                KvOp::Write { value, .. } => assert_eq!(value.as_f64(), Some(5e-324), "{smallest}"),
+                other => panic!("{other:?}"),
+            }
         }
     }
 

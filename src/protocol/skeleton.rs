@@ -225,9 +225,10 @@ impl Skeleton {
             .capture
             .take_if(|(f, _)| matches!(f, SkField::MsgId | SkField::InReplyTo))
         {
+            // (`-0` is the integer 0, as the parser reads it.)
             let n = std::str::from_utf8(&digits)
                 .ok()
-                .and_then(|d| d.parse().ok());
+                .and_then(|d| if d == "-0" { Some(0) } else { d.parse().ok() });
             match f {
                 SkField::MsgId => self.msg_id = n,
                 SkField::InReplyTo => self.in_reply_to = n,

@@ -410,6 +410,7 @@ fn make_workers(
     (0..cfg.concurrency)
         .map(|w| Worker {
             client: Client::open(rig.net.clone(), rig.client_ids.next()),
+            opener: (rig.net.clone(), rig.client_ids.clone()),
             node: w % cfg.nodes.len(),
             nodes: nodes.clone(),
             timeout: cfg.client_timeout(),
@@ -524,6 +525,7 @@ fn protocol_violations(cfg: &RunConfig, v: &Violations) -> ProtocolViolations {
     ProtocolViolations {
         count,
         strict: cfg.strict_protocol,
+        read_on: cfg.read_on_bad_lines,
         first,
     }
 }

@@ -201,6 +201,9 @@ pub fn rerun_command(cfg: &RunConfig) -> Vec<String> {
     if cfg.strict_protocol {
         w.push("--strict-protocol".into());
     }
+    if cfg.read_on_bad_lines {
+        w.push("--read-on-bad-lines".into());
+    }
     if !cfg.args.is_empty() {
         w.push("--".into());
         w.extend(cfg.args.iter().cloned());
@@ -221,7 +224,7 @@ fn latency_dist_name(cfg: &RunConfig) -> String {
 /// run; the logging flags change what is printed, not the run). A unit test holds every flag of
 /// `oncekv test` to this list, so a new flag must be added here and to the
 /// command.
-pub const RECORDED_FLAGS: [&str; 16] = [
+pub const RECORDED_FLAGS: [&str; 17] = [
     "workload",
     "bin",
     "node-count",
@@ -238,6 +241,7 @@ pub const RECORDED_FLAGS: [&str; 16] = [
     "availability",
     "strict-null-reads",
     "strict-protocol",
+    "read-on-bad-lines",
 ];
 /// Flags of `oncekv test` that a re-run does not repeat.
 pub const UNRECORDED_FLAGS: [&str; 5] = [
@@ -275,6 +279,7 @@ pub fn params(cfg: &RunConfig, started: String) -> TestParams {
         availability: cfg.availability,
         strict_null_reads: cfg.null_reads == NullReads::Strict,
         strict_protocol: cfg.strict_protocol,
+        read_on_bad_lines: cfg.read_on_bad_lines,
         started,
         cwd: std::env::current_dir()
             .map(|d| d.to_string_lossy().into_owned())

@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use super::client::{CallError, Client};
+use super::net::Net;
+use super::process::ClientIds;
 use super::recorder::Recorder;
 use super::schema::{Reply, classify};
 use super::workload::OpSpec;
@@ -84,8 +86,12 @@ pub struct RetryPolicy {
 
 /// One worker.
 pub struct Worker {
-    /// Its client connection.
+    /// Its client connection: a new one (a new client id) after each `info`,
+    /// as Jepsen opens a new client for the new process (Maelstrom's clients
+    /// are not reusable).
     pub client: Client,
+    /// Where new clients come from: the network and the id counter.
+    pub opener: (Arc<Net>, Arc<ClientIds>),
     /// The node it is bound to (lin-kv: forever; exactly-once: first attempt).
     pub node: usize,
     /// All node ids (exactly-once retries rotate through them).
@@ -148,6 +154,11 @@ impl Worker {
             }
         };
         self.recorder.record(op_line(spec, kind, value, error));
+        if kind == OpType::Info {
+            // The process crashed: its successor gets a client of its own.
+            let (net, ids) = &self.opener;
+            self.client = Client::open(net.clone(), ids.next());
+        }
         kind
     }
 

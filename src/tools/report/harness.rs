@@ -46,6 +46,10 @@ pub struct ProtocolViolations {
     pub count: u64,
     /// Whether the run was `--strict-protocol` (a violation makes it invalid).
     pub strict: bool,
+    /// Whether the run was `--read-on-bad-lines` (a node is read on after a
+    /// bad line, where Maelstrom stops reading it).
+    #[serde(default)]
+    pub read_on: bool,
     /// The first few, verbatim.
     pub first: Vec<Violation>,
 }
@@ -66,10 +70,17 @@ impl ProtocolViolations {
         if self.count == 0 {
             return out;
         }
-        let effect = if self.strict {
-            "the run is INVALID (--strict-protocol)"
+        let reading = if self.read_on {
+            "logged, and each node read on after them (--read-on-bad-lines; Maelstrom stops reading a node at its first)"
         } else {
-            "logged, and as under Maelstrom a node is not read after its first line that is not a valid message (--read-on-bad-lines reads on); the verdict is the checker's (--strict-protocol makes any violation invalid)"
+            "logged, and as under Maelstrom a node is not read after its first line that is not a valid message (--read-on-bad-lines reads on)"
+        };
+        let effect = if self.strict {
+            format!("{reading}; the run is INVALID (--strict-protocol)")
+        } else {
+            format!(
+                "{reading}; the verdict is the checker's (--strict-protocol makes any violation invalid)"
+            )
         };
         let _ = writeln!(
             out,
@@ -314,6 +325,7 @@ mod tests {
         let mut pv = ProtocolViolations {
             count: 2,
             strict: false,
+            read_on: false,
             first: vec![Violation {
                 node: "n1".into(),
                 reason: "src and dest must be strings".into(),
@@ -325,6 +337,12 @@ mod tests {
         assert!(text.starts_with("PROTOCOL VIOLATIONS: 2: "), "{text}");
         assert!(text.contains("the verdict is the checker's"), "{text}");
         assert!(text.contains(r#"n1: src and dest must be strings: {"src":null}"#));
+        assert!(
+            text.contains("a node is not read after its first"),
+            "{text}"
+        );
+        pv.read_on = true;
+        assert!(pv.render().contains("each node read on after them"));
         pv.strict = true;
         assert_eq!(pv.validity(), Validity::Invalid);
         assert!(pv.render().contains("INVALID (--strict-protocol)"));

@@ -48,6 +48,9 @@ pub struct TestParams {
     /// `--strict-protocol`: any protocol violation makes the run invalid.
     #[serde(default)]
     pub strict_protocol: bool,
+    /// `--read-on-bad-lines`: nodes were read on after a bad stdout line.
+    #[serde(default)]
+    pub read_on_bad_lines: bool,
     /// When the run started, UTC (`2026-12-02T07:15:44Z`).
     pub started: String,
     /// The working directory the run was started in (relative `bin` and `args`
