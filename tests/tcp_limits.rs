@@ -403,3 +403,44 @@ async fn unfinished_lines_are_bounded_in_bytes_across_connections() {
     let r = b.call(id, &second).await;
     assert_eq!(r.get("type"), Some(&json!("write_ok")), "{r:?}");
 }
+
+/// An error found while parsing (an unknown type) is answered in order behind
+/// an earlier write on the same connection, as a read is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_type_is_answered_in_order_behind_an_earlier_write() {
+    let cluster = TestCluster::start("limits-order", 1, &[]);
+    cluster.wait_leader(Duration::from_secs(10)).await;
+    let mut c = Raw::connect(&cluster.nodes[0].addr).await;
+    let line = |body: &str, id: u64| {
+        format!(r#"{{"src":"c9","dest":"","body":{{{body},"msg_id":{id}}}}}"#)
+    };
+    let mut all = String::new();
+    for (id, body) in [
+        (1, r#""type":"write","key":"k","value":1"#),
+        (2, r#""type":"foo""#),
+        (3, r#""type":"read","key":"k""#),
+    ] {
+        all.push_str(&line(body, id));
+        all.push('\n');
+    }
+    // One write: the three arrive back to back.
+    c.w.write_all(all.as_bytes()).await.expect("write");
+    let mut order = Vec::new();
+    while order.len() < 3 {
+        let mut l = String::new();
+        tokio::time::timeout(Duration::from_secs(20), c.r.read_line(&mut l))
+            .await
+            .expect("replies in time")
+            .expect("read");
+        let v: Value = serde_json::from_str(&l).expect("json");
+        order.push((v["body"]["in_reply_to"].as_u64(), v["body"]["type"].clone()));
+    }
+    assert_eq!(
+        order,
+        vec![
+            (Some(1), json!("write_ok")),
+            (Some(2), json!("error")),
+            (Some(3), json!("read_ok")),
+        ]
+    );
+}

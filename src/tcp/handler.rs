@@ -494,10 +494,13 @@ impl Hooks for Handler {
                 let work = async move { node.handle_peer(&kind, &raw, rpc.as_deref()).await };
                 return d.answer_raw_later(src, msg_id, Some(permit), work);
             }
-            other => crate::node::error_body(
-                ErrorCode::NotSupported,
-                &format!("unsupported request type {other:?}"),
-            ),
+            other => {
+                // An error found while parsing: in order behind earlier writes.
+                let text = format!("unsupported request type {other:?}");
+                drop(permit);
+                let reply = Reply::error(ErrorCode::NotSupported, text);
+                return d.answer_now(src, msg_id, reply).await;
+            }
         };
         d.answer_raw(src, msg_id, body).await;
         drop(permit);
