@@ -277,6 +277,9 @@ async fn protocol_violations_and_malformed_replies_are_reported() -> anyhow::Res
     case.nemesis = "";
     case.secs = 4.0;
     case.flags.strict_protocol = true;
+    // Each node's first line is not JSON: read on, so that the malformed
+    // replies after it are seen too.
+    case.flags.read_on_bad_lines = true;
     let o = case.run().await?;
     let h = &o.results["harness"];
     assert!(h["protocol_violations"]["count"].as_u64().unwrap() >= 1);
