@@ -422,8 +422,9 @@ impl Driver {
 
     /// A line over its limit (the error names the limit) or not valid UTF-8
     /// (never converted lossily, which could make two keys or two client_ids
-    /// one), or one the node had no room to receive (error 11): error 12 if its sender and `msg_id` could be read (nothing was
-    /// proposed), its caller told if it was a reply, else a truncated log line.
+    /// one), or one the node had no room to receive: error 12 (11 for that
+    /// last) if its sender and `msg_id` could be read (nothing was proposed),
+    /// its caller told if it was a reply, else a truncated log line.
     async fn refuse_line<H: Hooks>(&mut self, line: Line, hooks: &mut H) {
         let mut code = ErrorCode::MalformedRequest;
         let (sk, bytes, prefix, text) = match line {

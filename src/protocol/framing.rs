@@ -80,7 +80,7 @@ pub struct LongLine {
 /// ordinary request takes, so small requests never wait on the pool.
 pub const LINE_BYTES_UNCHARGED: usize = 16 << 10;
 
-/// The pool grows a reader's share in steps of this many bytes (fewer atomics).
+/// The least a reader takes from the pool at once (its buffer then doubles).
 const LINE_POOL_STEP: usize = 64 << 10;
 
 /// Bytes of lines being received, shared by readers (a node's client
@@ -155,17 +155,17 @@ struct Share {
 }
 
 impl Share {
-    /// Gives back what the pool lent, and the buffer that held it.
+    /// Gives back what the pool lent, and the buffer that held it. A reader
+    /// without a pool (a peer's) keeps its buffer for the next line.
     fn release(&mut self, buf: &mut Vec<u8>) {
-        if self.held > 0 {
-            if let Some(pool) = &self.pool {
-                pool.give(self.held);
-            }
-            self.held = 0;
+        if self.held == 0 {
+            return;
         }
-        if buf.capacity() > LINE_BYTES_UNCHARGED {
-            *buf = Vec::with_capacity(1024);
+        if let Some(pool) = &self.pool {
+            pool.give(self.held);
         }
+        self.held = 0;
+        *buf = Vec::with_capacity(1024);
     }
 
     /// Room in `buf` for a line of `len` bytes (at most `limit`): the buffer

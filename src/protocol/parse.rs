@@ -31,18 +31,26 @@ use super::{
 /// addressing read by [`Skeleton`], so a request with a readable `src` and
 /// `msg_id` is answered with error 12 instead of being dropped.
 pub fn parse_line(line: &str) -> Result<Message, ParseError> {
+    let env = match serde_json::from_str::<WireEnvelope>(line) {
+        Ok(env) => env,
+        Err(e) => return Err(unparsed(line, &e)),
+    };
+    // Looked for once, only when a double read was zero.
+    let odd = if env.body.zero_doubles() {
+        odd_zero(line)
+    } else {
+        None
+    };
+    if odd != Some(OddZero::IntegerMinusZero) {
+        return env.into_message(line, odd);
+    }
+    // serde_json reads the integer `-0` as the double -0.0, so a value written
+    // as `-0` would read back as `-0.0`: it is the integer 0 (as Maelstrom's
+    // JSON reader has it), read again from text that says so (with no
+    // underflow in it: `odd_zero` names that first).
+    let line = &integer_minus_zeros_as_zero(line);
     match serde_json::from_str::<WireEnvelope>(line) {
-        // serde_json reads the integer `-0` as the double -0.0, so a value
-        // written as `-0` would read back as `-0.0`: it is the integer 0 (as
-        // Maelstrom's JSON reader has it), read again from text that says so.
-        Ok(env) if env.body.zero_doubles() && odd_zero(line) == Some(OddZero::IntegerMinusZero) => {
-            let line = &integer_minus_zeros_as_zero(line);
-            match serde_json::from_str::<WireEnvelope>(line) {
-                Ok(env) => env.into_message(line),
-                Err(e) => Err(unparsed(line, &e)),
-            }
-        }
-        Ok(env) => env.into_message(line),
+        Ok(env) => env.into_message(line, None),
         Err(e) => Err(unparsed(line, &e)),
     }
 }
@@ -144,44 +152,17 @@ const WIDE_INTEGER_MAGNITUDE_MIN: f64 = 9_223_372_036_854_775_808.0;
 /// section 6) and pass. The parser looks only when a double it read could have
 /// been such a literal, or when serde_json refused a number.
 pub fn wide_integer(line: &str) -> Option<&str> {
-    let bytes = line.as_bytes();
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'"' => {
-                // Skip the string, escapes included.
-                i += 1;
-                while i < bytes.len() && bytes[i] != b'"' {
-                    i += if bytes[i] == b'\\' { 2 } else { 1 };
-                }
-                i += 1;
-            }
-            b'-' | b'0'..=b'9' => {
-                let start = i;
-                i += 1;
-                while i < bytes.len() && bytes[i].is_ascii_digit() {
-                    i += 1;
-                }
-                let integer = !matches!(bytes.get(i), Some(b'.' | b'e' | b'E'));
-                while i < bytes.len()
-                    && matches!(bytes[i], b'0'..=b'9' | b'.' | b'e' | b'E' | b'+' | b'-')
-                {
-                    i += 1;
-                }
-                let token = &line[start..i];
-                // ("-" alone is not JSON: serde_json reports that itself.)
-                if integer
-                    && token != "-"
-                    && token.parse::<i64>().is_err()
-                    && token.parse::<u64>().is_err()
-                {
-                    return Some(token);
-                }
-            }
-            _ => i += 1,
+    let mut wide = None;
+    numbers(line, |r, integer| {
+        let token = &line[r];
+        // ("-" alone is not JSON: serde_json reports that itself.)
+        if integer && token != "-" && token.parse::<i64>().is_err() && token.parse::<u64>().is_err()
+        {
+            wide = Some(token);
         }
-    }
-    None
+        wide.is_none()
+    });
+    wide
 }
 
 /// The text of error 12 for an integer literal beyond 64 bits.
@@ -438,7 +419,8 @@ impl<'de> Visitor<'de> for Tracked<'_> {
 
 impl WireEnvelope<'_> {
     /// Checks the body's fields and types it; `line` is the text it came from.
-    fn into_message(self, line: &str) -> Result<Message, ParseError> {
+    /// `odd` is [`odd_zero`] of `line`, if it was looked for.
+    fn into_message(self, line: &str, odd: Option<OddZero>) -> Result<Message, ParseError> {
         let WireEnvelope {
             src,
             dest,
@@ -447,7 +429,6 @@ impl WireEnvelope<'_> {
         if !body.raft_request() {
             body.facts.doubles += body.rpc_facts.doubles;
             body.facts.maybe_wide |= body.rpc_facts.maybe_wide;
-            body.facts.zero_doubles |= body.rpc_facts.zero_doubles;
         }
         let msg_id = body.u64_field(Field::MsgId, "msg_id must be a non-negative integer");
         let in_reply_to = body.u64_field(Field::InReplyTo, "in_reply_to must be an integer");
@@ -470,9 +451,7 @@ impl WireEnvelope<'_> {
             return Err(error(msg_id, in_reply_to, wide_integer_text(wide)));
         }
         // A number too small for a double was read as 0: refused, as one too large is.
-        if body.facts.zero_doubles
-            && let Some(OddZero::Underflow(tiny)) = odd_zero(line)
-        {
+        if let Some(OddZero::Underflow(tiny)) = odd {
             let (msg_id, in_reply_to) = match msg_id {
                 Ok(m) => (m, in_reply_to.unwrap_or(None)),
                 Err(_) => (None, None),

@@ -83,10 +83,9 @@ pub struct Handler {
     /// client presented the cluster key (`client_hello`).
     admin: bool,
     /// Whether a peer node opened this connection (its `peer_hello` named a
-    /// member and this node): its lines may be as long as a peer's, not a client's.
-    peer: bool,
-    /// `peer`, for the reader (which then stops taking from the line pool).
-    peer_flag: Arc<AtomicBool>,
+    /// member and this node): its lines may be as long as a peer's, not a
+    /// client's, and its reader stops taking from the line pool (it shares this).
+    peer: Arc<AtomicBool>,
     /// The member whose `peer_hello` was accepted here: when its connection
     /// ends, [`leader_gone_check`] asks whether its process is gone.
     peer_name: Option<String>,
@@ -114,8 +113,7 @@ impl Handler {
             config,
             shutdown: Some(shutdown),
             _shutdown_complete: shutdown_complete,
-            peer: false,
-            peer_flag: Arc::default(),
+            peer: Arc::default(),
             peer_name: None,
             hello_refused: false,
         }
@@ -152,7 +150,7 @@ impl Handler {
         reader.set_pool(Some(self.node_budgets.lines.clone()));
         let mut lines = Lines {
             lines: reader,
-            peer: self.peer_flag.clone(),
+            peer: self.peer.clone(),
             peer_addr,
             config: self.config.clone(),
             shutdown: self.shutdown.take(),
@@ -207,8 +205,7 @@ impl Handler {
         } else {
             self.trusted = true;
             self.admin = true;
-            self.peer = true;
-            self.peer_flag.store(true, Ordering::SeqCst);
+            self.peer.store(true, Ordering::SeqCst);
             self.peer_name = Some(src.to_string());
         }
         let mut b = Map::new();
@@ -426,7 +423,7 @@ impl LineSource for Lines {
 impl Hooks for Handler {
     /// A peer's connection may send a peer's lines.
     fn line_bytes_max(&self, _: &Skeleton) -> Option<usize> {
-        self.peer.then_some(self.node.config.peer_line_bytes_max)
+        (self.peer.load(Ordering::SeqCst)).then_some(self.node.config.peer_line_bytes_max)
     }
 
     /// Client requests are served whatever name they address; peer RPCs are
