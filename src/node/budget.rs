@@ -137,6 +137,13 @@ impl ByteBudget {
         }
     }
 
+    /// Takes `bytes` (at most the whole budget) if that stays within the bound
+    /// now; never waits.
+    pub fn take_now(self: &Arc<Self>, bytes: usize) -> Option<BytesHeld> {
+        self.adapt();
+        self.try_take(bytes.min(self.max))
+    }
+
     /// Takes `bytes` (at most the whole budget, so any request can run once the
     /// others are done), waiting while that would pass the bound.
     pub async fn take(self: &Arc<Self>, bytes: usize) -> BytesHeld {
@@ -204,8 +211,19 @@ impl ByteBudget {
     }
 }
 
+impl BytesHeld {
+    /// Holds `other`'s bytes too (given back together, with one wake-up).
+    pub fn merge(&mut self, mut other: BytesHeld) {
+        debug_assert!(Arc::ptr_eq(&self.budget, &other.budget));
+        self.bytes += std::mem::take(&mut other.bytes);
+    }
+}
+
 impl Drop for BytesHeld {
     fn drop(&mut self) {
+        if self.bytes == 0 {
+            return;
+        }
         self.budget.used.fetch_sub(self.bytes, Ordering::SeqCst);
         (self.budget.drained).fetch_add(self.bytes as u64, Ordering::SeqCst);
         if self.budget.waiting.load(Ordering::SeqCst) > 0 {

@@ -202,9 +202,25 @@ pub struct Permits {
 
 /// Places held in [`Permits`] until a request is answered.
 pub struct Permit {
-    _connection: Option<OwnedSemaphorePermit>,
-    _node: Option<OwnedSemaphorePermit>,
-    _bytes: Option<BytesHeld>,
+    connection: Option<OwnedSemaphorePermit>,
+    node: Option<OwnedSemaphorePermit>,
+    bytes: Option<BytesHeld>,
+}
+
+impl Permit {
+    /// Holds `other`'s places too (a batch's, given back when it is answered).
+    fn merge(&mut self, other: Permit) {
+        fn join<T>(mine: &mut Option<T>, theirs: Option<T>, merge: impl FnOnce(&mut T, T)) {
+            match (mine.as_mut(), theirs) {
+                (Some(m), Some(t)) => merge(m, t),
+                (None, t) => *mine = t,
+                (Some(_), None) => {}
+            }
+        }
+        join(&mut self.connection, other.connection, |m, t| m.merge(t));
+        join(&mut self.node, other.node, |m, t| m.merge(t));
+        join(&mut self.bytes, other.bytes, |m, t| m.merge(t));
+    }
 }
 
 impl Permits {
@@ -225,22 +241,40 @@ impl Permits {
         BATCH_MAX.min(self.node_max).min(connection).max(1)
     }
 
-    /// `n` places for client requests (on the connection and the node) whose
-    /// lines have `line_bytes` in all.
-    async fn clients(&self, n: usize, line_bytes: usize) -> Option<Permit> {
-        let charge = line_bytes.saturating_add(n.saturating_mul(IN_FLIGHT_OVERHEAD_BYTES));
-        let n = u32::try_from(n).ok()?;
+    /// A place for a client request (on the connection and the node) whose line
+    /// has `line_bytes`, waiting for it.
+    async fn client(&self, line_bytes: usize) -> Option<Permit> {
         let connection = match &self.connection {
-            Some((sem, _)) => Some(sem.clone().acquire_many_owned(n).await.ok()?),
+            Some((sem, _)) => Some(sem.clone().acquire_owned().await.ok()?),
             None => None,
         };
-        let node = self.node.clone().acquire_many_owned(n).await.ok()?;
-        let bytes = self.bytes.take(charge).await;
+        let node = self.node.clone().acquire_owned().await.ok()?;
+        let bytes = self.bytes.take(Self::charge(line_bytes)).await;
         Some(Permit {
-            _connection: connection,
-            _node: Some(node),
-            _bytes: Some(bytes),
+            connection,
+            node: Some(node),
+            bytes: Some(bytes),
         })
+    }
+
+    /// [`Permits::client`] if every bound has room now; never waits.
+    fn client_now(&self, line_bytes: usize) -> Option<Permit> {
+        let connection = match &self.connection {
+            Some((sem, _)) => Some(sem.clone().try_acquire_owned().ok()?),
+            None => None,
+        };
+        let node = self.node.clone().try_acquire_owned().ok()?;
+        let bytes = self.bytes.take_now(Self::charge(line_bytes))?;
+        Some(Permit {
+            connection,
+            node: Some(node),
+            bytes: Some(bytes),
+        })
+    }
+
+    /// What a request counts against the byte bound while in flight.
+    fn charge(line_bytes: usize) -> usize {
+        line_bytes.saturating_add(IN_FLIGHT_OVERHEAD_BYTES)
     }
 
     /// A place for a request that is not a client's (status, a peer RPC): on the
@@ -251,15 +285,16 @@ impl Permits {
             None => None,
         };
         Some(Permit {
-            _connection: connection,
-            _node: None,
-            _bytes: None,
+            connection,
+            node: None,
+            bytes: None,
         })
     }
 }
 
-/// A proposal read, waiting in the current batch: sender, `msg_id`, op.
-type Batched = (String, u64, Op);
+/// A proposal read, waiting in the current batch: sender, `msg_id`, op, and
+/// its places in flight (taken as it joined the batch).
+type Batched = (String, u64, Op, Permit);
 
 /// The reader's state.
 pub struct Driver {
@@ -507,13 +542,29 @@ impl Driver {
             self.flush_batch().await;
             return self.answer_now(msg.src, id, reply).await;
         }
-        if let Forwarded::Propose(op) = fwd {
-            if self.batch_bytes + line_bytes > self.config.batch_bytes_max {
-                self.flush_batch().await;
-            }
-            self.batch_bytes += line_bytes;
-            self.batch.push((msg.src, id, op));
+        let Forwarded::Propose(op) = fwd else {
+            return;
+        };
+        if self.batch_bytes + line_bytes > self.config.batch_bytes_max {
+            self.flush_batch().await;
         }
+        // A request holds its place in flight from the moment it joins the
+        // batch, so what waits in batches counts against the bounds too. Where
+        // there is no room, the batch is submitted before waiting: waiting while
+        // holding places could wait for ever (every place held by batches each
+        // waiting for one more), and what is submitted gives them back.
+        let permit = match self.permits.client_now(line_bytes) {
+            Some(permit) => permit,
+            None => {
+                self.flush_batch().await;
+                let Some(permit) = self.permits.client(line_bytes).await else {
+                    return;
+                };
+                permit
+            }
+        };
+        self.batch_bytes += line_bytes;
+        self.batch.push((msg.src, id, op, permit));
     }
 
     /// Submits the current batch: one proposal alone as a single request; more as
@@ -522,11 +573,11 @@ impl Driver {
         if self.batch.is_empty() {
             return;
         }
-        let line_bytes = std::mem::take(&mut self.batch_bytes);
+        self.batch_bytes = 0;
         if self.batch.len() == 1 {
             // (Popped, not taken: the batch keeps its buffer for the next one.)
-            if let Some((src, msg_id, op)) = self.batch.pop() {
-                self.start_and_answer(src, msg_id, Forwarded::Propose(op), true, line_bytes)
+            if let Some((src, msg_id, op, permit)) = self.batch.pop() {
+                self.start_holding(permit, src, msg_id, Forwarded::Propose(op), true)
                     .await;
             }
             return;
@@ -535,24 +586,29 @@ impl Driver {
         let Some(node) = self.node.clone() else {
             return;
         };
-        let n = items.len();
-        let Some(permit) = self.permits.clients(n, line_bytes).await else {
-            return;
-        };
-        let (meta, ops): (Vec<(String, u64)>, Vec<Op>) =
-            items.into_iter().map(|(s, m, op)| ((s, m), op)).unzip();
+        let mut meta = Vec::with_capacity(items.len());
+        let mut ops = Vec::with_capacity(items.len());
+        let mut permits = Vec::with_capacity(items.len());
+        for (src, msg_id, op, permit) in items {
+            meta.push((src, msg_id));
+            ops.push(op);
+            permits.push(permit);
+        }
         let started = match node.start_batch(ops).await {
             Ok(started) => started,
             Err(ops) => {
-                drop(permit);
-                for ((src, msg_id), op) in meta.into_iter().zip(ops) {
-                    let each = line_bytes / n;
-                    self.start_and_answer(src, msg_id, Forwarded::Propose(op), true, each)
+                for (((src, msg_id), op), permit) in meta.into_iter().zip(ops).zip(permits) {
+                    self.start_holding(permit, src, msg_id, Forwarded::Propose(op), true)
                         .await;
                 }
                 return;
             }
         };
+        let mut permits = permits.into_iter();
+        let Some(mut permit) = permits.next() else {
+            return;
+        };
+        permits.for_each(|p| permit.merge(p));
         let mut tickets = Vec::new();
         for ((src, msg_id), now) in meta.into_iter().zip(started.immediate) {
             match now {
@@ -648,7 +704,8 @@ impl Driver {
         (self.start_and_answer(src, msg_id, fwd, log_waiting, encoded_bytes_max)).await;
     }
 
-    /// Serves one request: the ordered half now, the rest in a task.
+    /// Serves one request: its place in flight, then the ordered half now, the
+    /// rest in a task.
     async fn start_and_answer(
         &mut self,
         src: String,
@@ -657,10 +714,23 @@ impl Driver {
         log_waiting: bool,
         line_bytes: usize,
     ) {
-        let Some(node) = self.node.clone() else {
+        let Some(permit) = self.permits.client(line_bytes).await else {
             return;
         };
-        let Some(permit) = self.permits.clients(1, line_bytes).await else {
+        self.start_holding(permit, src, msg_id, fwd, log_waiting)
+            .await;
+    }
+
+    /// [`Driver::start_and_answer`] for a request that holds its place.
+    async fn start_holding(
+        &mut self,
+        permit: Permit,
+        src: String,
+        msg_id: u64,
+        fwd: Forwarded,
+        log_waiting: bool,
+    ) {
+        let Some(node) = self.node.clone() else {
             return;
         };
         let finish = match node.start_forwarded(fwd).await {
@@ -868,7 +938,140 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::VecDeque;
+
     use super::*;
+    use crate::node::alone;
+    use crate::raft::log_store::LogFailure;
+
+    /// Lines that arrived back to back (each already buffered behind the one
+    /// before), noting the bytes in flight each time the driver reads on.
+    struct BackToBack {
+        lines: VecDeque<String>,
+        budget: Arc<ByteBudget>,
+        in_flight_seen: Vec<usize>,
+    }
+
+    impl LineSource for BackToBack {
+        async fn next_line(
+            &mut self,
+            _extend: impl Fn(&Skeleton) -> Option<usize> + Send,
+        ) -> io::Result<Option<Line>> {
+            self.in_flight_seen.push(self.budget.used());
+            Ok(self.lines.pop_front().map(Line::Full))
+        }
+
+        fn line_ready(&self) -> bool {
+            !self.lines.is_empty()
+        }
+    }
+
+    /// Client requests only: nothing else arrives.
+    struct ClientsOnly;
+
+    impl Hooks for ClientsOnly {
+        fn line_bytes_max(&self, _sk: &Skeleton) -> Option<usize> {
+            None
+        }
+
+        fn misaddressed(&self, _d: &Driver, _msg: &Message) -> Option<String> {
+            None
+        }
+
+        fn reply(&mut self, src: &str, _in_reply_to: u64, _body: Result<network::Body, String>) {
+            panic!("a reply from {src} to a call nobody made");
+        }
+
+        async fn init(&mut self, _: &mut Driver, src: String, _: u64, _: String, _: Vec<String>) {
+            panic!("an init from {src}");
+        }
+
+        async fn other(&mut self, _d: &mut Driver, msg: Other) {
+            panic!("a {} from {}", msg.kind, msg.src);
+        }
+    }
+
+    /// `n` writes that arrive back to back on one connection to a node that
+    /// leads alone, with `budget` as its byte bound: the bytes in flight seen
+    /// before each line is read, and the replies.
+    async fn serve_back_to_back(n: u64, budget: Arc<ByteBudget>) -> (Vec<usize>, Vec<Reply>) {
+        let config = Config::default();
+        let node = alone::start(config.clone(), LogFailure::default()).await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while node.leader() != Some(node.id) {
+            assert!(Instant::now() < deadline, "the lone node never led");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let (out, mut answers) = mpsc::channel(1024);
+        let permits = Permits {
+            bytes: budget.clone(),
+            ..Permits::node_only(&config)
+        };
+        let mut driver = Driver::new(Some(node.clone()), "n1", config, out, permits);
+        let lines = (1..=n)
+            .map(|i| {
+                format!(
+                    r#"{{"src":"c1","dest":"n1","body":{{"type":"write","msg_id":{i},"key":{i},"value":{i}}}}}"#
+                )
+            })
+            .collect();
+        let mut source = BackToBack {
+            lines,
+            budget,
+            in_flight_seen: Vec::new(),
+        };
+        let replies = tokio::spawn(async move {
+            let mut replies = Vec::new();
+            while let Some(o) = answers.recv().await {
+                if let Out::Reply { reply, .. } = o {
+                    replies.push(reply);
+                }
+            }
+            replies
+        });
+        driver
+            .run(&mut source, &mut ClientsOnly)
+            .await
+            .expect("runs");
+        drop(driver);
+        let replies = tokio::time::timeout(Duration::from_secs(30), replies)
+            .await
+            .expect("every request answered")
+            .expect("the collector");
+        node.shutdown().await;
+        (source.in_flight_seen, replies)
+    }
+
+    /// A request takes its place in flight as it joins a batch, not when the
+    /// batch is submitted: what waits in a batch counts against the bounds.
+    #[tokio::test]
+    async fn a_batch_holds_its_places_from_its_first_request() {
+        let budget = ByteBudget::new(Config::default().requests_in_flight_bytes_max);
+        let (seen, replies) = serve_back_to_back(10, budget).await;
+        assert_eq!(replies, vec![Reply::WriteOk; 10]);
+        // Before line k + 1 is read, k requests wait in the batch.
+        for (k, used) in seen.iter().enumerate().take(10) {
+            assert!(
+                *used >= k * IN_FLIGHT_OVERHEAD_BYTES,
+                "{k} requests in the batch but {used} bytes in flight: {seen:?}"
+            );
+        }
+    }
+
+    /// A batch that finds the byte bound full is submitted before its reader
+    /// waits (waiting while holding places could wait for ever): every request
+    /// is served, and the bound is never passed.
+    #[tokio::test]
+    async fn a_batch_that_finds_no_room_is_submitted_and_the_reader_waits() {
+        let line =
+            r#"{"src":"c1","dest":"n1","body":{"type":"write","msg_id":1,"key":1,"value":1}}"#;
+        let max = 3 * Permits::charge(line.len() + 2);
+        let budget = ByteBudget::new(max);
+        let (seen, replies) = serve_back_to_back(20, budget).await;
+        assert_eq!(replies, vec![Reply::WriteOk; 20]);
+        assert!(seen.iter().all(|&used| used <= max), "{seen:?} over {max}");
+        assert!(seen.iter().any(|&used| used > max / 2), "{seen:?}");
+    }
 
     /// The default bounds hold a whole batch; smaller ones cut it (a batch holds
     /// a place per proposal, and asking for more than exist would wait for ever).

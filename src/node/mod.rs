@@ -430,33 +430,14 @@ impl Node {
     }
 }
 
+/// A node that is a whole cluster by itself, in memory, for unit tests.
 #[cfg(test)]
-mod tests {
+pub(crate) mod alone {
     use futures::future::BoxFuture;
 
     use super::*;
     use crate::raft::log_store::{LogFailure, MemLogStore};
     use crate::raft::network::{Body, CallError, RpcRequest};
-
-    /// The highest id forms a new cluster at once; the others wait their turn.
-    #[test]
-    fn the_highest_id_forms_the_cluster_first() {
-        let peer = |i: u64| Peer {
-            name: format!("n{i}"),
-            addr: format!("127.0.0.1:{}", 7000 + i),
-        };
-        let members: BTreeMap<u64, Peer> = [1, 2, 3].into_iter().map(|i| (i, peer(i))).collect();
-        let ranks: Vec<u64> = [1, 2, 3]
-            .iter()
-            .map(|&i| formation_rank(i, &members))
-            .collect();
-        assert_eq!(ranks, [2, 1, 0]);
-        // A lone node, and Maelstrom's numbering from 0.
-        assert_eq!(formation_rank(1, &BTreeMap::from([(1, peer(1))])), 0);
-        let from0: BTreeMap<u64, Peer> = (0..5).map(|i| (i, peer(i))).collect();
-        assert_eq!(formation_rank(0, &from0), 4);
-        assert_eq!(formation_rank(4, &from0), 0);
-    }
 
     /// A single-node cluster calls nobody.
     struct Alone;
@@ -478,35 +459,66 @@ mod tests {
         }
     }
 
-    /// A failed log write nobody waits on (the committed pointer, a purge, a
-    /// checkpoint) ends the node at once: `fatal` resolves with its cause while
-    /// Raft itself still runs, rather than at the next append.
-    #[tokio::test]
-    async fn a_failed_log_write_is_fatal_at_once() {
+    /// Node `n1` (id 1), forming its cluster of one; `failure` is its log's.
+    pub(crate) async fn start(config: Config, failure: LogFailure) -> Arc<Node> {
         let log = MemLogStore::default();
-        let failure = LogFailure::default();
         let storage = Storage {
             mirror: log.mirror(),
             log,
             sm: StateMachineStore::new(),
-            failure: failure.clone(),
+            failure,
         };
         let peer = Peer {
             name: "n1".into(),
             addr: String::new(),
         };
         let members = BTreeMap::from([(1, peer)]);
-        let node = Node::start_with(
+        Node::start_with(
             1,
             members.clone(),
             Arc::new(Alone),
-            Config::default(),
+            config,
             storage,
             Some(members),
             WallClock::system(),
         )
         .await
-        .expect("the node starts");
+        .expect("the node starts")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft::log_store::LogFailure;
+
+    /// The highest id forms a new cluster at once; the others wait their turn.
+    #[test]
+    fn the_highest_id_forms_the_cluster_first() {
+        let peer = |i: u64| Peer {
+            name: format!("n{i}"),
+            addr: format!("127.0.0.1:{}", 7000 + i),
+        };
+        let members: BTreeMap<u64, Peer> = [1, 2, 3].into_iter().map(|i| (i, peer(i))).collect();
+        let ranks: Vec<u64> = [1, 2, 3]
+            .iter()
+            .map(|&i| formation_rank(i, &members))
+            .collect();
+        assert_eq!(ranks, [2, 1, 0]);
+        // A lone node, and Maelstrom's numbering from 0.
+        assert_eq!(formation_rank(1, &BTreeMap::from([(1, peer(1))])), 0);
+        let from0: BTreeMap<u64, Peer> = (0..5).map(|i| (i, peer(i))).collect();
+        assert_eq!(formation_rank(0, &from0), 4);
+        assert_eq!(formation_rank(4, &from0), 0);
+    }
+
+    /// A failed log write nobody waits on (the committed pointer, a purge, a
+    /// checkpoint) ends the node at once: `fatal` resolves with its cause while
+    /// Raft itself still runs, rather than at the next append.
+    #[tokio::test]
+    async fn a_failed_log_write_is_fatal_at_once() {
+        let failure = LogFailure::default();
+        let node = alone::start(Config::default(), failure.clone()).await;
         let fatal = tokio::spawn({
             let node = node.clone();
             async move { node.fatal().await }
