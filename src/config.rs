@@ -97,6 +97,14 @@ pub struct Config {
     /// bound. A line that finds no room is dropped unread and its sender gets
     /// error 11 (nothing was proposed). At least `request_bytes_max`.
     pub line_buffers_bytes_max: usize,
+    /// Most bytes of large replies built but not yet written, on one node
+    /// (`ONCEKV_REPLY_BUFFERS_BYTES_MAX`; all connections together): a reply of
+    /// more than [`REPLY_BYTES_UNCHARGED`] (only `read_ok` can be) counts from
+    /// when it is ready until its line is written, so clients that pipeline
+    /// reads of large values and never read the replies cannot hold memory
+    /// without bound. A read whose reply finds no room gets error 11 instead (a
+    /// read changes nothing). At least `request_bytes_max`.
+    pub reply_buffers_bytes_max: usize,
     /// Longest line from a peer node, in bytes (`ONCEKV_PEER_LINE_BYTES_MAX`): a TCP
     /// connection gets it once its `peer_hello` is accepted (before, it is a
     /// client's), and Maelstrom mode gives it to lines from members. An append
@@ -193,6 +201,11 @@ pub const BATCH_MAX: usize = 256;
 /// measured on a single node (65,536 small requests in flight, ~64 MiB in use).
 pub const IN_FLIGHT_OVERHEAD_BYTES: usize = 1024;
 
+/// A reply up to this long (by [`crate::protocol::encode::body_bytes`]) does
+/// not count against [`Config::reply_buffers_bytes_max`]: every reply but a
+/// `read_ok` of a large value, so small replies never touch the shared count.
+pub const REPLY_BYTES_UNCHARGED: usize = 16 << 10;
+
 /// The longest timeout or interval accepted (one hour), in ms.
 pub const DURATION_MS_MAX: u64 = 3_600_000;
 
@@ -225,6 +238,7 @@ impl Default for Config {
             requests_in_flight_bytes_max: 32 << 20,
             request_bytes_max: 1 << 20,
             line_buffers_bytes_max: 128 << 20,
+            reply_buffers_bytes_max: 128 << 20,
             peer_line_bytes_max: 8 << 20,
             batch_bytes_max: 4 << 20,
             rejected_log_per_s: crate::reject_log::DEFAULT_PER_S,
@@ -345,9 +359,10 @@ impl Config {
         for (name, slot) in vars {
             env_override(&format!("ONCEKV_{name}"), slot)?;
         }
-        let sizes: [(&str, &mut usize); 7] = [
+        let sizes: [(&str, &mut usize); 8] = [
             ("REQUEST_BYTES_MAX", &mut c.request_bytes_max),
             ("LINE_BUFFERS_BYTES_MAX", &mut c.line_buffers_bytes_max),
+            ("REPLY_BUFFERS_BYTES_MAX", &mut c.reply_buffers_bytes_max),
             ("PEER_LINE_BYTES_MAX", &mut c.peer_line_bytes_max),
             ("BATCH_BYTES_MAX", &mut c.batch_bytes_max),
             (
@@ -540,6 +555,13 @@ impl Config {
             return fail(format!(
                 "line_buffers_bytes_max ({}) must be at least request_bytes_max ({})",
                 self.line_buffers_bytes_max, self.request_bytes_max
+            ));
+        }
+        // A read of the largest value must be answerable while nothing else is.
+        if self.reply_buffers_bytes_max < self.request_bytes_max {
+            return fail(format!(
+                "reply_buffers_bytes_max ({}) must be at least request_bytes_max ({})",
+                self.reply_buffers_bytes_max, self.request_bytes_max
             ));
         }
         if self.rejected_log_burst == 0 || self.rejected_log_excerpt_bytes < 16 {

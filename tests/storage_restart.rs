@@ -170,7 +170,7 @@ async fn snapshot_is_durable_and_restores_the_state_machine() {
     assert_eq!(
         s.sm.read().state.read("\"k10\""),
         oncekv::state::Outcome::Read {
-            value: serde_json::json!(10)
+            value: serde_json::json!(10).into()
         }
     );
     let current = s.sm.get_current_snapshot().await.expect("current");

@@ -181,7 +181,7 @@ async fn check_after_load(cluster: &TestCluster, ops: &[HistoryOp], ends: &[Work
             .filter(|o| o.kind == OpType::Ok && o.f == "add" && o.key == Some(json!(key)))
             .count() as i64;
         let value = match reader.read(json!(key)).await {
-            Ok(Reply::ReadOk { value }) => value,
+            Ok(Reply::ReadOk { value }) => Value::clone(&value),
             Ok(Reply::Error { code, .. }) if code.code() == 20 => json!(0),
             other => panic!("final read of {key}: {other:?}"),
         };
@@ -202,7 +202,7 @@ async fn check_after_load(cluster: &TestCluster, ops: &[HistoryOp], ends: &[Work
         assert_eq!(
             read,
             Reply::ReadOk {
-                value: expected.clone()
+                value: expected.clone().into()
             },
             "{key}: the last acknowledged write"
         );
@@ -322,7 +322,13 @@ async fn restarting_every_node_at_once_keeps_writes_and_sessions() {
         "the cached reply of seq 5"
     );
     let read = probe.read(json!("probe")).await.expect("read");
-    assert_eq!(read, Reply::ReadOk { value: json!(5) }, "seq 5 ran once");
+    assert_eq!(
+        read,
+        Reply::ReadOk {
+            value: json!(5).into()
+        },
+        "seq 5 ran once"
+    );
     let next = probe.add(json!("probe"), 1).await.expect("seq 6");
     assert_eq!(next, Reply::AddOk { value: 6 }, "seq 6 executes");
 }
@@ -442,7 +448,13 @@ async fn a_follower_behind_a_purged_log_catches_up_by_snapshot_with_sessions() {
     let r = only_follower.add(json!("k"), 1).await.expect("retry");
     assert_eq!(r, Reply::AddOk { value: 60 }, "the cached reply of seq 60");
     let r = only_follower.read(json!("k")).await.expect("read");
-    assert_eq!(r, Reply::ReadOk { value: json!(110) }, "seq 60 ran once");
+    assert_eq!(
+        r,
+        Reply::ReadOk {
+            value: json!(110).into()
+        },
+        "seq 60 ran once"
+    );
     only_follower.set_session(client_id, 111);
     let r = only_follower.add(json!("k"), 1).await.expect("seq 111");
     assert_eq!(r, Reply::AddOk { value: 111 }, "seq 111 executes");

@@ -155,7 +155,9 @@ async fn killing_the_leader_under_load_loses_and_duplicates_nothing() {
     let mut final_reads = BTreeMap::new();
     for key in 0..KEYS {
         match reader.read(json!(key)).await {
-            Ok(Reply::ReadOk { value }) => final_reads.insert(key.to_string(), value),
+            Ok(Reply::ReadOk { value }) => {
+                final_reads.insert(key.to_string(), Value::clone(&value))
+            }
             Ok(Reply::Error { code, .. }) if code.code() == 20 => None,
             other => panic!("final read of {key}: {other:?}"),
         };

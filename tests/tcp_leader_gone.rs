@@ -84,7 +84,12 @@ async fn a_killed_leader_is_known_gone_by_its_followers() {
         .expect("write after");
     assert_eq!(r, Reply::WriteOk);
     let r = client.read(json!("k")).await.expect("read");
-    assert_eq!(r, Reply::ReadOk { value: json!(2) });
+    assert_eq!(
+        r,
+        Reply::ReadOk {
+            value: json!(2).into()
+        }
+    );
 }
 
 /// A paused leader (SIGSTOP, longer than its lease): its connections stay open

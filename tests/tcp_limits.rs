@@ -181,7 +181,7 @@ async fn a_request_just_under_the_limit_is_written_and_read_back() {
     assert_eq!(
         r,
         Reply::ReadOk {
-            value: json!(value)
+            value: json!(value).into()
         }
     );
     opts.peers = vec![cluster.nodes[leader].addr.clone()];
@@ -190,7 +190,7 @@ async fn a_request_just_under_the_limit_is_written_and_read_back() {
     assert_eq!(
         r,
         Reply::ReadOk {
-            value: json!(value)
+            value: json!(value).into()
         }
     );
 
@@ -275,7 +275,7 @@ async fn unparseable_and_too_deep_requests_get_error_12() {
     let Reply::ReadOk { value } = r else {
         panic!("{r:?}")
     };
-    assert_eq!(value, serde_json::from_str::<Value>(&deep(64)).unwrap());
+    assert_eq!(*value, serde_json::from_str::<Value>(&deep(64)).unwrap());
 }
 
 /// `oncekv client` refuses a request over the limit before sending it: exit
@@ -455,4 +455,118 @@ async fn an_unknown_type_is_answered_in_order_behind_an_earlier_write() {
             (Some(3), json!("read_ok")),
         ]
     );
+}
+
+/// Replies built and not yet written count against `reply_buffers_bytes_max`
+/// across a node's connections: while one client with a small receive window
+/// has pipelined reads of a 600 KiB value and reads none of the replies,
+/// another's read of that value finds no room and gets error 11 (a read changes
+/// nothing: definite), small replies are served all along, and once the first
+/// client reads its replies (each the value or that same 11) the value reads
+/// again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unread_replies_are_bounded_in_bytes_across_connections() {
+    const READS: u64 = 40;
+    let cluster = TestCluster::start(
+        "limits-replies",
+        1,
+        &[("ONCEKV_REPLY_BUFFERS_BYTES_MAX", &(2 * MIB).to_string())],
+    );
+    cluster.wait_leader(Duration::from_secs(10)).await;
+    let addr = &cluster.nodes[0].addr;
+    let value = "v".repeat(600 << 10);
+    let mut b = Raw::connect(addr).await;
+    let r = b
+        .call(
+            1,
+            &format!(r#""type":"write","key":"big","value":"{value}""#),
+        )
+        .await;
+    assert_eq!(r.get("type"), Some(&json!("write_ok")), "{r:?}");
+    let mut id = 1;
+    let mut tries = 0;
+    let (hog_r, _hog_w) = loop {
+        tries += 1;
+        assert!(tries <= 5, "no try saw the unread replies crowd out a read");
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+        let stream = socket
+            .connect(addr.parse().expect("addr"))
+            .await
+            .expect("connect");
+        let (hog_r, mut hog_w) = stream.into_split();
+        let reads: String = (1..=READS)
+            .map(|i| {
+                format!(
+                    "{{\"src\":\"c8\",\"dest\":\"\",\"body\":{{\"type\":\"read\",\"key\":\"big\",\"msg_id\":{i}}}}}\n"
+                )
+            })
+            .collect();
+        hog_w.write_all(reads.as_bytes()).await.expect("write");
+        // (Within the 5 s after which the node closes a connection that reads
+        // no reply, which frees what it held.)
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+        let refused = loop {
+            id += 1;
+            let r = b.call(id, r#""type":"read","key":"big""#).await;
+            if code(&r) == Some(11) {
+                break Some(r);
+            }
+            assert_eq!(r.get("value"), Some(&json!(value)), "{:?}", r.get("type"));
+            if tokio::time::Instant::now() >= deadline {
+                break None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let Some(refused) = refused else {
+            continue; // the hog's replies all fitted, or it was closed already
+        };
+        assert!(
+            text(&refused).contains("reply_buffers_bytes_max")
+                && text(&refused).contains("changed nothing"),
+            "{refused:?}"
+        );
+        id += 1;
+        let r = b.call(id, r#""type":"read","key":"nothing""#).await;
+        assert_eq!(code(&r), Some(20), "small replies are served: {r:?}");
+        break (hog_r, hog_w);
+    };
+    // The hog reads now: in order, each reply is the value or a definite 11.
+    let mut hog = BufReader::new(hog_r);
+    let (mut values, mut refusals) = (0, 0);
+    for i in 1..=READS {
+        let mut line = String::new();
+        let n = tokio::time::timeout(Duration::from_secs(20), hog.read_line(&mut line))
+            .await
+            .expect("a reply or the end in time")
+            .expect("read");
+        if n == 0 {
+            break; // closed for reading too slowly: what it held is freed
+        }
+        let v: Value = serde_json::from_str(&line).expect("json");
+        assert_eq!(v["body"]["in_reply_to"], json!(i), "in order");
+        if v["body"]["code"] == json!(11) {
+            refusals += 1;
+        } else {
+            assert_eq!(v["body"]["value"], json!(value), "{}", v["body"]["type"]);
+            values += 1;
+        }
+    }
+    if values + refusals == READS {
+        assert!(refusals > 0, "all {READS} unread replies were held at once");
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        id += 1;
+        let r = b.call(id, r#""type":"read","key":"big""#).await;
+        if r.get("value") == Some(&json!(value)) {
+            break;
+        }
+        assert_eq!(code(&r), Some(11), "{:?}", r.get("text"));
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the room never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -284,7 +284,7 @@ async fn add_node_promotes_only_a_node_that_caught_up() {
     assert_eq!(
         r,
         Reply::ReadOk {
-            value: json!(total)
+            value: json!(total).into()
         }
     );
     eprintln!("{total} writes acknowledged during the membership changes");

@@ -75,7 +75,13 @@ async fn a_retry_straddling_a_failover_gets_the_cached_reply() {
         "the cached reply of seq 2"
     );
     let read = client.read(json!("k")).await.expect("read");
-    assert_eq!(read, Reply::ReadOk { value: json!(12) }, "the add ran once");
+    assert_eq!(
+        read,
+        Reply::ReadOk {
+            value: json!(12).into()
+        },
+        "the add ran once"
+    );
 }
 
 /// A session idle past the timeout is expired by the *new* leader's GC entry; a
@@ -118,7 +124,13 @@ async fn an_expired_session_gets_1000_after_a_leader_change() {
         );
     }
     let read = client.read(json!("k")).await.expect("read");
-    assert_eq!(read, Reply::ReadOk { value: json!(1) }, "executed once");
+    assert_eq!(
+        read,
+        Reply::ReadOk {
+            value: json!(1).into()
+        },
+        "executed once"
+    );
 }
 
 /// A client that sends its request again and again while the first copy is in
@@ -171,7 +183,13 @@ async fn retries_of_a_request_in_flight_add_no_entries() {
         assert_eq!(body["value"], 3, "every copy gets the one outcome: {body}");
     }
     let read = client.read(json!("joined")).await.expect("read");
-    assert_eq!(read, Reply::ReadOk { value: json!(3) }, "the add ran once");
+    assert_eq!(
+        read,
+        Reply::ReadOk {
+            value: json!(3).into()
+        },
+        "the add ran once"
+    );
     let after = cluster.status(leader).await.expect("status").last_log_index;
     let grew = after.unwrap_or(0) - before.unwrap_or(0);
     // One entry for the add; a GC tick or two may land meanwhile.

@@ -348,7 +348,7 @@ impl<L: RaftLogStorage<TypeConfig>> Hooks for Maelstrom<L> {
             .flatten();
         d.answer_raw_later(src, msg_id, None, async move {
             match refused {
-                Some(body) => body,
+                Some(body) => body.into(),
                 None => node.handle_peer(&kind, &raw, rpc.as_deref()).await,
             }
         });

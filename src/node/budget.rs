@@ -1,5 +1,7 @@
 //! The byte bound on client requests in flight, and how it follows the rate
-//! at which the node gets through them.
+//! at which the node gets through them; and the fixed bound on large replies
+//! built and not yet written ([`Node::hold_reply`]), to clients and to peers
+//! that forwarded a read.
 //!
 //! A fixed bound in bytes is the wrong bound for time. 32 MiB of requests is a
 //! few milliseconds of work for small writes and more than a second for writes
@@ -37,7 +39,10 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::config::{BATCH_MAX, Config, IN_FLIGHT_OVERHEAD_BYTES};
+use super::Node;
+use crate::config::{BATCH_MAX, Config, IN_FLIGHT_OVERHEAD_BYTES, REPLY_BYTES_UNCHARGED};
+use crate::protocol::encode::body_bytes;
+use crate::protocol::{ErrorCode, Reply};
 
 /// How often the limit is reconsidered.
 pub const ADAPT_WINDOW: Duration = Duration::from_millis(100);
@@ -228,6 +233,50 @@ impl Drop for BytesHeld {
         (self.budget.drained).fetch_add(self.bytes as u64, Ordering::SeqCst);
         if self.budget.waiting.load(Ordering::SeqCst) > 0 {
             self.budget.freed.notify_waiters();
+        }
+    }
+}
+
+/// An unsequenced reply's body, with its bytes among the replies not yet
+/// written ([`Node::hold_reply`]) if it carries a large reply: a forwarded
+/// read's, answered to a peer.
+pub struct RawReply {
+    /// The body.
+    pub body: crate::raft::network::Body,
+    /// Given back once its line is written.
+    pub held: Option<BytesHeld>,
+}
+
+impl From<crate::raft::network::Body> for RawReply {
+    fn from(body: crate::raft::network::Body) -> RawReply {
+        RawReply { body, held: None }
+    }
+}
+
+impl Node {
+    /// `reply` with its place among the node's replies not yet written if it
+    /// is large ([`REPLY_BYTES_UNCHARGED`]; given back when the holder is
+    /// dropped, once the reply is written), or, if there is no room for it,
+    /// error 11 in its place. Only a `read_ok` can be large, and a read changes
+    /// nothing, so that error is definite.
+    pub fn hold_reply(&self, reply: Reply) -> (Reply, Option<BytesHeld>) {
+        let bytes = body_bytes(&reply);
+        if bytes <= REPLY_BYTES_UNCHARGED {
+            return (reply, None);
+        }
+        match self.replies.take_now(bytes) {
+            Some(held) => (reply, Some(held)),
+            None if !matches!(reply, Reply::ReadOk { .. }) => (reply, None),
+            None => {
+                let text = format!(
+                    "no room for a reply of about {bytes} bytes: the node's buffers for \
+                     replies not yet written are full (reply_buffers_bytes_max {} bytes, \
+                     ONCEKV_REPLY_BUFFERS_BYTES_MAX); the read changed nothing; retry",
+                    self.replies.limit()
+                );
+                crate::reject!("{text}");
+                (Reply::error(ErrorCode::TemporarilyUnavailable, text), None)
+            }
         }
     }
 }

@@ -46,7 +46,7 @@ use serde_json::{Map, Value};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
-use super::budget::{ByteBudget, BytesHeld};
+use super::budget::{ByteBudget, BytesHeld, RawReply};
 use super::sequencer::Sequencer;
 use super::{Forwarded, Node, Started, check_entry_bytes};
 use crate::config::{BATCH_MAX, Config, IN_FLIGHT_OVERHEAD_BYTES};
@@ -86,13 +86,17 @@ pub enum Out {
         to: To,
         /// The reply.
         reply: Reply,
+        /// Its bytes in [`Permits::replies`] if it is large, given back once
+        /// its line is written.
+        held: Option<BytesHeld>,
     },
     /// An unsequenced reply (to a peer's RPC, a hello, `status`, membership).
     Raw {
         /// Its addressing.
         to: To,
-        /// The body (`type` first once written).
-        body: network::Body,
+        /// The body (`type` first once written), and its bytes among the
+        /// replies not yet written if it carries a large reply.
+        body: RawReply,
     },
     /// One of our RPCs written on this output: its `msg_id` is registered in the
     /// sink's [`Sink::calls`] before it is written, so the reply finds `reply`.
@@ -632,7 +636,14 @@ impl Driver {
             let replies = rest.await;
             drop(permit);
             for ((ticket, to), reply) in tickets.into_iter().zip(replies) {
-                if out.send(Out::Reply { ticket, to, reply }).await.is_err() {
+                // (Replies to proposals are small: none is held.)
+                let reply = Out::Reply {
+                    ticket,
+                    to,
+                    reply,
+                    held: None,
+                };
+                if out.send(reply).await.is_err() {
                     return;
                 }
             }
@@ -752,7 +763,14 @@ impl Driver {
         tokio::spawn(async move {
             let reply = finish.await;
             drop(permit);
-            let _ = out.send(Out::Reply { ticket, to, reply }).await;
+            let (reply, held) = node.hold_reply(reply);
+            let reply = Out::Reply {
+                ticket,
+                to,
+                reply,
+                held,
+            };
+            let _ = out.send(reply).await;
         });
     }
 
@@ -770,29 +788,40 @@ impl Driver {
         };
         if self.out.send(accept).await.is_ok() {
             let to = self.to(dest, in_reply_to);
-            let _ = self.out.send(Out::Reply { ticket, to, reply }).await;
+            let (reply, held) = match &self.node {
+                Some(node) => node.hold_reply(reply),
+                None => (reply, None),
+            };
+            let reply = Out::Reply {
+                ticket,
+                to,
+                reply,
+                held,
+            };
+            let _ = self.out.send(reply).await;
         }
     }
 
     /// An unsequenced reply known at once (a hello's, `status`, a refusal).
     pub async fn answer_raw(&self, dest: String, in_reply_to: u64, body: network::Body) {
         let to = self.to(dest, in_reply_to);
+        let body = body.into();
         let _ = self.out.send(Out::Raw { to, body }).await;
     }
 
     /// An unsequenced reply that `work` yields, in a task; `permit` is held until
     /// it is done.
-    pub fn answer_raw_later(
+    pub fn answer_raw_later<R: Into<RawReply>>(
         &self,
         dest: String,
         in_reply_to: u64,
         permit: Option<Permit>,
-        work: impl Future<Output = network::Body> + Send + 'static,
+        work: impl Future<Output = R> + Send + 'static,
     ) {
         let to = self.to(dest, in_reply_to);
         let out = self.out.clone();
         tokio::spawn(async move {
-            let body = work.await;
+            let body = work.await.into();
             drop(permit);
             let _ = out.send(Out::Raw { to, body }).await;
         });
@@ -882,7 +911,8 @@ struct Writer<W> {
     out: BufWriter<W>,
     msg_ids: Arc<AtomicU64>,
     calls: Option<Arc<PendingCalls>>,
-    sequencer: Sequencer<(To, Reply)>,
+    /// Replies held back, each with its bytes in [`Permits::replies`].
+    sequencer: Sequencer<(To, Reply, Option<BytesHeld>)>,
 }
 
 impl<W: AsyncWrite + Unpin> Writer<W> {
@@ -892,20 +922,30 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
                 ticket,
                 log_waiting,
             } => self.sequencer.accept(ticket, log_waiting),
-            Out::Reply { ticket, to, reply } => {
-                for (to, reply) in self.sequencer.answer(ticket, (to, reply)) {
+            Out::Reply {
+                ticket,
+                to,
+                reply,
+                held,
+            } => {
+                for (to, reply, held) in self.sequencer.answer(ticket, (to, reply, held)) {
                     let body = ReplyBody {
                         reply: &reply,
                         in_reply_to: to.in_reply_to,
                         msg_id: self.msg_id(),
                     };
                     self.line(&encode(&to.src, &to.dest, body)).await?;
+                    // Written (into the buffer, or the socket for a line this
+                    // large): its bytes are given back.
+                    drop(held);
                 }
             }
             Out::Raw { to, body } => {
                 let id = self.msg_id();
+                let RawReply { body, held } = body;
                 let line = encode_raw(&to.src, &to.dest, body, Some(to.in_reply_to), id);
                 self.line(&line).await?;
+                drop(held);
             }
             Out::Call {
                 src,

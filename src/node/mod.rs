@@ -98,6 +98,9 @@ pub struct Node {
     /// Set when a write of the log fails: [`Node::fatal`] then ends the process
     /// at once, not at the next append.
     log_failed: crate::raft::log_store::LogFailure,
+    /// Bytes of large replies built and not yet written, to clients and to
+    /// forwarding peers ([`Config::reply_buffers_bytes_max`]; [`Node::hold_reply`]).
+    replies: Arc<budget::ByteBudget>,
     /// The leader this node was told is gone, for its term
     /// ([`Node::leader_process_gone`]).
     gone_leader: leader_gone::GoneLeader,
@@ -262,6 +265,7 @@ impl Node {
                 });
             }
         }
+        let config_replies_max = config.reply_buffers_bytes_max;
         let node = Arc::new(Node {
             id,
             name,
@@ -279,6 +283,7 @@ impl Node {
             duty_failed: duties::DutyFailure::default(),
             log_failed: storage.failure,
             gone_leader: Default::default(),
+            replies: budget::ByteBudget::new(config_replies_max),
         });
         story::spawn(&node.raft, node.name.clone(), node.members.clone());
         node.clone().spawn_leader_duties();

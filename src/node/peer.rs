@@ -8,7 +8,8 @@ use openraft::async_runtime::WatchReceiver;
 use openraft::raft::{AppendEntriesRequest, VoteRequest};
 use serde_json::{Map, Value};
 
-use super::serve::check_entry_bytes;
+use super::budget::RawReply;
+use super::serve::{Served, check_entry_bytes};
 use super::{ForwardReply, Forwarded, Node};
 use crate::protocol::{ErrorCode, Reply};
 use crate::raft::TypeConfig;
@@ -41,17 +42,43 @@ impl Node {
         Some(rpc_body("forward_ok", &refused))
     }
 
-    /// Handles a request body from a peer node; returns the reply body.
+    /// Handles a request body from a peer node; returns the reply body (with
+    /// its place among the replies not yet written, for a forwarded read's).
     pub async fn handle_peer(
         &self,
         kind: &str,
         body: &Body,
         rpc: Option<&serde_json::value::RawValue>,
-    ) -> Body {
-        match self.handle_peer_inner(kind, body, rpc).await {
-            Ok(b) => b,
-            Err(text) => error_body(ErrorCode::Crash, &text),
-        }
+    ) -> RawReply {
+        let answered = if kind == "forward" {
+            self.serve_forward(body, rpc).await
+        } else {
+            self.handle_peer_inner(kind, body, rpc)
+                .await
+                .map(Into::into)
+        };
+        answered.unwrap_or_else(|text| error_body(ErrorCode::Crash, &text).into())
+    }
+
+    /// Serves a forwarded request here and says how it ended; a large reply
+    /// takes its place among the replies not yet written (or is error 11), as
+    /// a client's does.
+    async fn serve_forward(
+        &self,
+        body: &Body,
+        rpc: Option<&serde_json::value::RawValue>,
+    ) -> Result<RawReply, String> {
+        let fwd: Forwarded = rpc_from(body, rpc)?;
+        let deadline = Instant::now() + self.config.request_timeout();
+        let (served, held) = match self.serve_local(&fwd, deadline).await {
+            Served::Answered(reply) => {
+                let (reply, held) = self.hold_reply(reply);
+                (Served::Answered(reply), held)
+            }
+            served => (served, None),
+        };
+        let body = rpc_body("forward_ok", &ForwardReply::from(served));
+        Ok(RawReply { body, held })
     }
 
     async fn handle_peer_inner(
@@ -92,12 +119,6 @@ impl Node {
                 check_terms(&(&chunk.vote, &chunk.meta))?;
                 let r = self.snapshot_chunk(chunk).await?;
                 rpc_body("raft_snapshot_ok", &r)
-            }
-            "forward" => {
-                let fwd: Forwarded = rpc_from(body, raw_rpc)?;
-                let deadline = Instant::now() + self.config.request_timeout();
-                let served = self.serve_local(&fwd, deadline).await;
-                rpc_body("forward_ok", &ForwardReply::from(served))
             }
             other => {
                 return Ok(error_body(

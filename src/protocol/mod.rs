@@ -19,6 +19,8 @@
 //! only I/O here is [`framing`]'s reading and writing of lines on a stream it is
 //! handed.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
@@ -132,8 +134,9 @@ pub enum Reply {
     InitOk,
     /// `read_ok {value}`.
     ReadOk {
-        /// The value read.
-        value: Value,
+        /// The value read, shared with the state it was read from (a reply
+        /// holds a pointer, not a copy of up to a megabyte).
+        value: Arc<Value>,
     },
     /// `write_ok {}`.
     WriteOk,

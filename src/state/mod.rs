@@ -117,9 +117,7 @@ impl State {
     /// A linearizable read's answer, from the applied state (no log entry).
     pub fn read(&self, key: &str) -> Outcome {
         match self.kv.get(key) {
-            Some(v) => Outcome::Read {
-                value: Value::clone(v),
-            },
+            Some(v) => Outcome::Read { value: v.clone() },
             None => Outcome::failed(Failure::KeyDoesNotExist, "key does not exist"),
         }
     }

@@ -6,6 +6,8 @@
 //! a wire type never changes what is on disk. The serde names below are the
 //! snapshot's; the golden files in `tests/fixtures/` pin them (see [`super::format`]).
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -16,8 +18,8 @@ pub enum Outcome {
     /// A read found `value`.
     #[serde(rename = "read_ok")]
     Read {
-        /// The value read.
-        value: Value,
+        /// The value read, shared with the state.
+        value: Arc<Value>,
     },
     /// A write was done.
     #[serde(rename = "write_ok")]

@@ -80,7 +80,12 @@ fn kv_semantics_match_lin_kv() {
     // 2.0 is not 2: values compare exactly as JSON.
     assert_eq!(code(&log.apply(4, cas(json!(2.0), 3, false))), Some(22));
     assert_eq!(log.apply(5, cas(json!(2), 3, false)), Outcome::Swapped);
-    assert_eq!(log.state.read(&key("x")), Outcome::Read { value: json!(3) });
+    assert_eq!(
+        log.state.read(&key("x")),
+        Outcome::Read {
+            value: json!(3).into()
+        }
+    );
 }
 
 #[test]

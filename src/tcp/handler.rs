@@ -292,7 +292,13 @@ impl Lines {
                 dest: src,
                 in_reply_to: id,
             };
-            let _ = self.out.send(Out::Raw { to, body }).await;
+            let _ = self
+                .out
+                .send(Out::Raw {
+                    to,
+                    body: body.into(),
+                })
+                .await;
         }
     }
 
