@@ -421,6 +421,10 @@ impl Node {
                 if self.stopping.load(Ordering::Acquire) {
                     return std::future::pending().await;
                 }
+                // The error Raft stopped on, if its last metrics carry it.
+                if let Err(e) = &metrics.borrow_watched().running_state {
+                    return format!("raft stopped: {e}");
+                }
                 return "raft stopped: its metrics channel closed".to_string();
             }
         }

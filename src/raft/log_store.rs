@@ -265,10 +265,30 @@ impl LogMirror {
     }
 
     /// Drops every entry after `last`; returns the first index dropped.
-    pub fn truncate_after(&mut self, last: Option<LogId>) -> u64 {
+    ///
+    /// Refuses (an error that stops Raft, and so the node, loudly) to drop an
+    /// entry this node knows is committed. A leader of this cluster never asks
+    /// that (Raft's log matching: a committed entry is in every later leader's
+    /// log), so such a request comes from something that is not this
+    /// cluster's leader: a leader of another cluster that shares this one's
+    /// key and names and was pointed here by a wrong address, or this node's
+    /// data dir restored from an old copy. Obeying it loses acknowledged
+    /// writes without a trace.
+    pub fn truncate_after(&mut self, last: Option<LogId>) -> io::Result<u64> {
         let from = last.map_or(0, |l| l.index() + 1);
+        if let Some(committed) = self.committed
+            && from <= committed.index()
+        {
+            return Err(io::Error::other(format!(
+                "refusing to truncate the log from index {from}: entries up to {committed} \
+                 are committed on this node, and no leader of its cluster asks that. The \
+                 appends come from elsewhere: check that no member's --peers address points \
+                 at a node of another cluster sharing this cluster key, and that this data \
+                 dir was not restored from an old copy"
+            )));
+        }
         self.truncate_from(from);
-        from
+        Ok(from)
     }
 
     /// Drops every entry at `from` or later.
@@ -443,7 +463,7 @@ impl RaftLogStorage<TypeConfig> for MemLogStore {
     }
 
     async fn truncate_after(&mut self, last: Option<LogId>) -> Result<(), io::Error> {
-        self.with(|i| i.truncate_after(last));
+        self.with(|i| i.truncate_after(last))?;
         Ok(())
     }
 
@@ -495,6 +515,26 @@ mod tests {
         assert_eq!(m.bytes_in(Some(7), 7), 0);
         assert_eq!(m.bytes_in(Some(9), 7), 0);
         assert_eq!(m.bytes_in(Some(u64::MAX), u64::MAX), 0);
+    }
+
+    /// A conflicting tail after the committed entries is dropped; a request to
+    /// drop a committed entry is refused and changes nothing.
+    #[test]
+    fn a_committed_entry_is_never_truncated() {
+        let mut m = LogMirror::default();
+        for i in 1..=10 {
+            m.insert(entry(i), 100);
+        }
+        assert_eq!(m.truncate_after(Some(entry(9).log_id)).unwrap(), 10);
+        m.committed = Some(entry(5).log_id);
+        assert_eq!(m.truncate_after(Some(entry(5).log_id)).unwrap(), 6);
+        for last in [Some(entry(4).log_id), Some(entry(1).log_id), None] {
+            let e = m
+                .truncate_after(last)
+                .expect_err("a committed entry dropped");
+            assert!(e.to_string().contains("committed on this node"), "{e}");
+        }
+        assert_eq!(m.log.len(), 5, "nothing dropped by a refusal");
     }
 
     #[test]

@@ -276,7 +276,7 @@ impl RaftLogStorage<TypeConfig> for WalLogStore {
     }
 
     async fn truncate_after(&mut self, last: Option<LogId>) -> Result<(), io::Error> {
-        let from = self.with(|m| m.truncate_after(last));
+        let from = self.with(|m| m.truncate_after(last))?;
         self.writer
             .submit(Change::TruncateFrom(from), Done::Nothing)
             .await

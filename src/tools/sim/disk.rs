@@ -457,7 +457,7 @@ impl RaftLogStorage<TypeConfig> for SimLogStore {
     }
 
     async fn truncate_after(&mut self, last: Option<LogId>) -> Result<(), io::Error> {
-        let from = self.with(|m| m.truncate_after(last));
+        let from = self.with(|m| m.truncate_after(last))?;
         self.write(Write::TruncateFrom(from), None)
     }
 
