@@ -308,6 +308,29 @@ async fn removing_the_last_voter_is_refused_definitely() {
     assert!(r.is_ok(), "still serving: {r:?}");
 }
 
+/// A client with a wrong key is told so: its membership change is refused
+/// (10, nothing done) with the node's refusal of its key, not only "needs the
+/// cluster key", which reads as if none had been given.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_client_key_is_named_as_wrong() {
+    let env = [(oncekv::tcp::CLUSTER_KEY_VAR, KEY)];
+    let cluster = TestCluster::start("membership-client-key", 1, &env);
+    cluster.wait_leader(Duration::from_secs(10)).await;
+    let out = Command::new(env!("CARGO_BIN_EXE_oncekv"))
+        .env(oncekv::tcp::CLUSTER_KEY_VAR, "not-the-key")
+        .args(["client", "--peers", &cluster.addrs().join(",")])
+        .args(["--deadline", "5", "remove-node", "n9"])
+        .output()
+        .expect("run oncekv client");
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "a definite refusal: {text}");
+    assert!(
+        text.contains("the key this client sent was refused") && text.contains("wrong cluster key"),
+        "{text}"
+    );
+}
+
 /// A node started with another cluster key refuses the leader's hello, so it
 /// can never catch up: `add-node` fails definitely and says why, naming the
 /// refused hello, and the membership is unchanged.

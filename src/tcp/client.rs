@@ -89,6 +89,10 @@ pub enum ClientError {
     /// The client was used wrongly (no peers, no session for a mutation).
     #[error("{0}")]
     Usage(String),
+    /// A step the operation needed got a definite refusal (opening its
+    /// session): nothing of the operation was done.
+    #[error("{0}")]
+    Refused(String),
 }
 
 impl ClientError {
@@ -108,6 +112,10 @@ impl ClientError {
 struct Conn {
     r: LineReader<BufReader<OwnedReadHalf>>,
     w: OwnedWriteHalf,
+    /// The `msg_id` of the `client_hello` sent on it, if one was.
+    hello: Option<u64>,
+    /// Why the node refused that hello (a wrong key), once it said so.
+    hello_refused: Option<String>,
 }
 
 /// How one attempt ended.
@@ -179,7 +187,9 @@ impl Client {
                 self.set_session(client_id.clone(), 1);
                 Ok(client_id)
             }
-            other => Err(ClientError::Usage(format!("open_session failed: {other}"))),
+            other => Err(ClientError::Refused(format!(
+                "open_session failed: {other}"
+            ))),
         }
     }
 
@@ -361,9 +371,12 @@ impl Client {
                     Ok(Ok(s)) => {
                         let _ = s.set_nodelay(true);
                         let (r, mut w) = s.into_split();
+                        let mut hello = None;
                         if let Some(key) = &self.opts.cluster_key {
-                            // Its reply is skipped like any line not for us.
+                            // Its reply is not waited for; a refusal is kept
+                            // to explain a later "needs the cluster key".
                             self.next_msg_id += 1;
+                            hello = Some(self.next_msg_id);
                             let hello = super::client_hello_line(&self.name, key, self.next_msg_id);
                             if let Err(e) = write_line(&mut w, &hello).await {
                                 return Attempt::NotSent(format!("hello to {addr}: {e}"));
@@ -373,6 +386,8 @@ impl Client {
                         Conn {
                             r: LineReader::new(BufReader::new(r), max),
                             w,
+                            hello,
+                            hello_refused: None,
                         }
                     }
                     Ok(Err(e)) => return Attempt::NotSent(format!("connect {addr}: {e}")),
@@ -428,10 +443,30 @@ async fn exchange(
             }
             continue;
         };
-        let Some(Value::Object(body)) = env.remove("body") else {
+        let Some(Value::Object(mut body)) = env.remove("body") else {
             continue;
         };
-        if body.get("in_reply_to").and_then(Value::as_u64) == Some(msg_id) {
+        let answers = body.get("in_reply_to").and_then(Value::as_u64);
+        if answers.is_some() && answers == conn.hello {
+            if body.get("type") == Some(&json!("error")) {
+                let why = body
+                    .get("text")
+                    .and_then(Value::as_str)
+                    .unwrap_or("refused");
+                conn.hello_refused = Some(why.to_string());
+            }
+            continue;
+        }
+        if answers == Some(msg_id) {
+            // "Needs the cluster key" when one was sent: say what became of it.
+            if let (Some(why), Some(10)) = (
+                &conn.hello_refused,
+                body.get("code").and_then(Value::as_u64),
+            ) {
+                let text = body.get("text").and_then(Value::as_str).unwrap_or("");
+                let text = format!("{text} (the key this client sent was refused: {why})");
+                body.insert("text".into(), Value::from(text));
+            }
             return Ok((conn, body));
         }
     }

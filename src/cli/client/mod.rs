@@ -310,11 +310,13 @@ fn print_reply(reply: &Reply, out: &mut dyn Write) -> i32 {
 }
 
 /// The exit status of a request with no reply: bad usage (a request over the
-/// size limit, refused before sending) or no definite answer.
+/// size limit, refused before sending), a definite refusal of a step it needed
+/// (its session), or no definite answer.
 fn no_reply(e: &ClientError) -> i32 {
     crate::stderr_line!("error: {e}");
     match e {
         ClientError::Usage(_) => exit::USAGE,
+        ClientError::Refused(_) => exit::FAILED,
         ClientError::Deadline { .. } => exit::UNKNOWN,
     }
 }
