@@ -308,6 +308,34 @@ async fn removing_the_last_voter_is_refused_definitely() {
     assert!(r.is_ok(), "still serving: {r:?}");
 }
 
+/// A membership change given only a follower's address reaches the leader
+/// that follower names (from its membership), as with any member's address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_sent_through_a_follower_reaches_its_leader() {
+    let env = [(oncekv::tcp::CLUSTER_KEY_VAR, KEY)];
+    let cluster = TestCluster::start("membership-via-follower", 3, &env);
+    let leader = cluster.wait_leader(Duration::from_secs(10)).await;
+    let follower = (leader + 1) % 3;
+    let other = (leader + 2) % 3;
+    let out = Command::new(env!("CARGO_BIN_EXE_oncekv"))
+        .env(oncekv::tcp::CLUSTER_KEY_VAR, KEY)
+        .args(["client", "--peers", &cluster.nodes[follower].addr])
+        .args([
+            "--deadline",
+            "10",
+            "remove-node",
+            &cluster.nodes[other].name,
+        ])
+        .output()
+        .expect("run oncekv client");
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    let s = cluster.status(leader).await.expect("status");
+    let removed: u64 = cluster.nodes[other].name[1..].parse().expect("id");
+    assert!(!s.voters.contains(&removed), "{s:?}");
+}
+
 /// A client with a wrong key is told so: its membership change is refused
 /// (10, nothing done) with the node's refusal of its key, not only "needs the
 /// cluster key", which reads as if none had been given.

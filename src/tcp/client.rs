@@ -331,9 +331,35 @@ impl Client {
             .map_err(|e| format!("bad status reply {}: {e}", Value::Object(body)))
     }
 
-    /// The index of the node that says it leads, if any answers so.
+    /// The index of the node that says it leads, if any answers so. A member
+    /// that names a leader outside the given peers (the cluster has grown or
+    /// moved since they were written down) adds that leader's address, from its
+    /// own membership, to the peers tried, so any one live member is enough.
     pub async fn find_leader(&mut self) -> Option<usize> {
+        let mut hints = Vec::new();
         for i in 0..self.opts.peers.len() {
+            match self.status_of(i).await {
+                Ok(s) if s.role == Role::Leader => {
+                    self.target = i;
+                    return Some(i);
+                }
+                Ok(s) => {
+                    let named = s.leader.and_then(|l| s.members.get(&l));
+                    if let Some(peer) = named
+                        && !peer.addr.is_empty()
+                        && !self.opts.peers.contains(&peer.addr)
+                        && !hints.contains(&peer.addr)
+                    {
+                        hints.push(peer.addr.clone());
+                    }
+                }
+                Err(_) => {}
+            }
+        }
+        for addr in hints {
+            self.opts.peers.push(addr);
+            self.conns.push(None);
+            let i = self.opts.peers.len() - 1;
             if let Ok(s) = self.status_of(i).await
                 && s.role == Role::Leader
             {

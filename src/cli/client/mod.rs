@@ -516,8 +516,10 @@ async fn close_own(client: &mut Client, id: &str) {
 async fn admin(client: &mut Client, body: Value, deadline: Duration, out: &mut dyn Write) -> i32 {
     let deadline = std::time::Instant::now() + deadline;
     let mut last = String::from("no leader found");
+    let mut sent = false;
     while std::time::Instant::now() < deadline {
         if let Some(i) = client.find_leader().await {
+            sent = true;
             match client.call_node(i, body.clone()).await {
                 Ok(mut reply) if reply.get("type") != Some(&Value::from("error")) => {
                     reply.remove("in_reply_to");
@@ -545,6 +547,14 @@ async fn admin(client: &mut Client, body: Value, deadline: Duration, out: &mut d
             }
         }
         tokio::time::sleep(ADMIN_RETRY_PAUSE).await;
+    }
+    if !sent {
+        // No member named a reachable leader, so the change was never sent.
+        crate::stderr_line!(
+            "error: no leader found among the given peers or the leaders they name; \
+             nothing was sent"
+        );
+        return exit::FAILED;
     }
     crate::stderr_line!("error: {last}");
     exit::UNKNOWN
