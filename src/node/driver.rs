@@ -86,8 +86,8 @@ pub enum Out {
         to: To,
         /// The reply.
         reply: Reply,
-        /// Its bytes in [`Permits::replies`] if it is large, given back once
-        /// its line is written.
+        /// Its place among the replies not yet written ([`Node::hold_reply`])
+        /// if it is large, given back once its line is written.
         held: Option<BytesHeld>,
     },
     /// An unsequenced reply (to a peer's RPC, a hello, `status`, membership).
@@ -911,7 +911,8 @@ struct Writer<W> {
     out: BufWriter<W>,
     msg_ids: Arc<AtomicU64>,
     calls: Option<Arc<PendingCalls>>,
-    /// Replies held back, each with its bytes in [`Permits::replies`].
+    /// Replies held back, each with its place among the replies not yet
+    /// written ([`Node::hold_reply`]).
     sequencer: Sequencer<(To, Reply, Option<BytesHeld>)>,
 }
 
