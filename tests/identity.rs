@@ -352,3 +352,98 @@ async fn a_node_that_lost_its_data_is_not_started_empty() {
         "the refused dir stays empty, so a retry is refused again"
     );
 }
+
+/// Copies the tree at `from` to `to` (files and directories).
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for e in std::fs::read_dir(from).expect("read_dir") {
+        let e = e.expect("entry");
+        let target = to.join(e.file_name());
+        if e.file_type().expect("type").is_dir() {
+            copy_tree(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), &target).expect("copy");
+        }
+    }
+}
+
+/// Waits until `leader` has log entries up to `at_least` confirmed by node
+/// `id`; returns how far.
+async fn wait_confirmed(
+    c: &support_tcp::TestCluster,
+    leader: usize,
+    id: u64,
+    at_least: u64,
+) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let confirmed = c
+            .status(leader)
+            .await
+            .and_then(|s| s.replicated?.get(&id).copied().flatten());
+        if let Some(i) = confirmed
+            && i >= at_least
+        {
+            return i;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the leader never had {at_least} confirmed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A node's data dir put back from an old copy holds less of its log than it
+/// acknowledged since: while the leader that had those entries confirmed
+/// leads, the node refuses to start on it (it would have forgotten them and
+/// could help elect a leader without them), each time it is tried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_dir_restored_from_an_old_copy_is_refused() {
+    let mut cluster = support_tcp::TestCluster::start("identity-restored", 3, &[]);
+    let leader = cluster.wait_leader(Duration::from_secs(20)).await;
+    let mut client = cluster.client();
+    client.open_session().await.expect("session");
+    client.write(json!("k"), json!(1)).await.expect("write");
+    let old = (leader + 1) % 3;
+    let id = (old + 1) as u64;
+    let before = wait_confirmed(&cluster, leader, id, 1).await;
+    cluster.kill(old);
+    let dir = cluster.nodes[old].dir.clone();
+    let copy = dir.with_extension("copy");
+    copy_tree(&dir, &copy);
+    let peers = cluster.peers.clone();
+    cluster.spawn(old, &peers, false);
+    for i in 0..20 {
+        client.write(json!("k"), json!(i)).await.expect("write");
+    }
+    wait_confirmed(&cluster, leader, id, before + 20).await;
+    cluster.kill(old);
+    std::fs::remove_dir_all(&dir).expect("remove");
+    copy_tree(&copy, &dir);
+    // Refused, and again on a second try: the refusal changes nothing.
+    for attempt in 0..2 {
+        cluster.spawn(old, &peers, false);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            let child = cluster.nodes[old].child.as_mut().expect("child");
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                break status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the node started on the old copy"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        cluster.nodes[old].child = None;
+        assert_eq!(status.code(), Some(1), "attempt {attempt}: {status}");
+    }
+    let text = std::fs::read_to_string(dir.join("stderr.log")).unwrap_or_default();
+    assert_eq!(text.matches("older than what").count(), 2, "{text}");
+    // The cluster serves on without it.
+    client
+        .write(json!("k"), json!("after"))
+        .await
+        .expect("write");
+}

@@ -90,8 +90,24 @@ pub fn serve(args: &ServeArgs) -> Result<i32, NodeProcessError> {
     let prepared = runtime.block_on(serve::prepare(args, &checked))?;
     let created = create_dir(&args.data_dir)?;
     let before = entries_if_fresh(&args.data_dir);
-    let opened =
-        open_log_and_storage(args, &checked, prepared.tcp.node_log_bytes_max).and_then(|storage| {
+    let opened = open_log_and_storage(args, &checked, prepared.tcp.node_log_bytes_max).and_then(
+        |mut storage| {
+            // A dir with a log must hold all the node acknowledged (an empty
+            // one was checked before it was touched).
+            let state = runtime.block_on(openraft::storage::RaftLogStorage::get_log_state(
+                &mut storage.log,
+            ));
+            let holds = state.ok().and_then(|s| s.last_log_id).map(|l| l.index());
+            if holds.is_some() {
+                runtime.block_on(serve::check_not_lost(
+                    checked.id,
+                    &args.id,
+                    &args.data_dir,
+                    &checked.members,
+                    prepared.tcp.membership_probe_timeout,
+                    holds,
+                ))?;
+            }
             // Bound once the storage is open (opening a large dir takes a
             // while): until then a connect is refused, and clients and peers
             // move on at once instead of waiting in the backlog for an answer.
@@ -99,7 +115,8 @@ pub fn serve(args: &ServeArgs) -> Result<i32, NodeProcessError> {
                 .block_on(serve::bind(args))
                 .inspect_err(|e| tracing::error!("{}: {e}", args.id))?;
             Ok((storage, listener))
-        });
+        },
+    );
     let (storage, listener) = match opened {
         Ok(opened) => opened,
         Err(e) => {

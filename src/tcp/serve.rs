@@ -256,6 +256,7 @@ pub async fn prepare(args: &ServeArgs, checked: &CheckedArgs) -> Result<Prepared
             &args.data_dir,
             &checked.members,
             tcp.membership_probe_timeout,
+            None,
         )
         .await?;
     }
@@ -399,19 +400,23 @@ pub async fn run(
     }
 }
 
-/// Refuses to start node `id` on an empty data dir (`--join` or not) when a
-/// leader among `members` has had log entries confirmed by node `id`: the node
-/// ran before and lost its data, and starting empty it would have forgotten its
-/// vote (it could vote twice in one term) and the entries it acknowledged. A
-/// member that does not answer within `timeout` is passed over (on a first start
-/// the others may not be up yet); a leader elected since the node died does not
-/// know, so this catches the case only while that leader leads.
-async fn check_not_lost(
+/// Refuses to start node `id` on a data dir that holds less of its log than a
+/// leader among `members` has had confirmed by it: on an empty dir (`--join` or
+/// not, `holds` is `None`) when any entry was confirmed, on a dir whose log
+/// ends at index `holds` when a later one was. Either way the node ran on
+/// other data (it was lost, or this is an old copy), and starting here it would
+/// have forgotten the entries it acknowledged (and, empty, its vote: it could
+/// vote twice in one term). A member that does not answer within `timeout` is
+/// passed over (on a first start the others may not be up yet); a leader
+/// elected since the node died does not know, so this catches the case only
+/// while that leader leads.
+pub async fn check_not_lost(
     id: u64,
     name: &str,
     data_dir: &Path,
     members: &BTreeMap<u64, Peer>,
     timeout: Duration,
+    holds: Option<u64>,
 ) -> Result<(), TcpError> {
     let others: Vec<String> = members
         .iter()
@@ -425,8 +430,26 @@ async fn check_not_lost(
         super::Client::new(opts).status_of(0).await.ok()
     });
     for status in futures::future::join_all(asks).await.into_iter().flatten() {
-        if let Some(Some(index)) = status.replicated.as_ref().and_then(|r| r.get(&id)) {
-            let dir = std::path::absolute(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
+        let confirmed = status.replicated.as_ref().and_then(|r| r.get(&id));
+        let dir = std::path::absolute(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
+        if let (Some(Some(index)), Some(last)) = (confirmed, holds) {
+            if *index <= last {
+                continue;
+            }
+            return Err(TcpError::Args(format!(
+                "the data dir {} holds {name}'s log up to index {last}, but the leader {} \
+                 (term {}) has log entries up to index {index} confirmed by {name}: the \
+                 dir is older than what {name} acknowledged (restored from a copy?). \
+                 Started on it, {name} would have forgotten acknowledged entries and could \
+                 help elect a leader without them. Start {name} on its current dir; if that \
+                 is lost, remove it (remove-node {name}) and add a new node under a new \
+                 name (serve --join, add-node)",
+                dir.display(),
+                status.name,
+                status.term
+            )));
+        }
+        if let Some(Some(index)) = confirmed {
             return Err(TcpError::Args(format!(
                 "the data dir {} holds no node, but the leader {} (term {}) has log entries \
                  up to index {index} confirmed by {name}: {name} has run with a data dir \
