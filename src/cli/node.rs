@@ -94,10 +94,14 @@ pub fn serve(args: &ServeArgs) -> Result<i32, NodeProcessError> {
         |mut storage| {
             // A dir with a log must hold all the node acknowledged (an empty
             // one was checked before it was touched).
-            let state = runtime.block_on(openraft::storage::RaftLogStorage::get_log_state(
-                &mut storage.log,
-            ));
+            use openraft::RaftLogReader;
+            use openraft::storage::RaftLogStorage;
+            let state = runtime.block_on(storage.log.get_log_state());
             let holds = state.ok().and_then(|s| s.last_log_id).map(|l| l.index());
+            // Only a leader of this node's term or later knows what it holds:
+            // an older one may count entries a later leader rightly cut.
+            let vote = runtime.block_on(storage.log.read_vote()).ok().flatten();
+            let term = vote.map_or(0, |v| v.leader_id().term);
             if holds.is_some() {
                 runtime.block_on(serve::check_not_lost(
                     checked.id,
@@ -105,7 +109,7 @@ pub fn serve(args: &ServeArgs) -> Result<i32, NodeProcessError> {
                     &args.data_dir,
                     &checked.members,
                     prepared.tcp.membership_probe_timeout,
-                    holds,
+                    holds.map(|h| (h, term)),
                 ))?;
             }
             // Bound once the storage is open (opening a large dir takes a

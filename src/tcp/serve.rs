@@ -403,7 +403,9 @@ pub async fn run(
 /// Refuses to start node `id` on a data dir that holds less of its log than a
 /// leader among `members` has had confirmed by it: on an empty dir (`--join` or
 /// not, `holds` is `None`) when any entry was confirmed, on a dir whose log
-/// ends at index `holds` when a later one was. Either way the node ran on
+/// ends at index `holds.0` when a later one was, by a leader of the dir's vote
+/// term `holds.1` or later (an older leader may count entries a later one
+/// rightly cut from this node's log). Either way the node ran on
 /// other data (it was lost, or this is an old copy), and starting here it would
 /// have forgotten the entries it acknowledged (and, empty, its vote: it could
 /// vote twice in one term). A member that does not answer within `timeout` is
@@ -416,7 +418,7 @@ pub async fn check_not_lost(
     data_dir: &Path,
     members: &BTreeMap<u64, Peer>,
     timeout: Duration,
-    holds: Option<u64>,
+    holds: Option<(u64, u64)>,
 ) -> Result<(), TcpError> {
     let others: Vec<String> = members
         .iter()
@@ -432,8 +434,8 @@ pub async fn check_not_lost(
     for status in futures::future::join_all(asks).await.into_iter().flatten() {
         let confirmed = status.replicated.as_ref().and_then(|r| r.get(&id));
         let dir = std::path::absolute(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
-        if let (Some(Some(index)), Some(last)) = (confirmed, holds) {
-            if *index <= last {
+        if let (Some(Some(index)), Some((last, term))) = (confirmed, holds) {
+            if *index <= last || status.term < term {
                 continue;
             }
             return Err(TcpError::Args(format!(
