@@ -291,32 +291,41 @@ fn an_init_naming_a_node_twice_is_refused() {
 /// name (with `--join` or without) is refused while the leader knows it
 /// confirmed entries:
 /// started empty it would have forgotten its vote and could vote twice in a term.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_that_lost_its_data_is_not_started_empty() {
-    let mut cluster = support_tcp::TestCluster::start("identity-lost", 3, &[]);
+/// How node `i`, just spawned, ended: it must end (refuse to start) within
+/// 20 s.
+async fn refused_start(
+    cluster: &mut support_tcp::TestCluster,
+    i: usize,
+) -> std::process::ExitStatus {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        let child = cluster.nodes[i].child.as_mut().expect("child");
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the node started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    cluster.nodes[i].child = None;
+    status
+}
+
+/// A 3-node cluster named `name` that has written one key: the cluster, its
+/// leader, and a follower whose confirmation of it the leader has.
+async fn cluster_with_a_write(name: &str) -> (support_tcp::TestCluster, usize, usize, Client) {
+    let cluster = support_tcp::TestCluster::start(name, 3, &[]);
     let leader = cluster.wait_leader(Duration::from_secs(20)).await;
     let mut client = cluster.client();
     client.open_session().await.expect("session");
     client.write(json!("k"), json!(1)).await.expect("write");
-    let lost = (leader + 1) % 3;
-    let id = (lost + 1) as u64;
-    cluster
-        .wait_for(
-            "the leader to hear from the node",
-            Duration::from_secs(10),
-            || {
-                let c = &cluster;
-                async move {
-                    c.status(leader).await.is_some_and(|s| {
-                        s.replicated
-                            .as_ref()
-                            .and_then(|r| r.get(&id).copied().flatten())
-                            .is_some()
-                    })
-                }
-            },
-        )
-        .await;
+    let follower = (leader + 1) % 3;
+    wait_confirmed(&cluster, leader, (follower + 1) as u64, 1).await;
+    (cluster, leader, follower, client)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_lost_its_data_is_not_started_empty() {
+    let (mut cluster, _, lost, _) = cluster_with_a_write("identity-lost").await;
     cluster.kill(lost);
     let dir = cluster.nodes[lost].dir.clone();
     std::fs::remove_dir_all(&dir).expect("lose the data dir");
@@ -325,19 +334,7 @@ async fn a_node_that_lost_its_data_is_not_started_empty() {
     let peers = cluster.peers.clone();
     for join in [false, true] {
         cluster.spawn(lost, &peers, join);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let status = loop {
-            let child = cluster.nodes[lost].child.as_mut().expect("child");
-            if let Some(status) = child.try_wait().expect("try_wait") {
-                break status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the node started empty (join {join})"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
-        cluster.nodes[lost].child = None;
+        let status = refused_start(&mut cluster, lost).await;
         assert!(!status.success(), "join {join}: {status}");
     }
     let text = std::fs::read_to_string(dir.join("stderr.log")).unwrap_or_default();
@@ -400,12 +397,7 @@ async fn wait_confirmed(
 /// could help elect a leader without them), each time it is tried.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_data_dir_restored_from_an_old_copy_is_refused() {
-    let mut cluster = support_tcp::TestCluster::start("identity-restored", 3, &[]);
-    let leader = cluster.wait_leader(Duration::from_secs(20)).await;
-    let mut client = cluster.client();
-    client.open_session().await.expect("session");
-    client.write(json!("k"), json!(1)).await.expect("write");
-    let old = (leader + 1) % 3;
+    let (mut cluster, leader, old, mut client) = cluster_with_a_write("identity-restored").await;
     let id = (old + 1) as u64;
     let before = wait_confirmed(&cluster, leader, id, 1).await;
     cluster.kill(old);
@@ -424,19 +416,7 @@ async fn a_data_dir_restored_from_an_old_copy_is_refused() {
     // Refused, and again on a second try: the refusal changes nothing.
     for attempt in 0..2 {
         cluster.spawn(old, &peers, false);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let status = loop {
-            let child = cluster.nodes[old].child.as_mut().expect("child");
-            if let Some(status) = child.try_wait().expect("try_wait") {
-                break status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the node started on the old copy"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
-        cluster.nodes[old].child = None;
+        let status = refused_start(&mut cluster, old).await;
         assert_eq!(status.code(), Some(1), "attempt {attempt}: {status}");
     }
     let text = std::fs::read_to_string(dir.join("stderr.log")).unwrap_or_default();
