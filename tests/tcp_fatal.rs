@@ -82,4 +82,8 @@ exit $status"#;
         stderr.contains("raft stopped") || stderr.contains("fatal"),
         "the cause is on stderr: {stderr}"
     );
+    assert!(
+        stderr.contains("No space left on device"),
+        "the device's own error is named: {stderr}"
+    );
 }

@@ -128,3 +128,39 @@ async fn a_paused_leader_is_not_taken_for_gone() {
     let now = cluster.wait_leader(WAIT).await;
     assert_ne!(now, leader, "the resumed leader stepped down");
 }
+
+/// A leader cut off from both followers cannot confirm it still leads, so it
+/// refuses a read with a definite 11 that says so in words (which voters it
+/// heard from), not with openraft's dump of its membership.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_without_a_quorum_refuses_reads_in_plain_words() {
+    let mut cluster = TestCluster::start("leader-alone", 3, &[]);
+    let leader = cluster.wait_leader(WAIT).await;
+    let followers: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    cluster.kill_together(&followers);
+    let mut client = cluster.client();
+    let deadline = std::time::Instant::now() + WAIT;
+    let refused = loop {
+        let r = client
+            .call_node(leader, json!({"type": "read", "key": "k"}))
+            .await;
+        if let Ok(b) = r
+            && b.get("code") == Some(&json!(11))
+        {
+            break b;
+        }
+        assert!(std::time::Instant::now() < deadline, "never refused");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let text = refused.get("text").and_then(|t| t.as_str()).unwrap_or("");
+    let own = cluster.nodes[leader]
+        .name
+        .trim_start_matches('n')
+        .to_string();
+    assert!(
+        text.contains("could not confirm it still leads")
+            && text.contains(&format!("heard from node ids [{own}]")),
+        "{text}"
+    );
+    assert!(!text.contains('{') && !text.contains("Quorum"), "{text}");
+}
