@@ -310,22 +310,41 @@ async fn refused_start(
     status
 }
 
-/// A 3-node cluster named `name` that has written one key: the cluster, its
-/// leader, and a follower whose confirmation of it the leader has.
-async fn cluster_with_a_write(name: &str) -> (support_tcp::TestCluster, usize, usize, Client) {
+/// A 3-node cluster named `name` that has written one key, with its leader, a
+/// follower whose confirmation of it the leader has, a client, and the index
+/// the leader has confirmed by that follower.
+struct Written {
+    cluster: support_tcp::TestCluster,
+    leader: usize,
+    follower: usize,
+    client: Client,
+    confirmed: u64,
+}
+
+async fn cluster_with_a_write(name: &str) -> Written {
     let cluster = support_tcp::TestCluster::start(name, 3, &[]);
     let leader = cluster.wait_leader(Duration::from_secs(20)).await;
     let mut client = cluster.client();
     client.open_session().await.expect("session");
     client.write(json!("k"), json!(1)).await.expect("write");
     let follower = (leader + 1) % 3;
-    wait_confirmed(&cluster, leader, (follower + 1) as u64, 1).await;
-    (cluster, leader, follower, client)
+    let confirmed = wait_confirmed(&cluster, leader, (follower + 1) as u64, 1).await;
+    Written {
+        cluster,
+        leader,
+        follower,
+        client,
+        confirmed,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_that_lost_its_data_is_not_started_empty() {
-    let (mut cluster, _, lost, _) = cluster_with_a_write("identity-lost").await;
+    let Written {
+        mut cluster,
+        follower: lost,
+        ..
+    } = cluster_with_a_write("identity-lost").await;
     cluster.kill(lost);
     let dir = cluster.nodes[lost].dir.clone();
     std::fs::remove_dir_all(&dir).expect("lose the data dir");
@@ -397,9 +416,14 @@ async fn wait_confirmed(
 /// could help elect a leader without them), each time it is tried.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_data_dir_restored_from_an_old_copy_is_refused() {
-    let (mut cluster, leader, old, mut client) = cluster_with_a_write("identity-restored").await;
+    let Written {
+        mut cluster,
+        leader,
+        follower: old,
+        mut client,
+        confirmed: before,
+    } = cluster_with_a_write("identity-restored").await;
     let id = (old + 1) as u64;
-    let before = wait_confirmed(&cluster, leader, id, 1).await;
     cluster.kill(old);
     let dir = cluster.nodes[old].dir.clone();
     let copy = dir.with_extension("copy");

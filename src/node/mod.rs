@@ -265,7 +265,7 @@ impl Node {
                 });
             }
         }
-        let config_replies_max = config.reply_buffers_bytes_max;
+        let replies = budget::ByteBudget::new(config.reply_buffers_bytes_max);
         let node = Arc::new(Node {
             id,
             name,
@@ -283,7 +283,7 @@ impl Node {
             duty_failed: duties::DutyFailure::default(),
             log_failed: storage.failure,
             gone_leader: Default::default(),
-            replies: budget::ByteBudget::new(config_replies_max),
+            replies,
         });
         story::spawn(&node.raft, node.name.clone(), node.members.clone());
         node.clone().spawn_leader_duties();

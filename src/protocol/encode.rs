@@ -51,8 +51,11 @@ pub fn body_bytes(reply: &Reply) -> usize {
         Reply::ReadOk { value } => FRAME + value_bytes(value),
         Reply::Error { text, .. } => FRAME + string_bytes(text),
         Reply::OpenSessionOk { client_id } => FRAME + string_bytes(client_id),
-        Reply::InitOk | Reply::WriteOk | Reply::CasOk | Reply::AddOk { .. } => FRAME,
-        Reply::CloseSessionOk => FRAME,
+        Reply::InitOk
+        | Reply::WriteOk
+        | Reply::CasOk
+        | Reply::AddOk { .. }
+        | Reply::CloseSessionOk => FRAME,
     }
 }
 
